@@ -1,0 +1,175 @@
+// Implementation of ChunkCache (see chunk_cache.h).
+#include "alloc/chunk_cache.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "alloc/error.h"
+#include "alloc/internal/bits.h"
+#include "alloc/internal/sanitizer.h"
+
+namespace framealloc {
+namespace {
+constexpr size_t kPage = 4096;
+}  // namespace
+
+absl::Status ChunkCacheOptions::Validate() const {
+  if (trim_window_epochs < 0 || trim_window_epochs > 1 << 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChunkCacheOptions.trim_window_epochs = ",
+                     trim_window_epochs, " is outside [0, 65536]"));
+  }
+  return absl::OkStatus();
+}
+
+ChunkCache::ChunkCache(MemorySource* source, ChunkCacheOptions options)
+    : source_(source), options_(options) {
+  if (absl::Status s = options_.Validate(); !s.ok()) {
+    ReportFatalError({ErrorKind::kInvalidArgument, "ChunkCache::ChunkCache",
+                      std::string(s.message()), 0, 0, s});
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ChunkCache>> ChunkCache::Create(
+    MemorySource* source, ChunkCacheOptions options) {
+  if (source == nullptr) {
+    return absl::InvalidArgumentError("ChunkCache::Create: source is null");
+  }
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  return std::make_unique<ChunkCache>(source, options);
+}
+
+ChunkCache::~ChunkCache() {
+  absl::MutexLock lock(&mu_);
+  if (stats_.in_use_blocks != 0) {
+    ReportError({ErrorKind::kMisuse, "ChunkCache::~ChunkCache",
+                 absl::StrCat("destroyed with ", stats_.in_use_blocks,
+                              " blocks (", stats_.in_use_bytes,
+                              " bytes) still acquired; destroy the arenas "
+                              "that use a cache before the cache"),
+                 0, 0, absl::OkStatus()});
+  }
+  TrimLocked(0);
+}
+
+size_t ChunkCache::SizeClass(size_t size) {
+  if (size <= kPage) return kPage;
+  if (alloc_internal::IsPowerOfTwo(size)) return size;
+  const size_t step =
+      std::max(kPage, alloc_internal::NextPowerOfTwo(size) / 16);
+  size_t rounded = size;
+  alloc_internal::AlignUp(size, step, &rounded);
+  return rounded;
+}
+
+absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
+  if (size == 0 || size > MemorySource::kMaxBlockSize) {
+    // Let the source produce its InvalidArgument message.
+    return source_->Allocate(size, alignment);
+  }
+  const size_t cls = SizeClass(size);
+  {
+    absl::MutexLock lock(&mu_);
+    auto [first, last] = idle_.equal_range(cls);
+    for (auto it = first; it != last; ++it) {
+      const Block block = it->second;
+      if (reinterpret_cast<uintptr_t>(block.data) % alignment != 0) continue;
+      idle_.erase(it);
+      ++stats_.hits;
+      --stats_.cached_blocks;
+      stats_.cached_bytes -= block.size;
+      ++stats_.in_use_blocks;
+      stats_.in_use_bytes += block.size;
+      stats_.peak_in_use_bytes =
+          std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+      epoch_peak_ = std::max(epoch_peak_, stats_.in_use_bytes);
+      FRAMEALLOC_UNPOISON(block.data, block.size);
+      return block;
+    }
+  }
+  // Miss: allocate outside the lock, the source may be slow.
+  absl::StatusOr<Block> block = source_->Allocate(cls, alignment);
+  if (!block.ok()) return block;
+  absl::MutexLock lock(&mu_);
+  ++stats_.misses;
+  ++stats_.in_use_blocks;
+  stats_.in_use_bytes += block->size;
+  stats_.peak_in_use_bytes =
+      std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+  epoch_peak_ = std::max(epoch_peak_, stats_.in_use_bytes);
+  return block;
+}
+
+void ChunkCache::Release(const Block& block) {
+  if (block.empty()) return;
+  bool keep;
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.releases;
+    --stats_.in_use_blocks;
+    stats_.in_use_bytes -= block.size;
+    keep = stats_.cached_bytes + block.size <= options_.max_cached_bytes;
+    if (keep) {
+      // Idle memory is poisoned: a use after release is an ASan report.
+      FRAMEALLOC_POISON(block.data, block.size);
+      idle_.emplace(block.size, block);
+      ++stats_.cached_blocks;
+      stats_.cached_bytes += block.size;
+    } else {
+      ++stats_.returned_to_source;
+    }
+  }
+  if (!keep) source_->Deallocate(block);
+}
+
+size_t ChunkCache::EndEpoch() {
+  absl::MutexLock lock(&mu_);
+  ++stats_.epochs;
+  if (options_.trim_window_epochs == 0) {
+    epoch_peak_ = stats_.in_use_bytes;
+    return 0;
+  }
+  epoch_peaks_.push_back(epoch_peak_);
+  while (epoch_peaks_.size() > static_cast<size_t>(options_.trim_window_epochs)) {
+    epoch_peaks_.pop_front();
+  }
+  epoch_peak_ = stats_.in_use_bytes;
+  // Only trim once the window is full, so warm-up never trims.
+  if (epoch_peaks_.size() < static_cast<size_t>(options_.trim_window_epochs)) {
+    return 0;
+  }
+  const size_t demand =
+      *std::max_element(epoch_peaks_.begin(), epoch_peaks_.end());
+  const size_t needed_idle =
+      demand > stats_.in_use_bytes ? demand - stats_.in_use_bytes : 0;
+  return TrimLocked(needed_idle);
+}
+
+size_t ChunkCache::Trim(size_t keep_bytes) {
+  absl::MutexLock lock(&mu_);
+  return TrimLocked(keep_bytes);
+}
+
+size_t ChunkCache::TrimLocked(size_t keep_bytes) {
+  size_t trimmed = 0;
+  while (stats_.cached_bytes > keep_bytes && !idle_.empty()) {
+    auto it = std::prev(idle_.end());  // The largest block goes first.
+    const Block block = it->second;
+    idle_.erase(it);
+    --stats_.cached_blocks;
+    stats_.cached_bytes -= block.size;
+    ++stats_.returned_to_source;
+    trimmed += block.size;
+    // Shadow memory outlives the mapping: unpoison before giving it back.
+    FRAMEALLOC_UNPOISON(block.data, block.size);
+    source_->Deallocate(block);
+  }
+  return trimmed;
+}
+
+ChunkCacheStats ChunkCache::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+}  // namespace framealloc

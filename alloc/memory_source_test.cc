@@ -1,0 +1,216 @@
+#include "alloc/memory_source.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <vector>
+
+#include "alloc/internal/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace framealloc {
+namespace {
+
+using ::testing::HasSubstr;
+
+bool IsAligned(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
+
+// Every source must pass these.
+void ExpectWorkingSource(MemorySource& source) {
+  for (size_t alignment : {size_t{1}, size_t{16}, size_t{4096},
+                           size_t{1} << 16, size_t{1} << 21}) {
+    for (size_t size : {size_t{1}, size_t{100}, size_t{65536},
+                        size_t{3} << 20}) {
+      absl::StatusOr<Block> block = source.Allocate(size, alignment);
+      ASSERT_TRUE(block.ok()) << block.status();
+      EXPECT_GE(block->size, size);
+      EXPECT_EQ(block->alignment, alignment);
+      EXPECT_TRUE(IsAligned(block->data, alignment))
+          << block->data << " at " << alignment;
+      std::memset(block->data, 0xAB, block->size);  // Writable throughout.
+      source.Deallocate(*block);
+    }
+  }
+  EXPECT_EQ(source.stats().bytes_outstanding, 0u);
+  EXPECT_EQ(source.stats().allocations, source.stats().deallocations);
+}
+
+TEST(SystemMemorySourceTest, AllocatesAlignedWritableBlocks) {
+  SystemMemorySource source;
+  ExpectWorkingSource(source);
+  EXPECT_EQ(source.stats().allocations, 20u);
+}
+
+TEST(MmapMemorySourceTest, AllocatesAlignedWritableBlocks) {
+  MmapMemorySource source;
+  ExpectWorkingSource(source);
+}
+
+TEST(MmapMemorySourceTest, RoundsToPages) {
+  MmapMemorySource source;
+  absl::StatusOr<Block> block = source.Allocate(1, 1);
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(block->size, 4096u);
+  source.Deallocate(*block);
+}
+
+TEST(MmapMemorySourceTest, AdvisesHugePagesOnLargeBlocksOnly) {
+  MmapMemorySource source(MmapOptions().set_transparent_huge_pages(true));
+  absl::StatusOr<Block> small = source.Allocate(1 << 20, 4096);
+  absl::StatusOr<Block> large = source.Allocate(4 << 20, 2 << 20);
+  ASSERT_TRUE(small.ok());
+  ASSERT_TRUE(large.ok());
+  // The kernel may refuse the advice (THP compiled out), but it was asked
+  // exactly once, for the large block.
+  EXPECT_EQ(source.huge_page_advised_blocks() +
+                source.huge_page_advice_failures(),
+            1u);
+  source.Deallocate(*small);
+  source.Deallocate(*large);
+}
+
+TEST(MemorySourceTest, RejectsZeroSize) {
+  SystemMemorySource source;
+  absl::StatusOr<Block> block = source.Allocate(0, 16);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(block.status().message(), HasSubstr("block size 0"));
+  EXPECT_EQ(source.stats().failures, 1u);
+  EXPECT_EQ(source.stats().allocations, 0u);
+}
+
+TEST(MemorySourceTest, RejectsBadAlignments) {
+  MmapMemorySource source;
+  for (size_t alignment : {size_t{0}, size_t{3}, size_t{48},
+                           size_t{1} << 50}) {
+    absl::StatusOr<Block> block = source.Allocate(64, alignment);
+    EXPECT_EQ(block.status().code(), absl::StatusCode::kInvalidArgument)
+        << alignment;
+    EXPECT_THAT(block.status().message(), HasSubstr("power of two"));
+  }
+}
+
+TEST(MemorySourceTest, RejectsImpossibleSizes) {
+  SystemMemorySource source;
+  absl::StatusOr<Block> block = source.Allocate(SIZE_MAX, 16);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MemorySourceTest, MmapExhaustionIsResourceExhausted) {
+  MmapMemorySource source;
+  // 64 TiB: accepted as a size, refused by the kernel.
+  absl::StatusOr<Block> block = source.Allocate(size_t{1} << 46, 4096);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(block.status().message(), HasSubstr("mmap"));
+}
+
+TEST(MemorySourceTest, StatsTrackOutstandingAndPeak) {
+  SystemMemorySource source;
+  absl::StatusOr<Block> a = source.Allocate(1000, 16);
+  absl::StatusOr<Block> b = source.Allocate(3000, 16);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(source.stats().bytes_outstanding, 4000u);
+  source.Deallocate(*a);
+  EXPECT_EQ(source.stats().bytes_outstanding, 3000u);
+  EXPECT_EQ(source.stats().peak_bytes_outstanding, 4000u);
+  source.Deallocate(*b);
+  EXPECT_EQ(source.stats().deallocations, 2u);
+}
+
+// A backend that serves requests up to 4 KiB from a fixed buffer (one at a
+// time) and falls back for everything else.
+class SmallBufferBackend final : public AllocatorBackend {
+ public:
+  BackendResult Allocate(size_t size, size_t alignment) override {
+    if (size > sizeof(buffer_) || alignment > 64 || busy_) {
+      return BackendResult::Fallback();
+    }
+    busy_ = true;
+    return BackendResult::Ok(buffer_);
+  }
+  void Deallocate(void* data, size_t, size_t) override {
+    EXPECT_EQ(data, buffer_);
+    busy_ = false;
+    ++deallocations;
+  }
+  absl::string_view name() const override { return "small-buffer"; }
+
+  int deallocations = 0;
+
+ private:
+  alignas(64) char buffer_[4096];
+  bool busy_ = false;
+};
+
+TEST(BackendMemorySourceTest, ServesOrFallsBackAndRoutesReleases) {
+  SmallBufferBackend backend;
+  alloc_internal::CountingSource next;
+  BackendMemorySource chain(&backend, &next);
+  EXPECT_EQ(chain.name(), "small-buffer");
+
+  absl::StatusOr<Block> served = chain.Allocate(100, 16);
+  absl::StatusOr<Block> too_big = chain.Allocate(8192, 16);
+  absl::StatusOr<Block> busy = chain.Allocate(100, 16);
+  ASSERT_TRUE(served.ok() && too_big.ok() && busy.ok());
+  EXPECT_EQ(chain.served_by_backend(), 1u);
+  EXPECT_EQ(chain.fell_back(), 2u);
+  EXPECT_EQ(next.allocate_calls(), 2);
+
+  chain.Deallocate(*too_big);
+  EXPECT_EQ(next.deallocate_calls(), 1);
+  EXPECT_EQ(backend.deallocations, 0);
+  chain.Deallocate(*served);
+  EXPECT_EQ(backend.deallocations, 1);
+  chain.Deallocate(*busy);
+  EXPECT_EQ(next.deallocate_calls(), 2);
+  EXPECT_EQ(chain.stats().bytes_outstanding, 0u);
+  EXPECT_EQ(next.stats().bytes_outstanding, 0u);
+}
+
+class RefusingBackend final : public AllocatorBackend {
+ public:
+  BackendResult Allocate(size_t, size_t) override {
+    return BackendResult::Error(absl::ResourceExhaustedError("quota"));
+  }
+  void Deallocate(void*, size_t, size_t) override { FAIL(); }
+};
+
+TEST(BackendMemorySourceTest, RefusalDoesNotFallBack) {
+  RefusingBackend backend;
+  alloc_internal::CountingSource next;
+  BackendMemorySource chain(&backend, &next);
+  absl::StatusOr<Block> block = chain.Allocate(100, 16);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(block.status().message(), "quota");
+  EXPECT_EQ(next.allocate_calls(), 0);
+  EXPECT_EQ(chain.stats().failures, 1u);
+}
+
+class MisalignedBackend final : public AllocatorBackend {
+ public:
+  BackendResult Allocate(size_t, size_t) override {
+    return BackendResult::Ok(buffer_ + 1);
+  }
+  void Deallocate(void* data, size_t, size_t) override {
+    EXPECT_EQ(data, buffer_ + 1);
+    ++deallocations;
+  }
+  int deallocations = 0;
+
+ private:
+  alignas(64) char buffer_[128];
+};
+
+TEST(BackendMemorySourceTest, MisalignedAnswerIsAnErrorAndReturned) {
+  MisalignedBackend backend;
+  BackendMemorySource chain(&backend, &SystemMemorySource::Default());
+  absl::StatusOr<Block> block = chain.Allocate(64, 16);
+  EXPECT_EQ(block.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(block.status().message(), HasSubstr("not aligned to 16"));
+  EXPECT_EQ(backend.deallocations, 1);
+}
+
+}  // namespace
+}  // namespace framealloc

@@ -1,0 +1,3 @@
+"""Per-rule load, compatible with modern rules_cc."""
+
+cc_library = native.cc_library
