@@ -40,7 +40,7 @@ absl::StatusOr<std::unique_ptr<ChunkCache>> ChunkCache::Create(
 }
 
 ChunkCache::~ChunkCache() {
-  absl::MutexLock lock(&mu_);
+  alloc_internal::MutexLock lock(&mu_);
   if (stats_.in_use_blocks != 0) {
     ReportError({ErrorKind::kMisuse, "ChunkCache::~ChunkCache",
                  absl::StrCat("destroyed with ", stats_.in_use_blocks,
@@ -69,7 +69,7 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
   }
   const size_t cls = SizeClass(size);
   {
-    absl::MutexLock lock(&mu_);
+    alloc_internal::MutexLock lock(&mu_);
     auto [first, last] = idle_.equal_range(cls);
     for (auto it = first; it != last; ++it) {
       const Block block = it->second;
@@ -90,7 +90,7 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
   // Miss: allocate outside the lock, the source may be slow.
   absl::StatusOr<Block> block = source_->Allocate(cls, alignment);
   if (!block.ok()) return block;
-  absl::MutexLock lock(&mu_);
+  alloc_internal::MutexLock lock(&mu_);
   ++stats_.misses;
   ++stats_.in_use_blocks;
   stats_.in_use_bytes += block->size;
@@ -104,7 +104,7 @@ void ChunkCache::Release(const Block& block) {
   if (block.empty()) return;
   bool keep;
   {
-    absl::MutexLock lock(&mu_);
+    alloc_internal::MutexLock lock(&mu_);
     ++stats_.releases;
     --stats_.in_use_blocks;
     stats_.in_use_bytes -= block.size;
@@ -123,7 +123,7 @@ void ChunkCache::Release(const Block& block) {
 }
 
 size_t ChunkCache::EndEpoch() {
-  absl::MutexLock lock(&mu_);
+  alloc_internal::MutexLock lock(&mu_);
   ++stats_.epochs;
   if (options_.trim_window_epochs == 0) {
     epoch_peak_ = stats_.in_use_bytes;
@@ -146,7 +146,7 @@ size_t ChunkCache::EndEpoch() {
 }
 
 size_t ChunkCache::Trim(size_t keep_bytes) {
-  absl::MutexLock lock(&mu_);
+  alloc_internal::MutexLock lock(&mu_);
   return TrimLocked(keep_bytes);
 }
 
@@ -168,7 +168,7 @@ size_t ChunkCache::TrimLocked(size_t keep_bytes) {
 }
 
 ChunkCacheStats ChunkCache::stats() const {
-  absl::MutexLock lock(&mu_);
+  alloc_internal::MutexLock lock(&mu_);
   return stats_;
 }
 

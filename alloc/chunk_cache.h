@@ -20,7 +20,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "alloc/internal/mutex.h"
 #include "alloc/memory_source.h"
 
 namespace framealloc {
@@ -111,7 +111,7 @@ class ChunkCache {
   MemorySource* const source_;
   const ChunkCacheOptions options_;
 
-  mutable absl::Mutex mu_;
+  mutable alloc_internal::Mutex mu_;
   // Idle blocks by size class. Largest are trimmed first.
   absl::btree_multimap<size_t, Block> idle_ ABSL_GUARDED_BY(mu_);
   // Peak in-use bytes of each of the last trim_window_epochs epochs.

@@ -6,13 +6,13 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "alloc/internal/mutex.h"
 
 namespace framealloc {
 namespace {
 
 struct HandlerSlot {
-  absl::Mutex mu;
+  alloc_internal::Mutex mu;
   ErrorHandler handler ABSL_GUARDED_BY(mu) = nullptr;
   void* context ABSL_GUARDED_BY(mu) = nullptr;
 };
@@ -37,7 +37,7 @@ void CallHandler(const ErrorReport& report) {
   void* context;
   {
     HandlerSlot& slot = Slot();
-    absl::MutexLock lock(&slot.mu);
+    alloc_internal::MutexLock lock(&slot.mu);
     handler = slot.handler;
     context = slot.context;
   }
@@ -61,7 +61,7 @@ absl::string_view ErrorKindName(ErrorKind kind) {
 
 ErrorHandler SetErrorHandler(ErrorHandler handler, void* context) {
   HandlerSlot& slot = Slot();
-  absl::MutexLock lock(&slot.mu);
+  alloc_internal::MutexLock lock(&slot.mu);
   ErrorHandler previous = slot.handler;
   slot.handler = handler;
   slot.context = context;
@@ -70,7 +70,7 @@ ErrorHandler SetErrorHandler(ErrorHandler handler, void* context) {
 
 ScopedErrorHandler::ScopedErrorHandler(ErrorHandler handler, void* context) {
   HandlerSlot& slot = Slot();
-  absl::MutexLock lock(&slot.mu);
+  alloc_internal::MutexLock lock(&slot.mu);
   previous_handler_ = slot.handler;
   previous_context_ = slot.context;
   slot.handler = handler;

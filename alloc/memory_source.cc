@@ -99,7 +99,7 @@ MmapMemorySource::MmapMemorySource(MmapOptions options)
 
 absl::StatusOr<Block> MmapMemorySource::DoAllocate(size_t size,
                                                    size_t alignment) {
-  size_t length;
+  size_t length = size;
   AlignUp(size, page_size_, &length);  // size <= kMaxBlockSize: no overflow.
   // Alignments above a page: map `alignment - page` extra bytes, keep the
   // aligned middle, unmap both ends.
@@ -150,7 +150,7 @@ BackendMemorySource::BackendMemorySource(AllocatorBackend* backend,
     : backend_(backend), next_(next) {}
 
 BackendMemorySource::~BackendMemorySource() {
-  absl::MutexLock lock(&mu_);
+  alloc_internal::MutexLock lock(&mu_);
   if (!from_backend_.empty()) {
     ReportError({ErrorKind::kMisuse, "BackendMemorySource::~BackendMemorySource",
                  absl::StrCat(from_backend_.size(),
@@ -177,7 +177,7 @@ absl::StatusOr<Block> BackendMemorySource::DoAllocate(size_t size,
   }
   served_.fetch_add(1, std::memory_order_relaxed);
   {
-    absl::MutexLock lock(&mu_);
+    alloc_internal::MutexLock lock(&mu_);
     from_backend_[result.data()] = size;
   }
   return Block{result.data(), size, alignment};
@@ -186,7 +186,7 @@ absl::StatusOr<Block> BackendMemorySource::DoAllocate(size_t size,
 void BackendMemorySource::DoDeallocate(const Block& block) {
   bool from_backend;
   {
-    absl::MutexLock lock(&mu_);
+    alloc_internal::MutexLock lock(&mu_);
     from_backend = from_backend_.erase(block.data) > 0;
   }
   if (from_backend) {

@@ -21,7 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "alloc/internal/mutex.h"
 
 namespace framealloc {
 
@@ -210,7 +210,7 @@ class BackendMemorySource final : public MemorySource {
  private:
   AllocatorBackend* const backend_;
   MemorySource* const next_;
-  absl::Mutex mu_;
+  alloc_internal::Mutex mu_;
   // Blocks the backend served, by address.
   absl::flat_hash_map<void*, size_t> from_backend_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> served_{0};

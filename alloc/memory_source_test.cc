@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "alloc/internal/test_util.h"
@@ -145,7 +146,9 @@ class SmallBufferBackend final : public AllocatorBackend {
 };
 
 TEST(BackendMemorySourceTest, ServesOrFallsBackAndRoutesReleases) {
-  SmallBufferBackend backend;
+  // On the heap: ASan's fake stack does not honour alignas(64) members.
+  auto owned_backend = std::make_unique<SmallBufferBackend>();
+  SmallBufferBackend& backend = *owned_backend;
   alloc_internal::CountingSource next;
   BackendMemorySource chain(&backend, &next);
   EXPECT_EQ(chain.name(), "small-buffer");
@@ -204,7 +207,8 @@ class MisalignedBackend final : public AllocatorBackend {
 };
 
 TEST(BackendMemorySourceTest, MisalignedAnswerIsAnErrorAndReturned) {
-  MisalignedBackend backend;
+  auto owned_backend = std::make_unique<MisalignedBackend>();
+  MisalignedBackend& backend = *owned_backend;
   BackendMemorySource chain(&backend, &SystemMemorySource::Default());
   absl::StatusOr<Block> block = chain.Allocate(64, 16);
   EXPECT_EQ(block.status().code(), absl::StatusCode::kInternal);

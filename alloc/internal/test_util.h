@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "alloc/internal/mutex.h"
 #include "alloc/error.h"
 #include "alloc/memory_source.h"
 
@@ -59,22 +59,22 @@ class ErrorRecorder {
   ErrorRecorder() : scope_(&ErrorRecorder::Record, this) {}
 
   std::vector<ErrorReport> reports() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return reports_;
   }
   size_t count() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return reports_.size();
   }
 
  private:
   static void Record(const ErrorReport& report, void* self) {
     auto* recorder = static_cast<ErrorRecorder*>(self);
-    absl::MutexLock lock(&recorder->mu_);
+    MutexLock lock(&recorder->mu_);
     recorder->reports_.push_back(report);
   }
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<ErrorReport> reports_;
   ScopedErrorHandler scope_;
 };

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, every Debian package that framealloc's build, tests
+# and benchmarks need, skipping what is already installed. Called by ./bazelw
+# before every bazel command, so a fresh Debian 12 machine needs nothing done
+# by hand. Safe to run again: with everything present it only checks dpkg.
+#
+# For: Debian 12 (bookworm) and derivatives. Not for: other distributions;
+# there it explains what is missing and stops.
+set -euo pipefail
+
+# One package per line, with what needs it.
+PACKAGES=(
+  bazel-bootstrap     # Bazel 4.2.3, the build tool (pulls in a JDK)
+  g++                 # GCC 12: the default compiler, with ASan/UBSan/TSan
+  clang               # --config=clang
+  libclang-rt-14-dev  # clang's sanitizer runtimes
+  clang-format        # the format check in .ci/run
+  libabsl-dev         # Abseil: status, strings, containers, synchronization
+  libhwloc-dev        # hwloc: topology (numa/)
+  libtbb-dev          # oneTBB: scheduling (jobs/)
+  libgtest-dev        # GoogleTest
+  libgmock-dev        # GoogleMock
+  libbenchmark-dev    # Google Benchmark
+)
+
+log() { printf 'framealloc setup: %s\n' "$*" >&2; }
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  log "missing packages: ${missing[*]}"
+  log "apt-get is not available; this setup supports Debian 12 only. Install the packages above by other means."
+  exit 1
+fi
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    log "missing packages: ${missing[*]}"
+    log "installing them needs root, and sudo is not available. Run as root: apt-get install ${missing[*]}"
+    exit 1
+  fi
+fi
+
+log "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Package lists may be absent on a fresh machine; update once, then install.
+if ! "${SUDO[@]}" apt-get update -qq; then
+  log "apt-get update failed; check the network or the apt sources."
+  exit 1
+fi
+if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
+  log "apt-get install failed for: ${missing[*]}"
+  exit 1
+fi
+log "installed: ${missing[*]}"
