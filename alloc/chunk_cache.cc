@@ -15,9 +15,9 @@ constexpr size_t kPage = 4096;
 
 absl::Status ChunkCacheOptions::Validate() const {
   if (trim_window_epochs < 0 || trim_window_epochs > 1 << 16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ChunkCacheOptions.trim_window_epochs = ",
-                     trim_window_epochs, " is outside [0, 65536]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ChunkCacheOptions.trim_window_epochs = ", trim_window_epochs,
+        " is outside [0, 65536]"));
   }
   return absl::OkStatus();
 }
@@ -130,7 +130,8 @@ size_t ChunkCache::EndEpoch() {
     return 0;
   }
   epoch_peaks_.push_back(epoch_peak_);
-  while (epoch_peaks_.size() > static_cast<size_t>(options_.trim_window_epochs)) {
+  while (epoch_peaks_.size() >
+         static_cast<size_t>(options_.trim_window_epochs)) {
     epoch_peaks_.pop_front();
   }
   epoch_peak_ = stats_.in_use_bytes;

@@ -50,8 +50,8 @@ struct ChunkCacheOptions {
 
 // What a cache holds and how it has been used.
 struct ChunkCacheStats {
-  uint64_t hits = 0;     // Acquires served from the cache.
-  uint64_t misses = 0;   // Acquires that went to the source.
+  uint64_t hits = 0;    // Acquires served from the cache.
+  uint64_t misses = 0;  // Acquires that went to the source.
   uint64_t releases = 0;
   uint64_t returned_to_source = 0;  // Blocks given back (trim, cap, destroy).
   size_t cached_blocks = 0;         // Idle blocks held now.

@@ -19,7 +19,7 @@ struct HandlerSlot {
 
 HandlerSlot& Slot() {
   static HandlerSlot* slot = new HandlerSlot;  // Never destroyed: errors may
-                                              // be reported during exit.
+                                               // be reported during exit.
   return *slot;
 }
 

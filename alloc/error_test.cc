@@ -13,7 +13,11 @@ TEST(ErrorTest, KindNames) {
 }
 
 TEST(ErrorTest, FormatNamesKindPlaceMessageAndStatus) {
-  ErrorReport report{ErrorKind::kMisuse, "Thing::Do", "it broke", 0, 0,
+  ErrorReport report{ErrorKind::kMisuse,
+                     "Thing::Do",
+                     "it broke",
+                     0,
+                     0,
                      absl::FailedPreconditionError("why")};
   EXPECT_EQ(FormatErrorReport(report),
             "framealloc: misuse in Thing::Do: it broke "
@@ -42,9 +46,10 @@ TEST(ErrorTest, ScopedHandlerRestoresPrevious) {
 }
 
 TEST(ErrorDeathTest, DefaultHandlerPrintsAndAborts) {
-  EXPECT_DEATH(ReportError({ErrorKind::kMisuse, "Where::Call",
-                            "a clear sentence", 0, 0, {}}),
-               "framealloc: misuse in Where::Call: a clear sentence");
+  EXPECT_DEATH(
+      ReportError(
+          {ErrorKind::kMisuse, "Where::Call", "a clear sentence", 0, 0, {}}),
+      "framealloc: misuse in Where::Call: a clear sentence");
 }
 
 TEST(ErrorDeathTest, FatalAbortsEvenWhenHandlerReturns) {

@@ -32,10 +32,10 @@ absl::Status FrameArenaOptions::Validate() const {
         " is outside [", kMinChunk, ", ", kMaxChunk, "]"));
   }
   if (max_chunk_size < initial_chunk_size || max_chunk_size > kMaxChunk) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "FrameArenaOptions.max_chunk_size = ", max_chunk_size,
-        " is outside [initial_chunk_size = ", initial_chunk_size, ", ",
-        kMaxChunk, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("FrameArenaOptions.max_chunk_size = ", max_chunk_size,
+                     " is outside [initial_chunk_size = ", initial_chunk_size,
+                     ", ", kMaxChunk, "]"));
   }
   if (!IsPowerOfTwo(chunk_alignment) || chunk_alignment < 16 ||
       chunk_alignment > (size_t{1} << 20)) {
@@ -103,11 +103,11 @@ void* FrameArena::Fail(ErrorKind kind, size_t size, size_t alignment,
   }
   ReportFatalError(
       {kind, "FrameArena::Allocate",
-       absl::StrCat("cannot allocate ", size, " bytes at alignment ",
-                    alignment, "; the arena holds ", chunks_.size(),
-                    " chunks and ", oversize_.size(), " oversize blocks, ",
-                    CurrentBytesUsed(), " bytes used this frame (",
-                    cache_->source()->name(), " source)"),
+       absl::StrCat("cannot allocate ", size, " bytes at alignment ", alignment,
+                    "; the arena holds ", chunks_.size(), " chunks and ",
+                    oversize_.size(), " oversize blocks, ", CurrentBytesUsed(),
+                    " bytes used this frame (", cache_->source()->name(),
+                    " source)"),
        size, alignment, std::move(status)});
 }
 
@@ -134,8 +134,9 @@ void* FrameArena::AllocateSlow(size_t size, size_t alignment, bool fatal) {
   const size_t next_chunk = ChunkSizeFor(chunks_.size());
   if (size > next_chunk || alignment > options_.chunk_alignment) {
     // A block of its own; the current chunk stays current.
-    absl::StatusOr<Block> block = cache_->Acquire(
-        std::max<size_t>(size, 1), std::max(alignment, options_.chunk_alignment));
+    absl::StatusOr<Block> block =
+        cache_->Acquire(std::max<size_t>(size, 1),
+                        std::max(alignment, options_.chunk_alignment));
     if (!block.ok()) {
       return Fail(ErrorKind::kOutOfMemory, size, alignment, fatal,
                   block.status());
@@ -252,10 +253,10 @@ absl::Status FrameArena::Rewind(const ArenaMark& mark) {
         " is stale: it was already rewound, or discarded by Reset()"));
   }
   if (mark.depth_ + 1 != marks_.size()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "FrameArena::Rewind: out-of-order rewind of mark #", mark.serial_,
-        " while ", marks_.size() - mark.depth_ - 1,
-        " newer marks are still open; rewind those first"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("FrameArena::Rewind: out-of-order rewind of mark #",
+                     mark.serial_, " while ", marks_.size() - mark.depth_ - 1,
+                     " newer marks are still open; rewind those first"));
   }
   UpdatePeak();
   RunDestructors(static_cast<Destructor*>(mark.destructors_));

@@ -48,6 +48,22 @@ void BM_FrameArena_Alloc(benchmark::State& state) {
   FrameArena arena(&Cache());
   for (auto _ : state) {
     for (size_t i = 0; i < batch; ++i) {
+      benchmark::DoNotOptimize(arena.Allocate(size, 16));
+    }
+    arena.Reset();
+  }
+  state.counters["batch"] = static_cast<double>(batch);
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+// The same through an out-of-line call, as code that cannot inline the
+// arena (a virtual interface, another translation unit) would pay.
+void BM_FrameArena_AllocOutOfLine(benchmark::State& state) {
+  const size_t size = static_cast<size_t>(state.range(0));
+  const size_t batch = BatchFor(size);
+  FrameArena arena(&Cache());
+  for (auto _ : state) {
+    for (size_t i = 0; i < batch; ++i) {
       benchmark::DoNotOptimize(FastPathProbe(arena, size));
     }
     arena.Reset();
@@ -108,6 +124,11 @@ void BM_PmrMonotonic_Alloc(benchmark::State& state) {
 #define FRAMEALLOC_SIZES \
   RangeMultiplier(2)->Range(16, 64 << 10)->Unit(benchmark::kNanosecond)
 BENCHMARK(BM_FrameArena_Alloc)->FRAMEALLOC_SIZES;
+BENCHMARK(BM_FrameArena_AllocOutOfLine)
+    ->Arg(16)
+    ->Arg(64)
+    ->Arg(256)
+    ->Unit(benchmark::kNanosecond);
 BENCHMARK(BM_Malloc_FreeEach)->FRAMEALLOC_SIZES;
 BENCHMARK(BM_Malloc_FreeAtEnd)->FRAMEALLOC_SIZES;
 BENCHMARK(BM_PmrMonotonic_Alloc)->FRAMEALLOC_SIZES;
@@ -246,7 +267,8 @@ void BM_MixedAlign_Malloc(benchmark::State& state) {
 }
 BENCHMARK(BM_MixedAlign_Malloc)->Unit(benchmark::kMicrosecond);
 
-// ---- Ratio table --------------------------------------------------------------
+// ---- Ratio table
+// --------------------------------------------------------------
 
 // Keeps nanoseconds per allocation of every run, by name, while printing
 // Google Benchmark's usual console output.
@@ -285,8 +307,7 @@ class RecordingReporter : public benchmark::ConsoleReporter {
 void PrintRatios(const RecordingReporter& r) {
   std::printf("\nRatios measured in this run (higher = frame arena faster)\n");
   std::printf("%-8s %10s %12s %12s %12s %10s %10s\n", "size", "arena ns",
-              "malloc+free", "batch free", "pmr mono", "x pair",
-              "x batch");
+              "malloc+free", "batch free", "pmr mono", "x pair", "x batch");
   for (size_t size = 16; size <= (64 << 10); size *= 2) {
     const std::string arg = "/" + std::to_string(size);
     const double arena = r.ns("BM_FrameArena_Alloc" + arg);
@@ -296,6 +317,14 @@ void PrintRatios(const RecordingReporter& r) {
     if (arena <= 0) continue;
     std::printf("%-8zu %10.2f %12.2f %12.2f %12.2f %9.1fx %9.1fx\n", size,
                 arena, pair, batch, pmr, pair / arena, batch / arena);
+  }
+  for (int size : {16, 64, 256}) {
+    const std::string arg = "/" + std::to_string(size);
+    const double outofline = r.ns("BM_FrameArena_AllocOutOfLine" + arg);
+    std::printf(
+        "Out-of-line call per allocation, %d B: %.2f ns (%.1fx faster than "
+        "malloc+free)\n",
+        size, outofline, r.ns("BM_Malloc_FreeEach" + arg) / outofline);
   }
   const double empty_reset = r.ns("BM_FrameArena_EmptyReset");
   const double small = r.ns("BM_FrameArena_Alloc/64");

@@ -81,8 +81,8 @@ TEST_F(FrameArenaTest, ExactFitFillsTheChunk) {
 
 TEST_F(FrameArenaTest, ChunksDoubleUpToTheMaximumThenStay) {
   // Fill chunk after chunk exactly: 64K, 128K, 256K, 512K, 1M, 1M, 1M.
-  const std::vector<size_t> expected = {k64K,     2 * k64K, 4 * k64K, 8 * k64K,
-                                        k1M,      k1M,      k1M};
+  const std::vector<size_t> expected = {k64K, 2 * k64K, 4 * k64K, 8 * k64K,
+                                        k1M,  k1M,      k1M};
   std::vector<size_t> seen;
   for (size_t size : expected) {
     arena().Allocate(size, 1);
@@ -125,8 +125,8 @@ TEST_F(FrameArenaTest, EveryPowerOfTwoAlignmentInsideAChunk) {
 
 TEST_F(FrameArenaTest, AlignmentPastTheChunk) {
   arena().Allocate(1, 1);
-  for (size_t alignment : {size_t{1} << 13, size_t{1} << 16, size_t{1} << 21,
-                           size_t{1} << 22}) {
+  for (size_t alignment :
+       {size_t{1} << 13, size_t{1} << 16, size_t{1} << 21, size_t{1} << 22}) {
     void* p = arena().Allocate(16, alignment);
     EXPECT_TRUE(IsAligned(p, alignment)) << alignment;
     std::memset(p, 0, 16);
@@ -144,8 +144,7 @@ TEST_F(FrameArenaTest, TryPathRefusesBadRequestsWithNull) {
   EXPECT_EQ(arena().TryAllocate(SIZE_MAX, 8), nullptr);
   EXPECT_EQ(arena().TryAllocate(16, size_t{1} << 63), nullptr);
   EXPECT_EQ(arena().TryAllocateArray<uint64_t>(SIZE_MAX / 4), nullptr);
-  EXPECT_EQ(arena().TryAllocateN(size_t{1} << 33, size_t{1} << 33, 8),
-            nullptr);
+  EXPECT_EQ(arena().TryAllocateN(size_t{1} << 33, size_t{1} << 33, 8), nullptr);
   EXPECT_TRUE(arena().TryCreateArray<std::string>(SIZE_MAX / 8).empty());
   FrameArenaStats stats = arena().stats();
   EXPECT_EQ(stats.failed_allocations, 7u);
@@ -156,7 +155,7 @@ TEST_F(FrameArenaTest, TryPathRefusesBadRequestsWithNull) {
 TEST_F(FrameArenaTest, ExhaustedSourceGivesNullOnTryPath) {
   source_.RefuseAfter(1);
   EXPECT_NE(arena().TryAllocate(1000), nullptr);
-  EXPECT_EQ(arena().TryAllocate(k64K), nullptr);  // Needs a second chunk.
+  EXPECT_EQ(arena().TryAllocate(k64K), nullptr);     // Needs a second chunk.
   EXPECT_EQ(arena().TryAllocate(4 * k1M), nullptr);  // Needs its own block.
   EXPECT_EQ(arena().stats().failed_allocations, 2u);
   EXPECT_NE(arena().TryAllocate(1000), nullptr);  // First chunk still good.

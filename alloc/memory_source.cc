@@ -21,8 +21,8 @@ absl::StatusOr<Block> MemorySource::Allocate(size_t size, size_t alignment) {
   absl::StatusOr<Block> block;
   if (size == 0 || size > kMaxBlockSize) {
     block = absl::InvalidArgumentError(
-        absl::StrCat(name(), " source: block size ", size,
-                     " is outside [1, ", kMaxBlockSize, "]"));
+        absl::StrCat(name(), " source: block size ", size, " is outside [1, ",
+                     kMaxBlockSize, "]"));
   } else if (!IsPowerOfTwo(alignment) || alignment > kMaxBlockSize) {
     block = absl::InvalidArgumentError(
         absl::StrCat(name(), " source: alignment ", alignment,
@@ -75,9 +75,9 @@ absl::StatusOr<Block> SystemMemorySource::DoAllocate(size_t size,
                                                      size_t alignment) {
   void* data = ::operator new(size, std::align_val_t(alignment), std::nothrow);
   if (data == nullptr) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "system source: the heap refused ", size, " bytes at alignment ",
-        alignment));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("system source: the heap refused ", size,
+                     " bytes at alignment ", alignment));
   }
   return Block{data, size, alignment};
 }
@@ -133,12 +133,13 @@ absl::StatusOr<Block> MmapMemorySource::DoAllocate(size_t size,
 
 void MmapMemorySource::DoDeallocate(const Block& block) {
   if (munmap(block.data, block.size) != 0) {
-    ReportError({ErrorKind::kMisuse, "MmapMemorySource::Deallocate",
-                 absl::StrCat("munmap of ", block.size, " bytes at 0x",
-                              absl::Hex(reinterpret_cast<uintptr_t>(block.data)),
-                              " failed: ", std::strerror(errno),
-                              " (was the block from this source?)"),
-                 block.size, block.alignment, absl::OkStatus()});
+    ReportError(
+        {ErrorKind::kMisuse, "MmapMemorySource::Deallocate",
+         absl::StrCat("munmap of ", block.size, " bytes at 0x",
+                      absl::Hex(reinterpret_cast<uintptr_t>(block.data)),
+                      " failed: ", std::strerror(errno),
+                      " (was the block from this source?)"),
+         block.size, block.alignment, absl::OkStatus()});
   }
 }
 
@@ -152,11 +153,11 @@ BackendMemorySource::BackendMemorySource(AllocatorBackend* backend,
 BackendMemorySource::~BackendMemorySource() {
   alloc_internal::MutexLock lock(&mu_);
   if (!from_backend_.empty()) {
-    ReportError({ErrorKind::kMisuse, "BackendMemorySource::~BackendMemorySource",
-                 absl::StrCat(from_backend_.size(),
-                              " blocks served by backend '", backend_->name(),
-                              "' were never returned"),
-                 0, 0, absl::OkStatus()});
+    ReportError(
+        {ErrorKind::kMisuse, "BackendMemorySource::~BackendMemorySource",
+         absl::StrCat(from_backend_.size(), " blocks served by backend '",
+                      backend_->name(), "' were never returned"),
+         0, 0, absl::OkStatus()});
   }
 }
 
@@ -170,10 +171,10 @@ absl::StatusOr<Block> BackendMemorySource::DoAllocate(size_t size,
   if (!result.is_ok()) return result.status();
   if (reinterpret_cast<uintptr_t>(result.data()) % alignment != 0) {
     backend_->Deallocate(result.data(), size, alignment);
-    return absl::InternalError(absl::StrCat(
-        "backend '", backend_->name(), "' returned 0x",
-        absl::Hex(reinterpret_cast<uintptr_t>(result.data())),
-        ", which is not aligned to ", alignment));
+    return absl::InternalError(
+        absl::StrCat("backend '", backend_->name(), "' returned 0x",
+                     absl::Hex(reinterpret_cast<uintptr_t>(result.data())),
+                     ", which is not aligned to ", alignment));
   }
   served_.fetch_add(1, std::memory_order_relaxed);
   {

@@ -21,10 +21,10 @@ bool IsAligned(const void* p, size_t alignment) {
 
 // Every source must pass these.
 void ExpectWorkingSource(MemorySource& source) {
-  for (size_t alignment : {size_t{1}, size_t{16}, size_t{4096},
-                           size_t{1} << 16, size_t{1} << 21}) {
-    for (size_t size : {size_t{1}, size_t{100}, size_t{65536},
-                        size_t{3} << 20}) {
+  for (size_t alignment : {size_t{1}, size_t{16}, size_t{4096}, size_t{1} << 16,
+                           size_t{1} << 21}) {
+    for (size_t size :
+         {size_t{1}, size_t{100}, size_t{65536}, size_t{3} << 20}) {
       absl::StatusOr<Block> block = source.Allocate(size, alignment);
       ASSERT_TRUE(block.ok()) << block.status();
       EXPECT_GE(block->size, size);
@@ -66,9 +66,9 @@ TEST(MmapMemorySourceTest, AdvisesHugePagesOnLargeBlocksOnly) {
   ASSERT_TRUE(large.ok());
   // The kernel may refuse the advice (THP compiled out), but it was asked
   // exactly once, for the large block.
-  EXPECT_EQ(source.huge_page_advised_blocks() +
-                source.huge_page_advice_failures(),
-            1u);
+  EXPECT_EQ(
+      source.huge_page_advised_blocks() + source.huge_page_advice_failures(),
+      1u);
   source.Deallocate(*small);
   source.Deallocate(*large);
 }
@@ -84,8 +84,7 @@ TEST(MemorySourceTest, RejectsZeroSize) {
 
 TEST(MemorySourceTest, RejectsBadAlignments) {
   MmapMemorySource source;
-  for (size_t alignment : {size_t{0}, size_t{3}, size_t{48},
-                           size_t{1} << 50}) {
+  for (size_t alignment : {size_t{0}, size_t{3}, size_t{48}, size_t{1} << 50}) {
     absl::StatusOr<Block> block = source.Allocate(64, alignment);
     EXPECT_EQ(block.status().code(), absl::StatusCode::kInvalidArgument)
         << alignment;

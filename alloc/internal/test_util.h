@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "alloc/internal/mutex.h"
 #include "alloc/error.h"
+#include "alloc/internal/mutex.h"
 #include "alloc/memory_source.h"
 
 namespace framealloc {
