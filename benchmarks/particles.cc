@@ -54,8 +54,8 @@ int CellOf(float v, int grid) {
 template <typename Policy>
 FrameCounts Step(Particles& particles, const Params& params,
                  const Policy& policy) {
-  using U32s = std::vector<uint32_t,
-                           typename Policy::template Allocator<uint32_t>>;
+  using U32s =
+      std::vector<uint32_t, typename Policy::template Allocator<uint32_t>>;
   using Floats = std::vector<float, typename Policy::template Allocator<float>>;
   using Contacts =
       std::vector<Contact, typename Policy::template Allocator<Contact>>;
@@ -125,10 +125,22 @@ FrameCounts Step(Particles& particles, const Params& params,
     float vy = particles.vy[i] + (fy[i] + params.gravity) * params.dt;
     float x = particles.x[i] + vx * params.dt;
     float y = particles.y[i] + vy * params.dt;
-    if (x < 0.0f) { x = -x; vx = -vx; }
-    if (x > 1.0f) { x = 2.0f - x; vx = -vx; }
-    if (y < 0.0f) { y = -y; vy = -vy; }
-    if (y > 1.0f) { y = 2.0f - y; vy = -vy; }
+    if (x < 0.0f) {
+      x = -x;
+      vx = -vx;
+    }
+    if (x > 1.0f) {
+      x = 2.0f - x;
+      vx = -vx;
+    }
+    if (y < 0.0f) {
+      y = -y;
+      vy = -vy;
+    }
+    if (y > 1.0f) {
+      y = 2.0f - y;
+      vy = -vy;
+    }
     particles.x[i] = x;
     particles.y[i] = y;
     particles.vx[i] = vx;

@@ -31,8 +31,8 @@ struct Particles {
 // Parameters of the simulation, derived from the particle count so that a
 // particle has about eight neighbours at any size.
 struct Params {
-  float radius;    // Interaction radius; also the grid cell size.
-  int grid;        // Cells per side of the unit box.
+  float radius;  // Interaction radius; also the grid cell size.
+  int grid;      // Cells per side of the unit box.
   float stiffness = 40.0f;
   float dt = 1.0f / 240.0f;
   float gravity = -0.5f;
@@ -60,7 +60,8 @@ template <typename T>
 class CountingHeapAllocator {
  public:
   using value_type = T;
-  explicit CountingHeapAllocator(HeapCounters* counters) : counters_(counters) {}
+  explicit CountingHeapAllocator(HeapCounters* counters)
+      : counters_(counters) {}
   template <typename U>
   CountingHeapAllocator(const CountingHeapAllocator<U>& other)  // NOLINT
       : counters_(other.counters()) {}

@@ -156,19 +156,21 @@ int Main() {
   arena.allocations_per_frame /= rounds;
   arena.bytes_per_frame /= rounds;
 
-  std::printf("\n%-24s %10s %10s %10s %14s %14s %12s\n", "variant",
-              "median ms", "p99 ms", "mean ms", "allocs/frame",
-              "bytes/frame", "sys calls*");
+  std::printf("\n%-24s %10s %10s %10s %14s %14s %12s\n", "variant", "median ms",
+              "p99 ms", "mean ms", "allocs/frame", "bytes/frame",
+              "src allocs*");
   for (const VariantResult* v : {&heap, &arena}) {
     double mean = 0;
     for (double ms : v->frame_ms) mean += ms;
     mean /= static_cast<double>(v->frame_ms.size());
-    std::printf("%-24s %10.3f %10.3f %10.3f %14.0f %14.0f %12s\n",
-                v->name.c_str(), Percentile(v->frame_ms, 0.5),
-                Percentile(v->frame_ms, 0.99), mean, v->allocations_per_frame,
-                v->bytes_per_frame,
-                v == &arena ? absl::StrFormat("%llu", static_cast<unsigned long long>(v->source_calls)).c_str()
-                            : "n/a");
+    std::printf(
+        "%-24s %10.3f %10.3f %10.3f %14.0f %14.0f %12s\n", v->name.c_str(),
+        Percentile(v->frame_ms, 0.5), Percentile(v->frame_ms, 0.99), mean,
+        v->allocations_per_frame, v->bytes_per_frame,
+        v == &arena ? absl::StrFormat("%llu", static_cast<unsigned long long>(
+                                                  v->source_calls))
+                          .c_str()
+                    : "n/a");
   }
   const double ratio_median =
       Percentile(heap.frame_ms, 0.5) / Percentile(arena.frame_ms, 0.5);
@@ -179,7 +181,7 @@ int Main() {
       "(ratios of frame times measured in this run)\n",
       ratio_median, ratio_p99);
   std::printf(
-      "* sys calls: memory-source allocations by the arena's chunk cache "
+      "* src allocs: memory-source allocations by the arena's chunk cache "
       "during measured frames (0 = every frame reused cached chunks)\n");
   std::printf("contacts in the last frame: %zu\n", arena.contacts);
   if (heap.checksum != arena.checksum) {
