@@ -3,7 +3,7 @@
 # variants, the ratio line, zero source calls in steady frames, identical
 # final states; and that bad flags are refused with a message.
 set -euo pipefail
-bin="benchmarks/simulation_for_test"
+bin="benchmarks/simulation"
 out=$("$bin" --particles=3000 --frames=4 --warmup=2 --rounds=2)
 echo "$out"
 grep -q "heap (new/std::vector)" <<<"$out"
