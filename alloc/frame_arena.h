@@ -270,12 +270,15 @@ class FrameArena {
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* Bump(size_t size, size_t alignment) {
     const uintptr_t cursor = cursor_;
     const size_t padding = alloc_internal::AlignmentPadding(cursor, alignment);
-    const size_t available = static_cast<size_t>(end_ - cursor);
+    // `padding + size` cannot overflow silently: a huge size takes the slow
+    // path, which refuses it. With a constant size and alignment the
+    // overflow test folds away.
+    size_t needed;
     if (ABSL_PREDICT_TRUE(alloc_internal::IsPowerOfTwo(alignment) &&
-                          padding <= available &&
-                          size <= available - padding)) {
+                          !__builtin_add_overflow(padding, size, &needed) &&
+                          needed <= static_cast<size_t>(end_ - cursor))) {
       const uintptr_t result = cursor + padding;
-      cursor_ = result + size;
+      cursor_ = cursor + needed;
       ++allocations_;
       bytes_requested_ += size;
       FRAMEALLOC_UNPOISON(reinterpret_cast<void*>(result), size);

@@ -6,7 +6,8 @@
 // included. Run with:
 //   ./bazelw run -c opt //alloc:frame_arena_benchmark
 // The table after Google Benchmark's output gives the ratios, measured in
-// this one run.
+// this one run: medians of five repetitions run in random interleaved
+// order, so a slow phase of a shared machine hits every benchmark alike.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -277,16 +278,21 @@ class RecordingReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
-      const double seconds =
-          run.real_accumulated_time / static_cast<double>(run.iterations);
+      if (run.error_occurred) continue;
+      // With repetitions, the median aggregate stands for the benchmark;
+      // without, the single iteration run does.
+      const bool median =
+          run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      if (run.run_type != Run::RT_Iteration && !median) continue;
+      const std::string name = run.run_name.str();
+      const double seconds = run.GetAdjustedRealTime() /
+                             benchmark::GetTimeUnitMultiplier(run.time_unit);
       auto batch = run.counters.find("batch");
-      const double per_iteration_ns = seconds * 1e9;
-      ns_per_op_[run.benchmark_name()] =
-          per_iteration_ns /
+      ns_per_op_[name] =
+          seconds * 1e9 /
           (batch == run.counters.end() ? 1.0 : batch->second.value);
-      for (const auto& [name, counter] : run.counters) {
-        counters_[run.benchmark_name() + ":" + name] = counter.value;
+      for (const auto& [counter_name, counter] : run.counters) {
+        counters_[run.run_name.str() + ":" + counter_name] = counter.value;
       }
     }
   }
@@ -355,6 +361,19 @@ void PrintRatios(const RecordingReporter& r) {
 }  // namespace framealloc
 
 int main(int argc, char** argv) {
+  // Defaults that make the ratios robust on a shared machine: five
+  // repetitions in random interleaved order (a slow phase of the machine
+  // hits every benchmark alike), medians reported. Flags given on the
+  // command line come later and win.
+  std::vector<char*> args(argv, argv + argc);
+  char repetitions[] = "--benchmark_repetitions=5";
+  char interleave[] = "--benchmark_enable_random_interleaving=true";
+  char aggregates[] = "--benchmark_report_aggregates_only=true";
+  char min_time[] = "--benchmark_min_time=0.1";
+  args.insert(args.begin() + 1,
+              {repetitions, interleave, aggregates, min_time});
+  argc = static_cast<int>(args.size());
+  argv = args.data();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   framealloc::RecordingReporter reporter;
