@@ -83,7 +83,7 @@ absl::StatusOr<Block> SystemMemorySource::DoAllocate(size_t size,
 }
 
 void SystemMemorySource::DoDeallocate(const Block& block) {
-  ::operator delete(block.data, block.size, std::align_val_t(block.alignment));
+  ::operator delete(block.data, std::align_val_t(block.alignment));
 }
 
 // ---------------------------------------------------------------------------
