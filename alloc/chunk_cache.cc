@@ -78,11 +78,7 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
       ++stats_.hits;
       --stats_.cached_blocks;
       stats_.cached_bytes -= block.size;
-      ++stats_.in_use_blocks;
-      stats_.in_use_bytes += block.size;
-      stats_.peak_in_use_bytes =
-          std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
-      epoch_peak_ = std::max(epoch_peak_, stats_.in_use_bytes);
+      NoteInUseLocked(block);
       FRAMEALLOC_UNPOISON(block.data, block.size);
       return block;
     }
@@ -92,12 +88,16 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
   if (!block.ok()) return block;
   alloc_internal::MutexLock lock(&mu_);
   ++stats_.misses;
+  NoteInUseLocked(*block);
+  return block;
+}
+
+void ChunkCache::NoteInUseLocked(const Block& block) {
   ++stats_.in_use_blocks;
-  stats_.in_use_bytes += block->size;
+  stats_.in_use_bytes += block.size;
   stats_.peak_in_use_bytes =
       std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
   epoch_peak_ = std::max(epoch_peak_, stats_.in_use_bytes);
-  return block;
 }
 
 void ChunkCache::Release(const Block& block) {

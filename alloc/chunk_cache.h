@@ -107,6 +107,8 @@ class ChunkCache {
 
  private:
   size_t TrimLocked(size_t keep_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts `block` as acquired (in use) and raises the peaks.
+  void NoteInUseLocked(const Block& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   MemorySource* const source_;
   const ChunkCacheOptions options_;

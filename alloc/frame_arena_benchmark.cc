@@ -43,34 +43,29 @@ ABSL_ATTRIBUTE_NOINLINE void* FastPathProbe(FrameArena& arena, size_t size) {
   return arena.Allocate(size, 16);
 }
 
-void BM_FrameArena_Alloc(benchmark::State& state) {
+// A batch of allocations, then a reset. kOutOfLine calls FastPathProbe, as
+// code that cannot inline the arena (a virtual interface, another
+// translation unit) would pay; otherwise the fast path is inlined.
+template <bool kOutOfLine>
+void BM_FrameArena(benchmark::State& state) {
   const size_t size = static_cast<size_t>(state.range(0));
   const size_t batch = BatchFor(size);
   FrameArena arena(&Cache());
   for (auto _ : state) {
     for (size_t i = 0; i < batch; ++i) {
-      benchmark::DoNotOptimize(arena.Allocate(size, 16));
+      benchmark::DoNotOptimize(kOutOfLine ? FastPathProbe(arena, size)
+                                          : arena.Allocate(size, 16));
     }
     arena.Reset();
   }
   state.counters["batch"] = static_cast<double>(batch);
   state.SetItemsProcessed(state.iterations() * batch);
 }
-
-// The same through an out-of-line call, as code that cannot inline the
-// arena (a virtual interface, another translation unit) would pay.
+void BM_FrameArena_Alloc(benchmark::State& state) {
+  BM_FrameArena<false>(state);
+}
 void BM_FrameArena_AllocOutOfLine(benchmark::State& state) {
-  const size_t size = static_cast<size_t>(state.range(0));
-  const size_t batch = BatchFor(size);
-  FrameArena arena(&Cache());
-  for (auto _ : state) {
-    for (size_t i = 0; i < batch; ++i) {
-      benchmark::DoNotOptimize(FastPathProbe(arena, size));
-    }
-    arena.Reset();
-  }
-  state.counters["batch"] = static_cast<double>(batch);
-  state.SetItemsProcessed(state.iterations() * batch);
+  BM_FrameArena<true>(state);
 }
 
 // malloc+free of the same size, back to back: malloc's best case (its
