@@ -55,6 +55,8 @@ absl::string_view ErrorKindName(ErrorKind kind) {
       return "invalid argument";
     case ErrorKind::kMisuse:
       return "misuse";
+    case ErrorKind::kBudgetExceeded:
+      return "budget exceeded";
   }
   return "unknown error";
 }

@@ -25,9 +25,11 @@ enum class ErrorKind {
   kOutOfMemory,      // A memory source could not supply a block.
   kInvalidArgument,  // A size, count or alignment no allocator can honour.
   kMisuse,           // The API was used against its contract.
+  kBudgetExceeded,   // A budget refused a never-null allocation.
 };
 
-// Returns "out of memory", "invalid argument" or "misuse".
+// Returns "out of memory", "invalid argument", "misuse" or "budget
+// exceeded".
 absl::string_view ErrorKindName(ErrorKind kind);
 
 // One detected error, with everything needed to explain it.

@@ -10,6 +10,7 @@ TEST(ErrorTest, KindNames) {
   EXPECT_EQ(ErrorKindName(ErrorKind::kOutOfMemory), "out of memory");
   EXPECT_EQ(ErrorKindName(ErrorKind::kInvalidArgument), "invalid argument");
   EXPECT_EQ(ErrorKindName(ErrorKind::kMisuse), "misuse");
+  EXPECT_EQ(ErrorKindName(ErrorKind::kBudgetExceeded), "budget exceeded");
 }
 
 TEST(ErrorTest, FormatNamesKindPlaceMessageAndStatus) {

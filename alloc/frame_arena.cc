@@ -92,7 +92,9 @@ size_t FrameArena::CurrentBytesUsed() const {
 }
 
 void FrameArena::UpdatePeak() {
-  peak_bytes_used_ = std::max(peak_bytes_used_, CurrentBytesUsed());
+  const size_t used = CurrentBytesUsed();
+  peak_bytes_used_ = std::max(peak_bytes_used_, used);
+  frame_peak_bytes_used_ = std::max(frame_peak_bytes_used_, used);
 }
 
 void* FrameArena::Fail(ErrorKind kind, size_t size, size_t alignment,
@@ -218,6 +220,7 @@ void FrameArena::ResetSlow() {
   bytes_requested_ = 0;
   closed_bytes_used_ = 0;
   oversize_bytes_ = 0;
+  frame_peak_bytes_used_ = 0;
   needs_slow_reset_ = false;
   ++resets_;
 }
@@ -282,6 +285,7 @@ absl::Status FrameArena::Rewind(const ArenaMark& mark) {
   closed_bytes_used_ = mark.closed_bytes_used_;
   oversize_bytes_ = mark.oversize_bytes_;
   marks_.pop_back();
+  ++rewinds_;
   needs_slow_reset_ = destructors_ != nullptr || chunks_.size() > 1 ||
                       !oversize_.empty() || !marks_.empty();
   return absl::OkStatus();
@@ -306,6 +310,7 @@ FrameArenaStats FrameArena::stats() const {
   s.oversize_blocks = oversize_.size();
   s.oversize_bytes = oversize_bytes_;
   s.peak_bytes_used = std::max(peak_bytes_used_, s.bytes_used);
+  s.frame_peak_bytes_used = std::max(frame_peak_bytes_used_, s.bytes_used);
   s.resets = resets_;
   s.failed_allocations = failed_allocations_;
   return s;

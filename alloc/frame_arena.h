@@ -96,6 +96,8 @@ struct FrameArenaStats {
   size_t oversize_blocks = 0;  // Requests that got a block of their own.
   size_t oversize_bytes = 0;   // Their requested bytes.
   size_t peak_bytes_used = 0;  // Highest bytes_used ever seen.
+  // Highest bytes_used since the last Reset() (rewinds lower bytes_used).
+  size_t frame_peak_bytes_used = 0;
   uint64_t resets = 0;
   uint64_t failed_allocations = 0;  // Try* nulls (fatal ones never return).
 };
@@ -217,6 +219,7 @@ class FrameArena {
     if (ABSL_PREDICT_TRUE(!needs_slow_reset_)) {
       const size_t used = static_cast<size_t>(cursor_ - chunk_begin_);
       if (used > peak_bytes_used_) peak_bytes_used_ = used;
+      frame_peak_bytes_used_ = 0;
       FRAMEALLOC_POISON(reinterpret_cast<void*>(chunk_begin_), used);
       cursor_ = chunk_begin_;
       allocations_ = 0;
@@ -239,6 +242,11 @@ class FrameArena {
 
   // Marks that are open.
   size_t open_marks() const { return marks_.size(); }
+
+  // Changes whenever memory handed out earlier may have been released (every
+  // Reset() and every successful Rewind()). Handles that remember it can
+  // tell that their memory is gone (FrameBox does).
+  uint64_t generation() const { return resets_ + rewinds_; }
 
   // ---- Introspection -------------------------------------------------------
 
@@ -397,7 +405,9 @@ class FrameArena {
   size_t closed_bytes_used_ = 0;  // Used bytes of chunks before the current.
   size_t oversize_bytes_ = 0;
   size_t peak_bytes_used_ = 0;
+  size_t frame_peak_bytes_used_ = 0;  // Since the last Reset().
   uint64_t resets_ = 0;
+  uint64_t rewinds_ = 0;
   uint64_t failed_allocations_ = 0;
 };
 

@@ -21,6 +21,9 @@ PACKAGES=(
   libgtest-dev        # GoogleTest
   libgmock-dev        # GoogleMock
   libbenchmark-dev    # Google Benchmark
+  libmimalloc-dev     # peer allocators for //alloc:pool_benchmark_suite
+  libjemalloc-dev
+  libgoogle-perftools-dev
 )
 
 log() { printf 'framealloc setup: %s\n' "$*" >&2; }

@@ -1,0 +1,701 @@
+// SmartAlloc's slow paths: thread states, frames, budgets, heap tracking,
+// tags and statistics (see smart_alloc.h).
+#include "alloc/smart_alloc.h"
+
+#include <algorithm>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "alloc/internal/bits.h"
+
+namespace framealloc {
+namespace {
+
+using alloc_internal::MutexLock;
+using alloc_internal::ThreadState;
+
+std::atomic<uint64_t> next_instance_id{1};
+
+// Live instances by id, so that a thread exiting after an instance died
+// does not touch it. Never destroyed: threads may exit during static
+// destruction.
+struct LiveInstances {
+  alloc_internal::Mutex mu;
+  absl::flat_hash_map<uint64_t, SmartAlloc*> by_id ABSL_GUARDED_BY(mu);
+};
+LiveInstances& Live() {
+  static LiveInstances* live = new LiveInstances;
+  return *live;
+}
+
+// Tracked heap blocks carry this header just before the user pointer.
+struct HeapHeader {
+  uint64_t magic;  // kHeapMagic ^ address of the user pointer.
+  size_t size;
+  size_t alignment;  // Of the underlying allocation.
+  size_t offset;     // From the underlying allocation to the user pointer.
+  TagId tag;
+};
+constexpr uint64_t kHeapMagic = 0x4652414d45484541ull;  // "FRAMEHEA"
+
+HeapHeader* HeaderOf(void* p) {
+  return reinterpret_cast<HeapHeader*>(static_cast<char*>(p) -
+                                       sizeof(HeapHeader));
+}
+
+void Accumulate(KindStats* into, const KindStats& add) {
+  into->allocations += add.allocations;
+  into->bytes += add.bytes;
+  into->frees += add.frees;
+  into->freed_bytes += add.freed_bytes;
+}
+
+bool Empty(const KindStats& k) { return k.allocations == 0 && k.frees == 0; }
+
+void AppendJsonString(std::string* out, absl::string_view s) {
+  out->push_back('"');
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(c);
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      absl::StrAppend(out, absl::StrFormat("\\u%04x", c));
+    } else {
+      out->push_back(c);
+    }
+  }
+  out->push_back('"');
+}
+
+void AppendKind(std::string* out, absl::string_view name, const KindStats& k) {
+  absl::StrAppend(out, "\"", name, "\":{\"allocations\":", k.allocations,
+                  ",\"bytes\":", k.bytes, ",\"frees\":", k.frees,
+                  ",\"freed_bytes\":", k.freed_bytes,
+                  ",\"live_bytes\":", k.live_bytes(), "}");
+}
+
+}  // namespace
+
+// Hands a thread's states back to their instances when the thread exits.
+class ThreadExitHook {
+ public:
+  ~ThreadExitHook() {
+    LiveInstances& live = Live();
+    for (const auto& [id, state] : states) {
+      MutexLock lock(&live.mu);
+      auto it = live.by_id.find(id);
+      if (it != live.by_id.end()) it->second->RetireThreadFromExit(state);
+    }
+    alloc_internal::last_thread_state = {};
+  }
+  absl::InlinedVector<std::pair<uint64_t, ThreadState*>, 4> states;
+};
+
+namespace {
+thread_local ThreadExitHook thread_exit_hook;
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+absl::Status AllocConfig::Validate() const {
+  if (frames_in_flight < 1 || frames_in_flight > 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AllocConfig.frames_in_flight = ", frames_in_flight,
+                     " is outside [1, 3]"));
+  }
+  if (frame_history < 1 || frame_history > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AllocConfig.frame_history = ", frame_history,
+                     " is outside [1, 4096]"));
+  }
+  for (const auto& [path, budget] : tag_budgets) {
+    if (path.empty() || path.front() == '/' || path.back() == '/' ||
+        path.find("//") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AllocConfig.tag_budgets: '", path, "' is not a tag path"));
+    }
+    if (budget.limit_bytes != 0 && budget.warn_bytes > budget.limit_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AllocConfig.tag_budgets['", path, "']: warn_bytes ",
+          budget.warn_bytes, " exceeds limit_bytes ", budget.limit_bytes));
+    }
+    if (budget.limit_bytes == 0 && budget.warn_bytes == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AllocConfig.tag_budgets['", path,
+                       "'] sets neither warn_bytes nor ", "limit_bytes"));
+    }
+  }
+  if (absl::Status s = arena.Validate(); !s.ok()) return s;
+  if (absl::Status s = cache.Validate(); !s.ok()) return s;
+  if (absl::Status s = pool.Validate(); !s.ok()) return s;
+  return absl::OkStatus();
+}
+
+namespace {
+AllocConfig ValidOrDie(AllocConfig config) {
+  if (absl::Status s = config.Validate(); !s.ok()) {
+    ReportFatalError({ErrorKind::kInvalidArgument, "SmartAlloc::SmartAlloc",
+                      std::string(s.message()), 0, 0, s});
+  }
+  return config;
+}
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Thread state
+
+namespace alloc_internal {
+
+void KindCounters::Read(KindStats* out) const {
+  out->allocations = allocations.Get();
+  out->bytes = bytes.Get();
+  out->frees = frees.Get();
+  out->freed_bytes = freed_bytes.Get();
+}
+
+ThreadState::ThreadState(SmartAlloc* owner_alloc, uint64_t thread_serial)
+    : owner(owner_alloc),
+      serial(thread_serial),
+      pool_cache(owner_alloc->pools_.get()),
+      frame_start(std::chrono::steady_clock::now()) {
+  for (int i = 0; i < owner->config_.frames_in_flight; ++i) {
+    arenas.push_back(std::make_unique<FrameArena>(owner->cache_.get(),
+                                                  owner->config_.arena));
+  }
+  MutexLock lock(&history_mu);
+  history.reserve(static_cast<size_t>(owner->config_.frame_history));
+}
+
+ThreadState::~ThreadState() = default;
+
+}  // namespace alloc_internal
+
+// ---------------------------------------------------------------------------
+// SmartAlloc
+
+SmartAlloc::SmartAlloc(AllocConfig config)
+    : config_(ValidOrDie(std::move(config))),
+      id_(next_instance_id.fetch_add(1, std::memory_order_relaxed)),
+      backend_source_(config_.backend == nullptr
+                          ? nullptr
+                          : std::make_unique<BackendMemorySource>(
+                                config_.backend.get(),
+                                config_.source != nullptr
+                                    ? config_.source
+                                    : &SystemMemorySource::Default())),
+      source_(backend_source_ != nullptr  ? backend_source_.get()
+              : config_.source != nullptr ? config_.source
+                                          : &SystemMemorySource::Default()),
+      cache_(std::make_unique<ChunkCache>(source_, config_.cache)),
+      pools_(std::make_unique<PoolManager>(cache_.get(), config_.pool)),
+      budgets_(config_.global_budget, config_.tag_budgets, &tags_,
+               config_.on_event),
+      frame_checks_(budgets_.active() || config_.frame_budget != 0) {
+  {
+    MutexLock lock(&threads_mu_);
+    retired_tags_.resize(TagRegistry::kMaxTags);
+  }
+  LiveInstances& live = Live();
+  MutexLock lock(&live.mu);
+  live.by_id[id_] = this;
+}
+
+absl::StatusOr<std::unique_ptr<SmartAlloc>> SmartAlloc::Create(
+    AllocConfig config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  return std::make_unique<SmartAlloc>(std::move(config));
+}
+
+SmartAlloc::~SmartAlloc() {
+  {
+    LiveInstances& live = Live();
+    MutexLock lock(&live.mu);
+    live.by_id.erase(id_);
+  }
+  {
+    MutexLock lock(&threads_mu_);
+    while (!threads_.empty()) RetireThread(threads_.back());
+  }
+  if (alloc_internal::last_thread_state.instance == id_) {
+    alloc_internal::last_thread_state = {};
+  }
+  // pools_ (which reports blocks never freed) and then cache_ go next, in
+  // reverse order of declaration.
+}
+
+ThreadState& SmartAlloc::LocalSlow() {
+  for (const auto& [id, state] : thread_exit_hook.states) {
+    if (id == id_) {
+      alloc_internal::last_thread_state = {id_, state};
+      return *state;
+    }
+  }
+  uint64_t serial;
+  {
+    MutexLock lock(&threads_mu_);
+    serial = next_thread_serial_++;
+  }
+  auto* state = new ThreadState(this, serial);
+  {
+    MutexLock lock(&threads_mu_);
+    threads_.push_back(state);
+  }
+  auto& states = thread_exit_hook.states;
+  if (states.size() >= 8) {
+    // Forget instances that died, so a long-lived thread that sees many
+    // instances keeps a short list.
+    LiveInstances& live = Live();
+    MutexLock lock(&live.mu);
+    states.erase(std::remove_if(states.begin(), states.end(),
+                                [&](const auto& entry) {
+                                  return !live.by_id.contains(entry.first);
+                                }),
+                 states.end());
+  }
+  states.emplace_back(id_, state);
+  alloc_internal::last_thread_state = {id_, state};
+  return *state;
+}
+
+void SmartAlloc::RetireThreadFromExit(ThreadState* ts) {
+  MutexLock lock(&threads_mu_);
+  RetireThread(ts);
+}
+
+void SmartAlloc::RetireThread(ThreadState* ts) {
+  auto it = std::find(threads_.begin(), threads_.end(), ts);
+  if (it == threads_.end()) return;
+  threads_.erase(it);
+  for (int slot = 0; slot < static_cast<int>(ts->arenas.size()); ++slot) {
+    for (const auto& [tag, bytes] : ts->slot_charges[slot]) {
+      budgets_.Release(tag, bytes);
+    }
+  }
+  KindStats k;
+  ts->frame_counters.Read(&k);
+  Accumulate(&retired_frame_, k);
+  ts->pool_counters.Read(&k);
+  Accumulate(&retired_pool_, k);
+  ts->heap_counters.Read(&k);
+  Accumulate(&retired_heap_, k);
+  for (int tag = 0; tag < TagRegistry::kMaxTags; ++tag) {
+    ts->tag_frame[tag].Read(&k);
+    Accumulate(&retired_tags_[tag].frame, k);
+    ts->tag_pool[tag].Read(&k);
+    Accumulate(&retired_tags_[tag].pool, k);
+    ts->tag_heap[tag].Read(&k);
+    Accumulate(&retired_tags_[tag].heap, k);
+  }
+  ++exited_threads_;
+  // Flushes the pool cache to the global lists and returns every chunk.
+  delete ts;
+}
+
+// ---------------------------------------------------------------------------
+// Frames
+
+void SmartAlloc::begin_frame() {
+  ThreadState& ts = local();
+  if (ts.in_frame) {
+    ReportError({ErrorKind::kMisuse, "SmartAlloc::begin_frame",
+                 absl::StrCat("begin_frame called twice on thread #", ts.serial,
+                              " without end_frame (frame ", ts.frame, ")"),
+                 0, 0, absl::OkStatus()});
+    return;
+  }
+  ts.in_frame = true;
+  ts.frame_start = std::chrono::steady_clock::now();
+}
+
+void SmartAlloc::end_frame() {
+  ThreadState& ts = local();
+  const auto now = std::chrono::steady_clock::now();
+  const FrameArenaStats arena = ts.arena().stats();
+  FrameRecord record;
+  record.frame = ts.frame;
+  record.bytes = arena.bytes_used;
+  record.requested = arena.bytes_requested;
+  record.allocations = arena.allocations;
+  record.peak_bytes = arena.frame_peak_bytes_used;
+  record.chunks = arena.chunks;
+  record.waste_bytes = arena.waste_bytes;
+  record.duration_ms =
+      std::chrono::duration<double, std::milli>(now - ts.frame_start).count();
+  {
+    MutexLock lock(&ts.history_mu);
+    if (ts.history.size() < static_cast<size_t>(config_.frame_history)) {
+      ts.history.push_back(record);
+    } else {
+      ts.history[ts.history_next] = record;
+    }
+    ts.history_next = (ts.history_next + 1) % config_.frame_history;
+  }
+  ++ts.frame;
+  uint64_t global = frame_number_.load(std::memory_order_relaxed);
+  while (ts.frame > global &&
+         !frame_number_.compare_exchange_weak(global, ts.frame,
+                                              std::memory_order_relaxed)) {
+  }
+  // The next slot holds frame N + 1 - frames_in_flight: its time is over.
+  const int next = (ts.slot + 1) % static_cast<int>(ts.arenas.size());
+  ReleaseSlot(ts, next);
+  ts.slot = next;
+  ts.frame_bytes = 0;
+  ts.in_frame = false;
+  ts.frame_start = now;
+  cache_->EndEpoch();
+}
+
+void SmartAlloc::ReleaseSlot(ThreadState& ts, int slot) {
+  ts.arenas[slot]->Reset();
+  if (!ts.slot_charges[slot].empty()) {
+    for (const auto& [tag, bytes] : ts.slot_charges[slot]) {
+      budgets_.Release(tag, bytes);
+    }
+    ts.slot_charges[slot].clear();
+  }
+}
+
+bool SmartAlloc::ChargeFrameSlow(ThreadState& ts, size_t bytes, bool fatal) {
+  if (config_.frame_budget != 0 &&
+      (bytes > config_.frame_budget ||
+       ts.frame_bytes > config_.frame_budget - bytes)) {
+    budgets_.Emit({AllocEventKind::kBudgetRefused, BudgetScope::kFrame, "",
+                   bytes, ts.frame_bytes, config_.frame_budget,
+                   frame_number()});
+    Refused("SmartAlloc::frame_alloc", bytes, 0, fatal,
+            absl::ResourceExhaustedError(
+                absl::StrCat("frame budget of thread #", ts.serial, " refused ",
+                             bytes, " bytes: ", ts.frame_bytes, " of ",
+                             config_.frame_budget, " bytes used this frame")));
+    return false;
+  }
+  if (budgets_.active()) {
+    absl::Status charged = budgets_.Charge(ts.tag, bytes, frame_number());
+    if (!charged.ok()) {
+      Refused("SmartAlloc::frame_alloc", bytes, 0, fatal, charged);
+      return false;
+    }
+    ts.slot_charges[ts.slot][ts.tag] += bytes;
+  }
+  ts.frame_bytes += bytes;
+  return true;
+}
+
+void* SmartAlloc::Refused(const char* where, size_t size, size_t alignment,
+                          bool fatal, const absl::Status& why) {
+  if (!fatal) return nullptr;
+  const bool budget = why.code() == absl::StatusCode::kResourceExhausted &&
+                      absl::StrContains(why.message(), "budget");
+  ReportFatalError(
+      {budget ? ErrorKind::kBudgetExceeded
+       : why.code() == absl::StatusCode::kInvalidArgument
+           ? ErrorKind::kInvalidArgument
+           : ErrorKind::kOutOfMemory,
+       where,
+       absl::StrCat(
+           "cannot allocate ", size, " bytes",
+           alignment != 0 ? absl::StrCat(" at alignment ", alignment) : "",
+           " under tag '", current_tag(), "' in frame ", frame_number()),
+       size, alignment, why});
+}
+
+std::unique_ptr<FrameArena> SmartAlloc::new_scoped_arena() {
+  return std::make_unique<FrameArena>(cache_.get(), config_.arena);
+}
+
+// ---------------------------------------------------------------------------
+// Pools and heap
+
+void* SmartAlloc::PoolAllocate(size_t size, size_t alignment, bool fatal) {
+  const int cls = PoolManager::ClassFor(size, alignment);
+  if (cls < 0) return HeapAllocate(size, alignment, fatal);
+  ThreadState& ts = local();
+  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+    absl::Status charged = budgets_.Charge(ts.tag, size, frame_number());
+    if (!charged.ok()) {
+      return Refused("SmartAlloc::pool_alloc", size, alignment, fatal, charged);
+    }
+  }
+  void* p = ts.pool_cache.Allocate(cls);
+  if (ABSL_PREDICT_FALSE(p == nullptr)) {
+    if (budgets_.active()) budgets_.Release(ts.tag, size);
+    return Refused("SmartAlloc::pool_alloc", size, alignment, fatal,
+                   absl::ResourceExhaustedError(
+                       absl::StrCat("the pools could not get a page from the ",
+                                    source_->name(), " source")));
+  }
+  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+    MutexLock lock(&charged_mu_);
+    pool_block_tags_[p] = ts.tag;
+  }
+  ts.pool_counters.allocations.Add(1);
+  ts.pool_counters.bytes.Add(size);
+  ts.tag_pool[ts.tag].allocations.Add(1);
+  ts.tag_pool[ts.tag].bytes.Add(size);
+  return p;
+}
+
+void SmartAlloc::pool_deallocate(void* p, size_t size, size_t alignment) {
+  if (p == nullptr) return;
+  const int cls = PoolManager::ClassFor(size, alignment);
+  if (cls < 0) {
+    heap_free(p);
+    return;
+  }
+  ThreadState& ts = local();
+  TagId tag = ts.tag;
+  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+    MutexLock lock(&charged_mu_);
+    if (auto it = pool_block_tags_.find(p); it != pool_block_tags_.end()) {
+      tag = it->second;
+      pool_block_tags_.erase(it);
+      budgets_.Release(tag, size);
+    }
+  }
+  ts.pool_cache.Free(p, cls);
+  ts.pool_counters.frees.Add(1);
+  ts.pool_counters.freed_bytes.Add(size);
+  ts.tag_pool[tag].frees.Add(1);
+  ts.tag_pool[tag].freed_bytes.Add(size);
+}
+
+void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
+  if (!alloc_internal::IsPowerOfTwo(alignment) ||
+      alignment > MemorySource::kMaxBlockSize ||
+      size > MemorySource::kMaxBlockSize) {
+    return Refused(
+        "SmartAlloc::heap_alloc", size, alignment, fatal,
+        absl::InvalidArgumentError(absl::StrCat(
+            "size ", size, " or alignment ", alignment,
+            " is invalid (alignment must be a power of two; both at most ",
+            MemorySource::kMaxBlockSize, ")")));
+  }
+  ThreadState& ts = local();
+  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+    absl::Status charged = budgets_.Charge(ts.tag, size, frame_number());
+    if (!charged.ok()) {
+      return Refused("SmartAlloc::heap_alloc", size, alignment, fatal, charged);
+    }
+  }
+  const size_t align = std::max(alignment, alignof(HeapHeader));
+  size_t offset = sizeof(HeapHeader);
+  alloc_internal::AlignUp(offset, align, &offset);
+  char* raw = static_cast<char*>(
+      ::operator new(offset + size, std::align_val_t(align), std::nothrow));
+  if (raw == nullptr) {
+    if (budgets_.active()) budgets_.Release(ts.tag, size);
+    return Refused("SmartAlloc::heap_alloc", size, alignment, fatal,
+                   absl::ResourceExhaustedError("the C++ heap is exhausted"));
+  }
+  char* user = raw + offset;
+  *HeaderOf(user) = HeapHeader{kHeapMagic ^ reinterpret_cast<uintptr_t>(user),
+                               size, align, offset, ts.tag};
+  ts.heap_counters.allocations.Add(1);
+  ts.heap_counters.bytes.Add(size);
+  ts.tag_heap[ts.tag].allocations.Add(1);
+  ts.tag_heap[ts.tag].bytes.Add(size);
+  return user;
+}
+
+void SmartAlloc::heap_free(void* p) {
+  if (p == nullptr) return;
+  HeapHeader* header = HeaderOf(p);
+  if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
+    ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
+                 "heap_free of a pointer heap_alloc never returned (or "
+                 "freed twice); ignored",
+                 0, 0, absl::OkStatus()});
+    return;
+  }
+  const HeapHeader h = *header;
+  header->magic = 0;  // A second free of the same block is caught above.
+  if (ABSL_PREDICT_FALSE(budgets_.active())) budgets_.Release(h.tag, h.size);
+  ThreadState& ts = local();
+  ts.heap_counters.frees.Add(1);
+  ts.heap_counters.freed_bytes.Add(h.size);
+  ts.tag_heap[h.tag].frees.Add(1);
+  ts.tag_heap[h.tag].freed_bytes.Add(h.size);
+  ::operator delete(static_cast<char*>(p) - h.offset,
+                    std::align_val_t(h.alignment));
+}
+
+size_t SmartAlloc::release_empty_pool_pages() {
+  return pools_->ReleaseEmptyPages();
+}
+
+// ---------------------------------------------------------------------------
+// Tags
+
+void SmartAlloc::PushTag(absl::string_view name) {
+  ThreadState& ts = local();
+  absl::StatusOr<TagId> child = tags_.Child(ts.tag, name);
+  ts.tag_stack.push_back(ts.tag);
+  if (!child.ok()) {
+    ReportError(
+        {ErrorKind::kInvalidArgument, "SmartAlloc::with_tag",
+         absl::StrCat(child.status().message(), "; allocations stay under '",
+                      tags_.Path(ts.tag), "'"),
+         0, 0, child.status()});
+    return;
+  }
+  ts.tag = *child;
+}
+
+void SmartAlloc::PopTag() {
+  ThreadState& ts = local();
+  if (ts.tag_stack.empty()) return;
+  ts.tag = ts.tag_stack.back();
+  ts.tag_stack.pop_back();
+}
+
+std::string SmartAlloc::current_tag() { return tags_.Path(local().tag); }
+
+TagScope::TagScope(SmartAlloc& alloc, absl::string_view name) : alloc_(alloc) {
+  alloc_.PushTag(name);
+  tag_ = alloc_.local().tag;
+}
+
+TagScope::~TagScope() {
+  alloc_internal::ThreadState& ts = alloc_.local();
+  if (ts.tag != tag_) {
+    ReportError({ErrorKind::kMisuse, "TagScope::~TagScope",
+                 absl::StrCat("tag scope '", alloc_.tags_.Path(tag_),
+                              "' closed while '", alloc_.tags_.Path(ts.tag),
+                              "' is current: scopes must close in reverse "
+                              "order"),
+                 0, 0, absl::OkStatus()});
+  }
+  alloc_.PopTag();
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+
+AllocStats SmartAlloc::stats() const {
+  AllocStats s;
+  s.frame_number = frame_number();
+  s.budget_warnings = budgets_.warnings();
+  s.budget_refusals = budgets_.refusals();
+  s.global_budget_used = budgets_.global_used();
+  const int tag_count = tags_.size();
+  std::vector<TagStats> tags(static_cast<size_t>(tag_count));
+  {
+    MutexLock lock(&threads_mu_);
+    s.frame = retired_frame_;
+    s.pool = retired_pool_;
+    s.heap = retired_heap_;
+    s.exited_threads = exited_threads_;
+    s.live_threads = threads_.size();
+    for (int t = 0; t < tag_count; ++t) tags[t] = retired_tags_[t];
+    for (const ThreadState* ts : threads_) {
+      ThreadStats thread;
+      thread.thread = ts->serial;
+      ts->frame_counters.Read(&thread.frame_memory);
+      ts->pool_counters.Read(&thread.pool);
+      ts->heap_counters.Read(&thread.heap);
+      Accumulate(&s.frame, thread.frame_memory);
+      Accumulate(&s.pool, thread.pool);
+      Accumulate(&s.heap, thread.heap);
+      KindStats k;
+      for (int t = 0; t < tag_count; ++t) {
+        ts->tag_frame[t].Read(&k);
+        Accumulate(&tags[t].frame, k);
+        ts->tag_pool[t].Read(&k);
+        Accumulate(&tags[t].pool, k);
+        ts->tag_heap[t].Read(&k);
+        Accumulate(&tags[t].heap, k);
+      }
+      {
+        MutexLock history_lock(&ts->history_mu);
+        const size_t n = ts->history.size();
+        // Oldest first: once the ring is full, history_next is the oldest.
+        const size_t start = n < static_cast<size_t>(config_.frame_history)
+                                 ? 0
+                                 : ts->history_next;
+        for (size_t i = 0; i < n; ++i) {
+          thread.history.push_back(ts->history[(start + i) % n]);
+        }
+        thread.frame =
+            thread.history.empty() ? 0 : thread.history.back().frame + 1;
+      }
+      s.threads.push_back(std::move(thread));
+    }
+  }
+  for (int t = 0; t < tag_count; ++t) {
+    if (Empty(tags[t].frame) && Empty(tags[t].pool) && Empty(tags[t].heap)) {
+      continue;
+    }
+    tags[t].path = tags_.Path(static_cast<TagId>(t));
+    s.tags.push_back(std::move(tags[t]));
+  }
+  s.cache = cache_->stats();
+  s.pools = pools_->stats();
+  s.source = source_->stats();
+  return s;
+}
+
+std::string AllocStats::ToJson() const {
+  std::string out = absl::StrCat("{\"frame_number\":", frame_number, ",");
+  AppendKind(&out, "frame", frame);
+  out += ",";
+  AppendKind(&out, "pool", pool);
+  out += ",";
+  AppendKind(&out, "heap", heap);
+  absl::StrAppend(&out, ",\"live_threads\":", live_threads,
+                  ",\"exited_threads\":", exited_threads,
+                  ",\"budget_warnings\":", budget_warnings,
+                  ",\"budget_refusals\":", budget_refusals,
+                  ",\"global_budget_used\":", global_budget_used,
+                  ",\"tags\":[");
+  for (size_t i = 0; i < tags.size(); ++i) {
+    if (i != 0) out += ",";
+    out += "{\"path\":";
+    AppendJsonString(&out, tags[i].path);
+    out += ",";
+    AppendKind(&out, "frame", tags[i].frame);
+    out += ",";
+    AppendKind(&out, "pool", tags[i].pool);
+    out += ",";
+    AppendKind(&out, "heap", tags[i].heap);
+    out += "}";
+  }
+  out += "],\"threads\":[";
+  for (size_t i = 0; i < threads.size(); ++i) {
+    const ThreadStats& t = threads[i];
+    if (i != 0) out += ",";
+    absl::StrAppend(&out, "{\"thread\":", t.thread, ",\"frame\":", t.frame,
+                    ",");
+    AppendKind(&out, "frame_memory", t.frame_memory);
+    out += ",";
+    AppendKind(&out, "pool", t.pool);
+    out += ",";
+    AppendKind(&out, "heap", t.heap);
+    out += ",\"history\":[";
+    for (size_t j = 0; j < t.history.size(); ++j) {
+      const FrameRecord& r = t.history[j];
+      if (j != 0) out += ",";
+      absl::StrAppend(
+          &out, "{\"frame\":", r.frame, ",\"bytes\":", r.bytes,
+          ",\"requested\":", r.requested, ",\"allocations\":", r.allocations,
+          ",\"peak_bytes\":", r.peak_bytes, ",\"chunks\":", r.chunks,
+          ",\"waste_bytes\":", r.waste_bytes,
+          ",\"duration_ms\":", absl::StrFormat("%.6f", r.duration_ms), "}");
+    }
+    out += "]}";
+  }
+  absl::StrAppend(
+      &out, "],\"cache\":{\"hits\":", cache.hits, ",\"misses\":", cache.misses,
+      ",\"cached_bytes\":", cache.cached_bytes,
+      ",\"in_use_bytes\":", cache.in_use_bytes,
+      ",\"peak_in_use_bytes\":", cache.peak_in_use_bytes,
+      "},\"source\":{\"allocations\":", source.allocations,
+      ",\"deallocations\":", source.deallocations,
+      ",\"bytes_outstanding\":", source.bytes_outstanding,
+      ",\"peak_bytes_outstanding\":", source.peak_bytes_outstanding, "}}");
+  return out;
+}
+
+}  // namespace framealloc

@@ -1,0 +1,746 @@
+// SmartAlloc: the library's public face.
+//
+// For: everything an engine, simulation or server allocates, through one
+// object: per-thread frame arenas (reset per frame, with 1 to 3 frames in
+// flight), size-class pools with per-thread caches, tracked heap memory,
+// tags, budgets and statistics, over one memory source and one chunk cache.
+// Each thread gets its own state per SmartAlloc instance, created on first
+// use and handed back (chunks to the cache, cached pool blocks to the
+// global lists, counters to the totals) when the thread exits or the
+// instance is destroyed; two instances used on one thread never share an
+// arena or a pool cache.
+// Not for: the building blocks alone; FrameArena, ChunkCache, PoolManager
+// and the memory sources are usable directly where one arena is enough.
+//
+// The allocation API keeps the reference guide's snake_case names
+// (frame_alloc, pool_alloc, begin_frame, ...); the building blocks below it
+// use Google style.
+//
+// Thread safety: every method may be called from any thread. Frame calls act
+// on the calling thread's frame; frame memory belongs to the thread that
+// allocated it (readable by others until that thread's frame ends).
+// Out of memory and budgets: try_* calls return nullptr (or an empty span);
+// the others never return null and go to ReportFatalError (alloc/error.h)
+// naming the request, the tag and the budget that refused it.
+//
+// Example:
+//   auto alloc = framealloc::SmartAlloc::Create(
+//       framealloc::AllocConfig().set_frames_in_flight(2)
+//                                .add_tag_budget("physics", {.warn_bytes = 8 <<
+//                                20,
+//                                                            .limit_bytes = 16
+//                                                            << 20}));
+//   (*alloc)->begin_frame();
+//   (*alloc)->with_tag("physics", [&] {
+//     auto contacts = (*alloc)->frame_array<Contact>(n);
+//     ...
+//   });
+//   (*alloc)->end_frame();
+#ifndef ALLOC_SMART_ALLOC_H_
+#define ALLOC_SMART_ALLOC_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "alloc/budget.h"
+#include "alloc/chunk_cache.h"
+#include "alloc/error.h"
+#include "alloc/frame_arena.h"
+#include "alloc/internal/mutex.h"
+#include "alloc/memory_source.h"
+#include "alloc/pool_manager.h"
+
+namespace framealloc {
+
+// Configuration of a SmartAlloc: defaults for everything, fluent setters,
+// and Validate() naming the bad field.
+struct AllocConfig {
+  // Where chunks and pages come from; not owned, must outlive the
+  // SmartAlloc. nullptr: SystemMemorySource::Default().
+  MemorySource* source = nullptr;
+  // Optional user backend asked first for every block (BackendResult Ok,
+  // Fallback to `source`, or Error). Shared ownership.
+  std::shared_ptr<AllocatorBackend> backend;
+  FrameArenaOptions arena;  // Chunk sizes of the frame arenas.
+  ChunkCacheOptions cache;
+  PoolOptions pool;
+  // Live bytes (frame + pool + heap) across all threads; 0 = no limit.
+  size_t global_budget = 0;
+  // Budgets by tag path; each covers the tag's subtree.
+  std::vector<std::pair<std::string, TagBudget>> tag_budgets;
+  // Frame bytes one thread may allocate in one frame; 0 = no limit.
+  size_t frame_budget = 0;
+  // 1, 2 or 3: memory allocated in frame N stays valid until frame
+  // N + frames_in_flight - 1 ends (pipelined renderers read frame N - 1
+  // while building frame N).
+  int frames_in_flight = 1;
+  // Frames of history kept per thread, [1, 4096].
+  int frame_history = 120;
+  // Budget warnings and refusals; may be called on any thread.
+  AllocEventCallback on_event;
+
+  AllocConfig& set_source(MemorySource* s) {
+    source = s;
+    return *this;
+  }
+  AllocConfig& set_backend(std::shared_ptr<AllocatorBackend> b) {
+    backend = std::move(b);
+    return *this;
+  }
+  AllocConfig& set_chunk_sizes(size_t initial, size_t max) {
+    arena.initial_chunk_size = initial;
+    arena.max_chunk_size = max;
+    return *this;
+  }
+  AllocConfig& set_arena(const FrameArenaOptions& o) {
+    arena = o;
+    return *this;
+  }
+  AllocConfig& set_cache(const ChunkCacheOptions& o) {
+    cache = o;
+    return *this;
+  }
+  AllocConfig& set_pool(const PoolOptions& o) {
+    pool = o;
+    return *this;
+  }
+  AllocConfig& set_global_budget(size_t bytes) {
+    global_budget = bytes;
+    return *this;
+  }
+  AllocConfig& add_tag_budget(std::string path, TagBudget budget) {
+    tag_budgets.emplace_back(std::move(path), budget);
+    return *this;
+  }
+  AllocConfig& set_frame_budget(size_t bytes) {
+    frame_budget = bytes;
+    return *this;
+  }
+  AllocConfig& set_frames_in_flight(int frames) {
+    frames_in_flight = frames;
+    return *this;
+  }
+  AllocConfig& set_frame_history(int frames) {
+    frame_history = frames;
+    return *this;
+  }
+  AllocConfig& set_on_event(AllocEventCallback callback) {
+    on_event = std::move(callback);
+    return *this;
+  }
+
+  // InvalidArgument naming the field ("AllocConfig.frames_in_flight = 4 is
+  // outside [1, 3]"), including the nested options.
+  absl::Status Validate() const;
+};
+
+// Counters of one kind of memory.
+struct KindStats {
+  uint64_t allocations = 0;
+  uint64_t bytes = 0;  // Requested bytes, cumulative.
+  uint64_t frees = 0;  // Pool and heap frees (frame memory goes at once).
+  uint64_t freed_bytes = 0;
+  // Bytes allocated and not yet freed (pool and heap).
+  int64_t live_bytes() const {
+    return static_cast<int64_t>(bytes) - static_cast<int64_t>(freed_bytes);
+  }
+};
+
+// One finished frame of one thread.
+struct FrameRecord {
+  uint64_t frame = 0;      // The thread's frame number.
+  size_t bytes = 0;        // Frame arena bytes used (with padding).
+  size_t requested = 0;    // Frame arena bytes requested.
+  size_t allocations = 0;  // Frame allocations.
+  size_t peak_bytes = 0;   // Highest bytes used during the frame.
+  size_t chunks = 0;       // Chunks the arena held at the end.
+  size_t waste_bytes = 0;  // Padding and abandoned chunk tails.
+  double duration_ms = 0;  // begin_frame to end_frame (0 without begin).
+};
+
+// Usage under one tag (its own allocations, not its subtree's).
+struct TagStats {
+  std::string path;
+  KindStats frame, pool, heap;
+};
+
+// One thread's view, read without stopping it.
+struct ThreadStats {
+  uint64_t thread = 0;  // A serial number, unique per thread per SmartAlloc.
+  uint64_t frame = 0;   // Frames this thread has ended.
+  KindStats frame_memory, pool, heap;
+  std::vector<FrameRecord> history;  // Oldest first.
+};
+
+// A snapshot of a SmartAlloc.
+struct AllocStats {
+  uint64_t frame_number = 0;  // The global frame number.
+  // Totals over live and exited threads.
+  KindStats frame, pool, heap;
+  size_t live_threads = 0;
+  uint64_t exited_threads = 0;
+  uint64_t budget_warnings = 0;
+  uint64_t budget_refusals = 0;
+  size_t global_budget_used = 0;
+  std::vector<TagStats> tags;        // Tags with any use.
+  std::vector<ThreadStats> threads;  // Live threads.
+  ChunkCacheStats cache;
+  PoolStats pools;
+  MemorySourceStats source;
+
+  // The whole snapshot as one JSON object.
+  std::string ToJson() const;
+};
+
+class SmartAlloc;
+
+namespace alloc_internal {
+
+// A counter written only by its owning thread and read by anyone: a relaxed
+// load and store instead of a locked read-modify-write, so the owner pays
+// for a plain add while readers see a torn-free value.
+class OwnerCounter {
+ public:
+  void Add(uint64_t v) {
+    value_.store(value_.load(std::memory_order_relaxed) + v,
+                 std::memory_order_relaxed);
+  }
+  uint64_t Get() const { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> value_{0};
+};
+
+struct KindCounters {
+  OwnerCounter allocations, bytes, frees, freed_bytes;
+  void Read(KindStats* out) const;
+};
+
+// Everything a thread owns in one SmartAlloc.
+struct alignas(64) ThreadState {
+  ThreadState(SmartAlloc* owner, uint64_t serial);
+  ~ThreadState();
+
+  FrameArena& arena() { return *arenas[slot]; }
+
+  SmartAlloc* const owner;
+  const uint64_t serial;
+  PoolManager::ThreadCache pool_cache;
+  absl::InlinedVector<std::unique_ptr<FrameArena>, 3> arenas;
+  int slot = 0;        // arenas[slot] takes this frame's memory.
+  uint64_t frame = 0;  // Frames ended by this thread.
+  bool in_frame = false;
+  std::chrono::steady_clock::time_point frame_start;
+  size_t frame_bytes = 0;  // Charged to the frame budget this frame.
+  TagId tag = TagRegistry::kRoot;
+  absl::InlinedVector<TagId, 8> tag_stack;
+  // Bytes charged to budgets per arena slot and tag, released when the
+  // slot's arena resets. Used only when budgets are active.
+  absl::flat_hash_map<TagId, size_t> slot_charges[3];
+
+  KindCounters frame_counters, pool_counters, heap_counters;
+  KindCounters tag_frame[TagRegistry::kMaxTags];
+  KindCounters tag_pool[TagRegistry::kMaxTags];
+  KindCounters tag_heap[TagRegistry::kMaxTags];
+
+  // Guards the history; the owner takes it once per frame.
+  mutable Mutex history_mu;
+  std::vector<FrameRecord> history ABSL_GUARDED_BY(history_mu);
+  size_t history_next ABSL_GUARDED_BY(history_mu) = 0;
+};
+
+// The last (instance id, state) the calling thread used: one compare on
+// the hot path. Plain data, so the TLS access needs no guard.
+struct LastThreadState {
+  uint64_t instance = 0;
+  ThreadState* state = nullptr;
+};
+inline thread_local LastThreadState last_thread_state;
+
+}  // namespace alloc_internal
+
+// An object in frame memory, owned: its destructor runs exactly once, when
+// the box is reset or destroyed, or at the end of its frame if the box is
+// still holding it then. After the frame ended the box is expired: get()
+// returns nullptr and dropping it touches nothing.
+template <typename T>
+class FrameBox {
+ public:
+  FrameBox() = default;
+  FrameBox(FrameBox&& other) noexcept { *this = std::move(other); }
+  FrameBox& operator=(FrameBox&& other) noexcept {
+    if (this != &other) {
+      reset();
+      slot_ = std::exchange(other.slot_, nullptr);
+      arena_ = other.arena_;
+      generation_ = other.generation_;
+    }
+    return *this;
+  }
+  ~FrameBox() { reset(); }
+
+  // True while the frame lasts and the box holds its object.
+  bool alive() const {
+    return slot_ != nullptr && arena_->generation() == generation_;
+  }
+  explicit operator bool() const { return alive(); }
+  // nullptr once expired or reset.
+  T* get() const { return alive() ? &slot_->value : nullptr; }
+  // REQUIRES: alive(); a use after the frame is reported as a misuse.
+  T& operator*() const { return *Checked(); }
+  T* operator->() const { return Checked(); }
+
+  // Destroys the object now (if the frame has not already).
+  void reset() {
+    if (alive()) {
+      slot_->value.~T();
+      slot_->constructed = false;
+    }
+    slot_ = nullptr;
+  }
+
+  // The storage: the arena runs ~Slot at frame end, which destroys the value
+  // only if the box did not.
+  struct Slot {
+    template <typename... Args>
+    explicit Slot(Args&&... args) : value(std::forward<Args>(args)...) {}
+    ~Slot() {
+      if (constructed) value.~T();
+    }
+    union {
+      T value;
+    };
+    bool constructed = true;
+  };
+
+ private:
+  friend class SmartAlloc;
+  FrameBox(Slot* slot, const FrameArena* arena)
+      : slot_(slot), arena_(arena), generation_(arena->generation()) {}
+  T* Checked() const {
+    if (ABSL_PREDICT_FALSE(!alive())) {
+      ReportFatalError({ErrorKind::kMisuse, "FrameBox::operator->",
+                        slot_ == nullptr
+                            ? "access through an empty or reset FrameBox"
+                            : "use after frame: the FrameBox's frame has "
+                              "ended and its object was destroyed",
+                        sizeof(T), alignof(T), absl::OkStatus()});
+    }
+    return &slot_->value;
+  }
+
+  Slot* slot_ = nullptr;
+  const FrameArena* arena_ = nullptr;
+  uint64_t generation_ = 0;
+};
+
+// An object in pool memory, owned like std::unique_ptr; the destructor runs
+// and the block returns to the pool when the box is reset or destroyed.
+template <typename T>
+class PoolBox {
+ public:
+  PoolBox() = default;
+  PoolBox(PoolBox&& other) noexcept { *this = std::move(other); }
+  PoolBox& operator=(PoolBox&& other) noexcept;
+  ~PoolBox() { reset(); }
+
+  T* get() const { return object_; }
+  T& operator*() const { return *object_; }
+  T* operator->() const { return object_; }
+  explicit operator bool() const { return object_ != nullptr; }
+  void reset();
+  // Gives up ownership; free it with SmartAlloc::pool_free.
+  T* release() { return std::exchange(object_, nullptr); }
+
+ private:
+  friend class SmartAlloc;
+  PoolBox(SmartAlloc* owner, T* object) : owner_(owner), object_(object) {}
+  SmartAlloc* owner_ = nullptr;
+  T* object_ = nullptr;
+};
+
+template <typename T>
+class FrameAllocator;
+
+class SmartAlloc {
+ public:
+  // REQUIRES: config.Validate().ok() (a fatal error names the field
+  // otherwise; Create() returns it as a Status).
+  explicit SmartAlloc(AllocConfig config = {});
+  static absl::StatusOr<std::unique_ptr<SmartAlloc>> Create(
+      AllocConfig config = {});
+  // Hands back every thread's state. REQUIRES: no thread is using the
+  // instance any more.
+  ~SmartAlloc();
+  SmartAlloc(const SmartAlloc&) = delete;
+  SmartAlloc& operator=(const SmartAlloc&) = delete;
+
+  // ---- Frames (of the calling thread) -------------------------------------
+
+  // Starts a frame: records its start time. A second begin_frame without an
+  // end_frame is reported as a misuse (and otherwise ignored).
+  void begin_frame();
+  // Ends the calling thread's frame: records it in the history, advances
+  // the global frame number, and releases the memory of frame
+  // N - frames_in_flight + 1 (with one frame in flight: this frame's).
+  void end_frame();
+  // The global frame number: the highest frame number any thread reached.
+  uint64_t frame_number() const {
+    return frame_number_.load(std::memory_order_relaxed);
+  }
+
+  // ---- Frame memory ---------------------------------------------------------
+
+  // A T constructed in the calling thread's frame memory; its destructor
+  // (if any) runs when the frame's memory is released. Never null.
+  template <typename T, typename... Args>
+  T* frame_alloc(Args&&... args) {
+    FrameArena& arena = ChargeFrame(sizeof(T));
+    return arena.Create<T>(std::forward<Args>(args)...);
+  }
+  // As frame_alloc, or nullptr when a budget refuses or memory runs out.
+  template <typename T, typename... Args>
+  T* try_frame_alloc(Args&&... args) {
+    FrameArena* arena = TryChargeFrame(sizeof(T));
+    return arena == nullptr ? nullptr
+                            : arena->TryCreate<T>(std::forward<Args>(args)...);
+  }
+  // `n` value-initialized Ts in frame memory (batch allocation).
+  template <typename T>
+  std::span<T> frame_array(size_t n) {
+    FrameArena& arena = ChargeFrame(ArrayBytes<T>(n));
+    return arena.CreateArray<T>(n);
+  }
+  template <typename T>
+  std::span<T> try_frame_array(size_t n) {
+    FrameArena* arena = TryChargeFrame(ArrayBytes<T>(n));
+    return arena == nullptr ? std::span<T>() : arena->TryCreateArray<T>(n);
+  }
+  // Raw frame memory. Never null.
+  void* frame_allocate(size_t size,
+                       size_t alignment = alignof(std::max_align_t)) {
+    return ChargeFrame(size).Allocate(size, alignment);
+  }
+  void* try_frame_allocate(size_t size,
+                           size_t alignment = alignof(std::max_align_t)) {
+    FrameArena* arena = TryChargeFrame(size);
+    return arena == nullptr ? nullptr : arena->TryAllocate(size, alignment);
+  }
+  // An owning handle to a T in frame memory (see FrameBox).
+  template <typename T, typename... Args>
+  FrameBox<T> frame_box(Args&&... args) {
+    using Slot = typename FrameBox<T>::Slot;
+    FrameArena& arena = ChargeFrame(sizeof(Slot));
+    Slot* slot = arena.Create<Slot>(std::forward<Args>(args)...);
+    return FrameBox<T>(slot, &arena);
+  }
+  // A growable vector in frame memory (FrameVec<T>, see adapters.h) with
+  // room for `capacity` elements.
+  template <typename T>
+  std::vector<T, FrameAllocator<T>> frame_vec(size_t capacity = 0);
+
+  // The calling thread's current frame arena, for code that wants the
+  // building block directly (allocations through it bypass budgets, tags
+  // and SmartAlloc's counters).
+  FrameArena& frame_arena() { return local().arena(); }
+
+  // A new arena not tied to frames (a request, a level load), drawing chunks
+  // from this instance's cache; everything it holds is released when it is
+  // destroyed. Not thread-safe itself: one owner at a time.
+  std::unique_ptr<FrameArena> new_scoped_arena();
+
+  // ---- Pools and heap -------------------------------------------------------
+
+  // A T from the size-class pools (sizes up to 4 KiB; larger or more aligned
+  // types come from tracked heap memory). Never null.
+  template <typename T, typename... Args>
+  T* pool_alloc(Args&&... args) {
+    void* p = pool_allocate(sizeof(T), alignof(T));
+    return ::new (p) T(std::forward<Args>(args)...);
+  }
+  template <typename T, typename... Args>
+  T* try_pool_alloc(Args&&... args) {
+    void* p = try_pool_allocate(sizeof(T), alignof(T));
+    return p == nullptr ? nullptr : ::new (p) T(std::forward<Args>(args)...);
+  }
+  // Destroys and frees a T from pool_alloc. nullptr is ignored.
+  template <typename T>
+  void pool_free(T* p) {
+    if (p == nullptr) return;
+    p->~T();
+    pool_deallocate(p, sizeof(T), alignof(T));
+  }
+  template <typename T, typename... Args>
+  PoolBox<T> pool_box(Args&&... args) {
+    return PoolBox<T>(this, pool_alloc<T>(std::forward<Args>(args)...));
+  }
+
+  // Untyped pool memory; free with the same size and alignment.
+  void* pool_allocate(size_t size,
+                      size_t alignment = alignof(std::max_align_t)) {
+    return PoolAllocate(size, alignment, /*fatal=*/true);
+  }
+  void* try_pool_allocate(size_t size,
+                          size_t alignment = alignof(std::max_align_t)) {
+    return PoolAllocate(size, alignment, /*fatal=*/false);
+  }
+  void pool_deallocate(void* p, size_t size,
+                       size_t alignment = alignof(std::max_align_t));
+
+  // Heap memory with tracking (counted per thread and tag, charged to
+  // budgets). Free with heap_free. Never null / nullptr on refusal.
+  void* heap_alloc(size_t size, size_t alignment = alignof(std::max_align_t)) {
+    return HeapAllocate(size, alignment, /*fatal=*/true);
+  }
+  void* try_heap_alloc(size_t size,
+                       size_t alignment = alignof(std::max_align_t)) {
+    return HeapAllocate(size, alignment, /*fatal=*/false);
+  }
+  // Frees heap_alloc memory. A pointer heap_alloc never returned is
+  // reported as a misuse (when its header is readable) and ignored.
+  void heap_free(void* p);
+
+  // Gives completely free pool pages back to the chunk cache. Returns bytes.
+  size_t release_empty_pool_pages();
+
+  // ---- Tags
+  // ------------------------------------------------------------------
+
+  // Runs `fn` with allocations attributed to the tag `name`, nested under
+  // the calling thread's current tag ("render" then "shadows" gives
+  // "render/shadows"). Returns what `fn` returns.
+  template <typename F>
+  decltype(auto) with_tag(absl::string_view name, F&& fn);
+  // The calling thread's current tag path ("" when untagged).
+  std::string current_tag();
+
+  // ---- Statistics
+  // ------------------------------------------------------------
+
+  AllocStats stats() const;
+  const AllocConfig& config() const { return config_; }
+  ChunkCache& chunk_cache() { return *cache_; }
+  PoolManager& pools() { return *pools_; }
+  BudgetManager& budgets() { return budgets_; }
+  TagRegistry& tags() { return tags_; }
+
+ private:
+  friend class TagScope;
+  friend struct alloc_internal::ThreadState;
+  friend class ThreadExitHook;
+
+  // The calling thread's state in this instance (created on first use).
+  alloc_internal::ThreadState& local() {
+    alloc_internal::LastThreadState& last = alloc_internal::last_thread_state;
+    if (ABSL_PREDICT_TRUE(last.instance == id_)) return *last.state;
+    return LocalSlow();
+  }
+  ABSL_ATTRIBUTE_NOINLINE alloc_internal::ThreadState& LocalSlow();
+
+  template <typename T>
+  static size_t ArrayBytes(size_t n) {
+    size_t bytes;
+    return __builtin_mul_overflow(n, sizeof(T), &bytes) ? SIZE_MAX : bytes;
+  }
+
+  // Counts a frame request of `bytes` and checks the budgets; returns the
+  // arena to allocate from. A refusal is a fatal error.
+  FrameArena& ChargeFrame(size_t bytes) {
+    alloc_internal::ThreadState& ts = local();
+    if (ABSL_PREDICT_FALSE(frame_checks_)) {
+      ChargeFrameSlow(ts, bytes, /*fatal=*/true);
+    }
+    CountFrame(ts, bytes);
+    return ts.arena();
+  }
+  FrameArena* TryChargeFrame(size_t bytes) {
+    alloc_internal::ThreadState& ts = local();
+    if (ABSL_PREDICT_FALSE(frame_checks_) &&
+        !ChargeFrameSlow(ts, bytes, /*fatal=*/false)) {
+      return nullptr;
+    }
+    CountFrame(ts, bytes);
+    return &ts.arena();
+  }
+  static void CountFrame(alloc_internal::ThreadState& ts, size_t bytes) {
+    ts.frame_counters.allocations.Add(1);
+    ts.frame_counters.bytes.Add(bytes);
+    ts.tag_frame[ts.tag].allocations.Add(1);
+    ts.tag_frame[ts.tag].bytes.Add(bytes);
+  }
+  bool ChargeFrameSlow(alloc_internal::ThreadState& ts, size_t bytes,
+                       bool fatal);
+  void* PoolAllocate(size_t size, size_t alignment, bool fatal);
+  void* HeapAllocate(size_t size, size_t alignment, bool fatal);
+  void* Refused(const char* where, size_t size, size_t alignment, bool fatal,
+                const absl::Status& why);
+  void ReleaseSlot(alloc_internal::ThreadState& ts, int slot);
+  void PushTag(absl::string_view name);
+  void PopTag();
+  // Folds a thread's state into the totals and deletes it.
+  void RetireThread(alloc_internal::ThreadState* ts)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(threads_mu_);
+  void RetireThreadFromExit(alloc_internal::ThreadState* ts);
+
+  const AllocConfig config_;
+  const uint64_t id_;  // Unique per instance in the process; never reused.
+  std::unique_ptr<BackendMemorySource> backend_source_;
+  MemorySource* const source_;
+  std::unique_ptr<ChunkCache> cache_;
+  std::unique_ptr<PoolManager> pools_;
+  TagRegistry tags_;
+  BudgetManager budgets_;
+  const bool frame_checks_;  // Budgets active or a frame budget set.
+  std::atomic<uint64_t> frame_number_{0};
+
+  mutable alloc_internal::Mutex threads_mu_;
+  std::vector<alloc_internal::ThreadState*> threads_
+      ABSL_GUARDED_BY(threads_mu_);
+  uint64_t next_thread_serial_ ABSL_GUARDED_BY(threads_mu_) = 1;
+  uint64_t exited_threads_ ABSL_GUARDED_BY(threads_mu_) = 0;
+  // Counters of exited threads.
+  KindStats retired_frame_ ABSL_GUARDED_BY(threads_mu_);
+  KindStats retired_pool_ ABSL_GUARDED_BY(threads_mu_);
+  KindStats retired_heap_ ABSL_GUARDED_BY(threads_mu_);
+  std::vector<TagStats> retired_tags_ ABSL_GUARDED_BY(threads_mu_);
+  // Pool blocks' tags, kept only while budgets are active (a free must
+  // release the budget it charged).
+  mutable alloc_internal::Mutex charged_mu_;
+  absl::flat_hash_map<void*, TagId> pool_block_tags_
+      ABSL_GUARDED_BY(charged_mu_);
+};
+
+// Attributes the calling thread's allocations to a tag while it lives.
+// Scopes nest; they must close in reverse order (checked: a misuse report).
+class TagScope {
+ public:
+  TagScope(SmartAlloc& alloc, absl::string_view name);
+  ~TagScope();
+  TagScope(const TagScope&) = delete;
+  TagScope& operator=(const TagScope&) = delete;
+
+ private:
+  SmartAlloc& alloc_;
+  TagId tag_;
+};
+
+template <typename F>
+decltype(auto) SmartAlloc::with_tag(absl::string_view name, F&& fn) {
+  TagScope scope(*this, name);
+  return std::forward<F>(fn)();
+}
+
+// STL allocator over the calling thread's frame memory in a SmartAlloc
+// (budgets, tags and counters apply). Works with std::vector,
+// std::unordered_map, absl::flat_hash_map, absl::InlinedVector, ...
+// deallocate is a no-op: the memory goes at the end of the frame, so a
+// container using it must not outlive the frame. Throws std::bad_alloc when
+// a budget refuses or memory runs out (the adapter boundary is the one place
+// this library throws).
+template <typename T>
+class FrameAllocator {
+ public:
+  using value_type = T;
+  explicit FrameAllocator(SmartAlloc* alloc) noexcept : alloc_(alloc) {}
+  template <typename U>
+  FrameAllocator(const FrameAllocator<U>& other) noexcept  // NOLINT: rebind
+      : alloc_(other.alloc()) {}
+
+  T* allocate(size_t n) {
+    size_t bytes;
+    if (__builtin_mul_overflow(n, sizeof(T), &bytes)) throw std::bad_alloc();
+    void* p = alloc_->try_frame_allocate(bytes, alignof(T));
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T*, size_t) noexcept {}
+
+  SmartAlloc* alloc() const { return alloc_; }
+  template <typename U>
+  bool operator==(const FrameAllocator<U>& other) const noexcept {
+    return alloc_ == other.alloc();
+  }
+
+ private:
+  SmartAlloc* alloc_;
+};
+
+// STL allocator over a SmartAlloc's pools (n * sizeof(T) up to 4 KiB) and
+// tracked heap (beyond). Memory is freed on deallocate, from any thread.
+// Throws std::bad_alloc on refusal.
+template <typename T>
+class PoolAllocator {
+ public:
+  using value_type = T;
+  explicit PoolAllocator(SmartAlloc* alloc) noexcept : alloc_(alloc) {}
+  template <typename U>
+  PoolAllocator(const PoolAllocator<U>& other) noexcept  // NOLINT: rebind
+      : alloc_(other.alloc()) {}
+
+  T* allocate(size_t n) {
+    size_t bytes;
+    if (__builtin_mul_overflow(n, sizeof(T), &bytes)) throw std::bad_alloc();
+    void* p = alloc_->try_pool_allocate(bytes, alignof(T));
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t n) noexcept {
+    alloc_->pool_deallocate(p, n * sizeof(T), alignof(T));
+  }
+
+  SmartAlloc* alloc() const { return alloc_; }
+  template <typename U>
+  bool operator==(const PoolAllocator<U>& other) const noexcept {
+    return alloc_ == other.alloc();
+  }
+
+ private:
+  SmartAlloc* alloc_;
+};
+
+// A growable vector in frame memory.
+template <typename T>
+using FrameVec = std::vector<T, FrameAllocator<T>>;
+
+template <typename T>
+std::vector<T, FrameAllocator<T>> SmartAlloc::frame_vec(size_t capacity) {
+  std::vector<T, FrameAllocator<T>> v{FrameAllocator<T>(this)};
+  v.reserve(capacity);
+  return v;
+}
+
+template <typename T>
+PoolBox<T>& PoolBox<T>::operator=(PoolBox&& other) noexcept {
+  if (this != &other) {
+    reset();
+    owner_ = other.owner_;
+    object_ = std::exchange(other.object_, nullptr);
+  }
+  return *this;
+}
+
+template <typename T>
+void PoolBox<T>::reset() {
+  if (object_ != nullptr) owner_->pool_free(std::exchange(object_, nullptr));
+}
+
+}  // namespace framealloc
+
+#endif  // ALLOC_SMART_ALLOC_H_

@@ -1,0 +1,613 @@
+#include "alloc/smart_alloc.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "alloc/internal/test_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace framealloc {
+namespace {
+
+using alloc_internal::CountingSource;
+using alloc_internal::ErrorRecorder;
+using ::testing::HasSubstr;
+
+bool IsAligned(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
+
+// Counts constructions and destructions.
+struct Tracked {
+  explicit Tracked(int v = 0) : value(v) { ++alive; }
+  ~Tracked() { --alive; }
+  int value;
+  static inline int alive = 0;
+};
+
+TEST(AllocConfigTest, ValidateNamesTheBadField) {
+  struct Case {
+    AllocConfig config;
+    const char* field;
+  };
+  std::vector<Case> cases;
+  cases.push_back({AllocConfig().set_frames_in_flight(0), "frames_in_flight"});
+  cases.push_back({AllocConfig().set_frames_in_flight(4), "frames_in_flight"});
+  cases.push_back({AllocConfig().set_frame_history(0), "frame_history"});
+  cases.push_back(
+      {AllocConfig().add_tag_budget("", {.limit_bytes = 1}), "tag_budgets"});
+  cases.push_back({AllocConfig().add_tag_budget("a//b", {.limit_bytes = 1}),
+                   "tag_budgets"});
+  cases.push_back(
+      {AllocConfig().add_tag_budget("a", {.warn_bytes = 9, .limit_bytes = 5}),
+       "warn_bytes 9 exceeds limit_bytes 5"});
+  cases.push_back({AllocConfig().add_tag_budget("a", {}), "sets neither"});
+  cases.push_back({AllocConfig().set_chunk_sizes(100, 1 << 20),
+                   "FrameArenaOptions.initial_chunk_size"});
+  cases.push_back({AllocConfig().set_pool(PoolOptions().set_batch(0)),
+                   "PoolOptions.batch"});
+  for (const Case& c : cases) {
+    absl::StatusOr<std::unique_ptr<SmartAlloc>> alloc =
+        SmartAlloc::Create(c.config);
+    EXPECT_EQ(alloc.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.field;
+    EXPECT_THAT(alloc.status().message(), HasSubstr(c.field));
+  }
+  EXPECT_TRUE(SmartAlloc::Create().ok());
+}
+
+TEST(AllocConfigDeathTest, InvalidConfigIsFatalInTheConstructor) {
+  EXPECT_DEATH(SmartAlloc(AllocConfig().set_frames_in_flight(9)),
+               "AllocConfig.frames_in_flight = 9 is outside");
+}
+
+class SmartAllocTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    alloc_.reset();
+    // Everything handed back: only the (now destroyed) cache's idle blocks
+    // were outstanding, and those went back too.
+    EXPECT_EQ(source_.stats().bytes_outstanding, 0u);
+  }
+  SmartAlloc& alloc() { return *alloc_; }
+  void Make(AllocConfig config = {}) {
+    alloc_ = std::make_unique<SmartAlloc>(config.set_source(&source_));
+  }
+
+  CountingSource source_;
+  std::unique_ptr<SmartAlloc> alloc_ =
+      std::make_unique<SmartAlloc>(AllocConfig().set_source(&source_));
+};
+
+using SmartAllocDeathTest = SmartAllocTest;
+
+TEST_F(SmartAllocTest, FrameAllocConstructsAndEndFrameDestroys) {
+  Tracked::alive = 0;
+  alloc().begin_frame();
+  Tracked* t = alloc().frame_alloc<Tracked>(7);
+  EXPECT_EQ(t->value, 7);
+  std::span<int> ints = alloc().frame_array<int>(100);
+  EXPECT_EQ(ints.size(), 100u);
+  EXPECT_EQ(ints[99], 0);
+  EXPECT_EQ(Tracked::alive, 1);
+  alloc().end_frame();
+  EXPECT_EQ(Tracked::alive, 0);
+  EXPECT_EQ(alloc().frame_number(), 1u);
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.frame.allocations, 2u);
+  EXPECT_EQ(stats.frame.bytes, sizeof(Tracked) + 100 * sizeof(int));
+}
+
+TEST_F(SmartAllocTest, TryPathsReturnNullOnBadRequests) {
+  EXPECT_EQ(alloc().try_frame_allocate(16, 3), nullptr);
+  EXPECT_TRUE(alloc().try_frame_array<int>(SIZE_MAX / 2).empty());
+  EXPECT_EQ(alloc().try_heap_alloc(16, 3), nullptr);
+  EXPECT_EQ(alloc().try_pool_allocate(SIZE_MAX, 8), nullptr);
+}
+
+TEST_F(SmartAllocTest, FramesInFlightKeepMemoryForKFrames) {
+  for (int k = 1; k <= 3; ++k) {
+    Make(AllocConfig().set_frames_in_flight(k));
+    Tracked::alive = 0;
+    alloc().begin_frame();
+    alloc().frame_alloc<Tracked>(1);  // Frame 0.
+    alloc().end_frame();
+    // Valid until frame 0 + k - 1 ends.
+    for (int frame = 1; frame < k; ++frame) {
+      EXPECT_EQ(Tracked::alive, 1) << "k=" << k << " after frame " << frame - 1;
+      alloc().begin_frame();
+      alloc().end_frame();
+    }
+    EXPECT_EQ(Tracked::alive, 0) << "k=" << k;
+  }
+}
+
+TEST_F(SmartAllocTest, FramesInFlightUseDistinctMemory) {
+  Make(AllocConfig().set_frames_in_flight(2));
+  int* a = alloc().frame_alloc<int>(1);
+  alloc().end_frame();
+  int* b = alloc().frame_alloc<int>(2);
+  EXPECT_EQ(*a, 1);  // Frame 0 still valid while frame 1 is built.
+  EXPECT_NE(a, b);
+  alloc().end_frame();
+  int* c = alloc().frame_alloc<int>(3);
+  EXPECT_EQ(c, a);  // Frame 0's memory was released and reused.
+  EXPECT_EQ(*b, 2);
+}
+
+TEST_F(SmartAllocTest, FrameBoxDestroysExactlyOnce) {
+  Tracked::alive = 0;
+  {
+    FrameBox<Tracked> box = alloc().frame_box<Tracked>(5);
+    EXPECT_EQ(box->value, 5);
+    EXPECT_EQ(Tracked::alive, 1);
+    box.reset();  // At drop...
+    EXPECT_EQ(Tracked::alive, 0);
+  }
+  alloc().end_frame();  // ...and not again at frame end.
+  EXPECT_EQ(Tracked::alive, 0);
+
+  FrameBox<Tracked> kept = alloc().frame_box<Tracked>(6);
+  FrameBox<Tracked> moved = std::move(kept);
+  EXPECT_FALSE(kept);
+  EXPECT_TRUE(moved.alive());
+  alloc().end_frame();  // At frame end, since the box still held it.
+  EXPECT_EQ(Tracked::alive, 0);
+  EXPECT_FALSE(moved.alive());
+  EXPECT_EQ(moved.get(), nullptr);
+}  // Dropping the expired box touches nothing.
+
+TEST_F(SmartAllocDeathTest, FrameBoxUseAfterFrameIsReported) {
+  FrameBox<int> box = alloc().frame_box<int>(3);
+  alloc().end_frame();
+  EXPECT_DEATH(*box = 4, "misuse in FrameBox::operator->: use after frame");
+}
+
+TEST_F(SmartAllocTest, FrameVecGrowsInFrameMemory) {
+  FrameVec<int> v = alloc().frame_vec<int>(4);
+  EXPECT_GE(v.capacity(), 4u);
+  for (int i = 0; i < 1000; ++i) v.push_back(i);
+  EXPECT_EQ(v[999], 999);
+  EXPECT_TRUE(alloc().frame_arena().Owns(v.data()));
+}
+
+TEST_F(SmartAllocTest, TwoInstancesOnOneThreadDoNotShare) {
+  CountingSource other_source;
+  SmartAlloc other(AllocConfig().set_source(&other_source));
+  int* a = alloc().frame_alloc<int>(1);
+  int* b = other.frame_alloc<int>(2);
+  EXPECT_TRUE(alloc().frame_arena().Owns(a));
+  EXPECT_FALSE(alloc().frame_arena().Owns(b));
+  EXPECT_TRUE(other.frame_arena().Owns(b));
+  other.end_frame();  // Resets only `other`'s arena.
+  EXPECT_EQ(*a, 1);
+  EXPECT_EQ(alloc().stats().frame.allocations, 1u);
+  EXPECT_EQ(other.stats().frame.allocations, 1u);
+  void* pa = alloc().pool_allocate(32);
+  void* pb = other.pool_allocate(32);
+  EXPECT_TRUE(alloc().pools().Owns(pa));
+  EXPECT_FALSE(alloc().pools().Owns(pb));
+  alloc().pool_deallocate(pa, 32);
+  other.pool_deallocate(pb, 32);
+}
+
+TEST_F(SmartAllocTest, EachThreadHasItsOwnArena) {
+  int* main_value = alloc().frame_alloc<int>(1);
+  int* thread_value = nullptr;
+  std::thread t([&] {
+    thread_value = alloc().frame_alloc<int>(2);
+    EXPECT_FALSE(alloc().frame_arena().Owns(main_value));
+    EXPECT_TRUE(alloc().frame_arena().Owns(thread_value));
+  });
+  t.join();
+  EXPECT_EQ(*main_value, 1);
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.live_threads, 1u);
+  EXPECT_EQ(stats.exited_threads, 1u);
+  EXPECT_EQ(stats.frame.allocations, 2u);  // The exited thread's counts stay.
+}
+
+TEST_F(SmartAllocTest, TenThousandShortLivedThreadsLeaveNothingBehind) {
+  auto run_threads = [&](int count) {
+    for (int i = 0; i < count; i += 8) {
+      std::vector<std::thread> batch;
+      for (int j = 0; j < 8 && i + j < count; ++j) {
+        batch.emplace_back([&] {
+          alloc().begin_frame();
+          alloc().frame_array<char>(10000);
+          alloc().pool_free(alloc().pool_alloc<int64_t>(1));
+          void* kept = alloc().pool_allocate(64);  // Freed by main below.
+          alloc().pool_deallocate(kept, 64);
+          alloc().end_frame();
+        });
+      }
+      for (auto& t : batch) t.join();
+    }
+  };
+  run_threads(100);
+  const size_t after_warmup = source_.stats().bytes_outstanding;
+  run_threads(10000);
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.live_threads, 0u);
+  EXPECT_EQ(stats.exited_threads, 10100u);
+  EXPECT_EQ(stats.frame.allocations, 10100u);
+  EXPECT_EQ(stats.pool.allocations, 20200u);
+  EXPECT_EQ(stats.pool.frees, 20200u);
+  // Memory is flat: the states' chunks and blocks went back to be reused.
+  EXPECT_LE(source_.stats().bytes_outstanding, after_warmup);
+}
+
+TEST_F(SmartAllocTest, ThreadOutlivingItsInstanceExitsCleanly) {
+  std::atomic<int> phase{0};
+  std::thread t([&] {
+    alloc().frame_alloc<int>(1);
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+    // The instance is gone; a new one works on this thread.
+    CountingSource source;
+    SmartAlloc fresh(AllocConfig().set_source(&source));
+    EXPECT_EQ(*fresh.frame_alloc<int>(5), 5);
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  alloc_.reset();  // Hands back the thread's state while it still runs.
+  phase = 2;
+  t.join();
+}
+
+TEST_F(SmartAllocTest, PoolAllocAndBox) {
+  Tracked::alive = 0;
+  Tracked* t = alloc().pool_alloc<Tracked>(3);
+  EXPECT_EQ(t->value, 3);
+  alloc().pool_free(t);
+  EXPECT_EQ(Tracked::alive, 0);
+  {
+    PoolBox<Tracked> box = alloc().pool_box<Tracked>(4);
+    EXPECT_EQ(box->value, 4);
+    EXPECT_EQ(Tracked::alive, 1);
+  }
+  EXPECT_EQ(Tracked::alive, 0);
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.pool.allocations, 2u);
+  EXPECT_EQ(stats.pool.frees, 2u);
+  EXPECT_EQ(stats.pool.live_bytes(), 0);
+}
+
+TEST_F(SmartAllocTest, OverAlignedAndLargeTypes) {
+  struct alignas(256) Aligned {
+    char bytes[40];
+  };
+  struct Large {
+    char bytes[10000];
+  };
+  Aligned* a = alloc().pool_alloc<Aligned>();
+  EXPECT_TRUE(IsAligned(a, 256));
+  struct alignas(8192) Huge {
+    char c;
+  };
+  Huge* h = alloc().pool_alloc<Huge>();
+  EXPECT_TRUE(IsAligned(h, 8192));
+  Large* l = alloc().pool_alloc<Large>();
+  std::memset(l->bytes, 1, sizeof(l->bytes));
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.pool.allocations, 1u);  // Aligned.
+  EXPECT_EQ(stats.heap.allocations, 2u);  // Huge and Large fell back.
+  EXPECT_EQ(stats.heap.bytes, sizeof(Huge) + sizeof(Large));
+  alloc().pool_free(a);
+  alloc().pool_free(h);
+  alloc().pool_free(l);
+  EXPECT_EQ(alloc().stats().heap.live_bytes(), 0);
+}
+
+TEST_F(SmartAllocTest, CrossThreadFreesBalance) {
+  std::vector<int64_t*> blocks;
+  for (int i = 0; i < 1000; ++i)
+    blocks.push_back(alloc().pool_alloc<int64_t>(i));
+  std::thread t([&] {
+    for (int64_t* p : blocks) alloc().pool_free(p);
+  });
+  t.join();
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.pool.allocations, 1000u);
+  EXPECT_EQ(stats.pool.frees, 1000u);
+  EXPECT_EQ(stats.pool.live_bytes(), 0);
+}
+
+TEST_F(SmartAllocTest, HeapAllocIsTrackedAndForeignFreesReported) {
+  void* p = alloc().heap_alloc(100, 64);
+  EXPECT_TRUE(IsAligned(p, 64));
+  std::memset(p, 0, 100);
+  EXPECT_EQ(alloc().stats().heap.live_bytes(), 100);
+  alloc().heap_free(p);
+  EXPECT_EQ(alloc().stats().heap.live_bytes(), 0);
+
+  ErrorRecorder errors;
+  std::vector<char> foreign(256, 0);
+  alloc().heap_free(foreign.data() + 128);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("heap_free of a pointer heap_alloc never returned"));
+}
+
+TEST_F(SmartAllocTest, GlobalBudgetRefusesEveryPathAndRecovers) {
+  std::vector<AllocEvent> events;
+  Make(AllocConfig().set_global_budget(1000).set_on_event(
+      [&](const AllocEvent& e) { events.push_back(e); }));
+  void* frame = alloc().try_frame_allocate(600);
+  ASSERT_NE(frame, nullptr);
+  EXPECT_EQ(alloc().try_pool_allocate(500), nullptr);
+  EXPECT_EQ(alloc().try_heap_alloc(500), nullptr);
+  EXPECT_EQ(alloc().try_frame_allocate(500), nullptr);
+  void* pool = alloc().try_pool_allocate(400);
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(alloc().budgets().global_used(), 1000u);
+  alloc().end_frame();  // Frame memory released: its budget too.
+  EXPECT_EQ(alloc().budgets().global_used(), 400u);
+  alloc().pool_deallocate(pool, 400);
+  EXPECT_EQ(alloc().budgets().global_used(), 0u);
+  void* heap = alloc().try_heap_alloc(1000);
+  EXPECT_NE(heap, nullptr);
+  alloc().heap_free(heap);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].scope, BudgetScope::kGlobal);
+  EXPECT_EQ(events[0].kind, AllocEventKind::kBudgetRefused);
+  EXPECT_EQ(alloc().stats().budget_refusals, 3u);
+}
+
+TEST_F(SmartAllocTest, FrameBudgetIsPerThreadPerFrame) {
+  Make(AllocConfig().set_frame_budget(1000));
+  EXPECT_NE(alloc().try_frame_allocate(900), nullptr);
+  EXPECT_EQ(alloc().try_frame_allocate(200), nullptr);
+  std::thread t([&] {
+    EXPECT_NE(alloc().try_frame_allocate(900), nullptr);  // Its own budget.
+  });
+  t.join();
+  alloc().end_frame();
+  EXPECT_NE(alloc().try_frame_allocate(1000), nullptr);  // A new frame.
+  EXPECT_EQ(alloc().stats().budget_refusals, 1u);
+}
+
+TEST_F(SmartAllocDeathTest, NeverNullPathReportsTheBudget) {
+  Make(AllocConfig().set_frame_budget(64));
+  EXPECT_DEATH(alloc().frame_array<char>(100),
+               "budget exceeded in SmartAlloc::frame_alloc: cannot allocate "
+               "100 bytes under tag '' in frame 0.*frame budget of thread "
+               "#1 refused 100 bytes: 0 of 64");
+}
+
+TEST_F(SmartAllocTest, TagBudgetWarnsAndRefusesUnderItsSubtree) {
+  std::vector<AllocEvent> events;
+  Make(AllocConfig()
+           .add_tag_budget("render", {.warn_bytes = 100, .limit_bytes = 200})
+           .set_on_event([&](const AllocEvent& e) { events.push_back(e); }));
+  void* pool = nullptr;
+  alloc().with_tag("render", [&] {
+    alloc().with_tag("shadows", [&] {
+      pool = alloc().try_pool_allocate(150);
+      EXPECT_NE(pool, nullptr);
+      EXPECT_EQ(alloc().try_heap_alloc(100), nullptr);
+    });
+  });
+  void* heap = alloc().try_heap_alloc(100);
+  EXPECT_NE(heap, nullptr) << "untagged: no budget";
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].kind, AllocEventKind::kBudgetWarning);
+  EXPECT_EQ(events[0].tag, "render");
+  EXPECT_EQ(events[1].kind, AllocEventKind::kBudgetRefused);
+  EXPECT_EQ(alloc().budgets().tag_used("render"), 150u);
+  alloc().pool_deallocate(pool, 150);  // Released to the tag it charged.
+  EXPECT_EQ(alloc().budgets().tag_used("render"), 0u);
+  alloc().heap_free(heap);
+}
+
+TEST_F(SmartAllocTest, TagsAttributeEveryKindExactly) {
+  alloc().with_tag("render", [&] {
+    EXPECT_EQ(alloc().current_tag(), "render");
+    alloc().frame_alloc<int64_t>();
+    alloc().with_tag("shadows", [&] {
+      EXPECT_EQ(alloc().current_tag(), "render/shadows");
+      alloc().frame_array<char>(10);
+      alloc().pool_free(alloc().pool_alloc<int32_t>());
+      alloc().heap_free(alloc().heap_alloc(300));
+    });
+  });
+  EXPECT_EQ(alloc().current_tag(), "");
+  std::map<std::string, TagStats> by_path;
+  for (const TagStats& t : alloc().stats().tags) by_path[t.path] = t;
+  ASSERT_EQ(by_path.size(), 2u);
+  EXPECT_EQ(by_path["render"].frame.allocations, 1u);
+  EXPECT_EQ(by_path["render"].frame.bytes, 8u);
+  EXPECT_EQ(by_path["render/shadows"].frame.bytes, 10u);
+  EXPECT_EQ(by_path["render/shadows"].pool.allocations, 1u);
+  EXPECT_EQ(by_path["render/shadows"].pool.freed_bytes, 4u);
+  EXPECT_EQ(by_path["render/shadows"].heap.bytes, 300u);
+  EXPECT_EQ(by_path["render/shadows"].heap.live_bytes(), 0);
+}
+
+TEST_F(SmartAllocTest, TagScopesClosedOutOfOrderAreReported) {
+  ErrorRecorder errors;
+  auto outer = std::make_unique<TagScope>(alloc(), "a");
+  auto inner = std::make_unique<TagScope>(alloc(), "b");
+  outer.reset();
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("tag scope 'a' closed while 'a/b' is current"));
+  inner.reset();
+}
+
+TEST_F(SmartAllocTest, BadTagNamesAreReportedAndAttributedToTheParent) {
+  ErrorRecorder errors;
+  alloc().with_tag("ok", [&] {
+    alloc().with_tag("bad/name",
+                     [&] { EXPECT_EQ(alloc().current_tag(), "ok"); });
+  });
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_EQ(errors.reports()[0].kind, ErrorKind::kInvalidArgument);
+}
+
+TEST_F(SmartAllocTest, BeginFrameTwiceIsReported) {
+  ErrorRecorder errors;
+  alloc().begin_frame();
+  alloc().begin_frame();
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("begin_frame called twice"));
+  alloc().end_frame();
+}
+
+TEST_F(SmartAllocTest, HistoryRecordsEachFrameExactly) {
+  Make(AllocConfig().set_frame_history(3));
+  for (int frame = 0; frame < 5; ++frame) {
+    alloc().begin_frame();
+    for (int i = 0; i <= frame; ++i) alloc().frame_allocate(100, 16);
+    alloc().end_frame();
+  }
+  AllocStats stats = alloc().stats();
+  ASSERT_EQ(stats.threads.size(), 1u);
+  const std::vector<FrameRecord>& history = stats.threads[0].history;
+  ASSERT_EQ(history.size(), 3u);  // The last three frames, oldest first.
+  for (int i = 0; i < 3; ++i) {
+    const FrameRecord& r = history[i];
+    const size_t n = static_cast<size_t>(i + 3);  // Frames 2, 3, 4.
+    EXPECT_EQ(r.frame, static_cast<uint64_t>(i + 2));
+    EXPECT_EQ(r.allocations, n);
+    EXPECT_EQ(r.requested, 100 * n);
+    EXPECT_EQ(r.bytes, 112 * n - 12);  // 12 bytes of padding between each.
+    EXPECT_EQ(r.peak_bytes, r.bytes);
+    EXPECT_EQ(r.chunks, 1u);
+    EXPECT_EQ(r.waste_bytes, r.bytes - r.requested);
+    EXPECT_GE(r.duration_ms, 0.0);
+  }
+  EXPECT_EQ(stats.threads[0].frame, 5u);
+  EXPECT_EQ(stats.frame_number, 5u);
+}
+
+TEST_F(SmartAllocTest, StatsAreReadableWhileThreadsAllocate) {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.emplace_back([&] {
+      while (!stop.load()) {
+        alloc().begin_frame();
+        alloc().frame_array<int>(64);
+        alloc().pool_free(alloc().pool_alloc<int>());
+        alloc().end_frame();
+      }
+    });
+  }
+  uint64_t last = 0;
+  for (int i = 0; i < 200; ++i) {
+    AllocStats stats = alloc().stats();
+    EXPECT_GE(stats.frame.allocations, last);  // Monotonic.
+    last = stats.frame.allocations;
+  }
+  stop = true;
+  for (auto& t : workers) t.join();
+}
+
+TEST_F(SmartAllocTest, JsonSnapshotHasEverySection) {
+  alloc().with_tag("quote\"d", [&] { alloc().frame_alloc<int>(); });
+  alloc().end_frame();
+  const std::string json = alloc().stats().ToJson();
+  for (const char* key :
+       {"\"frame_number\":1", "\"frame\":{\"allocations\":1", "\"pool\":",
+        "\"heap\":", "\"tags\":[{\"path\":\"quote\\\"d\"", "\"threads\":[",
+        "\"history\":[{\"frame\":0", "\"cache\":", "\"source\":"}) {
+    EXPECT_THAT(json, HasSubstr(key));
+  }
+  EXPECT_EQ(json.front(), '{');
+  EXPECT_EQ(json.back(), '}');
+}
+
+TEST_F(SmartAllocTest, ScopedArenaDrawsFromTheSameCache) {
+  std::unique_ptr<FrameArena> request = alloc().new_scoped_arena();
+  request->Allocate(1000);
+  EXPECT_EQ(request->cache(), &alloc().chunk_cache());
+  EXPECT_EQ(alloc().chunk_cache().stats().in_use_blocks, 1u);
+  request.reset();  // Released as a whole.
+  EXPECT_EQ(alloc().chunk_cache().stats().in_use_blocks, 0u);
+}
+
+TEST_F(SmartAllocTest, StlAllocatorsWorkWithStandardAndAbseilContainers) {
+  {
+    std::vector<int, FrameAllocator<int>> v{FrameAllocator<int>(&alloc())};
+    std::unordered_map<int, int, std::hash<int>, std::equal_to<int>,
+                       FrameAllocator<std::pair<const int, int>>>
+        m{FrameAllocator<std::pair<const int, int>>(&alloc())};
+    absl::flat_hash_map<int, int, absl::Hash<int>, std::equal_to<int>,
+                        FrameAllocator<std::pair<const int, int>>>
+        f{0, absl::Hash<int>(), std::equal_to<int>(),
+          FrameAllocator<std::pair<const int, int>>(&alloc())};
+    absl::InlinedVector<int, 2, FrameAllocator<int>> iv{
+        FrameAllocator<int>(&alloc())};
+    for (int i = 0; i < 100; ++i) {
+      v.push_back(i);
+      m[i] = i;
+      f[i] = i;
+      iv.push_back(i);
+    }
+    EXPECT_EQ(v[50] + m[50] + f[50] + iv[50], 200);
+    EXPECT_GT(alloc().stats().frame.allocations, 10u);
+  }
+  alloc().end_frame();
+  {
+    std::vector<int, PoolAllocator<int>> v{PoolAllocator<int>(&alloc())};
+    absl::flat_hash_map<int, int, absl::Hash<int>, std::equal_to<int>,
+                        PoolAllocator<std::pair<const int, int>>>
+        f{0, absl::Hash<int>(), std::equal_to<int>(),
+          PoolAllocator<std::pair<const int, int>>(&alloc())};
+    absl::InlinedVector<int, 2, PoolAllocator<int>> iv{
+        PoolAllocator<int>(&alloc())};
+    std::unordered_map<int, int, std::hash<int>, std::equal_to<int>,
+                       PoolAllocator<std::pair<const int, int>>>
+        m{PoolAllocator<std::pair<const int, int>>(&alloc())};
+    for (int i = 0; i < 2000; ++i) {
+      v.push_back(i);
+      f[i] = i;
+      iv.push_back(i);
+      m[i] = i;
+    }
+    EXPECT_EQ(v[1999] + f[1999] + iv[1999] + m[1999], 4 * 1999);
+  }
+  AllocStats stats = alloc().stats();
+  EXPECT_EQ(stats.pool.live_bytes(), 0);  // Every container freed its memory.
+  EXPECT_EQ(stats.heap.live_bytes(), 0);
+  EXPECT_GT(stats.heap.allocations, 0u);  // Large buffers went to the heap.
+}
+
+TEST_F(SmartAllocTest, StlAllocatorsThrowBadAllocOnRefusal) {
+  Make(AllocConfig().set_global_budget(1024));
+  std::vector<int, FrameAllocator<int>> v{FrameAllocator<int>(&alloc())};
+  EXPECT_THROW(v.reserve(1000), std::bad_alloc);
+  std::vector<int, PoolAllocator<int>> p{PoolAllocator<int>(&alloc())};
+  EXPECT_THROW(p.reserve(1000), std::bad_alloc);
+  EXPECT_NO_THROW(p.reserve(10));
+}
+
+TEST_F(SmartAllocTest, UserBackendServesChunks) {
+  class CountingBackend : public AllocatorBackend {
+   public:
+    BackendResult Allocate(size_t size, size_t alignment) override {
+      ++calls;
+      return BackendResult::Fallback();
+    }
+    void Deallocate(void*, size_t, size_t) override {}
+    int calls = 0;
+  };
+  auto backend = std::make_shared<CountingBackend>();
+  Make(AllocConfig().set_backend(backend));
+  alloc().frame_alloc<int>();
+  EXPECT_EQ(backend->calls, 1);  // Asked first, fell back to the source.
+  EXPECT_EQ(source_.allocate_calls(), 1);
+}
+
+}  // namespace
+}  // namespace framealloc
