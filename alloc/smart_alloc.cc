@@ -192,7 +192,8 @@ SmartAlloc::SmartAlloc(AllocConfig config)
       pools_(std::make_unique<PoolManager>(cache_.get(), config_.pool)),
       budgets_(config_.global_budget, config_.tag_budgets, &tags_,
                config_.on_event),
-      frame_checks_(budgets_.active() || config_.frame_budget != 0) {
+      budgets_active_(budgets_.active()),
+      frame_checks_(budgets_active_ || config_.frame_budget != 0) {
   {
     MutexLock lock(&threads_mu_);
     retired_tags_.resize(TagRegistry::kMaxTags);
@@ -274,19 +275,16 @@ void SmartAlloc::RetireThread(ThreadState* ts) {
     }
   }
   KindStats k;
-  ts->frame_counters.Read(&k);
-  Accumulate(&retired_frame_, k);
-  ts->pool_counters.Read(&k);
-  Accumulate(&retired_pool_, k);
-  ts->heap_counters.Read(&k);
-  Accumulate(&retired_heap_, k);
   for (int tag = 0; tag < TagRegistry::kMaxTags; ++tag) {
     ts->tag_frame[tag].Read(&k);
     Accumulate(&retired_tags_[tag].frame, k);
+    Accumulate(&retired_frame_, k);
     ts->tag_pool[tag].Read(&k);
     Accumulate(&retired_tags_[tag].pool, k);
+    Accumulate(&retired_pool_, k);
     ts->tag_heap[tag].Read(&k);
     Accumulate(&retired_tags_[tag].heap, k);
+    Accumulate(&retired_heap_, k);
   }
   ++exited_threads_;
   // Flushes the pool cache to the global lists and returns every chunk.
@@ -372,7 +370,7 @@ bool SmartAlloc::ChargeFrameSlow(ThreadState& ts, size_t bytes, bool fatal) {
                              config_.frame_budget, " bytes used this frame")));
     return false;
   }
-  if (budgets_.active()) {
+  if (budgets_active_) {
     absl::Status charged = budgets_.Charge(ts.tag, bytes, frame_number());
     if (!charged.ok()) {
       Refused("SmartAlloc::frame_alloc", bytes, 0, fatal, charged);
@@ -409,45 +407,42 @@ std::unique_ptr<FrameArena> SmartAlloc::new_scoped_arena() {
 // ---------------------------------------------------------------------------
 // Pools and heap
 
-void* SmartAlloc::PoolAllocate(size_t size, size_t alignment, bool fatal) {
-  const int cls = PoolManager::ClassFor(size, alignment);
+void* SmartAlloc::PoolAllocateSlow(int cls, size_t size, size_t alignment,
+                                   bool fatal) {
   if (cls < 0) return HeapAllocate(size, alignment, fatal);
   ThreadState& ts = local();
-  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+  if (budgets_active_) {
     absl::Status charged = budgets_.Charge(ts.tag, size, frame_number());
     if (!charged.ok()) {
       return Refused("SmartAlloc::pool_alloc", size, alignment, fatal, charged);
     }
   }
   void* p = ts.pool_cache.Allocate(cls);
-  if (ABSL_PREDICT_FALSE(p == nullptr)) {
-    if (budgets_.active()) budgets_.Release(ts.tag, size);
+  if (p == nullptr) {
+    if (budgets_active_) budgets_.Release(ts.tag, size);
     return Refused("SmartAlloc::pool_alloc", size, alignment, fatal,
                    absl::ResourceExhaustedError(
                        absl::StrCat("the pools could not get a page from the ",
                                     source_->name(), " source")));
   }
-  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+  if (budgets_active_) {
     MutexLock lock(&charged_mu_);
     pool_block_tags_[p] = ts.tag;
   }
-  ts.pool_counters.allocations.Add(1);
-  ts.pool_counters.bytes.Add(size);
   ts.tag_pool[ts.tag].allocations.Add(1);
   ts.tag_pool[ts.tag].bytes.Add(size);
   return p;
 }
 
-void SmartAlloc::pool_deallocate(void* p, size_t size, size_t alignment) {
+void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size) {
   if (p == nullptr) return;
-  const int cls = PoolManager::ClassFor(size, alignment);
   if (cls < 0) {
     heap_free(p);
     return;
   }
   ThreadState& ts = local();
   TagId tag = ts.tag;
-  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+  if (budgets_active_) {
     MutexLock lock(&charged_mu_);
     if (auto it = pool_block_tags_.find(p); it != pool_block_tags_.end()) {
       tag = it->second;
@@ -456,8 +451,6 @@ void SmartAlloc::pool_deallocate(void* p, size_t size, size_t alignment) {
     }
   }
   ts.pool_cache.Free(p, cls);
-  ts.pool_counters.frees.Add(1);
-  ts.pool_counters.freed_bytes.Add(size);
   ts.tag_pool[tag].frees.Add(1);
   ts.tag_pool[tag].freed_bytes.Add(size);
 }
@@ -474,7 +467,7 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
             MemorySource::kMaxBlockSize, ")")));
   }
   ThreadState& ts = local();
-  if (ABSL_PREDICT_FALSE(budgets_.active())) {
+  if (ABSL_PREDICT_FALSE(budgets_active_)) {
     absl::Status charged = budgets_.Charge(ts.tag, size, frame_number());
     if (!charged.ok()) {
       return Refused("SmartAlloc::heap_alloc", size, alignment, fatal, charged);
@@ -486,15 +479,13 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
   char* raw = static_cast<char*>(
       ::operator new(offset + size, std::align_val_t(align), std::nothrow));
   if (raw == nullptr) {
-    if (budgets_.active()) budgets_.Release(ts.tag, size);
+    if (budgets_active_) budgets_.Release(ts.tag, size);
     return Refused("SmartAlloc::heap_alloc", size, alignment, fatal,
                    absl::ResourceExhaustedError("the C++ heap is exhausted"));
   }
   char* user = raw + offset;
   *HeaderOf(user) = HeapHeader{kHeapMagic ^ reinterpret_cast<uintptr_t>(user),
                                size, align, offset, ts.tag};
-  ts.heap_counters.allocations.Add(1);
-  ts.heap_counters.bytes.Add(size);
   ts.tag_heap[ts.tag].allocations.Add(1);
   ts.tag_heap[ts.tag].bytes.Add(size);
   return user;
@@ -512,10 +503,8 @@ void SmartAlloc::heap_free(void* p) {
   }
   const HeapHeader h = *header;
   header->magic = 0;  // A second free of the same block is caught above.
-  if (ABSL_PREDICT_FALSE(budgets_.active())) budgets_.Release(h.tag, h.size);
+  if (ABSL_PREDICT_FALSE(budgets_active_)) budgets_.Release(h.tag, h.size);
   ThreadState& ts = local();
-  ts.heap_counters.frees.Add(1);
-  ts.heap_counters.freed_bytes.Add(h.size);
   ts.tag_heap[h.tag].frees.Add(1);
   ts.tag_heap[h.tag].freed_bytes.Add(h.size);
   ::operator delete(static_cast<char*>(p) - h.offset,
@@ -593,21 +582,21 @@ AllocStats SmartAlloc::stats() const {
     for (const ThreadState* ts : threads_) {
       ThreadStats thread;
       thread.thread = ts->serial;
-      ts->frame_counters.Read(&thread.frame_memory);
-      ts->pool_counters.Read(&thread.pool);
-      ts->heap_counters.Read(&thread.heap);
-      Accumulate(&s.frame, thread.frame_memory);
-      Accumulate(&s.pool, thread.pool);
-      Accumulate(&s.heap, thread.heap);
       KindStats k;
       for (int t = 0; t < tag_count; ++t) {
         ts->tag_frame[t].Read(&k);
         Accumulate(&tags[t].frame, k);
+        Accumulate(&thread.frame_memory, k);
         ts->tag_pool[t].Read(&k);
         Accumulate(&tags[t].pool, k);
+        Accumulate(&thread.pool, k);
         ts->tag_heap[t].Read(&k);
         Accumulate(&tags[t].heap, k);
+        Accumulate(&thread.heap, k);
       }
+      Accumulate(&s.frame, thread.frame_memory);
+      Accumulate(&s.pool, thread.pool);
+      Accumulate(&s.heap, thread.heap);
       {
         MutexLock history_lock(&ts->history_mu);
         const size_t n = ts->history.size();

@@ -255,7 +255,8 @@ struct alignas(64) ThreadState {
   // slot's arena resets. Used only when budgets are active.
   absl::flat_hash_map<TagId, size_t> slot_charges[3];
 
-  KindCounters frame_counters, pool_counters, heap_counters;
+  // Per tag and kind; a thread's totals are their sums (one pair of adds
+  // per allocation instead of two).
   KindCounters tag_frame[TagRegistry::kMaxTags];
   KindCounters tag_pool[TagRegistry::kMaxTags];
   KindCounters tag_heap[TagRegistry::kMaxTags];
@@ -472,12 +473,12 @@ class SmartAlloc {
   // types come from tracked heap memory). Never null.
   template <typename T, typename... Args>
   T* pool_alloc(Args&&... args) {
-    void* p = pool_allocate(sizeof(T), alignof(T));
+    void* p = PoolAllocate(kClassOf<T>, sizeof(T), alignof(T), /*fatal=*/true);
     return ::new (p) T(std::forward<Args>(args)...);
   }
   template <typename T, typename... Args>
   T* try_pool_alloc(Args&&... args) {
-    void* p = try_pool_allocate(sizeof(T), alignof(T));
+    void* p = PoolAllocate(kClassOf<T>, sizeof(T), alignof(T), /*fatal=*/false);
     return p == nullptr ? nullptr : ::new (p) T(std::forward<Args>(args)...);
   }
   // Destroys and frees a T from pool_alloc. nullptr is ignored.
@@ -485,7 +486,7 @@ class SmartAlloc {
   void pool_free(T* p) {
     if (p == nullptr) return;
     p->~T();
-    pool_deallocate(p, sizeof(T), alignof(T));
+    PoolDeallocate(p, kClassOf<T>, sizeof(T));
   }
   template <typename T, typename... Args>
   PoolBox<T> pool_box(Args&&... args) {
@@ -495,14 +496,18 @@ class SmartAlloc {
   // Untyped pool memory; free with the same size and alignment.
   void* pool_allocate(size_t size,
                       size_t alignment = alignof(std::max_align_t)) {
-    return PoolAllocate(size, alignment, /*fatal=*/true);
+    return PoolAllocate(PoolManager::ClassFor(size, alignment), size, alignment,
+                        /*fatal=*/true);
   }
   void* try_pool_allocate(size_t size,
                           size_t alignment = alignof(std::max_align_t)) {
-    return PoolAllocate(size, alignment, /*fatal=*/false);
+    return PoolAllocate(PoolManager::ClassFor(size, alignment), size, alignment,
+                        /*fatal=*/false);
   }
   void pool_deallocate(void* p, size_t size,
-                       size_t alignment = alignof(std::max_align_t));
+                       size_t alignment = alignof(std::max_align_t)) {
+    PoolDeallocate(p, PoolManager::ClassFor(size, alignment), size);
+  }
 
   // Heap memory with tracking (counted per thread and tag, charged to
   // budgets). Free with heap_free. Never null / nullptr on refusal.
@@ -580,14 +585,46 @@ class SmartAlloc {
     return &ts.arena();
   }
   static void CountFrame(alloc_internal::ThreadState& ts, size_t bytes) {
-    ts.frame_counters.allocations.Add(1);
-    ts.frame_counters.bytes.Add(bytes);
     ts.tag_frame[ts.tag].allocations.Add(1);
     ts.tag_frame[ts.tag].bytes.Add(bytes);
   }
   bool ChargeFrameSlow(alloc_internal::ThreadState& ts, size_t bytes,
                        bool fatal);
-  void* PoolAllocate(size_t size, size_t alignment, bool fatal);
+  // The size class of T, folded at compile time (-1: tracked heap).
+  template <typename T>
+  static constexpr int kClassOf = PoolManager::ClassFor(sizeof(T), alignof(T));
+
+  // The pool fast paths: the thread's cache, two counter adds, and one
+  // branch on "any budget configured". Everything else is out of line.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void* PoolAllocate(int cls, size_t size,
+                                                  size_t alignment,
+                                                  bool fatal) {
+    if (ABSL_PREDICT_TRUE(cls >= 0 && !budgets_active_)) {
+      alloc_internal::ThreadState& ts = local();
+      void* p = ts.pool_cache.Allocate(cls);
+      if (ABSL_PREDICT_TRUE(p != nullptr)) {
+        ts.tag_pool[ts.tag].allocations.Add(1);
+        ts.tag_pool[ts.tag].bytes.Add(size);
+        return p;
+      }
+    }
+    return PoolAllocateSlow(cls, size, alignment, fatal);
+  }
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void PoolDeallocate(void* p, int cls,
+                                                   size_t size) {
+    if (ABSL_PREDICT_TRUE(p != nullptr && cls >= 0 && !budgets_active_)) {
+      alloc_internal::ThreadState& ts = local();
+      ts.pool_cache.Free(p, cls);
+      ts.tag_pool[ts.tag].frees.Add(1);
+      ts.tag_pool[ts.tag].freed_bytes.Add(size);
+      return;
+    }
+    PoolDeallocateSlow(p, cls, size);
+  }
+  ABSL_ATTRIBUTE_NOINLINE void* PoolAllocateSlow(int cls, size_t size,
+                                                 size_t alignment, bool fatal);
+  ABSL_ATTRIBUTE_NOINLINE void PoolDeallocateSlow(void* p, int cls,
+                                                  size_t size);
   void* HeapAllocate(size_t size, size_t alignment, bool fatal);
   void* Refused(const char* where, size_t size, size_t alignment, bool fatal,
                 const absl::Status& why);
@@ -607,7 +644,8 @@ class SmartAlloc {
   std::unique_ptr<PoolManager> pools_;
   TagRegistry tags_;
   BudgetManager budgets_;
-  const bool frame_checks_;  // Budgets active or a frame budget set.
+  const bool budgets_active_;  // budgets_.active(), next to the hot data.
+  const bool frame_checks_;    // Budgets active or a frame budget set.
   std::atomic<uint64_t> frame_number_{0};
 
   mutable alloc_internal::Mutex threads_mu_;
