@@ -433,6 +433,36 @@ TEST_F(FrameArenaTest, ScopesClosedOutOfOrderAreReported) {
   EXPECT_EQ(arena().open_marks(), 0u);
 }
 
+TEST_F(FrameArenaTest, GenerationChangesWhenMemoryMayBeReleased) {
+  const uint64_t g0 = arena().generation();
+  arena().Allocate(100);
+  EXPECT_EQ(arena().generation(), g0);  // Allocation keeps it.
+  ArenaMark mark = arena().Mark();
+  EXPECT_EQ(arena().generation(), g0);
+  ASSERT_TRUE(arena().Rewind(mark).ok());
+  EXPECT_EQ(arena().generation(), g0 + 1);
+  EXPECT_FALSE(arena().Rewind(mark).ok());  // A refused rewind keeps it.
+  EXPECT_EQ(arena().generation(), g0 + 1);
+  arena().Reset();
+  EXPECT_EQ(arena().generation(), g0 + 2);
+}
+
+TEST_F(FrameArenaTest, FramePeakCoversRewindsAndRestartsAtReset) {
+  arena().Allocate(1000, 1);
+  ArenaMark mark = arena().Mark();
+  arena().Allocate(5000, 1);
+  ASSERT_TRUE(arena().Rewind(mark).ok());
+  arena().Allocate(10, 1);
+  FrameArenaStats stats = arena().stats();
+  EXPECT_EQ(stats.bytes_used, 1010u);
+  EXPECT_EQ(stats.frame_peak_bytes_used, 6000u);
+  arena().Reset();
+  arena().Allocate(300, 1);
+  stats = arena().stats();
+  EXPECT_EQ(stats.frame_peak_bytes_used, 300u);
+  EXPECT_EQ(stats.peak_bytes_used, 6000u);  // The lifetime peak stays.
+}
+
 TEST_F(FrameArenaTest, DestructorFreesEverything) {
   std::vector<int> log;
   arena().Create<Tracked>(&log, 9);

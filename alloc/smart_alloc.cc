@@ -164,6 +164,7 @@ ThreadState::ThreadState(SmartAlloc* owner_alloc, uint64_t thread_serial)
     arenas.push_back(std::make_unique<FrameArena>(owner->cache_.get(),
                                                   owner->config_.arena));
   }
+  current_arena = arenas[0].get();
   MutexLock lock(&history_mu);
   history.reserve(static_cast<size_t>(owner->config_.frame_history));
 }
@@ -340,6 +341,7 @@ void SmartAlloc::end_frame() {
   const int next = (ts.slot + 1) % static_cast<int>(ts.arenas.size());
   ReleaseSlot(ts, next);
   ts.slot = next;
+  ts.current_arena = ts.arenas[next].get();
   ts.frame_bytes = 0;
   ts.in_frame = false;
   ts.frame_start = now;

@@ -238,14 +238,15 @@ struct alignas(64) ThreadState {
   ThreadState(SmartAlloc* owner, uint64_t serial);
   ~ThreadState();
 
-  FrameArena& arena() { return *arenas[slot]; }
+  FrameArena& arena() { return *current_arena; }
 
   SmartAlloc* const owner;
   const uint64_t serial;
   PoolManager::ThreadCache pool_cache;
   absl::InlinedVector<std::unique_ptr<FrameArena>, 3> arenas;
-  int slot = 0;        // arenas[slot] takes this frame's memory.
-  uint64_t frame = 0;  // Frames ended by this thread.
+  int slot = 0;  // arenas[slot] takes this frame's memory.
+  FrameArena* current_arena = nullptr;  // arenas[slot].get(), cached.
+  uint64_t frame = 0;                   // Frames ended by this thread.
   bool in_frame = false;
   std::chrono::steady_clock::time_point frame_start;
   size_t frame_bytes = 0;  // Charged to the frame budget this frame.
@@ -585,8 +586,9 @@ class SmartAlloc {
     return &ts.arena();
   }
   static void CountFrame(alloc_internal::ThreadState& ts, size_t bytes) {
-    ts.tag_frame[ts.tag].allocations.Add(1);
-    ts.tag_frame[ts.tag].bytes.Add(bytes);
+    alloc_internal::KindCounters& counters = ts.tag_frame[ts.tag];
+    counters.allocations.Add(1);
+    counters.bytes.Add(bytes);
   }
   bool ChargeFrameSlow(alloc_internal::ThreadState& ts, size_t bytes,
                        bool fatal);
@@ -603,8 +605,9 @@ class SmartAlloc {
       alloc_internal::ThreadState& ts = local();
       void* p = ts.pool_cache.Allocate(cls);
       if (ABSL_PREDICT_TRUE(p != nullptr)) {
-        ts.tag_pool[ts.tag].allocations.Add(1);
-        ts.tag_pool[ts.tag].bytes.Add(size);
+        alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
+        counters.allocations.Add(1);
+        counters.bytes.Add(size);
         return p;
       }
     }
@@ -615,8 +618,9 @@ class SmartAlloc {
     if (ABSL_PREDICT_TRUE(p != nullptr && cls >= 0 && !budgets_active_)) {
       alloc_internal::ThreadState& ts = local();
       ts.pool_cache.Free(p, cls);
-      ts.tag_pool[ts.tag].frees.Add(1);
-      ts.tag_pool[ts.tag].freed_bytes.Add(size);
+      alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
+      counters.frees.Add(1);
+      counters.freed_bytes.Add(size);
       return;
     }
     PoolDeallocateSlow(p, cls, size);

@@ -313,6 +313,20 @@ TEST_F(SmartAllocTest, OverAlignedAndLargeTypes) {
   EXPECT_EQ(alloc().stats().heap.live_bytes(), 0);
 }
 
+TEST_F(SmartAllocTest, EmptyPoolPagesCanBeGivenBack) {
+  std::vector<int64_t*> blocks;
+  for (int i = 0; i < 20000; ++i)
+    blocks.push_back(alloc().pool_alloc<int64_t>());
+  const size_t pages = alloc().stats().pools.pages;
+  EXPECT_GE(pages, 3u);  // 160 KB of 8-byte blocks in 64 KiB pages.
+  for (int64_t* p : blocks) alloc().pool_free(p);
+  // The calling thread's cache still holds some blocks; the rest went back.
+  const size_t released = alloc().release_empty_pool_pages();
+  EXPECT_GT(released, 0u);
+  EXPECT_EQ(released % (64 << 10), 0u);
+  EXPECT_LT(alloc().stats().pools.pages, pages);
+}
+
 TEST_F(SmartAllocTest, CrossThreadFreesBalance) {
   std::vector<int64_t*> blocks;
   for (int i = 0; i < 1000; ++i)
