@@ -25,15 +25,17 @@ function key(name) {  # BM_X_Case/64/threads:2 -> Case/64/threads:2
 {
   peer = $1; name = $2; ns = $3
   if (name ~ /^BM_SmartPool_/) { pool[key(name)] += ns; pool_n[key(name)]++ }
-  else if (name ~ /^BM_Malloc_/) { mal[key(name) SUBSEP peer] = ns; keys[key(name)] = 1 }
+  else if (name ~ /^BM_Malloc_/) {
+    k = key(name); mal[k SUBSEP peer] = ns
+    if (!(k in seen)) { seen[k] = 1; order[++n] = k }  # Input is sorted.
+  }
   else if (name ~ /^BM_SmartFrame_/) { frame[name SUBSEP peer] = ns }
 }
 END {
   printf "\nSmartAlloc pools vs malloc, ns per operation (alloc+free pair, or one block for ProducerConsumer); medians of interleaved repetitions\n"
   printf "%-28s %9s %9s %9s %9s %9s %10s\n", "case", "pool", "glibc", "mimalloc", "jemalloc", "tcmalloc", "pool/best"
-  n = asorti(keys, sorted)
   for (i = 1; i <= n; i++) {
-    k = sorted[i]
+    k = order[i]
     best = 1e18
     split("glibc mimalloc jemalloc tcmalloc", peers, " ")
     for (p = 1; p <= 4; p++) { v = mal[k SUBSEP peers[p]]; if (v > 0 && v < best) best = v }
