@@ -8,10 +8,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "alloc/internal/bits.h"
+#include "alloc/internal/json.h"
 
 namespace framealloc {
 namespace {
 
+using alloc_internal::AppendJsonString;
 using alloc_internal::MutexLock;
 using alloc_internal::ThreadState;
 
@@ -52,21 +54,6 @@ void Accumulate(KindStats* into, const KindStats& add) {
 }
 
 bool Empty(const KindStats& k) { return k.allocations == 0 && k.frees == 0; }
-
-void AppendJsonString(std::string* out, absl::string_view s) {
-  out->push_back('"');
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out->push_back('\\');
-      out->push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      absl::StrAppend(out, absl::StrFormat("\\u%04x", c));
-    } else {
-      out->push_back(c);
-    }
-  }
-  out->push_back('"');
-}
 
 void AppendKind(std::string* out, absl::string_view name, const KindStats& k) {
   absl::StrAppend(out, "\"", name, "\":{\"allocations\":", k.allocations,
