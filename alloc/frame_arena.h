@@ -208,6 +208,20 @@ class FrameArena {
     return AllocateN<false>(count, size, alignment);
   }
 
+  // Runs `~T()` on `count` objects at `objects` (last first) when the arena
+  // resets or rewinds past this call, in reverse order with every other
+  // registered destructor. For objects the caller constructed in memory
+  // from this arena. Never fails (the record's memory comes from the
+  // arena: a fatal error if it cannot).
+  template <typename T>
+  void DestroyAtReset(T* objects, size_t count = 1) {
+    static_assert(!std::is_trivially_destructible_v<T>,
+                  "nothing to run for a trivially destructible type");
+    auto* record = static_cast<Destructor*>(
+        Bump</*kFatal=*/true>(sizeof(Destructor), alignof(Destructor)));
+    RegisterDestructor(record, &DestroyN<T>, objects, count);
+  }
+
   // ---- Frames and rewinds --------------------------------------------------
 
   // Ends the frame: runs registered destructors (newest first), returns all

@@ -3,6 +3,7 @@
 #include "alloc/smart_alloc.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -41,8 +42,10 @@ struct HeapHeader {
 };
 constexpr uint64_t kHeapMagic = 0x4652414d45484541ull;  // "FRAMEHEA"
 
-HeapHeader* HeaderOf(void* p) {
+// With canaries, one sits between the header and the user's bytes.
+HeapHeader* HeaderOf(void* p, bool guarded) {
   return reinterpret_cast<HeapHeader*>(static_cast<char*>(p) -
+                                       (guarded ? kCanarySize : 0) -
                                        sizeof(HeapHeader));
 }
 
@@ -117,6 +120,7 @@ absl::Status AllocConfig::Validate() const {
   if (absl::Status s = arena.Validate(); !s.ok()) return s;
   if (absl::Status s = cache.Validate(); !s.ok()) return s;
   if (absl::Status s = pool.Validate(); !s.ok()) return s;
+  if (absl::Status s = debug.Validate(); !s.ok()) return s;
   return absl::OkStatus();
 }
 
@@ -181,7 +185,9 @@ SmartAlloc::SmartAlloc(AllocConfig config)
       budgets_(config_.global_budget, config_.tag_budgets, &tags_,
                config_.on_event),
       budgets_active_(budgets_.active()),
-      frame_checks_(budgets_active_ || config_.frame_budget != 0) {
+      frame_budgets_(budgets_active_ || config_.frame_budget != 0),
+      guard_layout_(config_.debug.canaries),
+      slow_(frame_budgets_ || config_.debug.any()) {
   {
     MutexLock lock(&threads_mu_);
     retired_tags_.resize(TagRegistry::kMaxTags);
@@ -258,6 +264,7 @@ void SmartAlloc::RetireThread(ThreadState* ts) {
   if (it == threads_.end()) return;
   threads_.erase(it);
   for (int slot = 0; slot < static_cast<int>(ts->arenas.size()); ++slot) {
+    CheckFrameGuards(*ts, slot);  // The thread's frame memory goes now.
     for (const auto& [tag, bytes] : ts->slot_charges[slot]) {
       budgets_.Release(tag, bytes);
     }
@@ -309,6 +316,9 @@ void SmartAlloc::end_frame() {
   record.waste_bytes = arena.waste_bytes;
   record.duration_ms =
       std::chrono::duration<double, std::milli>(now - ts.frame_start).count();
+  // Traced as part of the frame that ends (before the number advances).
+  Trace(TraceEvent::Op::kFrameEnd, AllocKind::kFrame, ts.tag, record.bytes,
+        nullptr, ts.serial);
   {
     MutexLock lock(&ts.history_mu);
     if (ts.history.size() < static_cast<size_t>(config_.frame_history)) {
@@ -335,8 +345,88 @@ void SmartAlloc::end_frame() {
   cache_->EndEpoch();
 }
 
+// ---------------------------------------------------------------------------
+// Debug aids
+
+void SmartAlloc::UpdateSlow() {
+  slow_.store(frame_budgets_ || config_.debug.any() ||
+                  tracing_.load(std::memory_order_relaxed),
+              std::memory_order_relaxed);
+}
+
+std::vector<LeakGroup> SmartAlloc::leaks(uint64_t min_age_frames) const {
+  return tracker_.Leaks(frame_number(), min_age_frames);
+}
+
+std::string SmartAlloc::leak_report(uint64_t min_age_frames) const {
+  const std::vector<LeakGroup> groups = leaks(min_age_frames);
+  size_t count = 0, bytes = 0;
+  for (const LeakGroup& g : groups) {
+    count += g.count;
+    bytes += g.bytes;
+  }
+  std::string out =
+      absl::StrCat(count, " live allocations (", bytes, " bytes) older than ",
+                   min_age_frames, " frames at frame ", frame_number(),
+                   ", from ", groups.size(), " sites\n");
+  for (const LeakGroup& g : groups) {
+    absl::StrAppend(&out, "- ", g.count, " ", AllocKindName(g.kind),
+                    " allocations, ", g.bytes, " bytes, tag '",
+                    tags_.Path(g.tag), "', oldest from frame ", g.oldest_frame,
+                    "\n",
+                    g.stack.empty() ? "  (no stack: set "
+                                      "DebugOptions.stack_depth)\n"
+                                    : g.stack);
+  }
+  return out;
+}
+
+std::vector<SiteStats> SmartAlloc::hottest_sites(size_t n) const {
+  return tracker_.HottestSites(n);
+}
+
+std::string SmartAlloc::site_report(size_t n) const {
+  std::string out;
+  for (const SiteStats& site : hottest_sites(n)) {
+    absl::StrAppend(&out, site.count, " allocations, ", site.bytes, " bytes:");
+    for (const SiteStats::PerTag& t : site.tags) {
+      absl::StrAppend(&out, " '", tags_.Path(t.tag), "' ", t.count, "/",
+                      t.bytes, "B");
+    }
+    absl::StrAppend(&out, "\n", site.stack);
+  }
+  return out;
+}
+
+absl::Status SmartAlloc::start_trace(const std::string& path,
+                                     uint64_t first_frame,
+                                     uint64_t frame_count) {
+  absl::Status started = tracer_.Start(path, first_frame, frame_count);
+  if (!started.ok()) return started;
+  tracing_.store(true, std::memory_order_relaxed);
+  UpdateSlow();
+  return absl::OkStatus();
+}
+
+absl::Status SmartAlloc::stop_trace() {
+  tracing_.store(false, std::memory_order_relaxed);
+  UpdateSlow();
+  return tracer_.Stop();
+}
+
 void SmartAlloc::ReleaseSlot(ThreadState& ts, int slot) {
-  ts.arenas[slot]->Reset();
+  if (!ts.guards[slot].empty()) CheckFrameGuards(ts, slot);
+  ts.arenas[slot]->Reset();  // Runs the frame's destructors.
+  if (!ts.guards[slot].empty()) {
+#if !FRAMEALLOC_HAS_ASAN  // Under ASan, poisoning replaces the fill.
+    if (config_.debug.fill_patterns) {
+      for (const ThreadState::FrameGuard& g : ts.guards[slot]) {
+        std::memset(g.user, kReleasedFill, g.size);
+      }
+    }
+#endif
+    ts.guards[slot].clear();
+  }
   if (!ts.slot_charges[slot].empty()) {
     for (const auto& [tag, bytes] : ts.slot_charges[slot]) {
       budgets_.Release(tag, bytes);
@@ -345,7 +435,15 @@ void SmartAlloc::ReleaseSlot(ThreadState& ts, int slot) {
   }
 }
 
-bool SmartAlloc::ChargeFrameSlow(ThreadState& ts, size_t bytes, bool fatal) {
+void SmartAlloc::CheckFrameGuards(ThreadState& ts, int slot) {
+  if (!guard_layout_) return;
+  for (const ThreadState::FrameGuard& g : ts.guards[slot]) {
+    CheckCanaries("SmartAlloc::end_frame", AllocKind::kFrame, g.user, g.size,
+                  g.tag, g.frame, g.site);
+  }
+}
+
+bool SmartAlloc::ChargeFrameBudgets(ThreadState& ts, size_t bytes, bool fatal) {
   if (config_.frame_budget != 0 &&
       (bytes > config_.frame_budget ||
        ts.frame_bytes > config_.frame_budget - bytes)) {
@@ -369,6 +467,89 @@ bool SmartAlloc::ChargeFrameSlow(ThreadState& ts, size_t bytes, bool fatal) {
   }
   ts.frame_bytes += bytes;
   return true;
+}
+
+void SmartAlloc::RefundFrame(ThreadState& ts, size_t bytes) {
+  ts.frame_bytes -= bytes;
+  if (budgets_active_) {
+    ts.slot_charges[ts.slot][ts.tag] -= bytes;
+    budgets_.Release(ts.tag, bytes);
+  }
+}
+
+void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
+                                    size_t alignment, bool fatal) {
+  if (frame_budgets_ && !ChargeFrameBudgets(ts, size, fatal)) return nullptr;
+  FrameArena& arena = ts.arena();
+  char* user;
+  if (guard_layout_ && alloc_internal::IsPowerOfTwo(alignment)) {
+    // [front guard: canary at its end][user bytes][canary]
+    const size_t front = std::max(kCanarySize, alignment);
+    size_t total = SIZE_MAX;  // An overflow lets the arena refuse it.
+    if (size <= MemorySource::kMaxBlockSize) total = front + size + kCanarySize;
+    char* raw = static_cast<char*>(
+        fatal ? arena.Allocate(total, std::max(alignment, kCanarySize))
+              : arena.TryAllocate(total, std::max(alignment, kCanarySize)));
+    user = raw == nullptr ? nullptr : raw + front;
+    if (user != nullptr) {
+      std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
+      std::memcpy(user + size, &kCanary, kCanarySize);
+    }
+  } else {
+    user = static_cast<char*>(fatal ? arena.Allocate(size, alignment)
+                                    : arena.TryAllocate(size, alignment));
+  }
+  if (user == nullptr) {
+    if (frame_budgets_) RefundFrame(ts, size);
+    return nullptr;
+  }
+  CountFrame(ts, size);
+  if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
+  const uint64_t site = CaptureSite(ts.tag, size);
+  if (guard_layout_ || config_.debug.fill_patterns) {
+    ts.guards[ts.slot].push_back({user, size, ts.tag, frame_number(), site});
+  }
+  Trace(TraceEvent::Op::kAlloc, AllocKind::kFrame, ts.tag, size, user,
+        ts.serial);
+  return user;
+}
+
+uint64_t SmartAlloc::CaptureSite(TagId tag, size_t size) {
+  if (config_.debug.stack_depth == 0) return 0;
+  // Skip this function and the allocation path above it (the slow path and
+  // its public caller), so the first frame is the user's call site.
+  const CallStack stack = CallStack::Capture(config_.debug.stack_depth, 1);
+  if (config_.debug.profile_sites) tracker_.CountSite(stack, tag, size);
+  return stack.Hash();
+}
+
+void SmartAlloc::Trace(TraceEvent::Op op, AllocKind kind, TagId tag,
+                       size_t size, const void* p, uint64_t thread) {
+  if (!tracing_.load(std::memory_order_relaxed)) return;
+  const uint64_t frame = frame_number();
+  if (!tracer_.Wants(frame)) return;
+  tracer_.Record({op, kind, frame, thread, tag, size, p}, tags_);
+}
+
+void SmartAlloc::CheckCanaries(const char* where, AllocKind kind,
+                               const char* user, size_t size, TagId tag,
+                               uint64_t frame, uint64_t site) {
+  uint64_t before, after;
+  std::memcpy(&before, user - kCanarySize, kCanarySize);
+  std::memcpy(&after, user + size, kCanarySize);
+  if (before == kCanary && after == kCanary) return;
+  const bool overflow = after != kCanary;
+  std::string stack = tracker_.SiteStack(site);
+  ReportError({ErrorKind::kMisuse, where,
+               absl::StrCat("buffer ", overflow ? "overflow" : "underflow",
+                            ": the ", AllocKindName(kind), " allocation of ",
+                            size, " bytes under tag '", tags_.Path(tag),
+                            "' made in frame ", frame, " was written ",
+                            overflow ? "past its end" : "before its start",
+                            absl::StrFormat(" (canary reads 0x%016x)",
+                                            overflow ? after : before),
+                            stack.empty() ? "" : "; allocated at:\n", stack),
+               size, 0, absl::OkStatus()});
 }
 
 void* SmartAlloc::Refused(const char* where, size_t size, size_t alignment,
@@ -398,6 +579,13 @@ std::unique_ptr<FrameArena> SmartAlloc::new_scoped_arena() {
 
 void* SmartAlloc::PoolAllocateSlow(int cls, size_t size, size_t alignment,
                                    bool fatal) {
+  // With canaries the block holds [front guard][user][canary]: a larger
+  // class, or the heap when that exceeds the pools.
+  const size_t front = guard_layout_ ? std::max(kCanarySize, alignment) : 0;
+  if (guard_layout_ && cls >= 0) {
+    cls = PoolManager::ClassFor(front + size + kCanarySize,
+                                std::max(alignment, kCanarySize));
+  }
   if (cls < 0) return HeapAllocate(size, alignment, fatal);
   ThreadState& ts = local();
   if (budgets_active_) {
@@ -406,31 +594,93 @@ void* SmartAlloc::PoolAllocateSlow(int cls, size_t size, size_t alignment,
       return Refused("SmartAlloc::pool_alloc", size, alignment, fatal, charged);
     }
   }
-  void* p = ts.pool_cache.Allocate(cls);
-  if (p == nullptr) {
+  char* block = static_cast<char*>(ts.pool_cache.Allocate(cls));
+  if (block == nullptr) {
     if (budgets_active_) budgets_.Release(ts.tag, size);
     return Refused("SmartAlloc::pool_alloc", size, alignment, fatal,
                    absl::ResourceExhaustedError(
                        absl::StrCat("the pools could not get a page from the ",
                                     source_->name(), " source")));
   }
+  char* user = block + front;
+  if (guard_layout_) {
+    std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
+    std::memcpy(user + size, &kCanary, kCanarySize);
+  }
   if (budgets_active_) {
     MutexLock lock(&charged_mu_);
-    pool_block_tags_[p] = ts.tag;
+    pool_block_tags_[user] = ts.tag;
   }
-  ts.tag_pool[ts.tag].allocations.Add(1);
-  ts.tag_pool[ts.tag].bytes.Add(size);
-  return p;
+  if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
+  const uint64_t site = CaptureSite(ts.tag, size);
+  if (config_.debug.track_allocations) {
+    tracker_.Add(user,
+                 {AllocKind::kPool, size, alignment, ts.tag, frame_number(),
+                  ts.serial, site},
+                 nullptr);
+  }
+  alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
+  counters.allocations.Add(1);
+  counters.bytes.Add(size);
+  Trace(TraceEvent::Op::kAlloc, AllocKind::kPool, ts.tag, size, user,
+        ts.serial);
+  return user;
 }
 
-void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size) {
+void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size,
+                                    size_t alignment) {
   if (p == nullptr) return;
-  if (cls < 0) {
+  ThreadState& ts = local();
+  TagId tag = ts.tag;
+  uint64_t frame = frame_number(), site = 0;
+  if (config_.debug.track_allocations) {
+    absl::StatusOr<AllocationRecord> record = tracker_.Remove(p);
+    if (!record.ok()) {
+      ReportError({ErrorKind::kMisuse, "SmartAlloc::pool_free",
+                   absl::StrFormat("pool free of %p (%zu bytes): a double "
+                                   "free, or a pointer the pool never gave "
+                                   "out; ignored",
+                                   p, size),
+                   size, alignment, absl::OkStatus()});
+      return;
+    }
+    if (record->size != size || record->alignment != alignment) {
+      ReportError(
+          {ErrorKind::kMisuse, "SmartAlloc::pool_free",
+           absl::StrCat("pool free with the wrong size: allocated ",
+                        record->size, " bytes (alignment ", record->alignment,
+                        "), freed as ", size, " bytes (alignment ", alignment,
+                        "); freed as allocated"),
+           size, alignment, absl::OkStatus()});
+      // Free what was really allocated: the record knows.
+      size = record->size;
+      alignment = record->alignment;
+      cls = PoolManager::ClassFor(size, alignment);
+    }
+    if (record->kind == AllocKind::kHeap) {
+      HeapFree(p, /*untracked=*/true);
+      return;
+    }
+    tag = record->tag;
+    frame = record->frame;
+    site = record->site;
+  }
+  if (cls < 0 || (guard_layout_ &&
+                  PoolManager::ClassFor(
+                      std::max(kCanarySize, alignment) + size + kCanarySize,
+                      std::max(alignment, kCanarySize)) < 0)) {
     heap_free(p);
     return;
   }
-  ThreadState& ts = local();
-  TagId tag = ts.tag;
+  char* user = static_cast<char*>(p);
+  size_t front = 0;
+  if (guard_layout_) {
+    front = std::max(kCanarySize, alignment);
+    cls = PoolManager::ClassFor(front + size + kCanarySize,
+                                std::max(alignment, kCanarySize));
+    CheckCanaries("SmartAlloc::pool_free", AllocKind::kPool, user, size, tag,
+                  frame, site);
+  }
   if (budgets_active_) {
     MutexLock lock(&charged_mu_);
     if (auto it = pool_block_tags_.find(p); it != pool_block_tags_.end()) {
@@ -439,9 +689,12 @@ void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size) {
       budgets_.Release(tag, size);
     }
   }
-  ts.pool_cache.Free(p, cls);
-  ts.tag_pool[tag].frees.Add(1);
-  ts.tag_pool[tag].freed_bytes.Add(size);
+  if (config_.debug.fill_patterns) std::memset(user, kReleasedFill, size);
+  Trace(TraceEvent::Op::kFree, AllocKind::kPool, tag, size, p, ts.serial);
+  ts.pool_cache.Free(user - front, cls);
+  alloc_internal::KindCounters& counters = ts.tag_pool[tag];
+  counters.frees.Add(1);
+  counters.freed_bytes.Add(size);
 }
 
 void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
@@ -463,41 +716,103 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
     }
   }
   const size_t align = std::max(alignment, alignof(HeapHeader));
-  size_t offset = sizeof(HeapHeader);
+  // [header][front canary][user][rear canary]; canaries only when guarded.
+  const size_t tail = guard_layout_ ? kCanarySize : 0;
+  size_t offset = sizeof(HeapHeader) + tail;
   alloc_internal::AlignUp(offset, align, &offset);
-  char* raw = static_cast<char*>(
-      ::operator new(offset + size, std::align_val_t(align), std::nothrow));
+  char* raw = static_cast<char*>(::operator new(
+      offset + size + tail, std::align_val_t(align), std::nothrow));
   if (raw == nullptr) {
     if (budgets_active_) budgets_.Release(ts.tag, size);
     return Refused("SmartAlloc::heap_alloc", size, alignment, fatal,
                    absl::ResourceExhaustedError("the C++ heap is exhausted"));
   }
   char* user = raw + offset;
-  *HeaderOf(user) = HeapHeader{kHeapMagic ^ reinterpret_cast<uintptr_t>(user),
-                               size, align, offset, ts.tag};
-  ts.tag_heap[ts.tag].allocations.Add(1);
-  ts.tag_heap[ts.tag].bytes.Add(size);
+  *HeaderOf(user, guard_layout_) = HeapHeader{
+      kHeapMagic ^ reinterpret_cast<uintptr_t>(user), size, align, offset,
+      ts.tag};
+  if (guard_layout_) {
+    std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
+    std::memcpy(user + size, &kCanary, kCanarySize);
+  }
+  if (ABSL_PREDICT_FALSE(slow_.load(std::memory_order_relaxed))) {
+    if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
+    const uint64_t site = CaptureSite(ts.tag, size);
+    if (config_.debug.track_allocations) {
+      tracker_.Add(user,
+                   {AllocKind::kHeap, size, alignment, ts.tag, frame_number(),
+                    ts.serial, site},
+                   nullptr);
+    }
+    Trace(TraceEvent::Op::kAlloc, AllocKind::kHeap, ts.tag, size, user,
+          ts.serial);
+  }
+  alloc_internal::KindCounters& counters = ts.tag_heap[ts.tag];
+  counters.allocations.Add(1);
+  counters.bytes.Add(size);
   return user;
 }
 
-void SmartAlloc::heap_free(void* p) {
+void SmartAlloc::heap_free(void* p) { HeapFree(p, /*untracked=*/false); }
+
+void SmartAlloc::HeapFree(void* p, bool untracked) {
   if (p == nullptr) return;
-  HeapHeader* header = HeaderOf(p);
-  if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
-    ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
-                 "heap_free of a pointer heap_alloc never returned (or "
-                 "freed twice); ignored",
-                 0, 0, absl::OkStatus()});
-    return;
+  HeapHeader* header = HeaderOf(p, guard_layout_);
+  HeapHeader h;
+  uint64_t frame = 0, site = 0;
+  const bool tracking = config_.debug.track_allocations && !untracked;
+  if (tracking) {
+    // The tracker answers without reading memory that may not be ours.
+    absl::StatusOr<AllocationRecord> record = tracker_.Remove(p);
+    if (!record.ok()) {
+      ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
+                   absl::StrFormat("heap_free of %p: a double free, or a "
+                                   "pointer heap_alloc never returned; "
+                                   "ignored",
+                                   p),
+                   0, 0, absl::OkStatus()});
+      return;
+    }
+    h.size = record->size;
+    h.tag = record->tag;
+    h.alignment = std::max(record->alignment, alignof(HeapHeader));
+    h.offset = sizeof(HeapHeader) + (guard_layout_ ? kCanarySize : 0);
+    alloc_internal::AlignUp(h.offset, h.alignment, &h.offset);
+    frame = record->frame;
+    site = record->site;
+    if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
+      ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
+                   absl::StrCat("buffer underflow: the heap allocation of ",
+                                h.size, " bytes under tag '", tags_.Path(h.tag),
+                                "' made in frame ", frame,
+                                " was written before its start (its header "
+                                "is overwritten)"),
+                   h.size, 0, absl::OkStatus()});
+    }
+  } else {
+    if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
+      ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
+                   "heap_free of a pointer heap_alloc never returned (or "
+                   "freed twice, or its header was overwritten); ignored",
+                   0, 0, absl::OkStatus()});
+      return;
+    }
+    h = *header;
   }
-  const HeapHeader h = *header;
   header->magic = 0;  // A second free of the same block is caught above.
+  char* user = static_cast<char*>(p);
+  if (guard_layout_) {
+    CheckCanaries("SmartAlloc::heap_free", AllocKind::kHeap, user, h.size,
+                  h.tag, frame, site);
+  }
   if (ABSL_PREDICT_FALSE(budgets_active_)) budgets_.Release(h.tag, h.size);
   ThreadState& ts = local();
-  ts.tag_heap[h.tag].frees.Add(1);
-  ts.tag_heap[h.tag].freed_bytes.Add(h.size);
-  ::operator delete(static_cast<char*>(p) - h.offset,
-                    std::align_val_t(h.alignment));
+  if (config_.debug.fill_patterns) std::memset(user, kReleasedFill, h.size);
+  Trace(TraceEvent::Op::kFree, AllocKind::kHeap, h.tag, h.size, p, ts.serial);
+  alloc_internal::KindCounters& counters = ts.tag_heap[h.tag];
+  counters.frees.Add(1);
+  counters.freed_bytes.Add(h.size);
+  ::operator delete(user - h.offset, std::align_val_t(h.alignment));
 }
 
 size_t SmartAlloc::release_empty_pool_pages() {

@@ -61,6 +61,7 @@
 #include "absl/strings/string_view.h"
 #include "alloc/budget.h"
 #include "alloc/chunk_cache.h"
+#include "alloc/debug.h"
 #include "alloc/error.h"
 #include "alloc/frame_arena.h"
 #include "alloc/internal/mutex.h"
@@ -95,6 +96,9 @@ struct AllocConfig {
   int frame_history = 120;
   // Budget warnings and refusals; may be called on any thread.
   AllocEventCallback on_event;
+  // Fill patterns, canaries, allocation tracking, site profiling
+  // (alloc/debug.h). On by default in a --config=debug build.
+  DebugOptions debug;
 
   AllocConfig& set_source(MemorySource* s) {
     source = s;
@@ -139,6 +143,10 @@ struct AllocConfig {
   }
   AllocConfig& set_frame_history(int frames) {
     frame_history = frames;
+    return *this;
+  }
+  AllocConfig& set_debug(const DebugOptions& options) {
+    debug = options;
     return *this;
   }
   AllocConfig& set_on_event(AllocEventCallback callback) {
@@ -255,6 +263,16 @@ struct alignas(64) ThreadState {
   // Bytes charged to budgets per arena slot and tag, released when the
   // slot's arena resets. Used only when budgets are active.
   absl::flat_hash_map<TagId, size_t> slot_charges[3];
+  // Debug: the guarded (or filled) frame allocations of each slot, checked
+  // and filled when the slot's memory is released.
+  struct FrameGuard {
+    char* user;
+    size_t size;
+    TagId tag;
+    uint64_t frame;
+    uint64_t site;
+  };
+  std::vector<FrameGuard> guards[3];
 
   // Per tag and kind; a thread's totals are their sums (one pair of adds
   // per allocation instead of two).
@@ -414,44 +432,38 @@ class SmartAlloc {
   // (if any) runs when the frame's memory is released. Never null.
   template <typename T, typename... Args>
   T* frame_alloc(Args&&... args) {
-    FrameArena& arena = ChargeFrame(sizeof(T));
-    return arena.Create<T>(std::forward<Args>(args)...);
+    return ConstructInFrame<T, /*kFatal=*/true>(std::forward<Args>(args)...);
   }
   // As frame_alloc, or nullptr when a budget refuses or memory runs out.
   template <typename T, typename... Args>
   T* try_frame_alloc(Args&&... args) {
-    FrameArena* arena = TryChargeFrame(sizeof(T));
-    return arena == nullptr ? nullptr
-                            : arena->TryCreate<T>(std::forward<Args>(args)...);
+    return ConstructInFrame<T, /*kFatal=*/false>(std::forward<Args>(args)...);
   }
-  // `n` value-initialized Ts in frame memory (batch allocation).
+  // `n` value-initialized Ts in frame memory (batch allocation), destroyed
+  // together when the frame's memory is released.
   template <typename T>
   std::span<T> frame_array(size_t n) {
-    FrameArena& arena = ChargeFrame(ArrayBytes<T>(n));
-    return arena.CreateArray<T>(n);
+    return ConstructArrayInFrame<T, /*kFatal=*/true>(n);
   }
   template <typename T>
   std::span<T> try_frame_array(size_t n) {
-    FrameArena* arena = TryChargeFrame(ArrayBytes<T>(n));
-    return arena == nullptr ? std::span<T>() : arena->TryCreateArray<T>(n);
+    return ConstructArrayInFrame<T, /*kFatal=*/false>(n);
   }
   // Raw frame memory. Never null.
   void* frame_allocate(size_t size,
                        size_t alignment = alignof(std::max_align_t)) {
-    return ChargeFrame(size).Allocate(size, alignment);
+    return FrameAllocate(local(), size, alignment, /*fatal=*/true);
   }
   void* try_frame_allocate(size_t size,
                            size_t alignment = alignof(std::max_align_t)) {
-    FrameArena* arena = TryChargeFrame(size);
-    return arena == nullptr ? nullptr : arena->TryAllocate(size, alignment);
+    return FrameAllocate(local(), size, alignment, /*fatal=*/false);
   }
   // An owning handle to a T in frame memory (see FrameBox).
   template <typename T, typename... Args>
   FrameBox<T> frame_box(Args&&... args) {
     using Slot = typename FrameBox<T>::Slot;
-    FrameArena& arena = ChargeFrame(sizeof(Slot));
-    Slot* slot = arena.Create<Slot>(std::forward<Args>(args)...);
-    return FrameBox<T>(slot, &arena);
+    Slot* slot = frame_alloc<Slot>(std::forward<Args>(args)...);
+    return FrameBox<T>(slot, &local().arena());
   }
   // A growable vector in frame memory (FrameVec<T>, see adapters.h) with
   // room for `capacity` elements.
@@ -487,7 +499,7 @@ class SmartAlloc {
   void pool_free(T* p) {
     if (p == nullptr) return;
     p->~T();
-    PoolDeallocate(p, kClassOf<T>, sizeof(T));
+    PoolDeallocate(p, kClassOf<T>, sizeof(T), alignof(T));
   }
   template <typename T, typename... Args>
   PoolBox<T> pool_box(Args&&... args) {
@@ -507,7 +519,7 @@ class SmartAlloc {
   }
   void pool_deallocate(void* p, size_t size,
                        size_t alignment = alignof(std::max_align_t)) {
-    PoolDeallocate(p, PoolManager::ClassFor(size, alignment), size);
+    PoolDeallocate(p, PoolManager::ClassFor(size, alignment), size, alignment);
   }
 
   // Heap memory with tracking (counted per thread and tag, charged to
@@ -536,6 +548,26 @@ class SmartAlloc {
   decltype(auto) with_tag(absl::string_view name, F&& fn);
   // The calling thread's current tag path ("" when untagged).
   std::string current_tag();
+
+  // ---- Debug aids (see AllocConfig::debug and alloc/debug.h) --------------
+
+  // Live pool and heap allocations made at least `min_age_frames` frames
+  // ago, grouped by call site, largest first. Empty unless
+  // debug.track_allocations.
+  std::vector<LeakGroup> leaks(uint64_t min_age_frames) const;
+  // The same as text: one paragraph per site with its symbolized stack.
+  std::string leak_report(uint64_t min_age_frames) const;
+  // The `n` call sites with the most allocations (all kinds), with their
+  // per-tag counts. Empty unless debug.profile_sites.
+  std::vector<SiteStats> hottest_sites(size_t n) const;
+  std::string site_report(size_t n) const;
+  // Records every allocation and free of the global frames [first_frame,
+  // first_frame + frame_count) to `path`, one JSON object per line (see
+  // FrameTracer). Works in any build; the paths slow down while tracing.
+  absl::Status start_trace(const std::string& path, uint64_t first_frame,
+                           uint64_t frame_count);
+  absl::Status stop_trace();
+  uint64_t trace_events() const { return tracer_.events_written(); }
 
   // ---- Statistics
   // ------------------------------------------------------------
@@ -566,32 +598,57 @@ class SmartAlloc {
     return __builtin_mul_overflow(n, sizeof(T), &bytes) ? SIZE_MAX : bytes;
   }
 
-  // Counts a frame request of `bytes` and checks the budgets; returns the
-  // arena to allocate from. A refusal is a fatal error.
-  FrameArena& ChargeFrame(size_t bytes) {
-    alloc_internal::ThreadState& ts = local();
-    if (ABSL_PREDICT_FALSE(frame_checks_)) {
-      ChargeFrameSlow(ts, bytes, /*fatal=*/true);
+  // Frame memory for `size` bytes: the arena's bump plus two counter adds,
+  // unless budgets, debug aids or tracing are on (then out of line).
+  // nullptr only when !fatal.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void* FrameAllocate(
+      alloc_internal::ThreadState& ts, size_t size, size_t alignment,
+      bool fatal) {
+    if (ABSL_PREDICT_FALSE(slow_.load(std::memory_order_relaxed))) {
+      return FrameAllocateSlow(ts, size, alignment, fatal);
     }
-    CountFrame(ts, bytes);
-    return ts.arena();
+    void* p = fatal ? ts.arena().Allocate(size, alignment)
+                    : ts.arena().TryAllocate(size, alignment);
+    if (ABSL_PREDICT_TRUE(p != nullptr)) CountFrame(ts, size);
+    return p;
   }
-  FrameArena* TryChargeFrame(size_t bytes) {
+  ABSL_ATTRIBUTE_NOINLINE void* FrameAllocateSlow(
+      alloc_internal::ThreadState& ts, size_t size, size_t alignment,
+      bool fatal);
+
+  template <typename T, bool kFatal, typename... Args>
+  T* ConstructInFrame(Args&&... args) {
     alloc_internal::ThreadState& ts = local();
-    if (ABSL_PREDICT_FALSE(frame_checks_) &&
-        !ChargeFrameSlow(ts, bytes, /*fatal=*/false)) {
-      return nullptr;
+    void* p = FrameAllocate(ts, sizeof(T), alignof(T), kFatal);
+    if (!kFatal && p == nullptr) return nullptr;
+    T* object = ::new (p) T(std::forward<Args>(args)...);
+    if constexpr (!std::is_trivially_destructible_v<T>) {
+      ts.arena().DestroyAtReset(object, 1);
     }
-    CountFrame(ts, bytes);
-    return &ts.arena();
+    return object;
+  }
+  template <typename T, bool kFatal>
+  std::span<T> ConstructArrayInFrame(size_t n) {
+    alloc_internal::ThreadState& ts = local();
+    T* objects = static_cast<T*>(
+        FrameAllocate(ts, ArrayBytes<T>(n), alignof(T), kFatal));
+    if (!kFatal && objects == nullptr) return {};
+    for (size_t i = 0; i < n; ++i) ::new (objects + i) T();
+    if constexpr (!std::is_trivially_destructible_v<T>) {
+      ts.arena().DestroyAtReset(objects, n);
+    }
+    return std::span<T>(objects, n);
   }
   static void CountFrame(alloc_internal::ThreadState& ts, size_t bytes) {
     alloc_internal::KindCounters& counters = ts.tag_frame[ts.tag];
     counters.allocations.Add(1);
     counters.bytes.Add(bytes);
   }
-  bool ChargeFrameSlow(alloc_internal::ThreadState& ts, size_t bytes,
-                       bool fatal);
+  // Charges the frame, global and tag budgets; false (or a fatal error)
+  // on refusal. RefundFrame undoes a charge whose allocation failed.
+  bool ChargeFrameBudgets(alloc_internal::ThreadState& ts, size_t bytes,
+                          bool fatal);
+  void RefundFrame(alloc_internal::ThreadState& ts, size_t bytes);
   // The size class of T, folded at compile time (-1: tracked heap).
   template <typename T>
   static constexpr int kClassOf = PoolManager::ClassFor(sizeof(T), alignof(T));
@@ -601,7 +658,7 @@ class SmartAlloc {
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* PoolAllocate(int cls, size_t size,
                                                   size_t alignment,
                                                   bool fatal) {
-    if (ABSL_PREDICT_TRUE(cls >= 0 && !budgets_active_)) {
+    if (ABSL_PREDICT_TRUE(cls >= 0 && !slow_.load(std::memory_order_relaxed))) {
       alloc_internal::ThreadState& ts = local();
       void* p = ts.pool_cache.Allocate(cls);
       if (ABSL_PREDICT_TRUE(p != nullptr)) {
@@ -614,8 +671,10 @@ class SmartAlloc {
     return PoolAllocateSlow(cls, size, alignment, fatal);
   }
   ABSL_ATTRIBUTE_ALWAYS_INLINE void PoolDeallocate(void* p, int cls,
-                                                   size_t size) {
-    if (ABSL_PREDICT_TRUE(p != nullptr && cls >= 0 && !budgets_active_)) {
+                                                   size_t size,
+                                                   size_t alignment) {
+    if (ABSL_PREDICT_TRUE(p != nullptr && cls >= 0 &&
+                          !slow_.load(std::memory_order_relaxed))) {
       alloc_internal::ThreadState& ts = local();
       ts.pool_cache.Free(p, cls);
       alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
@@ -623,13 +682,24 @@ class SmartAlloc {
       counters.freed_bytes.Add(size);
       return;
     }
-    PoolDeallocateSlow(p, cls, size);
+    PoolDeallocateSlow(p, cls, size, alignment);
   }
   ABSL_ATTRIBUTE_NOINLINE void* PoolAllocateSlow(int cls, size_t size,
                                                  size_t alignment, bool fatal);
-  ABSL_ATTRIBUTE_NOINLINE void PoolDeallocateSlow(void* p, int cls,
-                                                  size_t size);
+  ABSL_ATTRIBUTE_NOINLINE void PoolDeallocateSlow(void* p, int cls, size_t size,
+                                                  size_t alignment);
+  // Debug-aid helpers (smart_alloc.cc).
+  void* GuardedBlockToUser(void* block, size_t size, size_t alignment);
+  void CheckCanaries(const char* where, AllocKind kind, const char* user,
+                     size_t size, TagId tag, uint64_t frame, uint64_t site);
+  uint64_t CaptureSite(TagId tag, size_t size);
+  void Trace(TraceEvent::Op op, AllocKind kind, TagId tag, size_t size,
+             const void* p, uint64_t thread);
+  void CheckFrameGuards(alloc_internal::ThreadState& ts, int slot);
+  void UpdateSlow();
   void* HeapAllocate(size_t size, size_t alignment, bool fatal);
+  // `untracked`: the caller already took the block out of the tracker.
+  void HeapFree(void* p, bool untracked);
   void* Refused(const char* where, size_t size, size_t alignment, bool fatal,
                 const absl::Status& why);
   void ReleaseSlot(alloc_internal::ThreadState& ts, int slot);
@@ -648,8 +718,16 @@ class SmartAlloc {
   std::unique_ptr<PoolManager> pools_;
   TagRegistry tags_;
   BudgetManager budgets_;
-  const bool budgets_active_;  // budgets_.active(), next to the hot data.
-  const bool frame_checks_;    // Budgets active or a frame budget set.
+  const bool budgets_active_;  // budgets_.active().
+  const bool frame_budgets_;   // Budgets active or a frame budget set.
+  const bool guard_layout_;    // Canaries around frame and pool allocations.
+  // Any reason to leave the fast paths: budgets, a frame budget, a debug
+  // aid, tracing. Relaxed: it only changes when tracing starts or stops,
+  // and an allocation racing with that may be traced or not.
+  std::atomic<bool> slow_;
+  AllocationTracker tracker_;
+  FrameTracer tracer_;
+  std::atomic<bool> tracing_{false};
   std::atomic<uint64_t> frame_number_{0};
 
   mutable alloc_internal::Mutex threads_mu_;
