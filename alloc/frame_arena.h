@@ -301,8 +301,10 @@ class FrameArena {
                           needed <= static_cast<size_t>(end_ - cursor))) {
       const uintptr_t result = cursor + padding;
       cursor_ = cursor + needed;
-      ++allocations_;
-      bytes_requested_ += size;
+      if constexpr (!kMinimalBuild) {
+        ++allocations_;
+        bytes_requested_ += size;
+      }
       FRAMEALLOC_UNPOISON(reinterpret_cast<void*>(result), size);
       return reinterpret_cast<void*>(result);
     }

@@ -44,9 +44,8 @@ constexpr uint64_t kHeapMagic = 0x4652414d45484541ull;  // "FRAMEHEA"
 
 // With canaries, one sits between the header and the user's bytes.
 HeapHeader* HeaderOf(void* p, bool guarded) {
-  return reinterpret_cast<HeapHeader*>(static_cast<char*>(p) -
-                                       (guarded ? kCanarySize : 0) -
-                                       sizeof(HeapHeader));
+  return reinterpret_cast<HeapHeader*>(
+      static_cast<char*>(p) - (guarded ? kCanarySize : 0) - sizeof(HeapHeader));
 }
 
 void Accumulate(KindStats* into, const KindStats& add) {
@@ -121,6 +120,12 @@ absl::Status AllocConfig::Validate() const {
   if (absl::Status s = cache.Validate(); !s.ok()) return s;
   if (absl::Status s = pool.Validate(); !s.ok()) return s;
   if (absl::Status s = debug.Validate(); !s.ok()) return s;
+  if (kMinimalBuild && (global_budget != 0 || !tag_budgets.empty() ||
+                        frame_budget != 0 || debug.any())) {
+    return absl::InvalidArgumentError(
+        "AllocConfig: budgets and debug aids need a build without "
+        "--config=minimal (FRAMEALLOC_MINIMAL compiles them out)");
+  }
   return absl::OkStatus();
 }
 
@@ -401,6 +406,10 @@ std::string SmartAlloc::site_report(size_t n) const {
 absl::Status SmartAlloc::start_trace(const std::string& path,
                                      uint64_t first_frame,
                                      uint64_t frame_count) {
+  if (kMinimalBuild) {
+    return absl::FailedPreconditionError(
+        "start_trace: tracing is compiled out in a --config=minimal build");
+  }
   absl::Status started = tracer_.Start(path, first_frame, frame_count);
   if (!started.ok()) return started;
   tracing_.store(true, std::memory_order_relaxed);
@@ -728,9 +737,9 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
                    absl::ResourceExhaustedError("the C++ heap is exhausted"));
   }
   char* user = raw + offset;
-  *HeaderOf(user, guard_layout_) = HeapHeader{
-      kHeapMagic ^ reinterpret_cast<uintptr_t>(user), size, align, offset,
-      ts.tag};
+  *HeaderOf(user, guard_layout_) =
+      HeapHeader{kHeapMagic ^ reinterpret_cast<uintptr_t>(user), size, align,
+                 offset, ts.tag};
   if (guard_layout_) {
     std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
     std::memcpy(user + size, &kCanary, kCanarySize);

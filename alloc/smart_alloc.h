@@ -604,7 +604,8 @@ class SmartAlloc {
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* FrameAllocate(
       alloc_internal::ThreadState& ts, size_t size, size_t alignment,
       bool fatal) {
-    if (ABSL_PREDICT_FALSE(slow_.load(std::memory_order_relaxed))) {
+    if (!kMinimalBuild &&
+        ABSL_PREDICT_FALSE(slow_.load(std::memory_order_relaxed))) {
       return FrameAllocateSlow(ts, size, alignment, fatal);
     }
     void* p = fatal ? ts.arena().Allocate(size, alignment)
@@ -640,6 +641,7 @@ class SmartAlloc {
     return std::span<T>(objects, n);
   }
   static void CountFrame(alloc_internal::ThreadState& ts, size_t bytes) {
+    if constexpr (kMinimalBuild) return;
     alloc_internal::KindCounters& counters = ts.tag_frame[ts.tag];
     counters.allocations.Add(1);
     counters.bytes.Add(bytes);
@@ -662,9 +664,11 @@ class SmartAlloc {
       alloc_internal::ThreadState& ts = local();
       void* p = ts.pool_cache.Allocate(cls);
       if (ABSL_PREDICT_TRUE(p != nullptr)) {
-        alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
-        counters.allocations.Add(1);
-        counters.bytes.Add(size);
+        if constexpr (!kMinimalBuild) {
+          alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
+          counters.allocations.Add(1);
+          counters.bytes.Add(size);
+        }
         return p;
       }
     }
@@ -673,13 +677,16 @@ class SmartAlloc {
   ABSL_ATTRIBUTE_ALWAYS_INLINE void PoolDeallocate(void* p, int cls,
                                                    size_t size,
                                                    size_t alignment) {
-    if (ABSL_PREDICT_TRUE(p != nullptr && cls >= 0 &&
-                          !slow_.load(std::memory_order_relaxed))) {
+    if (ABSL_PREDICT_TRUE(
+            p != nullptr && cls >= 0 &&
+            (kMinimalBuild || !slow_.load(std::memory_order_relaxed)))) {
       alloc_internal::ThreadState& ts = local();
       ts.pool_cache.Free(p, cls);
-      alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
-      counters.frees.Add(1);
-      counters.freed_bytes.Add(size);
+      if constexpr (!kMinimalBuild) {
+        alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
+        counters.frees.Add(1);
+        counters.freed_bytes.Add(size);
+      }
       return;
     }
     PoolDeallocateSlow(p, cls, size, alignment);

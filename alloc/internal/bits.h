@@ -10,6 +10,15 @@
 #include <cstdint>
 
 namespace framealloc {
+
+// Minimal mode (--config=minimal, -DFRAMEALLOC_MINIMAL): statistics and
+// checks compiled out entirely, to measure what the bookkeeping costs.
+#if defined(FRAMEALLOC_MINIMAL)
+inline constexpr bool kMinimalBuild = true;
+#else
+inline constexpr bool kMinimalBuild = false;
+#endif
+
 namespace alloc_internal {
 
 // True for 1, 2, 4, ...; false for 0 and every non-power.
