@@ -179,6 +179,14 @@ void BudgetManager::Emit(const AllocEvent& event) {
   if (callback_) callback_(event);
 }
 
+std::vector<BudgetManager::Use> BudgetManager::Uses() const {
+  std::vector<Use> uses;
+  for (const Budget& b : budgets_) {
+    uses.push_back({b.path, b.budget, b.used.load(std::memory_order_relaxed)});
+  }
+  return uses;
+}
+
 size_t BudgetManager::tag_used(absl::string_view path) const {
   for (const Budget& b : budgets_) {
     if (b.path == path) return b.used.load(std::memory_order_relaxed);

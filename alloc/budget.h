@@ -126,6 +126,13 @@ class BudgetManager {
   size_t global_limit() const { return global_limit_; }
   // Bytes charged to `path`'s budget (0 if it has none).
   size_t tag_used(absl::string_view path) const;
+  // Every tag budget with what is charged to it now.
+  struct Use {
+    std::string path;
+    TagBudget budget;
+    size_t used;
+  };
+  std::vector<Use> Uses() const;
   uint64_t warnings() const {
     return warnings_.load(std::memory_order_relaxed);
   }

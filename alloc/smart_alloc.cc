@@ -882,6 +882,9 @@ AllocStats SmartAlloc::stats() const {
   s.budget_warnings = budgets_.warnings();
   s.budget_refusals = budgets_.refusals();
   s.global_budget_used = budgets_.global_used();
+  s.global_budget = config_.global_budget;
+  s.frame_budget = config_.frame_budget;
+  s.tag_budgets = budgets_.Uses();
   const int tag_count = tags_.size();
   std::vector<TagStats> tags(static_cast<size_t>(tag_count));
   {
@@ -988,6 +991,29 @@ std::string AllocStats::ToJson() const {
     }
     out += "]}";
   }
+  absl::StrAppend(&out, "],\"budgets\":{\"global\":", global_budget,
+                  ",\"global_used\":", global_budget_used,
+                  ",\"frame\":", frame_budget, ",\"tags\":[");
+  for (size_t i = 0; i < tag_budgets.size(); ++i) {
+    const BudgetManager::Use& b = tag_budgets[i];
+    if (i != 0) out += ",";
+    out += "{\"path\":";
+    AppendJsonString(&out, b.path);
+    absl::StrAppend(&out, ",\"used\":", b.used,
+                    ",\"warn\":", b.budget.warn_bytes,
+                    ",\"limit\":", b.budget.limit_bytes, "}");
+  }
+  absl::StrAppend(&out, "]},\"pools\":[");
+  bool first_class = true;
+  for (const PoolClassStats& c : pools.classes) {
+    if (c.pages == 0) continue;
+    if (!first_class) out += ",";
+    first_class = false;
+    absl::StrAppend(
+        &out, "{\"block_size\":", c.block_size, ",\"pages\":", c.pages,
+        ",\"used_bytes\":", c.blocks_out * c.block_size, ",\"free_bytes\":",
+        (c.blocks_free_in_pages + c.blocks_in_transfer) * c.block_size, "}");
+  }
   absl::StrAppend(
       &out, "],\"cache\":{\"hits\":", cache.hits, ",\"misses\":", cache.misses,
       ",\"cached_bytes\":", cache.cached_bytes,
@@ -997,6 +1023,75 @@ std::string AllocStats::ToJson() const {
       ",\"deallocations\":", source.deallocations,
       ",\"bytes_outstanding\":", source.bytes_outstanding,
       ",\"peak_bytes_outstanding\":", source.peak_bytes_outstanding, "}}");
+  return out;
+}
+
+std::string AllocStats::ToText() const {
+  auto kind = [](const KindStats& k) {
+    return absl::StrFormat("%8llu allocs %12llu B  %8llu frees  %10lld B live",
+                           static_cast<unsigned long long>(k.allocations),
+                           static_cast<unsigned long long>(k.bytes),
+                           static_cast<unsigned long long>(k.frees),
+                           static_cast<long long>(k.live_bytes()));
+  };
+  std::string out = absl::StrCat("framealloc report at frame ", frame_number,
+                                 ": ", live_threads, " live threads, ",
+                                 exited_threads, " exited\n");
+  absl::StrAppend(&out, "  frame ", kind(frame), "\n  pool  ", kind(pool),
+                  "\n  heap  ", kind(heap), "\n");
+  if (!tags.empty()) absl::StrAppend(&out, "tags\n");
+  for (const TagStats& t : tags) {
+    absl::StrAppend(&out, "  '", t.path, "'\n    frame ", kind(t.frame),
+                    "\n    pool  ", kind(t.pool), "\n    heap  ", kind(t.heap),
+                    "\n");
+  }
+  if (!threads.empty()) absl::StrAppend(&out, "threads\n");
+  for (const ThreadStats& t : threads) {
+    absl::StrAppend(&out, "  #", t.thread, ": ", t.frame, " frames");
+    if (!t.history.empty()) {
+      const FrameRecord& last = t.history.back();
+      absl::StrAppend(&out, "; last frame ", last.frame, ": ", last.allocations,
+                      " allocs, ", last.bytes, " B used, peak ",
+                      last.peak_bytes, " B, waste ", last.waste_bytes, " B, ",
+                      last.chunks, " chunks, ",
+                      absl::StrFormat("%.3f", last.duration_ms), " ms");
+    }
+    absl::StrAppend(&out, "\n");
+  }
+  absl::StrAppend(&out, "budgets: ", budget_warnings, " warnings, ",
+                  budget_refusals, " refusals");
+  if (global_budget != 0) {
+    absl::StrAppend(&out, "; global ", global_budget_used, " of ",
+                    global_budget, " B");
+  }
+  if (frame_budget != 0) {
+    absl::StrAppend(&out, "; frame ", frame_budget, " B per thread");
+  }
+  absl::StrAppend(&out, "\n");
+  for (const BudgetManager::Use& b : tag_budgets) {
+    absl::StrAppend(&out, "  '", b.path, "': ", b.used, " B used, warn at ",
+                    b.budget.warn_bytes, ", limit ", b.budget.limit_bytes,
+                    "\n");
+  }
+  absl::StrAppend(&out, "pools (free against used bytes per size class)\n");
+  for (const PoolClassStats& c : pools.classes) {
+    if (c.pages == 0) continue;
+    const size_t used = c.blocks_out * c.block_size;
+    const size_t free =
+        (c.blocks_free_in_pages + c.blocks_in_transfer) * c.block_size;
+    absl::StrAppend(
+        &out, absl::StrFormat("  %5zu B: %4zu pages, %10zu B used, %10zu B "
+                              "free (%.1f%% free)\n",
+                              c.block_size, c.pages, used, free,
+                              used + free == 0
+                                  ? 0.0
+                                  : 100.0 * static_cast<double>(free) /
+                                        static_cast<double>(used + free)));
+  }
+  absl::StrAppend(&out, "cache: ", cache.cached_bytes, " B idle, ",
+                  cache.in_use_bytes, " B in use, ", cache.hits, " hits, ",
+                  cache.misses, " misses; source: ", source.bytes_outstanding,
+                  " B outstanding\n");
   return out;
 }
 

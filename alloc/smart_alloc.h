@@ -207,14 +207,23 @@ struct AllocStats {
   uint64_t budget_warnings = 0;
   uint64_t budget_refusals = 0;
   size_t global_budget_used = 0;
+  size_t global_budget = 0;  // 0: none.
+  size_t frame_budget = 0;   // Per thread per frame; 0: none.
+  std::vector<BudgetManager::Use> tag_budgets;
   std::vector<TagStats> tags;        // Tags with any use.
   std::vector<ThreadStats> threads;  // Live threads.
   ChunkCacheStats cache;
   PoolStats pools;
   MemorySourceStats source;
 
-  // The whole snapshot as one JSON object.
+  // The frame report: the whole snapshot as one JSON object (totals, tags,
+  // threads with their frame history, budgets, pool fragmentation per size
+  // class, cache, source)...
   std::string ToJson() const;
+  // ...and as text for a console or a log: per tag and per thread bytes,
+  // counts, the last frame's peak and waste, budgets, and the free against
+  // used bytes of each pool size class.
+  std::string ToText() const;
 };
 
 class SmartAlloc;

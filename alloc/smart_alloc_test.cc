@@ -547,6 +547,30 @@ TEST_F(SmartAllocTest, JsonSnapshotHasEverySection) {
   EXPECT_EQ(json.back(), '}');
 }
 
+TEST_F(SmartAllocTest, FrameReportCoversTagsThreadsBudgetsAndPools) {
+  Make(AllocConfig().add_tag_budget("render", {.limit_bytes = 1 << 20}));
+  std::vector<void*> blocks;
+  alloc().with_tag("render", [&] {
+    alloc().frame_allocate(1000, 8);
+    for (int i = 0; i < 10; ++i) blocks.push_back(alloc().pool_allocate(64));
+  });
+  alloc().end_frame();
+  AllocStats stats = alloc().stats();
+  const std::string text = stats.ToText();
+  EXPECT_THAT(text, HasSubstr("framealloc report at frame 1: 1 live threads"));
+  EXPECT_THAT(text, HasSubstr("  'render'\n"));
+  EXPECT_THAT(text, HasSubstr("last frame 0: 1 allocs, 1000 B used"));
+  EXPECT_THAT(text, HasSubstr("'render': 640 B used, warn at 0, limit "
+                              "1048576"));
+  EXPECT_THAT(text, HasSubstr("     64 B:    1 pages"));
+  const std::string json = stats.ToJson();
+  EXPECT_THAT(json, HasSubstr("\"budgets\":{\"global\":0,\"global_used\":0,"
+                              "\"frame\":0,\"tags\":[{\"path\":\"render\","
+                              "\"used\":640,\"warn\":0,\"limit\":1048576}]}"));
+  EXPECT_THAT(json, HasSubstr("\"pools\":[{\"block_size\":64,\"pages\":1,"));
+  for (void* p : blocks) alloc().pool_deallocate(p, 64);
+}
+
 TEST_F(SmartAllocTest, ScopedArenaDrawsFromTheSameCache) {
   std::unique_ptr<FrameArena> request = alloc().new_scoped_arena();
   request->Allocate(1000);
