@@ -24,6 +24,7 @@ PACKAGES=(
   libmimalloc-dev     # peer allocators for //alloc:pool_benchmark_suite
   libjemalloc-dev
   libgoogle-perftools-dev
+  valgrind            # memcheck for --config=valgrind (//alloc:valgrind_test)
 )
 
 log() { printf 'framealloc setup: %s\n' "$*" >&2; }
