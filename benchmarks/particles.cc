@@ -2,6 +2,7 @@
 #include "benchmarks/particles.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -50,6 +51,37 @@ int CellOf(float v, int grid) {
 }
 
 }  // namespace
+
+void Integrate(Particles& particles, const Params& params, const float* fx,
+               const float* fy) {
+  const size_t n = particles.size();
+  for (size_t i = 0; i < n; ++i) {
+    float vx = particles.vx[i] + fx[i] * params.dt;
+    float vy = particles.vy[i] + (fy[i] + params.gravity) * params.dt;
+    float x = particles.x[i] + vx * params.dt;
+    float y = particles.y[i] + vy * params.dt;
+    if (x < 0.0f) {
+      x = -x;
+      vx = -vx;
+    }
+    if (x > 1.0f) {
+      x = 2.0f - x;
+      vx = -vx;
+    }
+    if (y < 0.0f) {
+      y = -y;
+      vy = -vy;
+    }
+    if (y > 1.0f) {
+      y = 2.0f - y;
+      vy = -vy;
+    }
+    particles.x[i] = x;
+    particles.y[i] = y;
+    particles.vx[i] = vx;
+    particles.vy[i] = vy;
+  }
+}
 
 template <typename Policy>
 FrameCounts Step(Particles& particles, const Params& params,
@@ -120,32 +152,11 @@ FrameCounts Step(Particles& particles, const Params& params,
     fx[c.b] += f * c.nx;
     fy[c.b] += f * c.ny;
   }
-  for (size_t i = 0; i < n; ++i) {
-    float vx = particles.vx[i] + fx[i] * params.dt;
-    float vy = particles.vy[i] + (fy[i] + params.gravity) * params.dt;
-    float x = particles.x[i] + vx * params.dt;
-    float y = particles.y[i] + vy * params.dt;
-    if (x < 0.0f) {
-      x = -x;
-      vx = -vx;
-    }
-    if (x > 1.0f) {
-      x = 2.0f - x;
-      vx = -vx;
-    }
-    if (y < 0.0f) {
-      y = -y;
-      vy = -vy;
-    }
-    if (y > 1.0f) {
-      y = 2.0f - y;
-      vy = -vy;
-    }
-    particles.x[i] = x;
-    particles.y[i] = y;
-    particles.vx[i] = vx;
-    particles.vy[i] = vy;
-  }
+  const auto integrate_start = std::chrono::steady_clock::now();
+  Integrate(particles, params, fx.data(), fy.data());
+  const std::chrono::duration<double> integrate_time =
+      std::chrono::steady_clock::now() - integrate_start;
+  counts.integrate_seconds = integrate_time.count();
   return counts;
 }
 

@@ -46,6 +46,9 @@ Particles MakeParticles(size_t n, uint64_t seed);
 struct FrameCounts {
   size_t contacts = 0;
   size_t neighbour_entries = 0;
+  // Time of the frame's Integrate pass (steady clock), for the bandwidth
+  // report: two clock reads per frame, in both variants alike.
+  double integrate_seconds = 0;
 };
 
 // Heap allocations made through a HeapPolicy (plain counters: one thread).
@@ -103,6 +106,14 @@ struct ArenaPolicy {
     return Allocator<T>(arena);
   }
 };
+
+// The last pass of a frame: velocities from the forces `fx`, `fy` (and
+// gravity), positions from the velocities, reflected at the walls of the
+// unit box. Streams the state: per particle it reads x, y, vx, vy, fx, fy
+// (6 floats, 24 bytes) and writes x, y, vx, vy (4 floats, 16 bytes).
+// REQUIRES: fx and fy hold particles.size() floats each.
+void Integrate(Particles& particles, const Params& params, const float* fx,
+               const float* fy);
 
 // Runs one frame with the policy's temporaries. Defined for HeapPolicy and
 // ArenaPolicy in particles.cc.

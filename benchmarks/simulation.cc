@@ -7,7 +7,12 @@
 // (new/std::vector), once on a frame arena reset each frame. Prints frame
 // times (median, p99), allocations and bytes per frame, and the ratio, then
 // checks that both variants reached bit-identical states (exit code 2 if
-// not). Later issues add scenarios, the job runtime and NUMA variants.
+// not). After the table it puts the particle integration pass (Integrate(),
+// timed inside the frame arena variant's measured frames) next to the
+// machine's streaming limit (the STREAM triad on arrays the size of the
+// particle arrays), measured in the same run (exit code 1 if that
+// measurement fails). Later issues add scenarios, the job runtime and NUMA
+// variants.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -18,7 +23,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
+#include "alloc/bandwidth.h"
 #include "alloc/chunk_cache.h"
 #include "alloc/frame_arena.h"
 #include "alloc/memory_source.h"
@@ -31,6 +38,8 @@ ABSL_FLAG(uint64_t, seed, 1, "Random seed of the initial state.");
 ABSL_FLAG(int, rounds, 3,
           "Rounds; each round runs every variant once, alternating, and "
           "frame times are pooled across rounds.");
+ABSL_FLAG(int, triad_repetitions, 50,
+          "Repetitions of the STREAM triad; the best one is reported.");
 
 namespace framealloc {
 namespace sim {
@@ -44,6 +53,9 @@ struct VariantResult {
   uint64_t source_calls = 0;  // Source allocations during measured frames.
   uint64_t checksum = 0;
   size_t contacts = 0;
+  // Integrate() over the measured frames (arena variant only).
+  double integrate_seconds = 0;
+  int integrate_frames = 0;
 };
 
 double Percentile(std::vector<double> values, double p) {
@@ -101,6 +113,8 @@ void RunArena(size_t n, uint64_t seed, int warmup, int frames,
     arena.Reset();  // The frame's end is part of its cost.
     cache.EndEpoch();
     out.frame_ms.push_back(Ms(Clock::now() - start));
+    out.integrate_seconds += counts.integrate_seconds;
+    ++out.integrate_frames;
     allocations += static_cast<double>(stats.allocations);
     bytes += static_cast<double>(stats.bytes_used);
     out.contacts = counts.contacts;
@@ -109,6 +123,52 @@ void RunArena(size_t n, uint64_t seed, int warmup, int frames,
   out.allocations_per_frame += allocations / frames;
   out.bytes_per_frame += bytes / frames;
   out.checksum = Checksum(particles);
+}
+
+// Puts the integration pass of `arena`'s measured frames next to the
+// machine's limit. The triad runs on arrays the size of one particle array
+// (n floats), at least 1 MiB so the timer resolution does not dominate.
+// False (after printing why) when a measurement fails.
+bool ReportBandwidth(size_t n, const VariantResult& arena,
+                     int triad_repetitions) {
+  const size_t particle_array_bytes = n * sizeof(float);
+  const size_t triad_bytes = std::max(particle_array_bytes, size_t{1} << 20);
+  absl::StatusOr<StreamResult> triad =
+      MeasureStreamTriad(triad_bytes, triad_repetitions);
+  if (!triad.ok()) {
+    std::fprintf(stderr, "STREAM triad failed: %s\n",
+                 triad.status().ToString().c_str());
+    return false;
+  }
+  BandwidthAnalyzer analyzer;
+  analyzer.SetLimit(*triad);
+  // Integrate() per particle, counted from its loop: reads x, y, vx, vy,
+  // fx, fy (6 floats) and writes x, y, vx, vy (4 floats). The written
+  // arrays are read first, so no write-allocate traffic hides behind it.
+  const size_t integrated = n * static_cast<size_t>(arena.integrate_frames);
+  absl::StatusOr<BandwidthSample> integration =
+      analyzer.Record("particle integration", integrated * 6 * sizeof(float),
+                      integrated * 4 * sizeof(float), arena.integrate_seconds);
+  if (!integration.ok()) {
+    std::fprintf(stderr, "%s\n", integration.status().ToString().c_str());
+    return false;
+  }
+  std::printf(
+      "\nmemory bandwidth (STREAM triad, %.2f MiB arrays): %.2f GB/s\n"
+      "  a[i] = b[i] + s * c[i] on doubles, best of %d, counting 3 arrays x "
+      "8 bytes per element (2 read, 1 written) as STREAM does\n",
+      static_cast<double>(triad->bytes_per_array) / (1 << 20), triad->gbps,
+      triad->repetitions);
+  std::printf(
+      "particle integration: %.2f GB/s = %.1f%% of the triad\n"
+      "  Integrate() in the frame arena variant's %d measured frames: "
+      "%.3f ms per frame, 40 bytes per particle (reads x, y, vx, vy, fx, "
+      "fy; writes x, y, vx, vy), %.2f MiB per array\n",
+      integration->total_gbps, 100.0 * FractionOfLimit(*integration, *triad),
+      arena.integrate_frames,
+      1e3 * arena.integrate_seconds / arena.integrate_frames,
+      static_cast<double>(particle_array_bytes) / (1 << 20));
+  return true;
 }
 
 int Main() {
@@ -124,6 +184,12 @@ int Main() {
   }
   if (frames < 1 || warmup < 0 || rounds < 1) {
     std::fprintf(stderr, "--frames and --rounds must be >= 1, --warmup >= 0\n");
+    return 1;
+  }
+  const int triad_repetitions = absl::GetFlag(FLAGS_triad_repetitions);
+  if (triad_repetitions < 1) {
+    std::fprintf(stderr, "--triad_repetitions must be >= 1, got %d\n",
+                 triad_repetitions);
     return 1;
   }
   const size_t n = static_cast<size_t>(particles_flag);
@@ -184,6 +250,8 @@ int Main() {
       "* src allocs: memory-source allocations by the arena's chunk cache "
       "during measured frames (0 = every frame reused cached chunks)\n");
   std::printf("contacts in the last frame: %zu\n", arena.contacts);
+
+  const bool bandwidth_ok = ReportBandwidth(n, arena, triad_repetitions);
   if (heap.checksum != arena.checksum) {
     std::printf("STATE MISMATCH: heap %016llx, arena %016llx\n",
                 static_cast<unsigned long long>(heap.checksum),
@@ -192,7 +260,7 @@ int Main() {
   }
   std::printf("final state identical across variants (checksum %016llx)\n",
               static_cast<unsigned long long>(heap.checksum));
-  return 0;
+  return bandwidth_ok ? 0 : 1;
 }
 
 }  // namespace
