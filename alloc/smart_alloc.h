@@ -474,7 +474,7 @@ class SmartAlloc {
     Slot* slot = frame_alloc<Slot>(std::forward<Args>(args)...);
     return FrameBox<T>(slot, &local().arena());
   }
-  // A growable vector in frame memory (FrameVec<T>, see adapters.h) with
+  // A growable vector in frame memory (FrameVec<T>, defined below) with
   // room for `capacity` elements.
   template <typename T>
   std::vector<T, FrameAllocator<T>> frame_vec(size_t capacity = 0);
