@@ -248,11 +248,11 @@ ThreadState& SmartAlloc::LocalSlow() {
     // instances keeps a short list.
     LiveInstances& live = Live();
     MutexLock lock(&live.mu);
-    states.erase(std::remove_if(states.begin(), states.end(),
-                                [&](const auto& entry) {
-                                  return !live.by_id.contains(entry.first);
-                                }),
-                 states.end());
+    size_t kept = 0;
+    for (const auto& entry : states) {
+      if (live.by_id.contains(entry.first)) states[kept++] = entry;
+    }
+    states.resize(kept);
   }
   states.emplace_back(id_, state);
   alloc_internal::last_thread_state = {id_, state};

@@ -1,0 +1,85 @@
+// Binding the calling thread to a NUMA node or to one processing unit.
+//
+// For: pinning a thread (a worker, a benchmark, a test) so that it runs on
+// the PUs of one node, or on one PU, and putting its previous binding back
+// afterwards (ScopedThreadBinding). Every call acts on the calling thread
+// only. Not for: memory placement (numa/node_memory_source.h) or choosing
+// which node a thread should use (the caller's policy).
+//
+// Failure: on a topology that is not this system (synthetic, XML) or on a
+// machine that cannot bind threads, every call returns FailedPrecondition
+// and binds nothing: never a silent success. A kernel refusal (a container
+// forbidding sched_setaffinity, PUs outside the allowed cpuset) is returned
+// as FailedPrecondition with the errno text. Bad node or PU numbers are
+// InvalidArgument naming them.
+#ifndef NUMA_BINDING_H_
+#define NUMA_BINDING_H_
+
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace numa {
+
+// The PUs (OS indexes, ascending) the calling thread may run on.
+absl::StatusOr<std::vector<int>> GetThreadBinding(const Topology& topology);
+
+// Binds the calling thread to `pus` (OS indexes). REQUIRES: non-empty, each
+// a PU of `topology` (InvalidArgument naming the first bad one otherwise).
+absl::Status SetThreadBinding(const Topology& topology,
+                              absl::Span<const int> pus);
+
+// Binds the calling thread to every PU of node `node` (logical index).
+absl::Status BindThreadToNode(const Topology& topology, int node);
+
+// Binds the calling thread to the single PU `pu` (OS index).
+absl::Status BindThreadToPu(const Topology& topology, int pu);
+
+// Binds the calling thread for the lifetime of the object and restores the
+// binding it had before. Create it with ToNode or ToPu on the thread to
+// bind; it must be restored (destroyed, or Restore()d) on that same thread.
+// Movable; a moved-from object restores nothing. Not thread-safe (it
+// belongs to one thread, like the binding it changes). A restore that fails
+// in the destructor, or one attempted from another thread, is reported
+// through ReportError (alloc/error.h, ErrorKind::kMisuse) and leaves the
+// binding as it is.
+class ScopedThreadBinding {
+ public:
+  static absl::StatusOr<ScopedThreadBinding> ToNode(const Topology& topology,
+                                                    int node);
+  static absl::StatusOr<ScopedThreadBinding> ToPu(const Topology& topology,
+                                                  int pu);
+
+  ScopedThreadBinding(ScopedThreadBinding&& other) noexcept;
+  ScopedThreadBinding& operator=(ScopedThreadBinding&& other) = delete;
+  ScopedThreadBinding(const ScopedThreadBinding&) = delete;
+  ScopedThreadBinding& operator=(const ScopedThreadBinding&) = delete;
+  ~ScopedThreadBinding();
+
+  // The binding in force before this object bound the thread.
+  const std::vector<int>& previous() const { return previous_; }
+
+  // Restores the previous binding now; later calls (and the destructor) do
+  // nothing. FailedPrecondition when called on another thread than the one
+  // bound, or when the kernel refuses.
+  absl::Status Restore();
+
+ private:
+  ScopedThreadBinding(const Topology* topology, std::vector<int> previous);
+  static absl::StatusOr<ScopedThreadBinding> Bind(const Topology& topology,
+                                                  std::vector<int> pus);
+
+  const Topology* topology_;  // nullptr once restored or moved from.
+  std::vector<int> previous_;
+  std::thread::id thread_;
+};
+
+}  // namespace numa
+}  // namespace framealloc
+
+#endif  // NUMA_BINDING_H_

@@ -1,0 +1,137 @@
+#include "numa/binding.h"
+
+#include <sched.h>
+
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "numa/internal/test_topologies.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace numa {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+std::unique_ptr<Topology> Machine() {
+  absl::StatusOr<std::unique_ptr<Topology>> t = Topology::Discover();
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+TEST(BindingTest, SyntheticTopologyRefusesEveryBinding) {
+  absl::StatusOr<std::unique_ptr<Topology>> t =
+      Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
+  ASSERT_TRUE(t.ok());
+  const Topology& topo = **t;
+  absl::Status s = BindThreadToNode(topo, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("not this system"));
+  EXPECT_EQ(BindThreadToPu(topo, 0).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(GetThreadBinding(topo).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ScopedThreadBinding::ToNode(topo, 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ScopedThreadBinding::ToPu(topo, 0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(BindingTest, XmlTopologyRefusesBinding) {
+  absl::StatusOr<std::unique_ptr<Topology>> t =
+      Topology::FromXml(numa_internal::WriteAsymmetricXml());
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(BindThreadToNode(**t, 0).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(BindingTest, BadNodeOrPuIsInvalidArgument) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  absl::Status s = BindThreadToNode(*topo, topo->num_nodes());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("node"));
+  s = BindThreadToPu(*topo, 1 << 20);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("pu 1048576"));
+  EXPECT_EQ(SetThreadBinding(*topo, {}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Each binding test runs on a thread of its own, so the test runner's
+// binding is never changed.
+TEST(BindingTest, BindToNodeZeroOnThisMachine) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  std::thread([&] {
+    ASSERT_TRUE(BindThreadToNode(*topo, 0).ok());
+    absl::StatusOr<std::vector<int>> now = GetThreadBinding(*topo);
+    ASSERT_TRUE(now.ok()) << now.status();
+    EXPECT_THAT(*now, ElementsAreArray(topo->node(0).pus));
+    EXPECT_EQ(*topo->CurrentNode(), 0);
+  }).join();
+}
+
+TEST(BindingTest, BindToOnePuRunsThere) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  const int pu = topo->pus().back();
+  std::thread([&] {
+    ASSERT_TRUE(BindThreadToPu(*topo, pu).ok());
+    EXPECT_THAT(*GetThreadBinding(*topo), ElementsAre(pu));
+    sched_yield();
+    EXPECT_EQ(sched_getcpu(), pu);
+    EXPECT_EQ(*topo->CurrentNode(), *topo->NodeOfPu(pu));
+  }).join();
+}
+
+TEST(BindingTest, ScopedBindingRestoresThePreviousBinding) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  const int pu = topo->pus().front();
+  std::thread([&] {
+    const std::vector<int> before = *GetThreadBinding(*topo);
+    {
+      absl::StatusOr<ScopedThreadBinding> bound =
+          ScopedThreadBinding::ToPu(*topo, pu);
+      ASSERT_TRUE(bound.ok()) << bound.status();
+      EXPECT_EQ(bound->previous(), before);
+      EXPECT_THAT(*GetThreadBinding(*topo), ElementsAre(pu));
+    }
+    EXPECT_EQ(*GetThreadBinding(*topo), before);
+    {
+      absl::StatusOr<ScopedThreadBinding> bound =
+          ScopedThreadBinding::ToNode(*topo, 0);
+      ASSERT_TRUE(bound.ok()) << bound.status();
+      EXPECT_THAT(*GetThreadBinding(*topo),
+                  ElementsAreArray(topo->node(0).pus));
+      EXPECT_TRUE(bound->Restore().ok());
+      EXPECT_EQ(*GetThreadBinding(*topo), before);
+      EXPECT_TRUE(bound->Restore().ok());  // A second restore does nothing.
+    }
+  }).join();
+}
+
+TEST(BindingTest, RestoreFromAnotherThreadIsRefused) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  absl::StatusOr<ScopedThreadBinding> bound =
+      ScopedThreadBinding::ToNode(*topo, 0);
+  ASSERT_TRUE(bound.ok()) << bound.status();
+  absl::Status other;
+  std::thread([&] { other = bound->Restore(); }).join();
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(bound->Restore().ok());
+}
+
+}  // namespace
+}  // namespace numa
+}  // namespace framealloc

@@ -1,0 +1,239 @@
+// Node-bound blocks through hwloc (see node_memory_source.h).
+#include "numa/node_memory_source.h"
+
+#include <hwloc.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "alloc/error.h"
+
+namespace framealloc {
+namespace numa {
+namespace {
+
+size_t RoundUp(size_t value, size_t alignment) {
+  return (value + alignment - 1) & ~(alignment - 1);
+}
+
+// Why `topology` can never bind memory, or "" when it may.
+std::string BindingUnavailableReason(const Topology& topology) {
+  if (!topology.is_this_system()) {
+    return absl::StrCat("the ", TopologySourceName(topology.source()),
+                        " topology \"", topology.origin(),
+                        "\" is not this system, so nothing can be bound");
+  }
+  if (!topology.support().memory_binding) {
+    return "this system does not support memory binding";
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::string_view MemoryPolicyName(MemoryPolicy policy) {
+  switch (policy) {
+    case MemoryPolicy::kNone:
+      return "none";
+    case MemoryPolicy::kAdvisory:
+      return "advisory";
+    case MemoryPolicy::kStrict:
+      return "strict";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<NodeMemorySource>> NodeMemorySource::Create(
+    const Topology* topology, int node, MemoryPolicy policy) {
+  if (topology == nullptr) {
+    return absl::InvalidArgumentError(
+        "NodeMemorySource::Create: topology is null");
+  }
+  if (absl::Status s = topology->CheckNode(node); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("NodeMemorySource::Create: ", s.message()));
+  }
+  std::string reason = policy == MemoryPolicy::kNone
+                           ? std::string()
+                           : BindingUnavailableReason(*topology);
+  if (policy == MemoryPolicy::kStrict && !reason.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("NodeMemorySource::Create: strict binding to node ", node,
+                     " is impossible: ", reason));
+  }
+  return std::unique_ptr<NodeMemorySource>(
+      new NodeMemorySource(topology, node, policy, std::move(reason)));
+}
+
+NodeMemorySource::NodeMemorySource(const Topology* topology, int node,
+                                   MemoryPolicy policy,
+                                   std::string unavailable_reason)
+    : topology_(topology),
+      node_(node),
+      policy_(policy),
+      unavailable_reason_(std::move(unavailable_reason)),
+      name_(absl::StrCat("node", node, "/", MemoryPolicyName(policy))),
+      page_size_(static_cast<size_t>(sysconf(_SC_PAGESIZE))),
+      nodeset_(hwloc_bitmap_dup(topology->hwloc_node(node)->nodeset)) {}
+
+NodeMemorySource::~NodeMemorySource() { hwloc_bitmap_free(nodeset_); }
+
+NodeMemorySourceStats NodeMemorySource::node_stats() const {
+  NodeMemorySourceStats s;
+  s.bound_blocks = bound_.load(std::memory_order_relaxed);
+  s.unbound_blocks = unbound_.load(std::memory_order_relaxed);
+  s.fallback_blocks = fallbacks_.load(std::memory_order_relaxed);
+  alloc_internal::MutexLock lock(&mu_);
+  s.last_fallback_reason = last_fallback_reason_;
+  return s;
+}
+
+void NodeMemorySource::RecordFallback(std::string reason) {
+  fallbacks_.fetch_add(1, std::memory_order_relaxed);
+  alloc_internal::MutexLock lock(&mu_);
+  last_fallback_reason_ = std::move(reason);
+}
+
+absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
+  hwloc_topology_t topo = topology_->hwloc();
+  if (policy_ == MemoryPolicy::kStrict) {
+    void* p =
+        hwloc_alloc_membind(topo, length, nodeset_, HWLOC_MEMBIND_BIND,
+                            HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_STRICT);
+    if (p == nullptr) {
+      const int err = errno;
+      std::string message =
+          absl::StrCat(name_, " source: strict binding of ", length,
+                       " bytes to node ", node_, " failed: ", strerror(err));
+      if (err == ENOMEM) return absl::ResourceExhaustedError(message);
+      return absl::FailedPreconditionError(message);
+    }
+    bound_.fetch_add(1, std::memory_order_relaxed);
+    return p;
+  }
+  // kNone and kAdvisory: plain memory first. hwloc_alloc_membind without
+  // STRICT would hide a refused binding, so advisory binds the area itself
+  // and sees the kernel's answer.
+  void* p = hwloc_alloc(topo, length);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(name_, " source: allocating ", length,
+                     " bytes failed: ", strerror(errno)));
+  }
+  if (policy_ == MemoryPolicy::kNone) {
+    unbound_.fetch_add(1, std::memory_order_relaxed);
+    return p;
+  }
+  if (!unavailable_reason_.empty()) {
+    RecordFallback(unavailable_reason_);
+    return p;
+  }
+  if (hwloc_set_area_membind(topo, p, length, nodeset_, HWLOC_MEMBIND_BIND,
+                             HWLOC_MEMBIND_BYNODESET) != 0) {
+    RecordFallback(absl::StrCat("binding ", length, " bytes to node ", node_,
+                                " was refused: ", strerror(errno)));
+    return p;
+  }
+  bound_.fetch_add(1, std::memory_order_relaxed);
+  return p;
+}
+
+absl::StatusOr<Block> NodeMemorySource::DoAllocate(size_t size,
+                                                   size_t alignment) {
+  const size_t length = RoundUp(size, page_size_);
+  if (alignment <= page_size_) {
+    absl::StatusOr<void*> p = Map(length);
+    if (!p.ok()) return p.status();
+    return Block{*p, length, alignment};
+  }
+  // Over-aligned: map `alignment - page` more and keep the aligned part.
+  const size_t total = length + alignment - page_size_;
+  absl::StatusOr<void*> p = Map(total);
+  if (!p.ok()) return p.status();
+  const uintptr_t start = reinterpret_cast<uintptr_t>(*p);
+  void* data = reinterpret_cast<void*>(RoundUp(start, alignment));
+  alloc_internal::MutexLock lock(&mu_);
+  over_aligned_[data] = Mapping{*p, total};
+  return Block{data, length, alignment};
+}
+
+void NodeMemorySource::DoDeallocate(const Block& block) {
+  void* start = block.data;
+  size_t length = block.size;
+  if (block.alignment > page_size_) {
+    alloc_internal::MutexLock lock(&mu_);
+    auto it = over_aligned_.find(block.data);
+    if (it == over_aligned_.end()) {
+      ReportError(
+          {ErrorKind::kMisuse, "NodeMemorySource::Deallocate",
+           absl::StrCat(name_, " source: block at 0x",
+                        absl::Hex(reinterpret_cast<uintptr_t>(block.data)),
+                        " was not allocated here"),
+           block.size, block.alignment, absl::OkStatus()});
+      return;
+    }
+    start = it->second.start;
+    length = it->second.length;
+    over_aligned_.erase(it);
+  }
+  hwloc_free(topology_->hwloc(), start, length);
+}
+
+absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,
+                                           const Block& block) {
+  const size_t page_size = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (!topology.is_this_system()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "PageNodes: the ", TopologySourceName(topology.source()),
+        " topology \"", topology.origin(),
+        "\" is not this system; page locations would be meaningless"));
+  }
+  if (!topology.support().page_location) {
+    return absl::FailedPreconditionError(
+        "PageNodes: this system cannot report where pages "
+        "are");
+  }
+  if (block.empty() || block.size == 0) {
+    return absl::InvalidArgumentError("PageNodes: the block is empty");
+  }
+  hwloc_topology_t topo = topology.hwloc();
+  const uintptr_t first =
+      reinterpret_cast<uintptr_t>(block.data) & ~(page_size - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(block.end());
+  hwloc_nodeset_t set = hwloc_bitmap_alloc();
+  std::vector<int> nodes;
+  nodes.reserve((end - first) / page_size + 1);
+  for (uintptr_t page = first; page < end; page += page_size) {
+    if (hwloc_get_area_memlocation(topo, reinterpret_cast<void*>(page),
+                                   page_size, set,
+                                   HWLOC_MEMBIND_BYNODESET) != 0) {
+      const int err = errno;
+      hwloc_bitmap_free(set);
+      return absl::FailedPreconditionError(
+          absl::StrCat("PageNodes: "
+                       "hwloc_get_area_memlocation failed: ",
+                       strerror(err)));
+    }
+    const int os_node = hwloc_bitmap_first(set);
+    int logical = -1;
+    if (os_node >= 0) {
+      hwloc_obj_t obj = hwloc_get_numanode_obj_by_os_index(
+          topo, static_cast<unsigned>(os_node));
+      if (obj != nullptr) logical = static_cast<int>(obj->logical_index);
+    }
+    nodes.push_back(logical);
+  }
+  hwloc_bitmap_free(set);
+  return nodes;
+}
+
+absl::StatusOr<std::vector<int>> NodeMemorySource::PageNodes(
+    const Block& block) const {
+  return numa::PageNodes(*topology_, block);
+}
+
+}  // namespace numa
+}  // namespace framealloc

@@ -1,0 +1,137 @@
+// A MemorySource whose blocks live on one NUMA node.
+//
+// For: the chunks and pages of a SmartAlloc that serves one node
+// (NumaAlloc), or any large block that should sit next to the threads that
+// use it; and placement verification: PageNodes() asks the kernel where the
+// pages of a block really are. Not for: small objects (every call here is a
+// system call), nor moving memory that already exists.
+//
+// Policies (MemoryPolicy):
+//   kNone      plain anonymous memory; pages land on first touch.
+//   kAdvisory  prefer the node (hwloc HWLOC_MEMBIND_BIND without STRICT,
+//              which Linux turns into MPOL_PREFERRED: pages spill to other
+//              nodes when the node is full). Where the binding cannot be
+//              applied (a synthetic or XML topology, no memory binding on
+//              this system, a container forbidding mbind) the block is
+//              plain first-touch memory and the fallback is counted and its
+//              reason kept (stats()); never a silent lie.
+//   kStrict    the node or nothing (HWLOC_MEMBIND_BIND | STRICT, Linux
+//              MPOL_BIND): Create fails with FailedPrecondition where the
+//              machine cannot bind, and an allocation the kernel refuses
+//              returns its Status. Beware: MPOL_BIND memory beyond the
+//              node's capacity fails at page-fault time (the OOM killer),
+//              not here.
+//
+// Thread-safe: Allocate, Deallocate, PageNodes and stats may be called from
+// any thread concurrently. Out of memory: Allocate returns ResourceExhausted
+// (the base class counts it); nothing here aborts.
+#ifndef NUMA_NODE_MEMORY_SOURCE_H_
+#define NUMA_NODE_MEMORY_SOURCE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "alloc/internal/mutex.h"
+#include "alloc/memory_source.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace numa {
+
+enum class MemoryPolicy { kNone, kAdvisory, kStrict };
+
+// "none", "advisory" or "strict".
+absl::string_view MemoryPolicyName(MemoryPolicy policy);
+
+// What a NodeMemorySource did, beyond the base class's MemorySourceStats.
+struct NodeMemorySourceStats {
+  uint64_t bound_blocks = 0;     // Blocks the kernel accepted a binding for.
+  uint64_t unbound_blocks = 0;   // kNone blocks (first touch by design).
+  uint64_t fallback_blocks = 0;  // kAdvisory blocks that could not be bound.
+  // Why the last fallback happened ("" if none did).
+  std::string last_fallback_reason;
+};
+
+class NodeMemorySource final : public MemorySource {
+ public:
+  // A source for node `node` (logical index) of `topology`, which is not
+  // owned and must outlive the source. Errors: InvalidArgument naming the
+  // node if it is out of range; FailedPrecondition for kStrict where the
+  // topology is not this system or the system cannot bind memory.
+  static absl::StatusOr<std::unique_ptr<NodeMemorySource>> Create(
+      const Topology* topology, int node, MemoryPolicy policy);
+  ~NodeMemorySource() override;
+
+  absl::string_view name() const override { return name_; }
+  int node() const { return node_; }
+  MemoryPolicy policy() const { return policy_; }
+  const Topology& topology() const { return *topology_; }
+  // Why this source can never bind ("" when it can try): set for kAdvisory
+  // on a topology that is not this system or without memory binding.
+  const std::string& binding_unavailable_reason() const {
+    return unavailable_reason_;
+  }
+
+  NodeMemorySourceStats node_stats() const;
+
+  // PageNodes(topology(), block) (below).
+  absl::StatusOr<std::vector<int>> PageNodes(const Block& block) const;
+
+ protected:
+  absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override;
+  void DoDeallocate(const Block& block) override;
+
+ private:
+  NodeMemorySource(const Topology* topology, int node, MemoryPolicy policy,
+                   std::string unavailable_reason);
+  // `length` bytes (a multiple of the page size) by the policy.
+  absl::StatusOr<void*> Map(size_t length);
+  void RecordFallback(std::string reason);
+
+  const Topology* const topology_;
+  const int node_;
+  const MemoryPolicy policy_;
+  const std::string unavailable_reason_;
+  const std::string name_;
+  const size_t page_size_;
+  hwloc_nodeset_t nodeset_;  // Owned; only read after construction.
+
+  // Relaxed: counters; nothing is published through them.
+  std::atomic<uint64_t> bound_{0};
+  std::atomic<uint64_t> unbound_{0};
+  std::atomic<uint64_t> fallbacks_{0};
+
+  mutable alloc_internal::Mutex mu_;
+  std::string last_fallback_reason_ ABSL_GUARDED_BY(mu_);
+  // Blocks aligned beyond a page are carved from a larger mapping: its
+  // start and length by the block's address.
+  struct Mapping {
+    void* start;
+    size_t length;
+  };
+  absl::flat_hash_map<void*, Mapping> over_aligned_ ABSL_GUARDED_BY(mu_);
+};
+
+// The logical node of every page of `block` (any memory: a block of any
+// source, or {pointer, size} of an object), in address order; -1 for a page
+// that is not resident yet (not touched: first-touch placement has not
+// happened), so touch pages before asking. Uses hwloc_get_area_memlocation
+// (move_pages(2) on Linux), one query per page. Errors: FailedPrecondition
+// on a topology that is not this system (hwloc would answer garbage) or
+// without page-location support; InvalidArgument for an empty block.
+absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,
+                                           const Block& block);
+
+}  // namespace numa
+}  // namespace framealloc
+
+#endif  // NUMA_NODE_MEMORY_SOURCE_H_

@@ -1,0 +1,210 @@
+#include "numa/node_memory_source.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "numa/binding.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace numa {
+namespace {
+
+using ::testing::Each;
+using ::testing::HasSubstr;
+
+const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+
+std::unique_ptr<Topology> Machine() {
+  absl::StatusOr<std::unique_ptr<Topology>> t = Topology::Discover();
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+std::unique_ptr<Topology> TwoNodes() {
+  absl::StatusOr<std::unique_ptr<Topology>> t =
+      Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+TEST(NodeMemorySourceTest, BadNodeIsInvalidArgument) {
+  auto topo = TwoNodes();
+  absl::StatusOr<std::unique_ptr<NodeMemorySource>> s =
+      NodeMemorySource::Create(topo.get(), 2, MemoryPolicy::kAdvisory);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.status().message(), HasSubstr("node 2"));
+  EXPECT_EQ(
+      NodeMemorySource::Create(nullptr, 0, MemoryPolicy::kNone).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(NodeMemorySourceTest, StrictOnSyntheticTopologyIsFailedPrecondition) {
+  auto topo = TwoNodes();
+  absl::StatusOr<std::unique_ptr<NodeMemorySource>> s =
+      NodeMemorySource::Create(topo.get(), 1, MemoryPolicy::kStrict);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.status().message(), HasSubstr("not this system"));
+}
+
+TEST(NodeMemorySourceTest, AdvisoryOnSyntheticTopologyFallsBackAndSaysSo) {
+  auto topo = TwoNodes();
+  absl::StatusOr<std::unique_ptr<NodeMemorySource>> s =
+      NodeMemorySource::Create(topo.get(), 1, MemoryPolicy::kAdvisory);
+  ASSERT_TRUE(s.ok()) << s.status();
+  NodeMemorySource& source = **s;
+  EXPECT_EQ(source.name(), "node1/advisory");
+  EXPECT_THAT(source.binding_unavailable_reason(),
+              HasSubstr("not this system"));
+  absl::StatusOr<Block> block = source.Allocate(100000, 64);
+  ASSERT_TRUE(block.ok()) << block.status();
+  std::memset(block->data, 1, block->size);  // Usable memory nonetheless.
+  NodeMemorySourceStats stats = source.node_stats();
+  EXPECT_EQ(stats.fallback_blocks, 1u);
+  EXPECT_EQ(stats.bound_blocks, 0u);
+  EXPECT_THAT(stats.last_fallback_reason, HasSubstr("not this system"));
+  EXPECT_EQ(source.PageNodes(*block).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  source.Deallocate(*block);
+  EXPECT_EQ(source.stats().bytes_outstanding, 0u);
+}
+
+TEST(NodeMemorySourceTest, SizesRoundToPagesAndHonourAlignment) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  for (MemoryPolicy policy :
+       {MemoryPolicy::kNone, MemoryPolicy::kAdvisory, MemoryPolicy::kStrict}) {
+    absl::StatusOr<std::unique_ptr<NodeMemorySource>> s =
+        NodeMemorySource::Create(topo.get(), 0, policy);
+    ASSERT_TRUE(s.ok()) << s.status();
+    for (size_t alignment :
+         {size_t{1}, size_t{64}, kPage, size_t{1} << 16, size_t{1} << 21}) {
+      absl::StatusOr<Block> block = (*s)->Allocate(5000, alignment);
+      ASSERT_TRUE(block.ok()) << block.status();
+      EXPECT_EQ(block->size, 2 * kPage);
+      EXPECT_EQ(block->alignment, alignment);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(block->data) % alignment, 0u);
+      std::memset(block->data, 0xAB, block->size);
+      (*s)->Deallocate(*block);
+    }
+    EXPECT_EQ((*s)->stats().allocations, 5u);
+    EXPECT_EQ((*s)->stats().bytes_outstanding, 0u);
+  }
+}
+
+TEST(NodeMemorySourceTest, InvalidSizeIsInvalidArgument) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  auto s = NodeMemorySource::Create(topo.get(), 0, MemoryPolicy::kStrict);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->Allocate(0, 8).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*s)->Allocate(8, 3).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The real machine: every touched page of a block bound to node 0 is on
+// node 0, and the binding was real (counted as bound, no fallback).
+TEST(NodeMemorySourceTest, StrictBlocksOfNodeZeroAreOnNodeZero) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  ASSERT_TRUE(topo->support().memory_binding);
+  ASSERT_TRUE(topo->support().page_location);
+  for (MemoryPolicy policy : {MemoryPolicy::kStrict, MemoryPolicy::kAdvisory}) {
+    auto s = NodeMemorySource::Create(topo.get(), 0, policy);
+    ASSERT_TRUE(s.ok()) << s.status();
+    std::vector<Block> blocks;
+    for (size_t size : {size_t{64} << 10, size_t{1} << 20, size_t{4} << 20}) {
+      absl::StatusOr<Block> block = (*s)->Allocate(size, 64);
+      ASSERT_TRUE(block.ok()) << block.status();
+      std::memset(block->data, 0x5A, block->size);  // First touch.
+      absl::StatusOr<std::vector<int>> nodes = (*s)->PageNodes(*block);
+      ASSERT_TRUE(nodes.ok()) << nodes.status();
+      EXPECT_EQ(nodes->size(), block->size / kPage);
+      EXPECT_THAT(*nodes, Each(0)) << MemoryPolicyName(policy);
+      blocks.push_back(*block);
+    }
+    NodeMemorySourceStats stats = (*s)->node_stats();
+    EXPECT_EQ(stats.bound_blocks, 3u);
+    EXPECT_EQ(stats.fallback_blocks, 0u) << stats.last_fallback_reason;
+    EXPECT_EQ(stats.last_fallback_reason, "");
+    for (const Block& b : blocks) (*s)->Deallocate(b);
+  }
+}
+
+// Every node of the real machine (one here; all of them on a multi-node
+// machine or a qemu guest with -numa): strict blocks land on their node.
+TEST(NodeMemorySourceTest, StrictBlocksOfEveryNodeAreOnThatNode) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  for (int k = 0; k < topo->num_nodes(); ++k) {
+    if (topo->node(k).local_memory < (size_t{64} << 20)) continue;
+    auto s = NodeMemorySource::Create(topo.get(), k, MemoryPolicy::kStrict);
+    ASSERT_TRUE(s.ok()) << s.status();
+    absl::StatusOr<Block> block = (*s)->Allocate(size_t{2} << 20, 64);
+    ASSERT_TRUE(block.ok()) << block.status();
+    std::memset(block->data, 0x5A, block->size);
+    absl::StatusOr<std::vector<int>> nodes = (*s)->PageNodes(*block);
+    ASSERT_TRUE(nodes.ok()) << nodes.status();
+    EXPECT_THAT(*nodes, Each(k)) << "node " << k;
+    (*s)->Deallocate(*block);
+  }
+}
+
+// kNone memory is placed by first touch: on the node of the touching thread
+// (the last node here, bound for the test), and untouched pages nowhere.
+TEST(NodeMemorySourceTest, UnboundPagesLandWhereFirstTouched) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  auto s = NodeMemorySource::Create(topo.get(), 0, MemoryPolicy::kNone);
+  ASSERT_TRUE(s.ok()) << s.status();
+  const int last = topo->num_nodes() - 1;
+  std::thread([&] {
+    ASSERT_TRUE(BindThreadToNode(*topo, last).ok());
+    absl::StatusOr<Block> block = (*s)->Allocate(4 * kPage, kPage);
+    ASSERT_TRUE(block.ok()) << block.status();
+    static_cast<char*>(block->data)[kPage] = 1;  // Touch only page 1.
+    absl::StatusOr<std::vector<int>> nodes = (*s)->PageNodes(*block);
+    ASSERT_TRUE(nodes.ok()) << nodes.status();
+    EXPECT_EQ(*nodes, (std::vector<int>{-1, last, -1, -1}));
+    (*s)->Deallocate(*block);
+  }).join();
+  EXPECT_EQ((*s)->node_stats().unbound_blocks, 1u);
+}
+
+TEST(NodeMemorySourceTest, ConcurrentAllocationsAreCounted) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  auto s = NodeMemorySource::Create(topo.get(), 0, MemoryPolicy::kAdvisory);
+  ASSERT_TRUE(s.ok()) << s.status();
+  for (int threads : {1, 2, 4}) {
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&] {
+        for (int i = 0; i < 50; ++i) {
+          absl::StatusOr<Block> b =
+              (*s)->Allocate(kPage * (1 + i % 3), i % 2 ? kPage : 1 << 16);
+          ASSERT_TRUE(b.ok());
+          static_cast<char*>(b->data)[0] = 1;
+          (*s)->Deallocate(*b);
+        }
+      });
+    }
+    for (std::thread& w : workers) w.join();
+  }
+  EXPECT_EQ((*s)->stats().allocations, 350u);
+  EXPECT_EQ((*s)->stats().bytes_outstanding, 0u);
+  EXPECT_EQ((*s)->node_stats().bound_blocks, 350u);
+}
+
+}  // namespace
+}  // namespace numa
+}  // namespace framealloc
