@@ -53,7 +53,7 @@ TEST(CallStackTest, CapturesAndSymbolizesTheCaller) {
 
 TEST(AllocationTrackerTest, AddRemoveFind) {
   AllocationTracker tracker;
-  int x, y;
+  int x = 0, y = 0;
   AllocationRecord r;
   r.size = 64;
   EXPECT_TRUE(tracker.Add(&x, r, nullptr));

@@ -13,7 +13,8 @@ for peer in glibc mimalloc jemalloc tcmalloc; do
   echo "=== pool_benchmark with ${peer}'s malloc" >&2
   "$runfiles/alloc/pool_benchmark_${peer}" "$@" >"$results.$peer" 2>&1 || {
     cat "$results.$peer" >&2; exit 1; }
-  grep '^RESULT ' "$results.$peer" | sed "s/^RESULT /${peer} /" >>"$results"
+  # The reporter's colour codes may precede a line: match anywhere.
+  sed -n "s/.*RESULT /${peer} /p" "$results.$peer" >>"$results"
   rm -f "$results.$peer"
 done
 

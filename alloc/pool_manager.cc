@@ -1,6 +1,6 @@
-// PoolManager's pages and ThreadCache's slow paths: refills, flushes with
-// their misuse checks, page release and statistics (see pool_manager.h). The
-// fast paths are inline in the header.
+// PoolManager's transfer caches and pages and ThreadCache's slow paths:
+// refills, flushes with their misuse checks, draining, page release and
+// statistics (see pool_manager.h). The fast paths are inline in the header.
 #include "alloc/pool_manager.h"
 
 #include <algorithm>
@@ -21,7 +21,14 @@ constexpr uint32_t kPageMagic = 0x506f6f6c;  // "Pool".
 constexpr size_t kMinPageSize = size_t{16} << 10;
 constexpr size_t kMaxPageSize = size_t{4} << 20;
 constexpr int kMaxBatch = 1024;
-constexpr int kMaxCacheLimit = 1 << 16;
+constexpr size_t kMaxCacheBlocks = size_t{1} << 16;
+// Where every class reaches kMaxCacheBlocks: more would change nothing.
+constexpr size_t kMaxCacheBytes = kMaxCacheBlocks * PoolManager::kMaxBlockSize;
+constexpr int kMaxTransferBatches = 4096;
+// Distinct pages ReturnBatch tallies for its checks (enough for a default
+// batch of 32 blocks, each on a page of its own). A batch spread over more
+// pages goes back to them block by block.
+constexpr int kMaxTallyPages = 32;
 
 std::string PointerText(const void* p) {
   return absl::StrCat("0x", absl::Hex(reinterpret_cast<uintptr_t>(p)));
@@ -39,6 +46,13 @@ enum class PoolManager::Misuse : uint8_t {
   kNeverGivenOut,  // In a page of the class, but not a block it handed out.
   kCorruptHeader,  // The page's header no longer says what it did.
   kDoubleFree,     // Its page has every block free already.
+};
+
+// The blocks of a batch in one page, for the checks of a transfer-cache push.
+struct PoolManager::PageTally {
+  uintptr_t base;
+  uint32_t blocks;     // Blocks of the batch in this page.
+  uint32_t max_index;  // The highest block index among them.
 };
 
 struct PoolManager::BadFree {
@@ -76,10 +90,15 @@ absl::Status PoolOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "PoolOptions.batch = ", batch, " is outside [1, ", kMaxBatch, "]"));
   }
-  if (cache_limit < batch || cache_limit > kMaxCacheLimit) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "PoolOptions.cache_limit = ", cache_limit,
-        " is outside [batch = ", batch, ", ", kMaxCacheLimit, "]"));
+  if (cache_bytes > kMaxCacheBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PoolOptions.cache_bytes = ", cache_bytes, " is above ",
+                     kMaxCacheBytes, " (65536 blocks of every class)"));
+  }
+  if (transfer_batches < 0 || transfer_batches > kMaxTransferBatches) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PoolOptions.transfer_batches = ", transfer_batches,
+                     " is outside [0, ", kMaxTransferBatches, "]"));
   }
   return absl::OkStatus();
 }
@@ -88,16 +107,28 @@ PoolManager::PoolManager(ChunkCache* cache, PoolOptions options)
     : cache_(cache),
       options_(options),
       page_mask_(~(options.page_size - 1)),
-      classes_(std::make_unique<ClassState[]>(kNumClasses)) {
+      classes_(std::make_unique<ClassState[]>(kNumClasses)),
+      // Clamped so that bad options reach the fatal report below.
+      transfer_slots_(std::make_unique<Batch[]>(
+          kNumClasses *
+          static_cast<size_t>(
+              std::clamp(options.transfer_batches, 0, kMaxTransferBatches)))) {
   static_assert(sizeof(PageHeader) <= FirstBlockOffset(0),
                 "the page header must fit the first block slot");
   if (absl::Status s = options_.Validate(); !s.ok()) {
     ReportFatalError({ErrorKind::kInvalidArgument, "PoolManager::PoolManager",
                       std::string(s.message()), 0, 0, s});
   }
+  const size_t min_cache = 2 * static_cast<size_t>(options_.batch);
   for (int cls = 0; cls < kNumClasses; ++cls) {
     blocks_per_page_[cls] =
         (options_.page_size - FirstBlockOffset(cls)) / ClassSize(cls);
+    cache_limits_[cls] = static_cast<uint32_t>(std::clamp(
+        options_.cache_bytes / ClassSize(cls), min_cache, kMaxCacheBlocks));
+    // Set before any thread sees the pool; only the slots are guarded.
+    classes_[cls].transfer = transfer_slots_.get() +
+                             static_cast<size_t>(cls) *
+                                 static_cast<size_t>(options_.transfer_batches);
   }
 }
 
@@ -119,6 +150,9 @@ PoolManager::~PoolManager() {
                               "every ThreadCache before its pool"),
                  0, 0, absl::OkStatus()});
   }
+  // Blocks parked in transfer caches are free, not out: back to the pages
+  // first, so that only blocks really out are reported.
+  DrainTransferCaches();
   size_t out = 0;
   for (int cls = 0; cls < kNumClasses; ++cls) {
     ClassState& c = classes_[cls];
@@ -268,10 +302,26 @@ uint32_t PoolManager::Refill(int cls, uint32_t want, FreeBlock** head) {
   ClassState& c = classes_[cls];
   uint32_t lost = 0;
   uint32_t got = 0;
+  Batch batch{nullptr, nullptr, 0};
   {
     MutexLock lock(&c.mu);
-    got = TakeLocked(c, cls, want, head, &lost);
-    if (got != 0) ++c.refills;
+    if (c.transfer_size != 0) {
+      batch = c.transfer[--c.transfer_size];
+      c.transfer_blocks -= batch.count;
+      ++c.refills;
+      ++c.transfer_refills;
+    } else {
+      got = TakeLocked(c, cls, want, head, &lost);
+      if (got != 0) ++c.refills;
+    }
+  }
+  if (batch.count != 0) {
+    // Spliced outside the mutex: the batch is ours alone now, and its tail
+    // may be a cache miss. From AllocateSlow the list is empty and the
+    // tail's link already null.
+    if (*head != nullptr) StoreNext(batch.tail, *head);
+    *head = batch.head;
+    return batch.count;
   }
   if (got == 0) {
     // No page of the class has a free block. Add one outside the class's
@@ -322,32 +372,147 @@ PoolManager::Misuse PoolManager::CheckLocked(const ClassState& c, int cls,
   return Misuse::kNone;
 }
 
-void PoolManager::Return(int cls, FreeBlock* head) {
+bool PoolManager::TallyPassesLocked(const ClassState& c, int cls,
+                                    const PageTally* tally, int n) const {
+  for (int i = 0; i < n; ++i) {
+    const PageTally& t = tally[i];
+    // CheckLocked's tests, once per page: membership first (never read a
+    // header of memory we do not own), then the header, the highest block
+    // index against the carved part, and the blocks against those the page
+    // has out: returned one by one, a block past that count would find its
+    // page all free (a double free).
+    if (!c.pages.contains(t.base)) return false;
+    const auto* page = reinterpret_cast<const PageHeader*>(t.base);
+    if (page->magic != kPageMagic || page->owner != this || page->cls != cls ||
+        t.max_index >= page->carved ||
+        t.blocks > blocks_per_page_[cls] - page->free_count) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void PoolManager::ReturnBatch(int cls, uint32_t n, FreeBlock** list) {
   ClassState& c = classes_[cls];
+  // Walk the batch to find the cut (its blocks were just freed: hot in this
+  // thread's cache) and tally its pages, so that the checks under the mutex
+  // cost one lookup per page instead of one per block. The offset tests need
+  // no memory but the block's address; a block failing them (or a batch on
+  // more than kMaxTallyPages pages) sends the batch to Return's path.
+  const uintptr_t first = FirstBlockOffset(cls);
+  const int shift = cls + 3;  // log2(ClassSize(cls)).
+  const uintptr_t per_page = blocks_per_page_[cls];
+  PageTally tally[kMaxTallyPages];
+  int pages = 0;
+  int at = 0;  // The tally entry of the previous block's page.
+  bool checkable = true;
+  FreeBlock* const head = *list;
+  FreeBlock* tail = head;
+  for (uint32_t i = 1;; ++i) {
+    if (checkable) {
+      const uintptr_t address = reinterpret_cast<uintptr_t>(tail);
+      const uintptr_t base = address & page_mask_;
+      // Below the first block this wraps to a huge offset and fails too.
+      const uintptr_t offset = address - base - first;
+      if ((offset & (ClassSize(cls) - 1)) != 0 ||
+          (offset >> shift) >= per_page) {
+        checkable = false;
+      } else {
+        if (pages == 0 || tally[at].base != base) {
+          at = 0;
+          while (at < pages && tally[at].base != base) ++at;
+          if (at == pages) {
+            if (pages == kMaxTallyPages) {
+              checkable = false;
+            } else {
+              tally[pages++] = {base, 0, 0};
+            }
+          }
+        }
+        if (checkable) {
+          const auto index = static_cast<uint32_t>(offset >> shift);
+          ++tally[at].blocks;
+          tally[at].max_index = std::max(tally[at].max_index, index);
+        }
+      }
+    }
+    if (i == n) break;
+    tail = LoadNext(tail);
+  }
+  *list = LoadNext(tail);
+  StoreNext(tail, nullptr);
+
   // Reported after the class's mutex is dropped: the handler may do anything.
-  absl::InlinedVector<BadFree, 4> bad;
+  BadFrees bad;
   {
     MutexLock lock(&c.mu);
     ++c.flushes;
-    while (head != nullptr) {
-      FreeBlock* block = head;
-      head = LoadNext(block);
-      const uintptr_t address = reinterpret_cast<uintptr_t>(block);
-      if (const Misuse misuse = CheckLocked(c, cls, address);
-          misuse != Misuse::kNone) {
-        ++c.dropped_frees;
-        bad.push_back({block, cls, misuse});
-        continue;
-      }
-      auto* page = reinterpret_cast<PageHeader*>(address & page_mask_);
-      StoreNext(block, page->free_list);
-      page->free_list = block;
-      ++page->free_count;
-      ++c.free_blocks;
-      RelinkLocked(c, page);
+    if (c.transfer_size == static_cast<uint32_t>(options_.transfer_batches)) {
+      ++c.transfer_overflows;
+    } else if (checkable && TallyPassesLocked(c, cls, tally, pages)) {
+      c.transfer[c.transfer_size++] = Batch{head, tail, n};
+      c.transfer_blocks += n;
+      ++c.transfer_flushes;
+      return;
     }
+    ReturnLocked(c, cls, head, &bad);
   }
   for (const BadFree& b : bad) ReportBadFree(b);
+}
+
+void PoolManager::ReturnLocked(ClassState& c, int cls, FreeBlock* head,
+                               BadFrees* bad) {
+  while (head != nullptr) {
+    FreeBlock* block = head;
+    head = LoadNext(block);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(block);
+    if (const Misuse misuse = CheckLocked(c, cls, address);
+        misuse != Misuse::kNone) {
+      ++c.dropped_frees;
+      bad->push_back({block, cls, misuse});
+      continue;
+    }
+    auto* page = reinterpret_cast<PageHeader*>(address & page_mask_);
+    StoreNext(block, page->free_list);
+    page->free_list = block;
+    ++page->free_count;
+    ++c.free_blocks;
+    RelinkLocked(c, page);
+  }
+}
+
+void PoolManager::Return(int cls, FreeBlock* head) {
+  ClassState& c = classes_[cls];
+  // Reported after the class's mutex is dropped: the handler may do anything.
+  BadFrees bad;
+  {
+    MutexLock lock(&c.mu);
+    ++c.flushes;
+    ReturnLocked(c, cls, head, &bad);
+  }
+  for (const BadFree& b : bad) ReportBadFree(b);
+}
+
+void PoolManager::DrainLocked(ClassState& c, int cls, BadFrees* bad) {
+  // Checked again block by block: a block freed twice into two batches
+  // passes the per-page tally but not its page's count here.
+  for (uint32_t i = 0; i < c.transfer_size; ++i) {
+    ReturnLocked(c, cls, c.transfer[i].head, bad);
+  }
+  c.transfer_size = 0;
+  c.transfer_blocks = 0;
+}
+
+void PoolManager::DrainTransferCaches() {
+  for (int cls = 0; cls < kNumClasses; ++cls) {
+    ClassState& c = classes_[cls];
+    BadFrees bad;
+    {
+      MutexLock lock(&c.mu);
+      DrainLocked(c, cls, &bad);
+    }
+    for (const BadFree& b : bad) ReportBadFree(b);
+  }
 }
 
 void PoolManager::ReportBadFree(const BadFree& bad) const {
@@ -411,22 +576,27 @@ size_t PoolManager::ReleaseEmptyPages(size_t keep_per_class) {
   for (int cls = 0; cls < kNumClasses; ++cls) {
     ClassState& c = classes_[cls];
     PageHeader* doomed = nullptr;  // Linked through `next`, ours alone.
+    BadFrees bad;
     {
       MutexLock lock(&c.mu);
-      if (c.empty_pages <= keep_per_class) continue;
-      MutexLock pages_lock(&pages_mu_);
-      while (c.empty_pages > keep_per_class) {
-        PageHeader* page = c.empty;
-        UnlinkLocked(c, page);
-        const uintptr_t base = reinterpret_cast<uintptr_t>(page);
-        c.pages.erase(base);
-        page_set_.erase(base);
-        c.free_blocks -= page->free_count;
-        ++c.pages_released;
-        page->next = doomed;
-        doomed = page;
+      // Pages whose blocks sit in the transfer cache are empty in truth.
+      DrainLocked(c, cls, &bad);
+      if (c.empty_pages > keep_per_class) {
+        MutexLock pages_lock(&pages_mu_);
+        while (c.empty_pages > keep_per_class) {
+          PageHeader* page = c.empty;
+          UnlinkLocked(c, page);
+          const uintptr_t base = reinterpret_cast<uintptr_t>(page);
+          c.pages.erase(base);
+          page_set_.erase(base);
+          c.free_blocks -= page->free_count;
+          ++c.pages_released;
+          page->next = doomed;
+          doomed = page;
+        }
       }
     }
+    for (const BadFree& b : bad) ReportBadFree(b);
     while (doomed != nullptr) {
       PageHeader* page = doomed;
       doomed = page->next;
@@ -455,10 +625,15 @@ PoolStats PoolManager::stats() const {
     out.empty_pages = c.empty_pages;
     out.blocks_total = out.pages * out.blocks_per_page;
     out.blocks_free_in_pages = c.free_blocks;
-    out.blocks_out = out.blocks_total - out.blocks_free_in_pages;
+    out.blocks_in_transfer = c.transfer_blocks;
+    out.blocks_out =
+        out.blocks_total - out.blocks_free_in_pages - out.blocks_in_transfer;
     s.pages += out.pages;
     s.refills += c.refills;
     s.flushes += c.flushes;
+    s.transfer_refills += c.transfer_refills;
+    s.transfer_flushes += c.transfer_flushes;
+    s.transfer_overflows += c.transfer_overflows;
     s.pages_acquired += c.pages_acquired;
     s.pages_released += c.pages_released;
     s.failed_page_acquisitions += c.failed_page_acquisitions;
@@ -469,9 +644,10 @@ PoolStats PoolManager::stats() const {
 }
 
 PoolManager::ThreadCache::ThreadCache(PoolManager* pool)
-    : limit_(static_cast<uint32_t>(pool->options().cache_limit)),
-      batch_(static_cast<uint32_t>(pool->options().batch)),
-      pool_(pool) {
+    : batch_(static_cast<uint32_t>(pool->options().batch)), pool_(pool) {
+  for (int cls = 0; cls < kNumClasses; ++cls) {
+    lists_[cls].limit = pool_->CacheLimit(cls);
+  }
   pool_->attached_caches_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -490,14 +666,10 @@ void* PoolManager::ThreadCache::AllocateSlow(int cls) {
 
 void PoolManager::ThreadCache::FlushBatch(int cls) {
   List& list = lists_[cls];
-  // The newest `batch_` blocks go; count > limit_ >= batch_ guarantees them.
-  FreeBlock* head = list.head;
-  FreeBlock* tail = head;
-  for (uint32_t i = 1; i < batch_; ++i) tail = LoadNext(tail);
-  list.head = LoadNext(tail);
-  StoreNext(tail, nullptr);
+  // The newest `batch_` blocks go; count > limit >= 2 * batch_ guarantees
+  // them.
+  pool_->ReturnBatch(cls, batch_, &list.head);
   list.count -= batch_;
-  pool_->Return(cls, head);
 }
 
 void PoolManager::ThreadCache::Flush() {

@@ -6,25 +6,34 @@
 // 8 B to 4 KiB, each block aligned to its class size, carved from pages
 // (64 KiB by default) drawn from a ChunkCache. Every thread allocates and
 // frees through its own ThreadCache: a hit is an inline pop or push of an
-// intrusive list; a miss moves a batch of blocks between the cache and the
-// pages under the class's mutex (tcmalloc's design without the transfer
-// cache). A block freed by another thread than the one that allocated it
-// goes into the freeing thread's cache. Not for: frame temporaries
-// (FrameArena is cheaper and drops them at once), blocks above 4 KiB or
-// aligned beyond 4 KiB (ClassFor answers -1), or memory that must go back to
-// the system promptly (empty pages stay until ReleaseEmptyPages()).
+// intrusive list. A miss moves one batch of blocks between the cache and the
+// class's global state under the class's mutex, tcmalloc's way: each class
+// keeps a transfer cache, a bounded stack of whole batches (already-linked
+// lists), so that a flush pushes a batch and a refill pops one in O(1)
+// without touching a page. Only when the transfer cache is empty (refill) or
+// full (flush) do blocks go to or come from their pages one by one. A block
+// freed by another thread than the one that allocated it goes into the
+// freeing thread's cache. Not for: frame temporaries (FrameArena is cheaper
+// and drops them at once), blocks above 4 KiB or aligned beyond 4 KiB
+// (ClassFor answers -1), or memory that must go back to the system promptly
+// (empty pages stay until ReleaseEmptyPages()).
 //
 // Thread safety: PoolManager is thread-safe. A ThreadCache is not: one
 // thread (its owner) uses it at a time.
 // Out of memory: ThreadCache::Allocate returns nullptr when the ChunkCache
 // cannot supply a page; nothing here reports or aborts (the caller decides).
 // Misuse: a free of a pointer this pool never gave out, with the wrong size
-// class, or into a page whose blocks are all free already (a double free) is
-// detected when the block reaches its page (at a flush), reported through
-// ReportError (alloc/error.h), and the pointer is dropped. A page's free list
-// cut by a write after free is never followed out of the page; the blocks it
-// hid are reported and given up. Under ASan a block is poisoned while it sits
-// in any free list, so a use after free is an ASan report at once.
+// class, or of more blocks of a page than the page has out (a double free)
+// is detected when the block leaves its ThreadCache: a batch enters the
+// transfer cache only after each page it touches passes the checks a return
+// to the page would make (one lookup per page, not per block); a batch that
+// fails, and every block of ThreadCache::Flush(), goes back block by block
+// to the pages, where the bad blocks are reported through ReportError
+// (alloc/error.h) and dropped. A page's free list cut by a write after free
+// is never followed out of the page; the blocks it hid are reported and
+// given up. Under ASan a block is poisoned while it sits in any free list
+// (thread cache, transfer cache or page), so a use after free is an ASan
+// report at once.
 //
 // Example:
 //   framealloc::ChunkCache cache(&framealloc::SystemMemorySource::Default());
@@ -48,6 +57,7 @@
 #include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "alloc/chunk_cache.h"
@@ -64,12 +74,26 @@ struct PoolOptions {
   // masking the block's address. The first block slot of each page (64 B, or
   // one block when the class is larger) holds the header.
   size_t page_size = size_t{64} << 10;
-  // Blocks a ThreadCache moves per trip to the pages: a refill when its list
-  // of a class is empty, a flush when the list grows past cache_limit.
+  // Blocks moved per trip between a ThreadCache and its pool: a refill when
+  // the cache's list of a class is empty, a flush when the list grows past
+  // the class's cache limit. Each batch in a transfer cache holds this many.
   int batch = 32;
-  // Blocks of one class a ThreadCache holds before it flushes `batch` of them
-  // back to their pages.
-  int cache_limit = 128;
+  // Bytes of free blocks of each class a ThreadCache may hold before it
+  // flushes a batch: class c holds cache_bytes / ClassSize(c) blocks,
+  // clamped to [2 * batch, 65536] (PoolManager::CacheLimit). The default
+  // gives 8192 blocks of 8 B, 1024 of 64 B, 128 of 512 B and 2 * batch = 64
+  // of 1 KiB and up: small blocks, the common case, rarely leave their
+  // thread, and a thread parks at most 0.9 MiB over all classes (a fixed
+  // 128 blocks of every class, the limit before, allowed 1 MiB, most of it
+  // in the largest classes). The lower clamp keeps a batch's worth of blocks
+  // in the cache after a flush, so that alternating frees and allocations
+  // at the limit do not each make a trip. 0 gives every class that minimum.
+  size_t cache_bytes = size_t{64} << 10;
+  // Whole batches each class's transfer cache holds (its slots are allocated
+  // with the pool; nothing is allocated under the lock). A flush that finds
+  // it full returns its blocks to their pages. 0 turns the transfer cache
+  // off: every flush and refill goes to the pages.
+  int transfer_batches = 64;
 
   PoolOptions& set_page_size(size_t bytes) {
     page_size = bytes;
@@ -79,13 +103,18 @@ struct PoolOptions {
     batch = blocks;
     return *this;
   }
-  PoolOptions& set_cache_limit(int blocks) {
-    cache_limit = blocks;
+  PoolOptions& set_cache_bytes(size_t bytes) {
+    cache_bytes = bytes;
+    return *this;
+  }
+  PoolOptions& set_transfer_batches(int batches) {
+    transfer_batches = batches;
     return *this;
   }
 
   // InvalidArgument unless page_size is a power of two in [16 KiB, 4 MiB],
-  // batch is in [1, 1024] and cache_limit is in [batch, 65536].
+  // batch is in [1, 1024], cache_bytes is at most 256 MiB (where every class
+  // reaches 65536 blocks) and transfer_batches is in [0, 4096].
   absl::Status Validate() const;
 };
 
@@ -96,9 +125,14 @@ struct PoolClassStats {
   size_t pages = 0;
   size_t empty_pages = 0;   // Pages with every block free in the page.
   size_t blocks_total = 0;  // pages * blocks_per_page.
-  // Free blocks held by the pages themselves (not by thread caches).
+  // Free blocks held by the pages themselves (not by any cache).
   size_t blocks_free_in_pages = 0;
-  // Blocks in use or in some thread cache: blocks_total minus the above.
+  // Free blocks in the class's transfer cache: checked, linked in whole
+  // batches, waiting for a refill. Their pages count them as out (so such
+  // pages are never empty) until DrainTransferCaches() or
+  // ReleaseEmptyPages() returns them.
+  size_t blocks_in_transfer = 0;
+  // Blocks in use or in some thread cache: blocks_total minus the two above.
   size_t blocks_out = 0;
 };
 
@@ -137,18 +171,28 @@ class PoolManager {
   static absl::StatusOr<std::unique_ptr<PoolManager>> Create(
       ChunkCache* cache, PoolOptions options = {});
 
-  // Returns every page to the cache. Blocks still out (in use, or in a
-  // ThreadCache not flushed) and ThreadCaches still attached are each
-  // reported as a misuse; the pages go back all the same, so such blocks
-  // dangle. REQUIRES: every ThreadCache of this pool is destroyed first.
+  // Drains the transfer caches, then returns every page to the cache. Blocks
+  // still out (in use, or in a ThreadCache not flushed) and ThreadCaches
+  // still attached are each reported as a misuse; the pages go back all the
+  // same, so such blocks dangle. REQUIRES: every ThreadCache of this pool is
+  // destroyed first.
   ~PoolManager();
   PoolManager(const PoolManager&) = delete;
   PoolManager& operator=(const PoolManager&) = delete;
 
-  // Gives pages whose blocks are all free (back in the page, not in a thread
+  // Drains each class's transfer cache (as DrainTransferCaches()), then
+  // gives pages whose blocks are all free (back in the page, not in a thread
   // cache) to the ChunkCache, keeping `keep_per_class` such pages per class
   // for reuse. Never touches a page with a block out. Returns bytes released.
   size_t ReleaseEmptyPages(size_t keep_per_class = 0);
+
+  // Moves every block of every transfer cache back to its page, rechecking
+  // each (a misuse found here is reported like one found at a flush). Until
+  // the next flush, blocks_in_transfer is then 0 and empty_pages counts every
+  // page whose blocks are neither in use nor in a thread cache. The next
+  // refills take blocks from the pages one by one again, so this is for
+  // trimming and exact accounting, not for a hot path.
+  void DrainTransferCaches();
 
   // Whether `p` lies in one of this pool's pages (page headers included).
   // Reads no memory at `p`; takes a mutex.
@@ -157,6 +201,10 @@ class PoolManager {
   PoolStats stats() const;
   // Blocks of class `cls` each page holds. REQUIRES: 0 <= cls < kNumClasses.
   size_t BlocksPerPage(int cls) const { return blocks_per_page_[cls]; }
+  // Free blocks of class `cls` a ThreadCache holds before it flushes a
+  // batch: options().cache_bytes / ClassSize(cls), clamped to
+  // [2 * batch, 65536]. REQUIRES: 0 <= cls < kNumClasses.
+  uint32_t CacheLimit(int cls) const { return cache_limits_[cls]; }
   const PoolOptions& options() const { return options_; }
   ChunkCache* cache() const { return cache_; }
 
@@ -165,17 +213,33 @@ class PoolManager {
   struct FreeBlock {
     FreeBlock* next;
   };
+  // A null-terminated chain of `count` free blocks, linked and checked, as
+  // one slot of a transfer cache holds it.
+  struct Batch {
+    FreeBlock* head;
+    FreeBlock* tail;
+    uint32_t count;
+  };
   struct PageHeader;
+  struct PageTally;
   enum class PageList : uint8_t;
   enum class Misuse : uint8_t;
   struct BadFree;
+  using BadFrees = absl::InlinedVector<BadFree, 4>;
 
-  // The pages of one class. Pages with some blocks free are on `partial`,
-  // pages with all blocks free on `empty`, full pages on neither; `pages`
-  // holds every page (the membership test of a flush). Aligned so two
-  // classes' mutexes never share a cache line.
+  // The global state of one class: its transfer cache and its pages. Pages
+  // with some blocks free are on `partial`, pages with all blocks free on
+  // `empty`, full pages on neither; `pages` holds every page (the membership
+  // test of a flush). A block in the transfer cache counts as out for its
+  // page. Aligned so two classes' mutexes never share a cache line.
   struct alignas(64) ClassState {
     mutable alloc_internal::Mutex mu;
+    // The transfer cache, a stack of batches: transfer[0, transfer_size) of
+    // this class's options_.transfer_batches slots in transfer_slots_. The
+    // most recently flushed batch, the warmest, is the next refill.
+    Batch* transfer ABSL_PT_GUARDED_BY(mu) = nullptr;
+    uint32_t transfer_size ABSL_GUARDED_BY(mu) = 0;
+    size_t transfer_blocks ABSL_GUARDED_BY(mu) = 0;
     PageHeader* partial ABSL_GUARDED_BY(mu) = nullptr;
     PageHeader* empty ABSL_GUARDED_BY(mu) = nullptr;
     absl::flat_hash_set<uintptr_t> pages ABSL_GUARDED_BY(mu);
@@ -183,6 +247,9 @@ class PoolManager {
     size_t free_blocks ABSL_GUARDED_BY(mu) = 0;  // In the pages.
     uint64_t refills ABSL_GUARDED_BY(mu) = 0;
     uint64_t flushes ABSL_GUARDED_BY(mu) = 0;
+    uint64_t transfer_refills ABSL_GUARDED_BY(mu) = 0;
+    uint64_t transfer_flushes ABSL_GUARDED_BY(mu) = 0;
+    uint64_t transfer_overflows ABSL_GUARDED_BY(mu) = 0;
     uint64_t pages_acquired ABSL_GUARDED_BY(mu) = 0;
     uint64_t pages_released ABSL_GUARDED_BY(mu) = 0;
     uint64_t failed_page_acquisitions ABSL_GUARDED_BY(mu) = 0;
@@ -209,13 +276,32 @@ class PoolManager {
     return ClassSize(cls) > 64 ? ClassSize(cls) : 64;
   }
 
-  // Moves up to `want` free blocks of class `cls` from the pages to the
-  // front of the list at `*head`, adding a page when no page has a free
+  // Moves free blocks of class `cls` to the front of the list at `*head`:
+  // the top batch of the transfer cache when there is one (O(1)), else up to
+  // `want` blocks from the pages, adding a page when no page has a free
   // block. Returns how many; 0 only when no page could be added.
   uint32_t Refill(int cls, uint32_t want, FreeBlock** head);
+  // Detaches the first `n` blocks of the list at `*list` (blocks freed as
+  // class `cls`) and takes them: as one batch onto the transfer cache when
+  // it has room and every page the batch touches passes the checks Return()
+  // would make block by block, otherwise block by block into their pages
+  // (Return's path, which reports the bad ones).
+  // REQUIRES: the list holds at least n >= 1 blocks.
+  void ReturnBatch(int cls, uint32_t n, FreeBlock** list);
   // Takes the null-terminated chain at `head` (blocks freed as class `cls`)
   // back into their pages; reports and drops the ones that fail the checks.
   void Return(int cls, FreeBlock* head);
+  // Return's work under the class's mutex; misuses go to `*bad`, to be
+  // reported once the mutex is dropped.
+  void ReturnLocked(ClassState& c, int cls, FreeBlock* head, BadFrees* bad)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
+  // Moves every batch of the class's transfer cache back to its pages.
+  void DrainLocked(ClassState& c, int cls, BadFrees* bad)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
+  // Whether the blocks a batch holds in each of `n` pages (tallied by
+  // ReturnBatch) would all pass CheckLocked, in order, were they returned.
+  bool TallyPassesLocked(const ClassState& c, int cls, const PageTally* tally,
+                         int n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
 
   // Moves up to `want` blocks from the class's pages to `*head`, partly
   // used pages first. Adds to `*lost` the blocks a page's count promised
@@ -242,9 +328,13 @@ class PoolManager {
   const PoolOptions options_;
   const uintptr_t page_mask_;  // ~(page_size - 1).
   std::array<size_t, kNumClasses> blocks_per_page_;
+  std::array<uint32_t, kNumClasses> cache_limits_;
   // On the heap, so that each class's alignment holds wherever the pool
   // itself lives (ASan's fake stack does not honour alignas(64) locals).
   const std::unique_ptr<ClassState[]> classes_;
+  // The transfer caches' slots, options_.transfer_batches per class,
+  // allocated once here so that a flush never allocates under a mutex.
+  const std::unique_ptr<Batch[]> transfer_slots_;
 
   // Every page of every class, for Owns() and for telling a wrong-class free
   // from a foreign pointer. A leaf lock: taken after a class's mutex, never
@@ -263,8 +353,18 @@ struct PoolStats {
   std::array<PoolClassStats, PoolManager::kNumClasses> classes;
   size_t pages = 0;       // Over all classes.
   size_t page_bytes = 0;  // Bytes of those pages.
-  uint64_t refills = 0;   // Batches moved from pages to thread caches.
-  uint64_t flushes = 0;   // Batches moved from thread caches to pages.
+  // Batches moved into thread caches, from a transfer cache or the pages.
+  uint64_t refills = 0;
+  // Trips from thread caches (a batch past the cache limit, or a whole
+  // Flush()), into a transfer cache or the pages.
+  uint64_t flushes = 0;
+  // Refills served whole by a transfer cache: no page touched.
+  uint64_t transfer_refills = 0;
+  // Flushes taken whole by a transfer cache.
+  uint64_t transfer_flushes = 0;
+  // Flushes that found their transfer cache full and went to the pages; many
+  // of them call for a larger PoolOptions::transfer_batches.
+  uint64_t transfer_overflows = 0;
   uint64_t pages_acquired = 0;
   uint64_t pages_released = 0;
   // Refills that needed a page the cache could not supply.
@@ -273,9 +373,9 @@ struct PoolStats {
   uint64_t dropped_frees = 0;
 };
 
-// A thread's cache of free blocks, one intrusive list per size class.
-// Allocate and Free are inline pushes and pops; the pool is visited once per
-// `batch` blocks, out of line.
+// A thread's cache of free blocks, one intrusive list per size class, each
+// holding at most the pool's CacheLimit(cls). Allocate and Free are inline
+// pops and pushes; the pool is visited once per `batch` blocks, out of line.
 //
 // Thread safety: none; one thread at a time (the owner). Blocks may cross
 // threads: a block allocated through one cache may be freed through another
@@ -313,8 +413,9 @@ class PoolManager::ThreadCache {
   }
 
   // Takes back a block of class `cls`, allocated through any cache of this
-  // pool. When the class's list exceeds cache_limit, `batch` blocks go back
-  // to their pages (out of line); a misuse is detected there.
+  // pool. When the class's list exceeds its limit, the `batch` most recently
+  // freed blocks go to the pool (out of line): to the transfer cache, or to
+  // their pages; a misuse among them is detected there.
   // REQUIRES: p came from Allocate(cls) on a cache of this pool and is not
   // freed yet; p != nullptr.
   ABSL_ATTRIBUTE_ALWAYS_INLINE void Free(void* p, int cls) {
@@ -323,11 +424,13 @@ class PoolManager::ThreadCache {
     block->next = list.head;
     list.head = block;
     FRAMEALLOC_POISON(p, ClassSize(cls));
-    if (ABSL_PREDICT_FALSE(++list.count > limit_)) FlushBatch(cls);
+    if (ABSL_PREDICT_FALSE(++list.count > list.limit)) FlushBatch(cls);
   }
 
-  // Returns every cached block to its page. Call when the owning thread is
-  // done with the pool (thread exit); the destructor calls it.
+  // Returns every cached block to its page, block by block with every check
+  // (not to the transfer cache: a thread that leaves should leave its pages
+  // releasable). Call when the owning thread is done with the pool (thread
+  // exit); the destructor calls it.
   void Flush();
 
   // Blocks of class `cls` in this cache now.
@@ -338,16 +441,16 @@ class PoolManager::ThreadCache {
   struct List {
     FreeBlock* head = nullptr;
     uint32_t count = 0;
+    uint32_t limit = 0;  // The pool's CacheLimit(cls), next to the count.
   };
 
   // Refills the empty list of `cls` with a batch and pops a block.
   ABSL_ATTRIBUTE_NOINLINE void* AllocateSlow(int cls);
-  // Returns `batch` blocks of the list of `cls` to their pages.
+  // Hands the `batch` newest blocks of the list of `cls` to the pool.
   ABSL_ATTRIBUTE_NOINLINE void FlushBatch(int cls);
 
-  // Hot fields first: the fast paths touch one List and limit_.
+  // Hot fields first: the fast paths touch one List (16 bytes) only.
   List lists_[kNumClasses];
-  const uint32_t limit_;
   const uint32_t batch_;
   PoolManager* const pool_;
 };

@@ -1,8 +1,10 @@
 // Tests of PoolManager and its ThreadCache: the class mapping and block
-// alignment, batching between caches and pages, frees across threads (over
-// several thread counts) with no block lost or handed out twice, page
-// release, source exhaustion, misuse reports, and a counting source proving
-// that steady use acquires no pages.
+// alignment, per-class cache limits, batching between caches, the transfer
+// caches and pages, frees across threads (over several thread counts) with
+// no block lost or handed out twice and stats that balance, page release
+// (transfer caches drained first), source exhaustion, misuse reports (at a
+// Flush and at a batch flush), and a counting source proving that steady use
+// acquires no pages.
 #include "alloc/pool_manager.h"
 
 #include <algorithm>
@@ -137,11 +139,13 @@ TEST_F(PoolManagerTest, StatsDescribeEachClassExactly) {
   EXPECT_EQ(c.empty_pages, 0u);
   EXPECT_EQ(c.blocks_total, 255u);
   EXPECT_EQ(c.blocks_free_in_pages, 255u - 32u);
+  EXPECT_EQ(c.blocks_in_transfer, 0u);
   EXPECT_EQ(c.blocks_out, 32u);
   EXPECT_EQ(stats.pages, 1u);
   EXPECT_EQ(stats.page_bytes, k64K);
   EXPECT_EQ(stats.refills, 1u);
   EXPECT_EQ(stats.flushes, 0u);
+  EXPECT_EQ(stats.transfer_refills, 0u);  // Nothing was there to take.
   EXPECT_EQ(stats.pages_acquired, 1u);
   EXPECT_EQ(stats.pages_released, 0u);
   EXPECT_EQ(tc.cached_blocks(5), 31u);
@@ -151,6 +155,39 @@ TEST_F(PoolManagerTest, StatsDescribeEachClassExactly) {
   EXPECT_EQ(stats.classes[5].blocks_out, 0u);
   EXPECT_EQ(stats.classes[5].empty_pages, 1u);
   EXPECT_EQ(stats.flushes, 1u);
+  EXPECT_EQ(stats.transfer_flushes, 0u);  // Flush() goes to the pages.
+}
+
+TEST_F(PoolManagerTest, CacheLimitScalesWithTheClassSize) {
+  // Default: 64 KiB per class, clamped to [2 * 32, 65536] blocks.
+  EXPECT_EQ(pool().CacheLimit(0), 8192u);
+  EXPECT_EQ(pool().CacheLimit(3), 1024u);
+  EXPECT_EQ(pool().CacheLimit(6), 128u);
+  EXPECT_EQ(pool().CacheLimit(7), 64u);
+  EXPECT_EQ(pool().CacheLimit(9), 64u);  // 16 by bytes; the floor wins.
+  UseOptions(PoolOptions().set_batch(16).set_cache_bytes(0));
+  for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
+    EXPECT_EQ(pool().CacheLimit(cls), 32u);
+  }
+  UseOptions(PoolOptions().set_cache_bytes(size_t{256} << 20));
+  for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
+    EXPECT_EQ(pool().CacheLimit(cls), 65536u);
+  }
+  // A ThreadCache holds exactly its class's limit before it flushes.
+  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(1024));
+  EXPECT_EQ(pool().CacheLimit(2), 32u);  // 1 KiB of 32 B blocks.
+  EXPECT_EQ(pool().CacheLimit(9), 8u);   // The floor, 2 * batch.
+  ThreadCache tc(&pool());
+  std::vector<void*> blocks;
+  for (int i = 0; i < 33; ++i) blocks.push_back(tc.Allocate(2));
+  EXPECT_EQ(tc.cached_blocks(2), 3u);  // 9 batches of 4.
+  for (int i = 0; i < 29; ++i) tc.Free(blocks[i], 2);
+  EXPECT_EQ(tc.cached_blocks(2), 32u);  // At the limit: nothing moves.
+  EXPECT_EQ(pool().stats().flushes, 0u);
+  tc.Free(blocks[29], 2);
+  EXPECT_EQ(pool().stats().flushes, 1u);
+  EXPECT_EQ(tc.cached_blocks(2), 29u);
+  for (int i = 30; i < 33; ++i) tc.Free(blocks[i], 2);
 }
 
 TEST_F(PoolManagerTest, CacheReusesTheLastFreedBlockFirst) {
@@ -184,9 +221,10 @@ TEST_F(PoolManagerTest, RefillsInBatches) {
 }
 
 TEST_F(PoolManagerTest, FlushesABatchWhenTheCacheExceedsItsLimit) {
-  UseOptions(PoolOptions().set_batch(4).set_cache_limit(8));
+  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(8 * 64));
   ThreadCache tc(&pool());
   const size_t per_page = pool().BlocksPerPage(3);
+  ASSERT_EQ(pool().CacheLimit(3), 8u);
   std::vector<void*> blocks;
   for (int i = 0; i < 12; ++i) blocks.push_back(tc.Allocate(3));
   EXPECT_EQ(pool().stats().refills, 3u);
@@ -194,16 +232,102 @@ TEST_F(PoolManagerTest, FlushesABatchWhenTheCacheExceedsItsLimit) {
   for (int i = 0; i < 8; ++i) tc.Free(blocks[i], 3);
   EXPECT_EQ(tc.cached_blocks(3), 8u);  // At the limit: nothing moves yet.
   EXPECT_EQ(pool().stats().flushes, 0u);
-  tc.Free(blocks[8], 3);  // Past the limit: `batch` blocks go back.
+  // Past the limit: `batch` blocks go to the pool as one batch, into the
+  // transfer cache; their pages do not see them yet.
+  tc.Free(blocks[8], 3);
   EXPECT_EQ(tc.cached_blocks(3), 5u);
-  EXPECT_EQ(pool().stats().flushes, 1u);
-  EXPECT_EQ(pool().stats().classes[3].blocks_free_in_pages, per_page - 12 + 4);
+  PoolStats stats = pool().stats();
+  EXPECT_EQ(stats.flushes, 1u);
+  EXPECT_EQ(stats.transfer_flushes, 1u);
+  EXPECT_EQ(stats.classes[3].blocks_in_transfer, 4u);
+  EXPECT_EQ(stats.classes[3].blocks_free_in_pages, per_page - 12);
+  EXPECT_EQ(stats.classes[3].blocks_out, 8u);
   for (int i = 9; i < 12; ++i) tc.Free(blocks[i], 3);
   EXPECT_EQ(tc.cached_blocks(3), 8u);
-  tc.Flush();
+  tc.Flush();  // Straight to the pages.
   EXPECT_EQ(tc.cached_blocks(3), 0u);
-  EXPECT_EQ(pool().stats().flushes, 2u);
-  EXPECT_EQ(pool().stats().classes[3].blocks_free_in_pages, per_page);
+  stats = pool().stats();
+  EXPECT_EQ(stats.flushes, 2u);
+  EXPECT_EQ(stats.transfer_flushes, 1u);
+  EXPECT_EQ(stats.classes[3].blocks_free_in_pages, per_page - 4);
+  EXPECT_EQ(stats.classes[3].blocks_in_transfer, 4u);
+  EXPECT_EQ(stats.classes[3].blocks_out, 0u);
+  pool().DrainTransferCaches();
+  stats = pool().stats();
+  EXPECT_EQ(stats.classes[3].blocks_free_in_pages, per_page);
+  EXPECT_EQ(stats.classes[3].blocks_in_transfer, 0u);
+  EXPECT_EQ(stats.classes[3].empty_pages, 1u);
+}
+
+// tcmalloc's transfer cache: a batch flushed by one cache is the next
+// refill of another, handed over whole; no page is read or written.
+TEST_F(PoolManagerTest, FlushThenRefillElsewhereHandsOverTheSameBatch) {
+  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(0));  // Limit 8.
+  ThreadCache producer(&pool());
+  ThreadCache consumer(&pool());
+  std::vector<void*> blocks;
+  for (int i = 0; i < 12; ++i) blocks.push_back(producer.Allocate(3));
+  ASSERT_EQ(producer.cached_blocks(3), 0u);
+  const PoolClassStats before = pool().stats().classes[3];
+  // The 9th free flushes the newest four: blocks 8, 7, 6 and 5.
+  for (int i = 0; i < 9; ++i) producer.Free(blocks[i], 3);
+  EXPECT_EQ(producer.cached_blocks(3), 5u);
+  PoolStats stats = pool().stats();
+  EXPECT_EQ(stats.classes[3].blocks_in_transfer, 4u);
+  EXPECT_EQ(stats.classes[3].blocks_free_in_pages, before.blocks_free_in_pages);
+  EXPECT_EQ(stats.transfer_flushes, 1u);
+  const uint64_t refills = stats.refills;
+
+  // The newest block comes first, as from the producer's own list.
+  for (int i = 8; i >= 5; --i) EXPECT_EQ(consumer.Allocate(3), blocks[i]);
+  EXPECT_EQ(consumer.cached_blocks(3), 0u);
+  stats = pool().stats();
+  EXPECT_EQ(stats.refills, refills + 1);
+  EXPECT_EQ(stats.transfer_refills, 1u);
+  EXPECT_EQ(stats.classes[3].blocks_in_transfer, 0u);
+  EXPECT_EQ(stats.classes[3].blocks_free_in_pages, before.blocks_free_in_pages);
+  EXPECT_EQ(stats.classes[3].pages, before.pages);
+  EXPECT_EQ(stats.classes[3].blocks_out, before.blocks_out);
+  for (int i = 5; i < 9; ++i) consumer.Free(blocks[i], 3);
+  for (int i = 9; i < 12; ++i) producer.Free(blocks[i], 3);
+}
+
+TEST_F(PoolManagerTest, TransferCacheOverflowFallsBackToThePages) {
+  const PoolOptions options =
+      PoolOptions().set_batch(4).set_cache_bytes(0);  // Limit 8.
+  UseOptions(PoolOptions(options).set_transfer_batches(2));
+  {
+    ThreadCache tc(&pool());
+    std::vector<void*> blocks;
+    for (int i = 0; i < 20; ++i) blocks.push_back(tc.Allocate(3));
+    const size_t free_in_pages = pool().stats().classes[3].blocks_free_in_pages;
+    // Flushes at the 9th, 13th and 17th frees: two batches fill the
+    // transfer cache, the third finds it full and goes to its pages.
+    for (void* p : blocks) tc.Free(p, 3);
+    const PoolStats stats = pool().stats();
+    EXPECT_EQ(tc.cached_blocks(3), 8u);
+    EXPECT_EQ(stats.flushes, 3u);
+    EXPECT_EQ(stats.transfer_flushes, 2u);
+    EXPECT_EQ(stats.transfer_overflows, 1u);
+    EXPECT_EQ(stats.classes[3].blocks_in_transfer, 8u);
+    EXPECT_EQ(stats.classes[3].blocks_free_in_pages, free_in_pages + 4);
+    EXPECT_EQ(stats.classes[3].blocks_out, 8u);  // The thread cache's.
+  }
+
+  // With the transfer cache off, every flush goes to the pages.
+  UseOptions(PoolOptions(options).set_transfer_batches(0));
+  ThreadCache tc(&pool());
+  std::vector<void*> blocks;
+  for (int i = 0; i < 12; ++i) blocks.push_back(tc.Allocate(3));
+  const size_t free_in_pages = pool().stats().classes[3].blocks_free_in_pages;
+  for (void* p : blocks) tc.Free(p, 3);  // The 9th flushes.
+  const PoolStats stats = pool().stats();
+  EXPECT_EQ(stats.flushes, 1u);
+  EXPECT_EQ(stats.transfer_flushes, 0u);
+  EXPECT_EQ(stats.transfer_overflows, 1u);
+  EXPECT_EQ(stats.classes[3].blocks_in_transfer, 0u);
+  EXPECT_EQ(stats.classes[3].blocks_free_in_pages, free_in_pages + 4);
+  EXPECT_EQ(stats.classes[3].blocks_out, 8u);
 }
 
 TEST_F(PoolManagerTest, FlushReturnsEveryCachedBlockOfEveryClass) {
@@ -255,7 +379,9 @@ TEST_F(PoolManagerTest, NoBlockIsHandedOutTwice) {
 // the set of live blocks (and usually as a clobbered tag).
 TEST_F(PoolManagerTest, CrossThreadFreesLoseNothingAndNeverDuplicate) {
   for (int threads : {2, 4, 8}) {
-    UseOptions(PoolOptions().set_batch(16).set_cache_limit(32));
+    // Small caches (32 blocks a class), so that blocks keep moving through
+    // the transfer caches and the pages.
+    UseOptions(PoolOptions().set_batch(16).set_cache_bytes(0));
     struct Item {
       void* block;
       int cls;
@@ -331,18 +457,108 @@ TEST_F(PoolManagerTest, CrossThreadFreesLoseNothingAndNeverDuplicate) {
     PoolStats stats = pool().stats();
     EXPECT_EQ(BlocksOut(), 0u) << threads << " threads";
     for (const PoolClassStats& c : stats.classes) {
-      EXPECT_EQ(c.blocks_free_in_pages, c.blocks_total);
-      EXPECT_EQ(c.empty_pages, c.pages);
+      EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer, c.blocks_total);
     }
     EXPECT_GT(stats.refills, 0u);
     EXPECT_GT(stats.flushes, 0u);
+    EXPECT_GT(stats.transfer_refills, 0u) << threads << " threads";
+    EXPECT_GT(stats.transfer_flushes, 0u) << threads << " threads";
     EXPECT_EQ(stats.dropped_frees, 0u);
     EXPECT_EQ(stats.pages_acquired - stats.pages_released, stats.pages);
+    pool().DrainTransferCaches();
+    for (const PoolClassStats& c : pool().stats().classes) {
+      EXPECT_EQ(c.blocks_in_transfer, 0u);
+      EXPECT_EQ(c.blocks_free_in_pages, c.blocks_total);
+      EXPECT_EQ(c.empty_pages, c.pages);
+    }
+  }
+}
+
+// Stats stay exact (total = free in pages + in transfer + out, and out is
+// what the program holds) while blocks cross threads, flush into full
+// transfer caches and are refilled from them.
+TEST_F(PoolManagerTest, StatsBalanceAcrossThreads) {
+  for (int threads : {2, 4, 8}) {
+    UseOptions(
+        PoolOptions().set_batch(8).set_cache_bytes(0).set_transfer_batches(4));
+    constexpr int kPerThread = 3000;
+    // Each thread keeps every third block live and hands it to the main
+    // thread; the rest it frees at once or after a while.
+    std::vector<std::vector<std::pair<void*, int>>> kept(threads);
+    std::atomic<int> nulls{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&, t] {
+        ThreadCache tc(&pool());
+        std::vector<std::pair<void*, int>> later;
+        for (int i = 0; i < kPerThread; ++i) {
+          const int cls = (i + t) % 4;
+          void* p = tc.Allocate(cls);
+          if (p == nullptr) {
+            nulls.fetch_add(1);
+            continue;
+          }
+          if (i % 3 == 0) {
+            kept[t].emplace_back(p, cls);
+          } else if (i % 3 == 1) {
+            tc.Free(p, cls);
+          } else {
+            later.emplace_back(p, cls);
+          }
+          if (later.size() == 100) {
+            for (auto [q, c] : later) tc.Free(q, c);
+            later.clear();
+          }
+        }
+        for (auto [q, c] : later) tc.Free(q, c);
+      });
+    }
+    for (auto& w : workers) w.join();
+    ASSERT_EQ(nulls.load(), 0);
+
+    size_t live[PoolManager::kNumClasses] = {};
+    for (const auto& v : kept) {
+      for (const auto& item : v) ++live[item.second];
+    }
+    PoolStats stats = pool().stats();
+    size_t pages = 0;
+    for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
+      const PoolClassStats& c = stats.classes[cls];
+      EXPECT_EQ(c.blocks_total, c.pages * c.blocks_per_page);
+      EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer + c.blocks_out,
+                c.blocks_total)
+          << threads << " threads, class " << cls;
+      // Every cache is gone (flushed): out is exactly what is live.
+      EXPECT_EQ(c.blocks_out, live[cls])
+          << threads << " threads, class " << cls;
+      EXPECT_LE(c.blocks_in_transfer, 4u * 8u);
+      pages += c.pages;
+    }
+    EXPECT_GT(stats.transfer_flushes, 0u);
+    EXPECT_GT(stats.transfer_refills, 0u);
+    EXPECT_EQ(stats.dropped_frees, 0u);
+
+    {
+      ThreadCache main_cache(&pool());
+      for (const auto& v : kept) {
+        for (auto [p, cls] : v) main_cache.Free(p, cls);
+      }
+    }
+    EXPECT_EQ(BlocksOut(), 0u);
+    EXPECT_EQ(pool().ReleaseEmptyPages(), pages * k64K) << threads;
+    stats = pool().stats();
+    EXPECT_EQ(stats.pages, 0u);
+    for (const PoolClassStats& c : stats.classes) {
+      EXPECT_EQ(c.blocks_in_transfer, 0u);
+      EXPECT_EQ(c.blocks_free_in_pages, 0u);
+    }
   }
 }
 
 TEST_F(PoolManagerTest, ReleaseEmptyPagesReturnsExactlyTheEmptyPages) {
   constexpr int kCls = 3;  // 64 B: 1023 blocks a page.
+  // A cache large enough to hold three pages' worth of blocks.
+  UseOptions(PoolOptions().set_cache_bytes(size_t{4} << 20));
   ThreadCache tc(&pool());
   const size_t per_page = pool().BlocksPerPage(kCls);
   std::map<uintptr_t, std::vector<void*>> by_page;
@@ -385,6 +601,59 @@ TEST_F(PoolManagerTest, ReleaseEmptyPagesReturnsExactlyTheEmptyPages) {
   EXPECT_EQ(pool().ReleaseEmptyPages(), k64K);
   EXPECT_EQ(pool().stats().pages, 0u);
   EXPECT_EQ(cache_.stats().in_use_blocks, 0u);
+}
+
+// Blocks parked in a transfer cache keep their pages from looking empty;
+// ReleaseEmptyPages drains them first and then releases every page.
+TEST_F(PoolManagerTest, ReleaseEmptyPagesDrainsTheTransferCacheFirst) {
+  constexpr int kCls = 3;
+  UseOptions(
+      PoolOptions().set_batch(4).set_cache_bytes(0).set_transfer_batches(1024));
+  ThreadCache tc(&pool());
+  const size_t n = 2 * pool().BlocksPerPage(kCls);
+  std::vector<void*> blocks;
+  for (size_t i = 0; i < n; ++i) blocks.push_back(tc.Allocate(kCls));
+  for (void* p : blocks) tc.Free(p, kCls);
+  tc.Flush();
+  PoolStats stats = pool().stats();
+  const PoolClassStats& c = stats.classes[kCls];
+  EXPECT_EQ(c.pages, 2u);
+  EXPECT_GE(c.blocks_in_transfer, n - 8);  // All but the cache's last few.
+  EXPECT_EQ(c.blocks_out, 0u);
+  EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer, c.blocks_total);
+  EXPECT_EQ(c.empty_pages, 0u);  // Not yet: their blocks are in transfer.
+
+  EXPECT_EQ(pool().ReleaseEmptyPages(), 2 * k64K);
+  stats = pool().stats();
+  EXPECT_EQ(stats.pages, 0u);
+  EXPECT_EQ(stats.pages_released, 2u);
+  EXPECT_EQ(stats.classes[kCls].blocks_in_transfer, 0u);
+  EXPECT_EQ(stats.classes[kCls].blocks_total, 0u);
+  EXPECT_EQ(stats.dropped_frees, 0u);
+  EXPECT_EQ(cache_.stats().in_use_blocks, 0u);
+  for (void* p : blocks) EXPECT_FALSE(pool().Owns(p));
+}
+
+// keep_per_class counts pages emptied by the drain too.
+TEST_F(PoolManagerTest, ReleaseEmptyPagesKeepsPagesEmptiedByTheDrain) {
+  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(0));
+  ThreadCache tc(&pool());
+  const size_t n = 2 * pool().BlocksPerPage(9);  // 4 KiB: 15 a page.
+  std::vector<void*> blocks;
+  for (size_t i = 0; i < n; ++i) blocks.push_back(tc.Allocate(9));
+  for (void* p : blocks) tc.Free(p, 9);
+  tc.Flush();
+  ASSERT_GT(pool().stats().classes[9].blocks_in_transfer, 0u);
+  EXPECT_EQ(pool().ReleaseEmptyPages(/*keep_per_class=*/1), k64K);
+  PoolStats stats = pool().stats();
+  EXPECT_EQ(stats.classes[9].pages, 1u);
+  EXPECT_EQ(stats.classes[9].empty_pages, 1u);
+  EXPECT_EQ(stats.classes[9].blocks_in_transfer, 0u);
+  // The kept page serves again without a new one.
+  void* p = tc.Allocate(9);
+  EXPECT_NE(p, nullptr);
+  EXPECT_EQ(pool().stats().pages_acquired, 2u);
+  tc.Free(p, 9);
 }
 
 TEST_F(PoolManagerTest, ExhaustedSourceGivesNullAndLeavesStateConsistent) {
@@ -530,9 +799,137 @@ TEST_F(PoolManagerTest, FreeOfAnInteriorPointerIsReportedAndDropped) {
   tc.Free(p, 3);
 }
 
+// The same detections when a batch leaves the cache on its own (past the
+// cache limit), not at a Flush(): a batch with a bad block never enters the
+// transfer cache (where another thread's refill would hand it out); it goes
+// block by block to the pages, the bad block is reported and dropped, the
+// good ones are kept.
+class BatchMisuseTest : public PoolManagerTest {
+ protected:
+  // Batch 2, limit 4: the fifth free flushes the two newest blocks.
+  void SetUp() override {
+    UseOptions(PoolOptions().set_batch(2).set_cache_bytes(0));
+  }
+  // Frees three good blocks of `cls` (from `tc`), then `bad` as `cls`, then
+  // one more good block: that free flushes {good, bad}.
+  void FlushWithABadBlock(ThreadCache& tc, int cls, void* bad) {
+    tc.Flush();  // An empty list, so that the count below is exact.
+    for (int i = 0; i < 4; ++i) good_.push_back(tc.Allocate(cls));
+    for (int i = 0; i < 3; ++i) tc.Free(good_[i], cls);
+    tc.Free(bad, cls);
+    before_ = pool().stats();
+    tc.Free(good_[3], cls);
+    ASSERT_EQ(pool().stats().flushes, before_.flushes + 1);
+  }
+  // The flush since before_ went to the pages and dropped one block.
+  void ExpectFellBackToThePages(int cls) {
+    const PoolStats stats = pool().stats();
+    EXPECT_EQ(stats.transfer_flushes, before_.transfer_flushes);
+    EXPECT_EQ(stats.transfer_overflows, before_.transfer_overflows);
+    EXPECT_EQ(stats.classes[cls].blocks_in_transfer,
+              before_.classes[cls].blocks_in_transfer);
+    EXPECT_EQ(stats.dropped_frees, before_.dropped_frees + 1);
+    // The good block of the batch is back in its page.
+    EXPECT_EQ(stats.classes[cls].blocks_free_in_pages,
+              before_.classes[cls].blocks_free_in_pages + 1);
+  }
+  std::vector<void*> good_;
+  PoolStats before_;
+};
+
+TEST_F(BatchMisuseTest, ForeignPointerIsReportedAtTheBatchFlush) {
+  PoolManager other(&cache_);
+  ThreadCache other_tc(&other);
+  ThreadCache tc(&pool());
+  void* theirs = other_tc.Allocate(3);
+  ErrorRecorder errors;
+  FlushWithABadBlock(tc, 3, theirs);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("pool free of a pointer this pool never gave out"));
+  ExpectFellBackToThePages(3);
+  FRAMEALLOC_UNPOISON(theirs, 64);
+  other_tc.Free(theirs, 3);
+}
+
+TEST_F(BatchMisuseTest, WrongSizeClassIsReportedAtTheBatchFlush) {
+  ThreadCache tc(&pool());
+  void* p = tc.Allocate(3);  // 64 B, freed among 128 B blocks.
+  ErrorRecorder errors;
+  FlushWithABadBlock(tc, 4, p);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("freed with the wrong size class (block of 64 B "
+                        "freed as 128 B)"));
+  ExpectFellBackToThePages(4);
+  FRAMEALLOC_UNPOISON(p, 64);
+  tc.Free(p, 3);
+}
+
+TEST_F(BatchMisuseTest, InteriorPointerIsReportedAtTheBatchFlush) {
+  ThreadCache tc(&pool());
+  char* p = static_cast<char*>(tc.Allocate(3));
+  ErrorRecorder errors;
+  FlushWithABadBlock(tc, 3, p + 8);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("is not the start of a block"));
+  ExpectFellBackToThePages(3);
+  FRAMEALLOC_UNPOISON(p, 64);
+  tc.Free(p, 3);
+}
+
+TEST_F(BatchMisuseTest, NeverCarvedBlockIsReportedAtTheBatchFlush) {
+  ThreadCache tc(&pool());
+  char* p = static_cast<char*>(tc.Allocate(3));
+  ErrorRecorder errors;
+  // Block-aligned and in a page of the class, but never handed out (and so
+  // poisoned: opened for the Free's write of its link).
+  FRAMEALLOC_UNPOISON(p + 64 * 500, 64);
+  FlushWithABadBlock(tc, 3, p + 64 * 500);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("is not the start of a block handed out"));
+  ExpectFellBackToThePages(3);
+  tc.Free(p, 3);
+}
+
 #if !FRAMEALLOC_HAS_ASAN
 // Under ASan the second Free writes into a poisoned block and is an ASan
 // report instead (DoubleFreeIsAnAsanReport).
+TEST_F(BatchMisuseTest, DoubleFreeIsReportedAtTheBatchFlush) {
+  constexpr int kCls = 9;  // 4 KiB: 15 blocks a page.
+  ThreadCache tc(&pool());
+  std::vector<void*> first;  // All 15 blocks of the first page.
+  std::vector<void*> second;
+  for (int i = 0; i < 20; ++i) {
+    void* p = tc.Allocate(kCls);
+    (i < 15 ? first : second).push_back(p);
+  }
+  ASSERT_EQ(PageOf(first.front(), k64K), PageOf(first.back(), k64K));
+  ASSERT_NE(PageOf(first.front(), k64K), PageOf(second.front(), k64K));
+  // Every block of the first page but `a` goes back to it, `x` among them.
+  void* a = first[0];
+  void* x = first[1];
+  for (size_t i = 1; i < first.size(); ++i) tc.Free(first[i], kCls);
+  tc.Flush();
+  pool().DrainTransferCaches();
+  ASSERT_EQ(pool().stats().classes[kCls].blocks_out, 1u + 5u);  // a, second.
+  ErrorRecorder errors;
+  // Three blocks of the other page, then x again and a: the batch flushed,
+  // {a, x}, holds two blocks of a page that has one block out.
+  for (int i = 0; i < 3; ++i) tc.Free(second[i], kCls);
+  tc.Free(x, kCls);
+  before_ = pool().stats();
+  tc.Free(a, kCls);
+  EXPECT_EQ(pool().stats().flushes, before_.flushes + 1);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message, HasSubstr("a double free"));
+  ExpectFellBackToThePages(kCls);
+  EXPECT_EQ(pool().stats().classes[kCls].empty_pages, 1u);  // a is back.
+  for (size_t i = 3; i < second.size(); ++i) tc.Free(second[i], kCls);
+}
+
 TEST_F(PoolManagerTest, DoubleFreeIntoAFullyFreePageIsReported) {
   ThreadCache tc(&pool());
   void* p = tc.Allocate(3);
@@ -623,11 +1020,13 @@ TEST(PoolOptionsTest, ValidateNamesTheBadField) {
       {PoolOptions().set_page_size(3 << 16), "is not a power of two"},
       {PoolOptions().set_batch(0),
        "PoolOptions.batch = 0 is outside [1, 1024]"},
-      {PoolOptions().set_batch(2000).set_cache_limit(4000),
-       "PoolOptions.batch = 2000"},
-      {PoolOptions().set_cache_limit(16),
-       "PoolOptions.cache_limit = 16 is outside [batch = 32, 65536]"},
-      {PoolOptions().set_cache_limit(1 << 20), "PoolOptions.cache_limit"},
+      {PoolOptions().set_batch(2000), "PoolOptions.batch = 2000"},
+      {PoolOptions().set_cache_bytes((size_t{256} << 20) + 1),
+       "PoolOptions.cache_bytes = 268435457 is above 268435456"},
+      {PoolOptions().set_transfer_batches(-1),
+       "PoolOptions.transfer_batches = -1 is outside [0, 4096]"},
+      {PoolOptions().set_transfer_batches(4097),
+       "PoolOptions.transfer_batches = 4097"},
   };
   for (const Case& c : cases) {
     auto pool = PoolManager::Create(&cache, c.options);
@@ -639,18 +1038,23 @@ TEST(PoolOptionsTest, ValidateNamesTheBadField) {
   EXPECT_TRUE(PoolManager::Create(&cache, PoolOptions()
                                               .set_page_size(size_t{16} << 10)
                                               .set_batch(1)
-                                              .set_cache_limit(1))
+                                              .set_cache_bytes(0)
+                                              .set_transfer_batches(0))
                   .ok());
-  EXPECT_TRUE(PoolManager::Create(&cache, PoolOptions()
-                                              .set_page_size(size_t{4} << 20)
-                                              .set_batch(1024)
-                                              .set_cache_limit(65536))
-                  .ok());
+  EXPECT_TRUE(
+      PoolManager::Create(&cache, PoolOptions()
+                                      .set_page_size(size_t{4} << 20)
+                                      .set_batch(1024)
+                                      .set_cache_bytes(size_t{256} << 20)
+                                      .set_transfer_batches(4096))
+          .ok());
 }
 
 TEST_F(PoolManagerDeathTest, InvalidOptionsAreFatalInTheConstructor) {
   EXPECT_DEATH(PoolManager(&cache_, PoolOptions().set_batch(0)),
                "PoolOptions.batch = 0");
+  EXPECT_DEATH(PoolManager(&cache_, PoolOptions().set_transfer_batches(-5)),
+               "PoolOptions.transfer_batches = -5");
 }
 
 TEST_F(PoolManagerTest, SmallPagesStillServeTheLargestClass) {
@@ -683,6 +1087,17 @@ TEST_F(PoolManagerDeathTest, UseAfterFlushIsAnAsanReport) {
   tc.Free(p, 3);
   tc.Flush();  // Now in its page's free list.
   EXPECT_DEATH(p[63] = 2, "use-after-poison");
+}
+
+TEST_F(PoolManagerDeathTest, UseAfterFreeInTheTransferCacheIsAnAsanReport) {
+  UseOptions(PoolOptions().set_batch(2).set_cache_bytes(0));  // Limit 4.
+  ThreadCache tc(&pool());
+  char* blocks[5];
+  for (char*& p : blocks) p = static_cast<char*>(tc.Allocate(3));
+  for (char* p : blocks) tc.Free(p, 3);  // The 5th flushes blocks 4 and 3.
+  ASSERT_EQ(pool().stats().classes[3].blocks_in_transfer, 2u);
+  EXPECT_DEATH(blocks[4][0] = 2, "use-after-poison");  // Its link word.
+  EXPECT_DEATH(blocks[3][40] = 2, "use-after-poison");
 }
 
 TEST_F(PoolManagerDeathTest, NeverHandedOutPartOfAPageIsPoisoned) {

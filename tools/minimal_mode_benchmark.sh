@@ -10,7 +10,7 @@ filter='BM_SmartPool_Pair/(8|64|512)/threads:1|BM_SmartPool_Batch/64/threads:1|B
 run() {
   ./bazelw run -c opt "$@" //alloc:pool_benchmark_glibc -- \
     --benchmark_filter="$filter" --benchmark_repetitions=9 2>/dev/null |
-    grep '^RESULT '
+    sed -n 's/.*RESULT /RESULT /p'
 }
 echo "building and running the default build..." >&2
 default=$(run)
