@@ -335,9 +335,13 @@ void SmartAlloc::end_frame() {
   }
   ++ts.frame;
   uint64_t global = frame_number_.load(std::memory_order_relaxed);
-  while (ts.frame > global &&
-         !frame_number_.compare_exchange_weak(global, ts.frame,
-                                              std::memory_order_relaxed)) {
+  bool advanced = false;
+  while (ts.frame > global) {
+    if (frame_number_.compare_exchange_weak(global, ts.frame,
+                                            std::memory_order_relaxed)) {
+      advanced = true;
+      break;
+    }
   }
   // The next slot holds frame N + 1 - frames_in_flight: its time is over.
   const int next = (ts.slot + 1) % static_cast<int>(ts.arenas.size());
@@ -347,7 +351,9 @@ void SmartAlloc::end_frame() {
   ts.frame_bytes = 0;
   ts.in_frame = false;
   ts.frame_start = now;
-  cache_->EndEpoch();
+  // The cache's epochs are global frames: the first thread to end a frame
+  // ends the epoch, so threads do not queue on the cache once per frame each.
+  if (advanced) cache_->EndEpoch();
 }
 
 // ---------------------------------------------------------------------------
