@@ -47,7 +47,7 @@ END {
   }
   one = frame["BM_SmartFrame_Alloc/threads:1" SUBSEP "glibc"]
   two = frame["BM_SmartFrame_Alloc/threads:2" SUBSEP "glibc"]
-  # Google Benchmark divides the threads' mean wall time by the iterations
+  # Google Benchmark divides the mean wall time of the threads by the iterations
   # of all threads: per-thread cost = figure x threads.
   if (one > 0) printf "\nFrame allocation, cost per allocation per thread: 1 thread %.2f ns, 2 threads %.2f ns (%+.1f%%)\n", one, 2 * two, 100 * (2 * two - one) / one
   p1 = pool_n["Pair/64/threads:1"] ? pool["Pair/64/threads:1"] / pool_n["Pair/64/threads:1"] : 0
