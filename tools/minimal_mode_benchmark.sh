@@ -24,7 +24,8 @@ END {
   printf "%-34s %12s %12s %9s\n", "benchmark (ns per operation)", "default", "minimal", "cost"
   for (i = 1; i <= n; i++) {
     k = order[i]; d = v["default" SUBSEP k]; m = v["minimal" SUBSEP k]
-    printf "%-34s %12.3f %12.3f %+8.1f%%\n", k, d, m, m > 0 ? 100 * (d - m) / m : 0
+    cost = (m > 0) ? 100 * (d - m) / m : 0  # Parenthesized: ">" in printf redirects.
+    printf "%-34s %12.3f %12.3f %+8.1f%%\n", k, d, m, cost
   }
   print "(cost: how much slower the default build is; medians of 9 interleaved repetitions each)"
 }' /tmp/framealloc_minimal.$$
