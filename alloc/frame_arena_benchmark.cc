@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_format.h"
 #include "alloc/frame_arena.h"
+#include "alloc/internal/benchmark_util.h"
 #include "benchmark/benchmark.h"
 
 namespace framealloc {
@@ -266,44 +267,7 @@ BENCHMARK(BM_MixedAlign_Malloc)->Unit(benchmark::kMicrosecond);
 // ---- Ratio table
 // --------------------------------------------------------------
 
-// Keeps nanoseconds per allocation of every run, by name, while printing
-// Google Benchmark's usual console output.
-class RecordingReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      // With repetitions, the median aggregate stands for the benchmark;
-      // without, the single iteration run does.
-      const bool median =
-          run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type != Run::RT_Iteration && !median) continue;
-      const std::string name = run.run_name.str();
-      const double seconds = run.GetAdjustedRealTime() /
-                             benchmark::GetTimeUnitMultiplier(run.time_unit);
-      auto batch = run.counters.find("batch");
-      ns_per_op_[name] =
-          seconds * 1e9 /
-          (batch == run.counters.end() ? 1.0 : batch->second.value);
-      for (const auto& [counter_name, counter] : run.counters) {
-        counters_[run.run_name.str() + ":" + counter_name] = counter.value;
-      }
-    }
-  }
-  double ns(const std::string& name) const {
-    auto it = ns_per_op_.find(name);
-    return it == ns_per_op_.end() ? 0.0 : it->second;
-  }
-  double counter(const std::string& name) const {
-    auto it = counters_.find(name);
-    return it == counters_.end() ? 0.0 : it->second;
-  }
-
- private:
-  std::map<std::string, double> ns_per_op_;
-  std::map<std::string, double> counters_;
-};
+using RecordingReporter = alloc_internal::MedianReporter;
 
 void PrintRatios(const RecordingReporter& r) {
   std::printf("\nRatios measured in this run (higher = frame arena faster)\n");
@@ -356,23 +320,11 @@ void PrintRatios(const RecordingReporter& r) {
 }  // namespace framealloc
 
 int main(int argc, char** argv) {
-  // Defaults that make the ratios robust on a shared machine: five
-  // repetitions in random interleaved order (a slow phase of the machine
-  // hits every benchmark alike), medians reported. Flags given on the
-  // command line come later and win.
-  std::vector<char*> args(argv, argv + argc);
-  char repetitions[] = "--benchmark_repetitions=5";
-  char interleave[] = "--benchmark_enable_random_interleaving=true";
-  char aggregates[] = "--benchmark_report_aggregates_only=true";
-  char min_time[] = "--benchmark_min_time=0.1";
-  args.insert(args.begin() + 1,
-              {repetitions, interleave, aggregates, min_time});
-  argc = static_cast<int>(args.size());
-  argv = args.data();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  framealloc::RecordingReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
+  framealloc::alloc_internal::MedianReporter reporter;
+  if (!framealloc::alloc_internal::RunWithRobustDefaults(
+          argc, argv, "--benchmark_min_time=0.1", &reporter)) {
+    return 1;
+  }
   framealloc::PrintRatios(reporter);
   benchmark::Shutdown();
   return 0;

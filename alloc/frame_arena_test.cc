@@ -307,8 +307,8 @@ TEST_F(FrameArenaTest, CreateArrayConstructsAndDestroysTogether) {
 }
 
 TEST_F(FrameArenaTest, CreatePassesArguments) {
-  auto* s = arena().Create<std::string>(5, 'x');
-  EXPECT_EQ(*s, "xxxxx");
+  auto* s = arena().Create<std::string>(5, 'y');
+  EXPECT_EQ(*s, "yyyyy");
   auto* pair = arena().Create<std::pair<int, double>>(1, 2.5);
   EXPECT_EQ(pair->second, 2.5);
   struct alignas(256) OverAligned {

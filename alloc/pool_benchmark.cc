@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "alloc/internal/benchmark_util.h"
 #include "alloc/smart_alloc.h"
 #include "benchmark/benchmark.h"
 
@@ -44,6 +45,9 @@ void BM_SmartPool_Pair(benchmark::State& state) {
     }
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
+  // Operations per iteration, averaged (not summed) over threads.
+  state.counters["batch"] =
+      benchmark::Counter(kBatch, benchmark::Counter::kAvgThreads);
 }
 
 void BM_Malloc_Pair(benchmark::State& state) {
@@ -56,6 +60,9 @@ void BM_Malloc_Pair(benchmark::State& state) {
     }
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
+  // Operations per iteration, averaged (not summed) over threads.
+  state.counters["batch"] =
+      benchmark::Counter(kBatch, benchmark::Counter::kAvgThreads);
 }
 
 // kBatch allocations, then kBatch frees (a working set, not one block).
@@ -71,6 +78,9 @@ void BM_SmartPool_Batch(benchmark::State& state) {
     for (int i = 0; i < kBatch; ++i) alloc.pool_deallocate(blocks[i], size, 8);
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
+  // Operations per iteration, averaged (not summed) over threads.
+  state.counters["batch"] =
+      benchmark::Counter(kBatch, benchmark::Counter::kAvgThreads);
 }
 
 void BM_Malloc_Batch(benchmark::State& state) {
@@ -84,6 +94,9 @@ void BM_Malloc_Batch(benchmark::State& state) {
     for (int i = 0; i < kBatch; ++i) std::free(blocks[i]);
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
+  // Operations per iteration, averaged (not summed) over threads.
+  state.counters["batch"] =
+      benchmark::Counter(kBatch, benchmark::Counter::kAvgThreads);
 }
 
 #define FRAMEALLOC_POOL_ARGS                                        \
@@ -105,6 +118,9 @@ void BM_SmartFrame_Alloc(benchmark::State& state) {
     alloc.end_frame();
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
+  // Operations per iteration, averaged (not summed) over threads.
+  state.counters["batch"] =
+      benchmark::Counter(kBatch, benchmark::Counter::kAvgThreads);
 }
 BENCHMARK(BM_SmartFrame_Alloc)
     ->Threads(1)
@@ -173,55 +189,19 @@ BENCHMARK(BM_Malloc_ProducerConsumer)
     ->Iterations(3)
     ->Unit(benchmark::kMillisecond);
 
-// Prints the usual console output, then one "RESULT name ns_per_op" line per
-// benchmark (the median over repetitions) for the suite driver.
-class ResultReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      const bool median =
-          run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type != Run::RT_Iteration && !median) continue;
-      const double seconds = run.GetAdjustedRealTime() /
-                             benchmark::GetTimeUnitMultiplier(run.time_unit);
-      auto batch = run.counters.find("batch");
-      const double per_op =
-          batch != run.counters.end() ? batch->second.value : kBatch;
-      results_[run.run_name.str()] = seconds * 1e9 / per_op;
-    }
-  }
-  void Print() const {
-    for (const auto& [name, ns] : results_) {
-      std::printf("RESULT %s %.3f\n", name.c_str(), ns);
-    }
-  }
-
- private:
-  std::map<std::string, double> results_;
-};
-
 }  // namespace
 }  // namespace framealloc
 
 int main(int argc, char** argv) {
-  // Robust defaults on a shared machine (see frame_arena_benchmark.cc);
-  // flags on the command line win.
-  std::vector<char*> args(argv, argv + argc);
-  char repetitions[] = "--benchmark_repetitions=5";
-  char interleave[] = "--benchmark_enable_random_interleaving=true";
-  char aggregates[] = "--benchmark_report_aggregates_only=true";
-  char min_time[] = "--benchmark_min_time=0.05";
-  args.insert(args.begin() + 1,
-              {repetitions, interleave, aggregates, min_time});
-  argc = static_cast<int>(args.size());
-  argv = args.data();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  framealloc::ResultReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  reporter.Print();
+  framealloc::alloc_internal::MedianReporter reporter;
+  if (!framealloc::alloc_internal::RunWithRobustDefaults(
+          argc, argv, "--benchmark_min_time=0.05", &reporter)) {
+    return 1;
+  }
+  // Machine-readable lines for the suite driver, after the console output.
+  for (const auto& [name, ns] : reporter.all()) {
+    std::printf("RESULT %s %.3f\n", name.c_str(), ns);
+  }
   benchmark::Shutdown();
   return 0;
 }
