@@ -37,6 +37,11 @@ absl::Status FrameArenaOptions::Validate() const {
                      " is outside [initial_chunk_size = ", initial_chunk_size,
                      ", ", kMaxChunk, "]"));
   }
+  if (retain_bytes > kMaxChunk) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("FrameArenaOptions.retain_bytes = ", retain_bytes,
+                     " is above ", kMaxChunk));
+  }
   if (!IsPowerOfTwo(chunk_alignment) || chunk_alignment < 16 ||
       chunk_alignment > (size_t{1} << 20)) {
     return absl::InvalidArgumentError(
@@ -77,6 +82,7 @@ FrameArena::~FrameArena() {
   RunDestructors(nullptr);
   ReleaseOversizeAfter(0);
   ReleaseChunksAfter(0);
+  for (const Block& spare : spare_chunks_) cache_->Release(spare);
 }
 
 size_t FrameArena::ChunkSizeFor(size_t chunk_index) const {
@@ -152,8 +158,13 @@ void* FrameArena::AllocateSlow(size_t size, size_t alignment, bool fatal) {
     UpdatePeak();
     return block->data;
   }
-  absl::StatusOr<Block> chunk =
-      cache_->Acquire(next_chunk, options_.chunk_alignment);
+  absl::StatusOr<Block> chunk;
+  if (!spare_chunks_.empty() && spare_chunks_.back().size == next_chunk) {
+    chunk = spare_chunks_.back();  // Kept from an earlier frame.
+    spare_chunks_.pop_back();
+  } else {
+    chunk = cache_->Acquire(next_chunk, options_.chunk_alignment);
+  }
   if (!chunk.ok()) {
     return Fail(ErrorKind::kOutOfMemory, size, alignment, fatal,
                 chunk.status());
@@ -208,7 +219,22 @@ void FrameArena::ResetSlow() {
   UpdatePeak();
   RunDestructors(nullptr);
   ReleaseOversizeAfter(0);
-  ReleaseChunksAfter(1);
+  // Keep the chunks after the first, up to retain_bytes, for the next frame
+  // (in reverse order, so the next one needed is at the back).
+  size_t retained = 0;
+  for (const Block& spare : spare_chunks_) retained += spare.size;
+  while (chunks_.size() > 1) {
+    const Block chunk = chunks_.back();
+    chunks_.pop_back();
+    if (retained + chunk.size <= options_.retain_bytes &&
+        (spare_chunks_.empty() || spare_chunks_.back().size >= chunk.size)) {
+      FRAMEALLOC_POISON(chunk.data, chunk.size);
+      spare_chunks_.push_back(chunk);
+      retained += chunk.size;
+    } else {
+      cache_->Release(chunk);
+    }
+  }
   if (!chunks_.empty()) {
     const Block& first = chunks_.front();
     FRAMEALLOC_POISON(first.data, first.size);
@@ -307,6 +333,8 @@ FrameArenaStats FrameArena::stats() const {
   s.waste_bytes = s.bytes_used - s.bytes_requested;
   s.chunks = chunks_.size();
   for (const Block& b : chunks_) s.chunk_bytes += b.size;
+  s.spare_chunks = spare_chunks_.size();
+  for (const Block& b : spare_chunks_) s.spare_bytes += b.size;
   s.oversize_blocks = oversize_.size();
   s.oversize_bytes = oversize_bytes_;
   s.peak_bytes_used = std::max(peak_bytes_used_, s.bytes_used);

@@ -61,6 +61,11 @@ struct FrameArenaOptions {
   // Alignment of every chunk's start. Requests aligned more than this get
   // their own block when they do not fit the current chunk.
   size_t chunk_alignment = 4096;
+  // Chunks beyond the first that Reset() keeps for the next frame, up to
+  // this many bytes, instead of returning them to the cache. 0 (the
+  // default): keep only the first chunk. A per-thread arena of a steady
+  // frame then never touches the shared cache.
+  size_t retain_bytes = 0;
 
   FrameArenaOptions& set_initial_chunk_size(size_t bytes) {
     initial_chunk_size = bytes;
@@ -72,6 +77,10 @@ struct FrameArenaOptions {
   }
   FrameArenaOptions& set_chunk_alignment(size_t bytes) {
     chunk_alignment = bytes;
+    return *this;
+  }
+  FrameArenaOptions& set_retain_bytes(size_t bytes) {
+    retain_bytes = bytes;
     return *this;
   }
 
@@ -90,9 +99,11 @@ struct FrameArenaStats {
   // Bytes the arena consumed for them: requests plus alignment padding plus
   // the unused tails of chunks it moved past. Current.
   size_t bytes_used = 0;
-  size_t waste_bytes = 0;      // bytes_used - bytes_requested.
-  size_t chunks = 0;           // Chunks held (including the kept one).
-  size_t chunk_bytes = 0;      // Their capacity.
+  size_t waste_bytes = 0;   // bytes_used - bytes_requested.
+  size_t chunks = 0;        // Chunks in use this frame (>= 1 once any).
+  size_t chunk_bytes = 0;   // Their capacity.
+  size_t spare_chunks = 0;  // Kept by Reset() for later frames.
+  size_t spare_bytes = 0;
   size_t oversize_blocks = 0;  // Requests that got a block of their own.
   size_t oversize_bytes = 0;   // Their requested bytes.
   size_t peak_bytes_used = 0;  // Highest bytes_used ever seen.
@@ -414,7 +425,10 @@ class FrameArena {
   ChunkCache* const cache_;
   const FrameArenaOptions options_;
   Destructor* destructors_ = nullptr;
-  absl::InlinedVector<Block, 8> chunks_;    // Normal chunks; back() current.
+  absl::InlinedVector<Block, 8> chunks_;  // Normal chunks; back() current.
+  // Chunks kept by Reset() for the next frame (retain_bytes), in reverse
+  // growth order: back() is the next one the growth schedule asks for.
+  absl::InlinedVector<Block, 8> spare_chunks_;
   absl::InlinedVector<Block, 4> oversize_;  // Blocks of their own.
   absl::InlinedVector<uint64_t, 8> marks_;  // Serials of open marks.
   uint64_t next_mark_serial_ = 1;

@@ -229,6 +229,37 @@ TEST_F(FrameArenaTest, ResetKeepsFirstChunkAndReusesIt) {
   EXPECT_EQ(arena().Allocate(64), first);
 }
 
+TEST_F(FrameArenaTest, RetainedChunksServeTheNextFrameWithoutTheCache) {
+  FrameArena arena(&cache_, FrameArenaOptions().set_retain_bytes(k1M));
+  auto frame = [&] {
+    for (int i = 0; i < 400; ++i) arena.Allocate(1000);  // 64+128+256 KiB.
+    EXPECT_EQ(arena.stats().chunks, 3u);
+    arena.Reset();
+  };
+  frame();
+  EXPECT_EQ(arena.stats().chunks, 1u);
+  EXPECT_EQ(arena.stats().spare_chunks, 2u);
+  EXPECT_EQ(arena.stats().spare_bytes, 2 * k64K + 4 * k64K);
+  const ChunkCacheStats before = cache_.stats();
+  for (int i = 0; i < 10; ++i) frame();
+  const ChunkCacheStats after = cache_.stats();
+  EXPECT_EQ(after.hits + after.misses, before.hits + before.misses);
+  EXPECT_EQ(after.releases, before.releases);
+}
+
+TEST_F(FrameArenaTest, RetainBytesBoundsWhatIsKept) {
+  FrameArena arena(&cache_, FrameArenaOptions().set_retain_bytes(2 * k64K));
+  for (int i = 0; i < 400; ++i) arena.Allocate(1000);
+  arena.Reset();
+  EXPECT_EQ(arena.stats().spare_chunks, 1u);  // 128 KiB fits; 256 does not.
+  EXPECT_EQ(arena.stats().spare_bytes, 2 * k64K);
+  EXPECT_EQ(FrameArena::Create(
+                &cache_, FrameArenaOptions().set_retain_bytes(size_t{1} << 31))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(FrameArenaTest, EmptyResetIsHarmless) {
   arena().Reset();
   arena().Reset();
