@@ -506,10 +506,7 @@ void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
         fatal ? arena.Allocate(total, std::max(alignment, kCanarySize))
               : arena.TryAllocate(total, std::max(alignment, kCanarySize)));
     user = raw == nullptr ? nullptr : raw + front;
-    if (user != nullptr) {
-      std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
-      std::memcpy(user + size, &kCanary, kCanarySize);
-    }
+    if (user != nullptr) WriteCanaries(user, size);
   } else {
     user = static_cast<char*>(fatal ? arena.Allocate(size, alignment)
                                     : arena.TryAllocate(size, alignment));
@@ -519,21 +516,37 @@ void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
     return nullptr;
   }
   CountFrame(ts, size);
-  if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
-  const uint64_t site = CaptureSite(ts.tag, size);
+  const uint64_t site =
+      OnDebugAlloc(ts, AllocKind::kFrame, user, size, alignment);
   if (guard_layout_ || config_.debug.fill_patterns) {
     ts.guards[ts.slot].push_back({user, size, ts.tag, frame_number(), site});
   }
-  Trace(TraceEvent::Op::kAlloc, AllocKind::kFrame, ts.tag, size, user,
-        ts.serial);
   return user;
+}
+
+void SmartAlloc::WriteCanaries(char* user, size_t size) {
+  std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
+  std::memcpy(user + size, &kCanary, kCanarySize);
+}
+
+uint64_t SmartAlloc::OnDebugAlloc(ThreadState& ts, AllocKind kind, char* user,
+                                  size_t size, size_t alignment) {
+  if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
+  const uint64_t site = CaptureSite(ts.tag, size);
+  if (kind != AllocKind::kFrame && config_.debug.track_allocations) {
+    tracker_.Add(
+        user, {kind, size, alignment, ts.tag, frame_number(), ts.serial, site},
+        nullptr);
+  }
+  Trace(TraceEvent::Op::kAlloc, kind, ts.tag, size, user, ts.serial);
+  return site;
 }
 
 uint64_t SmartAlloc::CaptureSite(TagId tag, size_t size) {
   if (config_.debug.stack_depth == 0) return 0;
-  // Skip this function and the allocation path above it (the slow path and
-  // its public caller), so the first frame is the user's call site.
-  const CallStack stack = CallStack::Capture(config_.debug.stack_depth, 1);
+  // Skip OnDebugAlloc and the slow path that called it (both out of line),
+  // so the first frame is the user's call site.
+  const CallStack stack = CallStack::Capture(config_.debug.stack_depth, 2);
   if (config_.debug.profile_sites) tracker_.CountSite(stack, tag, size);
   return stack.Hash();
 }
@@ -618,27 +631,15 @@ void* SmartAlloc::PoolAllocateSlow(int cls, size_t size, size_t alignment,
                                     source_->name(), " source")));
   }
   char* user = block + front;
-  if (guard_layout_) {
-    std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
-    std::memcpy(user + size, &kCanary, kCanarySize);
-  }
+  if (guard_layout_) WriteCanaries(user, size);
   if (budgets_active_) {
     MutexLock lock(&charged_mu_);
     pool_block_tags_[user] = ts.tag;
   }
-  if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
-  const uint64_t site = CaptureSite(ts.tag, size);
-  if (config_.debug.track_allocations) {
-    tracker_.Add(user,
-                 {AllocKind::kPool, size, alignment, ts.tag, frame_number(),
-                  ts.serial, site},
-                 nullptr);
-  }
+  OnDebugAlloc(ts, AllocKind::kPool, user, size, alignment);
   alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
   counters.allocations.Add(1);
   counters.bytes.Add(size);
-  Trace(TraceEvent::Op::kAlloc, AllocKind::kPool, ts.tag, size, user,
-        ts.serial);
   return user;
 }
 
@@ -746,21 +747,9 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
   *HeaderOf(user, guard_layout_) =
       HeapHeader{kHeapMagic ^ reinterpret_cast<uintptr_t>(user), size, align,
                  offset, ts.tag};
-  if (guard_layout_) {
-    std::memcpy(user - kCanarySize, &kCanary, kCanarySize);
-    std::memcpy(user + size, &kCanary, kCanarySize);
-  }
+  if (guard_layout_) WriteCanaries(user, size);
   if (ABSL_PREDICT_FALSE(slow_.load(std::memory_order_relaxed))) {
-    if (config_.debug.fill_patterns) std::memset(user, kFreshFill, size);
-    const uint64_t site = CaptureSite(ts.tag, size);
-    if (config_.debug.track_allocations) {
-      tracker_.Add(user,
-                   {AllocKind::kHeap, size, alignment, ts.tag, frame_number(),
-                    ts.serial, site},
-                   nullptr);
-    }
-    Trace(TraceEvent::Op::kAlloc, AllocKind::kHeap, ts.tag, size, user,
-          ts.serial);
+    OnDebugAlloc(ts, AllocKind::kHeap, user, size, alignment);
   }
   alloc_internal::KindCounters& counters = ts.tag_heap[ts.tag];
   counters.allocations.Add(1);

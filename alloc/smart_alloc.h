@@ -710,7 +710,14 @@ class SmartAlloc {
   void* GuardedBlockToUser(void* block, size_t size, size_t alignment);
   void CheckCanaries(const char* where, AllocKind kind, const char* user,
                      size_t size, TagId tag, uint64_t frame, uint64_t site);
-  uint64_t CaptureSite(TagId tag, size_t size);
+  static void WriteCanaries(char* user, size_t size);
+  // Fill pattern, call site, tracking and tracing of a fresh allocation;
+  // returns its site. Out of line, like CaptureSite, so the number of
+  // frames between the user's call and the stack capture is fixed.
+  ABSL_ATTRIBUTE_NOINLINE uint64_t OnDebugAlloc(alloc_internal::ThreadState& ts,
+                                                AllocKind kind, char* user,
+                                                size_t size, size_t alignment);
+  ABSL_ATTRIBUTE_NOINLINE uint64_t CaptureSite(TagId tag, size_t size);
   void Trace(TraceEvent::Op op, AllocKind kind, TagId tag, size_t size,
              const void* p, uint64_t thread);
   void CheckFrameGuards(alloc_internal::ThreadState& ts, int slot);
