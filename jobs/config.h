@@ -1,0 +1,140 @@
+// jobs::Config: how a Runtime is laid out on the machine.
+//
+// For: choosing the topology, the number of workers per NUMA node, whether
+// workers are pinned, whether a node may run another node's jobs, how each
+// node's memory is bound and how each node's SmartAlloc is configured.
+// Fluent setters, validated by Runtime::Create (InvalidArgument naming the
+// field, FailedPrecondition for pinning a topology that cannot bind).
+// Not for: per-job choices (SubmitOptions in jobs/runtime.h).
+#ifndef JOBS_CONFIG_H_
+#define JOBS_CONFIG_H_
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "alloc/smart_alloc.h"
+#include "numa/node_memory_source.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace jobs {
+
+// Whether the runtime binds its worker threads to their node's PUs.
+enum class PinningPolicy {
+  // Pin when the topology is this machine's (Topology::is_this_system()
+  // and thread binding is supported); otherwise jobs still run on their
+  // logical node, nothing is bound, and Runtime::pinned() says so.
+  kAuto,
+  // Always pin; Runtime::Create fails with FailedPrecondition where the
+  // topology cannot bind threads (synthetic, XML, no binding support).
+  kNode,
+  // Never pin: workers float over the machine (a thread pool next to
+  // others that are pinned, or a container without sched_setaffinity).
+  kNone,
+};
+
+// Whether a job with node affinity may run on another node.
+enum class StealPolicy {
+  // A job submitted to node k runs on node k's workers, always.
+  kStrict,
+  // A job submitted to node k prefers node k; a node with no work of its
+  // own takes queued jobs of a node that has more than it can run. Such
+  // jobs see the thief's node in their context (its arena, its memory) and
+  // are counted in WorkerStats::jobs_stolen.
+  kWhenIdle,
+};
+
+// What Shutdown (and the destructor) does with jobs that have not started.
+enum class ShutdownMode {
+  kFinish,  // Run them; returns when every submitted job has finished.
+  kCancel,  // Cancel them (their handles say Cancelled); running jobs finish.
+};
+
+absl::string_view PinningPolicyName(PinningPolicy p);
+absl::string_view StealPolicyName(StealPolicy p);
+
+struct Config {
+  // The machine's layout. Not owned; must outlive the runtime. Null: the
+  // runtime discovers this machine's topology and owns it.
+  const numa::Topology* topology = nullptr;
+  // Workers on every node; 0: one per processing unit of the node.
+  int workers_per_node = 0;
+  // Per-node override (size == number of nodes; each >= 1). Wins over
+  // workers_per_node when non-empty.
+  std::vector<int> node_workers;
+  PinningPolicy pinning = PinningPolicy::kAuto;
+  StealPolicy stealing = StealPolicy::kStrict;
+  // How each node's memory source binds its blocks (numa/node_memory_source.h).
+  numa::MemoryPolicy memory_policy = numa::MemoryPolicy::kAdvisory;
+  // The configuration of every node's SmartAlloc; its `arena` options also
+  // shape the per-worker frame arenas. Its `source` must be null.
+  AllocConfig alloc;
+  // Record every job's start and end from the start (see
+  // Runtime::StartTrace). Events kept per worker, oldest dropped first.
+  bool trace = false;
+  size_t trace_events_per_worker = size_t{1} << 16;
+  // Frames whose timings Runtime::frame_history() keeps.
+  size_t frame_history = 256;
+  // What the destructor does with pending jobs.
+  ShutdownMode shutdown = ShutdownMode::kFinish;
+
+  Config& set_topology(const numa::Topology* t) {
+    topology = t;
+    return *this;
+  }
+  Config& set_workers_per_node(int n) {
+    workers_per_node = n;
+    return *this;
+  }
+  Config& set_node_workers(std::vector<int> n) {
+    node_workers = std::move(n);
+    return *this;
+  }
+  Config& set_pinning(PinningPolicy p) {
+    pinning = p;
+    return *this;
+  }
+  Config& set_stealing(StealPolicy p) {
+    stealing = p;
+    return *this;
+  }
+  Config& set_memory_policy(numa::MemoryPolicy p) {
+    memory_policy = p;
+    return *this;
+  }
+  Config& set_alloc(AllocConfig c) {
+    alloc = std::move(c);
+    return *this;
+  }
+  Config& set_trace(bool on) {
+    trace = on;
+    return *this;
+  }
+  Config& set_trace_events_per_worker(size_t n) {
+    trace_events_per_worker = n;
+    return *this;
+  }
+  Config& set_frame_history(size_t n) {
+    frame_history = n;
+    return *this;
+  }
+  Config& set_shutdown(ShutdownMode m) {
+    shutdown = m;
+    return *this;
+  }
+
+  // Checks the fields that do not depend on the topology (InvalidArgument
+  // naming the field). Runtime::Create checks the rest.
+  absl::Status Validate() const;
+};
+
+// The largest number of workers one node may have.
+inline constexpr int kMaxWorkersPerNode = 256;
+
+}  // namespace jobs
+}  // namespace framealloc
+
+#endif  // JOBS_CONFIG_H_

@@ -1,0 +1,100 @@
+// The shared state of one submitted job: its function, result, state
+// machine, dependants and reference count.
+//
+// For: jobs/runtime.h and jobs/runtime.cc only. Not for: users, who hold
+// JobHandle<R> (a counted reference to a record).
+//
+// States: kWaiting (predecessors unfinished) -> kQueued (a token for it is
+// posted to a node) -> kRunning -> kDone | kFailed; or kWaiting/kQueued ->
+// kCancelled. Exactly one thread wins the kQueued -> kRunning claim: the
+// node's token, another node's thief, or a waiter running the job inline.
+// Bit kWaiterBit marks a thread asleep on the state word (C++20
+// atomic::wait), so finishing a job only makes a system call when somebody
+// sleeps on it.
+#ifndef JOBS_INTERNAL_JOB_RECORD_H_
+#define JOBS_INTERNAL_JOB_RECORD_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+
+#include "absl/status/status.h"
+
+namespace framealloc {
+namespace jobs {
+
+class JobContext;
+class JobCounter;
+class Runtime;
+
+namespace jobs_internal {
+
+enum JobState : uint32_t {
+  kWaiting = 0,
+  kQueued = 1,
+  kRunning = 2,
+  kDone = 3,
+  kFailed = 4,
+  kCancelled = 5,
+};
+inline constexpr uint32_t kStateMask = 0xff;
+inline constexpr uint32_t kWaiterBit = 0x100;
+
+inline bool IsFinal(uint32_t word) { return (word & kStateMask) >= kDone; }
+
+struct JobRecord;
+
+// One edge "when this finishes, tell `job`".
+struct Successor {
+  JobRecord* job;
+  Successor* next;
+};
+
+// The successor list once the job has finished: nothing may be added.
+inline Successor* const kClosedList = reinterpret_cast<Successor*>(1);
+
+struct JobRecord {
+  // Runs the function with `ctx` and stores the result. May throw: the
+  // runtime catches and records the exception.
+  void (*invoke)(JobRecord* self, JobContext& ctx) = nullptr;
+  // Destroys the function and result and frees the record.
+  void (*destroy)(JobRecord* self) = nullptr;
+
+  std::atomic<uint32_t> state{kWaiting};
+  // References: the submitter's handle (if any), the scheduling path, each
+  // token or thief that may still look at the record.
+  std::atomic<int32_t> refs{1};
+  // Unfinished predecessors, plus one while the submission is in progress.
+  std::atomic<int32_t> unmet{1};
+  // A predecessor failed or was cancelled: this job is cancelled too.
+  std::atomic<bool> predecessor_failed{false};
+  // Handle::Cancel() asked for cancellation before the job started.
+  std::atomic<bool> cancel_requested{false};
+  std::atomic<Successor*> successors{nullptr};
+
+  Runtime* runtime = nullptr;
+  JobCounter* counter = nullptr;  // Not owned; may be null.
+  const char* name = nullptr;     // Static string or null.
+  uint64_t id = 0;
+  int node = 0;           // Node the job was submitted to.
+  bool in_frame = false;  // Counted in the frame open at submission.
+  uint64_t frame = 0;     // That frame's number.
+
+  // Written by the thread that finishes the job, before the state becomes
+  // final (release); read by waiters after they see it (acquire).
+  absl::Status status;
+  std::exception_ptr exception;
+  // The result, set by invoke (null for void jobs and until it returns).
+  void* result_ptr = nullptr;
+};
+
+// Gives a record's memory back to `runtime` (TypedJob::Destroy). `runtime`
+// may be null for a record that was never submitted.
+void FreeRecord(Runtime* runtime, void* record, size_t size, size_t alignment);
+
+}  // namespace jobs_internal
+}  // namespace jobs
+}  // namespace framealloc
+
+#endif  // JOBS_INTERNAL_JOB_RECORD_H_

@@ -1,0 +1,1330 @@
+// jobs::Runtime: node arenas, pinning observers, job records, frames,
+// stealing and statistics. See runtime.h for the contract.
+#include "jobs/runtime.h"
+
+#include <oneapi/tbb/concurrent_queue.h>
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/task_scheduler_observer.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "alloc/error.h"
+#include "alloc/internal/json.h"
+#include "jobs/internal/trace_ring.h"
+#include "numa/binding.h"
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
+namespace framealloc {
+namespace jobs {
+
+using jobs_internal::JobRecord;
+using jobs_internal::JobState;
+using jobs_internal::kClosedList;
+using jobs_internal::kStateMask;
+using jobs_internal::kWaiterBit;
+using jobs_internal::Successor;
+
+namespace jobs_internal {
+
+// One worker slot of one node's task arena. The thread occupying the slot
+// (TBB hands slots from thread to thread) is the only writer of its
+// arenas, trace and counters; counters are relaxed atomics so stats() may
+// read them at any time.
+struct alignas(64) WorkerSlot {
+  Runtime* runtime = nullptr;
+  SmartAlloc* alloc = nullptr;  // The node's.
+  int node = 0;
+  int index = 0;
+  std::unique_ptr<FrameArena> frame_arena;
+  std::unique_ptr<FrameArena> scratch_arena;
+  std::atomic<uint64_t> jobs_run{0};
+  std::atomic<uint64_t> jobs_stolen{0};
+  std::atomic<uint64_t> jobs_inline{0};
+  std::atomic<uint64_t> busy_ticks{0};
+  int depth = 0;  // Nested jobs running on this slot now (owner only).
+  TraceRing trace;
+};
+
+// The slot the calling thread occupies in one of the runtimes' node
+// arenas, set by the node's observer when the thread enters the arena.
+thread_local WorkerSlot* tls_slot = nullptr;
+// The binding a pinned worker had before it entered a node arena.
+thread_local std::vector<int> tls_saved_binding;
+
+// ThreadSanitizer cannot see the synchronization inside libtbb (not
+// instrumented) that hands a slot from one thread to the next: say it.
+inline void SlotAcquire(WorkerSlot* slot) {
+#if defined(__SANITIZE_THREAD__)
+  __tsan_acquire(slot);
+#else
+  (void)slot;
+#endif
+}
+inline void SlotRelease(WorkerSlot* slot) {
+#if defined(__SANITIZE_THREAD__)
+  __tsan_release(slot);
+#else
+  (void)slot;
+#endif
+}
+
+// Ticks of the time-stamp counter, and their length, measured once.
+inline uint64_t Ticks() { return __rdtsc(); }
+double SecondsPerTick() {
+  static const double seconds_per_tick = [] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const uint64_t c0 = Ticks();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const auto t1 = std::chrono::steady_clock::now();
+    const uint64_t c1 = Ticks();
+    const double seconds = std::chrono::duration<double>(t1 - t0).count();
+    return c1 > c0 ? seconds / static_cast<double>(c1 - c0) : 1e-9;
+  }();
+  return seconds_per_tick;
+}
+
+void FreeRecord(Runtime* runtime, void* record, size_t size, size_t alignment) {
+  runtime->control_->pool_deallocate(record, size, alignment);
+}
+
+[[noreturn]] void FailedValueAccess(const JobRecord* record) {
+  std::string message;
+  if (record == nullptr) {
+    message = "JobHandle::value() on an empty handle";
+  } else {
+    const uint32_t state =
+        record->state.load(std::memory_order_acquire) & kStateMask;
+    message = absl::StrCat(
+        "JobHandle::value() on job ", record->id,
+        record->name ? absl::StrCat(" '", record->name, "'") : "",
+        state < kDone ? " that has not finished (call Wait() first)"
+                      : absl::StrCat(" that did not succeed: ",
+                                     record->status.ToString()));
+  }
+  ReportFatalError(ErrorReport{ErrorKind::kMisuse, "JobHandle::value",
+                               std::move(message), 0, 0, absl::OkStatus()});
+}
+
+}  // namespace jobs_internal
+
+using jobs_internal::SlotAcquire;
+using jobs_internal::SlotRelease;
+using jobs_internal::Ticks;
+using jobs_internal::tls_slot;
+using jobs_internal::WorkerSlot;
+
+namespace {
+
+// TBB runs at most `max_allowed_parallelism` threads in the whole process
+// (by default the machine's PUs), and the smallest active global_control
+// wins. Every live runtime needs its workers plus the threads that submit:
+// one control sized to the sum of all live runtimes.
+class Parallelism {
+ public:
+  static Parallelism& Get() {
+    static Parallelism* instance = new Parallelism();
+    return *instance;
+  }
+  void Add(int workers) {
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_ += workers;
+    Apply();
+  }
+  void Remove(int workers) {
+    std::lock_guard<std::mutex> lock(mu_);
+    workers_ -= workers;
+    Apply();
+  }
+
+ private:
+  void Apply() {
+    control_.reset();
+    if (workers_ > 0) {
+      control_ = std::make_unique<tbb::global_control>(
+          tbb::global_control::max_allowed_parallelism,
+          static_cast<size_t>(workers_) + 1);
+    }
+  }
+  std::mutex mu_;
+  int workers_ = 0;
+  std::unique_ptr<tbb::global_control> control_;
+};
+
+ErrorReport Report(ErrorKind kind, absl::string_view where,
+                   std::string message) {
+  ErrorReport report{kind, where, std::move(message), 0, 0, absl::OkStatus()};
+  return report;
+}
+
+std::string JobName(const JobRecord* record) {
+  return record->name != nullptr
+             ? absl::StrCat("job ", record->id, " '", record->name, "'")
+             : absl::StrCat("job ", record->id);
+}
+
+bool Claim(JobRecord* record) {
+  uint32_t s = record->state.load(std::memory_order_acquire);
+  while ((s & kStateMask) == jobs_internal::kQueued) {
+    if (record->state.compare_exchange_weak(
+            s, (s & ~kStateMask) | jobs_internal::kRunning,
+            std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Moves a job that has not started to `to` (kQueued or kCancelled).
+bool Transition(JobRecord* record, uint32_t from, uint32_t to) {
+  uint32_t s = record->state.load(std::memory_order_acquire);
+  while ((s & kStateMask) == from) {
+    if (record->state.compare_exchange_weak(s, (s & ~kStateMask) | to,
+                                            std::memory_order_acq_rel,
+                                            std::memory_order_acquire)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void WaitUntilZero(std::atomic<int64_t>& counter) {
+  // A short spin first: fine-grained batches end within microseconds and
+  // a futex sleep and wake costs more than that.
+  for (int i = 0; i < 256; ++i) {
+    if (counter.load(std::memory_order_acquire) == 0) return;
+    _mm_pause();
+  }
+  for (;;) {
+    const int64_t v = counter.load(std::memory_order_acquire);
+    if (v == 0) return;
+    counter.wait(v, std::memory_order_acquire);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Nodes and their observers.
+
+// Pins the workers that enter a node's arena (when the runtime pins) and
+// tells each thread which slot it occupies.
+class NodeObserver final : public tbb::task_scheduler_observer {
+ public:
+  NodeObserver(tbb::task_arena& arena, std::vector<WorkerSlot*> slots,
+               const numa::Topology* topology, int node, bool pin)
+      : tbb::task_scheduler_observer(arena),
+        slots_(std::move(slots)),
+        topology_(topology),
+        node_(node),
+        pin_(pin) {}
+
+  void on_scheduler_entry(bool is_worker) override {
+    const int index = tbb::this_task_arena::current_thread_index();
+    tls_slot = (index >= 0 && index < static_cast<int>(slots_.size()))
+                   ? slots_[index]
+                   : nullptr;
+    if (pin_ && is_worker) {
+      auto previous = numa::GetThreadBinding(*topology_);
+      absl::Status bound = numa::BindThreadToNode(*topology_, node_);
+      if (previous.ok() && bound.ok()) {
+        jobs_internal::tls_saved_binding = *std::move(previous);
+      } else if (!bound.ok() &&
+                 !failure_reported_.exchange(true, std::memory_order_relaxed)) {
+        ReportError(Report(ErrorKind::kMisuse, "jobs::Runtime",
+                           absl::StrCat("cannot pin a worker to node ", node_,
+                                        ": ", bound.ToString(),
+                                        "; it runs unpinned (reported once)")));
+      }
+    }
+  }
+
+  void on_scheduler_exit(bool is_worker) override {
+    tls_slot = nullptr;
+    if (pin_ && is_worker && !jobs_internal::tls_saved_binding.empty()) {
+      // Give the thread back as it came: TBB may hand it to another arena
+      // (another runtime, the application's own TBB code) next.
+      (void)numa::SetThreadBinding(*topology_,
+                                   jobs_internal::tls_saved_binding);
+      jobs_internal::tls_saved_binding.clear();
+    }
+  }
+
+ private:
+  const std::vector<WorkerSlot*> slots_;
+  const numa::Topology* const topology_;
+  const int node_;
+  const bool pin_;
+  std::atomic<bool> failure_reported_{false};
+};
+
+struct Runtime::Node {
+  int index = 0;
+  int workers = 0;
+  std::vector<int> pus;
+  SmartAlloc* alloc = nullptr;
+  tbb::task_arena arena;
+  tbb::task_group group;
+  std::unique_ptr<NodeObserver> observer;
+  std::vector<std::unique_ptr<WorkerSlot>> slots;
+  // kWhenIdle only: the node's queued jobs, which its tokens and other
+  // nodes' thieves take from.
+  tbb::concurrent_queue<JobRecord*> queue;
+  std::atomic<int64_t> queued{0};
+  std::atomic<int> thieves{0};
+  std::atomic<uint64_t> submitted{0};
+};
+
+struct Runtime::FrameState {
+  std::atomic<bool> open{false};
+  std::atomic<int64_t> pending{0};
+  std::atomic<uint64_t> jobs{0};
+  std::atomic<uint64_t> failed{0};
+  std::atomic<uint64_t> ended{0};
+  uint64_t begin_ticks = 0;  // Frame owner only.
+  alloc_internal::Mutex mu;
+  std::vector<FrameTiming> history ABSL_GUARDED_BY(mu);
+  size_t history_next ABSL_GUARDED_BY(mu) = 0;
+  std::string first_failure ABSL_GUARDED_BY(mu);
+};
+
+// ---------------------------------------------------------------------------
+// Configuration and creation.
+
+absl::string_view PinningPolicyName(PinningPolicy p) {
+  switch (p) {
+    case PinningPolicy::kAuto:
+      return "auto";
+    case PinningPolicy::kNode:
+      return "node";
+    case PinningPolicy::kNone:
+      return "none";
+  }
+  return "?";
+}
+
+absl::string_view StealPolicyName(StealPolicy p) {
+  return p == StealPolicy::kStrict ? "strict" : "when-idle";
+}
+
+absl::Status Config::Validate() const {
+  if (workers_per_node < 0 || workers_per_node > kMaxWorkersPerNode) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Config::workers_per_node must be in 0..", kMaxWorkersPerNode,
+        " (0: one per PU), got ", workers_per_node));
+  }
+  for (size_t i = 0; i < node_workers.size(); ++i) {
+    if (node_workers[i] < 1 || node_workers[i] > kMaxWorkersPerNode) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Config::node_workers[", i, "] must be in 1..",
+                       kMaxWorkersPerNode, ", got ", node_workers[i]));
+    }
+  }
+  if (trace_events_per_worker == 0) {
+    return absl::InvalidArgumentError(
+        "Config::trace_events_per_worker must be at least 1");
+  }
+  if (alloc.source != nullptr) {
+    return absl::InvalidArgumentError(
+        "Config::alloc.source must be null: each node's memory source takes "
+        "its place");
+  }
+  return alloc.Validate();
+}
+
+Runtime::Runtime(Config config)
+    : config_(std::move(config)), frame_(std::make_unique<FrameState>()) {}
+
+absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(Config config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  std::unique_ptr<Runtime> runtime(new Runtime(std::move(config)));
+  if (absl::Status s = runtime->Init(); !s.ok()) return s;
+  return runtime;
+}
+
+absl::Status Runtime::Init() {
+  if (config_.topology == nullptr) {
+    auto discovered = numa::Topology::Discover();
+    if (!discovered.ok()) return discovered.status();
+    owned_topology_ = *std::move(discovered);
+    topology_ = owned_topology_.get();
+  } else {
+    topology_ = config_.topology;
+  }
+  const int nodes = topology_->num_nodes();
+  if (!config_.node_workers.empty() &&
+      static_cast<int>(config_.node_workers.size()) != nodes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Config::node_workers has ", config_.node_workers.size(),
+                     " entries; the topology has ", nodes, " nodes"));
+  }
+  const bool can_pin =
+      topology_->is_this_system() && topology_->support().thread_binding;
+  switch (config_.pinning) {
+    case PinningPolicy::kNode:
+      if (!can_pin) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "PinningPolicy::kNode: cannot bind threads on topology '",
+            topology_->origin(), "' (",
+            topology_->is_this_system() ? "no thread binding support"
+                                        : "not this machine",
+            "); use kAuto or kNone"));
+      }
+      pinned_ = true;
+      break;
+    case PinningPolicy::kAuto:
+      pinned_ = can_pin;
+      break;
+    case PinningPolicy::kNone:
+      pinned_ = false;
+      break;
+  }
+
+  auto memory =
+      numa::NumaAlloc::Create(topology_, numa::NumaAllocOptions()
+                                             .set_policy(config_.memory_policy)
+                                             .set_config(config_.alloc));
+  if (!memory.ok()) return memory.status();
+  memory_ = *std::move(memory);
+  control_ = std::make_unique<SmartAlloc>(AllocConfig());
+
+  for (int k = 0; k < nodes; ++k) {
+    auto node = std::make_unique<Node>();
+    node->index = k;
+    for (int pu : topology_->node(k).pus) node->pus.push_back(pu);
+    int workers = config_.node_workers.empty() ? config_.workers_per_node
+                                               : config_.node_workers[k];
+    if (workers == 0) {
+      workers = std::max<int>(1, static_cast<int>(node->pus.size()));
+    }
+    node->workers = workers;
+    node->alloc = &memory_->node(k);
+    std::vector<WorkerSlot*> raw_slots;
+    for (int w = 0; w < workers; ++w) {
+      auto slot = std::make_unique<WorkerSlot>();
+      slot->runtime = this;
+      slot->alloc = node->alloc;
+      slot->node = k;
+      slot->index = w;
+      slot->frame_arena = node->alloc->new_scoped_arena();
+      slot->scratch_arena = node->alloc->new_scoped_arena();
+      slot->trace.Init(config_.trace_events_per_worker);
+      raw_slots.push_back(slot.get());
+      node->slots.push_back(std::move(slot));
+    }
+    // Every slot is a worker's: the threads that submit never join the
+    // arena (they enqueue), so no slot is reserved for them.
+    node->arena.initialize(workers, /*reserved_for_masters=*/0);
+    node->observer = std::make_unique<NodeObserver>(
+        node->arena, std::move(raw_slots), topology_, k, pinned_);
+    node->observer->observe(true);
+    total_workers_ += workers;
+    nodes_.push_back(std::move(node));
+  }
+  {
+    alloc_internal::MutexLock lock(&frame_->mu);
+    frame_->history.reserve(config_.frame_history);
+  }
+  Parallelism::Get().Add(total_workers_);
+  registered_parallelism_ = true;
+  trace_on_.store(config_.trace, std::memory_order_relaxed);
+  start_tsc_ = Ticks();
+  (void)jobs_internal::SecondsPerTick();
+  return absl::OkStatus();
+}
+
+Runtime::~Runtime() {
+  (void)Shutdown(config_.shutdown);
+  for (auto& node : nodes_) {
+    if (node->observer) node->observer->observe(false);
+    node->arena.terminate();
+  }
+  if (registered_parallelism_) Parallelism::Get().Remove(total_workers_);
+}
+
+int Runtime::num_nodes() const { return static_cast<int>(nodes_.size()); }
+int Runtime::workers(int node) const { return nodes_[node]->workers; }
+
+NodePartition Runtime::Partition(size_t n) const {
+  std::vector<int> weights;
+  for (const auto& node : nodes_) weights.push_back(node->workers);
+  return NodePartition::Proportional(n, weights);
+}
+
+NodePartition NodePartition::Proportional(size_t n,
+                                          const std::vector<int>& weights) {
+  long total = 0;
+  for (int w : weights) total += std::max(w, 0);
+  std::vector<NodeRange> ranges;
+  size_t begin = 0;
+  long seen = 0;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    seen += std::max(weights[k], 0);
+    const size_t end =
+        total == 0
+            ? (k + 1 == weights.size() ? n : 0)
+            : static_cast<size_t>(static_cast<__int128>(n) * seen / total);
+    ranges.push_back({static_cast<int>(k), begin, std::max(begin, end)});
+    begin = std::max(begin, end);
+  }
+  return NodePartition(std::move(ranges));
+}
+
+int NodePartition::HomeOf(size_t i) const {
+  for (const NodeRange& r : ranges_) {
+    if (i >= r.begin && i < r.end) return r.node;
+  }
+  ReportFatalError(
+      Report(ErrorKind::kInvalidArgument, "NodePartition::HomeOf",
+             absl::StrCat("item ", i, " is outside the partition (", size(),
+                          " items)")));
+}
+
+// ---------------------------------------------------------------------------
+// Records.
+
+void* Runtime::AllocateRecord(size_t size, size_t alignment) {
+  return control_->pool_allocate(size, alignment);
+}
+
+void Runtime::Release(JobRecord* record) {
+  if (record->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    record->destroy(record);
+  }
+}
+
+WorkerSlot* Runtime::CurrentSlot() const {
+  WorkerSlot* slot = tls_slot;
+  return slot != nullptr && slot->runtime == this ? slot : nullptr;
+}
+
+SmartAlloc& JobContext::alloc() const { return *slot_->alloc; }
+
+bool JobContext::cancel_requested() const {
+  if (runtime_->cancel_all_.load(std::memory_order_acquire)) return true;
+  return record_ != nullptr && record_->counter != nullptr &&
+         record_->counter->cancelled();
+}
+
+absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
+  record->runtime = this;
+  record->name = options.name;
+  record->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  WorkerSlot* here = CurrentSlot();
+  int node;
+  if (options.affinity.any()) {
+    node = here != nullptr
+               ? here->node
+               : static_cast<int>(
+                     next_any_.fetch_add(1, std::memory_order_relaxed) %
+                     nodes_.size());
+  } else {
+    node = options.affinity.node();
+  }
+
+  absl::Status refused;
+  if (node < 0 || node >= num_nodes()) {
+    refused = absl::InvalidArgumentError(absl::StrCat(
+        JobName(record), ": node ", node, " does not exist; the runtime has ",
+        num_nodes(), " node(s), 0..", num_nodes() - 1));
+  } else if (!accepting_.load(std::memory_order_acquire) &&
+             (here == nullptr || cancel_all_.load(std::memory_order_acquire))) {
+    // While a kFinish shutdown drains, running jobs may still submit
+    // their continuations; nobody else may.
+    refused = absl::FailedPreconditionError(absl::StrCat(
+        JobName(record), " not accepted: the runtime is shut down"));
+  } else {
+    for (const JobRef& pred : options.predecessors) {
+      if (pred.valid() && pred.record_->runtime != this) {
+        refused = absl::InvalidArgumentError(
+            absl::StrCat(JobName(record), ": predecessor ",
+                         JobName(pred.record_), " belongs to another runtime"));
+        break;
+      }
+    }
+  }
+  if (!refused.ok()) {
+    // Never runs: finished at once with the reason, nothing counted.
+    record->node = 0;
+    record->status = refused;
+    record->successors.store(kClosedList, std::memory_order_relaxed);
+    record->state.store(jobs_internal::kFailed, std::memory_order_release);
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    Release(record);
+    return refused;
+  }
+
+  record->node = node;
+  outstanding_.fetch_add(1, std::memory_order_relaxed);
+  nodes_[node]->submitted.fetch_add(1, std::memory_order_relaxed);
+  if (options.counter != nullptr) {
+    record->counter = options.counter;
+    options.counter->Add();
+  }
+  // Join the open frame, if any. Paired with EndFrame (seq_cst both
+  // sides): either this sees the frame closed, or EndFrame sees the job.
+  FrameState& frame = *frame_;
+  if (frame.open.load(std::memory_order_acquire)) {
+    frame.pending.fetch_add(1, std::memory_order_seq_cst);
+    if (frame.open.load(std::memory_order_seq_cst)) {
+      record->in_frame = true;
+      record->frame = frame.ended.load(std::memory_order_relaxed);
+      frame.jobs.fetch_add(1, std::memory_order_relaxed);
+    } else if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      frame.pending.notify_all();
+    }
+  }
+
+  for (const JobRef& pred : options.predecessors) {
+    if (!pred.valid()) continue;
+    JobRecord* p = pred.record_;
+    record->unmet.fetch_add(1, std::memory_order_relaxed);
+    auto* edge = static_cast<Successor*>(
+        AllocateRecord(sizeof(Successor), alignof(Successor)));
+    edge->job = record;
+    Successor* head = p->successors.load(std::memory_order_acquire);
+    bool linked = false;
+    while (head != kClosedList) {
+      edge->next = head;
+      if (p->successors.compare_exchange_weak(head, edge,
+                                              std::memory_order_acq_rel,
+                                              std::memory_order_acquire)) {
+        linked = true;
+        break;
+      }
+    }
+    if (!linked) {
+      // Already finished: its state is final and visible (acquire above).
+      control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+      if ((p->state.load(std::memory_order_acquire) & kStateMask) !=
+          jobs_internal::kDone) {
+        record->predecessor_failed.store(true, std::memory_order_relaxed);
+      }
+      record->unmet.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  if (record->unmet.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    Schedule(record);
+  }
+  return absl::OkStatus();
+}
+
+void Runtime::Schedule(JobRecord* record) {
+  if (!Transition(record, jobs_internal::kWaiting, jobs_internal::kQueued)) {
+    Release(record);  // Cancelled while it waited; already finished.
+    return;
+  }
+  if (record->predecessor_failed.load(std::memory_order_acquire)) {
+    if (Transition(record, jobs_internal::kQueued, jobs_internal::kCancelled)) {
+      Finish(record, jobs_internal::kCancelled,
+             absl::CancelledError(absl::StrCat(
+                 JobName(record), " cancelled: a predecessor failed")),
+             nullptr);
+    }
+    Release(record);
+    return;
+  }
+  PostToken(record->node, record);
+}
+
+// The scheduling reference of `record` (if any) moves to the token.
+void Runtime::PostToken(int node_index, JobRecord* record) {
+  Node& node = *nodes_[node_index];
+  if (config_.stealing == StealPolicy::kWhenIdle && record != nullptr) {
+    node.queue.push(record);
+    const int64_t queued =
+        node.queued.fetch_add(1, std::memory_order_acq_rel) + 1;
+    record = nullptr;  // The token takes whatever is first in the queue.
+    if (queued > node.workers) {
+      for (auto& other : nodes_) {
+        if (other->index == node_index ||
+            other->queued.load(std::memory_order_acquire) != 0) {
+          continue;
+        }
+        int thieves = other->thieves.load(std::memory_order_relaxed);
+        if (thieves >= other->workers ||
+            !other->thieves.compare_exchange_strong(thieves, thieves + 1)) {
+          continue;
+        }
+        const int thief = other->index;
+        other->arena.enqueue(other->group.defer(
+            [this, thief, node_index] { RunThief(thief, node_index); }));
+      }
+    }
+  }
+  auto token = [this, node_index, record] { RunToken(node_index, record); };
+  WorkerSlot* here = CurrentSlot();
+  if (here != nullptr && here->node == node_index) {
+    node.group.run(token);  // Local deque: LIFO here, stolen FIFO.
+  } else {
+    node.arena.enqueue(node.group.defer(token));
+  }
+}
+
+void Runtime::RunToken(int node_index, JobRecord* record) {
+  WorkerSlot* slot = CurrentSlot();
+  Node& node = *nodes_[node_index];
+  if (record != nullptr) {
+    if (Claim(record)) Execute(record, slot, /*stolen=*/false, false);
+    Release(record);
+    return;
+  }
+  JobRecord* queued = nullptr;
+  while (node.queue.try_pop(queued)) {
+    node.queued.fetch_sub(1, std::memory_order_acq_rel);
+    const bool mine = Claim(queued);
+    if (mine) Execute(queued, slot, /*stolen=*/false, false);
+    Release(queued);
+    if (mine) break;
+  }
+  if (config_.stealing == StealPolicy::kWhenIdle &&
+      node.queued.load(std::memory_order_acquire) == 0) {
+    MaybeSteal(node_index);
+  }
+}
+
+// A node with nothing queued looks for a node with more queued jobs than
+// workers and sends itself a thief.
+void Runtime::MaybeSteal(int idle_node) {
+  Node& idle = *nodes_[idle_node];
+  for (auto& victim : nodes_) {
+    if (victim->index == idle_node ||
+        victim->queued.load(std::memory_order_acquire) <= victim->workers) {
+      continue;
+    }
+    int thieves = idle.thieves.load(std::memory_order_relaxed);
+    if (thieves >= idle.workers ||
+        !idle.thieves.compare_exchange_strong(thieves, thieves + 1)) {
+      return;
+    }
+    const int victim_index = victim->index;
+    idle.group.run(
+        [this, idle_node, victim_index] { RunThief(idle_node, victim_index); });
+    return;
+  }
+}
+
+void Runtime::RunThief(int thief_node, int victim_node) {
+  Node& thief = *nodes_[thief_node];
+  Node& victim = *nodes_[victim_node];
+  WorkerSlot* slot = CurrentSlot();
+  JobRecord* record = nullptr;
+  // Only while this node has nothing of its own to do.
+  while (thief.queued.load(std::memory_order_acquire) == 0 &&
+         victim.queue.try_pop(record)) {
+    victim.queued.fetch_sub(1, std::memory_order_acq_rel);
+    if (Claim(record)) Execute(record, slot, /*stolen=*/true, false);
+    Release(record);
+  }
+  thief.thieves.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
+                      bool inline_run) {
+  if (slot == nullptr) {
+    // A TBB thread that is in no slot of ours: cannot happen with
+    // reserved_for_masters = 0, but never run a job without its context.
+    Finish(record, jobs_internal::kFailed,
+           absl::InternalError(
+               absl::StrCat(JobName(record),
+                            ": run by a thread outside the runtime's "
+                            "worker slots")),
+           nullptr);
+    return;
+  }
+  if (cancel_all_.load(std::memory_order_acquire) ||
+      record->cancel_requested.load(std::memory_order_acquire) ||
+      (record->counter != nullptr && record->counter->cancelled())) {
+    Finish(record, jobs_internal::kCancelled,
+           absl::CancelledError(
+               absl::StrCat(JobName(record), " cancelled before it started")),
+           nullptr);
+    return;
+  }
+  SlotAcquire(slot);
+  JobContext ctx;
+  ctx.runtime_ = this;
+  ctx.slot_ = slot;
+  ctx.record_ = record;
+  ctx.job_id_ = record->id;
+  ctx.node_ = slot->node;
+  ctx.worker_ = slot->index;
+  ctx.in_frame_ = record->in_frame;
+  ctx.stolen_ = stolen;
+  FrameArena* scratch = slot->scratch_arena.get();
+  ctx.arena_ = record->in_frame ? slot->frame_arena.get() : scratch;
+  ArenaMark mark;
+  if (!record->in_frame) mark = scratch->Mark();
+
+  const bool top = slot->depth++ == 0;
+  const uint64_t start = Ticks();
+  JobState state = jobs_internal::kDone;
+  absl::Status status;
+  std::exception_ptr exception;
+  try {
+    record->invoke(record, ctx);
+  } catch (const std::exception& e) {
+    state = jobs_internal::kFailed;
+    exception = std::current_exception();
+    status =
+        absl::UnknownError(absl::StrCat(JobName(record), " threw: ", e.what()));
+  } catch (...) {
+    state = jobs_internal::kFailed;
+    exception = std::current_exception();
+    status = absl::UnknownError(
+        absl::StrCat(JobName(record), " threw a non-std exception"));
+  }
+  if (!record->in_frame) (void)scratch->Rewind(mark);
+  const uint64_t end = Ticks();
+  --slot->depth;
+  if (top) slot->busy_ticks.fetch_add(end - start, std::memory_order_relaxed);
+  slot->jobs_run.fetch_add(1, std::memory_order_relaxed);
+  if (stolen) slot->jobs_stolen.fetch_add(1, std::memory_order_relaxed);
+  if (inline_run) slot->jobs_inline.fetch_add(1, std::memory_order_relaxed);
+  if (trace_on_.load(std::memory_order_relaxed)) {
+    slot->trace.Add(
+        {record->id, record->name, start, end,
+         static_cast<uint8_t>((stolen ? jobs_internal::kTraceStolen : 0) |
+                              (inline_run ? jobs_internal::kTraceInline : 0))});
+  }
+  SlotRelease(slot);
+  Finish(record, state, std::move(status), std::move(exception));
+}
+
+void Runtime::RunChild(const JobContext& parent,
+                       absl::FunctionRef<void(JobContext&)> body) {
+  WorkerSlot* slot = CurrentSlot();
+  if (slot == nullptr) slot = parent.slot_;  // Defensive: same node.
+  SlotAcquire(slot);
+  JobContext ctx;
+  ctx.runtime_ = this;
+  ctx.slot_ = slot;
+  ctx.record_ = parent.record_;
+  ctx.node_ = slot->node;
+  ctx.worker_ = slot->index;
+  ctx.in_frame_ = parent.in_frame_;
+  ctx.stolen_ = parent.stolen_;
+  FrameArena* scratch = slot->scratch_arena.get();
+  ctx.arena_ = parent.in_frame_ ? slot->frame_arena.get() : scratch;
+  ArenaMark mark;
+  if (!parent.in_frame_) mark = scratch->Mark();
+  const bool top = slot->depth++ == 0;
+  const uint64_t start = Ticks();
+  struct Done {
+    Runtime* runtime;
+    WorkerSlot* slot;
+    FrameArena* scratch;
+    ArenaMark* mark;
+    bool in_frame, top;
+    uint64_t start;
+    ~Done() {
+      if (!in_frame) (void)scratch->Rewind(*mark);
+      const uint64_t end = Ticks();
+      --slot->depth;
+      if (top)
+        slot->busy_ticks.fetch_add(end - start, std::memory_order_relaxed);
+      slot->jobs_run.fetch_add(1, std::memory_order_relaxed);
+      if (runtime->trace_on_.load(std::memory_order_relaxed)) {
+        slot->trace.Add({0, "child", start, end, jobs_internal::kTraceChild});
+      }
+      SlotRelease(slot);
+    }
+  } done{this, slot, scratch, &mark, parent.in_frame_, top, start};
+  body(ctx);  // Exceptions go to the Fork/ParallelFor that waits.
+}
+
+void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
+                     std::exception_ptr exception) {
+  record->status = std::move(status);
+  record->exception = std::move(exception);
+  // Release: the result, status and everything the job wrote become
+  // visible to whoever sees the final state.
+  const uint32_t previous =
+      record->state.exchange(state, std::memory_order_acq_rel);
+  if (previous & kWaiterBit) record->state.notify_all();
+  switch (state) {
+    case jobs_internal::kDone:
+      completed_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case jobs_internal::kFailed:
+      failed_.fetch_add(1, std::memory_order_relaxed);
+      break;
+    default:
+      cancelled_.fetch_add(1, std::memory_order_relaxed);
+      break;
+  }
+  const bool failed = state != jobs_internal::kDone;
+  Successor* edge =
+      record->successors.exchange(kClosedList, std::memory_order_acq_rel);
+  while (edge != nullptr) {
+    Successor* next = edge->next;
+    JobRecord* successor = edge->job;
+    control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+    if (failed) {
+      successor->predecessor_failed.store(true, std::memory_order_relaxed);
+    }
+    if (successor->unmet.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      Schedule(successor);
+    }
+    edge = next;
+  }
+  if (record->counter != nullptr) record->counter->Finish(*record);
+  if (record->in_frame) {
+    FrameState& frame = *frame_;
+    if (failed) {
+      if (frame.failed.fetch_add(1, std::memory_order_relaxed) == 0) {
+        alloc_internal::MutexLock lock(&frame.mu);
+        frame.first_failure = record->status.ToString();
+      }
+    }
+    if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      frame.pending.notify_all();
+    }
+  }
+  if (outstanding_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    outstanding_.notify_all();
+  }
+}
+
+bool Runtime::TryRunInline(JobRecord* record) {
+  WorkerSlot* slot = CurrentSlot();
+  if (slot == nullptr || record->node != slot->node) return false;
+  if (!Claim(record)) return false;
+  Execute(record, slot, /*stolen=*/false, /*inline_run=*/true);
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Handles and counters.
+
+JobRef::JobRef(const JobRef& other) : record_(other.record_) {
+  if (record_ != nullptr) record_->refs.fetch_add(1, std::memory_order_relaxed);
+}
+
+JobRef::~JobRef() {
+  if (record_ != nullptr) Runtime::Release(record_);
+}
+
+bool JobRef::done() const {
+  return record_ != nullptr &&
+         jobs_internal::IsFinal(record_->state.load(std::memory_order_acquire));
+}
+
+uint64_t JobRef::id() const { return record_ ? record_->id : 0; }
+
+absl::Status JobRef::Wait() const {
+  JobRecord* r = record_;
+  if (r == nullptr) {
+    return absl::InvalidArgumentError("Wait() on an empty job reference");
+  }
+  uint32_t s = r->state.load(std::memory_order_acquire);
+  if (!jobs_internal::IsFinal(s) && r->runtime->TryRunInline(r)) {
+    s = r->state.load(std::memory_order_acquire);
+  }
+  for (int i = 0; i < 256 && !jobs_internal::IsFinal(s); ++i) {
+    _mm_pause();
+    s = r->state.load(std::memory_order_acquire);
+  }
+  while (!jobs_internal::IsFinal(s)) {
+    if ((s & kWaiterBit) == 0) {
+      if (!r->state.compare_exchange_weak(s, s | kWaiterBit,
+                                          std::memory_order_acq_rel,
+                                          std::memory_order_acquire)) {
+        continue;
+      }
+      s |= kWaiterBit;
+    }
+    r->state.wait(s, std::memory_order_acquire);
+    s = r->state.load(std::memory_order_acquire);
+  }
+  return r->status;
+}
+
+absl::Status JobRef::status() const {
+  if (record_ == nullptr) {
+    return absl::InvalidArgumentError("status() of an empty job reference");
+  }
+  if (!done()) {
+    return absl::UnavailableError(
+        absl::StrCat(JobName(record_), " has not finished"));
+  }
+  return record_->status;
+}
+
+std::exception_ptr JobRef::exception() const {
+  return done() ? record_->exception : nullptr;
+}
+
+bool JobRef::Cancel() {
+  JobRecord* r = record_;
+  if (r == nullptr) return false;
+  r->cancel_requested.store(true, std::memory_order_release);
+  absl::Status why =
+      absl::CancelledError(absl::StrCat(JobName(r), " cancelled"));
+  if (Transition(r, jobs_internal::kWaiting, jobs_internal::kCancelled) ||
+      Transition(r, jobs_internal::kQueued, jobs_internal::kCancelled)) {
+    r->runtime->Finish(r, jobs_internal::kCancelled, std::move(why), nullptr);
+    return true;
+  }
+  return (r->state.load(std::memory_order_acquire) & kStateMask) ==
+         jobs_internal::kCancelled;
+}
+
+JobCounter::~JobCounter() { (void)Wait(); }
+
+absl::Status JobCounter::Wait() {
+  WaitUntilZero(pending_);
+  alloc_internal::MutexLock lock(&mu_);
+  return first_error_;
+}
+
+void JobCounter::Cancel() { cancelled_.store(true, std::memory_order_release); }
+
+std::exception_ptr JobCounter::exception() const {
+  alloc_internal::MutexLock lock(&mu_);
+  return first_exception_;
+}
+
+void JobCounter::Reset() {
+  alloc_internal::MutexLock lock(&mu_);
+  first_error_ = absl::OkStatus();
+  first_exception_ = nullptr;
+  failed_.store(false, std::memory_order_relaxed);
+  cancelled_.store(false, std::memory_order_release);
+}
+
+void JobCounter::Finish(const JobRecord& record) {
+  if ((record.state.load(std::memory_order_relaxed) & kStateMask) !=
+      jobs_internal::kDone) {
+    alloc_internal::MutexLock lock(&mu_);
+    if (first_error_.ok()) {
+      first_error_ = record.status;
+      first_exception_ = record.exception;
+    }
+    failed_.store(true, std::memory_order_relaxed);
+  }
+  // Last touch of the counter: the waiter may destroy it right after.
+  // (notify_all only names the address; it reads nothing there.)
+  if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    pending_.notify_all();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Frames.
+
+absl::Status Runtime::BeginFrame() {
+  if (!accepting()) {
+    return absl::FailedPreconditionError(
+        "BeginFrame: the runtime is shut down");
+  }
+  FrameState& frame = *frame_;
+  if (frame.open.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "BeginFrame: frame ", frame.ended.load(std::memory_order_relaxed),
+        " is still open (call EndFrame first)"));
+  }
+  frame.jobs.store(0, std::memory_order_relaxed);
+  frame.failed.store(0, std::memory_order_relaxed);
+  {
+    alloc_internal::MutexLock lock(&frame.mu);
+    frame.first_failure.clear();
+  }
+  frame.begin_ticks = Ticks();
+  frame.open.store(true, std::memory_order_seq_cst);
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::EndFrame() {
+  if (CurrentSlot() != nullptr) {
+    absl::Status s = absl::FailedPreconditionError(
+        "EndFrame called from inside a job: it would wait for itself; end "
+        "frames from the thread that runs the frame loop");
+    ReportError(Report(ErrorKind::kMisuse, "jobs::Runtime::EndFrame",
+                       std::string(s.message())));
+    return s;
+  }
+  FrameState& frame = *frame_;
+  if (!frame.open.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError("EndFrame: no frame is open");
+  }
+  frame.open.store(false, std::memory_order_seq_cst);
+  const uint64_t wait_start = Ticks();
+  WaitUntilZero(frame.pending);
+  const uint64_t reset_start = Ticks();
+  uint64_t arena_bytes = 0;
+  for (auto& node : nodes_) {
+    for (auto& slot : node->slots) {
+      SlotAcquire(slot.get());
+      arena_bytes += slot->frame_arena->stats().frame_peak_bytes_used;
+      slot->frame_arena->Reset();
+      SlotRelease(slot.get());
+    }
+  }
+  const uint64_t end = Ticks();
+  const double spt = jobs_internal::SecondsPerTick();
+  FrameTiming timing;
+  timing.frame = frame.ended.load(std::memory_order_relaxed);
+  timing.seconds = static_cast<double>(end - frame.begin_ticks) * spt;
+  timing.wait_seconds = static_cast<double>(reset_start - wait_start) * spt;
+  timing.reset_seconds = static_cast<double>(end - reset_start) * spt;
+  timing.jobs = frame.jobs.load(std::memory_order_relaxed);
+  timing.failed_jobs = frame.failed.load(std::memory_order_relaxed);
+  timing.arena_bytes = arena_bytes;
+  std::string first_failure;
+  {
+    alloc_internal::MutexLock lock(&frame.mu);
+    if (config_.frame_history > 0) {
+      if (frame.history.size() < config_.frame_history) {
+        frame.history.push_back(timing);
+      } else {
+        frame.history[frame.history_next] = timing;
+      }
+      frame.history_next = (frame.history_next + 1) % config_.frame_history;
+    }
+    first_failure = frame.first_failure;
+  }
+  frame.ended.fetch_add(1, std::memory_order_release);
+  if (timing.failed_jobs > 0) {
+    return absl::UnknownError(absl::StrCat(
+        "frame ", timing.frame, ": ", timing.failed_jobs, " of ", timing.jobs,
+        " jobs failed or were cancelled; first: ", first_failure));
+  }
+  return absl::OkStatus();
+}
+
+bool Runtime::frame_open() const {
+  return frame_->open.load(std::memory_order_acquire);
+}
+
+uint64_t Runtime::frames() const {
+  return frame_->ended.load(std::memory_order_acquire);
+}
+
+std::vector<FrameTiming> Runtime::frame_history() const {
+  alloc_internal::MutexLock lock(&frame_->mu);
+  std::vector<FrameTiming> out;
+  const auto& h = frame_->history;
+  if (h.size() < config_.frame_history) return h;
+  for (size_t i = 0; i < h.size(); ++i) {
+    out.push_back(h[(frame_->history_next + i) % h.size()]);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Parallel algorithms.
+
+absl::Status Runtime::ParallelForImpl(
+    const NodePartition& partition, size_t grain,
+    absl::FunctionRef<void(JobContext&, size_t, size_t)> body) {
+  for (const NodeRange& r : partition.ranges()) {
+    if (r.node < 0 || r.node >= num_nodes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ParallelFor: range [", r.begin, ", ", r.end, ") is homed on node ",
+          r.node, "; the runtime has ", num_nodes(), " node(s)"));
+    }
+  }
+  JobCounter counter;
+  WorkerSlot* here = CurrentSlot();
+  const NodeRange* mine = nullptr;
+  for (const NodeRange& r : partition.ranges()) {
+    if (r.empty()) continue;
+    if (here != nullptr && r.node == here->node && mine == nullptr) {
+      mine = &r;  // Run below, with this worker helping.
+      continue;
+    }
+    absl::Status s = Spawn(
+        [body, r, grain](JobContext& ctx) {
+          ctx.ParallelFor(r.begin, r.end, grain, body);
+        },
+        SubmitOptions().on_node(r.node).with_counter(&counter).named(
+            "parallel_for"));
+    if (!s.ok()) {
+      counter.Cancel();
+      (void)counter.Wait();
+      return s;
+    }
+  }
+  absl::Status local;
+  if (mine != nullptr) {
+    // The calling job's context is not at hand here: run the share as a
+    // job of this node, inline.
+    JobHandle<void> share = Submit(
+        [body, r = *mine, grain](JobContext& ctx) {
+          ctx.ParallelFor(r.begin, r.end, grain, body);
+        },
+        SubmitOptions().on_node(mine->node).named("parallel_for"));
+    local = share.Wait();
+  }
+  absl::Status others = counter.Wait();
+  return local.ok() ? others : local;
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle.
+
+absl::Status Runtime::Shutdown(ShutdownMode mode) {
+  if (CurrentSlot() != nullptr) {
+    absl::Status s = absl::FailedPreconditionError(
+        "Shutdown called from inside one of the runtime's jobs: it would "
+        "wait for itself");
+    ReportError(Report(ErrorKind::kMisuse, "jobs::Runtime::Shutdown",
+                       std::string(s.message())));
+    return s;
+  }
+  alloc_internal::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return absl::OkStatus();
+  if (mode == ShutdownMode::kCancel) {
+    cancel_all_.store(true, std::memory_order_release);
+  }
+  accepting_.store(false, std::memory_order_seq_cst);
+  absl::Status result;
+  if (frame_open()) {
+    result = EndFrame();
+  }
+  WaitUntilZero(outstanding_);
+  // Every job has finished; tokens of jobs that ran elsewhere (inline,
+  // stolen, cancelled) may still sit in the arenas as no-ops: drain them.
+  for (auto& node : nodes_) {
+    node->arena.execute([&] { node->group.wait(); });
+  }
+  shut_down_ = true;
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and the timeline.
+
+RuntimeStats Runtime::stats() const {
+  RuntimeStats s;
+  const uint64_t now = Ticks();
+  const double spt = jobs_internal::SecondsPerTick();
+  s.uptime_seconds = static_cast<double>(now - start_tsc_) * spt;
+  s.pinned = pinned_;
+  for (const auto& node : nodes_) {
+    NodeStats n;
+    n.node = node->index;
+    n.workers = node->workers;
+    n.pus = node->pus;
+    n.jobs_submitted = node->submitted.load(std::memory_order_relaxed);
+    for (const auto& slot : node->slots) {
+      WorkerStats w;
+      w.node = node->index;
+      w.worker = slot->index;
+      w.jobs_run = slot->jobs_run.load(std::memory_order_relaxed);
+      w.jobs_stolen = slot->jobs_stolen.load(std::memory_order_relaxed);
+      w.jobs_inline = slot->jobs_inline.load(std::memory_order_relaxed);
+      w.busy_seconds = static_cast<double>(
+                           slot->busy_ticks.load(std::memory_order_relaxed)) *
+                       spt;
+      w.idle_seconds = std::max(0.0, s.uptime_seconds - w.busy_seconds);
+      n.jobs_run += w.jobs_run;
+      n.jobs_stolen += w.jobs_stolen;
+      n.busy_seconds += w.busy_seconds;
+      n.idle_seconds += w.idle_seconds;
+      n.worker_stats.push_back(w);
+    }
+    s.jobs_submitted += n.jobs_submitted;
+    s.nodes.push_back(std::move(n));
+  }
+  s.jobs_completed = completed_.load(std::memory_order_relaxed);
+  s.jobs_failed = failed_.load(std::memory_order_relaxed);
+  s.jobs_cancelled = cancelled_.load(std::memory_order_relaxed);
+  s.jobs_refused = refused_.load(std::memory_order_relaxed);
+  s.frames = frames();
+  return s;
+}
+
+std::string RuntimeStats::ToJson() const {
+  std::string out = absl::StrFormat(
+      "{\"uptime_seconds\":%.6f,\"pinned\":%s,\"jobs_submitted\":%d,"
+      "\"jobs_completed\":%d,\"jobs_failed\":%d,\"jobs_cancelled\":%d,"
+      "\"jobs_refused\":%d,\"frames\":%d,\"nodes\":[",
+      uptime_seconds, pinned ? "true" : "false", jobs_submitted, jobs_completed,
+      jobs_failed, jobs_cancelled, jobs_refused, frames);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const NodeStats& n = nodes[i];
+    absl::StrAppendFormat(
+        &out,
+        "%s{\"node\":%d,\"workers\":%d,\"jobs_submitted\":%d,\"jobs_run\":%d,"
+        "\"jobs_stolen\":%d,\"busy_seconds\":%.6f,\"idle_seconds\":%.6f,"
+        "\"worker_stats\":[",
+        i ? "," : "", n.node, n.workers, n.jobs_submitted, n.jobs_run,
+        n.jobs_stolen, n.busy_seconds, n.idle_seconds);
+    for (size_t j = 0; j < n.worker_stats.size(); ++j) {
+      const WorkerStats& w = n.worker_stats[j];
+      absl::StrAppendFormat(
+          &out,
+          "%s{\"worker\":%d,\"jobs_run\":%d,\"jobs_stolen\":%d,"
+          "\"jobs_inline\":%d,\"busy_seconds\":%.6f,\"idle_seconds\":%.6f}",
+          j ? "," : "", w.worker, w.jobs_run, w.jobs_stolen, w.jobs_inline,
+          w.busy_seconds, w.idle_seconds);
+    }
+    out += "]}";
+  }
+  out += "]}";
+  return out;
+}
+
+std::string RuntimeStats::ToText() const {
+  std::string out = absl::StrFormat(
+      "jobs: %d submitted, %d completed, %d failed, %d cancelled, %d refused; "
+      "%d frames; %.3f s up; workers %s\n",
+      jobs_submitted, jobs_completed, jobs_failed, jobs_cancelled, jobs_refused,
+      frames, uptime_seconds, pinned ? "pinned" : "not pinned");
+  for (const NodeStats& n : nodes) {
+    absl::StrAppendFormat(&out,
+                          "node %d: %d workers, %d submitted, %d run, %d "
+                          "stolen, busy %.3f s, idle %.3f s\n",
+                          n.node, n.workers, n.jobs_submitted, n.jobs_run,
+                          n.jobs_stolen, n.busy_seconds, n.idle_seconds);
+    for (const WorkerStats& w : n.worker_stats) {
+      absl::StrAppendFormat(
+          &out, "  worker %d: %d run (%d stolen, %d inline), busy %.3f s\n",
+          w.worker, w.jobs_run, w.jobs_stolen, w.jobs_inline, w.busy_seconds);
+    }
+  }
+  return out;
+}
+
+void Runtime::StartTrace() { trace_on_.store(true, std::memory_order_relaxed); }
+void Runtime::StopTrace() { trace_on_.store(false, std::memory_order_relaxed); }
+
+void Runtime::WriteChromeTrace(std::ostream& out) const {
+  std::vector<jobs_internal::TraceTrack> tracks;
+  for (const auto& node : nodes_) {
+    for (const auto& slot : node->slots) {
+      tracks.push_back({node->index, slot->index, &slot->trace});
+    }
+  }
+  jobs_internal::WriteChromeTrace(out, tracks, start_tsc_,
+                                  jobs_internal::SecondsPerTick());
+}
+
+absl::Status Runtime::WriteChromeTrace(const std::string& path) const {
+  std::ofstream file(path);
+  if (!file) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot open '", path, "' for writing"));
+  }
+  WriteChromeTrace(file);
+  file.close();
+  if (!file) {
+    return absl::DataLossError(absl::StrCat("writing '", path, "' failed"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace jobs
+}  // namespace framealloc

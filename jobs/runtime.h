@@ -1,0 +1,696 @@
+// jobs::Runtime: a NUMA-aware work-stealing job runtime on oneTBB, with a
+// frame arena per worker.
+//
+// For: running a frame's work (or a server's requests) as jobs on pinned
+// workers, each job next to its data: one tbb::task_arena per NUMA node,
+// sized to the node; workers bound to the node's PUs by the runtime itself
+// (hwloc, through a task_scheduler_observer); every worker slot owns a
+// FrameArena from its node's SmartAlloc, so what a job allocates sits on
+// the node it runs on. oneTBB does the scheduling and the work stealing
+// inside a node; this layer adds node affinity, frames, handles, counters,
+// dependencies, cancellation, statistics and a timeline.
+// Not for: blocking I/O inside jobs (a blocked job holds a worker), nor
+// scheduling across processes.
+//
+// A tour:
+//   auto rt = jobs::Runtime::Create(jobs::Config()).value();
+//   rt->BeginFrame();
+//   auto a = rt->Submit([](jobs::JobContext& ctx) {
+//     float* tmp = ctx.arena().AllocateArray<float>(1024);  // until EndFrame
+//     return Work(tmp);
+//   }, jobs::SubmitOptions().on_node(0));
+//   auto b = rt->Submit(Next, jobs::SubmitOptions().after(a));  // runs after a
+//   rt->EndFrame();  // waits for the frame's jobs, resets every worker arena
+//   if (b.Wait().ok()) Use(b.value());
+//
+// Frames. Jobs submitted while a frame is open (BeginFrame..EndFrame)
+// belong to it; their JobContext::arena() is the worker's frame arena, and
+// what they allocate there stays valid, for any job of the frame, until
+// EndFrame, which waits for the frame's jobs and then resets every worker
+// arena on every node. Jobs submitted outside a frame get the worker's
+// scratch arena instead, rewound when the job returns (request-scoped
+// memory for servers).
+//
+// Waiting. Handles and counters may be waited on from any thread. A job
+// that waits on a handle of an unstarted job of its own node runs it
+// inline; any other wait inside a job blocks its worker (a blocked worker
+// runs nothing else, so nothing can rewind its arena underneath the
+// waiting job). Fork-join inside a job (JobContext::Fork, ::ParallelFor)
+// helps instead: the waiting worker runs the children, isolated
+// (tbb::this_task_arena::isolate) from every other job.
+//
+// Thread safety: every method may be called from any thread, including
+// threads the runtime does not own, except where a REQUIRES says otherwise.
+// Errors: Create returns a Status; a submission that cannot be accepted
+// (bad node, runtime shut down) gives a handle that is already finished
+// with that Status (Spawn returns it); jobs' exceptions are caught and
+// reach whoever waits (JobHandle, JobCounter, EndFrame); misuse (EndFrame
+// from inside a job, a frame left open at Shutdown) is reported through
+// ReportError (alloc/error.h) and returns FailedPrecondition. This layer
+// throws nothing of its own.
+#ifndef JOBS_RUNTIME_H_
+#define JOBS_RUNTIME_H_
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <new>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "alloc/frame_arena.h"
+#include "alloc/internal/mutex.h"
+#include "alloc/smart_alloc.h"
+#include "jobs/config.h"
+#include "jobs/internal/job_record.h"
+#include "numa/numa_alloc.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace jobs {
+
+class Runtime;
+
+namespace jobs_internal {
+struct WorkerSlot;
+}  // namespace jobs_internal
+
+// Where a job should run: on a given node, or anywhere (the submitting
+// worker's node, or the nodes in turn for other threads).
+class Affinity {
+ public:
+  static constexpr int kAny = -1;
+  constexpr Affinity() = default;
+  static constexpr Affinity Any() { return Affinity(); }
+  static constexpr Affinity Node(int node) { return Affinity(node); }
+  constexpr bool any() const { return node_ == kAny; }
+  constexpr int node() const { return node_; }
+  friend constexpr bool operator==(Affinity a, Affinity b) {
+    return a.node_ == b.node_;
+  }
+
+ private:
+  constexpr explicit Affinity(int node) : node_(node) {}
+  int node_ = kAny;
+};
+
+// What a running job knows about where it runs: handed to the job, so it
+// needs no thread-local lookup to find its node, worker or arena.
+// Valid only during the job (do not keep it).
+class JobContext {
+ public:
+  JobContext(const JobContext&) = delete;
+  JobContext& operator=(const JobContext&) = delete;
+
+  // The node the job runs on (the thief's, for a stolen job).
+  int node() const { return node_; }
+  // The worker slot within the node, 0..Runtime::workers(node)-1.
+  int worker() const { return worker_; }
+  // Frame jobs: the worker's frame arena (memory valid until EndFrame).
+  // Other jobs: the worker's scratch arena, rewound when the job returns.
+  FrameArena& arena() const { return *arena_; }
+  // The node's SmartAlloc (pools, heap, budgets), memory on this node.
+  SmartAlloc& alloc() const;
+  Runtime& runtime() const { return *runtime_; }
+  bool in_frame() const { return in_frame_; }
+  // The job was submitted to another node and taken by this one.
+  bool stolen() const { return stolen_; }
+  // Jobs' ids count from 1 in submission order; fork children have 0.
+  uint64_t job_id() const { return job_id_; }
+  // Cancellation was asked for the job's counter or the runtime (kCancel
+  // shutdown) after the job started: long jobs may poll this and stop.
+  bool cancel_requested() const;
+
+  // Runs every function (each `void(JobContext&)`) as a child job on this
+  // node and returns when all have finished; the calling worker runs
+  // children itself while it waits, isolated from unrelated jobs. The last
+  // function runs on the calling worker. An exception thrown by a child is
+  // rethrown here (the first one, if several throw).
+  template <typename... Fs>
+  void Fork(Fs&&... fs);
+
+  // Calls f(ctx, begin, end) over [begin, end) in chunks of at least
+  // `grain` (>= 1) items, in parallel on this node's workers, each chunk
+  // with the context of the worker that runs it. Returns when all are done;
+  // exceptions as Fork.
+  template <typename F>
+  void ParallelFor(size_t begin, size_t end, size_t grain, F&& f);
+
+ private:
+  friend class Runtime;
+  JobContext() = default;
+
+  Runtime* runtime_ = nullptr;
+  jobs_internal::WorkerSlot* slot_ = nullptr;
+  jobs_internal::JobRecord* record_ = nullptr;  // Null for fork children.
+  FrameArena* arena_ = nullptr;
+  uint64_t job_id_ = 0;
+  int node_ = 0;
+  int worker_ = 0;
+  bool in_frame_ = false;
+  bool stolen_ = false;
+};
+
+class JobCounter;
+
+// An untyped, counted reference to a submitted job: enough to wait on it,
+// cancel it, or name it as a predecessor. Copyable; cheap.
+class JobRef {
+ public:
+  JobRef() = default;
+  JobRef(const JobRef& other);
+  JobRef(JobRef&& other) noexcept : record_(other.record_) {
+    other.record_ = nullptr;
+  }
+  JobRef& operator=(JobRef other) noexcept {
+    std::swap(record_, other.record_);
+    return *this;
+  }
+  ~JobRef();
+
+  // False for a default-constructed or moved-from reference.
+  bool valid() const { return record_ != nullptr; }
+  // The job has finished (run, failed, or cancelled).
+  bool done() const;
+  // Waits until the job has finished. OK if it ran to completion;
+  // Cancelled if it was cancelled (or a predecessor failed); Unknown with
+  // the exception's text if it threw (exception() holds it); the
+  // submission's error (InvalidArgument, FailedPrecondition) if it was
+  // refused. Inside a job of the same node an unstarted job runs inline.
+  absl::Status Wait() const;
+  // The job's status once done() (Wait's result); Unavailable before.
+  absl::Status status() const;
+  // What the job threw, after Wait(); null if it did not throw.
+  std::exception_ptr exception() const;
+  // Cancels the job if it has not started: returns true if it will not
+  // run (its dependants are cancelled too), false if it already runs or
+  // ran.
+  bool Cancel();
+  uint64_t id() const;
+
+ protected:
+  friend class Runtime;
+  explicit JobRef(jobs_internal::JobRecord* adopted) : record_(adopted) {}
+  jobs_internal::JobRecord* record_ = nullptr;
+};
+
+namespace jobs_internal {
+
+struct Empty {};
+
+// A record that owns the job's function and its result.
+template <typename F, typename R>
+struct TypedJob final : JobRecord {
+  using Stored = std::conditional_t<std::is_void_v<R>, Empty, R>;
+  std::optional<F> fn;
+  std::optional<Stored> result;
+
+  static void Invoke(JobRecord* self, JobContext& ctx);
+  static void Destroy(JobRecord* self);
+};
+
+template <typename F>
+using ResultOf = std::conditional_t<std::is_invocable_v<F&, JobContext&>,
+                                    std::invoke_result<F&, JobContext&>,
+                                    std::invoke_result<F&>>;
+
+}  // namespace jobs_internal
+
+// A reference to a job whose function returns R (void allowed).
+template <typename R>
+class JobHandle : public JobRef {
+ public:
+  JobHandle() = default;
+
+  // The job's result. REQUIRES: Wait() returned OK (fatal error otherwise).
+  template <typename U = R, typename = std::enable_if_t<!std::is_void_v<U>>>
+  U& value() const;
+
+ private:
+  friend class Runtime;
+  explicit JobHandle(jobs_internal::JobRecord* adopted) : JobRef(adopted) {}
+};
+
+// Counts the unfinished jobs submitted with it (SubmitOptions::counter):
+// the light way to wait for a batch. Keeps the first failure. Not movable;
+// it must outlive its jobs: the destructor waits for them.
+class JobCounter {
+ public:
+  JobCounter() = default;
+  JobCounter(const JobCounter&) = delete;
+  JobCounter& operator=(const JobCounter&) = delete;
+  ~JobCounter();
+
+  // Waits until every job counted here has finished. OK, or the first
+  // failure (Cancelled, Unknown for an exception: exception() holds it).
+  // Inside a job, blocks the worker: prefer JobContext::Fork there.
+  absl::Status Wait();
+  // Jobs counted here that have not started are cancelled, and so are
+  // those submitted later, until Reset(). Running jobs see
+  // JobContext::cancel_requested().
+  void Cancel();
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  int64_t pending() const { return pending_.load(std::memory_order_acquire); }
+  // The first exception a counted job threw, or null.
+  std::exception_ptr exception() const;
+  // Forgets the failure and the cancellation. REQUIRES: pending() == 0.
+  void Reset();
+
+ private:
+  friend class Runtime;
+  void Add() { pending_.fetch_add(1, std::memory_order_relaxed); }
+  void Finish(const jobs_internal::JobRecord& record);
+
+  // Release on decrement so that the jobs' effects are visible to the
+  // waiter that observes 0 with acquire.
+  std::atomic<int64_t> pending_{0};
+  std::atomic<uint32_t> wake_{0};  // Futex word bumped when pending hits 0.
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> failed_{false};
+  mutable alloc_internal::Mutex mu_;
+  absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+  std::exception_ptr first_exception_ ABSL_GUARDED_BY(mu_);
+};
+
+// Per-submission choices. Fluent.
+struct SubmitOptions {
+  Affinity affinity;
+  JobCounter* counter = nullptr;  // Not owned; counts the job.
+  std::vector<JobRef> predecessors;
+  const char* name = nullptr;  // Static string: the job's name in traces.
+
+  SubmitOptions& on_node(int node) {
+    affinity = Affinity::Node(node);
+    return *this;
+  }
+  SubmitOptions& on(Affinity a) {
+    affinity = a;
+    return *this;
+  }
+  SubmitOptions& with_counter(JobCounter* c) {
+    counter = c;
+    return *this;
+  }
+  // The job runs when every job given has finished (in any order). If one
+  // of them fails or is cancelled, this job is cancelled.
+  template <typename... Refs>
+  SubmitOptions& after(const Refs&... refs) {
+    (predecessors.push_back(refs), ...);
+    return *this;
+  }
+  SubmitOptions& named(const char* n) {
+    name = n;
+    return *this;
+  }
+};
+
+// A contiguous range of item indexes homed on one node.
+struct NodeRange {
+  int node = 0;
+  size_t begin = 0;
+  size_t end = 0;
+  size_t size() const { return end - begin; }
+  bool empty() const { return begin == end; }
+};
+
+// Items 0..n-1 split into one contiguous range per node, in node order.
+class NodePartition {
+ public:
+  NodePartition() = default;
+  explicit NodePartition(std::vector<NodeRange> ranges)
+      : ranges_(std::move(ranges)) {}
+  // `n` items split in proportion to `weights` (one per node, e.g. the
+  // workers of each node); ranges of nodes with weight 0 are empty.
+  static NodePartition Proportional(size_t n, const std::vector<int>& weights);
+
+  const std::vector<NodeRange>& ranges() const { return ranges_; }
+  size_t size() const { return ranges_.empty() ? 0 : ranges_.back().end; }
+  // The node that holds item i. REQUIRES: i < size().
+  int HomeOf(size_t i) const;
+
+ private:
+  std::vector<NodeRange> ranges_;
+};
+
+// Counters of one worker slot. Exact once the runtime is quiescent.
+struct WorkerStats {
+  int node = 0;
+  int worker = 0;
+  uint64_t jobs_run = 0;     // Jobs and fork children run by this slot.
+  uint64_t jobs_stolen = 0;  // ...of which submitted to another node.
+  uint64_t jobs_inline = 0;  // ...of which run inline by a waiting job.
+  double busy_seconds = 0;   // Time inside top-level jobs.
+  double idle_seconds = 0;   // Uptime minus busy time.
+  uint64_t arena_bytes_reserved = 0;  // Frame + scratch arena chunks.
+};
+
+struct NodeStats {
+  int node = 0;
+  int workers = 0;
+  std::vector<int> pus;         // OS indexes of the node's PUs.
+  uint64_t jobs_submitted = 0;  // Submitted with this node's affinity.
+  uint64_t jobs_run = 0;
+  uint64_t jobs_stolen = 0;  // Taken by this node from another node.
+  double busy_seconds = 0;
+  double idle_seconds = 0;
+  std::vector<WorkerStats> worker_stats;
+};
+
+// One frame, from BeginFrame to the end of EndFrame.
+struct FrameTiming {
+  uint64_t frame = 0;
+  double seconds = 0;        // BeginFrame to EndFrame's return.
+  double wait_seconds = 0;   // EndFrame waiting for the frame's jobs.
+  double reset_seconds = 0;  // EndFrame resetting the worker arenas.
+  uint64_t jobs = 0;         // Jobs submitted in the frame.
+  uint64_t failed_jobs = 0;  // ...that failed or were cancelled.
+  uint64_t arena_bytes = 0;  // Bytes the jobs took from worker arenas.
+};
+
+struct RuntimeStats {
+  std::vector<NodeStats> nodes;
+  uint64_t jobs_submitted = 0;
+  uint64_t jobs_completed = 0;  // Ran to the end.
+  uint64_t jobs_failed = 0;     // Threw.
+  uint64_t jobs_cancelled = 0;
+  uint64_t jobs_refused = 0;  // Submissions that were not accepted.
+  uint64_t frames = 0;
+  double uptime_seconds = 0;
+  bool pinned = false;
+  std::string ToJson() const;
+  std::string ToText() const;
+};
+
+class Runtime {
+ public:
+  // Builds the runtime: topology, one SmartAlloc and one task arena per
+  // node, per-worker arenas. InvalidArgument for a bad configuration,
+  // FailedPrecondition for strict pinning or strict memory binding where
+  // the machine cannot bind.
+  static absl::StatusOr<std::unique_ptr<Runtime>> Create(Config config = {});
+  // Shutdown(config().shutdown). REQUIRES: not called from one of its jobs.
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // ---- Layout ---------------------------------------------------------------
+  const numa::Topology& topology() const { return *topology_; }
+  const Config& config() const { return config_; }
+  int num_nodes() const;
+  int workers(int node) const;
+  int total_workers() const { return total_workers_; }
+  // Workers are bound to their node's PUs.
+  bool pinned() const { return pinned_; }
+  // The per-node SmartAllocs (NumaAlloc: node(k), on_node(k), stats()).
+  numa::NumaAlloc& memory() { return *memory_; }
+  // `n` items split over the nodes in proportion to their workers.
+  NodePartition Partition(size_t n) const;
+
+  // ---- Submission
+  // ------------------------------------------------------------- Submits `f`
+  // (callable as f(JobContext&) or f()); the handle gives its result. Never
+  // blocks (dependencies wait in the runtime, not here).
+  template <typename F>
+  auto Submit(F&& f, SubmitOptions options = {})
+      -> JobHandle<typename jobs_internal::ResultOf<std::decay_t<F>>::type>;
+  // As Submit, without a handle (count it with options.counter). Returns
+  // the submission error, if any; the job's own failure goes to the
+  // counter.
+  template <typename F>
+  absl::Status Spawn(F&& f, SubmitOptions options = {});
+
+  // ---- Frames
+  // ----------------------------------------------------------------- Opens a
+  // frame. FailedPrecondition if one is open or the runtime is shut down.
+  absl::Status BeginFrame();
+  // Waits for every job of the open frame, then resets every worker's
+  // frame arena on every node. Returns OK, or a summary of the frame's
+  // failed jobs (their own handles hold the details). FailedPrecondition
+  // if no frame is open or when called from inside a job of this runtime.
+  absl::Status EndFrame();
+  bool frame_open() const;
+  // Frames ended so far.
+  uint64_t frames() const;
+
+  // ---- Parallel algorithms
+  // ---------------------------------------------------- Calls f(ctx, begin,
+  // end) over every range of `partition`, each on its home node, split in
+  // chunks of at least `grain` items. Returns when all are done: OK, or the
+  // first failure. Inside a job, the caller's node's share runs on the calling
+  // worker's node with the caller helping.
+  template <typename F>
+  absl::Status ParallelFor(const NodePartition& partition, size_t grain, F&& f);
+  // Items 0..n-1 split by Partition(n).
+  template <typename F>
+  absl::Status ParallelFor(size_t n, size_t grain, F&& f) {
+    return ParallelFor(Partition(n), grain, std::forward<F>(f));
+  }
+
+  // ---- Lifecycle
+  // -------------------------------------------------------------- Stops
+  // accepting jobs (later submissions fail with FailedPrecondition), then
+  // finishes or cancels what is pending, and returns when no job is left.
+  // Idempotent. FailedPrecondition when called from one of its jobs.
+  absl::Status Shutdown(ShutdownMode mode);
+  bool accepting() const { return accepting_.load(std::memory_order_acquire); }
+
+  // ---- Observability
+  // ----------------------------------------------------------
+  RuntimeStats stats() const;
+  // The last Config::frame_history frames, oldest first.
+  std::vector<FrameTiming> frame_history() const;
+  // Records each job's start and end per worker from now on / no more.
+  void StartTrace();
+  void StopTrace();
+  // The recorded timeline in Chrome's trace event format (one process per
+  // node, one thread per worker, one complete event per job): open it in
+  // Perfetto (ui.perfetto.dev) or chrome://tracing.
+  // REQUIRES: no job is running (after EndFrame, a Wait, or Shutdown).
+  void WriteChromeTrace(std::ostream& out) const;
+  absl::Status WriteChromeTrace(const std::string& path) const;
+
+  // Used by JobContext. Runs `body` as a child job on the calling worker.
+  void RunChild(const JobContext& parent,
+                absl::FunctionRef<void(JobContext&)> body);
+
+ private:
+  struct Node;
+  struct FrameState;
+  friend class JobRef;
+  friend class JobCounter;
+  friend class JobContext;
+
+  explicit Runtime(Config config);
+  absl::Status Init();
+
+  void* AllocateRecord(size_t size, size_t alignment);
+  friend void jobs_internal::FreeRecord(Runtime* runtime, void* record,
+                                        size_t size, size_t alignment);
+  // Fills the common fields, applies the options and schedules. Returns
+  // the submission error (the record is then finished with it).
+  absl::Status Enqueue(jobs_internal::JobRecord* record,
+                       SubmitOptions& options);
+  void Schedule(jobs_internal::JobRecord* record);
+  void PostToken(int node, jobs_internal::JobRecord* record);
+  void RunToken(int node, jobs_internal::JobRecord* record);
+  void RunThief(int node, int victim);
+  void MaybeSteal(int idle_node);
+  void Execute(jobs_internal::JobRecord* record,
+               jobs_internal::WorkerSlot* slot, bool stolen, bool inline_run);
+  void Finish(jobs_internal::JobRecord* record, jobs_internal::JobState state,
+              absl::Status status, std::exception_ptr exception);
+  bool TryRunInline(jobs_internal::JobRecord* record);
+  absl::Status ParallelForImpl(
+      const NodePartition& partition, size_t grain,
+      absl::FunctionRef<void(JobContext&, size_t, size_t)> body);
+  jobs_internal::WorkerSlot* CurrentSlot() const;
+  static void Release(jobs_internal::JobRecord* record);
+
+  Config config_;
+  std::unique_ptr<numa::Topology> owned_topology_;
+  const numa::Topology* topology_ = nullptr;
+  std::unique_ptr<numa::NumaAlloc> memory_;
+  // Job records come from these pools (any thread may free).
+  std::unique_ptr<SmartAlloc> control_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::unique_ptr<FrameState> frame_;
+  int total_workers_ = 0;
+  bool pinned_ = false;
+  bool registered_parallelism_ = false;
+
+  std::atomic<bool> accepting_{true};
+  std::atomic<bool> cancel_all_{false};
+  std::atomic<bool> trace_on_{false};
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint32_t> next_any_{0};
+  std::atomic<uint64_t> refused_{0};
+  std::atomic<uint64_t> completed_{0};
+  std::atomic<uint64_t> failed_{0};
+  std::atomic<uint64_t> cancelled_{0};
+  // Jobs submitted and not finished; Shutdown sleeps on `idle_wake_`.
+  std::atomic<int64_t> outstanding_{0};
+  std::atomic<uint32_t> idle_wake_{0};
+  uint64_t start_tsc_ = 0;
+
+  alloc_internal::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+// ---------------------------------------------------------------------------
+// Implementation details.
+
+namespace jobs_internal {
+
+template <typename F, typename R>
+void TypedJob<F, R>::Invoke(JobRecord* self, JobContext& ctx) {
+  auto* job = static_cast<TypedJob*>(self);
+  struct DropFn {
+    TypedJob* job;
+    ~DropFn() { job->fn.reset(); }
+  } drop{job};
+  if constexpr (std::is_void_v<R>) {
+    if constexpr (std::is_invocable_v<F&, JobContext&>) {
+      (*job->fn)(ctx);
+    } else {
+      (*job->fn)();
+    }
+    job->result.emplace();
+  } else {
+    if constexpr (std::is_invocable_v<F&, JobContext&>) {
+      job->result.emplace((*job->fn)(ctx));
+    } else {
+      job->result.emplace((*job->fn)());
+    }
+    job->result_ptr = &*job->result;
+  }
+}
+
+template <typename F, typename R>
+void TypedJob<F, R>::Destroy(JobRecord* self) {
+  auto* job = static_cast<TypedJob*>(self);
+  Runtime* runtime = job->runtime;
+  job->~TypedJob();
+  FreeRecord(runtime, self, sizeof(TypedJob), alignof(TypedJob));
+}
+
+// Reports a value() call on a job that did not succeed; never returns.
+[[noreturn]] void FailedValueAccess(const JobRecord* record);
+
+}  // namespace jobs_internal
+
+template <typename R>
+template <typename U, typename>
+U& JobHandle<R>::value() const {
+  auto* job = record_;
+  if (job == nullptr || (job->state.load(std::memory_order_acquire) &
+                         jobs_internal::kStateMask) != jobs_internal::kDone) {
+    jobs_internal::FailedValueAccess(job);
+  }
+  // The record's dynamic type is TypedJob<F, R> for some F unknown here:
+  // Invoke left the address of its result in result_ptr.
+  return *static_cast<U*>(job->result_ptr);
+}
+
+template <typename F>
+auto Runtime::Submit(F&& f, SubmitOptions options)
+    -> JobHandle<typename jobs_internal::ResultOf<std::decay_t<F>>::type> {
+  using Fn = std::decay_t<F>;
+  using R = typename jobs_internal::ResultOf<Fn>::type;
+  using Job = jobs_internal::TypedJob<Fn, R>;
+  void* memory = AllocateRecord(sizeof(Job), alignof(Job));
+  auto* job = new (memory) Job();
+  job->fn.emplace(std::forward<F>(f));
+  job->invoke = &Job::Invoke;
+  job->destroy = &Job::Destroy;
+  job->refs.store(2, std::memory_order_relaxed);  // Handle + scheduling.
+  (void)Enqueue(job, options);
+  return JobHandle<R>(job);
+}
+
+template <typename F>
+absl::Status Runtime::Spawn(F&& f, SubmitOptions options) {
+  using Fn = std::decay_t<F>;
+  using R = typename jobs_internal::ResultOf<Fn>::type;
+  using Job = jobs_internal::TypedJob<Fn, R>;
+  void* memory = AllocateRecord(sizeof(Job), alignof(Job));
+  auto* job = new (memory) Job();
+  job->fn.emplace(std::forward<F>(f));
+  job->invoke = &Job::Invoke;
+  job->destroy = &Job::Destroy;
+  job->refs.store(1, std::memory_order_relaxed);  // Scheduling only.
+  return Enqueue(job, options);
+}
+
+template <typename F>
+absl::Status Runtime::ParallelFor(const NodePartition& partition, size_t grain,
+                                  F&& f) {
+  return ParallelForImpl(
+      partition, grain,
+      [&f](JobContext& ctx, size_t begin, size_t end) { f(ctx, begin, end); });
+}
+
+template <typename... Fs>
+void JobContext::Fork(Fs&&... fs) {
+  static_assert(sizeof...(Fs) >= 1, "Fork needs at least one function");
+  tbb::task_group group;
+  tbb::this_task_arena::isolate([&] {
+    // Every function but the last goes to the node's workers; the caller
+    // runs the last, then helps with the rest in group.wait().
+    size_t index = 0;
+    constexpr size_t kLast = sizeof...(Fs) - 1;
+    auto dispatch = [&](auto& fn) {
+      if (index++ == kLast) {
+        runtime_->RunChild(*this, fn);
+      } else {
+        group.run([this, &fn] { runtime_->RunChild(*this, fn); });
+      }
+    };
+    struct WaitOnUnwind {
+      tbb::task_group& group;
+      bool armed = true;
+      ~WaitOnUnwind() {
+        if (armed) {
+          group.cancel();
+          group.wait();
+        }
+      }
+    } guard{group};
+    (dispatch(fs), ...);
+    guard.armed = false;
+    group.wait();
+  });
+}
+
+template <typename F>
+void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
+  if (begin >= end) return;
+  if (grain == 0) grain = 1;
+  tbb::this_task_arena::isolate([&] {
+    tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, grain),
+                      [&](const tbb::blocked_range<size_t>& r) {
+                        runtime_->RunChild(*this, [&](JobContext& child) {
+                          f(child, r.begin(), r.end());
+                        });
+                      });
+  });
+}
+
+}  // namespace jobs
+}  // namespace framealloc
+
+#endif  // JOBS_RUNTIME_H_
