@@ -230,10 +230,10 @@ class NodeObserver final : public tbb::task_scheduler_observer {
         pin_(pin) {}
 
   void on_scheduler_entry(bool is_worker) override {
-    const int index = tbb::this_task_arena::current_thread_index();
-    tls_slot = (index >= 0 && index < static_cast<int>(slots_.size()))
-                   ? slots_[index]
-                   : nullptr;
+    // Only workers run jobs: a thread that joins with execute() (Shutdown
+    // draining no-op tokens) gets no slot.
+    tls_slot = is_worker ? SlotFor(tbb::this_task_arena::current_thread_index())
+                         : nullptr;
     if (pin_ && is_worker) {
       auto previous = numa::GetThreadBinding(*topology_);
       absl::Status bound = numa::BindThreadToNode(*topology_, node_);
@@ -247,6 +247,16 @@ class NodeObserver final : public tbb::task_scheduler_observer {
                                         "; it runs unpinned (reported once)")));
       }
     }
+  }
+
+  // TBB numbers a worker's slot 0..workers-1, except in an arena of one
+  // worker and no reserved slot, which it builds with two slots and hands
+  // slot 1 to the worker.
+  WorkerSlot* SlotFor(int index) const {
+    const int n = static_cast<int>(slots_.size());
+    if (index >= 0 && index < n) return slots_[index];
+    if (n == 1 && index == 1) return slots_[0];
+    return nullptr;
   }
 
   void on_scheduler_exit(bool is_worker) override {
@@ -398,6 +408,18 @@ absl::Status Runtime::Init() {
   memory_ = *std::move(memory);
   control_ = std::make_unique<SmartAlloc>(AllocConfig());
 
+  // Raise TBB's thread limit before any arena asks for its workers.
+  int planned = 0;
+  for (int k = 0; k < nodes; ++k) {
+    const int w = config_.node_workers.empty() ? config_.workers_per_node
+                                               : config_.node_workers[k];
+    planned += w != 0 ? w
+                      : std::max<int>(
+                            1, static_cast<int>(topology_->node(k).pus.size()));
+  }
+  Parallelism::Get().Add(planned);
+  registered_parallelism_ = planned;
+
   for (int k = 0; k < nodes; ++k) {
     auto node = std::make_unique<Node>();
     node->index = k;
@@ -435,8 +457,6 @@ absl::Status Runtime::Init() {
     alloc_internal::MutexLock lock(&frame_->mu);
     frame_->history.reserve(config_.frame_history);
   }
-  Parallelism::Get().Add(total_workers_);
-  registered_parallelism_ = true;
   trace_on_.store(config_.trace, std::memory_order_relaxed);
   start_tsc_ = Ticks();
   (void)jobs_internal::SecondsPerTick();
@@ -449,7 +469,9 @@ Runtime::~Runtime() {
     if (node->observer) node->observer->observe(false);
     node->arena.terminate();
   }
-  if (registered_parallelism_) Parallelism::Get().Remove(total_workers_);
+  if (registered_parallelism_ > 0) {
+    Parallelism::Get().Remove(registered_parallelism_);
+  }
 }
 
 int Runtime::num_nodes() const { return static_cast<int>(nodes_.size()); }
@@ -742,8 +764,8 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
            nullptr);
     return;
   }
+  // (JobRef::Cancel wins or loses by the claim itself: not checked here.)
   if (cancel_all_.load(std::memory_order_acquire) ||
-      record->cancel_requested.load(std::memory_order_acquire) ||
       (record->counter != nullptr && record->counter->cancelled())) {
     Finish(record, jobs_internal::kCancelled,
            absl::CancelledError(
@@ -847,11 +869,8 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
                      std::exception_ptr exception) {
   record->status = std::move(status);
   record->exception = std::move(exception);
-  // Release: the result, status and everything the job wrote become
-  // visible to whoever sees the final state.
-  const uint32_t previous =
-      record->state.exchange(state, std::memory_order_acq_rel);
-  if (previous & kWaiterBit) record->state.notify_all();
+  // Counted before the state turns final, so a waiter's stats() include
+  // the job it waited for.
   switch (state) {
     case jobs_internal::kDone:
       completed_.fetch_add(1, std::memory_order_relaxed);
@@ -863,6 +882,11 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
       cancelled_.fetch_add(1, std::memory_order_relaxed);
       break;
   }
+  // Release: the result, status and everything the job wrote become
+  // visible to whoever sees the final state.
+  const uint32_t previous =
+      record->state.exchange(state, std::memory_order_acq_rel);
+  if (previous & kWaiterBit) record->state.notify_all();
   const bool failed = state != jobs_internal::kDone;
   Successor* edge =
       record->successors.exchange(kClosedList, std::memory_order_acq_rel);

@@ -531,7 +531,7 @@ class Runtime {
   std::unique_ptr<FrameState> frame_;
   int total_workers_ = 0;
   bool pinned_ = false;
-  bool registered_parallelism_ = false;
+  int registered_parallelism_ = 0;  // Workers added to TBB's limit.
 
   std::atomic<bool> accepting_{true};
   std::atomic<bool> cancel_all_{false};

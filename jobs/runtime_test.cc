@@ -1,13 +1,959 @@
+// Tests of jobs::Runtime: configuration errors, affinity (logical nodes on
+// synthetic topologies, CPUs on the real one), stealing policies, frames,
+// dependencies, results and exceptions, cancellation, shutdown, external
+// submitters, several runtimes, statistics and the trace. Concurrency tests
+// sweep worker counts.
 #include "jobs/runtime.h"
 
+#include <sched.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "alloc/error.h"
 #include "gtest/gtest.h"
-namespace framealloc::jobs {
+#include "jobs/parallel.h"
+#include "numa/topology.h"
+
+namespace framealloc {
+namespace jobs {
 namespace {
-TEST(RuntimeTest, Smoke) {
-  auto rt = Runtime::Create(Config()).value();
-  auto h = rt->Submit([](JobContext& ctx) { return ctx.node() + 41; });
-  ASSERT_TRUE(h.Wait().ok());
-  EXPECT_EQ(h.value(), 41);
+
+using ::testing::TestWithParam;
+using ::testing::Values;
+
+std::unique_ptr<numa::Topology> Synthetic(const char* description) {
+  auto t = numa::Topology::FromSynthetic(description);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return *std::move(t);
 }
+
+// Two nodes of two PUs each: logical nodes only (nothing is bound).
+std::unique_ptr<numa::Topology> TwoNodes() {
+  return Synthetic("pack:2 [numa] core:2 pu:1");
+}
+
+std::unique_ptr<Runtime> MakeRuntime(Config config) {
+  auto rt = Runtime::Create(std::move(config));
+  EXPECT_TRUE(rt.ok()) << rt.status();
+  return rt.ok() ? *std::move(rt) : nullptr;
+}
+
+// Holds jobs until opened: keeps workers busy so that others stay queued.
+class Gate {
+ public:
+  void Pass() {
+    while (!open_.load(std::memory_order_acquire)) std::this_thread::yield();
+  }
+  void Open() { open_.store(true, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> open_{false};
+};
+
+// Waits until `pred` holds, for at most 20 s (a hang fails the test).
+template <typename Pred>
+bool Eventually(Pred pred) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
+}
+
+// ---- Configuration --------------------------------------------------------
+
+TEST(RuntimeConfigTest, RejectsNegativeWorkers) {
+  auto rt = Runtime::Create(Config().set_workers_per_node(-1));
+  EXPECT_EQ(rt.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(rt.status().message(), "workers_per_node"));
+}
+
+TEST(RuntimeConfigTest, RejectsNodeWorkersOfWrongLength) {
+  auto topology = TwoNodes();
+  auto rt = Runtime::Create(
+      Config().set_topology(topology.get()).set_node_workers({1, 1, 1}));
+  EXPECT_EQ(rt.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(rt.status().message(), "3 entries"));
+}
+
+TEST(RuntimeConfigTest, RejectsZeroWorkersOnANode) {
+  auto topology = TwoNodes();
+  auto rt = Runtime::Create(
+      Config().set_topology(topology.get()).set_node_workers({2, 0}));
+  EXPECT_EQ(rt.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(rt.status().message(), "node_workers[1]"));
+}
+
+TEST(RuntimeConfigTest, StrictPinningNeedsARealTopology) {
+  auto topology = TwoNodes();
+  auto rt = Runtime::Create(
+      Config().set_topology(topology.get()).set_pinning(PinningPolicy::kNode));
+  EXPECT_EQ(rt.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(RuntimeConfigTest, AutoPinningOnSyntheticTopologyPinsNothing) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  ASSERT_NE(rt, nullptr);
+  EXPECT_FALSE(rt->pinned());
+  EXPECT_EQ(rt->num_nodes(), 2);
+  EXPECT_EQ(rt->workers(0), 2);
+  EXPECT_EQ(rt->total_workers(), 4);
+}
+
+TEST(RuntimeConfigTest, RejectsAnAllocatorSource) {
+  SystemMemorySource source;
+  auto rt =
+      Runtime::Create(Config().set_alloc(AllocConfig().set_source(&source)));
+  EXPECT_EQ(rt.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Submission, results, affinity -----------------------------------------
+
+class WorkerSweep : public TestWithParam<int> {};
+INSTANTIATE_TEST_SUITE_P(Workers, WorkerSweep, Values(1, 2, 3));
+
+TEST_P(WorkerSweep, ResultsReachTheWaiter) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  std::vector<JobHandle<int>> handles;
+  for (int i = 0; i < 200; ++i) {
+    handles.push_back(rt->Submit([i] { return i * i; }));
+  }
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(handles[i].Wait().ok());
+    EXPECT_EQ(handles[i].value(), i * i);
+  }
+}
+
+TEST_P(WorkerSweep, JobsRunOnTheirLogicalNode) {
+  auto topology = Synthetic("pack:4 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  JobCounter counter;
+  std::atomic<int> wrong{0};
+  std::vector<std::atomic<int>> ran(4);
+  for (int i = 0; i < 400; ++i) {
+    const int node = i % 4;
+    ASSERT_TRUE(rt->Spawn(
+                      [&, node](JobContext& ctx) {
+                        if (ctx.node() != node) wrong++;
+                        if (ctx.worker() < 0 || ctx.worker() >= GetParam()) {
+                          wrong++;
+                        }
+                        ran[node]++;
+                      },
+                      SubmitOptions().on_node(node).with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  EXPECT_EQ(wrong.load(), 0);
+  for (int k = 0; k < 4; ++k) EXPECT_EQ(ran[k].load(), 100);
+  RuntimeStats stats = rt->stats();
+  for (int k = 0; k < 4; ++k) {
+    EXPECT_EQ(stats.nodes[k].jobs_submitted, 100u);
+    EXPECT_EQ(stats.nodes[k].jobs_run, 100u);
+    EXPECT_EQ(stats.nodes[k].jobs_stolen, 0u);
+  }
+}
+
+TEST(RuntimeTest, PinnedJobsRunOnTheirNodesCpus) {
+  auto topology = numa::Topology::Discover();
+  ASSERT_TRUE(topology.ok());
+  auto rt = MakeRuntime(Config().set_topology(topology->get()));
+  if (!rt->pinned()) GTEST_SKIP() << "this machine cannot bind threads";
+  JobCounter counter;
+  std::atomic<int> outside{0};
+  for (int i = 0; i < 500; ++i) {
+    const int node = i % rt->num_nodes();
+    std::set<int> cpus((*topology)->node(node).pus.begin(),
+                       (*topology)->node(node).pus.end());
+    ASSERT_TRUE(rt->Spawn(
+                      [&outside, cpus] {
+                        if (cpus.count(sched_getcpu()) == 0) outside++;
+                      },
+                      SubmitOptions().on_node(node).with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  EXPECT_EQ(outside.load(), 0);
+}
+
+TEST(RuntimeTest, WorkersAreUnpinnedWhenTheyLeave) {
+  // A TBB worker that served the runtime and then runs the application's
+  // own TBB work must not stay bound to a node.
+  auto topology = numa::Topology::Discover();
+  ASSERT_TRUE(topology.ok());
+  auto rt = MakeRuntime(Config().set_topology(topology->get()));
+  if (!rt->pinned()) GTEST_SKIP() << "this machine cannot bind threads";
+  ASSERT_TRUE(rt->Submit([] {}).Wait().ok());
+  rt.reset();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int allowed = CPU_COUNT(&set);
+  std::atomic<int> narrowed{0};
+  tbb::task_arena arena(2, 0);
+  arena.execute([&] {
+    tbb::parallel_for(0, 64, [&](int) {
+      cpu_set_t mine;
+      CPU_ZERO(&mine);
+      sched_getaffinity(0, sizeof(mine), &mine);
+      if (CPU_COUNT(&mine) < allowed) narrowed++;
+    });
+  });
+  EXPECT_EQ(narrowed.load(), 0);
+}
+
+TEST(RuntimeTest, BadNodeIsRefusedWithAClearStatus) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto h = rt->Submit([] { return 1; }, SubmitOptions().on_node(7));
+  absl::Status s = h.Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(s.message(), "node 7 does not exist"));
+  JobCounter counter;
+  EXPECT_EQ(rt->Spawn([] {}, SubmitOptions().on_node(-3).with_counter(&counter))
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(counter.pending(), 0);
+  EXPECT_EQ(rt->stats().jobs_refused, 2u);
+}
+
+TEST(RuntimeTest, ContextGivesTheWorkersArenaOnItsNode) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  auto h = rt->Submit(
+      [](JobContext& ctx) {
+        int* p = ctx.arena().AllocateArray<int>(256);
+        for (int i = 0; i < 256; ++i) p[i] = i;
+        return std::make_pair(&ctx.alloc(), p[255]);
+      },
+      SubmitOptions().on_node(1));
+  ASSERT_TRUE(h.Wait().ok());
+  EXPECT_EQ(h.value().first, &rt->memory().node(1));
+  EXPECT_EQ(h.value().second, 255);
+  ASSERT_TRUE(rt->EndFrame().ok());
+}
+
+// ---- Frames -----------------------------------------------------------------
+
+TEST(RuntimeFrameTest, FrameMemoryIsReadableByLaterJobsOfTheFrame) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  auto producer = rt->Submit(
+      [](JobContext& ctx) {
+        int* data = ctx.arena().AllocateArray<int>(1000);
+        for (int i = 0; i < 1000; ++i) data[i] = 3 * i;
+        return data;
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(producer.Wait().ok());
+  int* data = producer.value();
+  auto consumer = rt->Submit(
+      [data] {
+        long sum = 0;
+        for (int i = 0; i < 1000; ++i) sum += data[i];
+        return sum;
+      },
+      SubmitOptions().on_node(1).after(producer));
+  ASSERT_TRUE(consumer.Wait().ok());
+  EXPECT_EQ(consumer.value(), 3L * 999 * 1000 / 2);
+  ASSERT_TRUE(rt->EndFrame().ok());
+}
+
+TEST(RuntimeFrameTest, EndFrameWaitsForTheFramesJobsThenResetsArenas) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> finished{0};
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(rt->Spawn([&finished](JobContext& ctx) {
+                    ctx.arena().AllocateArray<char>(1000);
+                    std::this_thread::sleep_for(std::chrono::microseconds(100));
+                    finished++;
+                  }).ok());
+  }
+  ASSERT_TRUE(rt->EndFrame().ok());
+  EXPECT_EQ(finished.load(), 64);  // EndFrame waited.
+  std::vector<FrameTiming> history = rt->frame_history();
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0].jobs, 64u);
+  EXPECT_GE(history[0].arena_bytes, 64u * 1000u);
+  // The arenas were reset: the next frame starts empty.
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  auto used = rt->Submit(
+      [](JobContext& ctx) { return ctx.arena().stats().bytes_used; });
+  ASSERT_TRUE(used.Wait().ok());
+  EXPECT_EQ(used.value(), 0u);
+  ASSERT_TRUE(rt->EndFrame().ok());
+  EXPECT_EQ(rt->frames(), 2u);
+}
+
+TEST(RuntimeFrameTest, JobsOutsideFramesGetAScratchArenaRewoundAfterThem) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  for (int i = 0; i < 3; ++i) {
+    auto h = rt->Submit([](JobContext& ctx) {
+      EXPECT_FALSE(ctx.in_frame());
+      const size_t before = ctx.arena().stats().bytes_used;
+      ctx.arena().AllocateArray<char>(4096);
+      return before;
+    });
+    ASSERT_TRUE(h.Wait().ok());
+    EXPECT_EQ(h.value(), 0u) << "round " << i;
+  }
+}
+
+TEST(RuntimeFrameTest, FrameMisuseIsRefused) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  EXPECT_EQ(rt->EndFrame().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  EXPECT_EQ(rt->BeginFrame().code(), absl::StatusCode::kFailedPrecondition);
+  std::vector<std::string> reports;
+  ScopedErrorHandler handler(
+      [](const ErrorReport& r, void* ctx) {
+        static_cast<std::vector<std::string>*>(ctx)->push_back(r.message);
+      },
+      &reports);
+  auto inner = rt->Submit([&rt] { return rt->EndFrame(); });
+  ASSERT_TRUE(inner.Wait().ok());
+  EXPECT_EQ(inner.value().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_TRUE(absl::StrContains(reports[0], "from inside a job"));
+  EXPECT_TRUE(rt->EndFrame().ok());
+}
+
+TEST_P(WorkerSweep, ManyFramesStress) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  long expected = 0;
+  std::atomic<long> total{0};
+  for (int frame = 0; frame < 200; ++frame) {
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    std::vector<JobHandle<long*>> parts;
+    for (int j = 0; j < 8; ++j) {
+      parts.push_back(rt->Submit(
+          [frame, j](JobContext& ctx) {
+            long* v = ctx.arena().Create<long>(frame * 8 + j);
+            return v;
+          },
+          SubmitOptions().on_node(j % 2)));
+      expected += frame * 8 + j;
+    }
+    SubmitOptions after;
+    for (auto& p : parts) after.after(p);
+    ASSERT_TRUE(rt->Spawn(
+                      [&total, parts] {
+                        for (const auto& p : parts) total += *p.value();
+                      },
+                      std::move(after))
+                    .ok());
+    ASSERT_TRUE(rt->EndFrame().ok());
+  }
+  EXPECT_EQ(total.load(), expected);
+  EXPECT_EQ(rt->frames(), 200u);
+}
+
+// ---- Dependencies, exceptions, cancellation
+// -----------------------------------
+
+TEST(RuntimeDependencyTest, AJobRunsAfterAllItsPredecessors) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> done{0};
+  std::vector<JobRef> preds;
+  for (int i = 0; i < 10; ++i) {
+    preds.push_back(rt->Submit([&done] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      done++;
+    }));
+  }
+  SubmitOptions options;
+  options.predecessors = preds;
+  auto last = rt->Submit([&done] { return done.load(); }, options);
+  ASSERT_TRUE(last.Wait().ok());
+  EXPECT_EQ(last.value(), 10);
+}
+
+TEST(RuntimeDependencyTest, AChainRunsInOrder) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::vector<int> order;
+  JobRef previous;
+  for (int i = 0; i < 100; ++i) {
+    SubmitOptions options = SubmitOptions().on_node(i % 2);
+    if (previous.valid()) options.after(previous);
+    previous = rt->Submit([&order, i] { order.push_back(i); }, options);
+  }
+  ASSERT_TRUE(previous.Wait().ok());
+  ASSERT_EQ(order.size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+}
+
+TEST(RuntimeExceptionTest, ExceptionsReachTheWaiterWithTheirType) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto h =
+      rt->Submit([]() -> int { throw std::out_of_range("index 12 of 10"); },
+                 SubmitOptions().named("lookup"));
+  absl::Status s = h.Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
+  EXPECT_TRUE(absl::StrContains(s.message(), "'lookup' threw: index 12 of 10"))
+      << s;
+  ASSERT_NE(h.exception(), nullptr);
+  EXPECT_THROW(std::rethrow_exception(h.exception()), std::out_of_range);
+  EXPECT_EQ(rt->stats().jobs_failed, 1u);
+}
+
+TEST(RuntimeExceptionTest, AFailedPredecessorCancelsItsDependants) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<bool> ran{false};
+  auto bad = rt->Submit([] { throw std::runtime_error("boom"); });
+  auto next = rt->Submit([&ran] { ran = true; }, SubmitOptions().after(bad));
+  auto after_next =
+      rt->Submit([&ran] { ran = true; }, SubmitOptions().after(next));
+  EXPECT_EQ(after_next.Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(next.Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(ran.load());
+}
+
+TEST(RuntimeExceptionTest, CountersAndFramesReportTheFirstFailure) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  JobCounter counter;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(rt->Spawn(
+                      [i] {
+                        if (i == 7) throw std::logic_error("seven");
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
+  }
+  absl::Status s = counter.Wait();
+  EXPECT_TRUE(absl::StrContains(s.message(), "seven")) << s;
+  EXPECT_THROW(std::rethrow_exception(counter.exception()), std::logic_error);
+  absl::Status frame = rt->EndFrame();
+  EXPECT_TRUE(absl::StrContains(frame.message(), "1 of 20 jobs failed"))
+      << frame;
+}
+
+TEST(RuntimeExceptionTest, ForkRethrowsAChildsException) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto h = rt->Submit([](JobContext& ctx) {
+    ctx.Fork([](JobContext&) {},
+             [](JobContext&) { throw std::runtime_error("child failed"); });
+  });
+  absl::Status s = h.Wait();
+  EXPECT_TRUE(absl::StrContains(s.message(), "child failed")) << s;
+}
+
+TEST(RuntimeCancelTest, ACancelledQueuedJobNeverRuns) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  Gate gate;
+  std::atomic<bool> ran{false};
+  auto blocker = rt->Submit([&gate] { gate.Pass(); });
+  auto victim = rt->Submit([&ran] { ran = true; });
+  auto dependant =
+      rt->Submit([&ran] { ran = true; }, SubmitOptions().after(victim));
+  EXPECT_TRUE(victim.Cancel());
+  gate.Open();
+  EXPECT_TRUE(blocker.Wait().ok());
+  EXPECT_EQ(victim.Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(dependant.Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(ran.load());
+  EXPECT_FALSE(blocker.Cancel());  // Already ran.
+}
+
+TEST(RuntimeCancelTest, CounterCancellationStopsPendingAndSignalsRunning) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  JobCounter counter;
+  std::atomic<int> started{0};
+  std::atomic<int> saw_cancel{0};
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(rt->Spawn(
+                      [&](JobContext& ctx) {
+                        started++;
+                        while (!ctx.cancel_requested())
+                          std::this_thread::yield();
+                        saw_cancel++;
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(Eventually([&] { return started.load() >= 2; }));
+  counter.Cancel();
+  absl::Status s = counter.Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(started.load(), saw_cancel.load());
+  EXPECT_LT(started.load(), 100);
+  EXPECT_EQ(rt->stats().jobs_cancelled, 100u - started.load());
+}
+
+TEST(RuntimeCancelTest, CancellationStorm) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> ran{0};
+  for (int round = 0; round < 20; ++round) {
+    std::vector<JobHandle<void>> handles;
+    for (int i = 0; i < 200; ++i) {
+      handles.push_back(rt->Submit([&ran] { ran++; }));
+    }
+    int cancelled = 0;
+    for (size_t i = 0; i < handles.size(); i += 2) {
+      cancelled += handles[i].Cancel() ? 1 : 0;
+    }
+    int waited_cancelled = 0;
+    for (auto& h : handles) {
+      absl::Status s = h.Wait();
+      if (s.code() == absl::StatusCode::kCancelled)
+        waited_cancelled++;
+      else
+        EXPECT_TRUE(s.ok()) << s;
+    }
+    EXPECT_EQ(cancelled, waited_cancelled);
+  }
+  RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.jobs_completed + stats.jobs_cancelled, 4000u);
+  EXPECT_EQ(stats.jobs_completed, static_cast<uint64_t>(ran.load()));
+}
+
+// ---- Shutdown, lifecycle, external submitters
+// -----------------------------------
+
+TEST(RuntimeShutdownTest, FinishRunsEverythingPending) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 500; ++i) {
+    ASSERT_TRUE(rt->Spawn([&ran] { ran++; }).ok());
+  }
+  ASSERT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+  EXPECT_EQ(ran.load(), 500);
+  auto late = rt->Submit([] {});
+  EXPECT_EQ(late.Wait().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());  // Idempotent.
+}
+
+TEST(RuntimeShutdownTest, CancelDropsPendingJobsAndNeverHangs) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  Gate gate;
+  std::atomic<int> ran{0};
+  std::atomic<bool> started{false};
+  auto blocker = rt->Submit([&] {
+    started = true;
+    gate.Pass();
+  });
+  ASSERT_TRUE(Eventually([&] { return started.load(); }));
+  std::vector<JobHandle<void>> pending;
+  for (int i = 0; i < 100; ++i) {
+    pending.push_back(rt->Submit([&ran] { ran++; }));
+  }
+  std::thread opener([&gate] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    gate.Open();
+  });
+  ASSERT_TRUE(rt->Shutdown(ShutdownMode::kCancel).ok());
+  opener.join();
+  EXPECT_TRUE(blocker.Wait().ok());
+  EXPECT_EQ(ran.load(), 0);
+  for (auto& h : pending) {
+    EXPECT_EQ(h.Wait().code(), absl::StatusCode::kCancelled);
+  }
+}
+
+TEST(RuntimeShutdownTest, DestroyingWithWorkPendingLosesNothing) {
+  auto topology = TwoNodes();
+  std::atomic<int> ran{0};
+  for (int round = 0; round < 10; ++round) {
+    auto rt = MakeRuntime(Config().set_topology(topology.get()));
+    for (int i = 0; i < 300; ++i) {
+      ASSERT_TRUE(rt->Spawn([&ran](JobContext& ctx) {
+                      ctx.arena().AllocateArray<char>(100);
+                      ran++;
+                    }).ok());
+    }
+  }  // Each destructor finishes its jobs (ShutdownMode::kFinish).
+  EXPECT_EQ(ran.load(), 3000);
+}
+
+TEST(RuntimeShutdownTest, JobsMaySubmitContinuationsWhileDraining) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> depth{0};
+  std::function<void(JobContext&)> step = [&](JobContext& ctx) {
+    if (depth.fetch_add(1) < 50) {
+      EXPECT_TRUE(ctx.runtime().Spawn(step).ok());
+    }
+  };
+  ASSERT_TRUE(rt->Spawn(step).ok());
+  ASSERT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+  EXPECT_EQ(depth.load(), 51);
+}
+
+TEST_P(WorkerSweep, ExternalSubmittersFromManyThreads) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  std::atomic<long> sum{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      JobCounter counter;
+      for (int i = 0; i < 500; ++i) {
+        EXPECT_TRUE(
+            rt->Spawn([&sum, i] { sum += i; },
+                      SubmitOptions()
+                          .on(t % 2 ? Affinity::Any() : Affinity::Node(1))
+                          .with_counter(&counter))
+                .ok());
+      }
+      EXPECT_TRUE(counter.Wait().ok());
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(sum.load(), 4L * 499 * 500 / 2);
+}
+
+TEST(RuntimeLifecycleTest, ManyRuntimesOneAfterAnotherAndSideBySide) {
+  auto topology = TwoNodes();
+  for (int round = 0; round < 20; ++round) {
+    auto a = MakeRuntime(Config().set_topology(topology.get()));
+    auto b = MakeRuntime(
+        Config().set_topology(topology.get()).set_workers_per_node(1));
+    auto x = a->Submit([] { return 1; }, SubmitOptions().on_node(1));
+    auto y = b->Submit([] { return 2; }, SubmitOptions().on_node(0));
+    ASSERT_TRUE(x.Wait().ok());
+    ASSERT_TRUE(y.Wait().ok());
+    EXPECT_EQ(x.value() + y.value(), 3);
+  }
+}
+
+TEST(RuntimeLifecycleTest, RunsNextToTheApplicationsOwnTbbWork) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<long> ours{0};
+  JobCounter counter;
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(
+        rt->Spawn([&ours] { ours++; }, SubmitOptions().with_counter(&counter))
+            .ok());
+  }
+  std::atomic<long> theirs{0};
+  tbb::parallel_for(0, 10000, [&theirs](int) { theirs++; });
+  ASSERT_TRUE(counter.Wait().ok());
+  EXPECT_EQ(ours.load(), 200);
+  EXPECT_EQ(theirs.load(), 10000);
+}
+
+// ---- Waiting inside jobs, fork-join, parallel for
+// --------------------------------
+
+TEST(RuntimeWaitTest, WaitingOnAnUnstartedJobOfTheSameNodeRunsItInline) {
+  // One worker: without inline execution this would deadlock.
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto outer = rt->Submit([](JobContext& ctx) {
+    auto inner = ctx.runtime().Submit([] { return 20; });
+    EXPECT_TRUE(inner.Wait().ok());
+    return inner.value() + 1;
+  });
+  ASSERT_TRUE(outer.Wait().ok());
+  EXPECT_EQ(outer.value(), 21);
+  EXPECT_EQ(rt->stats().nodes[0].worker_stats[0].jobs_inline, 1u);
+}
+
+long Fib(JobContext& ctx, int n) {
+  if (n < 12) {
+    long a = 0, b = 1;
+    for (int i = 0; i < n; ++i) std::tie(a, b) = std::make_pair(b, a + b);
+    return a;
+  }
+  long x = 0, y = 0;
+  ctx.Fork([&](JobContext& c) { x = Fib(c, n - 1); },
+           [&](JobContext& c) { y = Fib(c, n - 2); });
+  return x + y;
+}
+
+TEST_P(WorkerSweep, ForkComputesFibonacci) {
+  auto topology = Synthetic("pack:1 [numa] core:4 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  auto h = rt->Submit([](JobContext& ctx) { return Fib(ctx, 22); });
+  ASSERT_TRUE(h.Wait().ok());
+  EXPECT_EQ(h.value(), 17711);
+}
+
+TEST_P(WorkerSweep, ParallelForCoversEveryItemOnItsHomeNode) {
+  auto topology = Synthetic("pack:3 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  const size_t n = 10007;
+  NodePartition partition = rt->Partition(n);
+  std::vector<std::atomic<int>> hits(n);
+  std::atomic<int> misplaced{0};
+  ASSERT_TRUE(
+      rt->ParallelFor(partition, 64, [&](JobContext& ctx, size_t b, size_t e) {
+          for (size_t i = b; i < e; ++i) {
+            hits[i]++;
+            if (partition.HomeOf(i) != ctx.node()) {
+              misplaced++;
+            }
+          }
+        }).ok());
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << i;
+  EXPECT_EQ(misplaced.load(), 0);
+}
+
+TEST(RuntimeParallelTest, PartitionIsProportionalToWorkers) {
+  NodePartition p = NodePartition::Proportional(100, {1, 3});
+  ASSERT_EQ(p.ranges().size(), 2u);
+  EXPECT_EQ(p.ranges()[0].begin, 0u);
+  EXPECT_EQ(p.ranges()[0].end, 25u);
+  EXPECT_EQ(p.ranges()[1].end, 100u);
+  EXPECT_EQ(p.HomeOf(24), 0);
+  EXPECT_EQ(p.HomeOf(25), 1);
+}
+
+struct Particle {
+  float x, v;
+};
+
+TEST_P(WorkerSweep, BatchProcessorRunsEachBatchOnItsHomeNode) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+  auto particles = NodeArray<Particle>::Create(*rt, rt->Partition(5000));
+  ASSERT_TRUE(particles.ok()) << particles.status();
+  for (size_t i = 0; i < particles->size(); ++i) {
+    (*particles)[i] = {static_cast<float>(i), 1.0f};
+  }
+  auto processor = BatchProcessor<Particle>::Create(*particles, 256);
+  ASSERT_TRUE(processor.ok());
+  EXPECT_EQ(processor->batches().size(), 20u);  // 2500 per node: 10 each.
+  std::atomic<int> misplaced{0};
+  ASSERT_TRUE(
+      processor
+          ->ProcessAll(*rt,
+                       [&](JobContext& ctx, absl::Span<Particle> batch) {
+                         const size_t first = static_cast<size_t>(batch[0].x);
+                         if (particles->partition().HomeOf(first) !=
+                             ctx.node()) {
+                           misplaced++;
+                         }
+                         for (Particle& p : batch) p.x += p.v;
+                       })
+          .ok());
+  EXPECT_EQ(misplaced.load(), 0);
+  for (size_t i = 0; i < particles->size(); ++i) {
+    ASSERT_EQ((*particles)[i].x, static_cast<float>(i) + 1.0f);
+  }
+}
+
+TEST(RuntimeParallelTest, NodeArrayRejectsAPartitionForOtherNodes) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto bad = NodeArray<int>::Create(*rt, NodePartition({{5, 0, 10}}));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ---- Stealing
+// ---------------------------------------------------------------------
+
+TEST(RuntimeStealTest, StrictAffinityNeverCrossesNodes) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kStrict));
+  JobCounter counter;
+  std::atomic<int> crossed{0};
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_TRUE(rt->Spawn(
+                      [&crossed](JobContext& ctx) {
+                        if (ctx.node() != 0 || ctx.stolen()) crossed++;
+                        std::this_thread::sleep_for(
+                            std::chrono::microseconds(20));
+                      },
+                      SubmitOptions().on_node(0).with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  EXPECT_EQ(crossed.load(), 0);
+  RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.nodes[1].jobs_run, 0u);
+  EXPECT_EQ(stats.nodes[1].jobs_stolen, 0u);
+}
+
+TEST(RuntimeStealTest, AnIdleNodeTakesQueuedJobsAndCountsThem) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  JobCounter counter;
+  std::atomic<int> on_node1{0};
+  std::atomic<int> stolen_seen{0};
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_TRUE(rt->Spawn(
+                      [&](JobContext& ctx) {
+                        if (ctx.node() == 1) on_node1++;
+                        if (ctx.stolen()) stolen_seen++;
+                        std::this_thread::sleep_for(
+                            std::chrono::microseconds(200));
+                      },
+                      SubmitOptions().on_node(0).with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  RuntimeStats stats = rt->stats();
+  EXPECT_GT(on_node1.load(), 0);
+  EXPECT_EQ(on_node1.load(), stolen_seen.load());
+  EXPECT_EQ(stats.nodes[1].jobs_stolen, static_cast<uint64_t>(on_node1.load()));
+  EXPECT_EQ(stats.nodes[0].jobs_run + stats.nodes[1].jobs_run, 200u);
+}
+
+TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  using Clock = std::chrono::steady_clock;
+  std::atomic<int64_t> last_own_end{0};
+  std::atomic<int64_t> first_stolen_start{INT64_MAX};
+  auto now = [] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               Clock::now().time_since_epoch())
+        .count();
+  };
+  JobCounter own;
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(rt->Spawn(
+                      [&](JobContext&) {
+                        std::this_thread::sleep_for(
+                            std::chrono::microseconds(300));
+                        int64_t t = now();
+                        int64_t seen = last_own_end.load();
+                        while (t > seen &&
+                               !last_own_end.compare_exchange_weak(seen, t)) {
+                        }
+                      },
+                      SubmitOptions().on_node(0).with_counter(&own))
+                    .ok());
+  }
+  JobCounter theirs;
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(
+        rt->Spawn(
+              [&](JobContext& ctx) {
+                if (ctx.node() == 0) {
+                  int64_t t = now();
+                  int64_t seen = first_stolen_start.load();
+                  while (t < seen &&
+                         !first_stolen_start.compare_exchange_weak(seen, t)) {
+                  }
+                }
+                std::this_thread::sleep_for(std::chrono::microseconds(300));
+              },
+              SubmitOptions().on_node(1).with_counter(&theirs))
+            .ok());
+  }
+  ASSERT_TRUE(own.Wait().ok());
+  ASSERT_TRUE(theirs.Wait().ok());
+  if (first_stolen_start.load() != INT64_MAX) {
+    EXPECT_GE(first_stolen_start.load(), last_own_end.load());
+  }
+}
+
+// ---- Observability
+// ----------------------------------------------------------------
+
+TEST(RuntimeStatsTest, CountersAddUp) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  JobCounter counter;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(rt->Spawn(
+                      [] {
+                        std::this_thread::sleep_for(
+                            std::chrono::microseconds(50));
+                      },
+                      SubmitOptions().on_node(i % 2).with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  RuntimeStats s = rt->stats();
+  EXPECT_EQ(s.jobs_submitted, 100u);
+  EXPECT_EQ(s.jobs_completed, 100u);
+  uint64_t run = 0;
+  double busy = 0;
+  for (const NodeStats& n : s.nodes) {
+    EXPECT_EQ(n.jobs_submitted, 50u);
+    run += n.jobs_run;
+    for (const WorkerStats& w : n.worker_stats) {
+      EXPECT_LE(w.busy_seconds, s.uptime_seconds);
+      EXPECT_GE(w.idle_seconds, 0.0);
+      busy += w.busy_seconds;
+    }
+  }
+  EXPECT_EQ(run, 100u);
+  EXPECT_GE(busy, 100 * 50e-6);
+  const std::string json = s.ToJson();
+  EXPECT_TRUE(absl::StrContains(json, "\"jobs_completed\":100"));
+  EXPECT_TRUE(absl::StrContains(s.ToText(), "node 1: 2 workers"));
+}
+
+TEST(RuntimeTraceTest, ChromeTraceHasATrackPerWorkerAndASlicePerJob) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()).set_trace(true));
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(
+        rt->Spawn([] {}, SubmitOptions().on_node(i % 2).named("tick")).ok());
+  }
+  ASSERT_TRUE(rt->EndFrame().ok());
+  std::ostringstream out;
+  rt->WriteChromeTrace(out);
+  const std::string json = out.str();
+  EXPECT_EQ(json.rfind("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[", 0), 0u);
+  size_t slices = 0;
+  for (size_t p = json.find("\"name\":\"tick\""); p != std::string::npos;
+       p = json.find("\"name\":\"tick\"", p + 1)) {
+    slices++;
+  }
+  EXPECT_EQ(slices, 10u);
+  EXPECT_TRUE(absl::StrContains(json, "{\"name\":\"node 1\"}"));
+  EXPECT_TRUE(
+      absl::StrContains(json, "\"tid\":1,\"args\":{\"name\":\"worker 1\"}"));
+  EXPECT_EQ(json.substr(json.size() - 3), "]}\n");
+}
+
 }  // namespace
-}  // namespace framealloc::jobs
+}  // namespace jobs
+}  // namespace framealloc

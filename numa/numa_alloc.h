@@ -127,6 +127,9 @@ class NumaAlloc {
   // Node k's memory source (placement checks: PageNodes, node_stats).
   // REQUIRES: 0 <= k < num_nodes().
   const NodeMemorySource& source(int k) const { return *nodes_[k].source; }
+  // The same, to allocate large node-bound blocks directly (arrays homed
+  // on a node: jobs/parallel.h NodeArray). Thread-safe.
+  NodeMemorySource& mutable_source(int k) { return *nodes_[k].source; }
 
   // A T from node k's pools (SmartAlloc::pool_alloc), counted for node k
   // as remote when the caller runs on another node. Never null; a bad k or
