@@ -21,10 +21,6 @@
 #include "jobs/internal/trace_ring.h"
 #include "numa/binding.h"
 
-#if defined(__SANITIZE_THREAD__)
-#include <sanitizer/tsan_interface.h>
-#endif
-
 namespace framealloc {
 namespace jobs {
 
@@ -62,22 +58,9 @@ thread_local WorkerSlot* tls_slot = nullptr;
 // The binding a pinned worker had before it entered a node arena.
 thread_local std::vector<int> tls_saved_binding;
 
-// ThreadSanitizer cannot see the synchronization inside libtbb (not
-// instrumented) that hands a slot from one thread to the next: say it.
-inline void SlotAcquire(WorkerSlot* slot) {
-#if defined(__SANITIZE_THREAD__)
-  __tsan_acquire(slot);
-#else
-  (void)slot;
-#endif
-}
-inline void SlotRelease(WorkerSlot* slot) {
-#if defined(__SANITIZE_THREAD__)
-  __tsan_release(slot);
-#else
-  (void)slot;
-#endif
-}
+// TBB hands a slot from thread to thread inside libtbb: tell TSan.
+inline void SlotAcquire(WorkerSlot* slot) { TsanAcquire(slot); }
+inline void SlotRelease(WorkerSlot* slot) { TsanRelease(slot); }
 
 // Ticks of the time-stamp counter, and their length, measured once.
 inline uint64_t Ticks() { return __rdtsc(); }
@@ -122,6 +105,8 @@ using jobs_internal::SlotAcquire;
 using jobs_internal::SlotRelease;
 using jobs_internal::Ticks;
 using jobs_internal::tls_slot;
+using jobs_internal::TsanAcquire;
+using jobs_internal::TsanRelease;
 using jobs_internal::WorkerSlot;
 
 namespace {
@@ -227,9 +212,13 @@ class NodeObserver final : public tbb::task_scheduler_observer {
         slots_(std::move(slots)),
         topology_(topology),
         node_(node),
-        pin_(pin) {}
+        pin_(pin) {
+    TsanRelease(this);  // Our fields, for the threads TBB calls us on.
+  }
 
   void on_scheduler_entry(bool is_worker) override {
+    TsanAcquire(this);
+    inside_.fetch_add(1, std::memory_order_relaxed);
     // Only workers run jobs: a thread that joins with execute() (Shutdown
     // draining no-op tokens) gets no slot.
     tls_slot = is_worker ? SlotFor(tbb::this_task_arena::current_thread_index())
@@ -247,6 +236,7 @@ class NodeObserver final : public tbb::task_scheduler_observer {
                                         "; it runs unpinned (reported once)")));
       }
     }
+    TsanRelease(this);  // For the destructor, after observe(false).
   }
 
   // TBB numbers a worker's slot 0..workers-1, except in an arena of one
@@ -260,6 +250,7 @@ class NodeObserver final : public tbb::task_scheduler_observer {
   }
 
   void on_scheduler_exit(bool is_worker) override {
+    TsanAcquire(this);
     tls_slot = nullptr;
     if (pin_ && is_worker && !jobs_internal::tls_saved_binding.empty()) {
       // Give the thread back as it came: TBB may hand it to another arena
@@ -268,6 +259,8 @@ class NodeObserver final : public tbb::task_scheduler_observer {
                                    jobs_internal::tls_saved_binding);
       jobs_internal::tls_saved_binding.clear();
     }
+    inside_.fetch_sub(1, std::memory_order_release);
+    TsanRelease(this);
   }
 
  private:
@@ -276,6 +269,10 @@ class NodeObserver final : public tbb::task_scheduler_observer {
   const int node_;
   const bool pin_;
   std::atomic<bool> failure_reported_{false};
+
+ public:
+  // Threads inside the arena now (entries minus exits).
+  std::atomic<int> inside_{0};
 };
 
 struct Runtime::Node {
@@ -460,13 +457,30 @@ absl::Status Runtime::Init() {
   trace_on_.store(config_.trace, std::memory_order_relaxed);
   start_tsc_ = Ticks();
   (void)jobs_internal::SecondsPerTick();
+  TsanRelease(this);  // The layout above, for every token (TsanAcquire).
   return absl::OkStatus();
 }
 
 Runtime::~Runtime() {
   (void)Shutdown(config_.shutdown);
+  // Pinned workers get their old binding back when they leave a node's
+  // arena (on_scheduler_exit); an observer switched off first would never
+  // see them leave, and TBB would hand pinned threads to other arenas.
+  // Idle workers leave within milliseconds; wait up to two seconds.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(2);
   for (auto& node : nodes_) {
-    if (node->observer) node->observer->observe(false);
+    while (node->observer &&
+           node->observer->inside_.load(std::memory_order_acquire) > 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  for (auto& node : nodes_) {
+    if (node->observer) {
+      node->observer->observe(false);  // Waits for callbacks in flight.
+      TsanAcquire(node->observer.get());
+    }
     node->arena.terminate();
   }
   if (registered_parallelism_ > 0) {
@@ -659,6 +673,19 @@ void Runtime::Schedule(JobRecord* record) {
   PostToken(record->node, record);
 }
 
+struct Runtime::ThiefTask {
+  Runtime* runtime;
+  int thief;
+  int victim;
+  FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
+    Runtime* rt = runtime;
+    const int t = thief;
+    const int v = victim;
+    TsanAcquire(rt);
+    rt->RunThief(t, v);
+  }
+};
+
 // The scheduling reference of `record` (if any) moves to the token.
 void Runtime::PostToken(int node_index, JobRecord* record) {
   Node& node = *nodes_[node_index];
@@ -678,13 +705,25 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
             !other->thieves.compare_exchange_strong(thieves, thieves + 1)) {
           continue;
         }
-        const int thief = other->index;
-        other->arena.enqueue(other->group.defer(
-            [this, thief, node_index] { RunThief(thief, node_index); }));
+        other->arena.enqueue(
+            other->group.defer(ThiefTask{this, other->index, node_index}));
       }
     }
   }
-  auto token = [this, node_index, record] { RunToken(node_index, record); };
+  // Reads its captures uninstrumented (see FRAMEALLOC_JOBS_NO_TSAN); the
+  // record's state word carries the happens-before edge from here.
+  struct Token {
+    Runtime* runtime;
+    int node;
+    JobRecord* record;
+    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
+      Runtime* rt = runtime;
+      const int n = node;
+      JobRecord* r = record;
+      TsanAcquire(rt);  // The runtime's layout, written by Init.
+      rt->RunToken(n, r);
+    }
+  } token{this, node_index, record};
   WorkerSlot* here = CurrentSlot();
   if (here != nullptr && here->node == node_index) {
     node.group.run(token);  // Local deque: LIFO here, stolen FIFO.
@@ -699,6 +738,7 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
   if (record != nullptr) {
     if (Claim(record)) Execute(record, slot, /*stolen=*/false, false);
     Release(record);
+    TsanRelease(&node);  // For Shutdown's drain.
     return;
   }
   JobRecord* queued = nullptr;
@@ -713,6 +753,7 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
       node.queued.load(std::memory_order_acquire) == 0) {
     MaybeSteal(node_index);
   }
+  TsanRelease(&node);  // For Shutdown's drain.
 }
 
 // A node with nothing queued looks for a node with more queued jobs than
@@ -729,9 +770,7 @@ void Runtime::MaybeSteal(int idle_node) {
         !idle.thieves.compare_exchange_strong(thieves, thieves + 1)) {
       return;
     }
-    const int victim_index = victim->index;
-    idle.group.run(
-        [this, idle_node, victim_index] { RunThief(idle_node, victim_index); });
+    idle.group.run(ThiefTask{this, idle_node, victim->index});
     return;
   }
 }
@@ -749,6 +788,7 @@ void Runtime::RunThief(int thief_node, int victim_node) {
     Release(record);
   }
   thief.thieves.fetch_sub(1, std::memory_order_acq_rel);
+  TsanRelease(&thief);  // For Shutdown's drain.
 }
 
 void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
@@ -863,6 +903,11 @@ void Runtime::RunChild(const JobContext& parent,
     }
   } done{this, slot, scratch, &mark, parent.in_frame_, top, start};
   body(ctx);  // Exceptions go to the Fork/ParallelFor that waits.
+}
+
+void Runtime::RunChild(const JobContext& parent, void* fn,
+                       void (*call)(void* fn, JobContext& ctx)) {
+  RunChild(parent, [fn, call](JobContext& ctx) { call(fn, ctx); });
 }
 
 void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
@@ -1220,8 +1265,18 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   WaitUntilZero(outstanding_);
   // Every job has finished; tokens of jobs that ran elsewhere (inline,
   // stolen, cancelled) may still sit in the arenas as no-ops: drain them.
+  // execute() may hand the functor to a worker (no slot is reserved for
+  // this thread): it reads its capture uninstrumented, like the tokens.
+  struct Drain {
+    tbb::task_group* group;
+    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
+      tbb::task_group* g = group;
+      g->wait();
+    }
+  };
   for (auto& node : nodes_) {
-    node->arena.execute([&] { node->group.wait(); });
+    node->arena.execute(Drain{&node->group});
+    TsanAcquire(node.get());
   }
   shut_down_ = true;
   return result;

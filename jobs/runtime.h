@@ -88,6 +88,43 @@ class Runtime;
 
 namespace jobs_internal {
 struct WorkerSlot;
+
+// ThreadSanitizer cannot see the synchronization inside libtbb (it is not
+// instrumented): whenever work crosses threads through TBB, the sender
+// releases and the receiver acquires an address, so TSan sees the same
+// happens-before edges TBB provides. No code in normal builds.
+#if defined(__SANITIZE_THREAD__)
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+inline void TsanAcquire(const void* p) { __tsan_acquire(const_cast<void*>(p)); }
+inline void TsanRelease(const void* p) { __tsan_release(const_cast<void*>(p)); }
+#else
+inline void TsanAcquire(const void*) {}
+inline void TsanRelease(const void*) {}
+#endif
+
+// The functors handed to TBB read their captures before anything else, on
+// a thread TBB chose, synchronized with the sender only inside libtbb:
+// those few reads are not instrumented (every access after the acquire
+// is).
+#if defined(__clang__)
+#define FRAMEALLOC_JOBS_NO_TSAN __attribute__((no_sanitize("thread")))
+#elif defined(__GNUC__)
+#define FRAMEALLOC_JOBS_NO_TSAN __attribute__((no_sanitize_thread))
+#else
+#define FRAMEALLOC_JOBS_NO_TSAN
+#endif
+
+// A fork child or parallel-for chunk: runs `call(fn, ctx)` as a child job
+// of `parent` on the thread that executes it.
+struct ChildTask {
+  Runtime* runtime;
+  const JobContext* parent;
+  void* fn;
+  void (*call)(void* fn, JobContext& ctx);
+  FRAMEALLOC_JOBS_NO_TSAN void operator()() const;
+};
+
 }  // namespace jobs_internal
 
 // Where a job should run: on a given node, or anywhere (the submitting
@@ -487,10 +524,13 @@ class Runtime {
   // Used by JobContext. Runs `body` as a child job on the calling worker.
   void RunChild(const JobContext& parent,
                 absl::FunctionRef<void(JobContext&)> body);
+  void RunChild(const JobContext& parent, void* fn,
+                void (*call)(void* fn, JobContext& ctx));
 
  private:
   struct Node;
   struct FrameState;
+  struct ThiefTask;
   friend class JobRef;
   friend class JobCounter;
   friend class JobContext;
@@ -644,6 +684,41 @@ absl::Status Runtime::ParallelFor(const NodePartition& partition, size_t grain,
       [&f](JobContext& ctx, size_t begin, size_t end) { f(ctx, begin, end); });
 }
 
+namespace jobs_internal {
+
+inline void ChildTask::operator()() const {
+  TsanAcquire(parent);  // Everything the parent did before spawning.
+  runtime->RunChild(*parent, fn, call);
+  TsanRelease(parent);  // Everything this child did, for the parent.
+}
+
+template <typename F>
+void CallChild(void* fn, JobContext& ctx) {
+  (*static_cast<F*>(fn))(ctx);
+}
+
+// One parallel-for chunk body: TBB copies it into its tasks.
+template <typename F>
+struct ChunkBody {
+  Runtime* runtime;
+  const JobContext* parent;
+  F* f;
+  FRAMEALLOC_JOBS_NO_TSAN void operator()(
+      const tbb::blocked_range<size_t>& r) const {
+    Runtime* rt = runtime;
+    const JobContext* p = parent;
+    F* fn = f;
+    const size_t begin = r.begin();
+    const size_t end = r.end();
+    TsanAcquire(p);
+    rt->RunChild(
+        *p, [fn, begin, end](JobContext& child) { (*fn)(child, begin, end); });
+    TsanRelease(p);
+  }
+};
+
+}  // namespace jobs_internal
+
 template <typename... Fs>
 void JobContext::Fork(Fs&&... fs) {
   static_assert(sizeof...(Fs) >= 1, "Fork needs at least one function");
@@ -653,26 +728,33 @@ void JobContext::Fork(Fs&&... fs) {
     // runs the last, then helps with the rest in group.wait().
     size_t index = 0;
     constexpr size_t kLast = sizeof...(Fs) - 1;
-    auto dispatch = [&](auto& fn) {
-      if (index++ == kLast) {
-        runtime_->RunChild(*this, fn);
-      } else {
-        group.run([this, &fn] { runtime_->RunChild(*this, fn); });
-      }
-    };
     struct WaitOnUnwind {
       tbb::task_group& group;
+      const JobContext* ctx;
       bool armed = true;
       ~WaitOnUnwind() {
         if (armed) {
           group.cancel();
           group.wait();
+          jobs_internal::TsanAcquire(ctx);
         }
       }
-    } guard{group};
+    } guard{group, this};
+    auto dispatch = [&](auto& fn) {
+      using Fn = std::remove_reference_t<decltype(fn)>;
+      if (index++ == kLast) {
+        runtime_->RunChild(*this, &fn, &jobs_internal::CallChild<Fn>);
+      } else {
+        jobs_internal::TsanRelease(this);
+        group.run(jobs_internal::ChildTask{
+            runtime_, this, const_cast<void*>(static_cast<const void*>(&fn)),
+            &jobs_internal::CallChild<Fn>});
+      }
+    };
     (dispatch(fs), ...);
     guard.armed = false;
     group.wait();
+    jobs_internal::TsanAcquire(this);
   });
 }
 
@@ -680,14 +762,13 @@ template <typename F>
 void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
   if (begin >= end) return;
   if (grain == 0) grain = 1;
+  using Fn = std::remove_reference_t<F>;
+  jobs_internal::TsanRelease(this);
   tbb::this_task_arena::isolate([&] {
     tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, grain),
-                      [&](const tbb::blocked_range<size_t>& r) {
-                        runtime_->RunChild(*this, [&](JobContext& child) {
-                          f(child, r.begin(), r.end());
-                        });
-                      });
+                      jobs_internal::ChunkBody<Fn>{runtime_, this, &f});
   });
+  jobs_internal::TsanAcquire(this);
 }
 
 }  // namespace jobs

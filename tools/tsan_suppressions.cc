@@ -6,6 +6,12 @@
 // code; fix those.
 
 extern "C" const char* __tsan_default_suppressions() {
+  // race_top: only reports whose racing access is itself inside oneTBB
+  // (its headers or the library); a race in a job body, which TBB merely
+  // calls, is still reported.
   return "called_from_lib:libtbb.so.12\n"
-         "race:tbb::detail::\n";
+         "race_top:/usr/include/oneapi/tbb/\n"
+         "race_top:libtbb.so.12\n"
+         // The auto partitioner's steal detection (no user code below it).
+         "race:tbb::detail::d1::dynamic_grainsize_mode\n";
 }
