@@ -2,9 +2,12 @@
 #include "numa/node_memory_source.h"
 
 #include <hwloc.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -30,6 +33,63 @@ std::string BindingUnavailableReason(const Topology& topology) {
     return "this system does not support memory binding";
   }
   return "";
+}
+
+// Bytes a user allocation bound to kernel node `os_node` can get now
+// without the OOM killer, from /proc/zoneinfo: over the node's zones, free
+// pages plus the file pages reclaim would free, less the zone's "high"
+// watermark and its largest lowmem protection (a small zone such as DMA
+// keeps its pages from allocations that could go higher, which user pages
+// can). Slab is not counted: the kernel reclaims it too slowly to save a
+// fault. -1 when the kernel does not say (no /proc/zoneinfo, or no such
+// node in it).
+int64_t NodeAvailableBytes(unsigned os_node, size_t page_size) {
+  std::FILE* f = std::fopen("/proc/zoneinfo", "r");
+  if (f == nullptr) return -1;
+  bool found = false;
+  bool in_node = false;
+  uint64_t total = 0;  // Pages.
+  // The zone being read.
+  uint64_t free_pages = 0, file = 0, high = 0, protection = 0;
+  auto end_zone = [&] {
+    if (in_node) {
+      const uint64_t have = free_pages + file;
+      const uint64_t keep = high + protection;
+      if (have > keep) total += have - keep;
+    }
+    free_pages = file = high = protection = 0;
+  };
+  char line[512];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    unsigned node = 0;
+    unsigned long long v = 0;  // NOLINT(runtime/int): sscanf's %llu.
+    if (std::sscanf(line, "Node %u, zone", &node) == 1) {
+      end_zone();
+      in_node = node == os_node;
+      found = found || in_node;
+    } else if (!in_node) {
+      continue;
+    } else if (std::sscanf(line, " pages free %llu", &v) == 1) {
+      free_pages = v;
+    } else if (std::sscanf(line, " high %llu", &v) == 1) {
+      high = v;
+    } else if (std::sscanf(line, " nr_zone_inactive_file %llu", &v) == 1 ||
+               std::sscanf(line, " nr_zone_active_file %llu", &v) == 1) {
+      file += v;
+    } else if (const char* open = std::strstr(line, "protection: (")) {
+      for (const char* p = open + 13; *p != '\0' && *p != ')';) {
+        char* next = nullptr;
+        const uint64_t x = std::strtoull(p, &next, 10);
+        if (next == p) break;
+        if (x > protection) protection = x;
+        p = next;
+        while (*p == ',' || *p == ' ') ++p;
+      }
+    }
+  }
+  end_zone();
+  std::fclose(f);
+  return found ? static_cast<int64_t>(total * page_size) : -1;
 }
 
 }  // namespace
@@ -79,6 +139,11 @@ NodeMemorySource::NodeMemorySource(const Topology* topology, int node,
       page_size_(static_cast<size_t>(sysconf(_SC_PAGESIZE))),
       nodeset_(hwloc_bitmap_dup(topology->hwloc_node(node)->nodeset)) {}
 
+int64_t NodeMemorySource::AvailableBytes() const {
+  if (!topology_->is_this_system()) return -1;
+  return NodeAvailableBytes(topology_->node(node_).os_index, page_size_);
+}
+
 NodeMemorySource::~NodeMemorySource() { hwloc_bitmap_free(nodeset_); }
 
 NodeMemorySourceStats NodeMemorySource::node_stats() const {
@@ -100,6 +165,18 @@ void NodeMemorySource::RecordFallback(std::string reason) {
 absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
   hwloc_topology_t topo = topology_->hwloc();
   if (policy_ == MemoryPolicy::kStrict) {
+    // The kernel enforces MPOL_BIND at page-fault time, where a full node
+    // means the OOM killer (checked in a 2-node qemu guest: the process is
+    // killed at its first write), so the node's room is checked here, and
+    // the pages are committed now so that the next check sees them.
+    if (const int64_t available = AvailableBytes();
+        available >= 0 && length > static_cast<uint64_t>(available)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          name_, " source: strict binding of ", length, " bytes to node ",
+          node_, " refused: the node has ", available,
+          " bytes available (free and reclaimable file pages, less the "
+          "kernel's reserve)"));
+    }
     void* p =
         hwloc_alloc_membind(topo, length, nodeset_, HWLOC_MEMBIND_BIND,
                             HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_STRICT);
@@ -111,6 +188,17 @@ absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
       if (err == ENOMEM) return absl::ResourceExhaustedError(message);
       return absl::FailedPreconditionError(message);
     }
+#ifdef MADV_POPULATE_WRITE
+    // Linux 5.14+; EINVAL on older kernels, which leave the pages to first
+    // touch (and the check above blind to blocks not yet touched).
+    if (madvise(p, length, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) {
+      const int err = errno;
+      hwloc_free(topo, p, length);
+      return absl::ResourceExhaustedError(
+          absl::StrCat(name_, " source: committing ", length, " bytes on node ",
+                       node_, " failed: ", strerror(err)));
+    }
+#endif
     bound_.fetch_add(1, std::memory_order_relaxed);
     return p;
   }
@@ -135,6 +223,15 @@ absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
                              HWLOC_MEMBIND_BYNODESET) != 0) {
     RecordFallback(absl::StrCat("binding ", length, " bytes to node ", node_,
                                 " was refused: ", strerror(errno)));
+    return p;
+  }
+  // Bound, but the node cannot hold it all: the pages beyond its room will
+  // spill to other nodes (MPOL_PREFERRED). Said, not hidden.
+  if (const int64_t available = AvailableBytes();
+      available >= 0 && length > static_cast<uint64_t>(available)) {
+    RecordFallback(absl::StrCat(
+        "node ", node_, " has ", available, " bytes available, less than the ",
+        length, " asked: the pages beyond it spill to other nodes"));
     return p;
   }
   bound_.fetch_add(1, std::memory_order_relaxed);

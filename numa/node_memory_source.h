@@ -13,14 +13,23 @@
 //              nodes when the node is full). Where the binding cannot be
 //              applied (a synthetic or XML topology, no memory binding on
 //              this system, a container forbidding mbind) the block is
-//              plain first-touch memory and the fallback is counted and its
-//              reason kept (stats()); never a silent lie.
+//              plain first-touch memory; where the node has less memory
+//              available than the block (AvailableBytes()), the block is
+//              bound but its pages beyond the node's room will spill. Both
+//              are counted as fallbacks with their reason (node_stats());
+//              never a silent lie.
 //   kStrict    the node or nothing (HWLOC_MEMBIND_BIND | STRICT, Linux
 //              MPOL_BIND): Create fails with FailedPrecondition where the
-//              machine cannot bind, and an allocation the kernel refuses
-//              returns its Status. Beware: MPOL_BIND memory beyond the
-//              node's capacity fails at page-fault time (the OOM killer),
-//              not here.
+//              machine cannot bind; Allocate returns ResourceExhausted when
+//              the block is larger than the node's AvailableBytes(), and an
+//              allocation the kernel refuses returns its Status. The pages
+//              of a strict block are committed by Allocate
+//              (MADV_POPULATE_WRITE), so the next check sees them. Why:
+//              Linux enforces MPOL_BIND at page-fault time, and a fault on
+//              a full node calls the OOM killer (checked on a real 2-node
+//              kernel: the process dies at its first write). Residual
+//              risk: threads or processes filling the node between the
+//              check and the commit.
 //
 // Thread-safe: Allocate, Deallocate, PageNodes and stats may be called from
 // any thread concurrently. Out of memory: Allocate returns ResourceExhausted
@@ -54,9 +63,12 @@ absl::string_view MemoryPolicyName(MemoryPolicy policy);
 
 // What a NodeMemorySource did, beyond the base class's MemorySourceStats.
 struct NodeMemorySourceStats {
-  uint64_t bound_blocks = 0;     // Blocks the kernel accepted a binding for.
-  uint64_t unbound_blocks = 0;   // kNone blocks (first touch by design).
-  uint64_t fallback_blocks = 0;  // kAdvisory blocks that could not be bound.
+  uint64_t bound_blocks = 0;    // Blocks the kernel accepted a binding for.
+  uint64_t unbound_blocks = 0;  // kNone blocks (first touch by design).
+  // kAdvisory blocks not (entirely) on the node: the binding could not be
+  // applied, or the node had less memory available than the block, so
+  // pages beyond its room spill to other nodes.
+  uint64_t fallback_blocks = 0;
   // Why the last fallback happened ("" if none did).
   std::string last_fallback_reason;
 };
@@ -82,6 +94,15 @@ class NodeMemorySource final : public MemorySource {
   }
 
   NodeMemorySourceStats node_stats() const;
+
+  // Bytes the node could hand out now to memory bound to it: over its
+  // zones, free pages and reclaimable file pages, less what the kernel
+  // keeps back (each zone's high watermark and lowmem protection); read
+  // from /proc/zoneinfo on every call (kStrict and kAdvisory call it once
+  // per block). -1 where the kernel does not say (a topology that is not
+  // this system, no /proc/zoneinfo). A snapshot: other threads and
+  // processes change it at any time.
+  int64_t AvailableBytes() const;
 
   // PageNodes(topology(), block) (below).
   absl::StatusOr<std::vector<int>> PageNodes(const Block& block) const;

@@ -4,8 +4,11 @@
 # For: proving placement, binding and routing on 2 or 4 real (emulated)
 # nodes, which this one-node machine cannot: the guest's kernel places pages
 # by mbind and reports them by move_pages like a real multi-node server.
-# Not for: timing (no KVM; everything runs many times slower) nor CI (it
-# needs qemu and a kernel image, see below).
+# Not for: timing (no KVM; everything runs many times slower) nor CI: the
+# numa_guest_test targets (tools/numa_guest.bzl, docs/numa_guests.md) run
+# each test in its own guest from `bazel test`; this script is the manual
+# all-in-one-boot variant. tools/guest_kernel.sh path prints the kernel that
+# tools/setup.sh fetched.
 #
 # Usage: numa/qemu_numa_check.sh <vmlinuz> [nodes=2]
 #   Needs: apt-get install qemu-system-x86 busybox-static cpio, and a kernel:

@@ -3,6 +3,8 @@
 # and benchmarks need, skipping what is already installed. Called by ./bazelw
 # before every bazel command, so a fresh Debian 12 machine needs nothing done
 # by hand. Safe to run again: with everything present it only checks dpkg.
+# It also fetches, without installing it, the kernel the NUMA guest tests
+# boot (tools/guest_kernel.sh; one stat when it is there).
 #
 # For: Debian 12 (bookworm) and derivatives. Not for: other distributions;
 # there it explains what is missing and stops.
@@ -25,6 +27,9 @@ PACKAGES=(
   libjemalloc-dev
   libgoogle-perftools-dev
   valgrind            # memcheck for --config=valgrind (//alloc:valgrind_test)
+  qemu-system-x86     # NUMA guest tests: a 2-/4-node Linux guest (tools/numa_guest.bzl)
+  busybox-static      # ...the guest's /init and shell
+  cpio                # ...packs the guest's initramfs
 )
 
 log() { printf 'framealloc setup: %s\n' "$*" >&2; }
@@ -34,7 +39,11 @@ for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
 done
+# The NUMA guest tests' kernel: downloaded and unpacked into a cache, never
+# installed; a no-op (one stat) when present, a warning when it cannot.
+guest_kernel="$(dirname "${BASH_SOURCE[0]}")/guest_kernel.sh"
 if [[ ${#missing[@]} -eq 0 ]]; then
+  "$guest_kernel" fetch
   exit 0
 fi
 
@@ -67,3 +76,4 @@ if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
   exit 1
 fi
 log "installed: ${missing[*]}"
+"$guest_kernel" fetch
