@@ -8,6 +8,7 @@
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -48,6 +49,10 @@ struct alignas(64) WorkerSlot {
   std::atomic<uint64_t> jobs_stolen{0};
   std::atomic<uint64_t> jobs_inline{0};
   std::atomic<uint64_t> busy_ticks{0};
+  // Jobs finished by the thread in this slot, by final state (done,
+  // failed, cancelled): per slot so that finishing a job touches no shared
+  // counter. Release: Shutdown's acquire sums see the jobs' effects.
+  std::atomic<uint64_t> finished[3] = {};
   int depth = 0;  // Nested jobs running on this slot now (owner only).
   TraceRing trace;
 };
@@ -601,7 +606,6 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
   }
 
   record->node = node;
-  outstanding_.fetch_add(1, std::memory_order_relaxed);
   nodes_[node]->submitted.fetch_add(1, std::memory_order_relaxed);
   if (options.counter != nullptr) {
     record->counter = options.counter;
@@ -916,16 +920,14 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   record->exception = std::move(exception);
   // Counted before the state turns final, so a waiter's stats() include
   // the job it waited for.
-  switch (state) {
-    case jobs_internal::kDone:
-      completed_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    case jobs_internal::kFailed:
-      failed_.fetch_add(1, std::memory_order_relaxed);
-      break;
-    default:
-      cancelled_.fetch_add(1, std::memory_order_relaxed);
-      break;
+  const int kind = state == jobs_internal::kDone     ? 0
+                   : state == jobs_internal::kFailed ? 1
+                                                     : 2;
+  {
+    WorkerSlot* here = CurrentSlot();
+    std::atomic<uint64_t>* counter =
+        here != nullptr ? &here->finished[kind] : &finished_elsewhere_[kind];
+    counter->fetch_add(1, std::memory_order_release);
   }
   // Release: the result, status and everything the job wrote become
   // visible to whoever sees the final state.
@@ -959,9 +961,6 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
     if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       frame.pending.notify_all();
     }
-  }
-  if (outstanding_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    outstanding_.notify_all();
   }
 }
 
@@ -1262,7 +1261,22 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   if (frame_open()) {
     result = EndFrame();
   }
-  WaitUntilZero(outstanding_);
+  // Every accepted job finishes (runs, fails or is cancelled): wait until
+  // the finished count catches up with the submitted one. Rare: polls.
+  for (int spins = 0;; ++spins) {
+    uint64_t submitted = 0;
+    for (const auto& node : nodes_) {
+      submitted += node->submitted.load(std::memory_order_acquire);
+    }
+    uint64_t finished = 0;
+    for (const uint64_t f : FinishedCounts()) finished += f;
+    if (finished >= submitted) break;
+    if (spins < 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
   // Every job has finished; tokens of jobs that ran elsewhere (inline,
   // stolen, cancelled) may still sit in the arenas as no-ops: drain them.
   // execute() may hand the functor to a worker (no slot is reserved for
@@ -1317,12 +1331,28 @@ RuntimeStats Runtime::stats() const {
     s.jobs_submitted += n.jobs_submitted;
     s.nodes.push_back(std::move(n));
   }
-  s.jobs_completed = completed_.load(std::memory_order_relaxed);
-  s.jobs_failed = failed_.load(std::memory_order_relaxed);
-  s.jobs_cancelled = cancelled_.load(std::memory_order_relaxed);
+  const std::array<uint64_t, 3> finished = FinishedCounts();
+  s.jobs_completed = finished[0];
+  s.jobs_failed = finished[1];
+  s.jobs_cancelled = finished[2];
   s.jobs_refused = refused_.load(std::memory_order_relaxed);
   s.frames = frames();
   return s;
+}
+
+std::array<uint64_t, 3> Runtime::FinishedCounts() const {
+  std::array<uint64_t, 3> sums{};
+  for (int k = 0; k < 3; ++k) {
+    sums[k] = finished_elsewhere_[k].load(std::memory_order_acquire);
+  }
+  for (const auto& node : nodes_) {
+    for (const auto& slot : node->slots) {
+      for (int k = 0; k < 3; ++k) {
+        sums[k] += slot->finished[k].load(std::memory_order_acquire);
+      }
+    }
+  }
+  return sums;
 }
 
 std::string RuntimeStats::ToJson() const {

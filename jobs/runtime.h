@@ -56,6 +56,7 @@
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -559,6 +560,8 @@ class Runtime {
       const NodePartition& partition, size_t grain,
       absl::FunctionRef<void(JobContext&, size_t, size_t)> body);
   jobs_internal::WorkerSlot* CurrentSlot() const;
+  // Jobs finished so far: done, failed, cancelled.
+  std::array<uint64_t, 3> FinishedCounts() const;
   static void Release(jobs_internal::JobRecord* record);
 
   Config config_;
@@ -579,12 +582,9 @@ class Runtime {
   std::atomic<uint64_t> next_id_{1};
   std::atomic<uint32_t> next_any_{0};
   std::atomic<uint64_t> refused_{0};
-  std::atomic<uint64_t> completed_{0};
-  std::atomic<uint64_t> failed_{0};
-  std::atomic<uint64_t> cancelled_{0};
-  // Jobs submitted and not finished; Shutdown sleeps on `idle_wake_`.
-  std::atomic<int64_t> outstanding_{0};
-  std::atomic<uint32_t> idle_wake_{0};
+  // Jobs finished on threads outside the worker slots (a Cancel() from
+  // the application, for one), by final state; the slots keep their own.
+  std::atomic<uint64_t> finished_elsewhere_[3] = {};
   uint64_t start_tsc_ = 0;
 
   alloc_internal::Mutex shutdown_mu_;
