@@ -1036,11 +1036,11 @@ void PrintTable(const MedianReporter& r) {
       g_threads, g_work_iterations, g_scale);
   std::printf("Medians of interleaved repetitions, ns per unit.\n\n");
   std::printf(
-      "| %-16s | %-7s | %-5s | %12s | %12s | %12s | %8s | %8s | %-7s |\n",
+      "| %-16s | %-7s | %-6s | %12s | %12s | %12s | %8s | %8s | %-7s |\n",
       "kernel", "unit", "grain", "Runtime ns", "raw TBB ns", "OpenMP ns",
       "rt/TBB", "rt/OMP", "target");
   std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(18, '-').c_str(),
-              std::string(9, '-').c_str(), std::string(7, '-').c_str(),
+              std::string(9, '-').c_str(), std::string(8, '-').c_str(),
               std::string(14, '-').c_str(), std::string(14, '-').c_str(),
               std::string(14, '-').c_str(), std::string(10, '-').c_str(),
               std::string(10, '-').c_str(), std::string(9, '-').c_str());
@@ -1058,7 +1058,7 @@ void PrintTable(const MedianReporter& r) {
     char vs_omp[16] = "-";
     if (omp > 0) std::snprintf(vs_omp, sizeof(vs_omp), "%.2fx", rt / omp);
     std::printf(
-        "| %-16s | %-7s | %-5s | %12.1f | %12.1f | %12.1f | %7.2fx | %8s | "
+        "| %-16s | %-7s | %-6s | %12.1f | %12.1f | %12.1f | %7.2fx | %8s | "
         "%-7s |\n",
         k.name, k.unit, k.fine ? "fine" : "coarse", rt, tbb, omp, vs_tbb,
         vs_omp, met ? "met" : "MISSED");
@@ -1118,7 +1118,7 @@ int main(int argc, char** argv) {
   CalibrateWork();
 
   MedianReporter reporter;
-  if (!RunWithRobustDefaults(std::move(args), "--benchmark_min_time=0.2",
+  if (!RunWithRobustDefaults(std::move(args), "--benchmark_min_time=0.3",
                              &reporter)) {
     return 1;
   }
