@@ -125,9 +125,16 @@ absl::Status BudgetManager::Charge(TagId tag, size_t bytes, uint64_t frame) {
   for (TagId t = tag; t != TagRegistry::kRoot; t = ParentOf(t)) {
     Budget* b = BudgetOf(t);
     if (b == nullptr) continue;
-    const size_t before = b->used.fetch_add(bytes, std::memory_order_relaxed);
-    if (b->budget.limit_bytes != 0 && before + bytes > b->budget.limit_bytes) {
-      b->used.fetch_sub(bytes, std::memory_order_relaxed);
+    // A request above the limit is refused before it is added: added, a
+    // size near SIZE_MAX would wrap the sum below the limit and pass.
+    const bool too_big =
+        b->budget.limit_bytes != 0 && bytes > b->budget.limit_bytes;
+    const size_t before =
+        too_big ? b->used.load(std::memory_order_relaxed)
+                : b->used.fetch_add(bytes, std::memory_order_relaxed);
+    if (too_big || (b->budget.limit_bytes != 0 &&
+                    before + bytes > b->budget.limit_bytes)) {
+      if (!too_big) b->used.fetch_sub(bytes, std::memory_order_relaxed);
       for (int i = 0; i < count; ++i) {
         charged[i]->used.fetch_sub(bytes, std::memory_order_relaxed);
       }
@@ -145,10 +152,12 @@ absl::Status BudgetManager::Charge(TagId tag, size_t bytes, uint64_t frame) {
     charged[count++] = b;
   }
   if (global_limit_ != 0) {
+    const bool too_big = bytes > global_limit_;  // As above: no wrap.
     const size_t before =
-        global_used_.fetch_add(bytes, std::memory_order_relaxed);
-    if (before + bytes > global_limit_) {
-      global_used_.fetch_sub(bytes, std::memory_order_relaxed);
+        too_big ? global_used_.load(std::memory_order_relaxed)
+                : global_used_.fetch_add(bytes, std::memory_order_relaxed);
+    if (too_big || before + bytes > global_limit_) {
+      if (!too_big) global_used_.fetch_sub(bytes, std::memory_order_relaxed);
       for (int i = 0; i < count; ++i) {
         charged[i]->used.fetch_sub(bytes, std::memory_order_relaxed);
       }

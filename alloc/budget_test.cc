@@ -72,6 +72,22 @@ TEST_F(BudgetManagerTest, GlobalLimitRefusesAndReleases) {
   EXPECT_EQ(budgets.refusals(), 1u);
 }
 
+// Regression (found while writing the budget model of
+// //alloc/fuzz:smart_alloc_fuzzer): a charge near SIZE_MAX wrapped
+// `used + bytes` below the limit and was accepted.
+TEST_F(BudgetManagerTest, HugeChargeIsRefusedWithoutWrapping) {
+  BudgetManager budgets =
+      Make(1000, {{"render", {.warn_bytes = 0, .limit_bytes = 500}}});
+  const TagId render = *registry_.FromPath("render");
+  ASSERT_TRUE(budgets.Charge(render, 100, 0).ok());
+  EXPECT_EQ(budgets.Charge(TagRegistry::kRoot, SIZE_MAX, 0).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(budgets.Charge(render, SIZE_MAX - 50, 0).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(budgets.global_used(), 100u);
+  EXPECT_EQ(budgets.tag_used("render"), 100u);
+}
+
 TEST_F(BudgetManagerTest, TagBudgetCoversSubtreeWarnsOnceThenRefuses) {
   BudgetManager budgets =
       Make(0, {{"render", {.warn_bytes = 100, .limit_bytes = 200}}});

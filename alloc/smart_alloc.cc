@@ -430,15 +430,23 @@ absl::Status SmartAlloc::stop_trace() {
 }
 
 void SmartAlloc::ReleaseSlot(ThreadState& ts, int slot) {
+  FrameArena& arena = *ts.arenas[slot];
+  const uint64_t generation = arena.generation();  // Reset changes it.
   if (!ts.guards[slot].empty()) CheckFrameGuards(ts, slot);
-  ts.arenas[slot]->Reset();  // Runs the frame's destructors.
+  arena.Reset();  // Runs the frame's destructors.
   if (!ts.guards[slot].empty()) {
 #if !FRAMEALLOC_HAS_ASAN  // Under ASan, poisoning replaces the fill.
     if (config_.debug.fill_patterns) {
+      // Only memory the arena still holds: Reset() gave every chunk but the
+      // first back to the cache, where another arena may own it already.
       for (const ThreadState::FrameGuard& g : ts.guards[slot]) {
-        std::memset(g.user, kReleasedFill, g.size);
+        if (g.generation == generation && arena.Owns(g.user)) {
+          std::memset(g.user, kReleasedFill, g.size);
+        }
       }
     }
+#else
+    (void)generation;
 #endif
     ts.guards[slot].clear();
   }
@@ -452,7 +460,9 @@ void SmartAlloc::ReleaseSlot(ThreadState& ts, int slot) {
 
 void SmartAlloc::CheckFrameGuards(ThreadState& ts, int slot) {
   if (!guard_layout_) return;
+  const uint64_t generation = ts.arenas[slot]->generation();
   for (const ThreadState::FrameGuard& g : ts.guards[slot]) {
+    if (g.generation != generation) continue;  // Rewound since: not ours.
     CheckCanaries("SmartAlloc::end_frame", AllocKind::kFrame, g.user, g.size,
                   g.tag, g.frame, g.site);
   }
@@ -495,6 +505,18 @@ void SmartAlloc::RefundFrame(ThreadState& ts, size_t bytes) {
 void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
                                     size_t alignment, bool fatal) {
   if (frame_budgets_ && !ChargeFrameBudgets(ts, size, fatal)) return nullptr;
+  // Undoes the charge unless the arena serves the request. A destructor, so
+  // that it also runs when the handler of a fatal report throws out of the
+  // arena (error.h allows a handler to throw).
+  struct Refund {
+    SmartAlloc* self;
+    ThreadState* ts;
+    size_t size;
+    bool armed;
+    ~Refund() {
+      if (armed) self->RefundFrame(*ts, size);
+    }
+  } refund{this, &ts, size, frame_budgets_};
   FrameArena& arena = ts.arena();
   char* user;
   if (guard_layout_ && alloc_internal::IsPowerOfTwo(alignment)) {
@@ -511,15 +533,14 @@ void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
     user = static_cast<char*>(fatal ? arena.Allocate(size, alignment)
                                     : arena.TryAllocate(size, alignment));
   }
-  if (user == nullptr) {
-    if (frame_budgets_) RefundFrame(ts, size);
-    return nullptr;
-  }
+  if (user == nullptr) return nullptr;  // `refund` gives the charge back.
+  refund.armed = false;
   CountFrame(ts, size);
   const uint64_t site =
       OnDebugAlloc(ts, AllocKind::kFrame, user, size, alignment);
   if (guard_layout_ || config_.debug.fill_patterns) {
-    ts.guards[ts.slot].push_back({user, size, ts.tag, frame_number(), site});
+    ts.guards[ts.slot].push_back(
+        {user, size, ts.tag, frame_number(), site, arena.generation()});
   }
   return user;
 }

@@ -282,6 +282,10 @@ struct alignas(64) ThreadState {
     TagId tag;
     uint64_t frame;
     uint64_t site;
+    // The arena's generation() when allocated. A rewind of the frame arena
+    // (a mark or an ArenaScope on frame_arena()) changes it and may have
+    // released (and reused) the memory: such a guard is no longer checked.
+    uint64_t generation;
   };
   std::vector<FrameGuard> guards[3];
 

@@ -49,6 +49,72 @@ TEST_F(SmartAllocDebugTest, FreshMemoryCarriesTheFreshPattern) {
   EXPECT_EQ(errors_.count(), 0u);
 }
 
+// Regression (found by //alloc/fuzz:smart_alloc_fuzzer): the canaries of an
+// allocation released by a rewind of the frame arena were still checked at
+// the frame's end, in memory reused since (a false "buffer overflow"; under
+// ASan a use-after-poison read).
+TEST_F(SmartAllocDebugTest, RewoundFrameAllocationsAreNotCheckedAtFrameEnd) {
+  {
+    ArenaScope scope(&alloc_.frame_arena());
+    alloc_.frame_allocate(16);
+  }
+  // Reuses the rewound bytes, canaries included.
+  std::memset(alloc_.frame_allocate(256), 0x11, 256);
+  alloc_.end_frame();
+  EXPECT_EQ(errors_.count(), 0u);
+}
+
+// Regression (found next to the one above): the released-memory fill wrote
+// into every chunk of the frame, also those Reset() had already given back
+// to the cache (another arena's, or the source's, by then).
+TEST(SmartAllocDebugFillTest, ReleasedFillStaysInMemoryTheArenaHolds) {
+  // Keeps what it takes back, marked, to see whether anyone writes to it.
+  class KeepingSource final : public MemorySource {
+   public:
+    ~KeepingSource() override {
+      for (const Block& b : returned_) {
+        SystemMemorySource::Default().Deallocate(b);
+      }
+    }
+    absl::string_view name() const override { return "keeping"; }
+    bool ReturnedUntouched() const {
+      for (const Block& b : returned_) {
+        if (!AllBytes(b.data, b.size, 0x5A)) return false;
+      }
+      return !returned_.empty();
+    }
+
+   protected:
+    absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override {
+      return SystemMemorySource::Default().Allocate(size, alignment);
+    }
+    void DoDeallocate(const Block& block) override {
+      FRAMEALLOC_UNPOISON(block.data, block.size);
+      std::memset(block.data, 0x5A, block.size);
+      returned_.push_back(block);
+    }
+
+   private:
+    std::vector<Block> returned_;
+  };
+  KeepingSource source;
+  ErrorRecorder errors;
+  {
+    SmartAlloc alloc(AllocConfig()
+                         .set_source(&source)
+                         .set_arena(FrameArenaOptions()
+                                        .set_initial_chunk_size(1024)
+                                        .set_max_chunk_size(1024))
+                         .set_cache(ChunkCacheOptions().set_max_cached_bytes(0))
+                         .set_debug(DebugOptions().set_fill_patterns(true)));
+    // 16 KiB: 4 chunks (the cache rounds 1 KiB chunks up to a 4 KiB page).
+    for (int i = 0; i < 32; ++i) alloc.frame_allocate(512);
+    alloc.end_frame();  // Chunks 2.. go straight back to the source.
+    EXPECT_TRUE(source.ReturnedUntouched());
+  }
+  EXPECT_EQ(errors.count(), 0u);
+}
+
 #if !FRAMEALLOC_HAS_ASAN  // Under ASan the released memory is poisoned.
 TEST_F(SmartAllocDebugTest, ReleasedMemoryCarriesTheReleasedPattern) {
   char* frame = static_cast<char*>(alloc_.frame_allocate(64));

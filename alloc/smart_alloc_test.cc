@@ -114,6 +114,23 @@ TEST_F(SmartAllocTest, TryPathsReturnNullOnBadRequests) {
   EXPECT_EQ(alloc().try_pool_allocate(SIZE_MAX, 8), nullptr);
 }
 
+// Regression (found while writing //alloc/fuzz:smart_alloc_fuzzer, whose
+// handler throws): when the error handler threw out of a refused never-null
+// frame allocation (error.h allows a handler to throw), the bytes charged to
+// the budgets stayed charged.
+TEST(SmartAllocBudgetTest, ThrowingHandlerLeavesNoFrameChargeBehind) {
+  struct Refused {};
+  ScopedErrorHandler handler([](const ErrorReport&, void*) { throw Refused{}; },
+                             nullptr);
+  SmartAlloc alloc(AllocConfig().set_global_budget(1 << 20));
+  EXPECT_THROW(alloc.frame_allocate(64, /*alignment=*/3), Refused);
+  EXPECT_EQ(alloc.stats().global_budget_used, 0u);
+  EXPECT_NE(alloc.try_frame_allocate(64), nullptr);
+  EXPECT_EQ(alloc.stats().global_budget_used, 64u);
+  alloc.end_frame();
+  EXPECT_EQ(alloc.stats().global_budget_used, 0u);
+}
+
 TEST_F(SmartAllocTest, FramesInFlightKeepMemoryForKFrames) {
   for (int k = 1; k <= 3; ++k) {
     Make(AllocConfig().set_frames_in_flight(k));
