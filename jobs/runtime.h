@@ -71,6 +71,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -177,8 +178,9 @@ class JobContext {
   // Runs every function (each `void(JobContext&)`) as a child job on this
   // node and returns when all have finished; the calling worker runs
   // children itself while it waits, isolated from unrelated jobs. The last
-  // function runs on the calling worker. An exception thrown by a child is
-  // rethrown here (the first one, if several throw).
+  // function runs on the calling worker with this very context. An
+  // exception thrown by a child is rethrown here (the first one, if several
+  // throw).
   template <typename... Fs>
   void Fork(Fs&&... fs);
 
@@ -320,6 +322,9 @@ class JobCounter {
   std::atomic<uint32_t> wake_{0};  // Futex word bumped when pending hits 0.
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
+  // Set once any counter was ever cancelled, so that running a job reads
+  // its counter's (contended) cache line only in programs that cancel.
+  static std::atomic<bool> any_cancelled_;
   mutable alloc_internal::Mutex mu_;
   absl::Status first_error_ ABSL_GUARDED_BY(mu_);
   std::exception_ptr first_exception_ ABSL_GUARDED_BY(mu_);
@@ -329,7 +334,7 @@ class JobCounter {
 struct SubmitOptions {
   Affinity affinity;
   JobCounter* counter = nullptr;  // Not owned; counts the job.
-  std::vector<JobRef> predecessors;
+  absl::InlinedVector<JobRef, 2> predecessors;
   const char* name = nullptr;  // Static string: the job's name in traces.
 
   SubmitOptions& on_node(int node) {
@@ -551,10 +556,15 @@ class Runtime {
   void RunToken(int node, jobs_internal::JobRecord* record);
   void RunThief(int node, int victim);
   void MaybeSteal(int idle_node);
+  // `bypass`, when given, may receive one successor made ready by this
+  // job, for the caller to run next on the same worker (continuation)
+  // instead of spawning it; its scheduling reference comes with it.
   void Execute(jobs_internal::JobRecord* record,
-               jobs_internal::WorkerSlot* slot, bool stolen, bool inline_run);
+               jobs_internal::WorkerSlot* slot, bool stolen, bool inline_run,
+               jobs_internal::JobRecord** bypass = nullptr);
   void Finish(jobs_internal::JobRecord* record, jobs_internal::JobState state,
-              absl::Status status, std::exception_ptr exception);
+              absl::Status status, std::exception_ptr exception,
+              jobs_internal::JobRecord** bypass = nullptr);
   bool TryRunInline(jobs_internal::JobRecord* record);
   absl::Status ParallelForImpl(
       const NodePartition& partition, size_t grain,
@@ -576,15 +586,17 @@ class Runtime {
   bool pinned_ = false;
   int registered_parallelism_ = 0;  // Workers added to TBB's limit.
 
-  std::atomic<bool> accepting_{true};
+  // Read by every job, written almost never: a cache line of their own,
+  // away from the counters submitters write.
+  alignas(64) std::atomic<bool> accepting_{true};
   std::atomic<bool> cancel_all_{false};
   std::atomic<bool> trace_on_{false};
-  std::atomic<uint64_t> next_id_{1};
+  alignas(64) std::atomic<uint64_t> next_id_{1};
   std::atomic<uint32_t> next_any_{0};
   std::atomic<uint64_t> refused_{0};
   // Jobs finished on threads outside the worker slots (a Cancel() from
   // the application, for one), by final state; the slots keep their own.
-  std::atomic<uint64_t> finished_elsewhere_[3] = {};
+  alignas(64) std::atomic<uint64_t> finished_elsewhere_[3] = {};
   uint64_t start_tsc_ = 0;
 
   alloc_internal::Mutex shutdown_mu_;
@@ -743,7 +755,8 @@ void JobContext::Fork(Fs&&... fs) {
     auto dispatch = [&](auto& fn) {
       using Fn = std::remove_reference_t<decltype(fn)>;
       if (index++ == kLast) {
-        runtime_->RunChild(*this, &fn, &jobs_internal::CallChild<Fn>);
+        // Same thread, same slot, same arena: the caller's own context.
+        fn(*this);
       } else {
         jobs_internal::TsanRelease(this);
         group.run(jobs_internal::ChildTask{

@@ -402,7 +402,7 @@ TEST(RuntimeDependencyTest, AJobRunsAfterAllItsPredecessors) {
     }));
   }
   SubmitOptions options;
-  options.predecessors = preds;
+  options.predecessors.assign(preds.begin(), preds.end());
   auto last = rt->Submit([&done] { return done.load(); }, options);
   ASSERT_TRUE(last.Wait().ok());
   EXPECT_EQ(last.value(), 10);
