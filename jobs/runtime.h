@@ -412,7 +412,6 @@ struct WorkerStats {
   uint64_t jobs_inline = 0;  // ...of which run inline by a waiting job.
   double busy_seconds = 0;   // Time inside top-level jobs.
   double idle_seconds = 0;   // Uptime minus busy time.
-  uint64_t arena_bytes_reserved = 0;  // Frame + scratch arena chunks.
 };
 
 struct NodeStats {

@@ -905,6 +905,65 @@ TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {
   }
 }
 
+// ---- Soak
+// ------------------------------------------------------------------------
+
+// Many frames with every worker allocating from its frame arena (and
+// throwing now and then): the memory the nodes' sources hold stays bounded
+// and stops growing: each worker's arena keeps what its largest frame
+// needed (a frame's jobs land on workers unevenly, so a worker may reach
+// a new peak late, by at most a chunk or so), nothing is lost or leaked
+// (ASan), and every exception is reported.
+TEST_P(WorkerSweep, MemoryIsBoundedOverManyFramesWithAllWorkersAllocating) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(GetParam()));
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  const int kFrames = 400;
+#else
+  const int kFrames = 4000;
+#endif
+  auto held = [&rt] {
+    size_t bytes = 0;
+    for (const auto& n : rt->memory().stats().nodes) {
+      bytes += n.source.bytes_outstanding;
+    }
+    return bytes;
+  };
+  const int jobs_per_frame = 4 * rt->total_workers();
+  size_t at_half = 0;
+  uint64_t failures = 0;
+  for (int frame = 0; frame < kFrames; ++frame) {
+    if (frame == kFrames / 2) at_half = held();
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    JobCounter counter;
+    for (int j = 0; j < jobs_per_frame; ++j) {
+      ASSERT_TRUE(rt->Spawn(
+                        [frame, j](JobContext& ctx) {
+                          const size_t n = 1000 + 997 * ((frame + j) % 50);
+                          char* p = ctx.arena().AllocateArray<char>(n);
+                          std::memset(p, j, n);
+                          if ((frame * 31 + j) % 97 == 0) {
+                            throw std::runtime_error("sometimes");
+                          }
+                        },
+                        SubmitOptions().on_node(j % 2).with_counter(&counter))
+                      .ok());
+    }
+    if (!counter.Wait().ok()) ++failures;
+    (void)rt->EndFrame();
+  }
+  EXPECT_GT(failures, 0u);  // The throwing jobs were reported.
+  // A worker's frame never needs more than every job of the frame (50 KB
+  // each at most), in chunks of at most 1 MiB: 4 MiB per worker is ample;
+  // a leak of one allocation per frame would pass it within the run.
+  const size_t bound = size_t{4} << 20;
+  EXPECT_LE(held(), bound * rt->total_workers());
+  EXPECT_LE(held(), at_half + (size_t{1} << 20) * rt->total_workers())
+      << "memory kept growing in the second half of the run";
+  EXPECT_EQ(rt->frames(), static_cast<uint64_t>(kFrames));
+}
+
 // ---- Observability
 // ----------------------------------------------------------------
 
