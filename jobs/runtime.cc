@@ -25,7 +25,6 @@
 namespace framealloc {
 namespace jobs {
 
-using jobs_internal::JobInfo;
 using jobs_internal::JobRecord;
 using jobs_internal::JobState;
 using jobs_internal::kClosedList;
@@ -106,8 +105,8 @@ void FreeRecord(Runtime* runtime, void* record, size_t size, size_t alignment) {
     const uint32_t state =
         record->state.load(std::memory_order_acquire) & kStateMask;
     message = absl::StrCat(
-        "JobHandle::value() on job ", record->info.id,
-        record->info.name ? absl::StrCat(" '", record->info.name, "'") : "",
+        "JobHandle::value() on job ", record->id,
+        record->name ? absl::StrCat(" '", record->name, "'") : "",
         state < kDone ? " that has not finished (call Wait() first)"
                       : absl::StrCat(" that did not succeed: ",
                                      record->status.ToString()));
@@ -178,13 +177,10 @@ ErrorReport Report(ErrorKind kind, absl::string_view where,
   return report;
 }
 
-std::string JobName(uint64_t id, const char* name) {
-  return name != nullptr ? absl::StrCat("job ", id, " '", name, "'")
-                         : absl::StrCat("job ", id);
-}
-
 std::string JobName(const JobRecord* record) {
-  return JobName(record->info.id, record->info.name);
+  return record->name != nullptr
+             ? absl::StrCat("job ", record->id, " '", record->name, "'")
+             : absl::StrCat("job ", record->id);
 }
 
 bool Claim(JobRecord* record) {
@@ -578,12 +574,14 @@ SmartAlloc& JobContext::alloc() const { return *slot_->alloc; }
 
 bool JobContext::cancel_requested() const {
   if (runtime_->cancel_all_.load(std::memory_order_acquire)) return true;
-  return counter_ != nullptr && counter_->cancelled();
+  return record_ != nullptr && record_->counter != nullptr &&
+         record_->counter->cancelled();
 }
 
-absl::Status Runtime::Admit(SubmitOptions& options, JobInfo* info) {
-  info->name = options.name;
-  info->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
+  record->runtime = this;
+  record->name = options.name;
+  record->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   WorkerSlot* here = CurrentSlot();
   int node;
   if (options.affinity.any()) {
@@ -595,26 +593,43 @@ absl::Status Runtime::Admit(SubmitOptions& options, JobInfo* info) {
   } else {
     node = options.affinity.node();
   }
-  info->node = node;
+
+  absl::Status refused;
   if (node < 0 || node >= num_nodes()) {
-    refused_.fetch_add(1, std::memory_order_relaxed);
-    return absl::InvalidArgumentError(
-        absl::StrCat(JobName(info->id, info->name), ": node ", node,
-                     " does not exist; the runtime has ", num_nodes(),
-                     " node(s), 0..", num_nodes() - 1));
-  }
-  if (!accepting_.load(std::memory_order_acquire) &&
-      (here == nullptr || cancel_all_.load(std::memory_order_acquire))) {
+    refused = absl::InvalidArgumentError(absl::StrCat(
+        JobName(record), ": node ", node, " does not exist; the runtime has ",
+        num_nodes(), " node(s), 0..", num_nodes() - 1));
+  } else if (!accepting_.load(std::memory_order_acquire) &&
+             (here == nullptr || cancel_all_.load(std::memory_order_acquire))) {
     // While a kFinish shutdown drains, running jobs may still submit
     // their continuations; nobody else may.
-    refused_.fetch_add(1, std::memory_order_relaxed);
-    return absl::FailedPreconditionError(
-        absl::StrCat(JobName(info->id, info->name),
-                     " not accepted: the runtime is shut down"));
+    refused = absl::FailedPreconditionError(absl::StrCat(
+        JobName(record), " not accepted: the runtime is shut down"));
+  } else {
+    for (const JobRef& pred : options.predecessors) {
+      if (pred.valid() && pred.record_->runtime != this) {
+        refused = absl::InvalidArgumentError(
+            absl::StrCat(JobName(record), ": predecessor ",
+                         JobName(pred.record_), " belongs to another runtime"));
+        break;
+      }
+    }
   }
+  if (!refused.ok()) {
+    // Never runs: finished at once with the reason, nothing counted.
+    record->node = 0;
+    record->status = refused;
+    record->successors.store(kClosedList, std::memory_order_relaxed);
+    record->state.store(jobs_internal::kFailed, std::memory_order_release);
+    refused_.fetch_add(1, std::memory_order_relaxed);
+    Release(record);
+    return refused;
+  }
+
+  record->node = node;
   nodes_[node]->submitted.fetch_add(1, std::memory_order_relaxed);
   if (options.counter != nullptr) {
-    info->counter = options.counter;
+    record->counter = options.counter;
     options.counter->Add();
   }
   // Join the open frame, if any. Paired with EndFrame (seq_cst both
@@ -623,38 +638,14 @@ absl::Status Runtime::Admit(SubmitOptions& options, JobInfo* info) {
   if (frame.open.load(std::memory_order_acquire)) {
     frame.pending.fetch_add(1, std::memory_order_seq_cst);
     if (frame.open.load(std::memory_order_seq_cst)) {
-      info->in_frame = true;
+      record->in_frame = true;
+      record->frame = frame.ended.load(std::memory_order_relaxed);
       frame.jobs.fetch_add(1, std::memory_order_relaxed);
     } else if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       frame.pending.notify_all();
     }
   }
-  return absl::OkStatus();
-}
 
-absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
-  record->runtime = this;
-  absl::Status refused;
-  for (const JobRef& pred : options.predecessors) {
-    if (pred.valid() && pred.record_->runtime != this) {
-      refused_.fetch_add(1, std::memory_order_relaxed);
-      refused = absl::InvalidArgumentError(absl::StrCat(
-          "job '", options.name ? options.name : "", "': predecessor ",
-          JobName(pred.record_), " belongs to another runtime"));
-      break;
-    }
-  }
-  if (refused.ok()) refused = Admit(options, &record->info);
-  if (!refused.ok()) {
-    // Never runs: finished at once with the reason, nothing counted.
-    record->info.node = 0;
-    record->info.counter = nullptr;
-    record->status = refused;
-    record->successors.store(kClosedList, std::memory_order_relaxed);
-    record->state.store(jobs_internal::kFailed, std::memory_order_release);
-    Release(record);
-    return refused;
-  }
   for (const JobRef& pred : options.predecessors) {
     if (!pred.valid()) continue;
     JobRecord* p = pred.record_;
@@ -704,7 +695,7 @@ void Runtime::Schedule(JobRecord* record) {
     Release(record);
     return;
   }
-  PostToken(record->info.node, record);
+  PostToken(record->node, record);
 }
 
 struct Runtime::ThiefTask {
@@ -833,13 +824,6 @@ void Runtime::RunThief(int thief_node, int victim_node) {
   TsanRelease(&thief);  // For Shutdown's drain.
 }
 
-bool Runtime::CancelledBeforeStart(const JobInfo& info) const {
-  return cancel_all_.load(std::memory_order_acquire) ||
-         (info.counter != nullptr &&
-          JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
-          info.counter->cancelled());
-}
-
 void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
                       bool inline_run, JobRecord** bypass) {
   if (slot == nullptr) {
@@ -854,42 +838,31 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
     return;
   }
   // (JobRef::Cancel wins or loses by the claim itself: not checked here.)
-  if (CancelledBeforeStart(record->info)) {
+  if (cancel_all_.load(std::memory_order_acquire) ||
+      (record->counter != nullptr &&
+       JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
+       record->counter->cancelled())) {
     Finish(record, jobs_internal::kCancelled,
            absl::CancelledError(
                absl::StrCat(JobName(record), " cancelled before it started")),
            nullptr);
     return;
   }
-  Outcome outcome =
-      RunBody(slot, record->info, record, stolen, inline_run,
-              [record](JobContext& ctx) { record->invoke(record, ctx); });
-  Finish(record, outcome.state, std::move(outcome.status),
-         std::move(outcome.exception), bypass);
-}
-
-// Runs one job's body on `slot` with its context, its arena and its
-// accounting; catches what it throws.
-Runtime::Outcome Runtime::RunBody(WorkerSlot* slot, const JobInfo& info,
-                                  JobRecord* record, bool stolen,
-                                  bool inline_run,
-                                  absl::FunctionRef<void(JobContext&)> body) {
   SlotAcquire(slot);
   JobContext ctx;
   ctx.runtime_ = this;
   ctx.slot_ = slot;
   ctx.record_ = record;
-  ctx.counter_ = info.counter;
-  ctx.job_id_ = info.id;
+  ctx.job_id_ = record->id;
   ctx.node_ = slot->node;
   ctx.worker_ = slot->index;
-  ctx.in_frame_ = info.in_frame;
+  ctx.in_frame_ = record->in_frame;
   ctx.stolen_ = stolen;
   FrameArena* scratch = slot->scratch_arena.get();
-  ctx.arena_ = info.in_frame ? slot->frame_arena.get() : scratch;
+  ctx.arena_ = record->in_frame ? slot->frame_arena.get() : scratch;
   ArenaMark mark;
-  const bool outer_scratch = !info.in_frame && slot->scratch_depth == 0;
-  if (!info.in_frame) {
+  const bool outer_scratch = !record->in_frame && slot->scratch_depth == 0;
+  if (!record->in_frame) {
     if (!outer_scratch) mark = scratch->Mark();
     ++slot->scratch_depth;
   }
@@ -897,21 +870,23 @@ Runtime::Outcome Runtime::RunBody(WorkerSlot* slot, const JobInfo& info,
   const bool top = slot->depth++ == 0;
   const bool timed = top || trace_on_.load(std::memory_order_relaxed);
   const uint64_t start = timed ? Ticks() : 0;
-  Outcome outcome;
+  JobState state = jobs_internal::kDone;
+  absl::Status status;
+  std::exception_ptr exception;
   try {
-    body(ctx);
+    record->invoke(record, ctx);
   } catch (const std::exception& e) {
-    outcome.state = jobs_internal::kFailed;
-    outcome.exception = std::current_exception();
-    outcome.status = absl::UnknownError(
-        absl::StrCat(JobName(info.id, info.name), " threw: ", e.what()));
+    state = jobs_internal::kFailed;
+    exception = std::current_exception();
+    status =
+        absl::UnknownError(absl::StrCat(JobName(record), " threw: ", e.what()));
   } catch (...) {
-    outcome.state = jobs_internal::kFailed;
-    outcome.exception = std::current_exception();
-    outcome.status = absl::UnknownError(absl::StrCat(
-        JobName(info.id, info.name), " threw a non-std exception"));
+    state = jobs_internal::kFailed;
+    exception = std::current_exception();
+    status = absl::UnknownError(
+        absl::StrCat(JobName(record), " threw a non-std exception"));
   }
-  if (!info.in_frame) {
+  if (!record->in_frame) {
     --slot->scratch_depth;
     if (outer_scratch) {
       scratch->Reset();  // A handful of stores when nothing was allocated.
@@ -927,43 +902,12 @@ Runtime::Outcome Runtime::RunBody(WorkerSlot* slot, const JobInfo& info,
   if (inline_run) Bump(slot->jobs_inline);
   if (timed && trace_on_.load(std::memory_order_relaxed)) {
     slot->trace.Add(
-        {info.id, info.name, start, end,
+        {record->id, record->name, start, end,
          static_cast<uint8_t>((stolen ? jobs_internal::kTraceStolen : 0) |
                               (inline_run ? jobs_internal::kTraceInline : 0))});
   }
   SlotRelease(slot);
-  return outcome;
-}
-
-void Runtime::RunLight(const JobInfo& info,
-                       absl::FunctionRef<void(JobContext&)> body) {
-  WorkerSlot* slot = CurrentSlot();
-  Outcome outcome;
-  if (slot == nullptr) {
-    outcome.state = jobs_internal::kFailed;
-    outcome.status = absl::InternalError(
-        absl::StrCat(JobName(info.id, info.name),
-                     ": run by a thread outside the runtime's worker slots"));
-  } else if (CancelledBeforeStart(info)) {
-    outcome.state = jobs_internal::kCancelled;
-    outcome.status = absl::CancelledError(absl::StrCat(
-        JobName(info.id, info.name), " cancelled before it started"));
-  } else {
-    outcome = RunBody(slot, info, nullptr, /*stolen=*/false,
-                      /*inline_run=*/false, body);
-  }
-  CountFinished(outcome.state);
-  Settle(info, outcome.state != jobs_internal::kDone, outcome.status,
-         outcome.exception);
-}
-
-bool Runtime::LightTarget(int node_index, tbb::task_group** group,
-                          tbb::task_arena** arena) {
-  Node& node = *nodes_[node_index];
-  *group = &node.group;
-  *arena = &node.arena;
-  WorkerSlot* here = CurrentSlot();
-  return here != nullptr && here->node == node_index;
+  Finish(record, state, std::move(status), std::move(exception), bypass);
 }
 
 void Runtime::RunChild(const JobContext& parent,
@@ -975,7 +919,6 @@ void Runtime::RunChild(const JobContext& parent,
   ctx.runtime_ = this;
   ctx.slot_ = slot;
   ctx.record_ = parent.record_;
-  ctx.counter_ = parent.counter_;
   ctx.node_ = slot->node;
   ctx.worker_ = slot->index;
   ctx.in_frame_ = parent.in_frame_;
@@ -1033,7 +976,17 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   record->exception = std::move(exception);
   // Counted before the state turns final, so a waiter's stats() include
   // the job it waited for.
-  CountFinished(state);
+  const int kind = state == jobs_internal::kDone     ? 0
+                   : state == jobs_internal::kFailed ? 1
+                                                     : 2;
+  if (WorkerSlot* here = CurrentSlot(); here != nullptr) {
+    // Single writer: a plain store, release for Shutdown's acquire sums.
+    here->finished[kind].store(
+        here->finished[kind].load(std::memory_order_relaxed) + 1,
+        std::memory_order_release);
+  } else {
+    finished_elsewhere_[kind].fetch_add(1, std::memory_order_release);
+  }
   // Release: the result, status and everything the job wrote become
   // visible to whoever sees the final state.
   const uint32_t previous =
@@ -1053,7 +1006,7 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
       // Scheduler bypass: the first successor of this node made ready here
       // runs next on this worker, as TBB's continuations do.
       if (bypass != nullptr && *bypass == nullptr && !failed &&
-          successor->info.node == record->info.node &&
+          successor->node == record->node &&
           !successor->predecessor_failed.load(std::memory_order_acquire)) {
         if (Transition(successor, jobs_internal::kWaiting,
                        jobs_internal::kQueued)) {
@@ -1067,35 +1020,13 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
     }
     edge = next;
   }
-  Settle(record->info, failed, record->status, record->exception);
-}
-
-void Runtime::CountFinished(JobState state) {
-  const int kind = state == jobs_internal::kDone     ? 0
-                   : state == jobs_internal::kFailed ? 1
-                                                     : 2;
-  if (WorkerSlot* here = CurrentSlot(); here != nullptr) {
-    // Single writer: a plain store, release for Shutdown's acquire sums.
-    here->finished[kind].store(
-        here->finished[kind].load(std::memory_order_relaxed) + 1,
-        std::memory_order_release);
-  } else {
-    finished_elsewhere_[kind].fetch_add(1, std::memory_order_release);
-  }
-}
-
-// The counter and the frame: last, since their waiters may return (and
-// destroy the counter) as soon as they are told.
-void Runtime::Settle(const JobInfo& info, bool failed,
-                     const absl::Status& status,
-                     const std::exception_ptr& exception) {
-  if (info.counter != nullptr) info.counter->Finish(failed, status, exception);
-  if (info.in_frame) {
+  if (record->counter != nullptr) record->counter->Finish(*record);
+  if (record->in_frame) {
     FrameState& frame = *frame_;
     if (failed) {
       if (frame.failed.fetch_add(1, std::memory_order_relaxed) == 0) {
         alloc_internal::MutexLock lock(&frame.mu);
-        frame.first_failure = status.ToString();
+        frame.first_failure = record->status.ToString();
       }
     }
     if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -1106,7 +1037,7 @@ void Runtime::Settle(const JobInfo& info, bool failed,
 
 bool Runtime::TryRunInline(JobRecord* record) {
   WorkerSlot* slot = CurrentSlot();
-  if (slot == nullptr || record->info.node != slot->node) return false;
+  if (slot == nullptr || record->node != slot->node) return false;
   if (!Claim(record)) return false;
   Execute(record, slot, /*stolen=*/false, /*inline_run=*/true);
   return true;
@@ -1128,7 +1059,7 @@ bool JobRef::done() const {
          jobs_internal::IsFinal(record_->state.load(std::memory_order_acquire));
 }
 
-uint64_t JobRef::id() const { return record_ ? record_->info.id : 0; }
+uint64_t JobRef::id() const { return record_ ? record_->id : 0; }
 
 absl::Status JobRef::Wait() const {
   JobRecord* r = record_;
@@ -1216,13 +1147,13 @@ void JobCounter::Reset() {
   cancelled_.store(false, std::memory_order_release);
 }
 
-void JobCounter::Finish(bool failed, const absl::Status& status,
-                        const std::exception_ptr& exception) {
-  if (failed) {
+void JobCounter::Finish(const JobRecord& record) {
+  if ((record.state.load(std::memory_order_relaxed) & kStateMask) !=
+      jobs_internal::kDone) {
     alloc_internal::MutexLock lock(&mu_);
     if (first_error_.ok()) {
-      first_error_ = status;
-      first_exception_ = exception;
+      first_error_ = record.status;
+      first_exception_ = record.exception;
     }
     failed_.store(true, std::memory_order_relaxed);
   }

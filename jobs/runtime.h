@@ -197,8 +197,7 @@ class JobContext {
 
   Runtime* runtime_ = nullptr;
   jobs_internal::WorkerSlot* slot_ = nullptr;
-  jobs_internal::JobRecord* record_ = nullptr;  // Null for light jobs.
-  JobCounter* counter_ = nullptr;
+  jobs_internal::JobRecord* record_ = nullptr;  // Null for fork children.
   FrameArena* arena_ = nullptr;
   uint64_t job_id_ = 0;
   int node_ = 0;
@@ -265,17 +264,6 @@ struct TypedJob final : JobRecord {
   static void Destroy(JobRecord* self);
 };
 
-// A job without a record (Spawn without predecessors, strict affinity):
-// TBB's task owns the function; nothing can wait on, cancel or depend on
-// the job individually, so it needs no state machine.
-template <typename F>
-struct LightTask {
-  Runtime* runtime;
-  JobInfo info;
-  mutable F fn;
-  void operator()() const;
-};
-
 template <typename F>
 using ResultOf = std::conditional_t<std::is_invocable_v<F&, JobContext&>,
                                     std::invoke_result<F&, JobContext&>,
@@ -326,8 +314,7 @@ class JobCounter {
  private:
   friend class Runtime;
   void Add() { pending_.fetch_add(1, std::memory_order_relaxed); }
-  void Finish(bool failed, const absl::Status& status,
-              const std::exception_ptr& exception);
+  void Finish(const jobs_internal::JobRecord& record);
 
   // Release on decrement so that the jobs' effects are visible to the
   // waiter that observes 0 with acquire.
@@ -544,9 +531,6 @@ class Runtime {
                 absl::FunctionRef<void(JobContext&)> body);
   void RunChild(const JobContext& parent, void* fn,
                 void (*call)(void* fn, JobContext& ctx));
-  // Used by Spawn's record-less jobs (jobs_internal::LightTask).
-  void RunLight(const jobs_internal::JobInfo& info,
-                absl::FunctionRef<void(JobContext&)> body);
 
  private:
   struct Node;
@@ -566,25 +550,6 @@ class Runtime {
   // the submission error (the record is then finished with it).
   absl::Status Enqueue(jobs_internal::JobRecord* record,
                        SubmitOptions& options);
-  // Resolves the node and checks the submission; counts it (node, counter,
-  // frame) when it is accepted.
-  absl::Status Admit(SubmitOptions& options, jobs_internal::JobInfo* info);
-  // Where a record-less job goes; true when the calling worker is on that
-  // node (spawn to its local deque) rather than outside (enqueue).
-  bool LightTarget(int node, tbb::task_group** group, tbb::task_arena** arena);
-  struct Outcome {
-    jobs_internal::JobState state = jobs_internal::kDone;
-    absl::Status status;
-    std::exception_ptr exception;
-  };
-  Outcome RunBody(jobs_internal::WorkerSlot* slot,
-                  const jobs_internal::JobInfo& info,
-                  jobs_internal::JobRecord* record, bool stolen,
-                  bool inline_run, absl::FunctionRef<void(JobContext&)> body);
-  bool CancelledBeforeStart(const jobs_internal::JobInfo& info) const;
-  void CountFinished(jobs_internal::JobState state);
-  void Settle(const jobs_internal::JobInfo& info, bool failed,
-              const absl::Status& status, const std::exception_ptr& exception);
   void Schedule(jobs_internal::JobRecord* record);
   void PostToken(int node, jobs_internal::JobRecord* record);
   void RunToken(int node, jobs_internal::JobRecord* record);
@@ -709,37 +674,8 @@ auto Runtime::Submit(F&& f, SubmitOptions options)
 }
 
 template <typename F>
-void jobs_internal::LightTask<F>::operator()() const {
-  runtime->RunLight(info, [this](JobContext& ctx) {
-    if constexpr (std::is_invocable_v<F&, JobContext&>) {
-      fn(ctx);
-    } else {
-      fn();
-    }
-  });
-}
-
-template <typename F>
 absl::Status Runtime::Spawn(F&& f, SubmitOptions options) {
   using Fn = std::decay_t<F>;
-#if !defined(__SANITIZE_THREAD__)
-  // The light path: no record. (Under TSan every job takes the record
-  // path, whose state word gives TSan the hand-off TBB performs unseen.)
-  if (options.predecessors.empty() &&
-      config_.stealing == StealPolicy::kStrict) {
-    jobs_internal::JobInfo info;
-    if (absl::Status s = Admit(options, &info); !s.ok()) return s;
-    tbb::task_group* group;
-    tbb::task_arena* arena;
-    jobs_internal::LightTask<Fn> task{this, info, Fn(std::forward<F>(f))};
-    if (LightTarget(info.node, &group, &arena)) {
-      group->run(std::move(task));
-    } else {
-      arena->enqueue(group->defer(std::move(task)));
-    }
-    return absl::OkStatus();
-  }
-#endif
   using R = typename jobs_internal::ResultOf<Fn>::type;
   using Job = jobs_internal::TypedJob<Fn, R>;
   void* memory = AllocateRecord(sizeof(Job), alignof(Job));

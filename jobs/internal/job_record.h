@@ -45,15 +45,6 @@ inline bool IsFinal(uint32_t word) { return (word & kStateMask) >= kDone; }
 
 struct JobRecord;
 
-// What every job carries, with or without a record.
-struct JobInfo {
-  uint64_t id = 0;
-  const char* name = nullptr;     // Static string or null.
-  JobCounter* counter = nullptr;  // Not owned; may be null.
-  int node = 0;                   // Node the job was submitted to.
-  bool in_frame = false;          // Counted in the frame open at submission.
-};
-
 // One edge "when this finishes, tell `job`".
 struct Successor {
   JobRecord* job;
@@ -83,7 +74,12 @@ struct JobRecord {
   std::atomic<Successor*> successors{nullptr};
 
   Runtime* runtime = nullptr;
-  JobInfo info;
+  JobCounter* counter = nullptr;  // Not owned; may be null.
+  const char* name = nullptr;     // Static string or null.
+  uint64_t id = 0;
+  int node = 0;           // Node the job was submitted to.
+  bool in_frame = false;  // Counted in the frame open at submission.
+  uint64_t frame = 0;     // That frame's number.
 
   // Written by the thread that finishes the job, before the state becomes
   // final (release); read by waiters after they see it (acquire).
