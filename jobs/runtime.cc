@@ -264,14 +264,15 @@ class NodeObserver final : public tbb::task_scheduler_observer {
     TsanRelease(this);  // For the destructor, after observe(false).
   }
 
-  // TBB numbers a worker's slot 0..workers-1, except in an arena of one
-  // worker and no reserved slot, which it builds with two slots and hands
-  // slot 1 to the worker.
+  // The arena has one slot reserved for an outside thread (index 0: only
+  // Shutdown's drain ever uses it) and one per worker (1..n): TBB admits
+  // exactly n workers, and slot i holds worker i - 1. (With no reserved
+  // slot, TBB builds a one-worker arena with two slots, and in a guest with
+  // spare threads two workers ran in it at once: found by the 4-node run
+  // of ACancelledQueuedJobNeverRuns.)
   WorkerSlot* SlotFor(int index) const {
     const int n = static_cast<int>(slots_.size());
-    if (index >= 0 && index < n) return slots_[index];
-    if (n == 1 && index == 1) return slots_[0];
-    return nullptr;
+    return index >= 1 && index <= n ? slots_[index - 1] : nullptr;
   }
 
   void on_scheduler_exit(bool is_worker) override {
@@ -467,9 +468,9 @@ absl::Status Runtime::Init() {
       raw_slots.push_back(slot.get());
       node->slots.push_back(std::move(slot));
     }
-    // Every slot is a worker's: the threads that submit never join the
-    // arena (they enqueue), so no slot is reserved for them.
-    node->arena.initialize(workers, /*reserved_for_masters=*/0);
+    // `workers` worker slots plus one reserved for an outside thread: the
+    // threads that submit never join (they enqueue); Shutdown's drain does.
+    node->arena.initialize(workers + 1, /*reserved_for_masters=*/1);
     node->observer = std::make_unique<NodeObserver>(
         node->arena, std::move(raw_slots), topology_, k, pinned_);
     node->observer->observe(true);
@@ -828,7 +829,8 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
                       bool inline_run, JobRecord** bypass) {
   if (slot == nullptr) {
     // A TBB thread that is in no slot of ours: cannot happen with
-    // reserved_for_masters = 0, but never run a job without its context.
+    // one reserved slot that only Shutdown uses, but never run a job without
+    // its context.
     Finish(record, jobs_internal::kFailed,
            absl::InternalError(
                absl::StrCat(JobName(record),
