@@ -7,8 +7,10 @@
 // ends the frame (which resets every arena). It prints the runtime's
 // statistics and writes a Chrome trace to open in ui.perfetto.dev.
 // Not for: measuring (see //jobs:jobs_benchmark and //benchmarks).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,21 @@ ABSL_FLAG(std::string, trace, "",
           "write a Chrome trace of the last frames here");
 
 namespace fa = framealloc;
+
+// Resident memory of this process in KiB (Linux /proc/self/status), or -1.
+long ResidentKiB() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      long kib = -1;
+      status >> kib;
+      return kib;
+    }
+    status.ignore(1 << 10, '\n');
+  }
+  return -1;
+}
 namespace jobs = framealloc::jobs;
 
 int main(int argc, char** argv) {
@@ -61,7 +78,10 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < n; ++i) (*v)[i] = std::sin(static_cast<float>(i));
 
   double checksum = 0;
-  for (int frame = 0; frame < absl::GetFlag(FLAGS_frames); ++frame) {
+  const int frames = absl::GetFlag(FLAGS_frames);
+  long rss_after_warmup = -1;
+  for (int frame = 0; frame < frames; ++frame) {
+    if (frame == std::min(1000, frames / 2)) rss_after_warmup = ResidentKiB();
     if (!rt.BeginFrame().ok()) return 1;
     // Integrate on the nodes that hold the data.
     absl::Status step =
@@ -106,6 +126,8 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(last.arena_bytes));
   }
   std::printf("checksum %.6g\n", checksum);
+  std::printf("resident memory: %ld KiB after warm-up, %ld KiB at the end\n",
+              rss_after_warmup, ResidentKiB());
   if (!absl::GetFlag(FLAGS_trace).empty()) {
     absl::Status s = rt.WriteChromeTrace(absl::GetFlag(FLAGS_trace));
     if (!s.ok()) {

@@ -10,6 +10,7 @@ echo "$out"
 grep -q '^node 1: 1 workers' <<<"$out"
 # Per frame: 2 ParallelFor shares, 2 summaries, 1 merge.
 grep -q '^last frame: .* 5 jobs' <<<"$out"
+grep -q '^resident memory: [0-9]* KiB after warm-up' <<<"$out"
 python3 - "$trace" <<'PY'
 import json, sys
 events = json.load(open(sys.argv[1]))["traceEvents"]

@@ -488,7 +488,13 @@ TEST(RuntimeCancelTest, ACancelledQueuedJobNeverRuns) {
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
   Gate gate;
   std::atomic<bool> ran{false};
-  auto blocker = rt->Submit([&gate] { gate.Pass(); });
+  std::atomic<bool> blocking{false};
+  auto blocker = rt->Submit([&] {
+    blocking = true;
+    gate.Pass();
+  });
+  // TBB's arena queue is not strictly FIFO: hold the only worker first.
+  ASSERT_TRUE(Eventually([&] { return blocking.load(); }));
   auto victim = rt->Submit([&ran] { ran = true; });
   auto dependant =
       rt->Submit([&ran] { ran = true; }, SubmitOptions().after(victim));
