@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "alloc/internal/benchmark_util.h"
 #include "benchmark/benchmark.h"
 #include "jobs/runtime.h"
 
@@ -59,53 +60,10 @@ namespace {
 
 // ---- Benchmark plumbing
 // ------------------------------------------------------------------
-// A copy of alloc/internal/benchmark_util.h's MedianReporter and
-// RunWithRobustDefaults (same defaults: five repetitions in random
-// interleaved order, medians only, command-line flags win).
-// //alloc:benchmark_util is private to alloc; once it is visible to //jobs,
-// depend on it and delete this copy.
-
-class MedianReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      const bool median =
-          run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type != Run::RT_Iteration && !median) continue;
-      const double seconds = run.GetAdjustedRealTime() /
-                             benchmark::GetTimeUnitMultiplier(run.time_unit);
-      auto batch = run.counters.find("batch");
-      ns_per_op_[run.run_name.str()] =
-          seconds * 1e9 /
-          (batch == run.counters.end() ? 1.0 : batch->second.value);
-    }
-  }
-  // ns per operation ("batch" operations per iteration); 0 if not run.
-  double ns(const std::string& name) const {
-    auto it = ns_per_op_.find(name);
-    return it == ns_per_op_.end() ? 0.0 : it->second;
-  }
-
- private:
-  std::map<std::string, double> ns_per_op_;
-};
-
-bool RunWithRobustDefaults(std::vector<char*> args, const char* min_time_flag,
-                           MedianReporter* reporter) {
-  char repetitions[] = "--benchmark_repetitions=5";
-  char interleave[] = "--benchmark_enable_random_interleaving=true";
-  char aggregates[] = "--benchmark_report_aggregates_only=true";
-  std::string min_time = min_time_flag;
-  args.insert(args.begin() + 1,
-              {repetitions, interleave, aggregates, min_time.data()});
-  int argc = static_cast<int>(args.size());
-  benchmark::Initialize(&argc, args.data());
-  if (benchmark::ReportUnrecognizedArguments(argc, args.data())) return false;
-  benchmark::RunSpecifiedBenchmarks(reporter);
-  return true;
-}
+// Five repetitions in random interleaved order, medians only, command-line
+// flags win (alloc/internal/benchmark_util.h).
+using ::framealloc::alloc_internal::MedianReporter;
+using ::framealloc::alloc_internal::RunWithRobustDefaults;
 
 // ---- Shared state
 // -------------------------------------------------------------

@@ -62,21 +62,26 @@ class MedianReporter : public benchmark::ConsoleReporter {
 // Initializes Google Benchmark with the robust defaults (before the user's
 // flags, so those win), runs every selected benchmark into `reporter`.
 // Returns false on unrecognized flags (already reported).
-inline bool RunWithRobustDefaults(int argc, char** argv,
+inline bool RunWithRobustDefaults(std::vector<char*> args,
                                   const char* min_time_flag,
                                   MedianReporter* reporter) {
-  std::vector<char*> args(argv, argv + argc);
   char repetitions[] = "--benchmark_repetitions=5";
   char interleave[] = "--benchmark_enable_random_interleaving=true";
   char aggregates[] = "--benchmark_report_aggregates_only=true";
   std::string min_time = min_time_flag;
   args.insert(args.begin() + 1,
               {repetitions, interleave, aggregates, min_time.data()});
-  argc = static_cast<int>(args.size());
+  int argc = static_cast<int>(args.size());
   benchmark::Initialize(&argc, args.data());
   if (benchmark::ReportUnrecognizedArguments(argc, args.data())) return false;
   benchmark::RunSpecifiedBenchmarks(reporter);
   return true;
+}
+inline bool RunWithRobustDefaults(int argc, char** argv,
+                                  const char* min_time_flag,
+                                  MedianReporter* reporter) {
+  return RunWithRobustDefaults(std::vector<char*>(argv, argv + argc),
+                               min_time_flag, reporter);
 }
 
 }  // namespace alloc_internal
