@@ -177,6 +177,15 @@ ErrorReport Report(ErrorKind kind, absl::string_view where,
   return report;
 }
 
+// A copy that shares no heap representation with `s`. Statuses cross
+// threads here (worker -> waiter), and part of absl::Status's reference
+// counting lives in the (uninstrumented) Abseil library, so TSan cannot
+// order a shared representation's last release; a detached copy is never
+// shared.
+absl::Status Detached(const absl::Status& s) {
+  return s.ok() ? absl::OkStatus() : absl::Status(s.code(), s.message());
+}
+
 std::string JobName(const JobRecord* record) {
   return record->name != nullptr
              ? absl::StrCat("job ", record->id, " '", record->name, "'")
@@ -1088,7 +1097,7 @@ absl::Status JobRef::Wait() const {
     r->state.wait(s, std::memory_order_acquire);
     s = r->state.load(std::memory_order_acquire);
   }
-  return r->status;
+  return Detached(r->status);
 }
 
 absl::Status JobRef::status() const {
@@ -1099,7 +1108,7 @@ absl::Status JobRef::status() const {
     return absl::UnavailableError(
         absl::StrCat(JobName(record_), " has not finished"));
   }
-  return record_->status;
+  return Detached(record_->status);
 }
 
 std::exception_ptr JobRef::exception() const {
@@ -1126,7 +1135,7 @@ JobCounter::~JobCounter() { (void)Wait(); }
 absl::Status JobCounter::Wait() {
   WaitUntilZero(pending_);
   alloc_internal::MutexLock lock(&mu_);
-  return first_error_;
+  return Detached(first_error_);
 }
 
 std::atomic<bool> JobCounter::any_cancelled_{false};
@@ -1154,7 +1163,7 @@ void JobCounter::Finish(const JobRecord& record) {
       jobs_internal::kDone) {
     alloc_internal::MutexLock lock(&mu_);
     if (first_error_.ok()) {
-      first_error_ = record.status;
+      first_error_ = Detached(record.status);
       first_exception_ = record.exception;
     }
     failed_.store(true, std::memory_order_relaxed);

@@ -13,5 +13,10 @@ extern "C" const char* __tsan_default_suppressions() {
          "race_top:/usr/include/oneapi/tbb/\n"
          "race_top:libtbb.so.12\n"
          // The auto partitioner's steal detection (no user code below it).
-         "race:tbb::detail::d1::dynamic_grainsize_mode\n";
+         "race:tbb::detail::d1::dynamic_grainsize_mode\n"
+         // ...and its tree and wait nodes, constructed in memory TBB's
+         // small-object pool hands from thread to thread inside libtbb.
+         "race:tbb::detail::d1::node::node\n"
+         "race:tbb::detail::d1::tree_node::tree_node\n"
+         "race:tbb::detail::d1::wait_node::wait_node\n";
 }
