@@ -30,6 +30,11 @@ PACKAGES=(
   qemu-system-x86     # NUMA guest tests: a 2-/4-node Linux guest (tools/numa_guest.bzl)
   busybox-static      # ...the guest's /init and shell
   cpio                # ...packs the guest's initramfs
+  libcpp-httplib-dev  # HTTP server and client (integration/server)
+  nlohmann-json3-dev  # JSON request bodies (integration/server)
+  wrk                 # HTTP load generator (integration/server load test)
+  libopenmpi-dev      # MPI (integration/mpi)
+  openmpi-bin         # ...mpirun
 )
 
 log() { printf 'framealloc setup: %s\n' "$*" >&2; }
