@@ -1,0 +1,135 @@
+// Scenario: one workload of the simulation suite (//benchmarks:simulation),
+// run frame after frame in each of the suite's variants.
+//
+// For: the suite's driver, which creates a scenario per variant, steps it for
+// N frames, times every frame and compares the variants; and for the
+// integration libraries (integration/ecs, renderer, physics), each of which
+// exposes its workload as a Scenario. Not for: application code (use the
+// libraries directly).
+//
+// The variants differ in where a frame's temporaries come from and who runs
+// the frame; the simulation itself is the same, so for one seed every variant
+// must end in the same state (StateHash() equal; tested on small sizes):
+//   kHeap          one thread; temporaries from new / std::vector each frame.
+//   kArena         one thread; temporaries from env.arena (reset by the
+//                  driver after each frame).
+//   kRuntimeHeap   the job runtime on all its workers; temporaries from the
+//                  heap.
+//   kRuntimeArena  the job runtime on all its workers; temporaries from each
+//                  job's JobContext::arena() (per-worker frame arenas), data
+//                  partitioned by node (Runtime::Partition, NodeArray).
+// The heap variants run once more in a binary linked with mimalloc, which
+// replaces new/malloc for the whole process (driven by the same command).
+//
+// Determinism: the state after N frames may depend on the seed, the size and
+// N only: never on the variant, the number of workers or the scheduling order
+// (sum in a fixed order, e.g. per fixed-size block and then over blocks).
+//
+// Thread safety: the driver calls Init/Step/StateHash from one thread; Step
+// may run jobs on the runtime it is given.
+#ifndef BENCHMARKS_SCENARIO_H_
+#define BENCHMARKS_SCENARIO_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "alloc/frame_arena.h"
+#include "jobs/runtime.h"
+
+namespace framealloc::sim {
+
+enum class Variant { kHeap, kArena, kRuntimeHeap, kRuntimeArena };
+
+// "heap", "arena", "runtime-heap", "runtime-arena".
+inline std::string_view VariantName(Variant v) {
+  switch (v) {
+    case Variant::kHeap:
+      return "heap";
+    case Variant::kArena:
+      return "arena";
+    case Variant::kRuntimeHeap:
+      return "runtime-heap";
+    case Variant::kRuntimeArena:
+      return "runtime-arena";
+  }
+  return "?";
+}
+
+inline bool UsesRuntime(Variant v) {
+  return v == Variant::kRuntimeHeap || v == Variant::kRuntimeArena;
+}
+inline bool UsesArena(Variant v) {
+  return v == Variant::kArena || v == Variant::kRuntimeArena;
+}
+
+// What one run of a scenario works with.
+struct FrameEnv {
+  Variant variant = Variant::kHeap;
+  // Runtime variants: the runtime, with a frame open (the driver calls
+  // BeginFrame before Step and EndFrame after it). Null otherwise.
+  jobs::Runtime* runtime = nullptr;
+  // kArena: the frame arena, reset by the driver after each Step. Null
+  // otherwise.
+  FrameArena* arena = nullptr;
+};
+
+// Problem size and seed, from the driver's flags.
+struct ScenarioConfig {
+  uint64_t seed = 42;
+  // Scenario-specific element count (particles, bodies, entities, draw
+  // items); 0 means the scenario's default.
+  size_t size = 0;
+};
+
+class Scenario {
+ public:
+  virtual ~Scenario() = default;
+
+  // Builds the initial state from config.seed. InvalidArgument for a size the
+  // scenario cannot run (the message names the limit).
+  virtual absl::Status Init(const ScenarioConfig& config,
+                            const FrameEnv& env) = 0;
+
+  // Advances one frame. Errors (a budget refused, a job failed) are returned,
+  // never thrown.
+  virtual absl::Status Step(const FrameEnv& env) = 0;
+
+  // A digest of the whole simulation state (bitwise over the floats), equal
+  // across variants for equal seed, size and frame count.
+  virtual uint64_t StateHash() const = 0;
+
+  // Bytes of persistent state a frame reads and writes (for the report).
+  virtual size_t WorkingSetBytes() const = 0;
+};
+
+// A registered scenario: its name ("particles", "physics", "ecs", "render"),
+// one line of description, whether it is allocation-heavy (the suite's
+// targets distinguish these), its default size, and a factory.
+struct ScenarioInfo {
+  std::string name;
+  std::string description;
+  bool allocation_heavy = false;
+  size_t default_size = 0;
+  std::function<std::unique_ptr<Scenario>()> create;
+};
+
+// FNV-1a over raw bytes: the StateHash building block.
+inline uint64_t HashBytes(const void* data, size_t bytes,
+                          uint64_t h = 1469598103934665603ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace framealloc::sim
+
+#endif  // BENCHMARKS_SCENARIO_H_
