@@ -934,6 +934,7 @@ void Runtime::RunChild(const JobContext& parent,
   ctx.worker_ = slot->index;
   ctx.in_frame_ = parent.in_frame_;
   ctx.stolen_ = parent.stolen_;
+  ctx.isolated_ = true;  // Runs inside the parent's Fork/ParallelFor region.
   FrameArena* scratch = slot->scratch_arena.get();
   ctx.arena_ = parent.in_frame_ ? slot->frame_arena.get() : scratch;
   ArenaMark mark;

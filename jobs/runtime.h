@@ -88,8 +88,12 @@ namespace jobs {
 
 class Runtime;
 
+class JobContext;
+
 namespace jobs_internal {
 struct WorkerSlot;
+template <typename Body>
+void IsolateJob(JobContext& ctx, Body& body);
 
 // ThreadSanitizer cannot see the synchronization inside libtbb (it is not
 // instrumented): whenever work crosses threads through TBB, the sender
@@ -193,6 +197,8 @@ class JobContext {
 
  private:
   friend class Runtime;
+  template <typename Body>
+  friend void jobs_internal::IsolateJob(JobContext& ctx, Body& body);
   JobContext() = default;
 
   Runtime* runtime_ = nullptr;
@@ -204,6 +210,11 @@ class JobContext {
   int worker_ = 0;
   bool in_frame_ = false;
   bool stolen_ = false;
+  // Already inside this job's isolated region (a fork child, or the body
+  // of a Fork/ParallelFor): TBB gives tasks spawned here, and the thieves
+  // that run them, the region's tag, so nested forks need no region of
+  // their own.
+  bool isolated_ = false;
 };
 
 class JobCounter;
@@ -730,11 +741,29 @@ struct ChunkBody {
 
 }  // namespace jobs_internal
 
+namespace jobs_internal {
+
+// Runs `body` in a new isolated region (tbb::this_task_arena::isolate): a
+// worker waiting inside it runs only tasks spawned inside it, never an
+// unrelated job that could use the same arenas. `ctx` is marked isolated
+// meanwhile, so nested forks on it reuse the region.
+template <typename Body>
+void IsolateJob(JobContext& ctx, Body& body) {
+  struct Restore {
+    bool& flag;
+    ~Restore() { flag = false; }
+  } restore{ctx.isolated_};
+  ctx.isolated_ = true;
+  tbb::this_task_arena::isolate(body);
+}
+
+}  // namespace jobs_internal
+
 template <typename... Fs>
 void JobContext::Fork(Fs&&... fs) {
   static_assert(sizeof...(Fs) >= 1, "Fork needs at least one function");
   tbb::task_group group;
-  tbb::this_task_arena::isolate([&] {
+  auto body = [&] {
     // Every function but the last goes to the node's workers; the caller
     // runs the last, then helps with the rest in group.wait().
     size_t index = 0;
@@ -767,7 +796,13 @@ void JobContext::Fork(Fs&&... fs) {
     guard.armed = false;
     group.wait();
     jobs_internal::TsanAcquire(this);
-  });
+  };
+  if (isolated_) {
+    body();
+  } else {
+    // The job's first fork: one isolated region for its whole fork tree.
+    jobs_internal::IsolateJob(*this, body);
+  }
 }
 
 template <typename F>
@@ -776,10 +811,15 @@ void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
   if (grain == 0) grain = 1;
   using Fn = std::remove_reference_t<F>;
   jobs_internal::TsanRelease(this);
-  tbb::this_task_arena::isolate([&] {
+  auto body = [&] {
     tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, grain),
                       jobs_internal::ChunkBody<Fn>{runtime_, this, &f});
-  });
+  };
+  if (isolated_) {
+    body();
+  } else {
+    jobs_internal::IsolateJob(*this, body);
+  }
   jobs_internal::TsanAcquire(this);
 }
 

@@ -729,6 +729,64 @@ TEST_P(WorkerSweep, ForkComputesFibonacci) {
   EXPECT_EQ(h.value(), 17711);
 }
 
+// Depth of fork waits the current thread is inside (for the isolation test).
+thread_local int tls_fork_waits = 0;
+
+// A fork tree whose leaves take a while, so that workers wait in Fork often.
+void SlowTree(JobContext& ctx, int depth) {
+  if (depth == 0) {
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    return;
+  }
+  ++tls_fork_waits;
+  ctx.Fork([depth](JobContext& c) { SlowTree(c, depth - 1); },
+           [depth](JobContext& c) { SlowTree(c, depth - 1); });
+  --tls_fork_waits;
+}
+
+// A worker waiting in Fork (at any depth, stolen children included) runs
+// only that job's own children: never an unrelated job, which could rewind
+// the arenas under the waiting one. One worker keeps spawning unrelated
+// jobs into its deque meanwhile; the two others share the fork tree, so
+// their waits often find their own deques empty, and an unisolated wait
+// would then steal the unrelated jobs.
+TEST(RuntimeTest, ForkWaitsRunOnlyTheirOwnChildren) {
+  auto topology = Synthetic("pack:1 [numa] core:3 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(3));
+  std::atomic<int> unrelated_inside_wait{0};
+  std::atomic<int> unrelated_run{0};
+  std::atomic<bool> tree_done{false};
+  JobCounter unrelated;
+  auto spawner = rt->Submit([&](JobContext& ctx) {
+    while (!tree_done.load(std::memory_order_acquire)) {
+      for (int i = 0; i < 64; ++i) {
+        ASSERT_TRUE(ctx.runtime()
+                        .Spawn(
+                            [&](JobContext&) {
+                              if (tls_fork_waits > 0) ++unrelated_inside_wait;
+                              ++unrelated_run;
+                            },
+                            SubmitOptions().with_counter(&unrelated))
+                        .ok());
+      }
+      std::this_thread::yield();
+    }
+  });
+  auto tree = rt->Submit([&](JobContext& ctx) {
+    for (int round = 0; round < 20; ++round) SlowTree(ctx, 6);
+    tree_done.store(true, std::memory_order_release);
+  });
+  ASSERT_TRUE(tree.Wait().ok());
+  ASSERT_TRUE(spawner.Wait().ok());
+  ASSERT_TRUE(unrelated.Wait().ok());
+  EXPECT_GT(unrelated_run.load(), 0);
+  EXPECT_EQ(unrelated_inside_wait.load(), 0);
+}
+
 TEST_P(WorkerSweep, ParallelForCoversEveryItemOnItsHomeNode) {
   auto topology = Synthetic("pack:3 [numa] core:1 pu:1");
   auto rt = MakeRuntime(
