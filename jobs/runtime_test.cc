@@ -1066,6 +1066,42 @@ TEST(RuntimeStatsTest, CountersAddUp) {
   EXPECT_TRUE(absl::StrContains(s.ToText(), "node 1: 2 workers"));
 }
 
+// Short jobs' busy time is sampled: the estimate still adds up to the time
+// the jobs took (measured by the jobs themselves), not a 16th of it.
+TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  std::atomic<int64_t> measured_ns{0};
+  JobCounter counter;
+  for (int i = 0; i < 20000; ++i) {
+    ASSERT_TRUE(
+        rt->Spawn(
+              [&measured_ns] {
+                const auto t0 = std::chrono::steady_clock::now();
+                auto t = t0;
+                while (t - t0 < std::chrono::nanoseconds(1500)) {
+                  t = std::chrono::steady_clock::now();
+                }
+                measured_ns +=
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(t - t0)
+                        .count();
+              },
+              SubmitOptions().with_counter(&counter))
+            .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  const double busy = rt->stats().nodes[0].worker_stats[0].busy_seconds;
+  const double measured = static_cast<double>(measured_ns.load()) * 1e-9;
+  // Each job spins at least 1.5 us: 30 ms in all. What the jobs measured
+  // also holds their preemptions, which a sample catches (weighted) or
+  // misses, so only the nominal time bounds the estimate from below; an
+  // unweighted sample would give about a 16th of it.
+  EXPECT_GT(busy, 0.5 * 20000 * 1.5e-6)
+      << "busy " << busy << " s, jobs " << measured;
+  EXPECT_LT(busy, 3.0 * measured) << "busy " << busy << " s, jobs " << measured;
+}
+
 TEST(RuntimeTraceTest, ChromeTraceHasATrackPerWorkerAndASlicePerJob) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()).set_trace(true));
