@@ -53,6 +53,10 @@ struct alignas(64) WorkerSlot {
   // failed, cancelled): per slot so that finishing a job touches no shared
   // counter. Release: Shutdown's acquire sums see the jobs' effects.
   std::atomic<uint64_t> finished[3] = {};
+  // Jobs this slot's thread submitted, per target node: single-writer
+  // counters, so that submitting from a worker touches no shared line.
+  // Release stores, for Shutdown's acquire sums.
+  std::unique_ptr<std::atomic<uint64_t>[]> submitted_to;
   int depth = 0;  // Nested jobs running on this slot now (owner only).
   // Busy-time sampling (owner only). Reading the clock costs as much as a
   // short job (rdtsc takes 30-40 ns in the VMs this runs on), so while the
@@ -358,7 +362,9 @@ struct Runtime::Node {
   tbb::concurrent_queue<JobRecord*> queue;
   alignas(64) std::atomic<int64_t> queued{0};
   std::atomic<int> thieves{0};
-  // Written by submitters only; on a line of its own.
+  // Jobs submitted to this node by threads outside the worker slots (the
+  // slots count their own in WorkerSlot::submitted_to); on a line of its
+  // own.
   alignas(64) std::atomic<uint64_t> submitted{0};
 };
 
@@ -505,6 +511,8 @@ absl::Status Runtime::Init() {
       slot->alloc = node->alloc;
       slot->node = k;
       slot->index = w;
+      slot->submitted_to =
+          std::make_unique<std::atomic<uint64_t>[]>(static_cast<size_t>(nodes));
       slot->frame_arena = node->alloc->new_scoped_arena();
       slot->scratch_arena = node->alloc->new_scoped_arena();
       slot->trace.Init(config_.trace_events_per_worker);
@@ -671,7 +679,13 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
   }
 
   record->node = node;
-  nodes_[node]->submitted.fetch_add(1, std::memory_order_relaxed);
+  if (here != nullptr) {
+    std::atomic<uint64_t>& mine = here->submitted_to[node];
+    mine.store(mine.load(std::memory_order_relaxed) + 1,
+               std::memory_order_release);
+  } else {
+    nodes_[node]->submitted.fetch_add(1, std::memory_order_release);
+  }
   if (options.counter != nullptr) {
     record->counter = options.counter;
     options.counter->Add();
@@ -1392,9 +1406,7 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   // the finished count catches up with the submitted one. Rare: polls.
   for (int spins = 0;; ++spins) {
     uint64_t submitted = 0;
-    for (const auto& node : nodes_) {
-      submitted += node->submitted.load(std::memory_order_acquire);
-    }
+    for (int k = 0; k < num_nodes(); ++k) submitted += SubmittedTo(k);
     uint64_t finished = 0;
     for (const uint64_t f : FinishedCounts()) finished += f;
     if (finished >= submitted) break;
@@ -1437,7 +1449,7 @@ RuntimeStats Runtime::stats() const {
     n.node = node->index;
     n.workers = node->workers;
     n.pus = node->pus;
-    n.jobs_submitted = node->submitted.load(std::memory_order_relaxed);
+    n.jobs_submitted = SubmittedTo(node->index);
     for (const auto& slot : node->slots) {
       WorkerStats w;
       w.node = node->index;
@@ -1468,6 +1480,16 @@ RuntimeStats Runtime::stats() const {
   s.jobs_refused = refused_.load(std::memory_order_relaxed);
   s.frames = frames();
   return s;
+}
+
+uint64_t Runtime::SubmittedTo(int node) const {
+  uint64_t n = nodes_[node]->submitted.load(std::memory_order_acquire);
+  for (const auto& from : nodes_) {
+    for (const auto& slot : from->slots) {
+      n += slot->submitted_to[node].load(std::memory_order_acquire);
+    }
+  }
+  return n;
 }
 
 std::array<uint64_t, 3> Runtime::FinishedCounts() const {

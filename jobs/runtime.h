@@ -585,6 +585,8 @@ class Runtime {
   jobs_internal::WorkerSlot* CurrentSlot() const;
   // Jobs finished so far: done, failed, cancelled.
   std::array<uint64_t, 3> FinishedCounts() const;
+  // Jobs accepted for `node` so far, from every thread.
+  uint64_t SubmittedTo(int node) const;
   static void Release(jobs_internal::JobRecord* record);
 
   Config config_;
