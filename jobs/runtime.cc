@@ -612,7 +612,12 @@ void* Runtime::AllocateRecord(size_t size, size_t alignment) {
 }
 
 void Runtime::Release(JobRecord* record) {
-  if (record->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  // The last reference (a Spawn's record, a handle already dropped) needs
+  // no locked decrement: references are only ever copied from one that is
+  // held, so with a count of 1 no other can appear. Acquire: the other
+  // holders' releases happened before.
+  if (record->refs.load(std::memory_order_acquire) == 1 ||
+      record->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     record->destroy(record);
   }
 }
