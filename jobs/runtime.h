@@ -173,7 +173,9 @@ class JobContext {
   bool in_frame() const { return in_frame_; }
   // The job was submitted to another node and taken by this one.
   bool stolen() const { return stolen_; }
-  // Jobs' ids count from 1 in submission order; fork children have 0.
+  // The job's id: unique in the runtime, from 1, increasing in submission
+  // order per submitting thread (workers take them in blocks of 256);
+  // fork children have 0.
   uint64_t job_id() const { return job_id_; }
   // Cancellation was asked for the job's counter or the runtime (kCancel
   // shutdown) after the job started: long jobs may poll this and stop.
