@@ -753,7 +753,14 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
       record->unmet.fetch_sub(1, std::memory_order_relaxed);
     }
   }
-  if (record->unmet.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+  if (options.predecessors.empty()) {
+    // Nothing else can reach the record before it is scheduled (its handle
+    // is made after this returns): no locked operations needed. Release:
+    // the claim's acquire in RunToken sees the whole record.
+    record->unmet.store(0, std::memory_order_relaxed);
+    record->state.store(jobs_internal::kQueued, std::memory_order_release);
+    PostToken(node, record);
+  } else if (record->unmet.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     Schedule(record);
   }
   return absl::OkStatus();
