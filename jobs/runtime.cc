@@ -521,7 +521,9 @@ absl::Status Runtime::Init() {
           std::make_unique<std::atomic<uint64_t>[]>(static_cast<size_t>(nodes));
       slot->frame_arena = node->alloc->new_scoped_arena();
       slot->scratch_arena = node->alloc->new_scoped_arena();
-      slot->trace.Init(config_.trace_events_per_worker);
+      // Rings are filled only when tracing is asked for (2 MiB per worker
+      // at the default capacity).
+      if (config_.trace) slot->trace.Init(config_.trace_events_per_worker);
       raw_slots.push_back(slot.get());
       node->slots.push_back(std::move(slot));
     }
@@ -538,7 +540,11 @@ absl::Status Runtime::Init() {
     alloc_internal::MutexLock lock(&frame_->mu);
     frame_->history.reserve(config_.frame_history);
   }
-  trace_on_.store(config_.trace, std::memory_order_relaxed);
+  {
+    alloc_internal::MutexLock lock(&trace_mu_);
+    trace_rings_ready_ = config_.trace;
+  }
+  trace_on_.store(config_.trace, std::memory_order_release);
   start_tsc_ = Ticks();
   (void)jobs_internal::SecondsPerTick();
   TsanRelease(this);  // The layout above, for every token (TsanAcquire).
@@ -957,7 +963,7 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
   const bool top = slot->depth++ == 0;
   const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
   const bool timed =
-      busy_weight != 0 || trace_on_.load(std::memory_order_relaxed);
+      busy_weight != 0 || trace_on_.load(std::memory_order_acquire);
   const uint64_t start = timed ? Ticks() : 0;
   JobState state = jobs_internal::kDone;
   absl::Status status;
@@ -989,7 +995,7 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
   Bump(slot->jobs_run);
   if (stolen) Bump(slot->jobs_stolen);
   if (inline_run) Bump(slot->jobs_inline);
-  if (timed && trace_on_.load(std::memory_order_relaxed)) {
+  if (timed && trace_on_.load(std::memory_order_acquire)) {
     slot->trace.Add(
         {record->id, record->name, start, end,
          static_cast<uint8_t>((stolen ? jobs_internal::kTraceStolen : 0) |
@@ -1023,7 +1029,7 @@ void Runtime::RunChild(const JobContext& parent,
   }
   const bool top = slot->depth++ == 0;
   const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
-  const bool traced = trace_on_.load(std::memory_order_relaxed);
+  const bool traced = trace_on_.load(std::memory_order_acquire);
   const uint64_t start = busy_weight != 0 || traced ? Ticks() : 0;
   struct Done {
     WorkerSlot* slot;
@@ -1587,8 +1593,21 @@ std::string RuntimeStats::ToText() const {
   return out;
 }
 
-void Runtime::StartTrace() { trace_on_.store(true, std::memory_order_relaxed); }
-void Runtime::StopTrace() { trace_on_.store(false, std::memory_order_relaxed); }
+void Runtime::StartTrace() {
+  alloc_internal::MutexLock lock(&trace_mu_);
+  if (!trace_rings_ready_) {
+    // Before the flag: a worker that sees it (acquire) sees its ring.
+    for (auto& node : nodes_) {
+      for (auto& slot : node->slots) {
+        slot->trace.Init(config_.trace_events_per_worker);
+      }
+    }
+    trace_rings_ready_ = true;
+  }
+  trace_on_.store(true, std::memory_order_release);
+}
+
+void Runtime::StopTrace() { trace_on_.store(false, std::memory_order_release); }
 
 void Runtime::WriteChromeTrace(std::ostream& out) const {
   std::vector<jobs_internal::TraceTrack> tracks;

@@ -616,6 +616,10 @@ class Runtime {
   alignas(64) std::atomic<uint64_t> finished_elsewhere_[3] = {};
   uint64_t start_tsc_ = 0;
 
+  // Serializes StartTrace; the rings are filled once, on first use.
+  alloc_internal::Mutex trace_mu_;
+  bool trace_rings_ready_ ABSL_GUARDED_BY(trace_mu_) = false;
+
   alloc_internal::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };

@@ -1127,6 +1127,45 @@ TEST(RuntimeTraceTest, ChromeTraceHasATrackPerWorkerAndASlicePerJob) {
   EXPECT_EQ(json.substr(json.size() - 3), "]}\n");
 }
 
+// Without Config::trace nothing is recorded (and no ring memory is taken)
+// until StartTrace; jobs after it are traced, jobs after StopTrace not.
+TEST(RuntimeTraceTest, StartTraceLaterRecordsOnlyWhileOn) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto count = [&rt](const char* name) {
+    std::ostringstream out;
+    rt->WriteChromeTrace(out);
+    const std::string json = out.str();
+    const std::string key = absl::StrCat("\"name\":\"", name, "\"");
+    size_t n = 0;
+    for (size_t p = json.find(key); p != std::string::npos;
+         p = json.find(key, p + 1)) {
+      n++;
+    }
+    return n;
+  };
+  auto run = [&rt](const char* name) {
+    JobCounter counter;
+    for (int i = 0; i < 6; ++i) {
+      ASSERT_TRUE(
+          rt->Spawn([] {},
+                    SubmitOptions().on_node(i % 2).with_counter(&counter).named(
+                        name))
+              .ok());
+    }
+    ASSERT_TRUE(counter.Wait().ok());
+  };
+  run("before");
+  EXPECT_EQ(count("before"), 0u);  // Empty trace, no rings yet.
+  rt->StartTrace();
+  run("during");
+  rt->StopTrace();
+  run("after");
+  EXPECT_EQ(count("before"), 0u);
+  EXPECT_EQ(count("during"), 6u);
+  EXPECT_EQ(count("after"), 0u);
+}
+
 }  // namespace
 }  // namespace jobs
 }  // namespace framealloc

@@ -46,6 +46,7 @@ class TraceRing {
   // Oldest first.
   template <typename F>
   void ForEach(F&& f) const {
+    if (events_.empty()) return;  // Never initialized: tracing never ran.
     const size_t first = (next_ + events_.size() - size_) % events_.size();
     for (size_t i = 0; i < size_; ++i) f(events_[(first + i) % events_.size()]);
   }
