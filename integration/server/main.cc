@@ -11,9 +11,11 @@
 // handler runs, so nothing async-signal-unsafe can happen in one.
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -38,6 +40,9 @@ ABSL_FLAG(std::string, pool, "runtime",
           "'httplib' (cpp-httplib's thread pool).");
 ABSL_FLAG(int, keep_alive_timeout_s, 2,
           "Seconds an idle keep-alive connection is kept open.");
+ABSL_FLAG(int, hold_simulate_ms, 0,
+          "For tests of the graceful stop: every /simulate request waits "
+          "this long (in its handler, arena set up) before working.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -75,6 +80,13 @@ int main(int argc, char** argv) {
       .set_request_budget_bytes(static_cast<size_t>(budget))
       .set_max_body_bytes(static_cast<size_t>(max_body))
       .set_keep_alive(100, absl::GetFlag(FLAGS_keep_alive_timeout_s));
+  if (const int hold_ms = absl::GetFlag(FLAGS_hold_simulate_ms); hold_ms > 0) {
+    options.set_on_request_start([hold_ms](absl::string_view path) {
+      if (path == "/simulate") {
+        std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
+      }
+    });
+  }
   auto server = framealloc::server::Server::Create(options);
   if (!server.ok()) {
     std::cerr << "cannot start the server: " << server.status() << "\n";
