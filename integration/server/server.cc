@@ -176,6 +176,10 @@ absl::Status Server::Init() {
       config.set_topology(topology_.get());
     }
     config.set_workers_per_node(workers);
+    // The server does not trace jobs; the runtime fills every worker's
+    // trace ring up front (65536 events, about 2 MiB per worker, by
+    // default), so keep the rings small.
+    config.set_trace_events_per_worker(1024);
     auto runtime = jobs::Runtime::Create(std::move(config));
     if (!runtime.ok()) return runtime.status();
     runtime_ = *std::move(runtime);
@@ -200,6 +204,10 @@ absl::Status Server::Init() {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
+  // cpp-httplib writes a response's headers and body separately: without
+  // TCP_NODELAY, Nagle's algorithm holds the body until the client's
+  // delayed ACK (about 40 ms per keep-alive request on Linux).
+  http_.set_tcp_nodelay(true);
   http_.set_payload_max_length(options_.max_body_bytes);
   http_.set_keep_alive_max_count(
       static_cast<size_t>(options_.keep_alive_max_count));
