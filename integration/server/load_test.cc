@@ -230,7 +230,7 @@ struct ModeResult {
   WrkResult wrk;
   int64_t rss_warm_kib = 0, rss_end_kib = 0, rss_max_kib = 0;
   int exit_code = 0;
-  std::string stats;
+  std::string stats_warm, stats;  // /stats after warm-up and at the end.
 };
 
 std::string WrkCommand(int port, int seconds, const std::string& script) {
@@ -238,6 +238,12 @@ std::string WrkCommand(int port, int seconds, const std::string& script) {
       absl::GetFlag(FLAGS_wrk), " -t", absl::GetFlag(FLAGS_threads), " -c",
       absl::GetFlag(FLAGS_connections), " -d", seconds, "s --latency -s ",
       script, " http://127.0.0.1:", port, "/ 2>&1");
+}
+
+std::string GetStats(int port) {
+  httplib::Client client("127.0.0.1", port);
+  auto r = client.Get("/stats");
+  return r ? r->body : std::string();
 }
 
 std::optional<ModeResult> RunMode(const std::string& pool,
@@ -253,6 +259,7 @@ std::optional<ModeResult> RunMode(const std::string& pool,
   const WrkResult warm = ParseWrk(
       Run(WrkCommand(server->port, absl::GetFlag(FLAGS_warmup_s), script)));
   m.rss_warm_kib = ResidentKiB(server->pid);
+  m.stats_warm = GetStats(server->port);
   std::atomic<bool> done{false};
   std::string out;
   std::thread wrk([&] {
@@ -270,10 +277,7 @@ std::optional<ModeResult> RunMode(const std::string& pool,
   m.wrk.non_2xx += warm.non_2xx;
   m.wrk.socket_errors += warm.socket_errors;
   m.rss_end_kib = ResidentKiB(server->pid);
-  {
-    httplib::Client client("127.0.0.1", server->port);
-    if (auto r = client.Get("/stats")) m.stats = r->body;
-  }
+  m.stats = GetStats(server->port);
   m.exit_code = StopServer(*server);
   if (m.wrk.requests == 0) std::cerr << "wrk said:\n" << out << "\n";
   return m;
@@ -332,9 +336,11 @@ int main(int argc, char** argv) {
       }
       std::cout << absl::StrFormat(
           "  %.0f req/s, p50 %.3f ms, p99 %.3f ms, %d requests; RSS %d KiB "
-          "after warm-up, %d KiB max, %d KiB at the end\n",
+          "after warm-up, %d KiB max, %d KiB at the end; chunk cache misses "
+          "(calls to the memory source) %d after warm-up, %d at the end\n",
           m->wrk.requests_per_s, m->wrk.p50_ms, m->wrk.p99_ms, m->wrk.requests,
-          m->rss_warm_kib, m->rss_max_kib, m->rss_end_kib);
+          m->rss_warm_kib, m->rss_max_kib, m->rss_end_kib,
+          StatsField(m->stats_warm, "misses"), StatsField(m->stats, "misses"));
       results.push_back(*std::move(m));
     }
   }
@@ -342,7 +348,8 @@ int main(int argc, char** argv) {
 
   std::cout << "\n| pool | req/s | p50 ms | p99 ms | requests | non-2xx + "
                "socket errors | RSS after warm-up KiB | RSS end KiB | RSS "
-               "max KiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+               "max KiB | source calls after warm-up |\n"
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   std::vector<double> rps[2], p50[2], p99[2];
   for (size_t i = 0; i < results.size(); ++i) {
     const ModeResult& m = results[i];
@@ -351,10 +358,12 @@ int main(int argc, char** argv) {
     p50[k].push_back(m.wrk.p50_ms);
     p99[k].push_back(m.wrk.p99_ms);
     std::cout << absl::StrFormat(
-        "| %s (round %d) | %.0f | %.3f | %.3f | %d | %d | %d | %d | %d |\n",
+        "| %s (round %d) | %.0f | %.3f | %.3f | %d | %d | %d | %d | %d | %d "
+        "|\n",
         m.pool, static_cast<int>(i / 2) + 1, m.wrk.requests_per_s, m.wrk.p50_ms,
         m.wrk.p99_ms, m.wrk.requests, m.wrk.non_2xx + m.wrk.socket_errors,
-        m.rss_warm_kib, m.rss_end_kib, m.rss_max_kib);
+        m.rss_warm_kib, m.rss_end_kib, m.rss_max_kib,
+        StatsField(m.stats, "misses") - StatsField(m.stats_warm, "misses"));
   }
   std::cout << absl::StrFormat(
       "\nmedians: runtime %.0f req/s, p99 %.3f ms; httplib pool %.0f req/s, "
