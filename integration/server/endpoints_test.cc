@@ -1,0 +1,214 @@
+// The endpoints and RequestArena without HTTP: values, errors, budgets,
+// and memory handed back.
+#include "integration/server/endpoints.h"
+
+#include <map>
+#include <string>
+
+#include "alloc/chunk_cache.h"
+#include "alloc/frame_arena.h"
+#include "alloc/memory_source.h"
+#include "gtest/gtest.h"
+#include "integration/server/request_arena.h"
+#include "nlohmann/json.hpp"
+
+namespace framealloc {
+namespace server {
+namespace {
+
+using json = nlohmann::json;
+
+class EndpointsTest : public ::testing::Test {
+ protected:
+  ChunkCache cache_{&SystemMemorySource::Default()};
+  FrameArena arena_{&cache_};
+};
+
+json AggregateOk(FrameArena& arena, const std::string& body) {
+  RequestArena request(&arena, 1 << 20);
+  absl::StatusOr<std::string> out = Aggregate(body, request);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? json::parse(*out) : json();
+}
+
+TEST_F(EndpointsTest, AggregateComputesTotalsAndNearestRankPercentiles) {
+  json r = AggregateOk(arena_, "[5, 1, 4, 2, 3, 10, 9, 8, 7, 6]");
+  EXPECT_EQ(r["count"], 10);
+  EXPECT_DOUBLE_EQ(r["sum"].get<double>(), 55);
+  EXPECT_DOUBLE_EQ(r["mean"].get<double>(), 5.5);
+  EXPECT_DOUBLE_EQ(r["min"].get<double>(), 1);
+  EXPECT_DOUBLE_EQ(r["max"].get<double>(), 10);
+  EXPECT_DOUBLE_EQ(r["p50"].get<double>(), 5);   // rank ceil(5) = 5
+  EXPECT_DOUBLE_EQ(r["p90"].get<double>(), 9);   // rank 9
+  EXPECT_DOUBLE_EQ(r["p99"].get<double>(), 10);  // rank ceil(9.9) = 10
+  EXPECT_TRUE(r["groups"].empty());
+}
+
+TEST_F(EndpointsTest, AggregateGroupsByKeyInKeyOrder) {
+  json r = AggregateOk(arena_, R"([{"key":"b","value":2},{"value":100},)"
+                               R"({"key":"a","value":-1.5,"note":{"x":[1,2]}},)"
+                               R"({"key":"b","value":4,"tags":["u","v"]}, 7])");
+  EXPECT_EQ(r["count"], 5);
+  EXPECT_DOUBLE_EQ(r["sum"].get<double>(), 111.5);
+  ASSERT_EQ(r["groups"].size(), 2u);
+  EXPECT_EQ(r["groups"][0]["key"], "a");
+  EXPECT_EQ(r["groups"][0]["count"], 1);
+  EXPECT_DOUBLE_EQ(r["groups"][0]["min"].get<double>(), -1.5);
+  EXPECT_EQ(r["groups"][1]["key"], "b");
+  EXPECT_EQ(r["groups"][1]["count"], 2);
+  EXPECT_DOUBLE_EQ(r["groups"][1]["mean"].get<double>(), 3);
+  EXPECT_DOUBLE_EQ(r["groups"][1]["max"].get<double>(), 4);
+}
+
+TEST_F(EndpointsTest, AggregateEscapesKeysInTheResponse) {
+  json r = AggregateOk(arena_, R"([{"key":"q\"uote\\\n\u0001","value":1}])");
+  EXPECT_EQ(r["groups"][0]["key"], "q\"uote\\\n\x01");
+}
+
+TEST_F(EndpointsTest, AggregateRejectsBadDocumentsNamingTheProblem) {
+  const std::map<std::string, std::string> cases = {
+      {"[1, 2", "malformed JSON"},
+      {"", "malformed JSON"},
+      {"{\"a\": 1}", "must be a JSON array"},
+      {"[1, \"x\"]", "element 1: expected a number or an object, got a string"},
+      {"[[1]]", "element 0: expected a number or an object, got an array"},
+      {"[{\"key\":\"a\"}]", "element 0: an object needs a numeric \"value\""},
+      {"[{\"value\":\"3\"}]", "element 0: \"value\" must be a number"},
+      {"[{\"key\":3,\"value\":3}]", "element 0: \"key\" must be a string"},
+      {"[]", "the array is empty"},
+      {"[1e999]", "number overflow"},
+      {"[1] 2", "malformed JSON"},
+  };
+  for (const auto& [body, message] : cases) {
+    RequestArena request(&arena_, 1 << 20);
+    absl::StatusOr<std::string> out = Aggregate(body, request);
+    ASSERT_FALSE(out.ok()) << body;
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument) << body;
+    EXPECT_NE(out.status().message().find(message), std::string::npos)
+        << body << " -> " << out.status();
+  }
+}
+
+TEST_F(EndpointsTest, AggregateOverBudgetIsResourceExhaustedAndReleased) {
+  std::string body = "[";
+  for (int i = 0; i < 20000; ++i) body += std::to_string(i) + ",";
+  body += "0]";
+  const size_t in_use_before = cache_.stats().in_use_bytes;
+  {
+    RequestArena request(&arena_, 16 << 10);
+    absl::StatusOr<std::string> out = Aggregate(body, request);
+    ASSERT_FALSE(out.ok());
+    EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_NE(out.status().message().find("request memory budget exceeded"),
+              std::string::npos);
+    EXPECT_GT(request.refusals(), 0u);
+    EXPECT_LE(request.peak_bytes(), size_t{16} << 10);
+  }
+  EXPECT_EQ(arena_.stats().bytes_used, 0u);
+  // The same document fits a larger budget, on the same arena.
+  json r = AggregateOk(arena_, body);
+  EXPECT_EQ(r["count"], 20001);
+  EXPECT_GT(r["request_peak_bytes"].get<size_t>(), size_t{16} << 10);
+  EXPECT_EQ(arena_.stats().bytes_used, 0u);
+  // Only the kept first chunk stays with the arena.
+  EXPECT_LE(cache_.stats().in_use_bytes,
+            in_use_before + arena_.options().initial_chunk_size);
+}
+
+TEST_F(EndpointsTest, SimulateIsDeterministicPerSeed) {
+  const auto run = [&](uint64_t seed) {
+    RequestArena request(&arena_, 8 << 20);
+    SimulateParams p;
+    p.particles = 2000;
+    p.steps = 4;
+    p.seed = seed;
+    absl::StatusOr<std::string> out = Simulate(p, request);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.value_or("");
+  };
+  const std::string a = run(3), b = run(3), c = run(4);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  json r = json::parse(a);
+  EXPECT_EQ(r["particles"], 2000);
+  EXPECT_EQ(r["inside_box"], true);
+  EXPECT_GT(r["contacts"].get<int>(), 0);
+  EXPECT_GT(r["kinetic_energy"].get<double>(), 0);
+  EXPECT_GT(r["centroid"][0].get<double>(), 0.3);
+  EXPECT_LT(r["centroid"][0].get<double>(), 0.7);
+}
+
+TEST_F(EndpointsTest, SimulateStepsGiveTheirMemoryBack) {
+  // The peak of 100 steps is the peak of one: each step's grid goes.
+  const auto peak = [&](int64_t steps) {
+    RequestArena request(&arena_, 8 << 20);
+    SimulateParams p;
+    p.particles = 5000;
+    p.steps = steps;
+    EXPECT_TRUE(Simulate(p, request).ok());
+    return request.peak_bytes();
+  };
+  EXPECT_EQ(peak(1), peak(100));
+}
+
+TEST_F(EndpointsTest, SimulateOverBudgetNamesTheRequest) {
+  RequestArena request(&arena_, 64 << 10);
+  SimulateParams p;
+  p.particles = 100000;
+  absl::StatusOr<std::string> out = Simulate(p, request);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(out.status().message().find("100000 particles"), std::string::npos)
+      << out.status();
+  EXPECT_NE(out.status().message().find("65536 bytes"), std::string::npos)
+      << out.status();
+}
+
+TEST(SimulateParamsTest, ParsesAndRejectsNamingTheParameter) {
+  auto ok = SimulateParams::FromQuery(
+      {{"particles", "10"}, {"steps", "3"}, {"seed", "99"}});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->particles, 10);
+  EXPECT_EQ(ok->steps, 3);
+  EXPECT_EQ(ok->seed, 99u);
+  const std::vector<
+      std::pair<std::multimap<std::string, std::string>, std::string>>
+      bad = {
+          {{}, "'particles' is required"},
+          {{{"particles", "0"}},
+           "'particles' must be an integer in 1..1000000"},
+          {{{"particles", "x"}}, "got 'x'"},
+          {{{"particles", "10"}, {"steps", "1001"}}, "'steps'"},
+          {{{"particles", "10"}, {"seed", "-1"}}, "'seed'"},
+          {{{"particles", "10"}, {"color", "red"}}, "unknown query parameter"},
+          {{{"particles", "10"}, {"particles", "11"}}, "repeated"},
+          {{{"particles", "1000000"}, {"steps", "21"}}, "exceeds 20000000"},
+      };
+  for (const auto& [query, message] : bad) {
+    auto r = SimulateParams::FromQuery(query);
+    ASSERT_FALSE(r.ok()) << message;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(message), std::string::npos)
+        << r.status();
+  }
+}
+
+TEST_F(EndpointsTest, RequestArenaRefusesOverflowAndOverBudget) {
+  RequestArena request(&arena_, 4096);
+  EXPECT_TRUE(request.TryArray<double>(SIZE_MAX / 4).empty());
+  EXPECT_EQ(request.last_refused_bytes(), SIZE_MAX);
+  EXPECT_NE(request.TryAllocate(4000), nullptr);
+  EXPECT_EQ(request.TryAllocate(100), nullptr);
+  EXPECT_EQ(request.refusals(), 2u);
+  {
+    RequestArena::Scope scope(&request);
+    EXPECT_EQ(request.TryAllocate(97), nullptr);  // Still 4000 held.
+  }
+  EXPECT_EQ(request.used_bytes(), 4000u);
+  EXPECT_TRUE(request.TryArray<int>(0).empty());
+  EXPECT_EQ(request.refusals(), 3u);
+}
+
+}  // namespace
+}  // namespace server
+}  // namespace framealloc

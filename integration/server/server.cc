@@ -1,0 +1,499 @@
+// The server: options, the runtime task queue, routes, request scopes and
+// statistics.
+#include "integration/server/server.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <new>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "integration/server/endpoints.h"
+
+namespace framealloc {
+namespace server {
+namespace {
+
+// The connection job running on this thread. Set for the whole job by the
+// wrapper RuntimeTaskQueue submits; read once per request (not per
+// allocation). A TBB thread runs one connection job at a time: the job
+// never waits on the runtime, so nothing else runs on it meanwhile.
+thread_local const jobs::JobContext* current_job = nullptr;
+
+// An error body: {"error": "...", "status": N}.
+std::string ErrorBody(int status, absl::string_view message) {
+  std::string body = "{\"error\":";
+  AppendJsonString(&body, message);
+  absl::StrAppend(&body, ",\"status\":", status, "}\n");
+  return body;
+}
+
+int HttpStatusOf(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kResourceExhausted:
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+void AtomicMax(std::atomic<uint64_t>& a, uint64_t v) {
+  uint64_t cur = a.load(std::memory_order_relaxed);
+  while (v > cur &&
+         !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
+}
+
+uint64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+}  // namespace
+
+absl::StatusOr<TaskPool> ParseTaskPool(absl::string_view name) {
+  if (name == "runtime") return TaskPool::kRuntime;
+  if (name == "httplib") return TaskPool::kHttplib;
+  return absl::InvalidArgumentError(
+      absl::StrCat("pool must be 'runtime' or 'httplib', got '", name, "'"));
+}
+
+absl::string_view TaskPoolName(TaskPool pool) {
+  return pool == TaskPool::kRuntime ? "runtime" : "httplib";
+}
+
+int HttplibDefaultThreads() {
+  // CPPHTTPLIB_THREAD_POOL_COUNT, as the library evaluates it.
+  return static_cast<int>(CPPHTTPLIB_THREAD_POOL_COUNT);
+}
+
+absl::Status ServerOptions::Validate() const {
+  if (address.empty()) {
+    return absl::InvalidArgumentError("ServerOptions.address is empty");
+  }
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ServerOptions.port must be in 0..65535 (0: ephemeral), got ", port));
+  }
+  if (workers < 0 || workers > jobs::kMaxWorkersPerNode) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ServerOptions.workers must be in 0..",
+                     jobs::kMaxWorkersPerNode, ", got ", workers));
+  }
+  if (request_budget_bytes < 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ServerOptions.request_budget_bytes must be >= 4096, got ",
+                     request_budget_bytes));
+  }
+  if (max_body_bytes < 1) {
+    return absl::InvalidArgumentError(
+        "ServerOptions.max_body_bytes must be >= 1");
+  }
+  if (keep_alive_max_count < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ServerOptions.keep_alive_max_count must be >= 1, got ",
+                     keep_alive_max_count));
+  }
+  if (keep_alive_timeout_seconds < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ServerOptions.keep_alive_timeout_seconds must be >= 0, got ",
+        keep_alive_timeout_seconds));
+  }
+  if (pool == TaskPool::kHttplib && !topology.empty()) {
+    return absl::InvalidArgumentError(
+        "ServerOptions.topology applies to the runtime pool only");
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// RuntimeTaskQueue
+
+RuntimeTaskQueue::~RuntimeTaskQueue() { (void)connections_.Wait(); }
+
+void RuntimeTaskQueue::enqueue(std::function<void()> fn) {
+  // The connection runs as one job: its context is published for the
+  // handlers of its requests, and withdrawn when it ends.
+  struct ConnectionJob {
+    std::function<void()> fn;
+    void operator()(jobs::JobContext& ctx) {
+      struct Publish {
+        explicit Publish(const jobs::JobContext* c) { current_job = c; }
+        ~Publish() { current_job = nullptr; }
+      } publish(&ctx);
+      fn();
+    }
+  };
+  ConnectionJob job{std::move(fn)};
+  // Spawn takes a copy, so `job` (and the socket its task owns) is still
+  // ours if the runtime refuses it.
+  const absl::Status s = runtime_->Spawn(
+      job, jobs::SubmitOptions().with_counter(&connections_).named("http"));
+  if (!s.ok()) job.fn();
+}
+
+void RuntimeTaskQueue::shutdown() { (void)connections_.Wait(); }
+
+const jobs::JobContext* RuntimeTaskQueue::CurrentJob() { return current_job; }
+
+// ---------------------------------------------------------------------------
+// Server
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  std::unique_ptr<Server> server(new Server(std::move(options)));
+  if (absl::Status s = server->Init(); !s.ok()) return s;
+  return server;
+}
+
+absl::Status Server::Init() {
+  const int workers =
+      options_.workers > 0 ? options_.workers : HttplibDefaultThreads();
+  if (options_.pool == TaskPool::kRuntime) {
+    jobs::Config config;
+    if (!options_.topology.empty()) {
+      auto topology = numa::Topology::FromSynthetic(options_.topology);
+      if (!topology.ok()) return topology.status();
+      topology_ = *std::move(topology);
+      config.set_topology(topology_.get());
+    }
+    config.set_workers_per_node(workers);
+    // The server does not trace jobs; the runtime fills every worker's
+    // trace ring up front (65536 events, about 2 MiB per worker, by
+    // default), so keep the rings small.
+    config.set_trace_events_per_worker(1024);
+    auto runtime = jobs::Runtime::Create(std::move(config));
+    if (!runtime.ok()) return runtime.status();
+    runtime_ = *std::move(runtime);
+    jobs::Runtime* rt = runtime_.get();
+    http_.new_task_queue = [rt] { return new RuntimeTaskQueue(rt); };
+  } else {
+    auto alloc = SmartAlloc::Create(AllocConfig());
+    if (!alloc.ok()) return alloc.status();
+    alloc_ = *std::move(alloc);
+    if (options_.workers > 0) {
+      const size_t n = static_cast<size_t>(options_.workers);
+      http_.new_task_queue = [n] { return new httplib::ThreadPool(n); };
+    }
+  }
+  node_requests_ = std::make_unique<std::atomic<uint64_t>[]>(num_nodes());
+  for (int k = 0; k < num_nodes(); ++k) node_requests_[k].store(0);
+
+  // SO_REUSEADDR only: a restart may bind while old connections sit in
+  // TIME_WAIT, but (unlike cpp-httplib's default SO_REUSEPORT) a second
+  // server on a port that is in use fails instead of sharing it.
+  http_.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  // cpp-httplib writes a response's headers and body separately: without
+  // TCP_NODELAY, Nagle's algorithm holds the body until the client's
+  // delayed ACK (about 40 ms per keep-alive request on Linux).
+  http_.set_tcp_nodelay(true);
+  http_.set_payload_max_length(options_.max_body_bytes);
+  http_.set_keep_alive_max_count(
+      static_cast<size_t>(options_.keep_alive_max_count));
+  http_.set_keep_alive_timeout(options_.keep_alive_timeout_seconds);
+  Route();
+
+  if (options_.port == 0) {
+    port_ = http_.bind_to_any_port(options_.address);
+    if (port_ < 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot bind an ephemeral port on '", options_.address, "'"));
+    }
+  } else {
+    if (!http_.bind_to_port(options_.address, options_.port)) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot bind ", options_.address, ":", options_.port,
+                       " (in use, or not an address of this machine)"));
+    }
+    port_ = options_.port;
+  }
+  return absl::OkStatus();
+}
+
+Server::~Server() { (void)Stop(); }
+
+int Server::num_nodes() const {
+  return runtime_ != nullptr ? runtime_->num_nodes() : 1;
+}
+
+SmartAlloc& Server::node_alloc(int node) const {
+  return runtime_ != nullptr ? runtime_->memory().node(node) : *alloc_;
+}
+
+void Server::Route() {
+  using Req = const httplib::Request&;
+  http_.Get("/healthz", [this](Req, httplib::Response& res) {
+    res.set_content("ok\n", "text/plain");
+    Count(200);
+  });
+  http_.Get("/stats", [this](Req req, httplib::Response& res) {
+    Handle(req, res, [this](Req r, RequestArena&) {
+      return absl::StatusOr<std::string>(StatsJson(r.has_param("full")));
+    });
+  });
+  http_.Post("/aggregate", [this](Req req, httplib::Response& res) {
+    Handle(req, res, [](Req r, RequestArena& request) {
+      return Aggregate(r.body, request);
+    });
+  });
+  http_.Get("/simulate", [this](Req req, httplib::Response& res) {
+    Handle(req, res,
+           [](Req r, RequestArena& request) -> absl::StatusOr<std::string> {
+             auto params = SimulateParams::FromQuery(r.params);
+             if (!params.ok()) return params.status();
+             return Simulate(*params, request);
+           });
+  });
+
+  // Every other method on a known path: 405 with the allowed ones.
+  const auto not_allowed = [this](const char* allow) {
+    return [this, allow](Req req, httplib::Response& res) {
+      res.set_header("Allow", allow);
+      res.status = 405;
+      res.set_content(
+          ErrorBody(405, absl::StrCat("method ", req.method, " not allowed on ",
+                                      req.path, "; allowed: ", allow)),
+          "application/json");
+      Count(405);
+    };
+  };
+  for (const char* path : {"/healthz", "/stats", "/simulate"}) {
+    http_.Post(path, not_allowed("GET, HEAD"));
+    http_.Put(path, not_allowed("GET, HEAD"));
+    http_.Patch(path, not_allowed("GET, HEAD"));
+    http_.Delete(path, not_allowed("GET, HEAD"));
+  }
+  http_.Get("/aggregate", not_allowed("POST"));
+  http_.Put("/aggregate", not_allowed("POST"));
+  http_.Patch("/aggregate", not_allowed("POST"));
+  http_.Delete("/aggregate", not_allowed("POST"));
+
+  // Statuses cpp-httplib sets itself (404, 413, 400 for an unparsable
+  // request) get a body that says why.
+  http_.set_error_handler([this](Req req, httplib::Response& res) {
+    if (!res.body.empty()) return;  // Ours: counted already.
+    Count(res.status);
+    std::string message;
+    switch (res.status) {
+      case 404:
+        message = absl::StrCat("no endpoint ", req.path,
+                               " (try /aggregate, /simulate, /stats, "
+                               "/healthz)");
+        break;
+      case 413:
+        message = "request body too large (--max_body_bytes)";
+        break;
+      case 400:
+        message =
+            "malformed HTTP request (a POST needs a Content-Length or a "
+            "chunked body)";
+        break;
+      default:
+        message = absl::StrCat("HTTP status ", res.status);
+    }
+    res.set_content(ErrorBody(res.status, message), "application/json");
+  });
+}
+
+void Server::Handle(const httplib::Request& req, httplib::Response& res,
+                    const std::function<absl::StatusOr<std::string>(
+                        const httplib::Request&, RequestArena&)>& work) {
+  // The arena of the worker running this request: the connection job's
+  // scratch arena (from its node's SmartAlloc), or in the kHttplib mode the
+  // pool thread's frame arena of the server's SmartAlloc.
+  const jobs::JobContext* job = RuntimeTaskQueue::CurrentJob();
+  FrameArena* arena;
+  int node = 0;
+  if (job != nullptr) {
+    arena = &job->arena();
+    node = job->node();
+    res.set_header("X-Worker", absl::StrCat(job->worker()));
+  } else {
+    // kHttplib; or a connection the runtime refused, run on the accept
+    // thread, on node 0.
+    arena = &node_alloc(0).frame_arena();
+  }
+  res.set_header("X-Node", absl::StrCat(node));
+  node_requests_[node].fetch_add(1, std::memory_order_relaxed);
+  in_flight_.fetch_add(1, std::memory_order_relaxed);
+
+  const FrameArenaStats before = arena->stats();
+  absl::StatusOr<std::string> body;
+  size_t peak = 0;
+  {
+    RequestArena request(arena, options_.request_budget_bytes);
+    if (options_.on_request_start) options_.on_request_start(req.path);
+    try {
+      body = work(req, request);
+    } catch (const std::bad_alloc&) {
+      // BudgetExceeded from a pmr container, or the heap itself.
+      body = request.BudgetError(absl::StrCat("handling ", req.path));
+    } catch (const std::exception& e) {
+      body = absl::InternalError(absl::StrCat("handler failed: ", e.what()));
+    }
+    peak = request.peak_bytes();
+  }  // The request's memory goes back here, whole.
+  const FrameArenaStats after = arena->stats();
+  if (after.bytes_used != before.bytes_used ||
+      after.oversize_blocks != before.oversize_blocks ||
+      after.chunks > std::max<size_t>(before.chunks, 1)) {
+    not_released_.fetch_add(1, std::memory_order_relaxed);
+  }
+  request_bytes_total_.fetch_add(peak, std::memory_order_relaxed);
+  AtomicMax(request_peak_bytes_, peak);
+
+  if (body.ok()) {
+    res.status = 200;
+    res.set_content(*std::move(body), "application/json");
+  } else {
+    const int status = HttpStatusOf(body.status());
+    if (status == 503) {
+      budget_refusals_.fetch_add(1, std::memory_order_relaxed);
+      res.set_header("Retry-After", "1");
+    }
+    res.status = status;
+    res.set_content(ErrorBody(status, body.status().message()),
+                    "application/json");
+  }
+  Count(res.status);
+  in_flight_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// Counted when the response is decided, before cpp-httplib writes it: a
+// client that has its answer sees the counters include it.
+void Server::Count(int status) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  if (status >= 200 && status < 300) {
+    status_2xx_.fetch_add(1, std::memory_order_relaxed);
+  } else if (status >= 400 && status < 500) {
+    status_4xx_.fetch_add(1, std::memory_order_relaxed);
+  } else if (status >= 500) {
+    status_5xx_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+absl::Status Server::Start() {
+  alloc_internal::MutexLock lock(&mu_);
+  if (started_ || stopped_) {
+    return absl::FailedPreconditionError(
+        started_ ? "Server::Start: already started"
+                 : "Server::Start: the server was stopped");
+  }
+  started_ = true;
+  listener_done_.store(false);
+  listener_ = std::thread([this] {
+    listen_ok_.store(http_.listen_after_bind());
+    listener_done_.store(true);
+  });
+  // is_running() turns true when the accept loop starts; polling it is how
+  // cpp-httplib 0.11 lets a caller know (it has no ready callback).
+  while (!http_.is_running() && !listener_done_.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (!http_.is_running() && listener_done_.load() && !listen_ok_.load()) {
+    return absl::InternalError("Server::Start: the accept loop failed");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::Stop() {
+  alloc_internal::MutexLock lock(&mu_);
+  if (stopped_) return absl::OkStatus();
+  stopped_ = true;
+  if (started_) {
+    // Closes the listening socket: the accept loop ends, then shuts its
+    // task queue down, which waits for every connection; each finishes
+    // the request it is serving and answers it.
+    http_.stop();
+    listener_.join();
+  }
+  if (runtime_ != nullptr) {
+    absl::Status s = runtime_->Shutdown(jobs::ShutdownMode::kFinish);
+    if (!s.ok()) return s;
+  }
+  if (started_ && !listen_ok_.load()) {
+    return absl::InternalError("the accept loop ended with an error");
+  }
+  return absl::OkStatus();
+}
+
+Server::Counters Server::counters() const {
+  Counters c;
+  c.requests = requests_.load(std::memory_order_relaxed);
+  c.status_2xx = status_2xx_.load(std::memory_order_relaxed);
+  c.status_4xx = status_4xx_.load(std::memory_order_relaxed);
+  c.status_5xx = status_5xx_.load(std::memory_order_relaxed);
+  c.budget_refusals = budget_refusals_.load(std::memory_order_relaxed);
+  c.in_flight = in_flight_.load(std::memory_order_relaxed);
+  c.not_released = not_released_.load(std::memory_order_relaxed);
+  c.request_bytes_total = request_bytes_total_.load(std::memory_order_relaxed);
+  c.request_peak_bytes = request_peak_bytes_.load(std::memory_order_relaxed);
+  for (int k = 0; k < num_nodes(); ++k) {
+    c.node_requests.push_back(
+        node_requests_[k].load(std::memory_order_relaxed));
+  }
+  return c;
+}
+
+std::string Server::StatsJson(bool full) const {
+  const Counters c = counters();
+  std::string out;
+  absl::StrAppend(
+      &out, "{\"server\":{\"pool\":\"", TaskPoolName(options_.pool),
+      "\",\"port\":", port_, ",\"nodes\":", num_nodes(),
+      ",\"request_budget_bytes\":", options_.request_budget_bytes,
+      ",\"max_body_bytes\":", options_.max_body_bytes,
+      ",\"requests\":", c.requests, ",\"status_2xx\":", c.status_2xx,
+      ",\"status_4xx\":", c.status_4xx, ",\"status_5xx\":", c.status_5xx,
+      ",\"budget_refusals\":", c.budget_refusals,
+      ",\"in_flight\":", c.in_flight,
+      ",\"requests_not_released\":", c.not_released,
+      ",\"request_bytes_total\":", c.request_bytes_total,
+      ",\"request_peak_bytes\":", c.request_peak_bytes,
+      ",\"resident_bytes\":", ResidentBytes(), "},\"nodes\":[");
+  for (int k = 0; k < num_nodes(); ++k) {
+    SmartAlloc& alloc = node_alloc(k);
+    const ChunkCacheStats cache = alloc.chunk_cache().stats();
+    if (k > 0) out.push_back(',');
+    absl::StrAppend(&out, "{\"node\":", k, ",\"requests\":", c.node_requests[k],
+                    ",\"cache\":{\"in_use_bytes\":", cache.in_use_bytes,
+                    ",\"peak_in_use_bytes\":", cache.peak_in_use_bytes,
+                    ",\"cached_bytes\":", cache.cached_bytes,
+                    ",\"hits\":", cache.hits, ",\"misses\":", cache.misses,
+                    ",\"returned_to_source\":", cache.returned_to_source, "}");
+    if (full) absl::StrAppend(&out, ",\"alloc\":", alloc.stats().ToJson());
+    out.push_back('}');
+  }
+  out.append("],\"runtime\":");
+  if (runtime_ != nullptr) {
+    out.append(runtime_->stats().ToJson());
+  } else {
+    out.append("null");
+  }
+  out.append("}\n");
+  return out;
+}
+
+}  // namespace server
+}  // namespace framealloc
