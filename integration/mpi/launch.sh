@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Runs //integration/mpi:mpi_particles under Open MPI's mpirun on this host.
+#
+#   ./bazelw run -c opt //integration/mpi:launch -- --ranks=4 [program flags]
+#   ./bazelw run -c opt //integration/mpi:launch -- --scaling [--particles=N]
+#       [--frames=F] [--repeats=R] [--max_ranks=4]
+#
+# --ranks=N (default 2): one run of N ranks; every other flag goes to the
+#   program (--particles, --frames, --seed, --workers, --cutoff, --box,
+#   --dt, --output, --weak, --report_every).
+# --scaling: strong scaling (--particles in all: 1, 2, 4 ranks of one worker
+#   each, and 1 rank of all cores' workers for comparison) and weak scaling
+#   (--particles per rank, the box widened with the ranks), each run
+#   --repeats times (the median is reported); prints the tables.
+# mpirun gets --allow-run-as-root when run as root, --oversubscribe when
+# there are more ranks than cores, and --bind-to none (each rank's runtime
+# places its own workers). MPIRUN overrides the mpirun found on PATH.
+set -euo pipefail
+
+here=$(dirname "$0")
+program=""
+for candidate in "$here/mpi_particles" \
+  "${RUNFILES_DIR:-$0.runfiles}/framealloc/integration/mpi/mpi_particles"; do
+  if [[ -x "$candidate" ]]; then
+    program=$(cd "$(dirname "$candidate")" && pwd)/mpi_particles
+    break
+  fi
+done
+if [[ -z "$program" ]]; then
+  echo "launch: cannot find mpi_particles next to $0 or in its runfiles" >&2
+  exit 1
+fi
+mpirun=${MPIRUN:-$(command -v mpirun || true)}
+if [[ -z "$mpirun" ]]; then
+  echo "launch: mpirun not found (Debian: apt-get install openmpi-bin)" >&2
+  exit 1
+fi
+# Relative paths (--output) are the caller's, not the runfiles'.
+if [[ -n "${BUILD_WORKING_DIRECTORY:-}" ]]; then
+  cd "$BUILD_WORKING_DIRECTORY"
+fi
+
+ranks=2
+scaling=0
+particles=""
+frames=""
+repeats=3
+max_ranks=4
+passthrough=()
+for arg in "$@"; do
+  case "$arg" in
+    --ranks=*) ranks=${arg#--ranks=} ;;
+    --scaling) scaling=1 ;;
+    --repeats=*) repeats=${arg#--repeats=} ;;
+    --max_ranks=*) max_ranks=${arg#--max_ranks=} ;;
+    --particles=*) particles=${arg#--particles=}; passthrough+=("$arg") ;;
+    --frames=*) frames=${arg#--frames=}; passthrough+=("$arg") ;;
+    *) passthrough+=("$arg") ;;
+  esac
+done
+for value in "$ranks" "$repeats" "$max_ranks"; do
+  if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+    echo "launch: --ranks, --repeats and --max_ranks must be positive" \
+      "integers, got '$value'" >&2
+    exit 2
+  fi
+done
+
+cores=$(nproc)
+
+# run_mpi N args...: mpirun with the flags this host needs for N ranks.
+run_mpi() {
+  local n=$1
+  shift
+  local flags=(-np "$n" --bind-to none)
+  if [[ $(id -u) -eq 0 ]]; then flags+=(--allow-run-as-root); fi
+  if ((n > cores)); then flags+=(--oversubscribe); fi
+  "$mpirun" "${flags[@]}" "$program" "$@"
+}
+
+if ((scaling == 0)); then
+  run_mpi "$ranks" "${passthrough[@]+"${passthrough[@]}"}"
+  exit $?
+fi
+
+# ---- Scaling ----------------------------------------------------------------
+strong_particles=${particles:-80000}
+weak_particles=${particles:-40000}
+frames=${frames:-50}
+extra=()
+for arg in "${passthrough[@]+"${passthrough[@]}"}"; do
+  case "$arg" in
+    --particles=* | --frames=* | --weak | --workers=* | --output=*) ;;
+    *) extra+=("$arg") ;;
+  esac
+done
+
+# median_ms N W args...: the median time per frame of `repeats` runs.
+median_ms() {
+  local n=$1 w=$2
+  shift 2
+  local times=() out ms
+  for ((rep = 0; rep < repeats; ++rep)); do
+    if ! out=$(run_mpi "$n" --workers="$w" --frames="$frames" \
+      "${extra[@]+"${extra[@]}"}" "$@" 2>&1); then
+      echo "$out" >&2
+      echo "launch: the run of $n ranks failed" >&2
+      return 1
+    fi
+    ms=$(sed -nE 's/^RESULT .* ms_per_frame=([0-9.]+) .*/\1/p' <<<"$out")
+    times+=("$ms")
+  done
+  printf '%s\n' "${times[@]}" | sort -g | awk '{ a[NR] = $1 }
+    END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+rank_counts=()
+for ((n = 1; n <= max_ranks; n *= 2)); do rank_counts+=("$n"); done
+
+echo "host: $cores cores; $frames frames per run, median of $repeats runs;" \
+  "mpirun $($mpirun --version 2>/dev/null | head -1 | sed 's/^mpirun //')"
+echo
+echo "strong scaling: $strong_particles particles in all, one worker per rank"
+printf '%-24s %10s %14s %9s %11s\n' "ranks x workers" particles "ms/frame" \
+  speedup efficiency
+base=""
+for n in "${rank_counts[@]}"; do
+  ms=$(median_ms "$n" 1 --particles="$strong_particles")
+  base=${base:-$ms}
+  awk -v n="$n" -v p="$strong_particles" -v ms="$ms" -v b="$base" -v c="$cores" 'BEGIN {
+    label = n " x 1" (n > c ? " (oversubscribed)" : "")
+    printf "%-24s %10d %14.3f %8.2fx %10.0f%%\n", label, p, ms, b / ms, 100 * b / ms / n }'
+done
+if ((cores > 1)); then
+  ms=$(median_ms 1 "$cores" --particles="$strong_particles")
+  awk -v p="$strong_particles" -v ms="$ms" -v b="$base" -v c="$cores" 'BEGIN {
+    label = "1 x " c " (threads)"
+    printf "%-24s %10d %14.3f %8.2fx %10.0f%%\n", label, p, ms, b / ms, 100 * b / ms / c }'
+fi
+echo
+echo "weak scaling: $weak_particles particles per rank (box widened with the" \
+  "ranks), one worker per rank"
+printf '%-24s %10s %14s %11s\n' "ranks x workers" particles "ms/frame" \
+  efficiency
+base=""
+for n in "${rank_counts[@]}"; do
+  ms=$(median_ms "$n" 1 --particles="$weak_particles" --weak)
+  base=${base:-$ms}
+  awk -v n="$n" -v p="$weak_particles" -v ms="$ms" -v b="$base" -v c="$cores" 'BEGIN {
+    label = n " x 1" (n > c ? " (oversubscribed)" : "")
+    printf "%-24s %10d %14.3f %10.0f%%\n", label, p * n, ms, 100 * b / ms }'
+done
+echo
+echo "speedup = t(1 rank) / t; strong efficiency = speedup / (ranks or" \
+  "workers); weak efficiency = t(1 rank) / t (1.00 is perfect)."
