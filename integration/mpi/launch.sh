@@ -13,8 +13,12 @@
 #   (--particles per rank, the box widened with the ranks), each run
 #   --repeats times (the median is reported); prints the tables.
 # mpirun gets --allow-run-as-root when run as root, --oversubscribe when
-# there are more ranks than cores, and --bind-to none (each rank's runtime
-# places its own workers). MPIRUN overrides the mpirun found on PATH.
+# there are more ranks than cores, --bind-to none (each rank's runtime
+# places its own workers) and mpi_yield_when_idle (a rank waiting for a
+# message yields its core instead of spinning: here ranks share cores with
+# each other and with their runtimes' workers; on a cluster node with a
+# core per thread, spinning is the faster choice). MPIRUN overrides the
+# mpirun found on PATH.
 set -euo pipefail
 
 here=$(dirname "$0")
@@ -72,7 +76,7 @@ cores=$(nproc)
 run_mpi() {
   local n=$1
   shift
-  local flags=(-np "$n" --bind-to none)
+  local flags=(-np "$n" --bind-to none --mca mpi_yield_when_idle 1)
   if [[ $(id -u) -eq 0 ]]; then flags+=(--allow-run-as-root); fi
   if ((n > cores)); then flags+=(--oversubscribe); fi
   "$mpirun" "${flags[@]}" "$program" "$@"
