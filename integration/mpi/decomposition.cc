@@ -243,9 +243,19 @@ void ComputeForces(const Domain& domain, const PositionsView& all,
     }
     // The order of the sum is the order of the ids: the same on every
     // rank count, array order and worker count.
-    std::sort(list, list + count, [](const Neighbour& a, const Neighbour& b) {
-      return a.id < b.id;
-    });
+    // Insertion sort: a handful of neighbours, nearly never more than 32.
+    if (count <= 32) {
+      for (size_t a = 1; a < count; ++a) {
+        const Neighbour v = list[a];
+        size_t b = a;
+        for (; b > 0 && list[b - 1].id > v.id; --b) list[b] = list[b - 1];
+        list[b] = v;
+      }
+    } else {
+      std::sort(list, list + count, [](const Neighbour& a, const Neighbour& b) {
+        return a.id < b.id;
+      });
+    }
     double sx = 0;
     double sy = 0;
     for (size_t n = 0; n < count; ++n) {

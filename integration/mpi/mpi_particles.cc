@@ -64,8 +64,9 @@ ABSL_FLAG(int, workers, 0,
           "Workers of each rank's job runtime; 0: the cores this process may "
           "use divided by the ranks on this host, at least 1.");
 ABSL_FLAG(double, cutoff, 1.0, "Interaction radius (and minimum cell side).");
-ABSL_FLAG(double, box, 128.0,
-          "Side of the square box; with --weak the box is ranks * box wide.");
+ABSL_FLAG(double, box, 0,
+          "Height of the box, and its width (ranks * box with --weak); 0: "
+          "sqrt(--particles / 2.5), about 8 neighbours per particle.");
 ABSL_FLAG(double, dt, 0.01, "Time step.");
 ABSL_FLAG(double, stiffness, 25.0, "Strength of the soft repulsion.");
 ABSL_FLAG(std::string, output, "",
@@ -131,10 +132,15 @@ absl::StatusOr<Options> ReadFlags(int ranks) {
   }
   o.seed = absl::GetFlag(FLAGS_seed);
   o.output = absl::GetFlag(FLAGS_output);
-  const double box = absl::GetFlag(FLAGS_box);
+  // The default density: 2.5 particles per unit area, about 8 within the
+  // unit cutoff; --particles is per rank with --weak, and so is the box.
+  constexpr double kDefaultDensity = 2.5;
+  double box = absl::GetFlag(FLAGS_box);
+  if (box == 0)
+    box = std::sqrt(static_cast<double>(particles) / kDefaultDensity);
   if (!std::isfinite(box) || box <= 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--box must be finite and positive, got ", box));
+        absl::StrCat("--box must be finite and positive (or 0), got ", box));
   }
   o.domain.set_box(o.weak ? box * ranks : box, box)
       .set_cutoff(absl::GetFlag(FLAGS_cutoff))
