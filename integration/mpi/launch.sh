@@ -99,11 +99,12 @@ for arg in "${passthrough[@]+"${passthrough[@]}"}"; do
   esac
 done
 
-# median_ms N W args...: the median time per frame of `repeats` runs.
-median_ms() {
+# measure N W args...: "wall cpu", the medians over `repeats` runs of the
+# time per frame and of the CPU time per frame (all threads of all ranks).
+measure() {
   local n=$1 w=$2
   shift 2
-  local times=() out ms
+  local walls=() cpus=() out
   for ((rep = 0; rep < repeats; ++rep)); do
     if ! out=$(run_mpi "$n" --workers="$w" --frames="$frames" \
       "${extra[@]+"${extra[@]}"}" "$@" 2>&1); then
@@ -111,49 +112,67 @@ median_ms() {
       echo "launch: the run of $n ranks failed" >&2
       return 1
     fi
-    ms=$(sed -nE 's/^RESULT .* ms_per_frame=([0-9.]+) .*/\1/p' <<<"$out")
-    times+=("$ms")
+    walls+=("$(sed -nE 's/^RESULT .* ms_per_frame=([0-9.]+) .*/\1/p' <<<"$out")")
+    cpus+=("$(sed -nE 's/^RESULT .* cpu_ms_per_frame=([0-9.]+) .*/\1/p' <<<"$out")")
   done
-  printf '%s\n' "${times[@]}" | sort -g | awk '{ a[NR] = $1 }
+  echo "$(median "${walls[@]}") $(median "${cpus[@]}")"
+}
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
     END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
 rank_counts=()
 for ((n = 1; n <= max_ranks; n *= 2)); do rank_counts+=("$n"); done
 
-echo "host: $cores cores; $frames frames per run, median of $repeats runs;" \
+echo "host: $cores cores, load average $(cut -d' ' -f1-3 /proc/loadavg) before" \
+  "the runs; $frames frames per run, median of $repeats runs;" \
   "mpirun $($mpirun --version 2>/dev/null | head -1 | sed 's/^mpirun //')"
 echo
-echo "strong scaling: $strong_particles particles in all, one worker per rank"
-printf '%-24s %10s %14s %9s %11s\n' "ranks x workers" particles "ms/frame" \
-  speedup efficiency
-base=""
+echo "strong scaling: $strong_particles particles in all"
+printf '%-24s %10s %10s %9s %11s %10s %11s\n' "ranks x workers" particles \
+  "ms/frame" speedup efficiency "cpu ms" "cpu ratio"
+# row LABEL THREADS PARTICLES WALL CPU: one table line against the first.
+base_wall=""
+base_cpu=""
+row() {
+  base_wall=${base_wall:-$4}
+  base_cpu=${base_cpu:-$5}
+  awk -v l="$1" -v t="$2" -v p="$3" -v w="$4" -v c="$5" -v bw="$base_wall" \
+    -v bc="$base_cpu" -v weak="$weak" 'BEGIN {
+    if (weak) printf "%-24s %10d %10.3f %9s %10.0f%% %10.3f %10.2fx\n", l, p, w, "", 100 * bw / w, c, c / bc
+    else printf "%-24s %10d %10.3f %8.2fx %10.0f%% %10.3f %10.2fx\n", l, p, w, bw / w, 100 * bw / w / t, c, c / bc }'
+}
+label() {
+  local n=$1 w=$2
+  local text="$n x $w"
+  if ((n * w > cores)); then text+=" (oversubscribed)"; fi
+  echo "$text"
+}
+weak=0
 for n in "${rank_counts[@]}"; do
-  ms=$(median_ms "$n" 1 --particles="$strong_particles")
-  base=${base:-$ms}
-  awk -v n="$n" -v p="$strong_particles" -v ms="$ms" -v b="$base" -v c="$cores" 'BEGIN {
-    label = n " x 1" (n > c ? " (oversubscribed)" : "")
-    printf "%-24s %10d %14.3f %8.2fx %10.0f%%\n", label, p, ms, b / ms, 100 * b / ms / n }'
+  read -r wall cpu < <(measure "$n" 1 --particles="$strong_particles")
+  row "$(label "$n" 1)" "$n" "$strong_particles" "$wall" "$cpu"
 done
 if ((cores > 1)); then
-  ms=$(median_ms 1 "$cores" --particles="$strong_particles")
-  awk -v p="$strong_particles" -v ms="$ms" -v b="$base" -v c="$cores" 'BEGIN {
-    label = "1 x " c " (threads)"
-    printf "%-24s %10d %14.3f %8.2fx %10.0f%%\n", label, p, ms, b / ms, 100 * b / ms / c }'
+  read -r wall cpu < <(measure 1 "$cores" --particles="$strong_particles")
+  row "1 x $cores (threads)" "$cores" "$strong_particles" "$wall" "$cpu"
 fi
 echo
 echo "weak scaling: $weak_particles particles per rank (box widened with the" \
-  "ranks), one worker per rank"
-printf '%-24s %10s %14s %11s\n' "ranks x workers" particles "ms/frame" \
-  efficiency
-base=""
+  "ranks)"
+printf '%-24s %10s %10s %9s %11s %10s %11s\n' "ranks x workers" particles \
+  "ms/frame" "" efficiency "cpu ms" "cpu ratio"
+weak=1
+base_wall=""
+base_cpu=""
 for n in "${rank_counts[@]}"; do
-  ms=$(median_ms "$n" 1 --particles="$weak_particles" --weak)
-  base=${base:-$ms}
-  awk -v n="$n" -v p="$weak_particles" -v ms="$ms" -v b="$base" -v c="$cores" 'BEGIN {
-    label = n " x 1" (n > c ? " (oversubscribed)" : "")
-    printf "%-24s %10d %14.3f %10.0f%%\n", label, p * n, ms, 100 * b / ms }'
+  read -r wall cpu < <(measure "$n" 1 --particles="$weak_particles" --weak)
+  row "$(label "$n" 1)" "$n" "$((weak_particles * n))" "$wall" "$cpu"
 done
 echo
-echo "speedup = t(1 rank) / t; strong efficiency = speedup / (ranks or" \
-  "workers); weak efficiency = t(1 rank) / t (1.00 is perfect)."
+echo "ms/frame: wall time per frame; cpu ms: CPU time per frame of all" \
+  "threads of all ranks; cpu ratio: against the first row (strong: 1.00x" \
+  "means no work added by the decomposition; weak: ideal is the rank" \
+  "count). speedup = t(first row) / t; strong efficiency = speedup /" \
+  "(ranks x workers); weak efficiency = t(1 rank) / t."
