@@ -48,7 +48,7 @@ double Unit(uint64_t bits) {
 // A neighbour candidate: sorted by id before the forces are summed.
 struct Neighbour {
   uint64_t id;
-  uint32_t index;
+  uint32_t index;  // Its slot in the grid's cell-ordered copies.
 };
 
 }  // namespace
@@ -198,6 +198,16 @@ NeighbourGrid BuildGrid(const Domain& domain, const PositionsView& all,
   }
   for (size_t c = cells; c > 0; --c) grid.start[c] = grid.start[c - 1];
   grid.start[0] = 0;
+  grid.id =
+      std::span<uint64_t>(arena.AllocateArray<uint64_t>(all.size), all.size);
+  grid.x = std::span<double>(arena.AllocateArray<double>(all.size), all.size);
+  grid.y = std::span<double>(arena.AllocateArray<double>(all.size), all.size);
+  for (size_t s = 0; s < all.size; ++s) {
+    const uint32_t i = grid.items[s];
+    grid.id[s] = all.id[i];
+    grid.x[s] = all.x[i];
+    grid.y[s] = all.y[i];
+  }
   return grid;
 }
 
@@ -218,27 +228,27 @@ void ComputeForces(const Domain& domain, const PositionsView& all,
     const int col = static_cast<int>(grid.cell[i] / rows);
     const int row = static_cast<int>(grid.cell[i] % rows);
     size_t count = 0;
+    const int r_lo = std::max(row - 1, 0);
+    const int r_hi = std::min(row + 1, rows - 1);
     for (int c = std::max(col - 1, 0); c <= std::min(col + 1, cols - 1); ++c) {
-      for (int r = std::max(row - 1, 0); r <= std::min(row + 1, rows - 1);
-           ++r) {
-        const size_t cell = static_cast<size_t>(c) * rows + r;
-        for (uint32_t s = grid.start[cell]; s < grid.start[cell + 1]; ++s) {
-          const uint32_t j = grid.items[s];
-          const double dx = xi - all.x[j];
-          const double dy = yi - all.y[j];
-          const double d2 = dx * dx + dy * dy;
-          // d2 > 0 leaves out the particle itself (and exact overlaps,
-          // which have no direction) alike in every decomposition.
-          if (d2 >= r2 || !(d2 > 0)) continue;
-          if (count == capacity) {
-            // Frame memory: the old list is dropped with the frame.
-            Neighbour* bigger = scratch.AllocateArray<Neighbour>(capacity * 2);
-            std::memcpy(bigger, list, capacity * sizeof(Neighbour));
-            list = bigger;
-            capacity *= 2;
-          }
-          list[count++] = {all.id[j], j};
+      // Rows r_lo..r_hi of column c: one contiguous run of slots.
+      const size_t first = static_cast<size_t>(c) * rows;
+      const uint32_t run_end = grid.start[first + r_hi + 1];
+      for (uint32_t s = grid.start[first + r_lo]; s < run_end; ++s) {
+        const double dx = xi - grid.x[s];
+        const double dy = yi - grid.y[s];
+        const double d2 = dx * dx + dy * dy;
+        // d2 > 0 leaves out the particle itself (and exact overlaps,
+        // which have no direction) alike in every decomposition.
+        if (d2 >= r2 || !(d2 > 0)) continue;
+        if (count == capacity) {
+          // Frame memory: the old list is dropped with the frame.
+          Neighbour* bigger = scratch.AllocateArray<Neighbour>(capacity * 2);
+          std::memcpy(bigger, list, capacity * sizeof(Neighbour));
+          list = bigger;
+          capacity *= 2;
         }
+        list[count++] = {grid.id[s], s};
       }
     }
     // The order of the sum is the order of the ids: the same on every
@@ -259,9 +269,9 @@ void ComputeForces(const Domain& domain, const PositionsView& all,
     double sx = 0;
     double sy = 0;
     for (size_t n = 0; n < count; ++n) {
-      const uint32_t j = list[n].index;
-      const double dx = xi - all.x[j];
-      const double dy = yi - all.y[j];
+      const uint32_t j = list[n].index;  // A slot of the grid.
+      const double dx = xi - grid.x[j];
+      const double dy = yi - grid.y[j];
       const double d = std::sqrt(dx * dx + dy * dy);
       // k * (1 - d / cutoff) along the unit vector (dx, dy) / d.
       const double s = k * (1.0 / d - inv_cutoff);

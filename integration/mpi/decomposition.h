@@ -173,15 +173,21 @@ struct PositionsView {
 };
 
 // A counting-sorted cell grid over columns [col_begin, col_end) and every
-// row: the particles of cell c are items[start[c] .. start[c + 1]).
-// Memory in a frame arena: valid until it is reset.
+// row (cells column-major: a column's cells are contiguous): the particles
+// of cell c are items[start[c] .. start[c + 1]), and the same slots of
+// `id`, `x`, `y` hold copies of their ids and positions, so that the
+// candidates of three neighbouring cells of one column are read as one
+// contiguous run. Memory in a frame arena: valid until it is reset.
 struct NeighbourGrid {
   int col_begin = 0;
   int col_end = 0;
   int rows = 0;
   std::span<uint32_t> start;  // cells + 1 entries.
-  std::span<uint32_t> items;  // One per particle of the view.
-  std::span<uint32_t> cell;   // Each particle's cell.
+  std::span<uint32_t> items;  // One per particle of the view, in cell order.
+  std::span<uint32_t> cell;   // Each particle's cell (by view index).
+  std::span<uint64_t> id;     // Cell order, as `items`.
+  std::span<double> x;
+  std::span<double> y;
 };
 
 // The grid of rank `rank`'s slab widened by one column on each side (the

@@ -108,13 +108,14 @@ absl::StatusOr<Options> ReadFlags(int ranks) {
   Options o;
   const int64_t particles = absl::GetFlag(FLAGS_particles);
   o.weak = absl::GetFlag(FLAGS_weak);
-  const int64_t total = o.weak ? particles * ranks : particles;
-  if (particles < 1 || particles > kMaxParticles || total > kMaxParticles) {
+  // particles <= 2^24 first: then particles * ranks cannot overflow.
+  if (particles < 1 || particles > kMaxParticles ||
+      (o.weak ? particles * ranks : particles) > kMaxParticles) {
     return absl::InvalidArgumentError(
         absl::StrCat("--particles must be in [1, 2^24] (in all, ", ranks,
                      " ranks with --weak), got ", particles));
   }
-  o.particles_total = total;
+  o.particles_total = o.weak ? particles * ranks : particles;
   o.frames = absl::GetFlag(FLAGS_frames);
   if (o.frames < 0) {
     return absl::InvalidArgumentError(
@@ -137,8 +138,9 @@ absl::StatusOr<Options> ReadFlags(int ranks) {
   // unit cutoff; --particles is per rank with --weak, and so is the box.
   constexpr double kDefaultDensity = 2.5;
   double box = absl::GetFlag(FLAGS_box);
-  if (box == 0)
+  if (box == 0) {
     box = std::sqrt(static_cast<double>(particles) / kDefaultDensity);
+  }
   if (!std::isfinite(box) || box <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--box must be finite and positive (or 0), got ", box));
@@ -162,6 +164,14 @@ int UsableCpus() {
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
   return std::max(1, CPU_COUNT(&set));
+}
+
+// Whether `ok` holds on every rank (a collective: every rank calls it).
+bool AllRanksOk(bool ok) {
+  int mine = ok ? 1 : 0;
+  int all = 0;
+  MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+  return all != 0;
 }
 
 // CPU time of this process so far (all its threads).
@@ -321,14 +331,15 @@ int Run(int rank, int ranks, int local_ranks) {
   const Options& o = *options;
   const Domain domain = Domain::Create(o.domain).value();
 
-  // The rank's runtime: its share of this host's cores.
+  // The rank's runtime: its share of this host's cores. A rank whose
+  // set-up fails says so, and every rank stops together.
   absl::StatusOr<std::unique_ptr<numa::Topology>> topology =
       numa::Topology::Discover();
   if (!topology.ok()) {
     std::fprintf(stderr, "mpi_particles: rank %d: topology: %s\n", rank,
                  topology.status().ToString().c_str());
-    return 1;
   }
+  if (!AllRanksOk(topology.ok())) return 1;
   const int workers =
       o.workers > 0 ? o.workers : std::max(1, UsableCpus() / local_ranks);
   const int nodes = (*topology)->num_nodes();
@@ -343,8 +354,8 @@ int Run(int rank, int ranks, int local_ranks) {
   if (!runtime.ok()) {
     std::fprintf(stderr, "mpi_particles: rank %d: runtime: %s\n", rank,
                  runtime.status().ToString().c_str());
-    return 1;
   }
+  if (!AllRanksOk(runtime.ok())) return 1;
   jobs::Runtime& rt = **runtime;
   // Frame memory of this thread, on the node it runs on.
   SmartAlloc& frame_memory = rt.memory().local();
