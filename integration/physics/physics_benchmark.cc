@@ -11,9 +11,13 @@
 // Runtime variants run on runtimes of 1 and of 2 workers (this machine's
 // topology) and time BeginFrame + Step + EndFrame, as the suite's driver
 // does; the serial arena variant times Step + the arena's Reset. Prints
-// median and mean frame times, heap allocations and frame-memory bytes per
-// frame, and the ratios; exits with 2 if any variant ends in a different
-// state than the serial heap variant.
+// median and mean frame times, median CPU time per frame (the thread's for
+// serial variants, the process's for runtime ones: less sensitive to other
+// load on the machine than wall time), heap allocations (operator new calls)
+// and frame-memory bytes of one settled frame, and the ratios; exits with 2 if
+// any variant ends in a different state than the serial heap variant.
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -37,11 +41,15 @@
 
 ABSL_FLAG(int64_t, bodies, 8192, "Number of bodies.");
 ABSL_FLAG(int, frames, 60, "Measured frames per variant and round.");
-ABSL_FLAG(int, warmup, 20, "Unmeasured frames before measuring.");
+ABSL_FLAG(int, warmup, 30,
+          "Unmeasured frames before measuring (the pile falls into its "
+          "hollows in about 30 frames).");
 ABSL_FLAG(int, rounds, 3, "Rounds (every variant once per round).");
 ABSL_FLAG(int, iterations, 8, "Solver iterations per frame.");
 ABSL_FLAG(uint64_t, seed, 42, "Seed of the initial state.");
 ABSL_FLAG(std::string, label, "glibc", "Name of the malloc in the report.");
+ABSL_FLAG(std::string, only, "",
+          "Run only the variant of this name (e.g. 'heap'), for profiling.");
 
 namespace framealloc {
 namespace integration {
@@ -54,11 +62,20 @@ struct Variant {
   Memory memory = Memory::kHeap;
   int workers = 0;  // 0: serial.
   std::vector<double> frame_ms;
-  double allocations = 0;  // Heap allocations in one counted frame.
-  double arena_bytes = 0;  // Frame memory in one counted frame.
+  std::vector<double> cpu_ms;  // CPU time: the thread's (serial) or the
+                               // process's (runtime), per frame.
+  double allocations = 0;      // Heap allocations in one counted frame.
+  double arena_bytes = 0;      // Frame memory in one counted frame.
   uint64_t hash = 0;
   FrameStats stats;
 };
+
+double CpuMs(clockid_t clock) {
+  timespec ts;
+  clock_gettime(clock, &ts);
+  return 1e3 * static_cast<double>(ts.tv_sec) +
+         1e-6 * static_cast<double>(ts.tv_nsec);
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -97,7 +114,19 @@ absl::Status RunVariant(Variant& v, const PhysicsConfig& config, int warmup,
   for (int f = 0; f < warmup; ++f) {
     if (absl::Status s = step(); !s.ok()) return s;
   }
-  // One counted, unmeasured frame: heap allocations and frame memory.
+  const clockid_t cpu_clock =
+      runtime == nullptr ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID;
+  for (int f = 0; f < frames; ++f) {
+    const double cpu_start = CpuMs(cpu_clock);
+    const Clock::time_point start = Clock::now();
+    if (absl::Status s = step(); !s.ok()) return s;
+    v.frame_ms.push_back(
+        std::chrono::duration<double, std::milli>(Clock::now() - start)
+            .count());
+    v.cpu_ms.push_back(CpuMs(cpu_clock) - cpu_start);
+  }
+  // One more frame, counted and not timed: heap allocations and frame
+  // memory of a settled frame.
   NewCounter::Start();
   if (runtime == nullptr) {
     absl::Status s = w.Step(options);
@@ -112,13 +141,6 @@ absl::Status RunVariant(Variant& v, const PhysicsConfig& config, int warmup,
     if (!s.ok()) return s;
     v.arena_bytes =
         static_cast<double>(runtime->frame_history().back().arena_bytes);
-  }
-  for (int f = 0; f < frames; ++f) {
-    const Clock::time_point start = Clock::now();
-    if (absl::Status s = step(); !s.ok()) return s;
-    v.frame_ms.push_back(
-        std::chrono::duration<double, std::milli>(Clock::now() - start)
-            .count());
   }
   v.hash = w.StateHash();
   v.stats = w.last_frame();
@@ -168,6 +190,8 @@ int Main() {
   for (int round = 0; round < rounds; ++round) {
     for (size_t k = 0; k < variants.size(); ++k) {
       Variant& v = variants[(k + round) % variants.size()];
+      const std::string only = absl::GetFlag(FLAGS_only);
+      if (!only.empty() && v.name != only) continue;
       jobs::Runtime* rt =
           v.workers == 0 ? nullptr : runtimes[v.workers - 1].get();
       absl::Status s = RunVariant(v, config, warmup, frames, rt);
@@ -187,12 +211,12 @@ int Main() {
   std::printf("malloc: %s; %d rounds x %d frames (after %d warm-up)\n\n",
               absl::GetFlag(FLAGS_label).c_str(), rounds, frames, warmup);
   std::printf(
-      "| variant | median ms | mean ms | heap allocs/frame | frame-memory "
-      "bytes/frame |\n|---|---:|---:|---:|---:|\n");
+      "| variant | median ms | mean ms | median CPU ms | heap allocs/frame "
+      "| frame-memory bytes/frame |\n|---|---:|---:|---:|---:|---:|\n");
   for (const Variant& v : variants) {
-    std::printf("| %s | %.2f | %.2f | %.0f | %.0f |\n", v.name.c_str(),
-                Median(v.frame_ms), Mean(v.frame_ms), v.allocations,
-                v.arena_bytes);
+    std::printf("| %s | %.2f | %.2f | %.2f | %.0f | %.0f |\n", v.name.c_str(),
+                Median(v.frame_ms), Mean(v.frame_ms), Median(v.cpu_ms),
+                v.allocations, v.arena_bytes);
   }
   auto med = [&](size_t i) { return Median(variants[i].frame_ms); };
   std::printf("\nheap / arena (serial):              %.2fx\n", med(0) / med(1));
@@ -201,6 +225,8 @@ int Main() {
   std::printf("scaling 1w -> 2w, runtime-arena:    %.2fx\n", med(3) / med(5));
   std::printf("scaling 1w -> 2w, runtime-heap:     %.2fx\n", med(2) / med(4));
   std::printf("runtime-arena 1w / serial arena:    %.2fx\n", med(3) / med(1));
+  auto cpu = [&](size_t i) { return Median(variants[i].cpu_ms); };
+  std::printf("heap / arena (serial), CPU time:    %.2fx\n", cpu(0) / cpu(1));
   bool same = true;
   for (const Variant& v : variants) same = same && v.hash == variants[0].hash;
   std::printf("\nstate after every variant: %s (hash %016llx)\n",
