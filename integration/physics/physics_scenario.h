@@ -23,8 +23,11 @@
 //   sim::ScenarioInfo info = integration::PhysicsScenario();
 //   std::unique_ptr<sim::Scenario> s = info.create();
 //   sim::FrameEnv env{sim::Variant::kArena, nullptr, &arena};
-//   CHECK_OK(s->Init({.seed = 1, .size = 4096}, env));
-//   for (int f = 0; f < 100; ++f) { CHECK_OK(s->Step(env)); arena.Reset(); }
+//   absl::Status st = s->Init({.seed = 1, .size = 4096}, env);
+//   for (int f = 0; st.ok() && f < 100; ++f) {
+//     st = s->Step(env);
+//     arena.Reset();
+//   }
 #ifndef INTEGRATION_PHYSICS_PHYSICS_SCENARIO_H_
 #define INTEGRATION_PHYSICS_PHYSICS_SCENARIO_H_
 

@@ -95,7 +95,7 @@ struct ArenaMemory {
 
 // A body as the solver sees it during one frame: velocities (gravity
 // applied), pseudo-velocity (split-impulse position correction, zero at the
-// start of the frame) and inverse mass and inertia, in one cache line. The
+// start of the frame) and inverse mass and inertia, in 48 bytes. The
 // frame's solver bodies are a per-frame buffer (one array per block of
 // bodies); the persistent state is written back when the slab finishes.
 struct alignas(16) SolverBody {
@@ -107,6 +107,8 @@ struct alignas(16) SolverBody {
   float pad = 0;
 };
 static_assert(sizeof(SolverBody) == 48);
+
+namespace physics_internal {
 
 // Solver data of one manifold that does not depend on the memory kind.
 struct ManifoldHeader {
@@ -131,6 +133,11 @@ struct ContactPoint {
   float pn = 0, pt1 = 0, pt2 = 0, pp = 0;  // Accumulated impulses.
 };
 static_assert(std::is_trivially_destructible_v<ContactPoint>);
+
+}  // namespace physics_internal
+
+using physics_internal::ContactPoint;
+using physics_internal::ManifoldHeader;
 
 namespace {
 

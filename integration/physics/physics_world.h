@@ -9,7 +9,7 @@
 //
 // One frame:
 //   1. per block of 1024 bodies: the frame's solver bodies (velocities with
-//      gravity applied, one cache line per body), each body binned into the
+//      gravity applied, 48 bytes per body), each body binned into the
 //      vertical slab (a band of x) holding its center;
 //   2. per slab: sort and sweep along z (the slab's long axis) over the
 //      slab's bodies and those of the next slab (candidate pairs), narrow phase
@@ -46,12 +46,16 @@
 //
 // Example:
 //   auto world = PhysicsWorld::Create(PhysicsConfig().set_bodies(4096));
+//   if (!world.ok()) return world.status();    // names the bad field
 //   FrameArena arena(&cache);
 //   for (int f = 0; f < 600; ++f) {
-//     CHECK_OK((*world)->Step(StepOptions::Arena(&arena)));
-//     arena.Reset();
+//     absl::Status s = (*world)->Step(StepOptions::Arena(&arena));
+//     arena.Reset();                            // the frame's memory goes
+//     if (!s.ok()) return s;
 //   }
 //   double e = (*world)->Energy();
+//   // On the runtime: rt->BeginFrame(); (*world)->Step(
+//   //     StepOptions::RuntimeArena(rt.get())); rt->EndFrame();
 #ifndef INTEGRATION_PHYSICS_PHYSICS_WORLD_H_
 #define INTEGRATION_PHYSICS_PHYSICS_WORLD_H_
 
