@@ -78,6 +78,7 @@ double CpuMs(clockid_t clock) {
 }
 
 double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
@@ -200,6 +201,17 @@ int Main() {
         return 1;
       }
     }
+  }
+  if (const std::string only = absl::GetFlag(FLAGS_only); !only.empty()) {
+    for (const Variant& v : variants) {
+      if (v.name != only) continue;
+      std::printf("%s: median %.2f ms, CPU %.2f ms per frame (%zu manifolds)\n",
+                  v.name.c_str(), Median(v.frame_ms), Median(v.cpu_ms),
+                  v.stats.manifolds);
+      return 0;
+    }
+    std::fprintf(stderr, "no variant named '%s'\n", only.c_str());
+    return 1;
   }
   const FrameStats& st = variants[0].stats;
   std::printf(

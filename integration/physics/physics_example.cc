@@ -140,6 +140,16 @@ int Run() {
       "ms per frame); state hash %016llx\n",
       kinetic_peak, kinetic(), frames, 1e3 * seconds / frames,
       static_cast<unsigned long long>(world.StateHash()));
+  if (runtime != nullptr) {
+    // How the frames' jobs spread over the workers.
+    for (const jobs::NodeStats& node : runtime->stats().nodes) {
+      for (const jobs::WorkerStats& ws : node.worker_stats) {
+        std::printf("node %d worker %d: %llu jobs, busy %.3f s\n", ws.node,
+                    ws.worker, static_cast<unsigned long long>(ws.jobs_run),
+                    ws.busy_seconds);
+      }
+    }
+  }
   return 0;
 }
 
