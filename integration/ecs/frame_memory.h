@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <memory>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -61,7 +62,12 @@ struct HeapMemory {
   template <typename T>
   using Owner = std::unique_ptr<T>;
 
+  using String = std::string;
+
   static HeapMemory From(const Lane&) { return {}; }
+  String MakeString(const char* chars, size_t n) const {
+    return String(chars, n);
+  }
   template <typename T>
   Vec<T> MakeVec() const {
     return Vec<T>();
@@ -91,10 +97,16 @@ struct ArenaMemory {
   template <typename T>
   using Owner = std::unique_ptr<T, DestroyInPlace>;
 
+  using String =
+      std::basic_string<char, std::char_traits<char>, ArenaAllocator<char>>;
+
   FrameArena* arena = nullptr;
 
   // REQUIRES: lane.arena != nullptr.
   static ArenaMemory From(const Lane& lane) { return ArenaMemory{lane.arena}; }
+  String MakeString(const char* chars, size_t n) const {
+    return String(chars, n, ArenaAllocator<char>(arena));
+  }
   template <typename T>
   Vec<T> MakeVec() const {
     return Vec<T>(ArenaAllocator<T>(arena));
