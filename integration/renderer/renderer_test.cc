@@ -153,8 +153,9 @@ void ExpectEqual(const Snapshot& s,
         !std::equal(c.uniforms.begin(), c.uniforms.end(),
                     s.uniforms[i].begin()) ||
         c.vertices.size() != s.vertices[i].size() ||
-        std::memcmp(c.vertices.data(), s.vertices[i].data(),
-                    c.vertices.size() * sizeof(Vertex)) != 0) {
+        (!c.vertices.empty() &&
+         std::memcmp(c.vertices.data(), s.vertices[i].data(),
+                     c.vertices.size() * sizeof(Vertex)) != 0)) {
       ++differ;
     }
   }
