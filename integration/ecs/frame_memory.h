@@ -145,8 +145,8 @@ class FrameExecutor {
   int lanes() const { return lanes_; }
 
   // Calls f(const Lane&, size_t block) for every block in [0, n). On a
-  // runtime the blocks are split by node (Runtime::Partition) and run one
-  // block per chunk. Blocks must not depend on each other.
+  // runtime the blocks are split by node (Runtime::Partition), one job per
+  // block. Blocks must not depend on each other.
   template <typename F>
   absl::Status ForBlocks(size_t n, F&& f) const {
     return ForRange(n, 1, [&f](const Lane& lane, size_t b, size_t e) {
@@ -161,10 +161,11 @@ class FrameExecutor {
     return runtime_->Partition(n);
   }
 
-  // Calls f(const Lane&, size_t begin, size_t end) over [begin, end) in
-  // chunks of at least `grain` items: one chunk on one thread; on a runtime,
-  // each node's share of [begin, end) (its range of `homes` intersected with
-  // [begin, end)) in chunks on that node's workers.
+  // Calls f(const Lane&, size_t begin, size_t end) over [begin, end): in one
+  // call on one thread; on a runtime, each node's share of [begin, end) (its
+  // range of `homes` intersected with [begin, end)) cut into chunks of
+  // `grain` items (the last may be shorter), one job per chunk on that
+  // node's workers. Returns when all are done: OK or the first failure.
   // REQUIRES: end <= homes.size().
   template <typename F>
   absl::Status ForRange(const jobs::NodePartition& homes, size_t begin,
@@ -182,17 +183,33 @@ class FrameExecutor {
       f(Lane{arena_, 0}, begin, end);
       return absl::OkStatus();
     }
-    std::vector<jobs::NodeRange> ranges;
+    // One job per chunk of `grain` items on the chunk's home node, counted
+    // by one JobCounter (the reference guide's BatchProcessor shape): the
+    // chunking depends on the range and the grain only, never on timing.
+    jobs::JobCounter counter;
+    absl::Status submitted;
     for (const jobs::NodeRange& r : homes.ranges()) {
-      const size_t b = std::max(r.begin, begin);
-      const size_t e = std::min(r.end, end);
-      if (b < e) ranges.push_back({r.node, b, e});
+      const size_t b0 = std::max(r.begin, begin);
+      const size_t e0 = std::min(r.end, end);
+      for (size_t b = b0; b < e0 && submitted.ok(); b += grain) {
+        const size_t e = std::min(e0, b + grain);
+        submitted = runtime_->Spawn(
+            [this, &f, b, e](jobs::JobContext& ctx) {
+              f(Lane{&ctx.arena(), lane_base_[ctx.node()] + ctx.worker()}, b,
+                e);
+            },
+            jobs::SubmitOptions()
+                .on_node(r.node)
+                .with_counter(&counter)
+                .named("frame_block"));
+      }
     }
-    return runtime_->ParallelFor(
-        jobs::NodePartition(std::move(ranges)), grain,
-        [this, &f](jobs::JobContext& ctx, size_t b, size_t e) {
-          f(Lane{&ctx.arena(), lane_base_[ctx.node()] + ctx.worker()}, b, e);
-        });
+    if (!submitted.ok()) {
+      counter.Cancel();
+      (void)counter.Wait();
+      return submitted;
+    }
+    return counter.Wait();
   }
   // Items [0, n) homed by Partition(n).
   template <typename F>
