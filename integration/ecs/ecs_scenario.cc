@@ -88,8 +88,8 @@ absl::Status EcsSimulation::Init(const sim::ScenarioConfig& config,
                                  rng.Uniform(-3.14159f, 3.14159f));
     t.scale = rng.Uniform(0.9f, 1.0f);
     if (absl::Status s = transforms_.Add(e, t); !s.ok()) return s;
-    if (absl::Status s = motion_.Add(e, rng.Uniform(-1, 1),
-                                     rng.Uniform(0.1f, 0.5f));
+    if (absl::Status s =
+            motion_.Add(e, rng.Uniform(-1, 1), rng.Uniform(0.1f, 0.5f));
         !s.ok()) {
       return s;
     }
@@ -134,16 +134,14 @@ absl::Status EcsSimulation::RunFrame(const FrameExecutor& exec,
   std::span<const float> radii = motion_.column<1>();
 
   // 1. Spin: a query over Transform x Motion, dense slots split by node.
-  absl::Status s = exec.ForRange(
-      n, 4096, [&](const Lane&, size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) {
-          const uint32_t m = motion_.SlotOrAbsent(tf_entities[i]);
-          if (m == decltype(motion_)::kAbsent) continue;
-          rotations[i] =
-              (rotations[i] * Quat::AxisAngle(0, 1, 0, rates[m] * kDt))
-                  .Normalized();
-        }
-      });
+  absl::Status s = exec.ForRange(n, 4096, [&](const Lane&, size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) {
+      const uint32_t m = motion_.SlotOrAbsent(tf_entities[i]);
+      if (m == decltype(motion_)::kAbsent) continue;
+      rotations[i] = (rotations[i] * Quat::AxisAngle(0, 1, 0, rates[m] * kDt))
+                         .Normalized();
+    }
+  });
   if (!s.ok()) return s;
 
   // 2. World matrices: the per-frame component, parent before child.

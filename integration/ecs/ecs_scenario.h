@@ -54,9 +54,9 @@ namespace ecs {
 struct EcsFrameStats {
   uint64_t frame = 0;
   size_t entities = 0;
-  size_t levels = 0;    // Depth levels of the hierarchy.
-  size_t visible = 0;   // Entities whose bounds were in view.
-  size_t contacts = 0;  // Ground-contact events.
+  size_t levels = 0;       // Depth levels of the hierarchy.
+  size_t visible = 0;      // Entities whose bounds were in view.
+  size_t contacts = 0;     // Ground-contact events.
   size_t world_bytes = 0;  // The frame's world-matrix component.
 };
 

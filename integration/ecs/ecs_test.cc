@@ -97,8 +97,7 @@ TEST(TransformsTest, BadParentsAreRefused) {
   Transforms tf;
   const Entity a = registry.Create(), b = registry.Create(),
                c = registry.Create(), ghost = registry.Create();
-  EXPECT_EQ(tf.Add(a, Child(a)).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tf.Add(a, Child(a)).code(), absl::StatusCode::kInvalidArgument);
   absl::Status missing = tf.Add(a, Child(ghost));
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(missing.message().find("add parents first"), std::string::npos);
@@ -163,9 +162,9 @@ TEST(HierarchyTest, OrderPutsParentsBeforeChildren) {
 class Runtimes {
  public:
   // Workers on this machine, or two logical nodes of one worker each.
-  static std::unique_ptr<jobs::Runtime> Make(int workers, bool two_nodes,
-                                             std::unique_ptr<numa::Topology>*
-                                                 topology_out) {
+  static std::unique_ptr<jobs::Runtime> Make(
+      int workers, bool two_nodes,
+      std::unique_ptr<numa::Topology>* topology_out) {
     jobs::Config config;
     if (two_nodes) {
       auto t = numa::Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
@@ -214,22 +213,26 @@ TEST(HierarchyTest, WorldTransformsMatchReference) {
 
   ChunkCache cache(&SystemMemorySource::Default());
   FrameArena arena(&cache);
-  ExpectWorldMatchesReference<HeapMemory>(tf, FrameExecutor::Sequential(nullptr));
+  ExpectWorldMatchesReference<HeapMemory>(tf,
+                                          FrameExecutor::Sequential(nullptr));
   ExpectWorldMatchesReference<ArenaMemory>(tf,
                                            FrameExecutor::Sequential(&arena));
   arena.Reset();
   std::unique_ptr<numa::Topology> topology;
   auto rt = Runtimes::Make(0, /*two_nodes=*/true, &topology);
   ASSERT_TRUE(rt->BeginFrame().ok());
-  ExpectWorldMatchesReference<ArenaMemory>(tf, FrameExecutor::OnRuntime(rt.get()));
-  ExpectWorldMatchesReference<HeapMemory>(tf, FrameExecutor::OnRuntime(rt.get()));
+  ExpectWorldMatchesReference<ArenaMemory>(tf,
+                                           FrameExecutor::OnRuntime(rt.get()));
+  ExpectWorldMatchesReference<HeapMemory>(tf,
+                                          FrameExecutor::OnRuntime(rt.get()));
   ASSERT_TRUE(rt->EndFrame().ok());
 
   // Re-parenting and removal change the hierarchy; still the reference.
   ASSERT_TRUE(tf.SetParent(e[100], e[3]).ok());
   ASSERT_TRUE(tf.SetParent(e[3], Entity::Null()).ok());
   ASSERT_TRUE(tf.Remove(e[5]).ok());  // Its children become roots.
-  ExpectWorldMatchesReference<HeapMemory>(tf, FrameExecutor::Sequential(nullptr));
+  ExpectWorldMatchesReference<HeapMemory>(tf,
+                                          FrameExecutor::Sequential(nullptr));
 }
 
 TEST(FrameComponentTest, WorldColumnLivesOnFrameMemoryForOneFrame) {
@@ -348,7 +351,8 @@ TEST(EcsScenarioTest, ArenaVariantsUseFrameMemory) {
   }
   std::unique_ptr<numa::Topology> unused;
   auto rt = Runtimes::Make(2, false, &unused);
-  const DriveResult rt_arena = Drive(Variant::kRuntimeArena, rt.get(), kSize, 2);
+  const DriveResult rt_arena =
+      Drive(Variant::kRuntimeArena, rt.get(), kSize, 2);
   const DriveResult rt_heap = Drive(Variant::kRuntimeHeap, rt.get(), kSize, 2);
   for (int f = 0; f < 2; ++f) {
     EXPECT_GE(rt_arena.arena_bytes[f], world_bytes);

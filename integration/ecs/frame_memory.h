@@ -198,10 +198,8 @@ class FrameExecutor {
               f(Lane{&ctx.arena(), lane_base_[ctx.node()] + ctx.worker()}, b,
                 e);
             },
-            jobs::SubmitOptions()
-                .on_node(r.node)
-                .with_counter(&counter)
-                .named("frame_block"));
+            jobs::SubmitOptions().on_node(r.node).with_counter(&counter).named(
+                "frame_block"));
       }
     }
     if (!submitted.ok()) {

@@ -47,7 +47,9 @@ double Median(std::vector<double> v) {
 }
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+  return v.empty()
+             ? 0
+             : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
 }
 
 }  // namespace
@@ -55,8 +57,8 @@ double Percentile(std::vector<double> v, double p) {
 int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   std::vector<int> worker_counts;
-  for (absl::string_view w : absl::StrSplit(absl::GetFlag(FLAGS_workers), ',',
-                                            absl::SkipEmpty())) {
+  for (absl::string_view w :
+       absl::StrSplit(absl::GetFlag(FLAGS_workers), ',', absl::SkipEmpty())) {
     int n = 0;
     if (!absl::SimpleAtoi(w, &n) || n < 1) {
       std::fprintf(stderr, "--workers: bad worker count '%s'\n",
@@ -66,7 +68,8 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
     worker_counts.push_back(n);
   }
   ChunkCache cache(&SystemMemorySource::Default());
-  FrameArena arena(&cache, FrameArenaOptions().set_retain_bytes(size_t{64} << 20));
+  FrameArena arena(&cache,
+                   FrameArenaOptions().set_retain_bytes(size_t{64} << 20));
   std::vector<std::unique_ptr<jobs::Runtime>> runtimes;
   for (int w : worker_counts) {
     auto rt = jobs::Runtime::Create(jobs::Config().set_workers_per_node(w));
@@ -81,7 +84,8 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
   configs.push_back({sim::Variant::kHeap, 0, nullptr, nullptr, {}});
   configs.push_back({sim::Variant::kArena, 0, nullptr, nullptr, {}});
   for (size_t i = 0; i < worker_counts.size(); ++i) {
-    for (sim::Variant v : {sim::Variant::kRuntimeHeap, sim::Variant::kRuntimeArena}) {
+    for (sim::Variant v :
+         {sim::Variant::kRuntimeHeap, sim::Variant::kRuntimeArena}) {
       configs.push_back({v, worker_counts[i], nullptr, runtimes[i].get(), {}});
     }
   }
@@ -98,7 +102,8 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
     c.scenario = info.create();
     absl::Status s = c.scenario->Init(sc, env_of(c));
     if (!s.ok()) {
-      std::fprintf(stderr, "%s: Init: %s\n", c.name().c_str(), s.ToString().c_str());
+      std::fprintf(stderr, "%s: Init: %s\n", c.name().c_str(),
+                   s.ToString().c_str());
       return 1;
     }
   }
@@ -115,7 +120,8 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
     if (env.arena != nullptr) env.arena->Reset();
     const auto end = std::chrono::steady_clock::now();
     if (!s.ok()) {
-      std::fprintf(stderr, "%s: Step: %s\n", c.name().c_str(), s.ToString().c_str());
+      std::fprintf(stderr, "%s: Step: %s\n", c.name().c_str(),
+                   s.ToString().c_str());
       std::exit(1);
     }
     return std::chrono::duration<double, std::milli>(end - start).count();
@@ -132,7 +138,8 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
     }
   }
   std::printf("scenario %s (%s), size %zu, %d rounds x %d frames, %s\n",
-              info.name.c_str(), info.allocation_heavy ? "allocation-heavy" : "compute-bound",
+              info.name.c_str(),
+              info.allocation_heavy ? "allocation-heavy" : "compute-bound",
               sc.size == 0 ? info.default_size : sc.size, rounds, frames,
               absl::GetFlag(FLAGS_label).c_str());
   std::printf("%-20s %10s %10s %10s   %s\n", "variant", "median ms", "p90 ms",
@@ -155,19 +162,21 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
     const Config* one_worker = nullptr;
     for (const Config& o : configs) {
       if (o.workers == c.workers && !sim::UsesArena(o.variant)) heap_peer = &o;
-      if (o.variant == c.variant && c.workers > 0 && o.workers == worker_counts[0]) {
+      if (o.variant == c.variant && c.workers > 0 &&
+          o.workers == worker_counts[0]) {
         one_worker = &o;
       }
     }
     char buf[160];
     if (sim::UsesArena(c.variant) && heap_peer != nullptr) {
-      std::snprintf(buf, sizeof(buf), "%.2fx faster than %s", Median(heap_peer->ms) / med,
-                    heap_peer->name().c_str());
+      std::snprintf(buf, sizeof(buf), "%.2fx faster than %s",
+                    Median(heap_peer->ms) / med, heap_peer->name().c_str());
       ratio = buf;
     }
     if (one_worker != nullptr && one_worker != &c) {
-      std::snprintf(buf, sizeof(buf), "%s%.2fx of %s", ratio.empty() ? "" : "; ",
-                    Median(one_worker->ms) / med, one_worker->name().c_str());
+      std::snprintf(buf, sizeof(buf), "%s%.2fx of %s",
+                    ratio.empty() ? "" : "; ", Median(one_worker->ms) / med,
+                    one_worker->name().c_str());
       ratio += buf;
     }
     std::printf("%-20s %10.3f %10.3f %10.3f   %s\n", c.name().c_str(), med,
@@ -180,7 +189,8 @@ int RunScenarioBenchmark(const sim::ScenarioInfo& info, int argc, char** argv) {
     }
   }
   std::printf("heap median %.3f ms; state hashes %s (%016llx)\n", heap,
-              same ? "identical" : "DIFFER", static_cast<unsigned long long>(hash));
+              same ? "identical" : "DIFFER",
+              static_cast<unsigned long long>(hash));
   return same ? 0 : 1;
 }
 

@@ -73,9 +73,9 @@ class EntityRegistry {
   // NotFound if `e` is not alive (never created, or destroyed already).
   absl::Status Destroy(Entity e) {
     if (!IsAlive(e)) {
-      return absl::NotFoundError(absl::StrCat("EntityRegistry::Destroy: entity ",
-                                              e.index, "v", e.generation,
-                                              " is not alive"));
+      return absl::NotFoundError(
+          absl::StrCat("EntityRegistry::Destroy: entity ", e.index, "v",
+                       e.generation, " is not alive"));
     }
     alive_[e.index] = false;
     ++generations_[e.index];
@@ -153,8 +153,8 @@ class SoaStore {
   // The dense slot of `e`; NotFound if absent.
   absl::StatusOr<size_t> IndexOf(Entity e) const {
     if (!Contains(e)) {
-      return absl::NotFoundError(absl::StrCat("SoaStore: entity ", e.index,
-                                              "v", e.generation,
+      return absl::NotFoundError(absl::StrCat("SoaStore: entity ", e.index, "v",
+                                              e.generation,
                                               " has no such component"));
     }
     return static_cast<size_t>(sparse_[e.index]);

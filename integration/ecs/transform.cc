@@ -62,10 +62,9 @@ Mat4 Mat4::operator*(const Mat4& b) const {
   Mat4 out;
   for (int c = 0; c < 4; ++c) {
     for (int r = 0; r < 4; ++r) {
-      out.m[c * 4 + r] = m[0 * 4 + r] * b.m[c * 4 + 0] +
-                         m[1 * 4 + r] * b.m[c * 4 + 1] +
-                         m[2 * 4 + r] * b.m[c * 4 + 2] +
-                         m[3 * 4 + r] * b.m[c * 4 + 3];
+      out.m[c * 4 + r] =
+          m[0 * 4 + r] * b.m[c * 4 + 0] + m[1 * 4 + r] * b.m[c * 4 + 1] +
+          m[2 * 4 + r] * b.m[c * 4 + 2] + m[3 * 4 + r] * b.m[c * 4 + 3];
     }
   }
   return out;
@@ -99,9 +98,8 @@ absl::Status Transforms::SetParent(Entity child, Entity parent) {
   if (!slot.ok()) return slot.status();
   if (!parent.is_null()) {
     if (!store_.Contains(parent)) {
-      return absl::NotFoundError(absl::StrCat("Transforms::SetParent: parent ",
-                                              Name(parent),
-                                              " has no transform"));
+      return absl::NotFoundError(absl::StrCat(
+          "Transforms::SetParent: parent ", Name(parent), " has no transform"));
     }
     // Walk up from the new parent: meeting the child means a cycle. Chains
     // through removed entities end there (they are roots now).
@@ -140,8 +138,8 @@ absl::Status HierarchyOrder::Update(const Transforms& tf) {
       const uint32_t p = store.SlotOrAbsent(parents[cur]);
       if (p == Transforms::Store::kAbsent) break;
       if (depth[p] == -2) {
-        return absl::InternalError(absl::StrCat(
-            "HierarchyOrder: cycle through dense slot ", p));
+        return absl::InternalError(
+            absl::StrCat("HierarchyOrder: cycle through dense slot ", p));
       }
       cur = p;
     }

@@ -86,8 +86,8 @@ class FrameRenderer {
   using Command = DrawCommand<Mem>;
   using Item = SortItem<Command>;
   static constexpr int kFramesInFlight = 2;
-  static constexpr size_t kBlock = 1024;      // Objects per recording job.
-  static constexpr size_t kPartitions = 32;   // Key ranges of the merge.
+  static constexpr size_t kBlock = 1024;     // Objects per recording job.
+  static constexpr size_t kPartitions = 32;  // Key ranges of the merge.
   static constexpr size_t kSampleStride = 32;
 
   // `lanes`: the most lanes an executor will use (FrameExecutor::lanes());
@@ -111,9 +111,9 @@ class FrameRenderer {
   // consumed): heap memory freed, the slot's arenas reset.
   absl::Status BeginFrame(uint64_t frame, const FrameExecutor& exec) {
     if (recording_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "FrameRenderer::BeginFrame(", frame, "): frame ", current_,
-          " is being recorded; Submit it first"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("FrameRenderer::BeginFrame(", frame, "): frame ",
+                       current_, " is being recorded; Submit it first"));
     }
     if (frame != next_frame_) {
       return absl::InvalidArgumentError(
@@ -148,9 +148,9 @@ class FrameRenderer {
                        " objects; the renderer was made for ", objects_));
     }
     if (exec.lanes() > lanes_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "FrameRenderer::Record: the executor has ", exec.lanes(),
-          " lanes; the renderer was made for ", lanes_));
+      return absl::InvalidArgumentError(
+          absl::StrCat("FrameRenderer::Record: the executor has ", exec.lanes(),
+                       " lanes; the renderer was made for ", lanes_));
     }
     Slot& slot = slots_[current_ % kFramesInFlight];
     const uint64_t frame = current_;
@@ -185,10 +185,9 @@ class FrameRenderer {
         cmd->object = i;
         cmd->material = scene.material[i];
         cmd->pass = scene.pass[i];
-        cmd->key = MakeSortKey(scene.pass[i], scene.material[i],
-                               frustum.Depth01({scene.x[i], scene.y[i],
-                                                scene.z[i]}),
-                               i);
+        cmd->key = MakeSortKey(
+            scene.pass[i], scene.material[i],
+            frustum.Depth01({scene.x[i], scene.y[i], scene.z[i]}), i);
         const size_t floats = scene.uniform_floats[i];
         cmd->uniforms.resize(floats * sizeof(float));
         WriteUniforms(scene, i, frame, cmd->uniforms.data(), floats);
@@ -391,7 +390,8 @@ class FrameRenderer {
     // The draws go first (heap: one free per draw and payload, in
     // parallel), then the lists, then the slot's arenas as a whole.
     absl::Status s = exec.ForBlocks(
-        slot.owners.size(), [&slot](const Lane&, size_t b) { slot.owners[b].reset(); });
+        slot.owners.size(),
+        [&slot](const Lane&, size_t b) { slot.owners[b].reset(); });
     if (!s.ok()) return s;
     slot.submitted.reset();
     for (auto& arena : slot.lanes) arena->Reset();

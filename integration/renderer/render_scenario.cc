@@ -55,7 +55,8 @@ absl::Status RenderSimulation::Init(const sim::ScenarioConfig& config,
         absl::StrCat("render: ScenarioConfig.size = ", n,
                      " objects is above the limit of ", kMaxObjects));
   }
-  absl::StatusOr<SceneObjects> scene = MakeScene(n, config.seed, kExtent, kHeight);
+  absl::StatusOr<SceneObjects> scene =
+      MakeScene(n, config.seed, kExtent, kHeight);
   if (!scene.ok()) return scene.status();
   if (absl::Status s = scene->Validate(); !s.ok()) return s;
   scene_ = *std::move(scene);
@@ -81,8 +82,9 @@ absl::Status RenderSimulation::Step(const sim::FrameEnv& env) {
   }
   if (env.variant != variant_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "render: Step with variant ", std::string(sim::VariantName(env.variant)),
-        "; Init was given ", std::string(sim::VariantName(variant_))));
+        "render: Step with variant ",
+        std::string(sim::VariantName(env.variant)), "; Init was given ",
+        std::string(sim::VariantName(variant_))));
   }
   if (arena_ != nullptr) return RunFrame(env, *arena_);
   return RunFrame(env, *heap_);
@@ -93,10 +95,10 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
                                         FrameRenderer<Mem>& r) {
   const FrameExecutor exec = ExecutorFor(env);
   const uint64_t frame = frame_;
-  absl::Status s = exec.ForRange(
-      scene_.size(), 4096, [this](const Lane&, size_t b, size_t e) {
-        scene_.Advance(b, e, kDt, kExtent, kHeight);
-      });
+  absl::Status s = exec.ForRange(scene_.size(), 4096,
+                                 [this](const Lane&, size_t b, size_t e) {
+                                   scene_.Advance(b, e, kDt, kExtent, kHeight);
+                                 });
   if (!s.ok()) return s;
   absl::StatusOr<Frustum> frustum = Frustum::FromCamera(CameraAt(frame));
   if (!frustum.ok()) return frustum.status();
@@ -107,9 +109,9 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
   std::optional<absl::StatusOr<GpuResult>> gpu;
   jobs::JobHandle<absl::StatusOr<GpuResult>> gpu_job;
   if (frame > 0 && exec.runtime() != nullptr) {
-    gpu_job = exec.runtime()->Submit(
-        [&r, frame] { return r.Consume(frame - 1); },
-        jobs::SubmitOptions().named("gpu"));
+    gpu_job =
+        exec.runtime()->Submit([&r, frame] { return r.Consume(frame - 1); },
+                               jobs::SubmitOptions().named("gpu"));
   }
   s = r.Record(exec, scene_, *frustum);
   if (gpu_job.valid()) {
@@ -155,8 +157,8 @@ size_t RenderSimulation::WorkingSetBytes() const {
   // objects in view.
   const size_t n = scene_.size();
   const size_t scene = n * (7 * sizeof(float) + 3 * sizeof(uint16_t) + 1);
-  const size_t per_draw = sizeof(DrawCommand<HeapMemory>) + 160 +
-                          28 * sizeof(Vertex) / 4 + 16;
+  const size_t per_draw =
+      sizeof(DrawCommand<HeapMemory>) + 160 + 28 * sizeof(Vertex) / 4 + 16;
   return scene + 2 * (n * 3 / 10) * per_draw;
 }
 

@@ -49,7 +49,7 @@ namespace render {
 
 // The last frame, for examples and tests.
 struct RenderFrameStats {
-  RecordStats recorded;       // The frame just recorded.
+  RecordStats recorded;          // The frame just recorded.
   std::optional<GpuResult> gpu;  // The previous frame, as the GPU read it.
   // Frame memory the in-flight slots hold (arena variants; 0 on the heap):
   // [0] the frame just recorded, [1] the previous one, read by the GPU.

@@ -11,10 +11,16 @@
 namespace framealloc::integration::render {
 namespace {
 
-Vec3 Sub(const Vec3& a, const Vec3& b) { return {a.x - b.x, a.y - b.y, a.z - b.z}; }
-Vec3 Add(const Vec3& a, const Vec3& b) { return {a.x + b.x, a.y + b.y, a.z + b.z}; }
+Vec3 Sub(const Vec3& a, const Vec3& b) {
+  return {a.x - b.x, a.y - b.y, a.z - b.z};
+}
+Vec3 Add(const Vec3& a, const Vec3& b) {
+  return {a.x + b.x, a.y + b.y, a.z + b.z};
+}
 Vec3 Scale(const Vec3& a, float s) { return {a.x * s, a.y * s, a.z * s}; }
-float Dot(const Vec3& a, const Vec3& b) { return a.x * b.x + a.y * b.y + a.z * b.z; }
+float Dot(const Vec3& a, const Vec3& b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z;
+}
 Vec3 Cross(const Vec3& a, const Vec3& b) {
   return {a.y * b.z - a.z * b.y, a.z * b.x - a.x * b.z, a.x * b.y - a.y * b.x};
 }
@@ -77,10 +83,11 @@ absl::Status Camera::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("Camera.aspect = ", aspect, " must be > 0"));
   }
-  if (!(near_plane > 0 && near_plane < far_plane) || !std::isfinite(far_plane)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Camera.near_plane = ", near_plane, ", far_plane = ",
-                     far_plane, ": need 0 < near_plane < far_plane"));
+  if (!(near_plane > 0 && near_plane < far_plane) ||
+      !std::isfinite(far_plane)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Camera.near_plane = ", near_plane, ", far_plane = ", far_plane,
+        ": need 0 < near_plane < far_plane"));
   }
   const Vec3 f = Sub(target, position);
   if (Length(f) == 0) {
@@ -103,12 +110,13 @@ absl::StatusOr<Frustum> Frustum::FromCamera(const Camera& camera) {
   const float ty = std::tan(camera.fov_y * 0.5f);
   const float tx = ty * camera.aspect;
   const Vec3& e = camera.position;
-  fr.planes_[0] = PlaneThrough(Add(r, Scale(f, tx)), e);           // left
+  fr.planes_[0] = PlaneThrough(Add(r, Scale(f, tx)), e);             // left
   fr.planes_[1] = PlaneThrough(Add(Scale(r, -1), Scale(f, tx)), e);  // right
-  fr.planes_[2] = PlaneThrough(Add(u, Scale(f, ty)), e);           // bottom
+  fr.planes_[2] = PlaneThrough(Add(u, Scale(f, ty)), e);             // bottom
   fr.planes_[3] = PlaneThrough(Add(Scale(u, -1), Scale(f, ty)), e);  // top
   fr.planes_[4] = PlaneThrough(f, Add(e, Scale(f, camera.near_plane)));
-  fr.planes_[5] = PlaneThrough(Scale(f, -1), Add(e, Scale(f, camera.far_plane)));
+  fr.planes_[5] =
+      PlaneThrough(Scale(f, -1), Add(e, Scale(f, camera.far_plane)));
   fr.eye_ = e;
   fr.forward_ = f;
   fr.near_ = camera.near_plane;
@@ -124,10 +132,14 @@ float Frustum::Depth01(const Vec3& c) const {
 absl::Status SceneObjects::Validate() const {
   const size_t n = x.size();
   const std::pair<const char*, size_t> columns[] = {
-      {"y", y.size()},           {"z", z.size()},
-      {"radius", radius.size()}, {"vx", vx.size()},
-      {"vy", vy.size()},         {"vz", vz.size()},
-      {"material", material.size()}, {"pass", pass.size()},
+      {"y", y.size()},
+      {"z", z.size()},
+      {"radius", radius.size()},
+      {"vx", vx.size()},
+      {"vy", vy.size()},
+      {"vz", vz.size()},
+      {"material", material.size()},
+      {"pass", pass.size()},
       {"uniform_floats", uniform_floats.size()},
       {"vertex_count", vertex_count.size()}};
   for (const auto& [name, size] : columns) {
@@ -149,8 +161,8 @@ absl::Status SceneObjects::Validate() const {
     }
     if (static_cast<int>(pass[i]) >= kPassCount) {
       return absl::InvalidArgumentError(
-          absl::StrCat("SceneObjects.pass[", i, "] = ",
-                       static_cast<int>(pass[i]), " is not a pass"));
+          absl::StrCat("SceneObjects.pass[", i,
+                       "] = ", static_cast<int>(pass[i]), " is not a pass"));
     }
     if (uniform_floats[i] < 16 || uniform_floats[i] > kMaxUniformFloats) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -159,8 +171,8 @@ absl::Status SceneObjects::Validate() const {
     }
     if (vertex_count[i] > kMaxVertices) {
       return absl::InvalidArgumentError(
-          absl::StrCat("SceneObjects.vertex_count[", i, "] = ",
-                       vertex_count[i], " is above ", kMaxVertices));
+          absl::StrCat("SceneObjects.vertex_count[", i, "] = ", vertex_count[i],
+                       " is above ", kMaxVertices));
     }
     if (!(radius[i] >= 0) || !std::isfinite(radius[i])) {
       return absl::InvalidArgumentError(
@@ -236,11 +248,25 @@ void WriteUniforms(const SceneObjects& scene, uint32_t object, uint64_t frame,
   const Rotations& rot = RotationTable();
   const size_t a = (frame + object) & 255;
   const float c = rot.cos[a], s = rot.sin[a], k = scene.radius[object];
-  const float model[16] = {c * k, 0, -s * k, 0, 0, k, 0, 0, s * k, 0, c * k, 0,
-                           scene.x[object], scene.y[object], scene.z[object], 1};
+  const float model[16] = {c * k,
+                           0,
+                           -s * k,
+                           0,
+                           0,
+                           k,
+                           0,
+                           0,
+                           s * k,
+                           0,
+                           c * k,
+                           0,
+                           scene.x[object],
+                           scene.y[object],
+                           scene.z[object],
+                           1};
   std::memcpy(out, model, sizeof(model));
-  const float base = scene.material[object] * 0.001f +
-                     static_cast<float>(frame & 63) * 0.01f;
+  const float base =
+      scene.material[object] * 0.001f + static_cast<float>(frame & 63) * 0.01f;
   float params[SceneObjects::kMaxUniformFloats];
   for (size_t i = 16; i < floats; ++i) {
     params[i - 16] = base + static_cast<float>(i) * 0.5f;
@@ -256,9 +282,14 @@ void WriteVertices(const SceneObjects& scene, uint32_t object, uint64_t frame,
   for (size_t i = 0; i < count; ++i) {
     const size_t a = (i * 256 / count) & 255;
     const float nx = rot.cos[a], nz = rot.sin[a];
-    out[i] = Vertex{scene.x[object] + nx * r * wobble, scene.y[object],
-                    scene.z[object] + nz * r * wobble, nx, 0, nz,
-                    static_cast<float>(i) / static_cast<float>(count), 0};
+    out[i] = Vertex{scene.x[object] + nx * r * wobble,
+                    scene.y[object],
+                    scene.z[object] + nz * r * wobble,
+                    nx,
+                    0,
+                    nz,
+                    static_cast<float>(i) / static_cast<float>(count),
+                    0};
   }
 }
 

@@ -44,7 +44,9 @@ struct Vec3 {
 // Points p with n.p + d >= 0 are inside.
 struct Plane {
   float nx = 0, ny = 0, nz = 0, d = 0;
-  float Distance(const Vec3& p) const { return nx * p.x + ny * p.y + nz * p.z + d; }
+  float Distance(const Vec3& p) const {
+    return nx * p.x + ny * p.y + nz * p.z + d;
+  }
 };
 
 struct Camera {
@@ -102,7 +104,8 @@ inline constexpr uint32_t kDepthBits = 26;
 inline uint64_t MakeSortKey(Pass pass, uint32_t material, float depth01,
                             uint32_t object) {
   const uint64_t depth_max = (uint64_t{1} << kDepthBits) - 1;
-  uint64_t depth = static_cast<uint64_t>(depth01 * static_cast<float>(depth_max));
+  uint64_t depth =
+      static_cast<uint64_t>(depth01 * static_cast<float>(depth_max));
   if (depth > depth_max) depth = depth_max;
   const uint64_t p = static_cast<uint64_t>(pass) << 62;
   const uint64_t m = material & (kMaxMaterials - 1);

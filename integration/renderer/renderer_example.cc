@@ -70,12 +70,12 @@ int main(int argc, char** argv) {
         1 - f % 2, previous, st.slot_bytes[1] / 1024.0,
         timing.arena_bytes / 1024.0, ms);
     if (st.gpu.has_value()) {
-      std::printf("          GPU read frame %llu while frame %llu was "
-                  "recorded: %zu draws, checksum %016llx\n",
-                  static_cast<unsigned long long>(st.gpu->frame),
-                  static_cast<unsigned long long>(st.recorded.frame),
-                  st.gpu->draws,
-                  static_cast<unsigned long long>(st.gpu->digest));
+      std::printf(
+          "          GPU read frame %llu while frame %llu was "
+          "recorded: %zu draws, checksum %016llx\n",
+          static_cast<unsigned long long>(st.gpu->frame),
+          static_cast<unsigned long long>(st.recorded.frame), st.gpu->draws,
+          static_cast<unsigned long long>(st.gpu->digest));
     }
   }
   std::printf("state hash %016llx\n",

@@ -1,6 +1,8 @@
 // Tests of the renderer: sort keys, culling against brute force, recorded
 // command buffers, two frames in flight, and the "render" scenario's
 // determinism across variants, worker counts and a two-node topology.
+#include "integration/renderer/renderer.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,7 +20,6 @@
 #include "integration/ecs/frame_memory.h"
 #include "integration/renderer/frame_renderer.h"
 #include "integration/renderer/render_scenario.h"
-#include "integration/renderer/renderer.h"
 #include "jobs/runtime.h"
 #include "numa/topology.h"
 
@@ -73,13 +74,12 @@ double BruteForceMargin(const Camera& cam, double x, double y, double z,
   const double v = qx * ux + qy * uy + qz * uz;  // Vertical.
   const double ty = std::tan(cam.fov_y / 2.0), tx = ty * cam.aspect;
   // Distance to each side plane: (t*d -+ h) / sqrt(1 + t^2).
-  const double margins[6] = {
-      (tx * d + h) / std::sqrt(1 + tx * tx) + r,
-      (tx * d - h) / std::sqrt(1 + tx * tx) + r,
-      (ty * d + v) / std::sqrt(1 + ty * ty) + r,
-      (ty * d - v) / std::sqrt(1 + ty * ty) + r,
-      d - cam.near_plane + r,
-      cam.far_plane - d + r};
+  const double margins[6] = {(tx * d + h) / std::sqrt(1 + tx * tx) + r,
+                             (tx * d - h) / std::sqrt(1 + tx * tx) + r,
+                             (ty * d + v) / std::sqrt(1 + ty * ty) + r,
+                             (ty * d - v) / std::sqrt(1 + ty * ty) + r,
+                             d - cam.near_plane + r,
+                             cam.far_plane - d + r};
   return *std::min_element(margins, margins + 6);
 }
 
@@ -198,12 +198,11 @@ TYPED_TEST(FrameRendererTest, RecordsEveryVisibleObjectSorted) {
     }
     EXPECT_EQ(items[k].key, c.key);
     drawn.insert(c.object);
-    EXPECT_EQ(c.key, MakeSortKey(scene->pass[c.object],
-                                 scene->material[c.object],
-                                 fr.Depth01({scene->x[c.object],
-                                             scene->y[c.object],
-                                             scene->z[c.object]}),
-                                 c.object));
+    EXPECT_EQ(c.key,
+              MakeSortKey(scene->pass[c.object], scene->material[c.object],
+                          fr.Depth01({scene->x[c.object], scene->y[c.object],
+                                      scene->z[c.object]}),
+                          c.object));
     EXPECT_EQ(c.uniforms.size(), scene->uniform_floats[c.object] * 4u);
     EXPECT_EQ(c.vertices.size(), scene->vertex_count[c.object]);
     float model[16];
@@ -212,7 +211,8 @@ TYPED_TEST(FrameRendererTest, RecordsEveryVisibleObjectSorted) {
     EXPECT_EQ(model[14], scene->z[c.object]);
     char label[kMaxLabel];
     const size_t n = FormatDrawLabel(c.object, c.material, c.pass, label);
-    EXPECT_EQ(std::string(c.label.data(), c.label.size()), std::string(label, n));
+    EXPECT_EQ(std::string(c.label.data(), c.label.size()),
+              std::string(label, n));
   }
   EXPECT_EQ(drawn, expected);
   const std::string first(items[0].command->label.data(),
@@ -233,10 +233,9 @@ TYPED_TEST(FrameRendererTest, FrameStaysIntactWhileTheNextIsRecorded) {
   auto record = [&](uint64_t f) {
     scene->Advance(0, scene->size(), 1.0f / 60, 100, 20);
     ASSERT_TRUE(r.BeginFrame(f, exec).ok());
-    ASSERT_TRUE(
-        r.Record(exec, *scene,
-                 *Frustum::FromCamera(RenderSimulation::CameraAt(f)))
-            .ok());
+    ASSERT_TRUE(r.Record(exec, *scene,
+                         *Frustum::FromCamera(RenderSimulation::CameraAt(f)))
+                    .ok());
   };
   record(0);
   ASSERT_TRUE(r.Submit().ok());
@@ -260,7 +259,8 @@ TYPED_TEST(FrameRendererTest, FrameStaysIntactWhileTheNextIsRecorded) {
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   EXPECT_EQ(gpu->draws, frame0.keys.size());
   EXPECT_EQ(gpu->digest, frame0.Digest(0));
-  EXPECT_EQ(r.Consume(0).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r.Consume(0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(r.Submit().ok());
   arena.Reset();
 
@@ -356,7 +356,8 @@ std::unique_ptr<jobs::Runtime> MakeRuntime(
     *topology = *std::move(t);
     config.set_topology(topology->get()).set_workers_per_node(1);
   } else {
-    config.set_workers_per_node(workers).set_pinning(jobs::PinningPolicy::kNone);
+    config.set_workers_per_node(workers).set_pinning(
+        jobs::PinningPolicy::kNone);
   }
   auto rt = jobs::Runtime::Create(config);
   EXPECT_TRUE(rt.ok()) << rt.status();
@@ -448,13 +449,15 @@ TEST(RenderScenarioTest, ArenaVariantsKeepDrawsOnFrameMemory) {
   const DriveResult arena = Drive(Variant::kArena, nullptr, kSize, 3);
   std::unique_ptr<numa::Topology> unused;
   auto rt = MakeRuntime(2, false, &unused);
-  const DriveResult rt_arena = Drive(Variant::kRuntimeArena, rt.get(), kSize, 3);
+  const DriveResult rt_arena =
+      Drive(Variant::kRuntimeArena, rt.get(), kSize, 3);
   const DriveResult rt_heap = Drive(Variant::kRuntimeHeap, rt.get(), kSize, 3);
   for (int f = 0; f < 3; ++f) {
     const RecordStats& rec = arena.frames[f].recorded;
     ASSERT_GT(rec.draws, 100u);
     // The slot holds every payload of the frame...
-    EXPECT_GE(arena.frames[f].slot_bytes[0], rec.uniform_bytes + rec.vertex_bytes);
+    EXPECT_GE(arena.frames[f].slot_bytes[0],
+              rec.uniform_bytes + rec.vertex_bytes);
     EXPECT_GE(rt_arena.frames[f].slot_bytes[0],
               rec.uniform_bytes + rec.vertex_bytes);
     // ...while the previous frame's slot is still held for the GPU.
