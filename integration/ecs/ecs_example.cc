@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const auto& st = ecs.last_frame();
-    const auto& timing = (*rt)->frame_history().back();
+    const jobs::FrameTiming timing = (*rt)->frame_history().back();
     std::printf(
         "frame %2llu: %zu entities, %zu visible, %zu contacts | world "
         "matrices %.1f KiB; frame memory used %.1f KiB, released at frame end "

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const auto& st = render.last_frame();
-    const auto& timing = (*rt)->frame_history().back();
+    const jobs::FrameTiming timing = (*rt)->frame_history().back();
     char previous[32] = "empty";
     if (f > 0) std::snprintf(previous, sizeof(previous), "frame %d", f - 1);
     std::printf(
