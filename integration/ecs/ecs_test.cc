@@ -1,0 +1,385 @@
+// Tests of the ECS: SoA storage, the transform hierarchy against a
+// reference, per-frame components, and the "ecs" scenario's determinism
+// across variants, worker counts and a synthetic two-node topology.
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "alloc/chunk_cache.h"
+#include "alloc/frame_arena.h"
+#include "alloc/memory_source.h"
+#include "benchmarks/scenario.h"
+#include "gtest/gtest.h"
+#include "integration/ecs/ecs_scenario.h"
+#include "integration/ecs/frame_memory.h"
+#include "integration/ecs/soa_store.h"
+#include "integration/ecs/transform.h"
+#include "jobs/runtime.h"
+#include "numa/topology.h"
+
+namespace framealloc::integration::ecs {
+namespace {
+
+using sim::Variant;
+
+TEST(EntityRegistryTest, GenerationsDoNotAlias) {
+  EntityRegistry registry;
+  const Entity a = registry.Create();
+  ASSERT_TRUE(registry.Destroy(a).ok());
+  const Entity b = registry.Create();
+  EXPECT_EQ(a.index, b.index);
+  EXPECT_NE(a.generation, b.generation);
+  EXPECT_FALSE(registry.IsAlive(a));
+  EXPECT_TRUE(registry.IsAlive(b));
+  EXPECT_EQ(registry.Destroy(a).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry.alive_count(), 1u);
+}
+
+TEST(SoaStoreTest, AddRemoveQueryKeepColumnsAligned) {
+  EntityRegistry registry;
+  SoaStore<int, float> store;
+  std::vector<Entity> e;
+  for (int i = 0; i < 5; ++i) {
+    e.push_back(registry.Create());
+    ASSERT_TRUE(store.Add(e.back(), i * 10, i * 0.5f).ok());
+  }
+  ASSERT_EQ(store.size(), 5u);
+  // Removing slot 1 moves the last entity (4) into it, in every column.
+  ASSERT_TRUE(store.Remove(e[1]).ok());
+  ASSERT_EQ(store.size(), 4u);
+  EXPECT_FALSE(store.Contains(e[1]));
+  EXPECT_EQ(*store.IndexOf(e[4]), 1u);
+  EXPECT_EQ(store.column<0>()[1], 40);
+  EXPECT_EQ(store.column<1>()[1], 2.0f);
+  EXPECT_TRUE(store.entities()[1] == e[4]);
+  // Every remaining entity still finds its own values.
+  for (int i : {0, 2, 3, 4}) {
+    const size_t slot = *store.IndexOf(e[i]);
+    EXPECT_EQ(store.column<0>()[slot], i * 10) << i;
+    EXPECT_EQ(store.column<1>()[slot], i * 0.5f) << i;
+  }
+  // Removing the last one needs no move.
+  ASSERT_TRUE(store.Remove(e[3]).ok());
+  EXPECT_EQ(store.size(), 3u);
+  EXPECT_EQ(store.SlotOrAbsent(e[3]), decltype(store)::kAbsent);
+}
+
+TEST(SoaStoreTest, BadInputIsAClearStatus) {
+  EntityRegistry registry;
+  SoaStore<int> store;
+  const Entity a = registry.Create();
+  EXPECT_EQ(store.Add(Entity::Null(), 1).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(store.Add(a, 1).ok());
+  absl::Status dup = store.Add(a, 2);
+  EXPECT_EQ(dup.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(dup.message().find("already has this component"),
+            std::string::npos);
+  // A newer generation of the same index while the old one is stored.
+  ASSERT_TRUE(registry.Destroy(a).ok());
+  const Entity b = registry.Create();
+  EXPECT_EQ(store.Add(b, 3).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store.Remove(b).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store.IndexOf(b).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store.column<0>()[0], 1);  // Unchanged by the refusals.
+}
+
+LocalTransform Child(Entity parent, Vec3 position = {}) {
+  LocalTransform t;
+  t.parent = parent;
+  t.position = position;
+  return t;
+}
+
+TEST(TransformsTest, BadParentsAreRefused) {
+  EntityRegistry registry;
+  Transforms tf;
+  const Entity a = registry.Create(), b = registry.Create(),
+               c = registry.Create(), ghost = registry.Create();
+  EXPECT_EQ(tf.Add(a, Child(a)).code(), absl::StatusCode::kInvalidArgument);
+  absl::Status missing = tf.Add(a, Child(ghost));
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("add parents first"), std::string::npos);
+  ASSERT_TRUE(tf.Add(a, LocalTransform()).ok());
+  ASSERT_TRUE(tf.Add(b, Child(a)).ok());
+  ASSERT_TRUE(tf.Add(c, Child(b)).ok());
+  // a under c would close the loop a -> b -> c -> a.
+  absl::Status cycle = tf.SetParent(a, c);
+  EXPECT_EQ(cycle.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(cycle.message().find("cycle"), std::string::npos);
+  EXPECT_EQ(tf.SetParent(a, a).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tf.SetParent(ghost, a).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(tf.SetParent(c, ghost).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(tf.SetParent(c, a).ok());
+}
+
+// A random forest of n entities, parents added before children.
+Transforms MakeForest(size_t n, uint64_t seed, std::vector<Entity>* out) {
+  EntityRegistry registry;
+  Transforms tf;
+  uint64_t x = seed;
+  auto next = [&x] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  auto uniform = [&next](float lo, float hi) {
+    return lo + (hi - lo) * static_cast<float>(next() % 10000) / 10000.0f;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const Entity e = registry.Create();
+    LocalTransform t;
+    t.position = {uniform(-3, 3), uniform(-3, 3), uniform(-3, 3)};
+    t.rotation = Quat::AxisAngle(0.6f, 0.8f, 0.0f, uniform(-3, 3));
+    t.scale = uniform(0.8f, 1.2f);
+    if (i >= 8) t.parent = (*out)[next() % i];
+    EXPECT_TRUE(tf.Add(e, t).ok());
+    out->push_back(e);
+  }
+  return tf;
+}
+
+bool SameMatrix(const Mat4& a, const Mat4& b) {
+  return std::memcmp(a.m, b.m, sizeof(a.m)) == 0;
+}
+
+TEST(HierarchyTest, OrderPutsParentsBeforeChildren) {
+  std::vector<Entity> e;
+  Transforms tf = MakeForest(3000, 7, &e);
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_EQ(order.size(), 3000u);
+  EXPECT_GT(order.levels(), 3u);
+  EXPECT_EQ(order.level_begin(1), 8u);  // Exactly the eight roots.
+  for (size_t k = 0; k < order.size(); ++k) {
+    EXPECT_LT(order.parent_position(k), static_cast<int32_t>(k));
+    EXPECT_EQ(order.parent_position(k) < 0, k < 8) << k;
+  }
+}
+
+class Runtimes {
+ public:
+  // Workers on this machine, or two logical nodes of one worker each.
+  static std::unique_ptr<jobs::Runtime> Make(
+      int workers, bool two_nodes,
+      std::unique_ptr<numa::Topology>* topology_out) {
+    jobs::Config config;
+    if (two_nodes) {
+      auto t = numa::Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
+      EXPECT_TRUE(t.ok()) << t.status();
+      *topology_out = *std::move(t);
+      config.set_topology(topology_out->get()).set_workers_per_node(1);
+    } else {
+      config.set_workers_per_node(workers).set_pinning(
+          jobs::PinningPolicy::kNone);
+    }
+    auto rt = jobs::Runtime::Create(config);
+    EXPECT_TRUE(rt.ok()) << rt.status();
+    return *std::move(rt);
+  }
+};
+
+template <typename Mem>
+void ExpectWorldMatchesReference(const Transforms& tf,
+                                 const FrameExecutor& exec) {
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  const std::vector<Mat4> reference = ReferenceWorldTransforms(tf);
+  FrameColumn<Mat4, Mem> world;
+  ASSERT_TRUE(
+      ComputeWorldTransforms<Mem>(tf, order, exec, &world, /*grain=*/64).ok());
+  ASSERT_EQ(world.size(), tf.size());
+  size_t mismatches = 0;
+  for (size_t k = 0; k < order.size(); ++k) {
+    if (!SameMatrix(world[k], reference[order.slot(k)])) ++mismatches;
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
+
+TEST(HierarchyTest, WorldTransformsMatchReference) {
+  std::vector<Entity> e;
+  Transforms tf = MakeForest(4000, 11, &e);
+  // A known case by hand: a root at (0,1,0), a child at (1,0,0) local.
+  EntityRegistry registry;
+  Transforms small;
+  const Entity r = registry.Create(), c = registry.Create();
+  ASSERT_TRUE(small.Add(r, Child(Entity::Null(), {0, 1, 0})).ok());
+  ASSERT_TRUE(small.Add(c, Child(r, {1, 0, 0})).ok());
+  const std::vector<Mat4> w = ReferenceWorldTransforms(small);
+  EXPECT_EQ(w[1].Translation().x, 1.0f);
+  EXPECT_EQ(w[1].Translation().y, 1.0f);
+
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  ExpectWorldMatchesReference<HeapMemory>(tf,
+                                          FrameExecutor::Sequential(nullptr));
+  ExpectWorldMatchesReference<ArenaMemory>(tf,
+                                           FrameExecutor::Sequential(&arena));
+  arena.Reset();
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = Runtimes::Make(0, /*two_nodes=*/true, &topology);
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  ExpectWorldMatchesReference<ArenaMemory>(tf,
+                                           FrameExecutor::OnRuntime(rt.get()));
+  ExpectWorldMatchesReference<HeapMemory>(tf,
+                                          FrameExecutor::OnRuntime(rt.get()));
+  ASSERT_TRUE(rt->EndFrame().ok());
+
+  // Re-parenting and removal change the hierarchy; still the reference.
+  ASSERT_TRUE(tf.SetParent(e[100], e[3]).ok());
+  ASSERT_TRUE(tf.SetParent(e[3], Entity::Null()).ok());
+  ASSERT_TRUE(tf.Remove(e[5]).ok());  // Its children become roots.
+  ExpectWorldMatchesReference<HeapMemory>(tf,
+                                          FrameExecutor::Sequential(nullptr));
+}
+
+TEST(FrameComponentTest, WorldColumnLivesOnFrameMemoryForOneFrame) {
+  std::vector<Entity> e;
+  Transforms tf = MakeForest(2000, 3, &e);
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const Mat4* data = nullptr;
+  {
+    FrameColumn<Mat4, ArenaMemory> world;
+    ASSERT_TRUE(ComputeWorldTransforms<ArenaMemory>(
+                    tf, order, FrameExecutor::Sequential(&arena), &world)
+                    .ok());
+    data = world.segment_data(0);
+    EXPECT_TRUE(arena.Owns(data));
+    EXPECT_GE(arena.stats().bytes_requested, 2000 * sizeof(Mat4));
+    // Frame end: everything the frame put in the arena is gone at once.
+  }
+  const uint64_t generation = arena.generation();
+  arena.Reset();
+  EXPECT_NE(arena.generation(), generation);
+  EXPECT_EQ(arena.stats().bytes_used, 0u);
+  EXPECT_EQ(arena.stats().allocations, 0u);
+  // 2000 matrices (125 KiB) outgrow the first chunk: the chunk that held
+  // them went back to the cache.
+  EXPECT_FALSE(arena.Owns(data));
+}
+
+// The suite's driver, in small: one scenario run in one variant.
+struct DriveResult {
+  uint64_t hash = 0;
+  std::vector<EcsFrameStats> frames;
+  std::vector<size_t> arena_bytes;  // Frame memory each frame used.
+};
+
+DriveResult Drive(Variant variant, jobs::Runtime* rt, size_t size, int frames) {
+  DriveResult run;
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  sim::FrameEnv env;
+  env.variant = variant;
+  env.runtime = sim::UsesRuntime(variant) ? rt : nullptr;
+  env.arena = variant == Variant::kArena ? &arena : nullptr;
+  EcsSimulation scenario;
+  absl::Status s = scenario.Init({.seed = 5, .size = size}, env);
+  EXPECT_TRUE(s.ok()) << s;
+  for (int f = 0; f < frames; ++f) {
+    if (env.runtime != nullptr) {
+      EXPECT_TRUE(rt->BeginFrame().ok());
+    }
+    s = scenario.Step(env);
+    EXPECT_TRUE(s.ok()) << s;
+    if (env.runtime != nullptr) {
+      EXPECT_TRUE(rt->EndFrame().ok());
+      run.arena_bytes.push_back(rt->frame_history().back().arena_bytes);
+    } else {
+      run.arena_bytes.push_back(arena.stats().bytes_requested);
+      arena.Reset();
+    }
+    run.frames.push_back(scenario.last_frame());
+  }
+  run.hash = scenario.StateHash();
+  return run;
+}
+
+TEST(EcsScenarioTest, IdenticalAcrossVariantsAndWorkerCounts) {
+  constexpr size_t kSize = 6000;
+  constexpr int kFrames = 6;
+  const DriveResult reference = Drive(Variant::kHeap, nullptr, kSize, kFrames);
+  size_t contacts = 0, visible = 0;
+  for (const EcsFrameStats& f : reference.frames) {
+    contacts += f.contacts;
+    visible += f.visible;
+  }
+  // The scenario exercises its systems: contacts and visibility happen.
+  EXPECT_GT(contacts, 0u);
+  EXPECT_GT(visible, 0u);
+  EXPECT_LT(visible, kSize * kFrames);
+  EXPECT_EQ(Drive(Variant::kArena, nullptr, kSize, kFrames).hash,
+            reference.hash);
+  for (int workers : {1, 2}) {
+    std::unique_ptr<numa::Topology> unused;
+    auto rt = Runtimes::Make(workers, false, &unused);
+    for (Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+      EXPECT_EQ(Drive(v, rt.get(), kSize, kFrames).hash, reference.hash)
+          << sim::VariantName(v) << " on " << workers << " workers";
+    }
+  }
+  std::unique_ptr<numa::Topology> topology;
+  auto two = Runtimes::Make(0, /*two_nodes=*/true, &topology);
+  ASSERT_EQ(two->num_nodes(), 2);
+  for (Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+    EXPECT_EQ(Drive(v, two.get(), kSize, kFrames).hash, reference.hash)
+        << sim::VariantName(v) << " on two nodes";
+  }
+  // A different seed gives a different state (the hash sees the state).
+  ChunkCache cache(&SystemMemorySource::Default());
+  EcsSimulation other;
+  ASSERT_TRUE(other.Init({.seed = 6, .size = kSize}, {}).ok());
+  for (int f = 0; f < kFrames; ++f) ASSERT_TRUE(other.Step({}).ok());
+  EXPECT_NE(other.StateHash(), reference.hash);
+}
+
+TEST(EcsScenarioTest, ArenaVariantsUseFrameMemory) {
+  constexpr size_t kSize = 5000;
+  const size_t world_bytes = kSize * sizeof(Mat4);
+  const DriveResult arena = Drive(Variant::kArena, nullptr, kSize, 2);
+  const DriveResult heap = Drive(Variant::kHeap, nullptr, kSize, 2);
+  for (int f = 0; f < 2; ++f) {
+    // World matrices plus query results: all of it in the frame arena...
+    EXPECT_GE(arena.arena_bytes[f], world_bytes);
+    // ...and none of it in the heap variant's (unused) arena.
+    EXPECT_EQ(heap.arena_bytes[f], 0u);
+  }
+  std::unique_ptr<numa::Topology> unused;
+  auto rt = Runtimes::Make(2, false, &unused);
+  const DriveResult rt_arena =
+      Drive(Variant::kRuntimeArena, rt.get(), kSize, 2);
+  const DriveResult rt_heap = Drive(Variant::kRuntimeHeap, rt.get(), kSize, 2);
+  for (int f = 0; f < 2; ++f) {
+    EXPECT_GE(rt_arena.arena_bytes[f], world_bytes);
+    EXPECT_LT(rt_heap.arena_bytes[f], world_bytes / 4);
+  }
+}
+
+TEST(EcsScenarioTest, BadInputIsAClearStatus) {
+  EcsSimulation s;
+  absl::Status big =
+      s.Init({.size = EcsSimulation::kMaxEntities + 1}, sim::FrameEnv());
+  EXPECT_EQ(big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(big.message().find("ScenarioConfig.size"), std::string::npos);
+  sim::FrameEnv no_arena;
+  no_arena.variant = Variant::kArena;
+  absl::Status arena = s.Init({.size = 10}, no_arena);
+  EXPECT_EQ(arena.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(arena.message().find("FrameEnv.arena"), std::string::npos);
+  sim::FrameEnv no_runtime;
+  no_runtime.variant = Variant::kRuntimeArena;
+  EXPECT_EQ(s.Step(no_runtime).code(), absl::StatusCode::kInvalidArgument);
+  // The registration is what the suite expects.
+  const sim::ScenarioInfo info = EcsScenario();
+  EXPECT_EQ(info.name, "ecs");
+  EXPECT_FALSE(info.allocation_heavy);
+  EXPECT_NE(info.create(), nullptr);
+}
+
+}  // namespace
+}  // namespace framealloc::integration::ecs

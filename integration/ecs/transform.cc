@@ -1,0 +1,221 @@
+// The transform hierarchy's math, checks and ordering (see transform.h).
+#include "integration/ecs/transform.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace framealloc::integration::ecs {
+namespace {
+
+std::string Name(Entity e) { return absl::StrCat(e.index, "v", e.generation); }
+
+}  // namespace
+
+Quat Quat::AxisAngle(float ax, float ay, float az, float radians) {
+  const float h = radians * 0.5f;
+  const float s = std::sin(h);
+  return Quat{std::cos(h), ax * s, ay * s, az * s};
+}
+
+Quat Quat::operator*(const Quat& q) const {
+  return Quat{w * q.w - x * q.x - y * q.y - z * q.z,
+              w * q.x + x * q.w + y * q.z - z * q.y,
+              w * q.y - x * q.z + y * q.w + z * q.x,
+              w * q.z + x * q.y - y * q.x + z * q.w};
+}
+
+Quat Quat::Normalized() const {
+  const float n = std::sqrt(w * w + x * x + y * y + z * z);
+  if (n == 0) return Quat();
+  const float inv = 1.0f / n;
+  return Quat{w * inv, x * inv, y * inv, z * inv};
+}
+
+Mat4 Mat4::FromTrs(const Vec3& t, const Quat& r, float s) {
+  const float xx = r.x * r.x, yy = r.y * r.y, zz = r.z * r.z;
+  const float xy = r.x * r.y, xz = r.x * r.z, yz = r.y * r.z;
+  const float wx = r.w * r.x, wy = r.w * r.y, wz = r.w * r.z;
+  Mat4 out;
+  out.m[0] = (1 - 2 * (yy + zz)) * s;
+  out.m[1] = (2 * (xy + wz)) * s;
+  out.m[2] = (2 * (xz - wy)) * s;
+  out.m[3] = 0;
+  out.m[4] = (2 * (xy - wz)) * s;
+  out.m[5] = (1 - 2 * (xx + zz)) * s;
+  out.m[6] = (2 * (yz + wx)) * s;
+  out.m[7] = 0;
+  out.m[8] = (2 * (xz + wy)) * s;
+  out.m[9] = (2 * (yz - wx)) * s;
+  out.m[10] = (1 - 2 * (xx + yy)) * s;
+  out.m[11] = 0;
+  out.m[12] = t.x;
+  out.m[13] = t.y;
+  out.m[14] = t.z;
+  out.m[15] = 1;
+  return out;
+}
+
+Mat4 Mat4::operator*(const Mat4& b) const {
+  Mat4 out;
+  for (int c = 0; c < 4; ++c) {
+    for (int r = 0; r < 4; ++r) {
+      out.m[c * 4 + r] =
+          m[0 * 4 + r] * b.m[c * 4 + 0] + m[1 * 4 + r] * b.m[c * 4 + 1] +
+          m[2 * 4 + r] * b.m[c * 4 + 2] + m[3 * 4 + r] * b.m[c * 4 + 3];
+    }
+  }
+  return out;
+}
+
+Vec3 Mat4::TransformPoint(const Vec3& p) const {
+  return {m[0] * p.x + m[4] * p.y + m[8] * p.z + m[12],
+          m[1] * p.x + m[5] * p.y + m[9] * p.z + m[13],
+          m[2] * p.x + m[6] * p.y + m[10] * p.z + m[14]};
+}
+
+absl::Status Transforms::Add(Entity e, const LocalTransform& t) {
+  if (!t.parent.is_null()) {
+    if (t.parent == e) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Transforms::Add: entity ", Name(e), " cannot be its own parent"));
+    }
+    if (!store_.Contains(t.parent)) {
+      return absl::NotFoundError(
+          absl::StrCat("Transforms::Add: parent ", Name(t.parent), " of ",
+                       Name(e), " has no transform (add parents first)"));
+    }
+  }
+  return store_.Add(e, t.position, t.rotation, t.scale, t.parent);
+}
+
+absl::Status Transforms::Remove(Entity e) { return store_.Remove(e); }
+
+absl::Status Transforms::SetParent(Entity child, Entity parent) {
+  absl::StatusOr<size_t> slot = store_.IndexOf(child);
+  if (!slot.ok()) return slot.status();
+  if (!parent.is_null()) {
+    if (!store_.Contains(parent)) {
+      return absl::NotFoundError(absl::StrCat(
+          "Transforms::SetParent: parent ", Name(parent), " has no transform"));
+    }
+    // Walk up from the new parent: meeting the child means a cycle. Chains
+    // through removed entities end there (they are roots now).
+    const auto parents = store_.column<kParent>();
+    Entity a = parent;
+    for (size_t steps = 0; !a.is_null() && steps <= store_.size(); ++steps) {
+      if (a == child) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Transforms::SetParent: ", Name(parent), " is ", Name(child),
+            " or one of its descendants; parenting would make a cycle"));
+      }
+      const uint32_t s = store_.SlotOrAbsent(a);
+      if (s == Store::kAbsent) break;
+      a = parents[s];
+    }
+  }
+  store_.column<kParent>()[*slot] = parent;
+  ++parent_changes_;
+  return absl::OkStatus();
+}
+
+absl::Status HierarchyOrder::Update(const Transforms& tf) {
+  if (tf.hierarchy_version() == version_) return absl::OkStatus();
+  const auto& store = tf.store();
+  const size_t n = store.size();
+  const auto parents = store.column<Transforms::kParent>();
+  // Depth of every slot, memoized; -1 unknown, -2 on the current path.
+  std::vector<int32_t> depth(n, -1);
+  std::vector<uint32_t> path;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t cur = static_cast<uint32_t>(i);
+    path.clear();
+    while (depth[cur] == -1) {
+      depth[cur] = -2;
+      path.push_back(cur);
+      const uint32_t p = store.SlotOrAbsent(parents[cur]);
+      if (p == Transforms::Store::kAbsent) break;
+      if (depth[p] == -2) {
+        return absl::InternalError(
+            absl::StrCat("HierarchyOrder: cycle through dense slot ", p));
+      }
+      cur = p;
+    }
+    // Unwind: the last on the path is a root or has a known parent depth.
+    for (size_t j = path.size(); j > 0; --j) {
+      const uint32_t s = path[j - 1];
+      const uint32_t p = store.SlotOrAbsent(parents[s]);
+      depth[s] = p == Transforms::Store::kAbsent ? 0 : depth[p] + 1;
+    }
+  }
+  int32_t max_depth = -1;
+  for (int32_t d : depth) max_depth = std::max(max_depth, d);
+  // Counting sort by depth, stable in slot order.
+  level_begin_.assign(static_cast<size_t>(max_depth + 2), 0);
+  for (int32_t d : depth) ++level_begin_[d + 1];
+  for (size_t d = 1; d < level_begin_.size(); ++d) {
+    level_begin_[d] += level_begin_[d - 1];
+  }
+  std::vector<size_t> next(level_begin_.begin(), level_begin_.end() - 1);
+  slot_.assign(n, 0);
+  position_of_slot_.assign(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const size_t k = next[depth[i]]++;
+    slot_[k] = static_cast<uint32_t>(i);
+    position_of_slot_[i] = static_cast<uint32_t>(k);
+  }
+  parent_pos_.assign(n, -1);
+  for (size_t k = 0; k < n; ++k) {
+    const uint32_t p = store.SlotOrAbsent(parents[slot_[k]]);
+    if (p != Transforms::Store::kAbsent) {
+      parent_pos_[k] = static_cast<int32_t>(position_of_slot_[p]);
+    }
+  }
+  version_ = tf.hierarchy_version();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> HierarchyOrder::PositionOf(const Transforms& tf,
+                                                  Entity e) const {
+  absl::StatusOr<size_t> slot = tf.store().IndexOf(e);
+  if (!slot.ok()) return slot.status();
+  if (*slot >= position_of_slot_.size()) {
+    return absl::FailedPreconditionError(
+        "HierarchyOrder::PositionOf: order is out of date (call Update)");
+  }
+  return static_cast<size_t>(position_of_slot_[*slot]);
+}
+
+std::vector<Mat4> ReferenceWorldTransforms(const Transforms& tf) {
+  const auto& store = tf.store();
+  const size_t n = store.size();
+  const auto pos = store.column<Transforms::kPosition>();
+  const auto rot = store.column<Transforms::kRotation>();
+  const auto scl = store.column<Transforms::kScale>();
+  const auto parents = store.column<Transforms::kParent>();
+  std::vector<Mat4> world(n);
+  std::vector<bool> done(n, false);
+  std::vector<uint32_t> chain;
+  for (size_t i = 0; i < n; ++i) {
+    // Collect the chain of not-yet-computed ancestors, then compute them
+    // from the top down.
+    chain.clear();
+    uint32_t cur = static_cast<uint32_t>(i);
+    while (cur != Transforms::Store::kAbsent && !done[cur]) {
+      chain.push_back(cur);
+      cur = store.SlotOrAbsent(parents[cur]);
+    }
+    for (size_t j = chain.size(); j > 0; --j) {
+      const uint32_t s = chain[j - 1];
+      const Mat4 local = Mat4::FromTrs(pos[s], rot[s], scl[s]);
+      const uint32_t p = store.SlotOrAbsent(parents[s]);
+      world[s] = p == Transforms::Store::kAbsent ? local : world[p] * local;
+      done[s] = true;
+    }
+  }
+  return world;
+}
+
+}  // namespace framealloc::integration::ecs

@@ -1,0 +1,236 @@
+// The transform hierarchy: local transforms (TRS) in SoA columns, world
+// matrices computed parent before child as a per-frame component.
+//
+// For: an ECS's core scene graph. Transforms keeps each entity's local
+// position, rotation (unit quaternion), uniform scale and parent in a
+// SoaStore; HierarchyOrder sorts the entities by depth so that every parent
+// comes before its children (rebuilt only when the store or a parent
+// changes); ComputeWorldTransforms fills a FrameColumn<Mat4> level by level,
+// each level split by node and run on the executor's workers. The world
+// matrices are the reference guide's FrameallocComponent: they exist for the
+// frame only, on frame memory in the arena variants (std::vector on the heap
+// otherwise), and are gone when the frame's memory is released.
+// Not for: non-uniform scale or shear (TRS with a uniform scale only).
+//
+// Thread safety: Transforms and HierarchyOrder are single-threaded objects;
+// ComputeWorldTransforms runs jobs that only read them.
+// Errors: SetParent/Add with an absent parent, a self-parent or a cycle:
+// InvalidArgument or NotFound naming the entities; executor failures are
+// returned.
+//
+// Example:
+//   Transforms tf;
+//   (void)tf.Add(root, {.position = {0, 1, 0}});
+//   (void)tf.Add(child, {.position = {1, 0, 0}, .parent = root});
+//   HierarchyOrder order;
+//   (void)order.Update(tf);
+//   FrameColumn<Mat4, ArenaMemory> world;
+//   (void)ComputeWorldTransforms<ArenaMemory>(tf, order, exec, &world);
+//   Vec3 p = world[order.PositionOf(tf, child)].Translation();  // (1, 1, 0)
+#ifndef INTEGRATION_ECS_TRANSFORM_H_
+#define INTEGRATION_ECS_TRANSFORM_H_
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "integration/ecs/frame_memory.h"
+#include "integration/ecs/soa_store.h"
+
+namespace framealloc::integration::ecs {
+
+struct Vec3 {
+  float x = 0, y = 0, z = 0;
+};
+
+struct Quat {
+  float w = 1, x = 0, y = 0, z = 0;
+  // Rotation of `radians` about the unit axis (ax, ay, az).
+  static Quat AxisAngle(float ax, float ay, float az, float radians);
+  Quat operator*(const Quat& q) const;
+  Quat Normalized() const;
+};
+
+// Column-major 4x4 matrix: m[col * 4 + row].
+struct Mat4 {
+  float m[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+  static Mat4 FromTrs(const Vec3& t, const Quat& r, float s);
+  Mat4 operator*(const Mat4& b) const;
+  Vec3 Translation() const { return {m[12], m[13], m[14]}; }
+  // Applies the matrix to a point.
+  Vec3 TransformPoint(const Vec3& p) const;
+};
+
+// One entity's local transform, relative to its parent (or the world).
+struct LocalTransform {
+  Vec3 position;
+  Quat rotation;
+  float scale = 1;
+  Entity parent = Entity::Null();
+};
+
+// Local transforms in SoA columns, with a checked hierarchy.
+class Transforms {
+ public:
+  enum Column { kPosition = 0, kRotation = 1, kScale = 2, kParent = 3 };
+  using Store = SoaStore<Vec3, Quat, float, Entity>;
+
+  // Adds `e`. InvalidArgument if t.parent is `e` itself, NotFound if t.parent
+  // is not null and has no transform (add parents first), and the store's
+  // errors (null entity, already present). Parents added first cannot form
+  // a cycle.
+  absl::Status Add(Entity e, const LocalTransform& t);
+  // Removes `e`. Its children keep naming it and become roots until they
+  // are given another parent. NotFound if absent.
+  absl::Status Remove(Entity e);
+  // Re-parents `child` (Entity::Null(): a root). NotFound for an absent
+  // child or parent, InvalidArgument naming both if `parent` is `child` or
+  // one of its descendants (a cycle).
+  absl::Status SetParent(Entity child, Entity parent);
+
+  const Store& store() const { return store_; }
+  // The columns, for systems that change local transforms in place (not
+  // the parent column: use SetParent).
+  std::span<Vec3> positions() { return store_.column<kPosition>(); }
+  std::span<Quat> rotations() { return store_.column<kRotation>(); }
+  std::span<float> scales() { return store_.column<kScale>(); }
+  size_t size() const { return store_.size(); }
+  // Changes whenever the dense order or any parent changes.
+  uint64_t hierarchy_version() const {
+    return store_.version() + parent_changes_;
+  }
+
+ private:
+  Store store_;
+  uint64_t parent_changes_ = 0;
+};
+
+// The entities of a Transforms sorted parent before child: by depth, then
+// by dense slot. Level d holds the entities of depth d (roots: 0) at
+// positions [level_begin(d), level_begin(d + 1)).
+class HierarchyOrder {
+ public:
+  // Rebuilds if `tf` changed since the last call (hierarchy_version()).
+  // Internal error if a cycle is found (Transforms prevents them).
+  absl::Status Update(const Transforms& tf);
+
+  size_t size() const { return slot_.size(); }
+  // The dense slot of the entity at position k.
+  uint32_t slot(size_t k) const { return slot_[k]; }
+  // The position of the parent of the entity at position k, or -1 (root).
+  int32_t parent_position(size_t k) const { return parent_pos_[k]; }
+  size_t levels() const { return level_begin_.size() - 1; }
+  size_t level_begin(size_t d) const { return level_begin_[d]; }
+  // The position of `e`, or NotFound.
+  absl::StatusOr<size_t> PositionOf(const Transforms& tf, Entity e) const;
+
+ private:
+  uint64_t version_ = UINT64_MAX;
+  std::vector<uint32_t> slot_;
+  std::vector<int32_t> parent_pos_;
+  std::vector<uint32_t> position_of_slot_;
+  std::vector<size_t> level_begin_ = {0};
+};
+
+// A FrameallocComponent: one T per item for one frame, in one segment per
+// node (each allocated and first touched by a job on its node) from the
+// memory policy: frame arenas (ArenaMemory) or the heap (HeapMemory).
+// Valid until the frame's memory is released (arena variants) or the column
+// is destroyed or Allocated again (heap).
+template <typename T, typename Mem>
+class FrameColumn {
+ public:
+  // Allocates n value-initialized Ts homed as exec.Partition(n) says.
+  absl::Status Allocate(const FrameExecutor& exec, size_t n) {
+    segments_.clear();
+    homes_ = exec.Partition(n);
+    for (const jobs::NodeRange& r : homes_.ranges()) {
+      segments_.push_back(Segment{r.begin, r.end, nullptr, std::nullopt});
+    }
+    // One chunk per node range (grain n): the job on the range's node
+    // allocates the segment from its own arena.
+    return exec.ForRange(homes_, 0, n, n == 0 ? 1 : n,
+                         [this](const Lane& lane, size_t b, size_t e) {
+                           for (Segment& s : segments_) {
+                             if (s.begin == b) {
+                               Mem mem = Mem::From(lane);
+                               s.storage.emplace(mem.template MakeVec<T>());
+                               s.storage->resize(e - b);
+                               s.data = s.storage->data();
+                             }
+                           }
+                         });
+  }
+
+  size_t size() const { return homes_.size(); }
+  const jobs::NodePartition& homes() const { return homes_; }
+  T& operator[](size_t i) { return *Locate(i); }
+  const T& operator[](size_t i) const { return *Locate(i); }
+  // The first item of the segment holding i (tests check where memory is).
+  const T* segment_data(size_t i) const { return Locate(i); }
+  // Drops the storage (heap: frees it; arena: forgets it).
+  void Release() {
+    segments_.clear();
+    homes_ = jobs::NodePartition();
+  }
+
+ private:
+  struct Segment {
+    size_t begin, end;
+    T* data;
+    std::optional<typename Mem::template Vec<T>> storage;
+  };
+  T* Locate(size_t i) const {
+    for (const Segment& s : segments_) {
+      if (i < s.end) return s.data + (i - s.begin);
+    }
+    return nullptr;
+  }
+
+  absl::InlinedVector<Segment, 2> segments_;
+  jobs::NodePartition homes_;
+};
+
+// Fills `world` (position k: the entity at order position k) with every
+// entity's world matrix: parent's world times its local TRS, roots' local
+// TRS alone. Level by level; each level split by node in chunks of `grain`.
+// REQUIRES: order is up to date for tf.
+template <typename Mem>
+absl::Status ComputeWorldTransforms(const Transforms& tf,
+                                    const HierarchyOrder& order,
+                                    const FrameExecutor& exec,
+                                    FrameColumn<Mat4, Mem>* world,
+                                    size_t grain = 1024) {
+  absl::Status s = world->Allocate(exec, order.size());
+  if (!s.ok()) return s;
+  const auto pos = tf.store().template column<Transforms::kPosition>();
+  const auto rot = tf.store().template column<Transforms::kRotation>();
+  const auto scl = tf.store().template column<Transforms::kScale>();
+  for (size_t d = 0; d < order.levels(); ++d) {
+    s = exec.ForRange(
+        world->homes(), order.level_begin(d), order.level_begin(d + 1), grain,
+        [&](const Lane&, size_t b, size_t e) {
+          for (size_t k = b; k < e; ++k) {
+            const uint32_t i = order.slot(k);
+            const Mat4 local = Mat4::FromTrs(pos[i], rot[i], scl[i]);
+            const int32_t p = order.parent_position(k);
+            (*world)[k] = p < 0 ? local : (*world)[p] * local;
+          }
+        });
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// The reference: each entity's world matrix by walking up its parent chain
+// (no ordering, no frame memory), in dense-slot order. For tests.
+std::vector<Mat4> ReferenceWorldTransforms(const Transforms& tf);
+
+}  // namespace framealloc::integration::ecs
+
+#endif  // INTEGRATION_ECS_TRANSFORM_H_

@@ -1,0 +1,180 @@
+// The render scenario (see render_scenario.h).
+#include "integration/renderer/render_scenario.h"
+
+#include <cmath>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace framealloc::integration {
+namespace render {
+namespace {
+
+constexpr float kDt = 1.0f / 60.0f;
+
+absl::Status CheckEnv(const sim::FrameEnv& env) {
+  if (sim::UsesRuntime(env.variant) && env.runtime == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("render: FrameEnv.runtime is null for variant ",
+                     std::string(sim::VariantName(env.variant))));
+  }
+  if (env.variant == sim::Variant::kArena && env.arena == nullptr) {
+    return absl::InvalidArgumentError(
+        "render: FrameEnv.arena is null for variant arena");
+  }
+  return absl::OkStatus();
+}
+
+FrameExecutor ExecutorFor(const sim::FrameEnv& env) {
+  if (sim::UsesRuntime(env.variant)) {
+    return FrameExecutor::OnRuntime(env.runtime);
+  }
+  return FrameExecutor::Sequential(
+      env.variant == sim::Variant::kArena ? env.arena : nullptr);
+}
+
+}  // namespace
+
+Camera RenderSimulation::CameraAt(uint64_t frame) {
+  const float t = static_cast<float>(frame) * kDt * 0.2f;
+  Camera c;
+  c.position = {110 * std::cos(t), 30, 110 * std::sin(t)};
+  c.target = {0, 0, 0};
+  c.fov_y = 0.5f;
+  c.far_plane = 150;
+  return c;
+}
+
+absl::Status RenderSimulation::Init(const sim::ScenarioConfig& config,
+                                    const sim::FrameEnv& env) {
+  if (absl::Status s = CheckEnv(env); !s.ok()) return s;
+  const size_t n = config.size == 0 ? kDefaultObjects : config.size;
+  if (n > kMaxObjects) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("render: ScenarioConfig.size = ", n,
+                     " objects is above the limit of ", kMaxObjects));
+  }
+  absl::StatusOr<SceneObjects> scene =
+      MakeScene(n, config.seed, kExtent, kHeight);
+  if (!scene.ok()) return scene.status();
+  if (absl::Status s = scene->Validate(); !s.ok()) return s;
+  scene_ = *std::move(scene);
+  const int lanes = ExecutorFor(env).lanes();
+  if (sim::UsesArena(env.variant)) {
+    auto r = FrameRenderer<ArenaMemory>::Create(lanes, n);
+    if (!r.ok()) return r.status();
+    arena_ = *std::move(r);
+  } else {
+    auto r = FrameRenderer<HeapMemory>::Create(lanes, n);
+    if (!r.ok()) return r.status();
+    heap_ = *std::move(r);
+  }
+  variant_ = env.variant;
+  initialized_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status RenderSimulation::Step(const sim::FrameEnv& env) {
+  if (absl::Status s = CheckEnv(env); !s.ok()) return s;
+  if (!initialized_) {
+    return absl::FailedPreconditionError("render: Step before Init");
+  }
+  if (env.variant != variant_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "render: Step with variant ",
+        std::string(sim::VariantName(env.variant)), "; Init was given ",
+        std::string(sim::VariantName(variant_))));
+  }
+  if (arena_ != nullptr) return RunFrame(env, *arena_);
+  return RunFrame(env, *heap_);
+}
+
+template <typename Mem>
+absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
+                                        FrameRenderer<Mem>& r) {
+  const FrameExecutor exec = ExecutorFor(env);
+  const uint64_t frame = frame_;
+  absl::Status s = exec.ForRange(scene_.size(), 4096,
+                                 [this](const Lane&, size_t b, size_t e) {
+                                   scene_.Advance(b, e, kDt, kExtent, kHeight);
+                                 });
+  if (!s.ok()) return s;
+  absl::StatusOr<Frustum> frustum = Frustum::FromCamera(CameraAt(frame));
+  if (!frustum.ok()) return frustum.status();
+  if (s = r.BeginFrame(frame, exec); !s.ok()) return s;
+
+  // The GPU reads frame - 1 while this frame is recorded: a job next to the
+  // recording jobs on a runtime; afterwards on one thread.
+  std::optional<absl::StatusOr<GpuResult>> gpu;
+  jobs::JobHandle<absl::StatusOr<GpuResult>> gpu_job;
+  if (frame > 0 && exec.runtime() != nullptr) {
+    gpu_job =
+        exec.runtime()->Submit([&r, frame] { return r.Consume(frame - 1); },
+                               jobs::SubmitOptions().named("gpu"));
+  }
+  s = r.Record(exec, scene_, *frustum);
+  if (gpu_job.valid()) {
+    absl::Status waited = gpu_job.Wait();
+    if (!waited.ok()) return waited;
+    gpu.emplace(std::move(gpu_job.value()));
+  } else if (frame > 0) {
+    gpu.emplace(r.Consume(frame - 1));
+  }
+  if (!s.ok()) return s;
+  last_ = RenderFrameStats();
+  if (gpu.has_value()) {
+    if (!gpu->ok()) return gpu->status();
+    const GpuResult& g = **gpu;
+    const uint64_t fold[3] = {g.frame, g.draws, g.digest};
+    digest_ = sim::HashBytes(fold, sizeof(fold), digest_);
+    draws_ += g.draws;
+    last_.gpu = g;
+  }
+  const int slot = static_cast<int>(frame % 2);
+  last_.recorded = r.slot_stats(slot);
+  last_.slot_bytes[0] = r.slot_arena_bytes(slot);
+  last_.slot_bytes[1] = r.slot_arena_bytes(1 - slot);
+  if (s = r.Submit(); !s.ok()) return s;
+  ++frame_;
+  return absl::OkStatus();
+}
+
+uint64_t RenderSimulation::StateHash() const {
+  uint64_t h = sim::HashBytes(&frame_, sizeof(frame_));
+  h = sim::HashBytes(&digest_, sizeof(digest_), h);
+  h = sim::HashBytes(&draws_, sizeof(draws_), h);
+  for (const std::vector<float>* column :
+       {&scene_.x, &scene_.y, &scene_.z, &scene_.vx, &scene_.vy, &scene_.vz}) {
+    h = sim::HashBytes(column->data(), column->size() * sizeof(float), h);
+  }
+  return h;
+}
+
+size_t RenderSimulation::WorkingSetBytes() const {
+  // The scene's columns, and two frames of draws: a command, about 160
+  // bytes of uniforms and (a quarter of them) 28 vertices, for the ~30% of
+  // objects in view.
+  const size_t n = scene_.size();
+  const size_t scene = n * (7 * sizeof(float) + 3 * sizeof(uint16_t) + 1);
+  const size_t per_draw =
+      sizeof(DrawCommand<HeapMemory>) + 160 + 28 * sizeof(Vertex) / 4 + 16;
+  return scene + 2 * (n * 3 / 10) * per_draw;
+}
+
+}  // namespace render
+
+sim::ScenarioInfo RenderScenario() {
+  sim::ScenarioInfo info;
+  info.name = "render";
+  info.description =
+      "renderer: frustum culling, a draw command per visible object with "
+      "uniform and vertex payloads, sort by key, two frames in flight with a "
+      "GPU consumer one frame late";
+  info.allocation_heavy = true;
+  info.default_size = render::RenderSimulation::kDefaultObjects;
+  info.create = [] { return std::make_unique<render::RenderSimulation>(); };
+  return info;
+}
+
+}  // namespace framealloc::integration

@@ -1,0 +1,506 @@
+// Tests of the renderer: sort keys, culling against brute force, recorded
+// command buffers, two frames in flight, and the "render" scenario's
+// determinism across variants, worker counts and a two-node topology.
+#include "integration/renderer/renderer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "alloc/chunk_cache.h"
+#include "alloc/frame_arena.h"
+#include "alloc/memory_source.h"
+#include "benchmarks/scenario.h"
+#include "gtest/gtest.h"
+#include "integration/ecs/frame_memory.h"
+#include "integration/renderer/frame_renderer.h"
+#include "integration/renderer/render_scenario.h"
+#include "jobs/runtime.h"
+#include "numa/topology.h"
+
+namespace framealloc::integration::render {
+namespace {
+
+using sim::Variant;
+
+TEST(SortKeyTest, PassThenMaterialThenDepthThenObject) {
+  // Opaque before transparent, whatever the rest.
+  EXPECT_LT(MakeSortKey(Pass::kOpaque, 4095, 1.0f, 99),
+            MakeSortKey(Pass::kTransparent, 0, 0.0f, 0));
+  // Opaque: material first, then near before far, then the object id.
+  EXPECT_LT(MakeSortKey(Pass::kOpaque, 3, 0.9f, 5),
+            MakeSortKey(Pass::kOpaque, 4, 0.1f, 1));
+  EXPECT_LT(MakeSortKey(Pass::kOpaque, 3, 0.2f, 9),
+            MakeSortKey(Pass::kOpaque, 3, 0.3f, 1));
+  EXPECT_LT(MakeSortKey(Pass::kOpaque, 3, 0.2f, 1),
+            MakeSortKey(Pass::kOpaque, 3, 0.2f, 2));
+  // Transparent: far before near, then material, then the object id.
+  EXPECT_LT(MakeSortKey(Pass::kTransparent, 9, 0.8f, 1),
+            MakeSortKey(Pass::kTransparent, 1, 0.2f, 1));
+  EXPECT_LT(MakeSortKey(Pass::kTransparent, 1, 0.5f, 7),
+            MakeSortKey(Pass::kTransparent, 2, 0.5f, 3));
+  // Depth beyond [0, 1] clamps; the id keeps keys unique.
+  EXPECT_EQ(MakeSortKey(Pass::kOpaque, 1, 2.0f, 3) >> 24,
+            MakeSortKey(Pass::kOpaque, 1, 1.0f, 3) >> 24);
+  EXPECT_NE(MakeSortKey(Pass::kOpaque, 1, 0.5f, 3),
+            MakeSortKey(Pass::kOpaque, 1, 0.5f, 4));
+}
+
+// The frustum test done independently, in double precision, from the
+// camera's definition: inside if within the view angles and the depth range
+// (grown by the radius). Returns the signed margin (negative: outside).
+double BruteForceMargin(const Camera& cam, double x, double y, double z,
+                        double r) {
+  double fx = cam.target.x - cam.position.x, fy = cam.target.y - cam.position.y,
+         fz = cam.target.z - cam.position.z;
+  const double fl = std::sqrt(fx * fx + fy * fy + fz * fz);
+  fx /= fl, fy /= fl, fz /= fl;
+  // right = f x up, u = right x f
+  double rx = fy * cam.up.z - fz * cam.up.y, ry = fz * cam.up.x - fx * cam.up.z,
+         rz = fx * cam.up.y - fy * cam.up.x;
+  const double rl = std::sqrt(rx * rx + ry * ry + rz * rz);
+  rx /= rl, ry /= rl, rz /= rl;
+  const double ux = ry * fz - rz * fy, uy = rz * fx - rx * fz,
+               uz = rx * fy - ry * fx;
+  const double qx = x - cam.position.x, qy = y - cam.position.y,
+               qz = z - cam.position.z;
+  const double d = qx * fx + qy * fy + qz * fz;  // Depth.
+  const double h = qx * rx + qy * ry + qz * rz;  // Horizontal.
+  const double v = qx * ux + qy * uy + qz * uz;  // Vertical.
+  const double ty = std::tan(cam.fov_y / 2.0), tx = ty * cam.aspect;
+  // Distance to each side plane: (t*d -+ h) / sqrt(1 + t^2).
+  const double margins[6] = {(tx * d + h) / std::sqrt(1 + tx * tx) + r,
+                             (tx * d - h) / std::sqrt(1 + tx * tx) + r,
+                             (ty * d + v) / std::sqrt(1 + ty * ty) + r,
+                             (ty * d - v) / std::sqrt(1 + ty * ty) + r,
+                             d - cam.near_plane + r,
+                             cam.far_plane - d + r};
+  return *std::min_element(margins, margins + 6);
+}
+
+TEST(CullingTest, MatchesBruteForce) {
+  absl::StatusOr<SceneObjects> scene = MakeScene(20000, 3, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  for (uint64_t frame : {0u, 40u, 200u}) {
+    const Camera cam = RenderSimulation::CameraAt(frame);
+    absl::StatusOr<Frustum> fr = Frustum::FromCamera(cam);
+    ASSERT_TRUE(fr.ok());
+    size_t inside = 0, checked = 0;
+    for (size_t i = 0; i < scene->size(); ++i) {
+      const double m = BruteForceMargin(cam, scene->x[i], scene->y[i],
+                                        scene->z[i], scene->radius[i]);
+      if (std::abs(m) < 1e-3) continue;  // On a plane: rounding decides.
+      ++checked;
+      const bool expected = m >= 0;
+      EXPECT_EQ(fr->IntersectsSphere({scene->x[i], scene->y[i], scene->z[i]},
+                                     scene->radius[i]),
+                expected)
+          << "object " << i << " margin " << m;
+      inside += expected;
+    }
+    EXPECT_GT(checked, 19900u);
+    // A real cull: some objects in view, many out.
+    EXPECT_GT(inside, 1000u);
+    EXPECT_LT(inside, checked * 3 / 4);
+  }
+}
+
+// A copy of one submitted frame, to compare after the next was recorded.
+struct Snapshot {
+  std::vector<uint64_t> keys;
+  std::vector<std::string> labels;
+  std::vector<std::vector<std::byte>> uniforms;
+  std::vector<std::vector<Vertex>> vertices;
+  uint64_t Digest(uint64_t frame) const {
+    uint64_t h = 0xcbf29ce484222325ull ^ frame;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      h = (h ^ ChecksumDraw(keys[i], uniforms[i].data(), uniforms[i].size(),
+                            vertices[i].data(), vertices[i].size())) *
+          0x100000001b3ull;
+    }
+    return h;
+  }
+};
+
+template <typename Mem>
+Snapshot Take(std::span<const typename FrameRenderer<Mem>::Item> items) {
+  Snapshot s;
+  for (const auto& item : items) {
+    const auto& c = *item.command;
+    s.keys.push_back(c.key);
+    s.labels.emplace_back(c.label.data(), c.label.size());
+    s.uniforms.emplace_back(c.uniforms.begin(), c.uniforms.end());
+    s.vertices.emplace_back(c.vertices.begin(), c.vertices.end());
+  }
+  return s;
+}
+
+template <typename Mem>
+void ExpectEqual(const Snapshot& s,
+                 std::span<const typename FrameRenderer<Mem>::Item> items) {
+  ASSERT_EQ(items.size(), s.keys.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto& c = *items[i].command;
+    if (c.key != s.keys[i] ||
+        std::string(c.label.data(), c.label.size()) != s.labels[i] ||
+        c.uniforms.size() != s.uniforms[i].size() ||
+        !std::equal(c.uniforms.begin(), c.uniforms.end(),
+                    s.uniforms[i].begin()) ||
+        c.vertices.size() != s.vertices[i].size() ||
+        (!c.vertices.empty() &&
+         std::memcmp(c.vertices.data(), s.vertices[i].data(),
+                     c.vertices.size() * sizeof(Vertex)) != 0)) {
+      ++differ;
+    }
+  }
+  EXPECT_EQ(differ, 0u);
+}
+
+template <typename Mem>
+class FrameRendererTest : public ::testing::Test {};
+using Memories = ::testing::Types<HeapMemory, ArenaMemory>;
+TYPED_TEST_SUITE(FrameRendererTest, Memories);
+
+TYPED_TEST(FrameRendererTest, RecordsEveryVisibleObjectSorted) {
+  using Mem = TypeParam;
+  absl::StatusOr<SceneObjects> scene = MakeScene(5000, 9, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const FrameExecutor exec = FrameExecutor::Sequential(&arena);
+  auto r = FrameRenderer<Mem>::Create(1, scene->size());
+  ASSERT_TRUE(r.ok());
+  const Frustum fr = *Frustum::FromCamera(RenderSimulation::CameraAt(0));
+  ASSERT_TRUE((*r)->BeginFrame(0, exec).ok());
+  ASSERT_TRUE((*r)->Record(exec, *scene, fr).ok());
+  ASSERT_TRUE((*r)->Submit().ok());
+  auto items = (*r)->submitted(0);
+  std::set<uint32_t> expected;
+  for (uint32_t i = 0; i < scene->size(); ++i) {
+    if (fr.IntersectsSphere({scene->x[i], scene->y[i], scene->z[i]},
+                            scene->radius[i])) {
+      expected.insert(i);
+    }
+  }
+  ASSERT_EQ(items.size(), expected.size());
+  EXPECT_EQ((*r)->slot_stats(0).draws, expected.size());
+  std::set<uint32_t> drawn;
+  for (size_t k = 0; k < items.size(); ++k) {
+    const auto& c = *items[k].command;
+    if (k > 0) {
+      EXPECT_LT(items[k - 1].key, items[k].key) << k;
+    }
+    EXPECT_EQ(items[k].key, c.key);
+    drawn.insert(c.object);
+    EXPECT_EQ(c.key,
+              MakeSortKey(scene->pass[c.object], scene->material[c.object],
+                          fr.Depth01({scene->x[c.object], scene->y[c.object],
+                                      scene->z[c.object]}),
+                          c.object));
+    EXPECT_EQ(c.uniforms.size(), scene->uniform_floats[c.object] * 4u);
+    EXPECT_EQ(c.vertices.size(), scene->vertex_count[c.object]);
+    float model[16];
+    std::memcpy(model, c.uniforms.data(), sizeof(model));
+    EXPECT_EQ(model[12], scene->x[c.object]);
+    EXPECT_EQ(model[14], scene->z[c.object]);
+    char label[kMaxLabel];
+    const size_t n = FormatDrawLabel(c.object, c.material, c.pass, label);
+    EXPECT_EQ(std::string(c.label.data(), c.label.size()),
+              std::string(label, n));
+  }
+  EXPECT_EQ(drawn, expected);
+  const std::string first(items[0].command->label.data(),
+                          items[0].command->label.size());
+  EXPECT_EQ(first.rfind("draw ", 0), 0u) << first;
+}
+
+TYPED_TEST(FrameRendererTest, FrameStaysIntactWhileTheNextIsRecorded) {
+  using Mem = TypeParam;
+  absl::StatusOr<SceneObjects> scene = MakeScene(6000, 4, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const FrameExecutor exec = FrameExecutor::Sequential(&arena);
+  auto made = FrameRenderer<Mem>::Create(1, scene->size());
+  ASSERT_TRUE(made.ok());
+  FrameRenderer<Mem>& r = **made;
+  auto record = [&](uint64_t f) {
+    scene->Advance(0, scene->size(), 1.0f / 60, 100, 20);
+    ASSERT_TRUE(r.BeginFrame(f, exec).ok());
+    ASSERT_TRUE(r.Record(exec, *scene,
+                         *Frustum::FromCamera(RenderSimulation::CameraAt(f)))
+                    .ok());
+  };
+  record(0);
+  ASSERT_TRUE(r.Submit().ok());
+  arena.Reset();  // The frame's temporaries go; the slot's memory stays.
+  const Snapshot frame0 = Take<Mem>(r.submitted(0));
+  ASSERT_GT(frame0.keys.size(), 100u);
+  const void* first_command = r.submitted(0)[0].command;
+  if constexpr (Mem::kUsesArena) {
+    EXPECT_TRUE(r.slot_owns(0, first_command));
+    EXPECT_GT(r.slot_arena_bytes(0), frame0.keys.size() * 64);
+  } else {
+    EXPECT_FALSE(r.slot_owns(0, first_command));
+    EXPECT_EQ(r.slot_arena_bytes(0), 0u);
+  }
+
+  // Frame 1 is recorded in the other slot: frame 0 is untouched.
+  record(1);
+  ExpectEqual<Mem>(frame0, r.submitted(0));
+  EXPECT_EQ(r.slot_state(0), SlotState::kSubmitted);
+  absl::StatusOr<GpuResult> gpu = r.Consume(0);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_EQ(gpu->draws, frame0.keys.size());
+  EXPECT_EQ(gpu->digest, frame0.Digest(0));
+  EXPECT_EQ(r.Consume(0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(r.Submit().ok());
+  arena.Reset();
+
+  // Frame 2 reuses slot 0: frame 0 is released first.
+  record(2);
+  EXPECT_EQ(r.slot_frame(0), 2u);
+  EXPECT_NE(static_cast<const void*>(r.submitted(2)[0].command), nullptr);
+  EXPECT_TRUE(r.submitted(0).empty());
+  ASSERT_TRUE(r.Submit().ok());
+  arena.Reset();
+  // Frame 1 was never consumed: its slot cannot be reused for frame 3.
+  absl::Status busy = r.BeginFrame(3, exec);
+  EXPECT_EQ(busy.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(busy.message().find("frame 1 is still in flight"),
+            std::string::npos)
+      << busy;
+  EXPECT_EQ(r.slot_state(1), SlotState::kSubmitted);
+  ASSERT_TRUE(r.Consume(1).ok());
+  ASSERT_TRUE(r.BeginFrame(3, exec).ok());
+  // Frame 1's memory is gone with it.
+  EXPECT_TRUE(r.submitted(1).empty());
+  if constexpr (Mem::kUsesArena) {
+    EXPECT_EQ(r.slot_arena_bytes(1), 0u);
+  }
+}
+
+TEST(FrameRendererMisuseTest, OutOfOrderCallsAreClearStatuses) {
+  absl::StatusOr<SceneObjects> scene = MakeScene(100, 1, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  const FrameExecutor exec = FrameExecutor::Sequential(nullptr);
+  EXPECT_EQ(FrameRenderer<HeapMemory>::Create(0, 10).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto r = *FrameRenderer<HeapMemory>::Create(1, scene->size());
+  const Frustum fr = *Frustum::FromCamera(Camera());
+  EXPECT_EQ(r->Record(exec, *scene, fr).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r->Submit().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r->BeginFrame(5, exec).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(r->BeginFrame(0, exec).ok());
+  EXPECT_EQ(r->BeginFrame(1, exec).code(),
+            absl::StatusCode::kFailedPrecondition);
+  absl::StatusOr<SceneObjects> other = MakeScene(50, 1, 100, 20);
+  absl::Status size = r->Record(exec, *other, fr);
+  EXPECT_EQ(size.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(size.message().find("50 objects"), std::string::npos) << size;
+  EXPECT_EQ(r->Consume(0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(InputTest, BadCamerasAndScenesNameTheField) {
+  Camera c;
+  c.fov_y = 0;
+  EXPECT_NE(c.Validate().message().find("Camera.fov_y"), std::string::npos);
+  c = Camera();
+  c.near_plane = 10;
+  c.far_plane = 5;
+  EXPECT_NE(c.Validate().message().find("near_plane"), std::string::npos);
+  c = Camera();
+  c.target = c.position;
+  EXPECT_EQ(Frustum::FromCamera(c).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  c = Camera();
+  c.up = {0, 0, -1};  // Parallel to the view direction.
+  EXPECT_NE(c.Validate().message().find("Camera.up"), std::string::npos);
+  c = Camera();
+  c.aspect = std::nanf("");
+  EXPECT_EQ(c.Validate().code(), absl::StatusCode::kInvalidArgument);
+
+  SceneObjects s = *MakeScene(10, 1, 100, 20);
+  ASSERT_TRUE(s.Validate().ok());
+  s.material[3] = kMaxMaterials;
+  EXPECT_NE(s.Validate().message().find("SceneObjects.material[3]"),
+            std::string::npos);
+  s = *MakeScene(10, 1, 100, 20);
+  s.uniform_floats[2] = 8;
+  EXPECT_NE(s.Validate().message().find("uniform_floats[2]"),
+            std::string::npos);
+  s = *MakeScene(10, 1, 100, 20);
+  s.vz.pop_back();
+  EXPECT_NE(s.Validate().message().find("SceneObjects.vz"), std::string::npos);
+  EXPECT_EQ(MakeScene(size_t{kMaxObjects} + 1, 1, 1, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// ---- The scenario ----------------------------------------------------------
+
+std::unique_ptr<jobs::Runtime> MakeRuntime(
+    int workers, bool two_nodes, std::unique_ptr<numa::Topology>* topology) {
+  jobs::Config config;
+  if (two_nodes) {
+    auto t = numa::Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
+    EXPECT_TRUE(t.ok()) << t.status();
+    *topology = *std::move(t);
+    config.set_topology(topology->get()).set_workers_per_node(1);
+  } else {
+    config.set_workers_per_node(workers).set_pinning(
+        jobs::PinningPolicy::kNone);
+  }
+  auto rt = jobs::Runtime::Create(config);
+  EXPECT_TRUE(rt.ok()) << rt.status();
+  return *std::move(rt);
+}
+
+struct DriveResult {
+  uint64_t hash = 0;
+  std::vector<uint64_t> gpu_digests;
+  std::vector<RenderFrameStats> frames;
+  std::vector<size_t> temp_bytes;  // Frame temporaries in frame arenas.
+  bool commands_in_slot_arenas = false;
+};
+
+DriveResult Drive(Variant variant, jobs::Runtime* rt, size_t size, int frames) {
+  DriveResult out;
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  sim::FrameEnv env;
+  env.variant = variant;
+  env.runtime = sim::UsesRuntime(variant) ? rt : nullptr;
+  env.arena = variant == Variant::kArena ? &arena : nullptr;
+  RenderSimulation scenario;
+  absl::Status s = scenario.Init({.seed = 11, .size = size}, env);
+  EXPECT_TRUE(s.ok()) << s;
+  for (int f = 0; f < frames; ++f) {
+    if (env.runtime != nullptr) {
+      EXPECT_TRUE(rt->BeginFrame().ok());
+    }
+    s = scenario.Step(env);
+    EXPECT_TRUE(s.ok()) << s;
+    if (env.runtime != nullptr) {
+      EXPECT_TRUE(rt->EndFrame().ok());
+      out.temp_bytes.push_back(rt->frame_history().back().arena_bytes);
+    } else {
+      out.temp_bytes.push_back(arena.stats().bytes_requested);
+      arena.Reset();
+    }
+    out.frames.push_back(scenario.last_frame());
+    if (scenario.last_frame().gpu.has_value()) {
+      out.gpu_digests.push_back(scenario.last_frame().gpu->digest);
+    }
+    if (FrameRenderer<ArenaMemory>* r = scenario.arena_renderer()) {
+      auto items = r->submitted(f);
+      out.commands_in_slot_arenas =
+          !items.empty() && r->slot_owns(f % 2, items[0].command) &&
+          r->slot_owns(f % 2, items.back().command->uniforms.data());
+    }
+  }
+  out.hash = scenario.StateHash();
+  return out;
+}
+
+TEST(RenderScenarioTest, IdenticalAcrossVariantsAndWorkerCounts) {
+  constexpr size_t kSize = 8000;
+  constexpr int kFrames = 5;
+  const DriveResult reference = Drive(Variant::kHeap, nullptr, kSize, kFrames);
+  ASSERT_EQ(reference.gpu_digests.size(), kFrames - 1u);
+  const DriveResult arena = Drive(Variant::kArena, nullptr, kSize, kFrames);
+  EXPECT_EQ(arena.hash, reference.hash);
+  EXPECT_EQ(arena.gpu_digests, reference.gpu_digests);
+  for (int workers : {1, 2}) {
+    std::unique_ptr<numa::Topology> unused;
+    auto rt = MakeRuntime(workers, false, &unused);
+    for (Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+      const DriveResult run = Drive(v, rt.get(), kSize, kFrames);
+      EXPECT_EQ(run.hash, reference.hash)
+          << sim::VariantName(v) << " on " << workers << " workers";
+      EXPECT_EQ(run.gpu_digests, reference.gpu_digests);
+    }
+  }
+  std::unique_ptr<numa::Topology> topology;
+  auto two = MakeRuntime(0, /*two_nodes=*/true, &topology);
+  ASSERT_EQ(two->num_nodes(), 2);
+  for (Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+    EXPECT_EQ(Drive(v, two.get(), kSize, kFrames).hash, reference.hash)
+        << sim::VariantName(v) << " on two nodes";
+  }
+  // Another seed, another state: the hash sees what the GPU read.
+  RenderSimulation other;
+  ASSERT_TRUE(other.Init({.seed = 12, .size = kSize}, {}).ok());
+  for (int f = 0; f < kFrames; ++f) ASSERT_TRUE(other.Step({}).ok());
+  EXPECT_NE(other.StateHash(), reference.hash);
+}
+
+TEST(RenderScenarioTest, ArenaVariantsKeepDrawsOnFrameMemory) {
+  constexpr size_t kSize = 6000;
+  const DriveResult heap = Drive(Variant::kHeap, nullptr, kSize, 3);
+  const DriveResult arena = Drive(Variant::kArena, nullptr, kSize, 3);
+  std::unique_ptr<numa::Topology> unused;
+  auto rt = MakeRuntime(2, false, &unused);
+  const DriveResult rt_arena =
+      Drive(Variant::kRuntimeArena, rt.get(), kSize, 3);
+  const DriveResult rt_heap = Drive(Variant::kRuntimeHeap, rt.get(), kSize, 3);
+  for (int f = 0; f < 3; ++f) {
+    const RecordStats& rec = arena.frames[f].recorded;
+    ASSERT_GT(rec.draws, 100u);
+    // The slot holds every payload of the frame...
+    EXPECT_GE(arena.frames[f].slot_bytes[0],
+              rec.uniform_bytes + rec.vertex_bytes);
+    EXPECT_GE(rt_arena.frames[f].slot_bytes[0],
+              rec.uniform_bytes + rec.vertex_bytes);
+    // ...while the previous frame's slot is still held for the GPU.
+    if (f > 0) {
+      EXPECT_GT(arena.frames[f].slot_bytes[1], 0u);
+    }
+    // Temporaries (visible lists, sorted runs) on the frame arenas.
+    EXPECT_GE(arena.temp_bytes[f], rec.draws * 16);
+    EXPECT_GE(rt_arena.temp_bytes[f], rec.draws * 16);
+    // The heap variants hold nothing in frame memory.
+    EXPECT_EQ(heap.frames[f].slot_bytes[0], 0u);
+    EXPECT_EQ(heap.temp_bytes[f], 0u);
+    EXPECT_EQ(rt_heap.frames[f].slot_bytes[0], 0u);
+  }
+  EXPECT_TRUE(arena.commands_in_slot_arenas);
+  EXPECT_TRUE(rt_arena.commands_in_slot_arenas);
+}
+
+TEST(RenderScenarioTest, BadInputIsAClearStatus) {
+  RenderSimulation s;
+  absl::Status big = s.Init({.size = size_t{kMaxObjects} + 1}, {});
+  EXPECT_EQ(big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(big.message().find("ScenarioConfig.size"), std::string::npos);
+  EXPECT_EQ(s.Step({}).code(), absl::StatusCode::kFailedPrecondition);
+  sim::FrameEnv no_arena;
+  no_arena.variant = Variant::kArena;
+  EXPECT_NE(s.Init({.size = 10}, no_arena).message().find("FrameEnv.arena"),
+            std::string::npos);
+  ASSERT_TRUE(s.Init({.size = 100}, {}).ok());
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  sim::FrameEnv other;
+  other.variant = Variant::kArena;
+  other.arena = &arena;
+  absl::Status mismatch = s.Step(other);
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(mismatch.message().find("Init was given heap"), std::string::npos)
+      << mismatch;
+  const sim::ScenarioInfo info = RenderScenario();
+  EXPECT_EQ(info.name, "render");
+  EXPECT_TRUE(info.allocation_heavy);
+  EXPECT_NE(info.create(), nullptr);
+}
+
+}  // namespace
+}  // namespace framealloc::integration::render
