@@ -18,5 +18,9 @@ extern "C" const char* __tsan_default_suppressions() {
          // small-object pool hands from thread to thread inside libtbb.
          "race:tbb::detail::d1::node::node\n"
          "race:tbb::detail::d1::tree_node::tree_node\n"
-         "race:tbb::detail::d1::wait_node::wait_node\n";
+         "race:tbb::detail::d1::wait_node::wait_node\n"
+         // ...and the fold of finished tree nodes, whose reference counts
+         // it reads through std::atomic (libstdc++'s frame is on top), again
+         // in nodes TBB's pool recycles; no user code below it.
+         "race:tbb::detail::d1::fold_tree\n";
 }
