@@ -65,8 +65,8 @@ inline void* AllocateAligned(size_t size, std::align_val_t al) {
 
 HeapCounts ReadHeapCounts() {
   HeapCounts c;
-  const int used = std::min(g_next_slot.load(std::memory_order_relaxed),
-                            kSlots);
+  const int used =
+      std::min(g_next_slot.load(std::memory_order_relaxed), kSlots);
   for (int i = 0; i < used; ++i) {
     c.allocations += g_slots[i].allocations.load(std::memory_order_relaxed);
     c.bytes += g_slots[i].bytes.load(std::memory_order_relaxed);

@@ -170,16 +170,15 @@ absl::Status ParticlesSimulation::Init(const ScenarioConfig& config,
         "particles: size must be in [1, ", kMaxSize, "], got ", n));
   }
   if (UsesRuntime(env.variant) != (env.runtime != nullptr)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("particles: variant ", std::string(VariantName(env.variant)),
-                     UsesRuntime(env.variant) ? " needs" : " takes no",
-                     " runtime"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "particles: variant ", std::string(VariantName(env.variant)),
+        UsesRuntime(env.variant) ? " needs" : " takes no", " runtime"));
   }
   if ((env.variant == Variant::kArena) != (env.arena != nullptr)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("particles: variant ", std::string(VariantName(env.variant)),
-                     env.variant == Variant::kArena ? " needs" : " takes no",
-                     " frame arena"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "particles: variant ", std::string(VariantName(env.variant)),
+        env.variant == Variant::kArena ? " needs" : " takes no",
+        " frame arena"));
   }
   n_ = n;
   blocks_ = (n + kBlock - 1) / kBlock;
@@ -217,10 +216,9 @@ absl::Status ParticlesSimulation::Step(const FrameEnv& env) {
     return absl::FailedPreconditionError("particles: Step before Init");
   }
   if (env.variant != variant_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("particles: initialized for ",
-                     std::string(VariantName(variant_)), ", stepped as ",
-                     std::string(VariantName(env.variant))));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "particles: initialized for ", std::string(VariantName(variant_)),
+        ", stepped as ", std::string(VariantName(env.variant))));
   }
   switch (env.variant) {
     case Variant::kHeap:
@@ -268,19 +266,19 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
 
   // 1. Cell of every particle, and the count per cell.
   const Columns cur = cur_;
-  absl::Status s = ForBlocks(env, kParallel, [&](FrameArena*, size_t bb,
-                                                 size_t be) {
-    for (size_t i = bb * kBlock; i < block_end(be - 1); ++i) {
-      const uint32_t c = CellOf(cur.x[i], cur.y[i], grid);
-      cell[i] = c;
-      if constexpr (kParallel) {
-        std::atomic_ref<uint32_t>(cell_start[c]).fetch_add(
-            1, std::memory_order_relaxed);
-      } else {
-        ++cell_start[c];
-      }
-    }
-  });
+  absl::Status s =
+      ForBlocks(env, kParallel, [&](FrameArena*, size_t bb, size_t be) {
+        for (size_t i = bb * kBlock; i < block_end(be - 1); ++i) {
+          const uint32_t c = CellOf(cur.x[i], cur.y[i], grid);
+          cell[i] = c;
+          if constexpr (kParallel) {
+            std::atomic_ref<uint32_t>(cell_start[c])
+                .fetch_add(1, std::memory_order_relaxed);
+          } else {
+            ++cell_start[c];
+          }
+        }
+      });
   if (!s.ok()) return s;
 
   // 2. Offsets: exclusive prefix sum of the counts.
@@ -407,8 +405,8 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
           const float dy = st.y[k] - yj;
           const float d = std::sqrt(dx * dx + dy * dy);
           const float w = 1.0f - d * inv_r;
-          const float p = stiffness * std::max(rj + t.rho[k] - 2.0f * rho0,
-                                               0.0f);
+          const float p =
+              stiffness * std::max(rj + t.rho[k] - 2.0f * rho0, 0.0f);
           const float push = p * w / (d + 1e-12f);
           fx -= push * dx;
           fy -= push * dy;
@@ -428,8 +426,8 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
   s = ForBlocks(env, kParallel, [&](FrameArena*, size_t bb, size_t be) {
     const size_t first = bb * kBlock;
     const size_t count = block_end(be - 1) - first;
-    IntegrateParticles(st.x + first, st.y + first, st.vx + first,
-                       st.vy + first, fx + first, fy + first, count, params);
+    IntegrateParticles(st.x + first, st.y + first, st.vx + first, st.vy + first,
+                       fx + first, fy + first, count, params);
   });
   const std::chrono::duration<double> pass = Clock::now() - start;
   if (!s.ok()) return s;

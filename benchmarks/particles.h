@@ -94,8 +94,7 @@ class ParticlesSimulation final : public Scenario, public StreamingPass {
   ParticlesSimulation();
   ~ParticlesSimulation() override;
 
-  absl::Status Init(const ScenarioConfig& config,
-                    const FrameEnv& env) override;
+  absl::Status Init(const ScenarioConfig& config, const FrameEnv& env) override;
   absl::Status Step(const FrameEnv& env) override;
   uint64_t StateHash() const override;
   // The state: x, y, vx, vy in two buffers (current and the gather target).

@@ -105,8 +105,7 @@ std::vector<PassBandwidth> Bandwidth(const ScenarioResult& result) {
     b.triad_median_gbps = triad->median_gbps;
     b.triad_best_gbps = triad->best_gbps;
     b.percent_of_triad =
-        triad->median_gbps > 0 ? 100.0 * b.median_gbps / triad->median_gbps
-                               : 0;
+        triad->median_gbps > 0 ? 100.0 * b.median_gbps / triad->median_gbps : 0;
     out.push_back(b);
   };
   add("arena", result.triad_one);
@@ -136,10 +135,11 @@ json RunToJson(const VariantRun& run) {
       {"median_ms", Median(ms)},
       {"p99_ms", Percentile(ms, 0.99)},
       {"mean_ms", Mean(ms)},
-      {"heap_allocations_per_frame",
-       MeanOf(run, [](const FrameRecord& f) {
-         return static_cast<double>(f.heap_allocations);
-       })},
+      {"heap_allocations_per_frame", MeanOf(run,
+                                            [](const FrameRecord& f) {
+                                              return static_cast<double>(
+                                                  f.heap_allocations);
+                                            })},
       {"heap_bytes_per_frame", MeanOf(run,
                                       [](const FrameRecord& f) {
                                         return static_cast<double>(
@@ -153,12 +153,12 @@ json RunToJson(const VariantRun& run) {
       {"frames", frames},
   };
   j["arena_allocations_per_frame"] =
-      ArenaCountKnown(run) ? json(MeanOf(run,
-                                         [](const FrameRecord& f) {
-                                           return static_cast<double>(
-                                               f.arena_allocations);
-                                         }))
-                           : json(nullptr);
+      ArenaCountKnown(run)
+          ? json(MeanOf(run,
+                        [](const FrameRecord& f) {
+                          return static_cast<double>(f.arena_allocations);
+                        }))
+          : json(nullptr);
   if (run.pass.has_value()) {
     j["pass"] = {{"label", run.pass->label},
                  {"bytes_read", run.pass->bytes_read},
@@ -198,9 +198,9 @@ absl::StatusOr<VariantRun> RunFromJson(const json& j) {
   run.state_hash = std::stoull(hash, nullptr, 16);
   for (const json& f : j["frames"]) {
     if (!f.is_object()) return missing("frames[]");
-    for (const char* field : {"ms", "heap_allocations", "heap_bytes",
-                              "arena_allocations", "arena_bytes",
-                              "pass_seconds"}) {
+    for (const char* field :
+         {"ms", "heap_allocations", "heap_bytes", "arena_allocations",
+          "arena_bytes", "pass_seconds"}) {
       if (!f.contains(field) || !f[field].is_number()) return missing(field);
     }
     FrameRecord r;
@@ -317,8 +317,7 @@ std::string FormatScenario(const ScenarioResult& r) {
           &out,
           "  STREAM triad, %d thread(s), 3 x %.1f MiB: %.2f GB/s median, "
           "%.2f GB/s best of %d\n",
-          (*t)->threads,
-          static_cast<double>((*t)->bytes_per_array) / (1 << 20),
+          (*t)->threads, static_cast<double>((*t)->bytes_per_array) / (1 << 20),
           (*t)->median_gbps, (*t)->best_gbps, (*t)->repetitions);
     }
   }
@@ -334,10 +333,9 @@ std::string FormatScenario(const ScenarioResult& r) {
   }
   if (!r.runs.empty()) {
     if (r.states_equal) {
-      absl::StrAppendFormat(&out,
-                            "  state identical in all %d runs: StateHash %s\n",
-                            static_cast<int>(r.runs.size()),
-                            Hex(r.runs[0].state_hash));
+      absl::StrAppendFormat(
+          &out, "  state identical in all %d runs: StateHash %s\n",
+          static_cast<int>(r.runs.size()), Hex(r.runs[0].state_hash));
     } else {
       absl::StrAppendFormat(&out, "  STATE MISMATCH:");
       for (const VariantRun& run : r.runs) {
@@ -470,14 +468,13 @@ std::string RenderSvg(const std::vector<ScenarioResult>& results) {
       kWidth, height);
   double y = 40;
   for (const ScenarioResult& r : results) {
-    const std::string head =
-        absl::StrFormat("%s (size %s)", r.name,
-                        Thousands(static_cast<double>(r.size)));
+    const std::string head = absl::StrFormat(
+        "%s (size %s)", r.name, Thousands(static_cast<double>(r.size)));
     Panel(svg, 70, y + 40, kPanelW, kPanelH, head + ": frame time", "ms",
           r.runs, [](const FrameRecord& f) { return f.ms; });
     Panel(svg, 70 + kPanelW + 190, y + 40, kPanelW, kPanelH,
-          head + ": memory per frame (heap + arena)", "MB",
-          r.runs, [](const FrameRecord& f) {
+          head + ": memory per frame (heap + arena)", "MB", r.runs,
+          [](const FrameRecord& f) {
             return static_cast<double>(f.heap_bytes + f.arena_bytes) / 1e6;
           });
     y += kRow;

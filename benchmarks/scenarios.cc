@@ -32,8 +32,8 @@ absl::StatusOr<std::vector<ScenarioInfo>> FindScenarios(
       std::vector<std::string> names;
       for (const ScenarioInfo& info : all) names.push_back(info.name);
       return absl::InvalidArgumentError(
-          absl::StrCat("scenario: unknown scenario '", name, "' (known: ",
-                       absl::StrJoin(names, ", "), ", all)"));
+          absl::StrCat("scenario: unknown scenario '", name,
+                       "' (known: ", absl::StrJoin(names, ", "), ", all)"));
     }
     wanted.insert(std::string(name));
   }

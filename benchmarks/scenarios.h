@@ -15,10 +15,10 @@
 #ifndef BENCHMARKS_SCENARIOS_H_
 #define BENCHMARKS_SCENARIOS_H_
 
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "benchmarks/scenario.h"
 
 namespace framealloc::sim {

@@ -69,8 +69,8 @@ TEST(ScenariosTest, EveryScenarioReachesTheSameStateInEveryVariant) {
     for (const Case& c : cases) {
       options.topology = c.topology;
       absl::StatusOr<VariantRun> run = RunVariant(info, c.kind, options);
-      ASSERT_TRUE(run.ok()) << info.name << " " << RunKindName(c.kind) << ": "
-                            << run.status();
+      ASSERT_TRUE(run.ok())
+          << info.name << " " << RunKindName(c.kind) << ": " << run.status();
       ASSERT_EQ(run->frames.size(), 4u);
       if (&c == &cases[0]) first = run->state_hash;
       EXPECT_EQ(run->state_hash, first)

@@ -143,7 +143,7 @@ absl::StatusOr<Flags> ReadFlags() {
   f.topology = absl::GetFlag(FLAGS_topology);
   f.seed = absl::GetFlag(FLAGS_seed);
   for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_variants), ',',
-                                           absl::SkipWhitespace())) {
+                                            absl::SkipWhitespace())) {
     if (v == "mimalloc") {
       f.mimalloc = true;
       continue;
@@ -160,9 +160,9 @@ absl::StatusOr<Flags> ReadFlags() {
   }
   f.triad_repetitions = absl::GetFlag(FLAGS_triad_repetitions);
   if (f.triad_repetitions < 0 || f.triad_repetitions > 10000) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--triad_repetitions must be in [0, 10000], got ",
-        f.triad_repetitions));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--triad_repetitions must be in [0, 10000], got ",
+                     f.triad_repetitions));
   }
   f.progress = absl::GetFlag(FLAGS_progress);
   f.child_json = absl::GetFlag(FLAGS_child_json);
@@ -246,8 +246,8 @@ std::string FindMimallocBinary(const char* argv0) {
     candidates.push_back(
         absl::StrCat(runfiles, "/framealloc/benchmarks/simulation_mimalloc"));
   }
-  candidates.push_back(
-      absl::StrCat(argv0, ".runfiles/framealloc/benchmarks/simulation_mimalloc"));
+  candidates.push_back(absl::StrCat(
+      argv0, ".runfiles/framealloc/benchmarks/simulation_mimalloc"));
   std::string a0(argv0);
   if (a0.find('/') != std::string::npos) {
     candidates.push_back(a0.substr(0, a0.rfind('/')) + "/simulation_mimalloc");
@@ -419,7 +419,8 @@ int Main(const char* argv0) {
       }
       progress.Done(static_cast<int>(run->frames.size()));
       run->label = label;
-      if (options.frames == 0) options.frames = static_cast<int>(run->frames.size());
+      if (options.frames == 0)
+        options.frames = static_cast<int>(run->frames.size());
       result.runs.push_back(*std::move(run));
     }
     result.frames = options.frames;
@@ -436,8 +437,8 @@ int Main(const char* argv0) {
         // a fixed count instead.
         result.frames = 20;
       }
-      absl::StatusOr<std::vector<VariantRun>> runs = RunChild(
-          mimalloc_binary, flags, info, result.size, result.frames);
+      absl::StatusOr<std::vector<VariantRun>> runs =
+          RunChild(mimalloc_binary, flags, info, result.size, result.frames);
       if (!runs.ok()) return Fail(runs.status());
       for (VariantRun& r : *runs) result.runs.push_back(std::move(r));
     }
@@ -462,7 +463,8 @@ int Main(const char* argv0) {
       result.triad_all = *all;
     }
     for (const VariantRun& r : result.runs) {
-      if (r.state_hash != result.runs[0].state_hash) result.states_equal = false;
+      if (r.state_hash != result.runs[0].state_hash)
+        result.states_equal = false;
     }
     all_equal = all_equal && result.states_equal;
     std::printf("%s", FormatScenario(result).c_str());
@@ -483,8 +485,7 @@ int Main(const char* argv0) {
       {"nodes", topology->num_nodes()},
       {"pus", topology->pus().size()},
       {"workers", flags.workers},
-      {"seconds",
-       std::chrono::duration<double>(Clock::now() - start).count()},
+      {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
       {"scenarios", nlohmann::json::array()},
   };
   for (const ScenarioResult& r : results) {

@@ -16,7 +16,6 @@
 #include "benchmarks/heap_counter.h"
 #include "jobs/parallel.h"
 
-
 namespace framealloc::sim {
 namespace {
 
@@ -53,10 +52,10 @@ absl::StatusOr<RunKind> ParseRunKind(absl::string_view name) {
                     RunKind::kRuntimeArena, RunKind::kRuntimeArenaOneWorker}) {
     if (name == RunKindName(k)) return k;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown variant '", name,
-      "' (expected heap, arena, runtime-heap, runtime-arena, "
-      "runtime-arena-1w)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown variant '", name,
+                   "' (expected heap, arena, runtime-heap, runtime-arena, "
+                   "runtime-arena-1w)"));
 }
 
 std::vector<double> VariantRun::FrameMs() const {
@@ -71,8 +70,9 @@ std::string BinaryAllocatorName() {
   // mi_malloc: the same address.
   void* mi = dlsym(RTLD_DEFAULT, "mi_malloc");
   if (mi == nullptr) return "glibc";
-  return dlsym(RTLD_DEFAULT, "malloc") == mi ? "mimalloc"
-                                               : "mimalloc (not replacing malloc)";
+  return dlsym(RTLD_DEFAULT, "malloc") == mi
+             ? "mimalloc"
+             : "mimalloc (not replacing malloc)";
 }
 
 absl::StatusOr<std::unique_ptr<jobs::Runtime>> MakeRuntime(
@@ -130,9 +130,8 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
       discovered = *std::move(t);
       topology = discovered.get();
     }
-    absl::StatusOr<std::unique_ptr<jobs::Runtime>> rt =
-        MakeRuntime(topology, options.workers,
-                    kind == RunKind::kRuntimeArenaOneWorker);
+    absl::StatusOr<std::unique_ptr<jobs::Runtime>> rt = MakeRuntime(
+        topology, options.workers, kind == RunKind::kRuntimeArenaOneWorker);
     if (!rt.ok()) return rt.status();
     runtime = *std::move(rt);
     env.runtime = runtime.get();
@@ -235,8 +234,8 @@ absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
       StreamTriad(a.data(), b.data(), c.data(), kScalar, n);
       gbps.push_back(bytes / Seconds(Clock::now() - start) / 1e9);
     }
-    correct = a[0] == kExpected && a[n / 2] == kExpected &&
-              a[n - 1] == kExpected;
+    correct =
+        a[0] == kExpected && a[n / 2] == kExpected && a[n - 1] == kExpected;
   } else {
     const jobs::NodePartition part = runtime->Partition(n);
     auto a = jobs::NodeArray<double>::Create(*runtime, part);
