@@ -57,7 +57,9 @@ void IntegrateParticles(float* __restrict x, float* __restrict y,
 
 namespace {
 
-// Temporaries on the heap: std::vector with std::allocator (new/delete).
+// Temporaries on the heap: arrays from new[] (uninitialized, like the
+// arena's), growing lists as std::vector; freed one by one at the end of
+// the frame.
 struct HeapTemps {
   static constexpr bool kArena = false;
   template <typename T>
@@ -66,10 +68,18 @@ struct HeapTemps {
   static Alloc<T> Make(FrameArena*) {
     return {};
   }
+  // An uninitialized array, owned by `owned` until the frame's end.
+  template <typename T>
+  static T* Array(FrameArena*, size_t n,
+                  std::vector<std::unique_ptr<T[]>>& owned) {
+    owned.emplace_back(new T[n]);
+    return owned.back().get();
+  }
 };
 
-// Temporaries on a frame arena: std::vector with ArenaAllocator; nothing
-// is freed one by one, the arena drops everything at the frame's end.
+// Temporaries on a frame arena: arrays and std::vectors with
+// ArenaAllocator; nothing is freed one by one, the arena drops everything
+// at the frame's end.
 struct ArenaTemps {
   static constexpr bool kArena = true;
   template <typename T>
@@ -77,6 +87,11 @@ struct ArenaTemps {
   template <typename T>
   static Alloc<T> Make(FrameArena* arena) {
     return Alloc<T>(arena);
+  }
+  template <typename T>
+  static T* Array(FrameArena* arena, size_t n,
+                  std::vector<std::unique_ptr<T[]>>&) {
+    return arena->AllocateArray<T>(n);
   }
 };
 
@@ -87,37 +102,44 @@ struct NeighbourList {
   const uint32_t* items = nullptr;
 };
 
-// The frame-wide temporaries of one frame.
+// The frame-wide temporaries of one frame: uninitialized arrays (every
+// element is written before it is read), except the cell counts.
 template <typename Temps>
 struct FrameTemps {
   template <typename T>
   using Vec = std::vector<T, typename Temps::template Alloc<T>>;
 
-  FrameTemps(FrameArena* arena, size_t n, size_t cells, size_t blocks)
-      : cell(n, 0, Temps::template Make<uint32_t>(arena)),
-        order(n, 0, Temps::template Make<uint32_t>(arena)),
-        sorted_cell(n, 0, Temps::template Make<uint32_t>(arena)),
-        cell_start(cells + 1, 0, Temps::template Make<uint32_t>(arena)),
-        cursor(cells, 0, Temps::template Make<uint32_t>(arena)),
-        rho(n, 0.0f, Temps::template Make<float>(arena)),
-        fx(n, 0.0f, Temps::template Make<float>(arena)),
-        fy(n, 0.0f, Temps::template Make<float>(arena)),
-        lists(blocks, NeighbourList{},
-              Temps::template Make<NeighbourList>(arena)),
-        entries(blocks, 0, Temps::template Make<uint64_t>(arena)) {
+  FrameTemps(FrameArena* arena, size_t n, size_t cells, size_t blocks) {
+    cell = Temps::Array(arena, n, owned_u32);
+    order = Temps::Array(arena, n, owned_u32);
+    sorted_cell = Temps::Array(arena, n, owned_u32);
+    cell_start = Temps::Array(arena, cells + 1, owned_u32);
+    cursor = Temps::Array(arena, cells, owned_u32);
+    rho = Temps::Array(arena, n, owned_f32);
+    fx = Temps::Array(arena, n, owned_f32);
+    fy = Temps::Array(arena, n, owned_f32);
+    lists = Temps::Array(arena, blocks, owned_lists);
+    entries = Temps::Array(arena, blocks, owned_u64);
+    std::memset(cell_start, 0, (cells + 1) * sizeof(uint32_t));
     if constexpr (!Temps::kArena) owners.resize(2 * blocks);
   }
 
-  Vec<uint32_t> cell;         // Cell of each particle (state order).
-  Vec<uint32_t> order;        // Particle indices in cell order.
-  Vec<uint32_t> sorted_cell;  // Cell of each particle (cell order).
-  Vec<uint32_t> cell_start;   // Counts, then offsets (cells + 1).
-  Vec<uint32_t> cursor;       // Scatter positions per cell.
-  Vec<float> rho, fx, fy;     // Density and force (cell order).
-  Vec<NeighbourList> lists;   // One per block.
-  Vec<uint64_t> entries;      // Neighbour entries per block.
-  // Heap variants: the blocks' list buffers, kept alive until the frame's
-  // end (arena lists live in the arena).
+  uint32_t* cell;         // Cell of each particle (state order).
+  uint32_t* order;        // Particle indices in cell order.
+  uint32_t* sorted_cell;  // Cell of each particle (cell order).
+  uint32_t* cell_start;   // Counts, then offsets (cells + 1).
+  uint32_t* cursor;       // Scatter positions per cell.
+  float* rho;             // Density (cell order).
+  float* fx;              // Force (cell order).
+  float* fy;
+  NeighbourList* lists;  // One per block.
+  uint64_t* entries;     // Neighbour entries per block.
+  // Heap variants: the owners of the arrays, and the blocks' list buffers,
+  // kept until the frame's end (arena memory lives in the arena).
+  std::vector<std::unique_ptr<uint32_t[]>> owned_u32;
+  std::vector<std::unique_ptr<float[]>> owned_f32;
+  std::vector<std::unique_ptr<NeighbourList[]>> owned_lists;
+  std::vector<std::unique_ptr<uint64_t[]>> owned_u64;
   struct None {};
   std::conditional_t<Temps::kArena, None, std::vector<std::vector<uint32_t>>>
       owners;
@@ -257,11 +279,11 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
     frame.emplace(env.arena, n, cells, blocks_);
   }
   Frame& t = *frame;
-  uint32_t* const cell = t.cell.data();
-  uint32_t* const order = t.order.data();
-  uint32_t* const sorted_cell = t.sorted_cell.data();
-  uint32_t* const cell_start = t.cell_start.data();
-  uint32_t* const cursor = t.cursor.data();
+  uint32_t* const cell = t.cell;
+  uint32_t* const order = t.order;
+  uint32_t* const sorted_cell = t.sorted_cell;
+  uint32_t* const cell_start = t.cell_start;
+  uint32_t* const cursor = t.cursor;
   auto block_end = [n](size_t b) { return std::min((b + 1) * kBlock, n); };
 
   // 1. Cell of every particle, and the count per cell.
@@ -419,8 +441,8 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
   if (!s.ok()) return s;
 
   // 7. The streaming pass, timed.
-  const float* fx = t.fx.data();
-  const float* fy = t.fy.data();
+  const float* fx = t.fx;
+  const float* fy = t.fy;
   const ParticleParams params = params_;
   const Clock::time_point start = Clock::now();
   s = ForBlocks(env, kParallel, [&](FrameArena*, size_t bb, size_t be) {

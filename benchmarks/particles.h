@@ -15,12 +15,12 @@
 //   6. integrates: the streaming pass over x, y, vx, vy, fx, fy (timed, for
 //      the bandwidth report; see LastPass()).
 // Every per-frame temporary (cell ids, counts/offsets, the sorted indices,
-// densities, forces, the neighbour lists) comes from the heap
-// (std::vector) in the heap variants and from frame arenas in the arena
-// variants: env.arena on one thread, and in kRuntimeArena each job's
-// JobContext::arena() (the frame-wide arrays from the arena of one job on
-// node 0, valid for every job until EndFrame). Runtime variants split the
-// particles, in fixed blocks of kBlock, over the nodes
+// densities, forces, the neighbour lists) comes from the heap (new[] for
+// the arrays, std::vector for the growing lists) in the heap variants and from
+// frame arenas in the arena variants: env.arena on one thread, and in
+// kRuntimeArena each job's JobContext::arena() (the frame-wide arrays from the
+// arena of one job on node 0, valid for every job until EndFrame). Runtime
+// variants split the particles, in fixed blocks of kBlock, over the nodes
 // (Runtime::Partition of the blocks) and run every pass with
 // Runtime::ParallelFor; the state is first touched by its home node's jobs.
 // Not for: physical accuracy.
