@@ -360,6 +360,7 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
   const float r = params_.radius;
   const float r2 = r * r;
   const float inv_r = 1.0f / r;
+  const float inv_r2 = 1.0f / r2;
   s = ForBlocks(env, kParallel, [&](FrameArena* arena, size_t bb, size_t be) {
     for (size_t b = bb; b < be; ++b) {
       const size_t first = b * kBlock;
@@ -369,27 +370,32 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
       typename Frame::template Vec<uint32_t> items(
           Temps::template Make<uint32_t>(arena));
       starts.reserve(end - first + 1);
+      // About eight neighbours each: one growth at most, typically none.
+      items.reserve((end - first) * 10);
       starts.push_back(0);
+      const float* __restrict xs = st.x;
+      const float* __restrict ys = st.y;
+      const uint32_t* __restrict cs = cell_start;
       for (size_t j = first; j < end; ++j) {
-        const float xj = st.x[j];
-        const float yj = st.y[j];
+        const float xj = xs[j];
+        const float yj = ys[j];
         const int cx = static_cast<int>(sorted_cell[j] % grid);
         const int cy = static_cast<int>(sorted_cell[j] / grid);
         float rho = 1.0f;
         for (int y = std::max(cy - 1, 0); y <= std::min(cy + 1, grid - 1);
              ++y) {
           const size_t row = static_cast<size_t>(y) * grid;
-          const uint32_t k_begin = cell_start[row + std::max(cx - 1, 0)];
-          const uint32_t k_end = cell_start[row + std::min(cx + 1, grid - 1) +
-                                            1];  // 3 adjacent cells.
+          const uint32_t k_begin = cs[row + std::max(cx - 1, 0)];
+          // The 3 adjacent cells of the row are contiguous in cell order.
+          const uint32_t k_end = cs[row + std::min(cx + 1, grid - 1) + 1];
           for (uint32_t k = k_begin; k < k_end; ++k) {
             if (k == j) continue;
-            const float dx = st.x[k] - xj;
-            const float dy = st.y[k] - yj;
+            const float dx = xs[k] - xj;
+            const float dy = ys[k] - yj;
             const float d2 = dx * dx + dy * dy;
             if (d2 < r2) {
               items.push_back(k);
-              const float w = 1.0f - std::sqrt(d2) * inv_r;
+              const float w = 1.0f - d2 * inv_r2;
               rho += w * w;
             }
           }
@@ -415,26 +421,29 @@ absl::Status ParticlesSimulation::StepImpl(const FrameEnv& env) {
     for (size_t b = bb; b < be; ++b) {
       const NeighbourList list = t.lists[b];
       const size_t first = b * kBlock;
+      const float* __restrict xs = st.x;
+      const float* __restrict ys = st.y;
+      const float* __restrict rho = t.rho;
+      float* __restrict fxs = t.fx;
+      float* __restrict fys = t.fy;
       for (size_t j = first; j < block_end(b); ++j) {
-        const float xj = st.x[j];
-        const float yj = st.y[j];
-        const float rj = t.rho[j];
+        const float xj = xs[j];
+        const float yj = ys[j];
+        const float rj = rho[j];
         float fx = 0.0f, fy = 0.0f;
         for (uint32_t e = list.starts[j - first];
              e < list.starts[j - first + 1]; ++e) {
           const uint32_t k = list.items[e];
-          const float dx = st.x[k] - xj;
-          const float dy = st.y[k] - yj;
-          const float d = std::sqrt(dx * dx + dy * dy);
-          const float w = 1.0f - d * inv_r;
-          const float p =
-              stiffness * std::max(rj + t.rho[k] - 2.0f * rho0, 0.0f);
-          const float push = p * w / (d + 1e-12f);
+          const float dx = xs[k] - xj;
+          const float dy = ys[k] - yj;
+          const float w = 1.0f - (dx * dx + dy * dy) * inv_r2;
+          const float p = stiffness * std::max(rj + rho[k] - 2.0f * rho0, 0.0f);
+          const float push = p * w * inv_r;
           fx -= push * dx;
           fy -= push * dy;
         }
-        t.fx[j] = fx;
-        t.fy[j] = fy;
+        fxs[j] = fx;
+        fys[j] = fy;
       }
     }
   });

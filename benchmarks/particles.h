@@ -10,8 +10,11 @@
 //   3. gathers the state into cell order (so neighbours sit together in
 //      memory; the state stays sorted from frame to frame);
 //   4. builds every particle's neighbour list (indices within the radius,
-//      from the 3x3 cells around it) and its density;
-//   5. computes a pressure force per particle from its neighbour list;
+//      from the 3x3 cells around it) and its density, sum of
+//      (1 - d^2/r^2)^2 (no square root anywhere);
+//   5. computes a pressure force per particle from its neighbour list:
+//      stiffness * max(rho_j + rho_k - 2 rho0, 0) * (1 - d^2/r^2) * d / r
+//      away from each neighbour;
 //   6. integrates: the streaming pass over x, y, vx, vy, fx, fy (timed, for
 //      the bandwidth report; see LastPass()).
 // Every per-frame temporary (cell ids, counts/offsets, the sorted indices,
@@ -68,8 +71,9 @@ struct ParticleParams {
   float dt = 1.0f / 240.0f;
   float gravity = -0.5f;
   // Density of a particle with the average neighbourhood: itself (1) plus
-  // eight neighbours of mean weight (1 - d/r)^2 = 1/6 each.
-  float rest_density = 1.0f + 8.0f / 6.0f;
+  // eight neighbours of mean weight (1 - d^2/r^2)^2 = 1/3 each (d^2/r^2 is
+  // uniform on [0, 1] for neighbours spread evenly over the disk).
+  float rest_density = 1.0f + 8.0f / 3.0f;
   static ParticleParams ForCount(size_t particles);
 };
 

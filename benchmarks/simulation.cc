@@ -53,8 +53,8 @@ ABSL_FLAG(int64_t, size, 0,
 ABSL_FLAG(int, frames, 0,
           "Measured frames per run; 0: as many as the first run of each "
           "scenario fits in --budget seconds, then the same for all runs.");
-ABSL_FLAG(int, warmup, 3, "Unmeasured frames before the measured ones.");
-ABSL_FLAG(double, budget, 1.5,
+ABSL_FLAG(int, warmup, 2, "Unmeasured frames before the measured ones.");
+ABSL_FLAG(double, budget, 1.0,
           "Seconds of measured frames for the first run of each scenario "
           "when --frames=0.");
 ABSL_FLAG(int, workers, 0,
