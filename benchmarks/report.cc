@@ -99,6 +99,7 @@ std::vector<PassBandwidth> Bandwidth(const ScenarioResult& result) {
     if (rates.empty()) return;
     PassBandwidth b;
     b.run = label;
+    b.cold_triad = triad->cold;
     b.threads = run->threads;
     b.median_gbps = Median(rates);
     b.best_gbps = *std::max_element(rates.begin(), rates.end());
@@ -109,7 +110,9 @@ std::vector<PassBandwidth> Bandwidth(const ScenarioResult& result) {
     out.push_back(b);
   };
   add("arena", result.triad_one);
+  add("arena", result.triad_one_cold);
   add("runtime-arena", result.triad_all);
+  add("runtime-arena", result.triad_all_cold);
   return out;
 }
 
@@ -243,6 +246,7 @@ json ScenarioToJson(const ScenarioResult& r) {
   json bandwidth = json::array();
   for (const PassBandwidth& b : Bandwidth(r)) {
     bandwidth.push_back({{"run", b.run},
+                         {"cold_triad", b.cold_triad},
                          {"threads", b.threads},
                          {"median_gbps", b.median_gbps},
                          {"best_gbps", b.best_gbps},
@@ -253,6 +257,7 @@ json ScenarioToJson(const ScenarioResult& r) {
   auto triad = [](const std::optional<TriadResult>& t) {
     if (!t.has_value()) return json(nullptr);
     return json{{"threads", t->threads},
+                {"cold", t->cold},
                 {"bytes_per_array", t->bytes_per_array},
                 {"repetitions", t->repetitions},
                 {"best_gbps", t->best_gbps},
@@ -269,6 +274,8 @@ json ScenarioToJson(const ScenarioResult& r) {
           {"ratios", ratios},
           {"triad_one_thread", triad(r.triad_one)},
           {"triad_all_workers", triad(r.triad_all)},
+          {"triad_one_thread_cold", triad(r.triad_one_cold)},
+          {"triad_all_workers_cold", triad(r.triad_all_cold)},
           {"bandwidth", bandwidth}};
 }
 
@@ -310,14 +317,16 @@ std::string FormatScenario(const ScenarioResult& r) {
                           "if > 1)\n",
                           q.name, q.median, q.p99, q.faster);
   }
-  if (r.triad_one.has_value() || r.triad_all.has_value()) {
-    for (const auto* t : {&r.triad_one, &r.triad_all}) {
+  {
+    for (const auto* t :
+         {&r.triad_one, &r.triad_one_cold, &r.triad_all, &r.triad_all_cold}) {
       if (!t->has_value()) continue;
       absl::StrAppendFormat(
           &out,
-          "  STREAM triad, %d thread(s), 3 x %.1f MiB: %.2f GB/s median, "
+          "  STREAM triad%s, %d thread(s), 3 x %.1f MiB: %.2f GB/s median, "
           "%.2f GB/s best of %d\n",
-          (*t)->threads, static_cast<double>((*t)->bytes_per_array) / (1 << 20),
+          (*t)->cold ? " (caches evicted)" : "", (*t)->threads,
+          static_cast<double>((*t)->bytes_per_array) / (1 << 20),
           (*t)->median_gbps, (*t)->best_gbps, (*t)->repetitions);
     }
   }
@@ -325,10 +334,10 @@ std::string FormatScenario(const ScenarioResult& r) {
     const VariantRun* run = r.Find(b.run);
     absl::StrAppendFormat(
         &out,
-        "  %s in %s (%d thread(s)): %.2f GB/s median = %.1f%% of the triad "
-        "(best %.2f GB/s = %.1f%% of the best triad)\n",
+        "  %s in %s (%d thread(s)): %.2f GB/s median = %.1f%% of the %striad "
+        "(best %.2f GB/s = %.1f%% of the best)\n",
         run->pass->label, b.run, b.threads, b.median_gbps, b.percent_of_triad,
-        b.best_gbps,
+        b.cold_triad ? "cache-evicted " : "", b.best_gbps,
         b.triad_best_gbps > 0 ? 100.0 * b.best_gbps / b.triad_best_gbps : 0.0);
   }
   if (!r.runs.empty()) {

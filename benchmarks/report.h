@@ -44,6 +44,9 @@ struct ScenarioResult {
   // sized from the scenario (see simulation.cc).
   std::optional<TriadResult> triad_one;
   std::optional<TriadResult> triad_all;
+  // The same with the caches evicted before every repetition.
+  std::optional<TriadResult> triad_one_cold;
+  std::optional<TriadResult> triad_all_cold;
   bool states_equal = true;
 
   const VariantRun* Find(const std::string& label) const;
@@ -64,6 +67,7 @@ std::vector<Ratio> Ratios(const ScenarioResult& result);
 // per-frame rates and of the triad repetitions).
 struct PassBandwidth {
   std::string run;
+  bool cold_triad = false;  // Against the cache-evicted triad.
   double median_gbps = 0;
   double best_gbps = 0;
   double triad_median_gbps = 0;
@@ -71,8 +75,9 @@ struct PassBandwidth {
   double percent_of_triad = 0;  // 100 * median / triad median.
   int threads = 1;
 };
-// For the runs "arena" (against triad_one) and "runtime-arena" (against
-// triad_all) when they have a pass and the triad was measured.
+// For the runs "arena" (against triad_one, then triad_one_cold) and
+// "runtime-arena" (against triad_all, then triad_all_cold) when they have a
+// pass and the triad was measured.
 std::vector<PassBandwidth> Bandwidth(const ScenarioResult& result);
 
 nlohmann::json RunToJson(const VariantRun& run);

@@ -76,7 +76,7 @@ ABSL_FLAG(std::string, variants,
           "Runs, comma-separated: heap, arena, runtime-heap, runtime-arena, "
           "runtime-arena-1w (runtime-arena on one worker per node), mimalloc "
           "(heap and runtime-heap in the mimalloc binary).");
-ABSL_FLAG(int, triad_repetitions, 20,
+ABSL_FLAG(int, triad_repetitions, 10,
           "Repetitions of each STREAM triad; 0: no triad.");
 ABSL_FLAG(bool, progress, true, "Show a progress bar on stderr.");
 ABSL_FLAG(std::string, mimalloc_binary, "",
@@ -450,17 +450,19 @@ int Main(const char* argv0) {
         if (r.pass.has_value()) bytes = r.pass->footprint_bytes;
       }
       const size_t per_array = std::max(bytes / 3, size_t{1} << 20);
-      absl::StatusOr<TriadResult> one =
-          MeasureTriad(nullptr, per_array, flags.triad_repetitions);
-      if (!one.ok()) return Fail(one.status());
-      result.triad_one = *one;
       absl::StatusOr<std::unique_ptr<jobs::Runtime>> rt =
           MakeRuntime(topology.get(), flags.workers, false);
       if (!rt.ok()) return Fail(rt.status());
-      absl::StatusOr<TriadResult> all =
-          MeasureTriad(rt->get(), per_array, flags.triad_repetitions);
-      if (!all.ok()) return Fail(all.status());
-      result.triad_all = *all;
+      for (bool cold : {false, true}) {
+        absl::StatusOr<TriadResult> one =
+            MeasureTriad(nullptr, per_array, flags.triad_repetitions, cold);
+        if (!one.ok()) return Fail(one.status());
+        (cold ? result.triad_one_cold : result.triad_one) = *one;
+        absl::StatusOr<TriadResult> all =
+            MeasureTriad(rt->get(), per_array, flags.triad_repetitions, cold);
+        if (!all.ok()) return Fail(all.status());
+        (cold ? result.triad_all_cold : result.triad_all) = *all;
+      }
     }
     for (const VariantRun& r : result.runs) {
       if (r.state_hash != result.runs[0].state_hash)

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -212,7 +213,7 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
 
 absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
                                          size_t bytes_per_array,
-                                         int repetitions) {
+                                         int repetitions, bool cold) {
   if (bytes_per_array < (size_t{64} << 10) || repetitions < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "MeasureTriad: bytes_per_array must be >= 64 KiB (got ",
@@ -223,13 +224,21 @@ absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
   constexpr double kExpected = 2.0 + kScalar * 0.5;
   std::vector<double> gbps;
   TriadResult result;
+  result.cold = cold;
   result.bytes_per_array = n * sizeof(double);
+  // Written before each cold repetition: pushes the arrays out of the
+  // caches (64 MiB is beyond the last-level cache of the machines we run).
+  std::vector<unsigned char> evict(cold ? size_t{64} << 20 : 0);
+  auto evict_caches = [&evict](int round) {
+    if (!evict.empty()) std::memset(evict.data(), round & 0xff, evict.size());
+  };
   result.repetitions = repetitions;
   const double bytes = 3.0 * static_cast<double>(n * sizeof(double));
   bool correct = true;
   if (runtime == nullptr) {
     std::vector<double> a(n, 0.0), b(n, 2.0), c(n, 0.5);
     for (int r = 0; r < repetitions; ++r) {
+      evict_caches(r);
       const Clock::time_point start = Clock::now();
       StreamTriad(a.data(), b.data(), c.data(), kScalar, n);
       gbps.push_back(bytes / Seconds(Clock::now() - start) / 1e9);
@@ -254,6 +263,7 @@ absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
         });
     if (!s.ok()) return s;
     for (int r = 0; r < repetitions; ++r) {
+      evict_caches(r);
       const Clock::time_point start = Clock::now();
       s = runtime->ParallelFor(
           part, kGrain, [&](jobs::JobContext&, size_t first, size_t end) {

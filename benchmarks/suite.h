@@ -122,6 +122,10 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
 // element per repetition.
 struct TriadResult {
   int threads = 1;
+  // The arrays were evicted from the caches before every repetition (a
+  // 64 MiB buffer written), so the triad measures memory even when its
+  // arrays would fit in the last-level cache.
+  bool cold = false;
   size_t bytes_per_array = 0;
   int repetitions = 0;
   double best_gbps = 0;
@@ -131,7 +135,7 @@ struct TriadResult {
 // Internal when the result is wrong.
 absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
                                          size_t bytes_per_array,
-                                         int repetitions);
+                                         int repetitions, bool cold = false);
 
 // Statistics over frame times. Nearest-rank percentiles; 0 for no values.
 double Median(std::vector<double> values);
