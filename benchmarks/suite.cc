@@ -10,11 +10,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "alloc/bandwidth.h"
 #include "alloc/chunk_cache.h"
 #include "alloc/frame_arena.h"
 #include "alloc/memory_source.h"
 #include "benchmarks/heap_counter.h"
+#include "benchmarks/triad_kernel.h"
 #include "jobs/parallel.h"
 
 namespace framealloc::sim {
@@ -240,7 +240,7 @@ absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
     for (int r = 0; r < repetitions; ++r) {
       evict_caches(r);
       const Clock::time_point start = Clock::now();
-      StreamTriad(a.data(), b.data(), c.data(), kScalar, n);
+      VectorTriad(a.data(), b.data(), c.data(), kScalar, n);
       gbps.push_back(bytes / Seconds(Clock::now() - start) / 1e9);
     }
     correct =
@@ -267,7 +267,7 @@ absl::StatusOr<TriadResult> MeasureTriad(jobs::Runtime* runtime,
       const Clock::time_point start = Clock::now();
       s = runtime->ParallelFor(
           part, kGrain, [&](jobs::JobContext&, size_t first, size_t end) {
-            StreamTriad(a->span(first, end).data(), b->span(first, end).data(),
+            VectorTriad(a->span(first, end).data(), b->span(first, end).data(),
                         c->span(first, end).data(), kScalar, end - first);
           });
       gbps.push_back(bytes / Seconds(Clock::now() - start) / 1e9);

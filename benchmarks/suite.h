@@ -115,11 +115,11 @@ absl::StatusOr<std::unique_ptr<jobs::Runtime>> MakeRuntime(
 absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
                                       const RunOptions& options);
 
-// The STREAM triad (a[i] = b[i] + 3 c[i] on doubles, alloc/bandwidth.h's
-// kernel) over three arrays of `bytes_per_array`, on this thread (runtime
-// null) or split over the runtime's nodes and workers (arrays in NodeArrays,
-// so each part is on its node). Bytes counted as STREAM does: 3 x 8 per
-// element per repetition.
+// The STREAM triad (a[i] = b[i] + 3 c[i] on doubles; the vectorized kernel
+// of triad_kernel.h) over three arrays of `bytes_per_array`, on this thread
+// (runtime null) or split over the runtime's nodes and workers (arrays in
+// NodeArrays, so each part is on its node). Bytes counted as STREAM does: 3 x 8
+// per element per repetition.
 struct TriadResult {
   int threads = 1;
   // The arrays were evicted from the caches before every repetition (a
