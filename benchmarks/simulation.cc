@@ -1,22 +1,33 @@
-// The simulation benchmark: framealloc's main job.
+// The simulation suite: framealloc's main job.
 //
 //   ./bazelw run -c opt //benchmarks:simulation
 //
-// Runs the particle scenario (benchmarks/particles.h) twice in one process,
-// with the same seed: once with every frame temporary on the heap
-// (new/std::vector), once on a frame arena reset each frame. Prints frame
-// times (median, p99), allocations and bytes per frame, and the ratio, then
-// checks that both variants reached bit-identical states (exit code 2 if
-// not). After the table it puts the particle integration pass (Integrate(),
-// timed inside the frame arena variant's measured frames) next to the
-// machine's streaming limit (the STREAM triad on arrays the size of the
-// particle arrays), measured in the same run (exit code 1 if that
-// measurement fails). Later issues add scenarios, the job runtime and NUMA
-// variants.
-#include <algorithm>
+// Runs every registered scenario (benchmarks/scenarios.cc) in every variant
+// at equal parallelism, with the same seed: heap and frame arena on one
+// thread; the job runtime on all its workers with heap temporaries and with
+// per-worker frame arenas; the runtime-arena variant once more on one worker
+// per node (the scaling baseline); and the two heap variants once more in
+// //benchmarks:simulation_mimalloc (the same sources linked with mimalloc,
+// which replaces malloc for its whole process), launched by this program as
+// a child that writes its runs as JSON. For each scenario it prints a table
+// (frame time median and p99, heap and arena allocations and bytes per
+// frame), the ratios between runs at equal parallelism, the STREAM triad on
+// arrays of the scenario's streaming-pass size at one thread and at the
+// runtime's worker count with the pass as a percentage of it, and checks
+// that every run ended in the same StateHash. Then it writes a JSON file and
+// an SVG plot (frame time and memory per frame).
+//
+// Exit status: 0; 1 for bad flags or a failed run; 2 if some scenario's runs
+// did not reach the same state.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
-#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -24,252 +35,493 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "alloc/bandwidth.h"
-#include "alloc/chunk_cache.h"
-#include "alloc/frame_arena.h"
-#include "alloc/memory_source.h"
-#include "benchmarks/particles.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "benchmarks/report.h"
+#include "benchmarks/scenarios.h"
+#include "benchmarks/suite.h"
+#include "numa/topology.h"
 
-ABSL_FLAG(int64_t, particles, 200000, "Number of particles.");
-ABSL_FLAG(int, frames, 60, "Measured frames per variant.");
-ABSL_FLAG(int, warmup, 5, "Unmeasured frames per variant before measuring.");
-ABSL_FLAG(uint64_t, seed, 1, "Random seed of the initial state.");
-ABSL_FLAG(int, rounds, 3,
-          "Rounds; each round runs every variant once, alternating, and "
-          "frame times are pooled across rounds.");
-ABSL_FLAG(int, triad_repetitions, 50,
-          "Repetitions of the STREAM triad; the best one is reported.");
+ABSL_FLAG(std::string, scenario, "all",
+          "Scenarios to run, comma-separated (particles, physics, ecs, "
+          "render; those registered), or 'all'.");
+ABSL_FLAG(int64_t, size, 0,
+          "Element count for every selected scenario (particles, bodies, "
+          "entities, draw items); 0: each scenario's default.");
+ABSL_FLAG(int, frames, 0,
+          "Measured frames per run; 0: as many as the first run of each "
+          "scenario fits in --budget seconds, then the same for all runs.");
+ABSL_FLAG(int, warmup, 2, "Unmeasured frames before the measured ones.");
+ABSL_FLAG(double, budget, 1.0,
+          "Seconds of measured frames for the first run of each scenario "
+          "when --frames=0.");
+ABSL_FLAG(int, workers, 0,
+          "Workers of the runtime variants (split over the nodes); 0: one "
+          "per processing unit.");
+ABSL_FLAG(std::string, topology, "",
+          "Synthetic hwloc topology for the runtime variants, e.g. "
+          "'pack:2 [numa] core:1 pu:1' (2 logical nodes; nothing is bound); "
+          "empty: this machine.");
+ABSL_FLAG(uint64_t, seed, 42, "Random seed of every scenario's initial state.");
+ABSL_FLAG(std::string, json, "simulation.json",
+          "Where to write the JSON results (relative to the directory "
+          "bazel run was started from); empty: do not write.");
+ABSL_FLAG(std::string, svg, "simulation.svg",
+          "Where to write the SVG plot (relative as --json); empty: do not "
+          "write.");
+ABSL_FLAG(std::string, variants,
+          "heap,arena,runtime-heap,runtime-arena,runtime-arena-1w,mimalloc",
+          "Runs, comma-separated: heap, arena, runtime-heap, runtime-arena, "
+          "runtime-arena-1w (runtime-arena on one worker per node), mimalloc "
+          "(heap and runtime-heap in the mimalloc binary).");
+ABSL_FLAG(int, triad_repetitions, 10,
+          "Repetitions of each STREAM triad; 0: no triad.");
+ABSL_FLAG(bool, progress, true, "Show a progress bar on stderr.");
+ABSL_FLAG(std::string, mimalloc_binary, "",
+          "The mimalloc build of this program; empty: simulation_mimalloc "
+          "next to this binary or in its runfiles.");
+ABSL_FLAG(std::string, child_json, "",
+          "Internal (the mimalloc child): run the heap variants of "
+          "--variants for one scenario with --frames, write the runs here, "
+          "print no report.");
 
-namespace framealloc {
-namespace sim {
+namespace framealloc::sim {
 namespace {
-
-struct VariantResult {
-  std::string name;
-  std::vector<double> frame_ms;
-  double allocations_per_frame = 0;
-  double bytes_per_frame = 0;
-  uint64_t source_calls = 0;  // Source allocations during measured frames.
-  uint64_t checksum = 0;
-  size_t contacts = 0;
-  // Integrate() over the measured frames (arena variant only).
-  double integrate_seconds = 0;
-  int integrate_frames = 0;
-};
-
-double Percentile(std::vector<double> values, double p) {
-  std::sort(values.begin(), values.end());
-  const size_t index = std::min(
-      values.size() - 1,
-      static_cast<size_t>(p * static_cast<double>(values.size() - 1) + 0.5));
-  return values[index];
-}
 
 using Clock = std::chrono::steady_clock;
 
-double Ms(Clock::duration d) {
-  return std::chrono::duration<double, std::milli>(d).count();
-}
+struct Flags {
+  std::vector<ScenarioInfo> scenarios;
+  size_t size = 0;
+  int frames = 0;
+  int warmup = 0;
+  double budget = 0;
+  int workers = 0;
+  std::string topology;
+  uint64_t seed = 0;
+  std::vector<RunKind> kinds;
+  bool mimalloc = false;
+  int triad_repetitions = 0;
+  bool progress = true;
+  std::string child_json;
+};
 
-void RunHeap(size_t n, uint64_t seed, int warmup, int frames,
-             VariantResult& out) {
-  Particles particles = MakeParticles(n, seed);
-  const Params params = Params::ForCount(n);
-  HeapCounters counters;
-  HeapPolicy policy{&counters};
-  for (int f = 0; f < warmup; ++f) Step(particles, params, policy);
-  counters = {};
-  for (int f = 0; f < frames; ++f) {
-    const Clock::time_point start = Clock::now();
-    const FrameCounts counts = Step(particles, params, policy);
-    out.frame_ms.push_back(Ms(Clock::now() - start));
-    out.contacts = counts.contacts;
+absl::StatusOr<Flags> ReadFlags() {
+  Flags f;
+  absl::StatusOr<std::vector<ScenarioInfo>> scenarios =
+      FindScenarios(absl::GetFlag(FLAGS_scenario));
+  if (!scenarios.ok()) return scenarios.status();
+  f.scenarios = *std::move(scenarios);
+  const int64_t size = absl::GetFlag(FLAGS_size);
+  if (size < 0 || size > (int64_t{1} << 32)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--size must be in [0, 2^32], got ", size));
   }
-  out.allocations_per_frame +=
-      static_cast<double>(counters.allocations) / frames;
-  out.bytes_per_frame += static_cast<double>(counters.bytes) / frames;
-  out.checksum = Checksum(particles);
-}
-
-void RunArena(size_t n, uint64_t seed, int warmup, int frames,
-              VariantResult& out) {
-  Particles particles = MakeParticles(n, seed);
-  const Params params = Params::ForCount(n);
-  ChunkCache cache(&SystemMemorySource::Default());
-  FrameArena arena(&cache);
-  ArenaPolicy policy{&arena};
-  for (int f = 0; f < warmup; ++f) {
-    Step(particles, params, policy);
-    arena.Reset();
-    cache.EndEpoch();
+  f.size = static_cast<size_t>(size);
+  f.frames = absl::GetFlag(FLAGS_frames);
+  if (f.frames < 0 || f.frames > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--frames must be in [0, 100000], got ", f.frames));
   }
-  const uint64_t calls_before = cache.stats().misses;
-  double allocations = 0, bytes = 0;
-  for (int f = 0; f < frames; ++f) {
-    const Clock::time_point start = Clock::now();
-    const FrameCounts counts = Step(particles, params, policy);
-    const FrameArenaStats stats = arena.stats();
-    arena.Reset();  // The frame's end is part of its cost.
-    cache.EndEpoch();
-    out.frame_ms.push_back(Ms(Clock::now() - start));
-    out.integrate_seconds += counts.integrate_seconds;
-    ++out.integrate_frames;
-    allocations += static_cast<double>(stats.allocations);
-    bytes += static_cast<double>(stats.bytes_used);
-    out.contacts = counts.contacts;
+  f.warmup = absl::GetFlag(FLAGS_warmup);
+  if (f.warmup < 0 || f.warmup > 100000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--warmup must be in [0, 100000], got ", f.warmup));
   }
-  out.source_calls += cache.stats().misses - calls_before;
-  out.allocations_per_frame += allocations / frames;
-  out.bytes_per_frame += bytes / frames;
-  out.checksum = Checksum(particles);
-}
-
-// Puts the integration pass of `arena`'s measured frames next to the
-// machine's limit. The triad runs on arrays the size of one particle array
-// (n floats), at least 1 MiB so the timer resolution does not dominate.
-// False (after printing why) when a measurement fails.
-bool ReportBandwidth(size_t n, const VariantResult& arena,
-                     int triad_repetitions) {
-  const size_t particle_array_bytes = n * sizeof(float);
-  const size_t triad_bytes = std::max(particle_array_bytes, size_t{1} << 20);
-  absl::StatusOr<StreamResult> triad =
-      MeasureStreamTriad(triad_bytes, triad_repetitions);
-  if (!triad.ok()) {
-    std::fprintf(stderr, "STREAM triad failed: %s\n",
-                 triad.status().ToString().c_str());
-    return false;
+  f.budget = absl::GetFlag(FLAGS_budget);
+  if (!(f.budget > 0) || f.budget > 3600) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--budget must be in (0, 3600] seconds, got ", f.budget));
   }
-  BandwidthAnalyzer analyzer;
-  analyzer.SetLimit(*triad);
-  // Integrate() per particle, counted from its loop: reads x, y, vx, vy,
-  // fx, fy (6 floats) and writes x, y, vx, vy (4 floats). The written
-  // arrays are read first, so no write-allocate traffic hides behind it.
-  const size_t integrated = n * static_cast<size_t>(arena.integrate_frames);
-  absl::StatusOr<BandwidthSample> integration =
-      analyzer.Record("particle integration", integrated * 6 * sizeof(float),
-                      integrated * 4 * sizeof(float), arena.integrate_seconds);
-  if (!integration.ok()) {
-    std::fprintf(stderr, "%s\n", integration.status().ToString().c_str());
-    return false;
+  f.workers = absl::GetFlag(FLAGS_workers);
+  if (f.workers < 0 || f.workers > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--workers must be in [0, 4096], got ", f.workers));
   }
-  std::printf(
-      "\nmemory bandwidth (STREAM triad, %.2f MiB arrays): %.2f GB/s\n"
-      "  a[i] = b[i] + s * c[i] on doubles, best of %d, counting 3 arrays x "
-      "8 bytes per element (2 read, 1 written) as STREAM does\n",
-      static_cast<double>(triad->bytes_per_array) / (1 << 20), triad->gbps,
-      triad->repetitions);
-  std::printf(
-      "particle integration: %.2f GB/s = %.1f%% of the triad\n"
-      "  Integrate() in the frame arena variant's %d measured frames: "
-      "%.3f ms per frame, 40 bytes per particle (reads x, y, vx, vy, fx, "
-      "fy; writes x, y, vx, vy), %.2f MiB per array\n",
-      integration->total_gbps, 100.0 * FractionOfLimit(*integration, *triad),
-      arena.integrate_frames,
-      1e3 * arena.integrate_seconds / arena.integrate_frames,
-      static_cast<double>(particle_array_bytes) / (1 << 20));
-  return true;
-}
-
-int Main() {
-  const int64_t particles_flag = absl::GetFlag(FLAGS_particles);
-  const int frames = absl::GetFlag(FLAGS_frames);
-  const int warmup = absl::GetFlag(FLAGS_warmup);
-  const int rounds = absl::GetFlag(FLAGS_rounds);
-  const uint64_t seed = absl::GetFlag(FLAGS_seed);
-  if (particles_flag < 1 || particles_flag > (int64_t{1} << 28)) {
-    std::fprintf(stderr, "--particles must be in [1, 2^28], got %lld\n",
-                 static_cast<long long>(particles_flag));
-    return 1;
-  }
-  if (frames < 1 || warmup < 0 || rounds < 1) {
-    std::fprintf(stderr, "--frames and --rounds must be >= 1, --warmup >= 0\n");
-    return 1;
-  }
-  const int triad_repetitions = absl::GetFlag(FLAGS_triad_repetitions);
-  if (triad_repetitions < 1) {
-    std::fprintf(stderr, "--triad_repetitions must be >= 1, got %d\n",
-                 triad_repetitions);
-    return 1;
-  }
-  const size_t n = static_cast<size_t>(particles_flag);
-  const Params params = Params::ForCount(n);
-  std::printf(
-      "framealloc simulation: particles (SoA), %zu particles, grid %dx%d, "
-      "%d rounds x %d frames per variant (+%d warm-up), seed %llu\n",
-      n, params.grid, params.grid, rounds, frames, warmup,
-      static_cast<unsigned long long>(seed));
-
-  VariantResult heap;
-  heap.name = "heap (new/std::vector)";
-  VariantResult arena;
-  arena.name = "frame arena";
-  for (int round = 0; round < rounds; ++round) {
-    // Alternate the order so neither variant always runs on a warmer or
-    // cooler machine.
-    if (round % 2 == 0) {
-      RunHeap(n, seed, warmup, frames, heap);
-      RunArena(n, seed, warmup, frames, arena);
-    } else {
-      RunArena(n, seed, warmup, frames, arena);
-      RunHeap(n, seed, warmup, frames, heap);
+  f.topology = absl::GetFlag(FLAGS_topology);
+  f.seed = absl::GetFlag(FLAGS_seed);
+  for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_variants), ',',
+                                            absl::SkipWhitespace())) {
+    if (v == "mimalloc") {
+      f.mimalloc = true;
+      continue;
     }
-    std::printf("  round %d/%d done\n", round + 1, rounds);
+    absl::StatusOr<RunKind> kind = ParseRunKind(v);
+    if (!kind.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--variants: ", kind.status().message(), " or mimalloc"));
+    }
+    f.kinds.push_back(*kind);
+  }
+  if (f.kinds.empty() && !f.mimalloc) {
+    return absl::InvalidArgumentError("--variants names no run");
+  }
+  f.triad_repetitions = absl::GetFlag(FLAGS_triad_repetitions);
+  if (f.triad_repetitions < 0 || f.triad_repetitions > 10000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--triad_repetitions must be in [0, 10000], got ",
+                     f.triad_repetitions));
+  }
+  f.progress = absl::GetFlag(FLAGS_progress);
+  f.child_json = absl::GetFlag(FLAGS_child_json);
+  if (!f.child_json.empty()) {
+    if (f.scenarios.size() != 1 || f.frames == 0) {
+      return absl::InvalidArgumentError(
+          "--child_json needs one --scenario and --frames > 0");
+    }
+  }
+  return f;
+}
+
+// A path relative to the directory `bazel run` was started from.
+std::string OutputPath(const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  const char* dir = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (dir == nullptr || *dir == '\0') return path;
+  return absl::StrCat(dir, "/", path);
+}
+
+// The progress bar: redrawn in place on a terminal, one line per run
+// otherwise.
+class Progress {
+ public:
+  Progress(bool enabled, std::string prefix)
+      : enabled_(enabled),
+        tty_(isatty(STDERR_FILENO) == 1),
+        prefix_(std::move(prefix)),
+        start_(Clock::now()) {}
+
+  void Update(int done, int total) {
+    if (!enabled_ || !tty_) return;
+    const double s =
+        std::chrono::duration<double>(Clock::now() - start_).count();
+    constexpr int kWidth = 30;
+    if (total > 0) {
+      const int filled = kWidth * done / total;
+      std::fprintf(stderr, "\r%-44s [%s%s] %d/%d frames %5.1f s",
+                   prefix_.c_str(), std::string(filled, '#').c_str(),
+                   std::string(kWidth - filled, '.').c_str(), done, total, s);
+    } else {
+      std::fprintf(stderr, "\r%-44s [%s] %d frames %5.1f s", prefix_.c_str(),
+                   std::string(kWidth, '~').c_str(), done, s);
+    }
+    std::fflush(stderr);
+  }
+  void Done(int frames) {
+    if (!enabled_) return;
+    const double s =
+        std::chrono::duration<double>(Clock::now() - start_).count();
+    std::fprintf(stderr, "%s%-44s done: %d measured frames, %.1f s%s\n",
+                 tty_ ? "\r" : "", prefix_.c_str(), frames, s,
+                 tty_ ? "                              " : "");
+  }
+
+ private:
+  bool enabled_;
+  bool tty_;
+  std::string prefix_;
+  Clock::time_point start_;
+};
+
+bool IsExecutable(const std::string& path) {
+  return !path.empty() && access(path.c_str(), X_OK) == 0;
+}
+
+// The mimalloc build of this program, or "" if none is found.
+std::string FindMimallocBinary(const char* argv0) {
+  const std::string flag = absl::GetFlag(FLAGS_mimalloc_binary);
+  if (!flag.empty()) return IsExecutable(flag) ? flag : "";
+  std::vector<std::string> candidates;
+  char self[4096];
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len > 0) {
+    self[len] = '\0';
+    std::string dir(self);
+    dir = dir.substr(0, dir.rfind('/'));
+    candidates.push_back(dir + "/simulation_mimalloc");
+  }
+  if (const char* runfiles = std::getenv("RUNFILES_DIR")) {
+    candidates.push_back(
+        absl::StrCat(runfiles, "/framealloc/benchmarks/simulation_mimalloc"));
+  }
+  candidates.push_back(absl::StrCat(
+      argv0, ".runfiles/framealloc/benchmarks/simulation_mimalloc"));
+  std::string a0(argv0);
+  if (a0.find('/') != std::string::npos) {
+    candidates.push_back(a0.substr(0, a0.rfind('/')) + "/simulation_mimalloc");
+  }
+  for (const std::string& c : candidates) {
+    if (IsExecutable(c)) return c;
+  }
+  return "";
+}
+
+// Runs the mimalloc child for one scenario and returns its runs.
+absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
+                                                 const Flags& flags,
+                                                 const ScenarioInfo& info,
+                                                 size_t size, int frames) {
+  char path[] = "/tmp/framealloc_simulation_XXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0) return absl::InternalError("mkstemp failed for the child JSON");
+  close(fd);
+  std::vector<std::string> args = {
+      binary,
+      absl::StrCat("--child_json=", path),
+      absl::StrCat("--scenario=", info.name),
+      absl::StrCat("--size=", size),
+      absl::StrCat("--frames=", frames),
+      absl::StrCat("--warmup=", flags.warmup),
+      absl::StrCat("--seed=", flags.seed),
+      absl::StrCat("--workers=", flags.workers),
+      absl::StrCat("--topology=", flags.topology),
+      "--variants=heap,runtime-heap",
+      absl::StrCat("--progress=", flags.progress ? "true" : "false"),
+  };
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(),
+                  environ) != 0) {
+    std::remove(path);
+    return absl::InternalError(absl::StrCat("cannot start ", binary));
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0) {
+    std::remove(path);
+    return absl::InternalError(
+        absl::StrCat(binary, " failed (wait status ", status, ")"));
+  }
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::remove(path);
+  const nlohmann::json doc =
+      nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.contains("runs") || !doc["runs"].is_array()) {
+    return absl::InternalError("the child's JSON has no 'runs' array");
+  }
+  std::vector<VariantRun> runs;
+  for (const nlohmann::json& j : doc["runs"]) {
+    absl::StatusOr<VariantRun> run = RunFromJson(j);
+    if (!run.ok()) return run.status();
+    runs.push_back(*std::move(run));
+  }
+  return runs;
+}
+
+absl::Status WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "simulation: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+int Main(const char* argv0) {
+  absl::StatusOr<Flags> flags_or = ReadFlags();
+  if (!flags_or.ok()) return Fail(flags_or.status());
+  const Flags& flags = *flags_or;
+  const bool child = !flags.child_json.empty();
+  const Clock::time_point start = Clock::now();
+
+  std::unique_ptr<numa::Topology> topology;
+  {
+    absl::StatusOr<std::unique_ptr<numa::Topology>> t =
+        flags.topology.empty() ? numa::Topology::Discover()
+                               : numa::Topology::FromSynthetic(flags.topology);
+    if (!t.ok()) return Fail(t.status());
+    topology = *std::move(t);
+  }
+  std::string mimalloc_binary;
+  if (flags.mimalloc && !child) {
+    mimalloc_binary = FindMimallocBinary(argv0);
+    if (mimalloc_binary.empty()) {
+      std::printf(
+          "note: simulation_mimalloc not found (build "
+          "//benchmarks:simulation_mimalloc or pass --mimalloc_binary): "
+          "mimalloc runs skipped\n");
+    }
+  }
+  if (!child) {
+    std::printf(
+        "framealloc simulation suite: %zu scenario(s), seed %llu, runtime "
+        "topology %s (%d node(s), %zu PUs%s), %s\n",
+        flags.scenarios.size(), static_cast<unsigned long long>(flags.seed),
+        flags.topology.empty() ? "this machine"
+                               : absl::StrCat("'", flags.topology, "'").c_str(),
+        topology->num_nodes(), topology->pus().size(),
+        topology->is_this_system() ? "" : ", synthetic: nothing bound",
+        flags.frames == 0
+            ? absl::StrFormat("frames: as many as the first run does in "
+                              "%.1f s",
+                              flags.budget)
+                  .c_str()
+            : absl::StrCat(flags.frames, " measured frames per run").c_str());
     std::fflush(stdout);
   }
-  heap.allocations_per_frame /= rounds;
-  heap.bytes_per_frame /= rounds;
-  arena.allocations_per_frame /= rounds;
-  arena.bytes_per_frame /= rounds;
 
-  std::printf("\n%-24s %10s %10s %10s %14s %14s %12s\n", "variant", "median ms",
-              "p99 ms", "mean ms", "allocs/frame", "bytes/frame",
-              "src allocs*");
-  for (const VariantResult* v : {&heap, &arena}) {
-    double mean = 0;
-    for (double ms : v->frame_ms) mean += ms;
-    mean /= static_cast<double>(v->frame_ms.size());
-    std::printf(
-        "%-24s %10.3f %10.3f %10.3f %14.0f %14.0f %12s\n", v->name.c_str(),
-        Percentile(v->frame_ms, 0.5), Percentile(v->frame_ms, 0.99), mean,
-        v->allocations_per_frame, v->bytes_per_frame,
-        v == &arena ? absl::StrFormat("%llu", static_cast<unsigned long long>(
-                                                  v->source_calls))
-                          .c_str()
-                    : "n/a");
+  std::vector<ScenarioResult> results;
+  nlohmann::json child_runs = nlohmann::json::array();
+  bool all_equal = true;
+  for (const ScenarioInfo& info : flags.scenarios) {
+    ScenarioResult result;
+    result.name = info.name;
+    result.description = info.description;
+    result.allocation_heavy = info.allocation_heavy;
+    result.size = flags.size != 0 ? flags.size : info.default_size;
+    result.warmup = flags.warmup;
+    RunOptions options;
+    options.config.seed = flags.seed;
+    options.config.size = result.size;
+    options.warmup = flags.warmup;
+    options.frames = flags.frames;
+    options.budget_seconds = flags.budget;
+    options.topology = topology.get();
+    options.workers = flags.workers;
+    std::vector<RunKind> kinds;
+    for (RunKind k : flags.kinds) {
+      if (!child || k == RunKind::kHeap || k == RunKind::kRuntimeHeap) {
+        kinds.push_back(k);
+      }
+    }
+    const int total_runs =
+        static_cast<int>(kinds.size()) + (mimalloc_binary.empty() ? 0 : 2);
+    int index = 0;
+    for (RunKind kind : kinds) {
+      ++index;
+      const std::string label =
+          child ? absl::StrCat(BinaryAllocatorName(), " ", RunKindName(kind))
+                : RunKindName(kind);
+      Progress progress(flags.progress,
+                        child ? absl::StrFormat("  %s: %s", info.name, label)
+                              : absl::StrFormat("  %s %d/%d: %s", info.name,
+                                                index, total_runs, label));
+      options.progress = [&progress](int done, int total) {
+        progress.Update(done, total);
+      };
+      absl::StatusOr<VariantRun> run = RunVariant(info, kind, options);
+      if (!run.ok()) {
+        return Fail(absl::Status(
+            run.status().code(),
+            absl::StrCat(info.name, " ", label, ": ", run.status().message())));
+      }
+      progress.Done(static_cast<int>(run->frames.size()));
+      run->label = label;
+      if (options.frames == 0)
+        options.frames = static_cast<int>(run->frames.size());
+      result.runs.push_back(*std::move(run));
+    }
+    result.frames = options.frames;
+    if (child) {
+      for (const VariantRun& run : result.runs) {
+        child_runs.push_back(RunToJson(run));
+      }
+      continue;
+    }
+    if (!mimalloc_binary.empty()) {
+      if (result.frames == 0) result.frames = flags.frames;
+      if (result.frames == 0) {
+        // Only the mimalloc runs were asked for, in budget mode: they get
+        // a fixed count instead.
+        result.frames = 20;
+      }
+      absl::StatusOr<std::vector<VariantRun>> runs =
+          RunChild(mimalloc_binary, flags, info, result.size, result.frames);
+      if (!runs.ok()) return Fail(runs.status());
+      for (VariantRun& r : *runs) result.runs.push_back(std::move(r));
+    }
+    // The triad on the size of the scenario's streaming pass (or of its
+    // working set): three arrays holding that many bytes together.
+    if (flags.triad_repetitions > 0 && !result.runs.empty()) {
+      size_t bytes = result.runs[0].working_set_bytes;
+      for (const VariantRun& r : result.runs) {
+        if (r.pass.has_value()) bytes = r.pass->footprint_bytes;
+      }
+      const size_t per_array = std::max(bytes / 3, size_t{1} << 20);
+      absl::StatusOr<std::unique_ptr<jobs::Runtime>> rt =
+          MakeRuntime(topology.get(), flags.workers, false);
+      if (!rt.ok()) return Fail(rt.status());
+      for (bool cold : {false, true}) {
+        absl::StatusOr<TriadResult> one =
+            MeasureTriad(nullptr, per_array, flags.triad_repetitions, cold);
+        if (!one.ok()) return Fail(one.status());
+        (cold ? result.triad_one_cold : result.triad_one) = *one;
+        absl::StatusOr<TriadResult> all =
+            MeasureTriad(rt->get(), per_array, flags.triad_repetitions, cold);
+        if (!all.ok()) return Fail(all.status());
+        (cold ? result.triad_all_cold : result.triad_all) = *all;
+      }
+    }
+    for (const VariantRun& r : result.runs) {
+      if (r.state_hash != result.runs[0].state_hash)
+        result.states_equal = false;
+    }
+    all_equal = all_equal && result.states_equal;
+    std::printf("%s", FormatScenario(result).c_str());
+    std::fflush(stdout);
+    results.push_back(std::move(result));
   }
-  const double ratio_median =
-      Percentile(heap.frame_ms, 0.5) / Percentile(arena.frame_ms, 0.5);
-  const double ratio_p99 =
-      Percentile(heap.frame_ms, 0.99) / Percentile(arena.frame_ms, 0.99);
-  std::printf(
-      "\nframe arena vs heap: %.2fx faster at the median, %.2fx at p99 "
-      "(ratios of frame times measured in this run)\n",
-      ratio_median, ratio_p99);
-  std::printf(
-      "* src allocs: memory-source allocations by the arena's chunk cache "
-      "during measured frames (0 = every frame reused cached chunks)\n");
-  std::printf("contacts in the last frame: %zu\n", arena.contacts);
 
-  const bool bandwidth_ok = ReportBandwidth(n, arena, triad_repetitions);
-  if (heap.checksum != arena.checksum) {
-    std::printf("STATE MISMATCH: heap %016llx, arena %016llx\n",
-                static_cast<unsigned long long>(heap.checksum),
-                static_cast<unsigned long long>(arena.checksum));
+  if (child) {
+    const nlohmann::json doc = {{"runs", child_runs}};
+    absl::Status s = WriteFile(flags.child_json, doc.dump());
+    if (!s.ok()) return Fail(s);
+    return 0;
+  }
+
+  nlohmann::json doc = {
+      {"seed", flags.seed},
+      {"topology", flags.topology.empty() ? "this machine" : flags.topology},
+      {"nodes", topology->num_nodes()},
+      {"pus", topology->pus().size()},
+      {"workers", flags.workers},
+      {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
+      {"scenarios", nlohmann::json::array()},
+  };
+  for (const ScenarioResult& r : results) {
+    doc["scenarios"].push_back(ScenarioToJson(r));
+  }
+  const std::string json_path = OutputPath(absl::GetFlag(FLAGS_json));
+  if (!json_path.empty()) {
+    absl::Status s = WriteFile(json_path, doc.dump(1));
+    if (!s.ok()) return Fail(s);
+    std::printf("\nwrote %s\n", json_path.c_str());
+  }
+  const std::string svg_path = OutputPath(absl::GetFlag(FLAGS_svg));
+  if (!svg_path.empty()) {
+    absl::Status s = WriteFile(svg_path, RenderSvg(results));
+    if (!s.ok()) return Fail(s);
+    std::printf("wrote %s\n", svg_path.c_str());
+  }
+  std::printf("total %.1f s\n",
+              std::chrono::duration<double>(Clock::now() - start).count());
+  if (!all_equal) {
+    std::printf("STATE MISMATCH: some runs did not reach the same state\n");
     return 2;
   }
-  std::printf("final state identical across variants (checksum %016llx)\n",
-              static_cast<unsigned long long>(heap.checksum));
-  return bandwidth_ok ? 0 : 1;
+  return 0;
 }
 
 }  // namespace
-}  // namespace sim
-}  // namespace framealloc
+}  // namespace framealloc::sim
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Particle simulation: frame temporaries on the heap vs a frame arena.");
+      "The framealloc simulation suite: every scenario with heap and "
+      "frame-arena temporaries, on one thread and on the job runtime, plus "
+      "mimalloc; frame times, allocations, bandwidth, identical states.");
   absl::ParseCommandLine(argc, argv);
-  return framealloc::sim::Main();
+  return framealloc::sim::Main(argv[0]);
 }

@@ -1,28 +1,57 @@
 #!/usr/bin/env bash
-# Runs the simulation benchmark on a small input and checks its report: both
-# variants, the ratio line, zero source calls in steady frames, the memory
-# bandwidth lines (a positive triad on 1 MiB arrays, the integration pass
-# as a share of it), identical final states; and that bad flags are refused
-# with a message.
+# Runs the simulation suite on a small input and checks its report: every
+# run in the table, the ratios, the triad and bandwidth lines, identical
+# states, the JSON and SVG files; the child-process path (pointed at this
+# same binary, since the mimalloc build is not made in sanitizer
+# configurations); a synthetic two-node topology; and that bad flags are
+# refused with a message naming the flag.
 set -euo pipefail
 bin="benchmarks/simulation"
-out=$("$bin" --particles=3000 --frames=4 --warmup=2 --rounds=2)
-echo "$out"
-grep -q "heap (new/std::vector)" <<<"$out"
-grep -q "frame arena vs heap: .*x faster at the median" <<<"$out"
-grep -qE "^frame arena +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+ +0$" <<<"$out"
-triad=$(sed -nE 's/^memory bandwidth \(STREAM triad, 1\.00 MiB arrays\): ([0-9.]+) GB\/s$/\1/p' <<<"$out")
-awk -v g="$triad" 'BEGIN { exit !(g > 0) }'
-grep -qE "^particle integration: [0-9]+\.[0-9]+ GB/s = [0-9]+\.[0-9]% of the triad$" <<<"$out"
-grep -q "in the frame arena variant's 8 measured frames" <<<"$out"
-grep -q "final state identical across variants" <<<"$out"
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+common=(--size=5000 --frames=3 --warmup=1 --triad_repetitions=2 --progress=false)
 
-if err=$("$bin" --particles=0 2>&1); then
-  echo "expected --particles=0 to fail"; exit 1
-fi
-grep -q -- "--particles must be in" <<<"$err"
-if err=$("$bin" --triad_repetitions=0 2>&1); then
-  echo "expected --triad_repetitions=0 to fail"; exit 1
-fi
-grep -q -- "--triad_repetitions must be >= 1" <<<"$err"
+out=$("$bin" "${common[@]}" --json="$tmp/s.json" --svg="$tmp/s.svg" \
+  --mimalloc_binary="$bin")
+echo "$out"
+for run in heap arena runtime-heap runtime-arena runtime-arena-1w \
+  "glibc heap" "glibc runtime-heap"; do
+  grep -qE "^$run +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ " <<<"$out" \
+    || { echo "missing row: $run"; exit 1; }
+done
+grep -qE "arena vs heap, 1 thread +[0-9.]+x median" <<<"$out"
+grep -qE "runtime-arena vs runtime-heap, all workers +[0-9.]+x median" <<<"$out"
+grep -qE "all workers vs one worker per node +[0-9.]+x median" <<<"$out"
+grep -qE "STREAM triad, 1 thread\(s\), 3 x 1\.0 MiB: [0-9.]+ GB/s median" <<<"$out"
+grep -qE "particle update \(IntegrateParticles\) in runtime-arena \([0-9]+ thread\(s\)\): [0-9.]+ GB/s median = [0-9.]+% of the triad" <<<"$out"
+grep -qE "state identical in all 7 runs: StateHash [0-9a-f]{16}" <<<"$out"
+grep -q "\"name\": \"particles\"" "$tmp/s.json"
+grep -q "\"states_equal\": true" "$tmp/s.json"
+grep -q "\"label\": \"glibc runtime-heap\"" "$tmp/s.json"
+grep -q "<svg" "$tmp/s.svg"
+test "$(grep -c "<polyline" "$tmp/s.svg")" -eq 14
+
+# Runtime variants on two synthetic nodes, 3 workers.
+out=$("$bin" "${common[@]}" --json= --svg= --topology='pack:2 [numa] core:2 pu:1' \
+  --workers=3 --variants=runtime-heap,runtime-arena)
+echo "$out"
+grep -q "2 node(s)" <<<"$out"
+grep -qE "^runtime-arena +3 " <<<"$out"
+grep -q "state identical in all 2 runs" <<<"$out"
+
+expect_error() {
+  local pattern="$1"; shift
+  if err=$("$bin" --progress=false --json= --svg= "$@" 2>&1); then
+    echo "expected failure: $*"; exit 1
+  fi
+  grep -q -- "$pattern" <<<"$err" || { echo "no '$pattern' in: $err"; exit 1; }
+}
+expect_error "--size must be in" --size=-1
+expect_error "--frames must be in" --frames=-2
+expect_error "unknown variant 'bogus'" --variants=heap,bogus
+expect_error "unknown scenario 'nosuch'" --scenario=nosuch
+expect_error "--workers must be in" --workers=-1
+expect_error "workers: 1 is fewer than the 2 nodes" --size=100 --frames=1 \
+  --variants=runtime-heap --topology='pack:2 [numa] core:1 pu:1' --workers=1
+expect_error "garbage" --topology=garbage --size=100 --frames=1 --variants=runtime-heap
+expect_error "size must be in" --size=4294967296 --frames=1 --variants=heap
 echo "PASS"

@@ -1,0 +1,47 @@
+// The registry (see scenarios.h). To add a scenario: include its header,
+// add its factory to the list below, and add its target to the deps of
+// :scenarios in benchmarks/BUILD.bazel.
+#include "benchmarks/scenarios.h"
+
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "benchmarks/particles.h"
+
+namespace framealloc::sim {
+
+std::vector<ScenarioInfo> RegisteredScenarios() {
+  return {
+      ParticlesScenario(),
+  };
+}
+
+absl::StatusOr<std::vector<ScenarioInfo>> FindScenarios(
+    absl::string_view list) {
+  std::vector<ScenarioInfo> all = RegisteredScenarios();
+  if (list.empty() || list == "all") return all;
+  absl::flat_hash_set<std::string> wanted;
+  for (absl::string_view name :
+       absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    bool known = false;
+    for (const ScenarioInfo& info : all) known = known || info.name == name;
+    if (!known) {
+      std::vector<std::string> names;
+      for (const ScenarioInfo& info : all) names.push_back(info.name);
+      return absl::InvalidArgumentError(
+          absl::StrCat("scenario: unknown scenario '", name,
+                       "' (known: ", absl::StrJoin(names, ", "), ", all)"));
+    }
+    wanted.insert(std::string(name));
+  }
+  std::vector<ScenarioInfo> chosen;
+  for (ScenarioInfo& info : all) {
+    if (wanted.contains(info.name)) chosen.push_back(std::move(info));
+  }
+  return chosen;
+}
+
+}  // namespace framealloc::sim

@@ -1,0 +1,91 @@
+// Every registered scenario of the suite reaches the same state in every
+// variant on small sizes: one thread with heap or arena temporaries, the
+// runtime on this machine (all workers and one), and the runtime on a
+// synthetic two-node topology. Runs through the driver's own RunVariant.
+#include "benchmarks/scenarios.h"
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "benchmarks/suite.h"
+#include "gtest/gtest.h"
+#include "numa/topology.h"
+
+namespace framealloc::sim {
+namespace {
+
+TEST(ScenariosTest, RegistryListsParticlesFirstAndNamesAreUnique) {
+  const std::vector<ScenarioInfo> all = RegisteredScenarios();
+  ASSERT_FALSE(all.empty());
+  EXPECT_EQ(all[0].name, "particles");
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_TRUE(all[i].create != nullptr) << all[i].name;
+    EXPECT_GT(all[i].default_size, 0u) << all[i].name;
+    for (size_t j = i + 1; j < all.size(); ++j) {
+      EXPECT_NE(all[i].name, all[j].name);
+    }
+  }
+}
+
+TEST(ScenariosTest, FindScenariosSelectsAndRejects) {
+  absl::StatusOr<std::vector<ScenarioInfo>> all = FindScenarios("all");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), RegisteredScenarios().size());
+  absl::StatusOr<std::vector<ScenarioInfo>> one = FindScenarios("particles");
+  ASSERT_TRUE(one.ok());
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_EQ((*one)[0].name, "particles");
+  absl::StatusOr<std::vector<ScenarioInfo>> bad =
+      FindScenarios("particles,nosuch");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("nosuch"), absl::string_view::npos);
+}
+
+TEST(ScenariosTest, EveryScenarioReachesTheSameStateInEveryVariant) {
+  absl::StatusOr<std::unique_ptr<numa::Topology>> two_nodes =
+      numa::Topology::FromSynthetic("pack:2 [numa] core:1 pu:1");
+  ASSERT_TRUE(two_nodes.ok()) << two_nodes.status();
+  for (const ScenarioInfo& info : RegisteredScenarios()) {
+    RunOptions options;
+    options.config.seed = 5;
+    options.config.size = std::min<size_t>(info.default_size, 3000);
+    options.warmup = 1;
+    options.frames = 4;
+    struct Case {
+      RunKind kind;
+      const numa::Topology* topology;
+    };
+    const Case cases[] = {
+        {RunKind::kHeap, nullptr},
+        {RunKind::kArena, nullptr},
+        {RunKind::kRuntimeHeap, nullptr},
+        {RunKind::kRuntimeArena, nullptr},
+        {RunKind::kRuntimeArenaOneWorker, nullptr},
+        {RunKind::kRuntimeHeap, two_nodes->get()},
+        {RunKind::kRuntimeArena, two_nodes->get()},
+    };
+    uint64_t first = 0;
+    for (const Case& c : cases) {
+      options.topology = c.topology;
+      absl::StatusOr<VariantRun> run = RunVariant(info, c.kind, options);
+      ASSERT_TRUE(run.ok())
+          << info.name << " " << RunKindName(c.kind) << ": " << run.status();
+      ASSERT_EQ(run->frames.size(), 4u);
+      if (&c == &cases[0]) first = run->state_hash;
+      EXPECT_EQ(run->state_hash, first)
+          << info.name << " " << RunKindName(c.kind)
+          << (c.topology != nullptr ? " on 2 synthetic nodes" : "");
+    }
+    // The frames change the state: one frame fewer is another state.
+    options.topology = nullptr;
+    options.frames = 3;
+    absl::StatusOr<VariantRun> shorter =
+        RunVariant(info, RunKind::kHeap, options);
+    ASSERT_TRUE(shorter.ok());
+    EXPECT_NE(shorter->state_hash, first) << info.name;
+  }
+}
+
+}  // namespace
+}  // namespace framealloc::sim
