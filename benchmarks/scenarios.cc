@@ -10,12 +10,18 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "benchmarks/particles.h"
+#include "integration/ecs/ecs_scenario.h"
+#include "integration/physics/physics_scenario.h"
+#include "integration/renderer/render_scenario.h"
 
 namespace framealloc::sim {
 
 std::vector<ScenarioInfo> RegisteredScenarios() {
   return {
       ParticlesScenario(),
+      integration::PhysicsScenario(),
+      integration::EcsScenario(),
+      integration::RenderScenario(),
   };
 }
 

@@ -23,12 +23,14 @@ grep -qE "runtime-arena vs runtime-heap, all workers +[0-9.]+x median" <<<"$out"
 grep -qE "all workers vs one worker per node +[0-9.]+x median" <<<"$out"
 grep -qE "STREAM triad, 1 thread\(s\), 3 x 1\.0 MiB: [0-9.]+ GB/s median" <<<"$out"
 grep -qE "particle update \(IntegrateParticles\) in runtime-arena \([0-9]+ thread\(s\)\): [0-9.]+ GB/s median = [0-9.]+% of the triad" <<<"$out"
-grep -qE "state identical in all 7 runs: StateHash [0-9a-f]{16}" <<<"$out"
+# Every registered scenario (particles, physics, ecs, render) ran and agreed.
+test "$(grep -cE "state identical in all 7 runs: StateHash [0-9a-f]{16}" <<<"$out")" -eq 4
 grep -q "\"name\": \"particles\"" "$tmp/s.json"
 grep -q "\"states_equal\": true" "$tmp/s.json"
 grep -q "\"label\": \"glibc runtime-heap\"" "$tmp/s.json"
 grep -q "<svg" "$tmp/s.svg"
-test "$(grep -c "<polyline" "$tmp/s.svg")" -eq 14
+# Frame time and memory per frame for each of the 7 runs, per scenario.
+test "$(grep -c "<polyline" "$tmp/s.svg")" -eq $((14 * 4))
 
 # Runtime variants on two synthetic nodes, 3 workers.
 out=$("$bin" "${common[@]}" --json= --svg= --topology='pack:2 [numa] core:2 pu:1' \
