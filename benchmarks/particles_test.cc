@@ -176,16 +176,17 @@ TEST(ParticlesTest, ArenaVariantsTakeNoHeapAllocationsPerFrame) {
     EXPECT_EQ(f.arena_bytes, 0u);
   }
   for (const FrameRecord& f : arena->frames) {
-    // The arena's own bookkeeping only: its list of oversize blocks holds 4
-    // inline and this frame has more (the frame-wide arrays), so the list
-    // grows on the heap (FrameArena::Reset frees it).
+    // The arena's and its chunk cache's own bookkeeping only (this frame's
+    // frame-wide arrays are oversize blocks, handed back to the cache at
+    // the reset), never the scenario's temporaries.
     EXPECT_LE(f.heap_allocations, 4u);
     EXPECT_GE(f.arena_allocations, 10 + 2 * 5);
     EXPECT_GT(f.arena_bytes, 20000u * 4 * 7);
   }
   for (const FrameRecord& f : runtime_arena->frames) {
     EXPECT_GT(f.arena_bytes, 20000u * 4 * 7);
-    EXPECT_EQ(f.arena_allocations, -1);  // The runtime reports bytes only.
+    // From the runtime's frame history: every worker arena's allocations.
+    EXPECT_GE(f.arena_allocations, 10 + 2 * 5);
   }
   // The streaming pass: 24 bytes read and 16 written per particle.
   ASSERT_TRUE(arena->pass.has_value());

@@ -197,7 +197,11 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
     if (variant == Variant::kHeap) record.arena_allocations = 0;
     if (variant == Variant::kRuntimeArena) {
       const std::vector<jobs::FrameTiming> history = runtime->frame_history();
-      if (!history.empty()) record.arena_bytes = history.back().arena_bytes;
+      if (!history.empty()) {
+        record.arena_bytes = history.back().arena_bytes;
+        record.arena_allocations =
+            static_cast<int64_t>(history.back().arena_allocations);
+      }
     }
     if (pass != nullptr) {
       const StreamingPassStats p = pass->LastPass();

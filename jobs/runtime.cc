@@ -1306,10 +1306,13 @@ absl::Status Runtime::EndFrame() {
   WaitUntilZero(frame.pending);
   const uint64_t reset_start = Ticks();
   uint64_t arena_bytes = 0;
+  uint64_t arena_allocations = 0;
   for (auto& node : nodes_) {
     for (auto& slot : node->slots) {
       SlotAcquire(slot.get());
-      arena_bytes += slot->frame_arena->stats().frame_peak_bytes_used;
+      const FrameArenaStats stats = slot->frame_arena->stats();
+      arena_bytes += stats.frame_peak_bytes_used;
+      arena_allocations += stats.allocations;
       slot->frame_arena->Reset();
       SlotRelease(slot.get());
     }
@@ -1324,6 +1327,7 @@ absl::Status Runtime::EndFrame() {
   timing.jobs = frame.jobs.load(std::memory_order_relaxed);
   timing.failed_jobs = frame.failed.load(std::memory_order_relaxed);
   timing.arena_bytes = arena_bytes;
+  timing.arena_allocations = arena_allocations;
   std::string first_failure;
   {
     alloc_internal::MutexLock lock(&frame.mu);

@@ -432,12 +432,13 @@ struct NodeStats {
 // One frame, from BeginFrame to the end of EndFrame.
 struct FrameTiming {
   uint64_t frame = 0;
-  double seconds = 0;        // BeginFrame to EndFrame's return.
-  double wait_seconds = 0;   // EndFrame waiting for the frame's jobs.
-  double reset_seconds = 0;  // EndFrame resetting the worker arenas.
-  uint64_t jobs = 0;         // Jobs submitted in the frame.
-  uint64_t failed_jobs = 0;  // ...that failed or were cancelled.
-  uint64_t arena_bytes = 0;  // Bytes the jobs took from worker arenas.
+  double seconds = 0;              // BeginFrame to EndFrame's return.
+  double wait_seconds = 0;         // EndFrame waiting for the frame's jobs.
+  double reset_seconds = 0;        // EndFrame resetting the worker arenas.
+  uint64_t jobs = 0;               // Jobs submitted in the frame.
+  uint64_t failed_jobs = 0;        // ...that failed or were cancelled.
+  uint64_t arena_bytes = 0;        // Bytes the jobs took from worker arenas.
+  uint64_t arena_allocations = 0;  // Allocations they made there.
 };
 
 struct RuntimeStats {

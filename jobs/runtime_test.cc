@@ -310,6 +310,7 @@ TEST(RuntimeFrameTest, EndFrameWaitsForTheFramesJobsThenResetsArenas) {
   ASSERT_EQ(history.size(), 1u);
   EXPECT_EQ(history[0].jobs, 64u);
   EXPECT_GE(history[0].arena_bytes, 64u * 1000u);
+  EXPECT_EQ(history[0].arena_allocations, 64u);
   // The arenas were reset: the next frame starts empty.
   ASSERT_TRUE(rt->BeginFrame().ok());
   auto used = rt->Submit(
