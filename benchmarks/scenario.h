@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "alloc/frame_arena.h"
 #include "jobs/runtime.h"
 
@@ -78,6 +79,21 @@ struct FrameEnv {
   // otherwise.
   FrameArena* arena = nullptr;
 };
+
+// InvalidArgument, prefixed with `scenario`, when `env` lacks what its
+// variant needs (a runtime for the runtime variants, an arena for kArena).
+inline absl::Status CheckEnv(const FrameEnv& env, const char* scenario) {
+  if (UsesRuntime(env.variant) && env.runtime == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(scenario, ": FrameEnv.runtime is null for variant ",
+                     std::string(VariantName(env.variant))));
+  }
+  if (env.variant == Variant::kArena && env.arena == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(scenario, ": FrameEnv.arena is null for variant arena"));
+  }
+  return absl::OkStatus();
+}
 
 // Problem size and seed, from the driver's flags.
 struct ScenarioConfig {

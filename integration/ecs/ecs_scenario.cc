@@ -34,19 +34,6 @@ class Rng {
   uint64_t state_;
 };
 
-absl::Status CheckEnv(const sim::FrameEnv& env) {
-  if (sim::UsesRuntime(env.variant) && env.runtime == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ecs: FrameEnv.runtime is null for variant ",
-                     std::string(sim::VariantName(env.variant))));
-  }
-  if (env.variant == sim::Variant::kArena && env.arena == nullptr) {
-    return absl::InvalidArgumentError(
-        "ecs: FrameEnv.arena is null for variant arena");
-  }
-  return absl::OkStatus();
-}
-
 FrameExecutor ExecutorFor(const sim::FrameEnv& env) {
   if (sim::UsesRuntime(env.variant)) {
     return FrameExecutor::OnRuntime(env.runtime);
@@ -59,7 +46,7 @@ FrameExecutor ExecutorFor(const sim::FrameEnv& env) {
 
 absl::Status EcsSimulation::Init(const sim::ScenarioConfig& config,
                                  const sim::FrameEnv& env) {
-  if (absl::Status s = CheckEnv(env); !s.ok()) return s;
+  if (absl::Status s = sim::CheckEnv(env, "ecs"); !s.ok()) return s;
   const size_t n = config.size == 0 ? kDefaultEntities : config.size;
   if (n > kMaxEntities) {
     return absl::InvalidArgumentError(
@@ -114,7 +101,7 @@ EcsSimulation::Blocks<ArenaMemory>() {
 }
 
 absl::Status EcsSimulation::Step(const sim::FrameEnv& env) {
-  if (absl::Status s = CheckEnv(env); !s.ok()) return s;
+  if (absl::Status s = sim::CheckEnv(env, "ecs"); !s.ok()) return s;
   const FrameExecutor exec = ExecutorFor(env);
   if (sim::UsesArena(env.variant)) {
     return RunFrame<ArenaMemory>(exec, Blocks<ArenaMemory>());

@@ -13,19 +13,6 @@ namespace {
 
 constexpr float kDt = 1.0f / 60.0f;
 
-absl::Status CheckEnv(const sim::FrameEnv& env) {
-  if (sim::UsesRuntime(env.variant) && env.runtime == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("render: FrameEnv.runtime is null for variant ",
-                     std::string(sim::VariantName(env.variant))));
-  }
-  if (env.variant == sim::Variant::kArena && env.arena == nullptr) {
-    return absl::InvalidArgumentError(
-        "render: FrameEnv.arena is null for variant arena");
-  }
-  return absl::OkStatus();
-}
-
 FrameExecutor ExecutorFor(const sim::FrameEnv& env) {
   if (sim::UsesRuntime(env.variant)) {
     return FrameExecutor::OnRuntime(env.runtime);
@@ -48,7 +35,7 @@ Camera RenderSimulation::CameraAt(uint64_t frame) {
 
 absl::Status RenderSimulation::Init(const sim::ScenarioConfig& config,
                                     const sim::FrameEnv& env) {
-  if (absl::Status s = CheckEnv(env); !s.ok()) return s;
+  if (absl::Status s = sim::CheckEnv(env, "render"); !s.ok()) return s;
   const size_t n = config.size == 0 ? kDefaultObjects : config.size;
   if (n > kMaxObjects) {
     return absl::InvalidArgumentError(
@@ -76,7 +63,7 @@ absl::Status RenderSimulation::Init(const sim::ScenarioConfig& config,
 }
 
 absl::Status RenderSimulation::Step(const sim::FrameEnv& env) {
-  if (absl::Status s = CheckEnv(env); !s.ok()) return s;
+  if (absl::Status s = sim::CheckEnv(env, "render"); !s.ok()) return s;
   if (!initialized_) {
     return absl::FailedPreconditionError("render: Step before Init");
   }
