@@ -1075,6 +1075,7 @@ TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
       Config().set_topology(topology.get()).set_workers_per_node(1));
   std::atomic<int64_t> measured_ns{0};
   JobCounter counter;
+  const auto wall_start = std::chrono::steady_clock::now();
   for (int i = 0; i < 20000; ++i) {
     ASSERT_TRUE(
         rt->Spawn(
@@ -1092,6 +1093,9 @@ TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
             .ok());
   }
   ASSERT_TRUE(counter.Wait().ok());
+  const double wall = std::chrono::duration<double>(
+                          std::chrono::steady_clock::now() - wall_start)
+                          .count();
   const double busy = rt->stats().nodes[0].worker_stats[0].busy_seconds;
   const double measured = static_cast<double>(measured_ns.load()) * 1e-9;
   // Each job spins at least 1.5 us: 30 ms in all. What the jobs measured
@@ -1099,8 +1103,14 @@ TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
   // misses, so only the nominal time bounds the estimate from below; an
   // unweighted sample would give about a 16th of it.
   EXPECT_GT(busy, 0.5 * 20000 * 1.5e-6)
-      << "busy " << busy << " s, jobs " << measured;
-  EXPECT_LT(busy, 3.0 * measured) << "busy " << busy << " s, jobs " << measured;
+      << "busy " << busy << " s, jobs " << measured << " s, wall " << wall;
+  // The one worker's busy time also holds the runtime's own work around
+  // each job (several microseconds per job in an emulated NUMA guest), so
+  // the jobs' own time does not bound it from above; the wall-clock time
+  // of the whole run does: a worker cannot be busy longer than it exists.
+  // Over-weighted samples (every job counted 16 times) would break it.
+  EXPECT_LT(busy, 1.5 * wall)
+      << "busy " << busy << " s, jobs " << measured << " s, wall " << wall;
 }
 
 TEST(RuntimeTraceTest, ChromeTraceHasATrackPerWorkerAndASlicePerJob) {
