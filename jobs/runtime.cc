@@ -25,6 +25,7 @@
 namespace framealloc {
 namespace jobs {
 
+using jobs_internal::DirectHeader;
 using jobs_internal::JobRecord;
 using jobs_internal::JobState;
 using jobs_internal::kClosedList;
@@ -230,10 +231,12 @@ absl::Status Detached(const absl::Status& s) {
   return s.ok() ? absl::OkStatus() : absl::Status(s.code(), s.message());
 }
 
+std::string JobName(uint64_t id, const char* name) {
+  return name != nullptr ? absl::StrCat("job ", id, " '", name, "'")
+                         : absl::StrCat("job ", id);
+}
 std::string JobName(const JobRecord* record) {
-  return record->name != nullptr
-             ? absl::StrCat("job ", record->id, " '", record->name, "'")
-             : absl::StrCat("job ", record->id);
+  return JobName(record->id, record->name);
 }
 
 bool Claim(JobRecord* record) {
@@ -264,13 +267,15 @@ bool Transition(JobRecord* record, uint32_t from, uint32_t to) {
 void WaitUntilZero(std::atomic<int64_t>& counter) {
   // A short spin first: fine-grained batches end within microseconds and
   // a futex sleep and wake costs more than that.
+  // Only the count bits: JobCounter::kHelperBit may be set meanwhile.
+  constexpr int64_t kCountMask = (int64_t{1} << 62) - 1;
   for (int i = 0; i < 256; ++i) {
-    if (counter.load(std::memory_order_acquire) == 0) return;
+    if ((counter.load(std::memory_order_acquire) & kCountMask) == 0) return;
     _mm_pause();
   }
   for (;;) {
     const int64_t v = counter.load(std::memory_order_acquire);
-    if (v == 0) return;
+    if ((v & kCountMask) == 0) return;
     counter.wait(v, std::memory_order_acquire);
   }
 }
@@ -361,6 +366,9 @@ struct Runtime::Node {
   SmartAlloc* alloc = nullptr;
   tbb::task_arena arena;
   tbb::task_group group;
+  // The context of Spawn's direct tasks (never cancelled: the runtime
+  // cancels jobs itself).
+  tbb::task_group_context direct_context{tbb::task_group_context::isolated};
   std::unique_ptr<NodeObserver> observer;
   std::vector<std::unique_ptr<WorkerSlot>> slots;
   // kWhenIdle only: the node's queued jobs, which its tokens and other
@@ -643,8 +651,7 @@ SmartAlloc& JobContext::alloc() const { return *slot_->alloc; }
 
 bool JobContext::cancel_requested() const {
   if (runtime_->cancel_all_.load(std::memory_order_acquire)) return true;
-  return record_ != nullptr && record_->counter != nullptr &&
-         record_->counter->cancelled();
+  return counter_ != nullptr && counter_->cancelled();
 }
 
 absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
@@ -717,19 +724,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
     record->counter = options.counter;
     options.counter->Add();
   }
-  // Join the open frame, if any. Paired with EndFrame (seq_cst both
-  // sides): either this sees the frame closed, or EndFrame sees the job.
-  FrameState& frame = *frame_;
-  if (frame.open.load(std::memory_order_acquire)) {
-    frame.pending.fetch_add(1, std::memory_order_seq_cst);
-    if (frame.open.load(std::memory_order_seq_cst)) {
-      record->in_frame = true;
-      record->frame = frame.ended.load(std::memory_order_relaxed);
-      frame.jobs.fetch_add(1, std::memory_order_relaxed);
-    } else if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      frame.pending.notify_all();
-    }
-  }
+  record->in_frame = JoinFrame();
 
   for (const JobRef& pred : options.predecessors) {
     if (!pred.valid()) continue;
@@ -770,6 +765,143 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
     Schedule(record);
   }
   return absl::OkStatus();
+}
+
+struct Runtime::RunInfo {
+  JobRecord* record = nullptr;  // Null on the direct path.
+  JobCounter* counter = nullptr;
+  const char* name = nullptr;
+  uint64_t id = 0;
+  bool in_frame = false;
+  bool stolen = false;
+  bool inline_run = false;
+};
+
+bool Runtime::JoinFrame() {
+  // Paired with EndFrame (seq_cst both sides): either this sees the frame
+  // closed, or EndFrame sees the job.
+  FrameState& frame = *frame_;
+  if (!frame.open.load(std::memory_order_acquire)) return false;
+  frame.pending.fetch_add(1, std::memory_order_seq_cst);
+  if (frame.open.load(std::memory_order_seq_cst)) {
+    frame.jobs.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    frame.pending.notify_all();
+  }
+  return false;
+}
+
+void Runtime::LeaveFrame(bool failed, const absl::Status& status) {
+  FrameState& frame = *frame_;
+  if (failed) {
+    if (frame.failed.fetch_add(1, std::memory_order_relaxed) == 0) {
+      alloc_internal::MutexLock lock(&frame.mu);
+      frame.first_failure = status.ToString();
+    }
+  }
+  if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    frame.pending.notify_all();
+  }
+}
+
+Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
+                                             DirectHeader* header) {
+  DirectTarget target;
+  if (!options.predecessors.empty() ||
+      (config_.stealing == StealPolicy::kWhenIdle && nodes_.size() > 1)) {
+    return target;
+  }
+  WorkerSlot* here = CurrentSlot();
+  int node;
+  if (here != nullptr) {
+    // Running jobs may submit while a kFinish shutdown drains.
+    if (!accepting_.load(std::memory_order_acquire) &&
+        cancel_all_.load(std::memory_order_acquire)) {
+      return target;
+    }
+    node = options.affinity.any() ? here->node : options.affinity.node();
+    if (node != here->node) return target;
+    if (here->next_id == here->id_limit) {
+      here->next_id = next_id_.fetch_add(jobs_internal::kIdBlock,
+                                         std::memory_order_relaxed);
+      here->id_limit = here->next_id + jobs_internal::kIdBlock;
+    }
+    header->id = here->next_id++;
+    std::atomic<uint64_t>& mine = here->submitted_to[node];
+    mine.store(mine.load(std::memory_order_relaxed) + 1,
+               std::memory_order_release);
+  } else {
+    if (!accepting_.load(std::memory_order_acquire)) return target;
+    node = options.affinity.any()
+               ? static_cast<int>(
+                     next_any_.fetch_add(1, std::memory_order_relaxed) %
+                     nodes_.size())
+               : options.affinity.node();
+    if (node < 0 || node >= num_nodes()) return target;
+    header->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+    nodes_[node]->submitted.fetch_add(1, std::memory_order_release);
+    target.arena = &nodes_[node]->arena;
+  }
+  header->runtime = this;
+  header->name = options.name;
+  if (options.counter != nullptr) {
+    header->counter = options.counter;
+    options.counter->Add();
+  }
+  header->in_frame = JoinFrame();
+  target.context = &nodes_[node]->direct_context;
+  return target;
+}
+
+void Runtime::RunDirect(const DirectHeader& header, void* fn,
+                        void (*call)(void* fn, JobContext& ctx)) {
+  WorkerSlot* slot = CurrentSlot();
+  JobState state = jobs_internal::kDone;
+  absl::Status status;
+  std::exception_ptr exception;
+  if (cancel_all_.load(std::memory_order_acquire) ||
+      (header.counter != nullptr &&
+       JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
+       header.counter->cancelled())) {
+    state = jobs_internal::kCancelled;
+    status = absl::CancelledError(absl::StrCat(JobName(header.id, header.name),
+                                               " cancelled before it started"));
+  } else if (slot == nullptr) {
+    // TBB ran the task on a thread in none of our slots: cannot happen (it
+    // was spawned into a worker's deque of this node's arena), but never
+    // run a job without its context.
+    state = jobs_internal::kFailed;
+    status = absl::InternalError(
+        absl::StrCat(JobName(header.id, header.name),
+                     ": run by a thread outside the runtime's worker slots"));
+  } else {
+    RunInfo info;
+    info.counter = header.counter;
+    info.name = header.name;
+    info.id = header.id;
+    info.in_frame = header.in_frame;
+    state = RunJob(slot, info, fn, call, &status, &exception);
+  }
+  // As Finish: the finished count first (a waiter's stats() include the
+  // job), then the counter, then the frame (after which EndFrame may
+  // reset the arenas; nothing here touches them).
+  const int kind = state == jobs_internal::kDone     ? 0
+                   : state == jobs_internal::kFailed ? 1
+                                                     : 2;
+  if (slot != nullptr) {
+    slot->finished[kind].store(
+        slot->finished[kind].load(std::memory_order_relaxed) + 1,
+        std::memory_order_release);
+  } else {
+    finished_elsewhere_[kind].fetch_add(1, std::memory_order_release);
+  }
+  const bool failed = state != jobs_internal::kDone;
+  if (header.counter != nullptr) {
+    header.counter->Finish(failed ? &status : nullptr, exception);
+  }
+  if (header.in_frame) LeaveFrame(failed, status);
 }
 
 void Runtime::Schedule(JobRecord* record) {
@@ -916,6 +1048,76 @@ void Runtime::RunThief(int thief_node, int victim_node) {
   TsanRelease(&thief);  // For Shutdown's drain.
 }
 
+JobState Runtime::RunJob(WorkerSlot* slot, const RunInfo& info, void* fn,
+                         void (*call)(void* fn, JobContext& ctx),
+                         absl::Status* status, std::exception_ptr* exception) {
+  SlotAcquire(slot);
+  JobContext ctx;
+  ctx.runtime_ = this;
+  ctx.slot_ = slot;
+  ctx.record_ = info.record;
+  ctx.counter_ = info.counter;
+  ctx.job_id_ = info.id;
+  ctx.node_ = slot->node;
+  ctx.worker_ = slot->index;
+  ctx.in_frame_ = info.in_frame;
+  ctx.stolen_ = info.stolen;
+  // Every job runs in an isolated region of its own (below): what it
+  // spawns carries the region's tag, and a wait inside it (a JobCounter,
+  // a Fork) runs only those tasks, never an unrelated job.
+  ctx.isolated_ = true;
+  FrameArena* scratch = slot->scratch_arena.get();
+  ctx.arena_ = info.in_frame ? slot->frame_arena.get() : scratch;
+  ArenaMark mark;
+  const bool outer_scratch = !info.in_frame && slot->scratch_depth == 0;
+  if (!info.in_frame) {
+    if (!outer_scratch) mark = scratch->Mark();
+    ++slot->scratch_depth;
+  }
+
+  const bool top = slot->depth++ == 0;
+  const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
+  const bool timed =
+      busy_weight != 0 || trace_on_.load(std::memory_order_acquire);
+  const uint64_t start = timed ? Ticks() : 0;
+  JobState state = jobs_internal::kDone;
+  try {
+    tbb::this_task_arena::isolate([call, fn, &ctx] { call(fn, ctx); });
+  } catch (const std::exception& e) {
+    state = jobs_internal::kFailed;
+    *exception = std::current_exception();
+    *status = absl::UnknownError(
+        absl::StrCat(JobName(info.id, info.name), " threw: ", e.what()));
+  } catch (...) {
+    state = jobs_internal::kFailed;
+    *exception = std::current_exception();
+    *status = absl::UnknownError(absl::StrCat(JobName(info.id, info.name),
+                                              " threw a non-std exception"));
+  }
+  if (!info.in_frame) {
+    --slot->scratch_depth;
+    if (outer_scratch) {
+      scratch->Reset();  // A handful of stores when nothing was allocated.
+    } else {
+      (void)scratch->Rewind(mark);
+    }
+  }
+  const uint64_t end = timed ? Ticks() : 0;
+  --slot->depth;
+  if (busy_weight != 0) slot->EndBusySample(busy_weight, end - start);
+  Bump(slot->jobs_run);
+  if (info.stolen) Bump(slot->jobs_stolen);
+  if (info.inline_run) Bump(slot->jobs_inline);
+  if (timed && trace_on_.load(std::memory_order_acquire)) {
+    slot->trace.Add({info.id, info.name, start, end,
+                     static_cast<uint8_t>(
+                         (info.stolen ? jobs_internal::kTraceStolen : 0) |
+                         (info.inline_run ? jobs_internal::kTraceInline : 0))});
+  }
+  SlotRelease(slot);
+  return state;
+}
+
 void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
                       bool inline_run, JobRecord** bypass) {
   if (slot == nullptr) {
@@ -941,67 +1143,23 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
            nullptr);
     return;
   }
-  SlotAcquire(slot);
-  JobContext ctx;
-  ctx.runtime_ = this;
-  ctx.slot_ = slot;
-  ctx.record_ = record;
-  ctx.job_id_ = record->id;
-  ctx.node_ = slot->node;
-  ctx.worker_ = slot->index;
-  ctx.in_frame_ = record->in_frame;
-  ctx.stolen_ = stolen;
-  FrameArena* scratch = slot->scratch_arena.get();
-  ctx.arena_ = record->in_frame ? slot->frame_arena.get() : scratch;
-  ArenaMark mark;
-  const bool outer_scratch = !record->in_frame && slot->scratch_depth == 0;
-  if (!record->in_frame) {
-    if (!outer_scratch) mark = scratch->Mark();
-    ++slot->scratch_depth;
-  }
-
-  const bool top = slot->depth++ == 0;
-  const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
-  const bool timed =
-      busy_weight != 0 || trace_on_.load(std::memory_order_acquire);
-  const uint64_t start = timed ? Ticks() : 0;
-  JobState state = jobs_internal::kDone;
+  RunInfo info;
+  info.record = record;
+  info.counter = record->counter;
+  info.name = record->name;
+  info.id = record->id;
+  info.in_frame = record->in_frame;
+  info.stolen = stolen;
+  info.inline_run = inline_run;
   absl::Status status;
   std::exception_ptr exception;
-  try {
-    record->invoke(record, ctx);
-  } catch (const std::exception& e) {
-    state = jobs_internal::kFailed;
-    exception = std::current_exception();
-    status =
-        absl::UnknownError(absl::StrCat(JobName(record), " threw: ", e.what()));
-  } catch (...) {
-    state = jobs_internal::kFailed;
-    exception = std::current_exception();
-    status = absl::UnknownError(
-        absl::StrCat(JobName(record), " threw a non-std exception"));
-  }
-  if (!record->in_frame) {
-    --slot->scratch_depth;
-    if (outer_scratch) {
-      scratch->Reset();  // A handful of stores when nothing was allocated.
-    } else {
-      (void)scratch->Rewind(mark);
-    }
-  }
-  const uint64_t end = timed ? Ticks() : 0;
-  --slot->depth;
-  if (busy_weight != 0) slot->EndBusySample(busy_weight, end - start);
-  Bump(slot->jobs_run);
-  if (stolen) Bump(slot->jobs_stolen);
-  if (inline_run) Bump(slot->jobs_inline);
-  if (timed && trace_on_.load(std::memory_order_acquire)) {
-    slot->trace.Add(
-        {record->id, record->name, start, end,
-         static_cast<uint8_t>((stolen ? jobs_internal::kTraceStolen : 0) |
-                              (inline_run ? jobs_internal::kTraceInline : 0))});
-  }
-  SlotRelease(slot);
+  const JobState state = RunJob(
+      slot, info, record,
+      [](void* r, JobContext& ctx) {
+        auto* job = static_cast<JobRecord*>(r);
+        job->invoke(job, ctx);
+      },
+      &status, &exception);
   Finish(record, state, std::move(status), std::move(exception), bypass);
 }
 
@@ -1014,6 +1172,7 @@ void Runtime::RunChild(const JobContext& parent,
   ctx.runtime_ = this;
   ctx.slot_ = slot;
   ctx.record_ = parent.record_;
+  ctx.counter_ = parent.counter_;
   ctx.node_ = slot->node;
   ctx.worker_ = slot->index;
   ctx.in_frame_ = parent.in_frame_;
@@ -1119,19 +1278,11 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
     }
     edge = next;
   }
-  if (record->counter != nullptr) record->counter->Finish(*record);
-  if (record->in_frame) {
-    FrameState& frame = *frame_;
-    if (failed) {
-      if (frame.failed.fetch_add(1, std::memory_order_relaxed) == 0) {
-        alloc_internal::MutexLock lock(&frame.mu);
-        frame.first_failure = record->status.ToString();
-      }
-    }
-    if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      frame.pending.notify_all();
-    }
+  if (record->counter != nullptr) {
+    record->counter->Finish(failed ? &record->status : nullptr,
+                            record->exception);
   }
+  if (record->in_frame) LeaveFrame(failed, record->status);
 }
 
 bool Runtime::TryRunInline(JobRecord* record) {
@@ -1221,6 +1372,11 @@ bool JobRef::Cancel() {
 JobCounter::~JobCounter() { (void)Wait(); }
 
 absl::Status JobCounter::Wait() {
+  // Inside a job: help run its children instead of blocking the worker.
+  if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
+                                 tbb::task_arena::not_initialized) {
+    HelpUntilZero();
+  }
   WaitUntilZero(pending_);
   alloc_internal::MutexLock lock(&mu_);
   return Detached(first_error_);
@@ -1246,20 +1402,58 @@ void JobCounter::Reset() {
   cancelled_.store(false, std::memory_order_release);
 }
 
-void JobCounter::Finish(const JobRecord& record) {
-  if ((record.state.load(std::memory_order_relaxed) & kStateMask) !=
-      jobs_internal::kDone) {
+void JobCounter::Finish(const absl::Status* status,
+                        const std::exception_ptr& exception) {
+  if (status != nullptr) {
     alloc_internal::MutexLock lock(&mu_);
     if (first_error_.ok()) {
-      first_error_ = Detached(record.status);
-      first_exception_ = record.exception;
+      first_error_ = Detached(*status);
+      first_exception_ = exception;
     }
     failed_.store(true, std::memory_order_relaxed);
   }
+  const int64_t left = pending_.fetch_sub(1, std::memory_order_acq_rel) - 1;
+  if ((left & kCountMask) != 0) return;
+  if (left & kHelperBit) {
+    // A job waits in HelpUntilZero and cannot return before its
+    // wait_context is released: the counter is still alive here.
+    if (tbb::detail::d1::wait_context* helper =
+            helper_.exchange(nullptr, std::memory_order_acq_rel)) {
+      pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+      pending_.notify_all();
+      helper->release();  // Last touch: the waiter may return at once.
+      return;
+    }
+    // The waiter took its wait_context back itself (it found the count at
+    // zero when it registered) and clears the bit: touch nothing more.
+  }
   // Last touch of the counter: the waiter may destroy it right after.
   // (notify_all only names the address; it reads nothing there.)
-  if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    pending_.notify_all();
+  pending_.notify_all();
+}
+
+void JobCounter::HelpUntilZero() {
+  while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
+    tbb::detail::d1::wait_context done(1);
+    tbb::detail::d1::wait_context* expected = nullptr;
+    if (!helper_.compare_exchange_strong(expected, &done,
+                                         std::memory_order_acq_rel)) {
+      return;  // Another job helps already: wait without helping.
+    }
+    const int64_t before =
+        pending_.fetch_or(kHelperBit, std::memory_order_acq_rel);
+    if ((before & kCountMask) == 0 &&
+        helper_.exchange(nullptr, std::memory_order_acq_rel) == &done) {
+      // Finished meanwhile, and no finisher saw the bit: clear it.
+      pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+      pending_.notify_all();
+      return;
+    }
+    // Runs this job's region's tasks (its children) until a finisher
+    // releases `done`; the context only scopes cancellation, which the
+    // runtime does not use.
+    tbb::task_group_context context(tbb::task_group_context::isolated);
+    tbb::detail::d1::wait(done, context);
   }
 }
 

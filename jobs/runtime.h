@@ -52,6 +52,8 @@
 #define JOBS_RUNTIME_H_
 
 #include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/detail/_small_object_pool.h>
+#include <oneapi/tbb/detail/_task.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
@@ -123,6 +125,20 @@ inline void TsanRelease(const void*) {}
 
 // A fork child or parallel-for chunk: runs `call(fn, ctx)` as a child job
 // of `parent` on the thread that executes it.
+// What a job on Spawn's direct path carries besides its function
+// (Runtime::PrepareDirect fills it).
+struct DirectHeader {
+  Runtime* runtime = nullptr;
+  JobCounter* counter = nullptr;
+  const char* name = nullptr;
+  uint64_t id = 0;
+  bool in_frame = false;
+};
+
+// The TBB task of a direct job (defined after Runtime).
+template <typename F>
+class DirectTask;
+
 struct ChildTask {
   Runtime* runtime;
   const JobContext* parent;
@@ -206,6 +222,8 @@ class JobContext {
   Runtime* runtime_ = nullptr;
   jobs_internal::WorkerSlot* slot_ = nullptr;
   jobs_internal::JobRecord* record_ = nullptr;  // Null for fork children.
+  JobCounter* counter_ = nullptr;  // The job's counter (fork children: the
+                                   // parent's), for cancel_requested().
   FrameArena* arena_ = nullptr;
   uint64_t job_id_ = 0;
   int node_ = 0;
@@ -318,7 +336,9 @@ class JobCounter {
   // JobContext::cancel_requested().
   void Cancel();
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
-  int64_t pending() const { return pending_.load(std::memory_order_acquire); }
+  int64_t pending() const {
+    return pending_.load(std::memory_order_acquire) & kCountMask;
+  }
   // The first exception a counted job threw, or null.
   std::exception_ptr exception() const;
   // Forgets the failure and the cancellation. REQUIRES: pending() == 0.
@@ -327,11 +347,22 @@ class JobCounter {
  private:
   friend class Runtime;
   void Add() { pending_.fetch_add(1, std::memory_order_relaxed); }
-  void Finish(const jobs_internal::JobRecord& record);
+  // A counted job finished; `status` is its failure (null if it ran to
+  // completion).
+  void Finish(const absl::Status* status, const std::exception_ptr& exception);
+  // Wait() from inside a job: runs the node's tasks of this job's isolated
+  // region (its own children among them) until the count drops to zero.
+  void HelpUntilZero();
 
+  // The count of unfinished jobs, plus kHelperBit while a job waits in
+  // HelpUntilZero: the finisher that brings the count to zero then wakes
+  // that job through helper_ (it cannot be gone: it is still waiting).
   // Release on decrement so that the jobs' effects are visible to the
   // waiter that observes 0 with acquire.
+  static constexpr int64_t kHelperBit = int64_t{1} << 62;
+  static constexpr int64_t kCountMask = kHelperBit - 1;
   std::atomic<int64_t> pending_{0};
+  std::atomic<tbb::detail::d1::wait_context*> helper_{nullptr};
   std::atomic<uint32_t> wake_{0};  // Futex word bumped when pending hits 0.
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
@@ -561,6 +592,38 @@ class Runtime {
   absl::Status Init();
 
   void* AllocateRecord(size_t size, size_t alignment);
+  template <typename F>
+  friend class jobs_internal::DirectTask;
+  // Spawn's direct path: a job with no predecessors and no handle becomes
+  // one TBB task and no record: spawned into the worker's own deque when a
+  // worker spawns it onto its own node (what task_group::run costs), else
+  // enqueued into the node's arena (what task_arena::enqueue costs), plus
+  // the runtime's accounting. PrepareDirect accepts and counts the job
+  // into `header` and says where it goes (context null: the record path,
+  // for predecessors, idle stealing across nodes, another worker's node,
+  // and every submission that is refused, whose errors it reports).
+  struct DirectTarget {
+    tbb::task_group_context* context = nullptr;
+    tbb::task_arena* arena = nullptr;  // Null: spawn on this worker.
+  };
+  DirectTarget PrepareDirect(const SubmitOptions& options,
+                             jobs_internal::DirectHeader* header);
+  // Runs a direct job on the calling worker and accounts for it.
+  void RunDirect(const jobs_internal::DirectHeader& header, void* fn,
+                 void (*call)(void* fn, JobContext& ctx));
+  // Runs `call(fn, ctx)` as a job on `slot` in its own isolated region,
+  // with the context of `info`; returns its final state (kDone or
+  // kFailed with `status` and `exception`).
+  struct RunInfo;
+  // Counts a job into the open frame, if any: true if it joined one.
+  bool JoinFrame();
+  // A job of the frame finished (failed: with `status`).
+  void LeaveFrame(bool failed, const absl::Status& status);
+  jobs_internal::JobState RunJob(jobs_internal::WorkerSlot* slot,
+                                 const RunInfo& info, void* fn,
+                                 void (*call)(void* fn, JobContext& ctx),
+                                 absl::Status* status,
+                                 std::exception_ptr* exception);
   friend void jobs_internal::FreeRecord(Runtime* runtime, void* record,
                                         size_t size, size_t alignment);
   // Fills the common fields, applies the options and schedules. Returns
@@ -662,6 +725,82 @@ void TypedJob<F, R>::Destroy(JobRecord* self) {
   FreeRecord(runtime, self, sizeof(TypedJob), alignof(TypedJob));
 }
 
+// A direct job: the user's function and its header in one TBB task,
+// allocated from TBB's per-thread small-object pool and spawned into the
+// worker's own deque, the way oneTBB's task_group::run builds its tasks
+// (the same d1 layer of oneTBB's headers, which task_group, parallel_for
+// and the flow graph are written on). No wait_context: the runtime's
+// counters (JobCounter, the frame, the per-slot finished counts) say when
+// it is done.
+template <typename F>
+class DirectTask final : public tbb::detail::d1::task {
+ public:
+  // Allocates and spawns a task for `fn` into `context` on the calling
+  // worker's deque. REQUIRES: called by a thread of the context's arena.
+  template <typename G>
+  static void Spawn(G&& fn, const DirectHeader& header,
+                    tbb::detail::d1::task_group_context& context) {
+    tbb::detail::d1::small_object_pool* pool = nullptr;
+    void* memory = tbb::detail::r1::allocate(pool, sizeof(DirectTask));
+    // The pool hands out memory another task freed on another thread,
+    // inside uninstrumented libtbb: tell TSan (paired with Finalize).
+    TsanAcquire(memory);
+    auto* task = new (memory) DirectTask(std::forward<G>(fn), header, pool);
+    TsanRelease(task);  // For the worker that runs it.
+    tbb::detail::d1::spawn(*task, context);
+  }
+  // As Spawn, from a thread outside `arena`: into the arena's shared
+  // queue, the way task_arena::enqueue does.
+  template <typename G>
+  static void Enqueue(G&& fn, const DirectHeader& header,
+                      tbb::detail::d1::task_group_context& context,
+                      tbb::task_arena& arena) {
+    tbb::detail::d1::small_object_pool* pool = nullptr;
+    void* memory = tbb::detail::r1::allocate(pool, sizeof(DirectTask));
+    TsanAcquire(memory);
+    auto* task = new (memory) DirectTask(std::forward<G>(fn), header, pool);
+    TsanRelease(task);
+    tbb::detail::r1::enqueue(*task, context, &arena);
+  }
+
+  task* execute(tbb::detail::d1::execution_data& ed) override {
+    TsanAcquire(this);  // Everything the spawner wrote, the task included.
+    header_.runtime->RunDirect(header_, &fn_, &Call);
+    Finalize(ed);
+    return nullptr;
+  }
+  // Only when the context is cancelled, which the runtime never does; run
+  // the job all the same (cancellation is the runtime's, not TBB's).
+  task* cancel(tbb::detail::d1::execution_data& ed) override {
+    return execute(ed);
+  }
+
+ private:
+  static void Call(void* fn, JobContext& ctx) {
+    F& f = *static_cast<F*>(fn);
+    if constexpr (std::is_invocable_v<F&, JobContext&>) {
+      f(ctx);
+    } else {
+      f();
+    }
+  }
+  template <typename G>
+  DirectTask(G&& fn, const DirectHeader& header,
+             tbb::detail::d1::small_object_pool* pool)
+      : fn_(std::forward<G>(fn)), header_(header), pool_(pool) {}
+
+  void Finalize(const tbb::detail::d1::execution_data& ed) {
+    tbb::detail::d1::small_object_pool* pool = pool_;
+    this->~DirectTask();
+    TsanRelease(this);  // For whoever the pool gives the memory to next.
+    tbb::detail::r1::deallocate(*pool, this, sizeof(DirectTask), ed);
+  }
+
+  F fn_;
+  DirectHeader header_;
+  tbb::detail::d1::small_object_pool* pool_;
+};
+
 // Reports a value() call on a job that did not succeed; never returns.
 [[noreturn]] void FailedValueAccess(const JobRecord* record);
 
@@ -699,6 +838,18 @@ auto Runtime::Submit(F&& f, SubmitOptions options)
 template <typename F>
 absl::Status Runtime::Spawn(F&& f, SubmitOptions options) {
   using Fn = std::decay_t<F>;
+  jobs_internal::DirectHeader header;
+  if (const DirectTarget target = PrepareDirect(options, &header);
+      target.context != nullptr) {
+    if (target.arena == nullptr) {
+      jobs_internal::DirectTask<Fn>::Spawn(std::forward<F>(f), header,
+                                           *target.context);
+    } else {
+      jobs_internal::DirectTask<Fn>::Enqueue(std::forward<F>(f), header,
+                                             *target.context, *target.arena);
+    }
+    return absl::OkStatus();
+  }
   using R = typename jobs_internal::ResultOf<Fn>::type;
   using Job = jobs_internal::TypedJob<Fn, R>;
   void* memory = AllocateRecord(sizeof(Job), alignof(Job));

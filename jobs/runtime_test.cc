@@ -709,6 +709,54 @@ TEST(RuntimeWaitTest, WaitingOnAnUnstartedJobOfTheSameNodeRunsItInline) {
   EXPECT_EQ(rt->stats().nodes[0].worker_stats[0].jobs_inline, 1u);
 }
 
+// A job that waits on a counter of its own children helps run them: on a
+// node with one worker a blocking wait would never return.
+TEST(RuntimeWaitTest, ACounterWaitInsideAJobRunsItsChildren) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> ran{0};
+  auto parent = rt->Submit([&ran](JobContext& ctx) {
+    JobCounter children;
+    for (int i = 0; i < 1000; ++i) {
+      EXPECT_TRUE(ctx.runtime()
+                      .Spawn([&ran] { ran.fetch_add(1); },
+                             SubmitOptions().with_counter(&children))
+                      .ok());
+    }
+    EXPECT_TRUE(children.Wait().ok());
+    EXPECT_EQ(children.pending(), 0);
+    return ran.load();
+  });
+  ASSERT_TRUE(parent.Wait().ok());
+  EXPECT_EQ(parent.value(), 1000);
+  const RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.jobs_submitted, 1001u);
+  EXPECT_EQ(stats.jobs_completed, 1001u);
+}
+
+// The helping wait reports its children's failures like any counter.
+TEST(RuntimeWaitTest, ACounterWaitInsideAJobReportsItsChildrensFailure) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto parent = rt->Submit([](JobContext& ctx) {
+    JobCounter children;
+    for (int i = 0; i < 100; ++i) {
+      EXPECT_TRUE(ctx.runtime()
+                      .Spawn(
+                          [i] {
+                            if (i == 7) throw std::runtime_error("child 7");
+                          },
+                          SubmitOptions().with_counter(&children).named("c"))
+                      .ok());
+    }
+    return children.Wait();
+  });
+  ASSERT_TRUE(parent.Wait().ok());
+  EXPECT_EQ(parent.value().code(), absl::StatusCode::kUnknown);
+  EXPECT_TRUE(absl::StrContains(parent.value().message(), "'c' threw: child 7"))
+      << parent.value();
+}
+
 long Fib(JobContext& ctx, int n) {
   if (n < 12) {
     long a = 0, b = 1;
@@ -779,6 +827,65 @@ TEST(RuntimeTest, ForkWaitsRunOnlyTheirOwnChildren) {
   });
   auto tree = rt->Submit([&](JobContext& ctx) {
     for (int round = 0; round < 20; ++round) SlowTree(ctx, 6);
+    tree_done.store(true, std::memory_order_release);
+  });
+  ASSERT_TRUE(tree.Wait().ok());
+  ASSERT_TRUE(spawner.Wait().ok());
+  ASSERT_TRUE(unrelated.Wait().ok());
+  EXPECT_GT(unrelated_run.load(), 0);
+  EXPECT_EQ(unrelated_inside_wait.load(), 0);
+}
+
+// As SlowTree, with Spawn and a JobCounter wait instead of Fork.
+void SlowCounterTree(Runtime& rt, int depth) {
+  if (depth == 0) {
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    return;
+  }
+  JobCounter children;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(rt.Spawn([&rt, depth] { SlowCounterTree(rt, depth - 1); },
+                         SubmitOptions().with_counter(&children))
+                    .ok());
+  }
+  ++tls_fork_waits;
+  EXPECT_TRUE(children.Wait().ok());
+  --tls_fork_waits;
+}
+
+// The same for a job waiting on a JobCounter of its children: it helps
+// with its own children only (every job runs in an isolated region of its
+// own, and what it spawns carries the region's tag).
+TEST(RuntimeTest, CounterWaitsRunOnlyTheirOwnChildren) {
+  auto topology = Synthetic("pack:1 [numa] core:3 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(3));
+  std::atomic<int> unrelated_inside_wait{0};
+  std::atomic<int> unrelated_run{0};
+  std::atomic<bool> tree_done{false};
+  JobCounter unrelated;
+  auto spawner = rt->Submit([&](JobContext& ctx) {
+    while (!tree_done.load(std::memory_order_acquire)) {
+      for (int i = 0; i < 64; ++i) {
+        ASSERT_TRUE(ctx.runtime()
+                        .Spawn(
+                            [&](JobContext&) {
+                              if (tls_fork_waits > 0) ++unrelated_inside_wait;
+                              ++unrelated_run;
+                            },
+                            SubmitOptions().with_counter(&unrelated))
+                        .ok());
+      }
+      std::this_thread::yield();
+    }
+  });
+  auto tree = rt->Submit([&](JobContext& ctx) {
+    for (int round = 0; round < 40; ++round) {
+      SlowCounterTree(ctx.runtime(), 6);
+    }
     tree_done.store(true, std::memory_order_release);
   });
   ASSERT_TRUE(tree.Wait().ok());

@@ -79,7 +79,6 @@ struct JobRecord {
   uint64_t id = 0;
   int node = 0;           // Node the job was submitted to.
   bool in_frame = false;  // Counted in the frame open at submission.
-  uint64_t frame = 0;     // That frame's number.
 
   // Written by the thread that finishes the job, before the state becomes
   // final (release); read by waiters after they see it (acquire).
