@@ -1454,6 +1454,10 @@ void JobCounter::HelpUntilZero() {
     // runtime does not use.
     tbb::task_group_context context(tbb::task_group_context::isolated);
     tbb::detail::d1::wait(done, context);
+    // libtbb saw the finisher's release uninstrumented: read the count
+    // once more here (an atomic add of zero), so that TSan sees it too
+    // before `done`'s stack memory is reused.
+    done.reserve(0);
   }
 }
 
