@@ -29,8 +29,8 @@
 // bounded growth spreads over the first 20 to 60 s (docs/server.md).
 //
 // Bounded: rounds * 2 * (connection warm-up, at most --warmup_max_s, +
-// warmup + duration) seconds plus start-up; about 65 s with the defaults
-// (3 rounds of about 2 + 2 + 6 s). Loopback only.
+// warmup + duration) seconds plus start-up and stop; about 65 s with the
+// defaults (3 rounds of about 2 + 2 + 6 s per pool). Loopback only.
 // Not for: a test of correctness (server_test is) or tuning wrk.
 #include <httplib.h>
 #include <signal.h>
@@ -41,7 +41,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
