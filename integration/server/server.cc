@@ -58,6 +58,21 @@ void AtomicMax(std::atomic<uint64_t>& a, uint64_t v) {
   }
 }
 
+// cpp-httplib's ThreadPool (its default task queue) that counts the
+// connections it is handed, as RuntimeTaskQueue does on the runtime pool.
+class CountingThreadPool final : public httplib::ThreadPool {
+ public:
+  CountingThreadPool(size_t threads, std::atomic<uint64_t>* accepted)
+      : httplib::ThreadPool(threads), accepted_(accepted) {}
+  void enqueue(std::function<void()> fn) override {
+    accepted_->fetch_add(1, std::memory_order_relaxed);
+    httplib::ThreadPool::enqueue(std::move(fn));
+  }
+
+ private:
+  std::atomic<uint64_t>* const accepted_;
+};
+
 uint64_t ResidentBytes() {
   std::ifstream statm("/proc/self/statm");
   uint64_t size = 0, resident = 0;
@@ -128,6 +143,7 @@ absl::Status ServerOptions::Validate() const {
 RuntimeTaskQueue::~RuntimeTaskQueue() { (void)connections_.Wait(); }
 
 void RuntimeTaskQueue::enqueue(std::function<void()> fn) {
+  if (accepted_ != nullptr) accepted_->fetch_add(1, std::memory_order_relaxed);
   // The connection runs as one job: its context is published for the
   // handlers of its requests, and withdrawn when it ends.
   struct ConnectionJob {
@@ -184,15 +200,20 @@ absl::Status Server::Init() {
     if (!runtime.ok()) return runtime.status();
     runtime_ = *std::move(runtime);
     jobs::Runtime* rt = runtime_.get();
-    http_.new_task_queue = [rt] { return new RuntimeTaskQueue(rt); };
+    std::atomic<uint64_t>* accepted = &connections_;
+    http_.new_task_queue = [rt, accepted] {
+      return new RuntimeTaskQueue(rt, accepted);
+    };
   } else {
     auto alloc = SmartAlloc::Create(AllocConfig());
     if (!alloc.ok()) return alloc.status();
     alloc_ = *std::move(alloc);
-    if (options_.workers > 0) {
-      const size_t n = static_cast<size_t>(options_.workers);
-      http_.new_task_queue = [n] { return new httplib::ThreadPool(n); };
-    }
+    // cpp-httplib's own pool, of its default size unless --workers says.
+    const size_t n = static_cast<size_t>(workers);
+    std::atomic<uint64_t>* accepted = &connections_;
+    http_.new_task_queue = [n, accepted] {
+      return new CountingThreadPool(n, accepted);
+    };
   }
   node_requests_ = std::make_unique<std::atomic<uint64_t>[]>(num_nodes());
   for (int k = 0; k < num_nodes(); ++k) node_requests_[k].store(0);
@@ -440,6 +461,7 @@ absl::Status Server::Stop() {
 
 Server::Counters Server::counters() const {
   Counters c;
+  c.connections = connections_.load(std::memory_order_relaxed);
   c.requests = requests_.load(std::memory_order_relaxed);
   c.status_2xx = status_2xx_.load(std::memory_order_relaxed);
   c.status_4xx = status_4xx_.load(std::memory_order_relaxed);
@@ -464,8 +486,9 @@ std::string Server::StatsJson(bool full) const {
       "\",\"port\":", port_, ",\"nodes\":", num_nodes(),
       ",\"request_budget_bytes\":", options_.request_budget_bytes,
       ",\"max_body_bytes\":", options_.max_body_bytes,
-      ",\"requests\":", c.requests, ",\"status_2xx\":", c.status_2xx,
-      ",\"status_4xx\":", c.status_4xx, ",\"status_5xx\":", c.status_5xx,
+      ",\"connections\":", c.connections, ",\"requests\":", c.requests,
+      ",\"status_2xx\":", c.status_2xx, ",\"status_4xx\":", c.status_4xx,
+      ",\"status_5xx\":", c.status_5xx,
       ",\"budget_refusals\":", c.budget_refusals,
       ",\"in_flight\":", c.in_flight,
       ",\"requests_not_released\":", c.not_released,

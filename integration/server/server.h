@@ -86,9 +86,9 @@ struct ServerOptions {
   std::string address = "127.0.0.1";
   int port = 0;  // 0: an ephemeral port (see Server::port()).
   TaskPool pool = TaskPool::kRuntime;
-  // kRuntime: workers per node. kHttplib: threads of the pool.
-  // 0: HttplibDefaultThreads() (per node for the runtime), and for kHttplib
-  // cpp-httplib's own default task queue, untouched.
+  // kRuntime: workers per node. kHttplib: threads of cpp-httplib's
+  // ThreadPool. 0: HttplibDefaultThreads() (per node for the runtime), the
+  // count cpp-httplib's default task queue has.
   int workers = 0;
   // A synthetic hwloc topology ("pack:2 [numa] core:2 pu:1") for the
   // runtime's nodes; empty: this machine.
@@ -156,7 +156,11 @@ struct ServerOptions {
 // Thread-safe (cpp-httplib calls enqueue from its accept thread).
 class RuntimeTaskQueue final : public httplib::TaskQueue {
  public:
-  explicit RuntimeTaskQueue(jobs::Runtime* runtime) : runtime_(runtime) {}
+  // `accepted`, when not null, counts the tasks (connections) enqueued; it
+  // is not owned and must outlive the queue.
+  explicit RuntimeTaskQueue(jobs::Runtime* runtime,
+                            std::atomic<uint64_t>* accepted = nullptr)
+      : runtime_(runtime), accepted_(accepted) {}
   // Waits for the connection jobs still running.
   ~RuntimeTaskQueue() override;
 
@@ -171,6 +175,7 @@ class RuntimeTaskQueue final : public httplib::TaskQueue {
 
  private:
   jobs::Runtime* const runtime_;
+  std::atomic<uint64_t>* const accepted_;
   jobs::JobCounter connections_;
 };
 
@@ -207,6 +212,9 @@ class Server {
 
   // Counters (exact once no request is running).
   struct Counters {
+    // Connections accepted: tasks cpp-httplib handed the task queue (each
+    // one connection job on the runtime pool).
+    uint64_t connections = 0;
     uint64_t requests = 0;
     uint64_t status_2xx = 0, status_4xx = 0, status_5xx = 0;
     uint64_t budget_refusals = 0;  // 503s for the request budget.
@@ -249,6 +257,7 @@ class Server {
 
   // Statistics: relaxed, counters only (nothing is published through
   // them); read exactly after the requests that changed them returned.
+  std::atomic<uint64_t> connections_{0};
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> status_2xx_{0}, status_4xx_{0}, status_5xx_{0};
   std::atomic<uint64_t> budget_refusals_{0};

@@ -72,6 +72,9 @@ TEST_P(ServerTest, HealthzAndStats) {
   EXPECT_EQ(s["server"]["port"], server->port());
   // healthz and simulate, written before /stats read the counters.
   EXPECT_EQ(s["server"]["requests"], 2);
+  // The client does not keep connections alive: one per request, /stats's
+  // own counted when it was accepted.
+  EXPECT_EQ(s["server"]["connections"], 3);
   EXPECT_EQ(s["server"]["status_2xx"], 2);
   EXPECT_EQ(s["server"]["in_flight"], 1);  // /stats itself.
   EXPECT_EQ(s["server"]["requests_not_released"], 0);
@@ -87,6 +90,36 @@ TEST_P(ServerTest, HealthzAndStats) {
   auto full = client.Get("/stats?full=1");
   ASSERT_TRUE(full);
   EXPECT_TRUE(json::parse(full->body)["nodes"][0].contains("alloc"));
+}
+
+TEST_P(ServerTest, ConnectionsAreCounted) {
+  // Idle keep-alive connections may wait long here: the counts below must
+  // not depend on how fast a loaded machine runs the client.
+  auto server = StartServer(Options().set_keep_alive(100, 60));
+  ASSERT_NE(server, nullptr);
+  {
+    auto client = ClientOf(*server);
+    client.set_keep_alive(true);
+    for (int i = 0; i < 5; ++i) {
+      auto r = client.Get("/healthz");
+      ASSERT_TRUE(r);
+      ASSERT_EQ(r->status, 200);
+    }
+    EXPECT_EQ(server->counters().connections, 1u);
+  }
+  auto client = ClientOf(*server);  // Connection: close.
+  for (int i = 0; i < 3; ++i) {
+    auto r = client.Get("/healthz");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+  }
+  const Server::Counters c = server->counters();
+  EXPECT_EQ(c.connections, 4u);
+  EXPECT_EQ(c.requests, 8u);
+  if (GetParam() == TaskPool::kRuntime) {
+    // One connection job each.
+    EXPECT_EQ(server->runtime()->stats().jobs_submitted, 4u);
+  }
 }
 
 TEST_P(ServerTest, AggregateValues) {
