@@ -649,6 +649,8 @@ WorkerSlot* Runtime::CurrentSlot() const {
 
 SmartAlloc& JobContext::alloc() const { return *slot_->alloc; }
 
+void JobContext::MarkScratch() const { scratch_mark_->emplace(arena_->Mark()); }
+
 bool JobContext::cancel_requested() const {
   if (runtime_->cancel_all_.load(std::memory_order_acquire)) return true;
   return counter_ != nullptr && counter_->cancelled();
@@ -1068,10 +1070,10 @@ JobState Runtime::RunJob(WorkerSlot* slot, const RunInfo& info, void* fn,
   ctx.isolated_ = true;
   FrameArena* scratch = slot->scratch_arena.get();
   ctx.arena_ = info.in_frame ? slot->frame_arena.get() : scratch;
-  ArenaMark mark;
+  std::optional<ArenaMark> mark;  // Taken on the job's first arena().
   const bool outer_scratch = !info.in_frame && slot->scratch_depth == 0;
   if (!info.in_frame) {
-    if (!outer_scratch) mark = scratch->Mark();
+    if (!outer_scratch) ctx.scratch_mark_ = &mark;
     ++slot->scratch_depth;
   }
 
@@ -1098,8 +1100,8 @@ JobState Runtime::RunJob(WorkerSlot* slot, const RunInfo& info, void* fn,
     --slot->scratch_depth;
     if (outer_scratch) {
       scratch->Reset();  // A handful of stores when nothing was allocated.
-    } else {
-      (void)scratch->Rewind(mark);
+    } else if (mark.has_value()) {
+      (void)scratch->Rewind(*mark);
     }
   }
   const uint64_t end = timed ? Ticks() : 0;
@@ -1180,10 +1182,10 @@ void Runtime::RunChild(const JobContext& parent,
   ctx.isolated_ = true;  // Runs inside the parent's Fork/ParallelFor region.
   FrameArena* scratch = slot->scratch_arena.get();
   ctx.arena_ = parent.in_frame_ ? slot->frame_arena.get() : scratch;
-  ArenaMark mark;
+  std::optional<ArenaMark> mark;  // Taken on the child's first arena().
   const bool outer_scratch = !parent.in_frame_ && slot->scratch_depth == 0;
   if (!parent.in_frame_) {
-    if (!outer_scratch) mark = scratch->Mark();
+    if (!outer_scratch) ctx.scratch_mark_ = &mark;
     ++slot->scratch_depth;
   }
   const bool top = slot->depth++ == 0;
@@ -1193,7 +1195,7 @@ void Runtime::RunChild(const JobContext& parent,
   struct Done {
     WorkerSlot* slot;
     FrameArena* scratch;
-    ArenaMark* mark;
+    std::optional<ArenaMark>* mark;
     bool in_frame, outer_scratch;
     uint32_t busy_weight;
     bool traced;
@@ -1203,8 +1205,8 @@ void Runtime::RunChild(const JobContext& parent,
         --slot->scratch_depth;
         if (outer_scratch) {
           scratch->Reset();
-        } else {
-          (void)scratch->Rewind(*mark);
+        } else if (mark->has_value()) {
+          (void)scratch->Rewind(**mark);
         }
       }
       --slot->depth;

@@ -182,7 +182,15 @@ class JobContext {
   int worker() const { return worker_; }
   // Frame jobs: the worker's frame arena (memory valid until EndFrame).
   // Other jobs: the worker's scratch arena, rewound when the job returns.
-  FrameArena& arena() const { return *arena_; }
+  FrameArena& arena() const {
+    // A nested job's scratch space is marked on first use, so that the
+    // many nested jobs that allocate nothing pay nothing for it.
+    if (ABSL_PREDICT_FALSE(scratch_mark_ != nullptr &&
+                           !scratch_mark_->has_value())) {
+      MarkScratch();
+    }
+    return *arena_;
+  }
   // The node's SmartAlloc (pools, heap, budgets), memory on this node.
   SmartAlloc& alloc() const;
   Runtime& runtime() const { return *runtime_; }
@@ -225,6 +233,11 @@ class JobContext {
   JobCounter* counter_ = nullptr;  // The job's counter (fork children: the
                                    // parent's), for cancel_requested().
   FrameArena* arena_ = nullptr;
+  // A job nested in another on the same worker, outside frames, rewinds
+  // the scratch arena to where it was when it started: to a mark taken on
+  // its first arena() call (MarkScratch), kept in its runner's frame.
+  std::optional<ArenaMark>* scratch_mark_ = nullptr;
+  void MarkScratch() const;
   uint64_t job_id_ = 0;
   int node_ = 0;
   int worker_ = 0;

@@ -336,6 +336,43 @@ TEST(RuntimeFrameTest, JobsOutsideFramesGetAScratchArenaRewoundAfterThem) {
   }
 }
 
+// Jobs that run nested in another on its worker (children it helps with
+// while it waits, Fork children) give the scratch arena back as they found
+// it: what they allocated is rewound, what the outer job holds is intact.
+TEST(RuntimeFrameTest, NestedJobsRewindTheScratchArenaToWhereTheyStarted) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto h = rt->Submit([](JobContext& ctx) {
+    char* mine = ctx.arena().AllocateArray<char>(1000);
+    std::memset(mine, 'p', 1000);
+    const size_t used = ctx.arena().stats().bytes_used;
+    JobCounter children;
+    for (int i = 0; i < 50; ++i) {
+      EXPECT_TRUE(ctx.runtime()
+                      .Spawn(
+                          [i](JobContext& c) {
+                            if (i % 2 == 0) return;  // Allocates nothing.
+                            char* p = c.arena().AllocateArray<char>(4096);
+                            std::memset(p, 'c', 4096);
+                          },
+                          SubmitOptions().with_counter(&children))
+                      .ok());
+    }
+    EXPECT_TRUE(children.Wait().ok());
+    EXPECT_EQ(ctx.arena().stats().bytes_used, used);
+    ctx.Fork([](JobContext& c) { c.arena().AllocateArray<char>(8192); },
+             [](JobContext&) {});
+    EXPECT_EQ(ctx.arena().stats().bytes_used, used);
+    EXPECT_EQ(ctx.arena().open_marks(), 0u);
+    for (int i = 0; i < 1000; ++i) {
+      if (mine[i] != 'p') return false;
+    }
+    return true;
+  });
+  ASSERT_TRUE(h.Wait().ok());
+  EXPECT_TRUE(h.value());
+}
+
 TEST(RuntimeFrameTest, FrameMisuseIsRefused) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
