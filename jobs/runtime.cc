@@ -1050,9 +1050,10 @@ void Runtime::RunThief(int thief_node, int victim_node) {
   TsanRelease(&thief);  // For Shutdown's drain.
 }
 
-JobState Runtime::RunJob(WorkerSlot* slot, const RunInfo& info, void* fn,
-                         void (*call)(void* fn, JobContext& ctx),
-                         absl::Status* status, std::exception_ptr* exception) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
+    WorkerSlot* slot, const RunInfo& info, void* fn,
+    void (*call)(void* fn, JobContext& ctx), absl::Status* status,
+    std::exception_ptr* exception) {
   SlotAcquire(slot);
   JobContext ctx;
   ctx.runtime_ = this;
