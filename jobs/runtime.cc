@@ -649,7 +649,10 @@ WorkerSlot* Runtime::CurrentSlot() const {
 
 SmartAlloc& JobContext::alloc() const { return *slot_->alloc; }
 
-void JobContext::MarkScratch() const { scratch_mark_->emplace(arena_->Mark()); }
+void JobContext::MarkScratch() const {
+  new (scratch_mark_->storage) ArenaMark(arena_->Mark());
+  scratch_mark_->taken = true;
+}
 
 bool JobContext::cancel_requested() const {
   if (runtime_->cancel_all_.load(std::memory_order_acquire)) return true;
@@ -1071,7 +1074,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
   ctx.isolated_ = true;
   FrameArena* scratch = slot->scratch_arena.get();
   ctx.arena_ = info.in_frame ? slot->frame_arena.get() : scratch;
-  std::optional<ArenaMark> mark;  // Taken on the job's first arena().
+  jobs_internal::LazyMark mark;  // Taken on the job's first arena().
   const bool outer_scratch = !info.in_frame && slot->scratch_depth == 0;
   if (!info.in_frame) {
     if (!outer_scratch) ctx.scratch_mark_ = &mark;
@@ -1101,8 +1104,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
     --slot->scratch_depth;
     if (outer_scratch) {
       scratch->Reset();  // A handful of stores when nothing was allocated.
-    } else if (mark.has_value()) {
-      (void)scratch->Rewind(*mark);
+    } else if (mark.taken) {
+      (void)scratch->Rewind(mark.mark());
     }
   }
   const uint64_t end = timed ? Ticks() : 0;
@@ -1183,7 +1186,7 @@ void Runtime::RunChild(const JobContext& parent,
   ctx.isolated_ = true;  // Runs inside the parent's Fork/ParallelFor region.
   FrameArena* scratch = slot->scratch_arena.get();
   ctx.arena_ = parent.in_frame_ ? slot->frame_arena.get() : scratch;
-  std::optional<ArenaMark> mark;  // Taken on the child's first arena().
+  jobs_internal::LazyMark mark;  // Taken on the child's first arena().
   const bool outer_scratch = !parent.in_frame_ && slot->scratch_depth == 0;
   if (!parent.in_frame_) {
     if (!outer_scratch) ctx.scratch_mark_ = &mark;
@@ -1196,7 +1199,7 @@ void Runtime::RunChild(const JobContext& parent,
   struct Done {
     WorkerSlot* slot;
     FrameArena* scratch;
-    std::optional<ArenaMark>* mark;
+    jobs_internal::LazyMark* mark;
     bool in_frame, outer_scratch;
     uint32_t busy_weight;
     bool traced;
@@ -1206,8 +1209,8 @@ void Runtime::RunChild(const JobContext& parent,
         --slot->scratch_depth;
         if (outer_scratch) {
           scratch->Reset();
-        } else if (mark->has_value()) {
-          (void)scratch->Rewind(**mark);
+        } else if (mark->taken) {
+          (void)scratch->Rewind(mark->mark());
         }
       }
       --slot->depth;

@@ -125,6 +125,17 @@ inline void TsanRelease(const void*) {}
 
 // A fork child or parallel-for chunk: runs `call(fn, ctx)` as a child job
 // of `parent` on the thread that executes it.
+// Room for an arena mark taken later (JobContext::MarkScratch), costing
+// nothing until then (a std::optional would be zeroed whole).
+struct LazyMark {
+  static_assert(std::is_trivially_destructible_v<ArenaMark>);
+  bool taken = false;
+  alignas(ArenaMark) unsigned char storage[sizeof(ArenaMark)];
+  ArenaMark& mark() {
+    return *std::launder(reinterpret_cast<ArenaMark*>(storage));
+  }
+};
+
 // What a job on Spawn's direct path carries besides its function
 // (Runtime::PrepareDirect fills it).
 struct DirectHeader {
@@ -185,8 +196,7 @@ class JobContext {
   FrameArena& arena() const {
     // A nested job's scratch space is marked on first use, so that the
     // many nested jobs that allocate nothing pay nothing for it.
-    if (ABSL_PREDICT_FALSE(scratch_mark_ != nullptr &&
-                           !scratch_mark_->has_value())) {
+    if (ABSL_PREDICT_FALSE(scratch_mark_ != nullptr && !scratch_mark_->taken)) {
       MarkScratch();
     }
     return *arena_;
@@ -236,7 +246,7 @@ class JobContext {
   // A job nested in another on the same worker, outside frames, rewinds
   // the scratch arena to where it was when it started: to a mark taken on
   // its first arena() call (MarkScratch), kept in its runner's frame.
-  std::optional<ArenaMark>* scratch_mark_ = nullptr;
+  jobs_internal::LazyMark* scratch_mark_ = nullptr;
   void MarkScratch() const;
   uint64_t job_id_ = 0;
   int node_ = 0;
