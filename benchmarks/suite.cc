@@ -22,6 +22,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Chunk bytes the `arena` variant's FrameArena keeps across Reset.
+constexpr size_t kArenaRetainBytes = size_t{64} << 20;
+
 double Seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
@@ -139,7 +142,13 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
     run.threads = runtime->total_workers();
   } else if (variant == Variant::kArena) {
     cache = std::make_unique<ChunkCache>(&SystemMemorySource::Default());
-    arena = std::make_unique<FrameArena>(cache.get());
+    // One thread's frame arena: it keeps its chunks from frame to frame
+    // (up to kArenaRetainBytes) instead of handing them back to the cache
+    // at every Reset and taking them again in the next frame (the cache's
+    // bookkeeping allocated on the heap on every such round trip). Oversize
+    // blocks still go back to the cache.
+    arena = std::make_unique<FrameArena>(
+        cache.get(), FrameArenaOptions().set_retain_bytes(kArenaRetainBytes));
     env.arena = arena.get();
   }
 

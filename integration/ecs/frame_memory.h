@@ -59,6 +59,11 @@ struct HeapMemory {
   static constexpr bool kUsesArena = false;
   template <typename T>
   using Vec = std::vector<T>;
+  // A buffer the caller sizes with resize() and then fills completely (a
+  // draw's uniform payload, a merged list): a std::vector, whose resize()
+  // value-initializes (zero-fills) the elements first.
+  template <typename T>
+  using Buffer = std::vector<T>;
   template <typename T>
   using Owner = std::unique_ptr<T>;
 
@@ -72,9 +77,49 @@ struct HeapMemory {
   Vec<T> MakeVec() const {
     return Vec<T>();
   }
+  template <typename T>
+  Buffer<T> MakeBuffer() const {
+    return Buffer<T>();
+  }
   template <typename T, typename... Args>
   Owner<T> New(Args&&... args) const {
     return std::make_unique<T>(std::forward<Args>(args)...);
+  }
+};
+
+// An ArenaAllocator whose construct() without arguments default-initializes
+// instead of value-initializing: resize() of a vector using it leaves
+// elements of trivial types (bytes, floats, plain structs without member
+// initializers) unwritten, for buffers the caller overwrites in full.
+// Elements with member initializers or constructors are still constructed.
+template <typename T>
+class OverwriteArenaAllocator : public ArenaAllocator<T> {
+ public:
+  using value_type = T;
+  template <typename U>
+  struct rebind {
+    using other = OverwriteArenaAllocator<U>;
+  };
+
+  explicit OverwriteArenaAllocator(FrameArena* arena) noexcept
+      : ArenaAllocator<T>(arena) {}
+  template <typename U>
+  OverwriteArenaAllocator(  // NOLINT: rebind.
+      const OverwriteArenaAllocator<U>& other) noexcept
+      : ArenaAllocator<T>(other.arena()) {}
+
+  template <typename U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+
+  template <typename U>
+  bool operator==(const OverwriteArenaAllocator<U>& other) const noexcept {
+    return this->arena() == other.arena();
   }
 };
 
@@ -94,6 +139,10 @@ struct ArenaMemory {
   static constexpr bool kUsesArena = true;
   template <typename T>
   using Vec = std::vector<T, ArenaAllocator<T>>;
+  // A buffer filled completely after resize(): the arena's bytes are not
+  // zero-filled first (frame memory is written once, then read).
+  template <typename T>
+  using Buffer = std::vector<T, OverwriteArenaAllocator<T>>;
   template <typename T>
   using Owner = std::unique_ptr<T, DestroyInPlace>;
 
@@ -110,6 +159,10 @@ struct ArenaMemory {
   template <typename T>
   Vec<T> MakeVec() const {
     return Vec<T>(ArenaAllocator<T>(arena));
+  }
+  template <typename T>
+  Buffer<T> MakeBuffer() const {
+    return Buffer<T>(OverwriteArenaAllocator<T>(arena));
   }
   template <typename T, typename... Args>
   Owner<T> New(Args&&... args) const {

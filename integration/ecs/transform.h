@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
@@ -145,7 +146,11 @@ class HierarchyOrder {
 template <typename T, typename Mem>
 class FrameColumn {
  public:
-  // Allocates n value-initialized Ts homed as exec.Partition(n) says.
+  // Allocates n Ts homed as exec.Partition(n) says: value-initialized on
+  // the heap (a std::vector), left unwritten on frame memory when T is
+  // trivially copyable and destructible (the column is a frame buffer that
+  // its producer writes in full before anything reads it: no zero fill, no
+  // initializer pass over it).
   absl::Status Allocate(const FrameExecutor& exec, size_t n) {
     segments_.clear();
     homes_ = exec.Partition(n);
@@ -157,7 +162,11 @@ class FrameColumn {
     return exec.ForRange(homes_, 0, n, n == 0 ? 1 : n,
                          [this](const Lane& lane, size_t b, size_t e) {
                            for (Segment& s : segments_) {
-                             if (s.begin == b) {
+                             if (s.begin != b) continue;
+                             if constexpr (kRawOnArena) {
+                               s.data =
+                                   lane.arena->template AllocateArray<T>(e - b);
+                             } else {
                                Mem mem = Mem::From(lane);
                                s.storage.emplace(mem.template MakeVec<T>());
                                s.storage->resize(e - b);
@@ -180,6 +189,11 @@ class FrameColumn {
   }
 
  private:
+  // Frame memory holds T as raw storage: an implicit-lifetime type that
+  // needs no destruction.
+  static constexpr bool kRawOnArena = Mem::kUsesArena &&
+                                      std::is_trivially_copyable_v<T> &&
+                                      std::is_trivially_destructible_v<T>;
   struct Segment {
     size_t begin, end;
     T* data;

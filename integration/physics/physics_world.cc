@@ -30,6 +30,9 @@ constexpr float kPi = 3.14159265358979f;
 
 // The heap: what a frame's temporaries look like without a frame allocator.
 struct HeapMemory {
+  // Manifolds are objects of their own (one allocation each, with a vector
+  // of points), listed by pointer.
+  static constexpr bool kFlatManifolds = false;
   template <typename T>
   using Vec = std::vector<T>;
   template <typename T>
@@ -63,6 +66,12 @@ struct HeapMemory {
 // members with destructors are ArenaAllocator vectors of trivially
 // destructible elements, whose destruction would free nothing.
 struct ArenaMemory {
+  // A slab's manifolds and their contact points are two arrays taken from
+  // the frame in one piece each, sized for the most the slab can produce
+  // (the reference guide's PhysicsFrame: frame_slice(max_contacts)), left
+  // unwritten until a manifold is added: no per-manifold allocation, no
+  // growth, and the solver walks them in memory order.
+  static constexpr bool kFlatManifolds = true;
   FrameArena* arena;
 
   template <typename T>
@@ -133,6 +142,7 @@ struct ContactPoint {
   float pn = 0, pt1 = 0, pt2 = 0, pp = 0;  // Accumulated impulses.
 };
 static_assert(std::is_trivially_destructible_v<ContactPoint>);
+static_assert(std::is_trivially_destructible_v<ManifoldHeader>);
 
 }  // namespace physics_internal
 
@@ -174,6 +184,35 @@ struct SlabFrame {
   typename M::template Vec<SweepEntry> sweep;
   typename M::template Vec<BodyPair> pairs;
   typename M::template Vec<typename M::template Owned<Manifold<M>>> manifolds;
+  // M::kFlatManifolds: manifold k is flat_headers[k] with the single point
+  // flat_points[k]; `manifolds` stays empty.
+  ManifoldHeader* flat_headers = nullptr;
+  ContactPoint* flat_points = nullptr;
+  size_t flat_count = 0;
+
+  size_t manifold_count() const {
+    if constexpr (M::kFlatManifolds) {
+      return flat_count;
+    } else {
+      return manifolds.size();
+    }
+  }
+  // Calls f(ManifoldHeader&, ContactPoint* points, size_t count) for every
+  // manifold in the order they were added.
+  template <typename F>
+  void ForEachManifold(F&& f) const {
+    if constexpr (M::kFlatManifolds) {
+      for (size_t k = 0; k < flat_count; ++k) {
+        f(flat_headers[k], flat_points + k, size_t{1});
+      }
+    } else {
+      for (const auto& m : manifolds) {
+        Manifold<M>* manifold = M::Get(m);
+        f(static_cast<ManifoldHeader&>(*manifold), manifold->points.data(),
+          manifold->points.size());
+      }
+    }
+  }
 };
 
 uint64_t Fnv(const void* data, size_t bytes, uint64_t h) {
@@ -407,16 +446,49 @@ struct PhysicsStepper {
       }
     }
     SortAndSweep(absl::MakeSpan(f->sweep), PhysicsWorld::kSweepAxis, f->pairs);
+    const struct {
+      Vec3 normal;
+      float offset;
+    } walls[5] = {{{0, 1, 0}, 0.0f},
+                  {{1, 0, 0}, 0.0f},
+                  {{-1, 0, 0}, -w.width_},
+                  {{0, 0, 1}, 0.0f},
+                  {{0, 0, -1}, -w.depth_}};
+    const float margin = w.config_.contact_margin;
+    if constexpr (M::kFlatManifolds) {
+      // At most one manifold per candidate pair, plus the wall contacts
+      // (counted exactly: a cheap test per body and wall).
+      size_t most = f->pairs.size();
+      SphereContact unused;
+      for (uint32_t id : f->own) {
+        for (const auto& wall : walls) {
+          most += CollideSpherePlane(w.position(id), w.radius_[id], wall.normal,
+                                     wall.offset, margin, &unused);
+        }
+      }
+      f->flat_headers = mem.arena->template AllocateArray<ManifoldHeader>(most);
+      f->flat_points = mem.arena->template AllocateArray<ContactPoint>(most);
+    }
 
     PhysicsWorld::SlabCounts& counts = w.slab_counts_[s];
     counts = {};
-    const float margin = w.config_.contact_margin;
     SphereContact c;
     auto add = [&](uint32_t a, uint32_t b, uint64_t key) {
-      auto m = mem.template Make<Manifold<M>>(mem);
-      Manifold<M>* manifold = M::Get(m);
-      manifold->points.emplace_back();
-      ContactPoint& point = manifold->points.back();
+      ManifoldHeader* manifold;
+      ContactPoint* points;
+      if constexpr (M::kFlatManifolds) {
+        manifold = new (f->flat_headers + f->flat_count) ManifoldHeader();
+        points = new (f->flat_points + f->flat_count) ContactPoint();
+        ++f->flat_count;
+      } else {
+        auto m = mem.template Make<Manifold<M>>(mem);
+        Manifold<M>* made = M::Get(m);
+        made->points.emplace_back();
+        manifold = made;
+        points = &made->points.back();
+        f->manifolds.push_back(std::move(m));
+      }
+      ContactPoint& point = *points;
       PhysicsKernels::Prepare(w, c, a, b, *manifold, point);
       manifold->key = key;
       if (const PhysicsWorld::CachedImpulse* cached = w.FindCached(key, s)) {
@@ -425,7 +497,6 @@ struct PhysicsStepper {
         point.pt2 = cached->pt2;
       }
       counts.max_penetration = std::max(counts.max_penetration, -c.separation);
-      f->manifolds.push_back(std::move(m));
     };
     for (const BodyPair& pair : f->pairs) {
       if (CollideSpheres(w.position(pair.first), w.radius_[pair.first],
@@ -435,15 +506,7 @@ struct PhysicsStepper {
             (uint64_t{pair.first} << 32) | pair.second);
       }
     }
-    const size_t sphere_manifolds = f->manifolds.size();
-    const struct {
-      Vec3 normal;
-      float offset;
-    } walls[5] = {{{0, 1, 0}, 0.0f},
-                  {{1, 0, 0}, 0.0f},
-                  {{-1, 0, 0}, -w.width_},
-                  {{0, 0, 1}, 0.0f},
-                  {{0, 0, -1}, -w.depth_}};
+    const size_t sphere_manifolds = f->manifold_count();
     for (uint32_t id : f->own) {
       for (uint32_t k = 0; k < 5; ++k) {
         if (CollideSpherePlane(w.position(id), w.radius_[id], walls[k].normal,
@@ -454,25 +517,21 @@ struct PhysicsStepper {
       }
     }
     counts.stats.candidate_pairs = f->pairs.size();
-    counts.stats.manifolds = f->manifolds.size();
-    counts.stats.wall_manifolds = f->manifolds.size() - sphere_manifolds;
-    for (const auto& m : f->manifolds) {
-      counts.stats.contact_points += M::Get(m)->points.size();
-    }
+    counts.stats.manifolds = f->manifold_count();
+    counts.stats.wall_manifolds = f->manifold_count() - sphere_manifolds;
+    f->ForEachManifold([&](ManifoldHeader&, ContactPoint*, size_t count) {
+      counts.stats.contact_points += count;
+    });
   }
 
   // Phase 3: one solver sweep over slab s's manifolds (the first one
   // warm-starts them).
   static void Solve(PhysicsWorld& w, int s, bool first) {
-    for (const auto& m : SlabAt(w, s)->manifolds) {
-      Manifold<M>* manifold = M::Get(m);
-      if (first) {
-        PhysicsKernels::WarmStart(*manifold, manifold->points.data(),
-                                  manifold->points.size());
-      }
-      PhysicsKernels::Solve(*manifold, manifold->points.data(),
-                            manifold->points.size());
-    }
+    SlabAt(w, s)->ForEachManifold(
+        [first](ManifoldHeader& h, ContactPoint* points, size_t count) {
+          if (first) PhysicsKernels::WarmStart(h, points, count);
+          PhysicsKernels::Solve(h, points, count);
+        });
   }
 
   // Phase 4: integrate slab s's bodies; the slab's frame data is done.
@@ -482,11 +541,11 @@ struct PhysicsStepper {
     std::vector<PhysicsWorld::CachedImpulse>& cache =
         w.impulse_cache_[1 - w.cache_parity_][s];
     cache.clear();
-    for (const auto& m : f->manifolds) {
-      const Manifold<M>* manifold = M::Get(m);
-      const ContactPoint& p = manifold->points.front();
-      cache.push_back({manifold->key, p.pn, p.pt1, p.pt2});
-    }
+    f->ForEachManifold(
+        [&cache](ManifoldHeader& h, ContactPoint* points, size_t) {
+          const ContactPoint& p = points[0];
+          cache.push_back({h.key, p.pn, p.pt1, p.pt2});
+        });
     std::sort(
         cache.begin(), cache.end(),
         [](const PhysicsWorld::CachedImpulse& a,

@@ -35,10 +35,13 @@
 // allocator: std::vectors of bins, sweep entries and pairs built each frame,
 // one std::unique_ptr<Manifold> per colliding pair with its own
 // std::vector of contact points, freed when the slab is done. kArena puts
-// exactly the same structures on frame memory: the given FrameArena
-// serially, or each job's JobContext::arena() on the runtime (valid until
-// the runtime's EndFrame, for every job of the frame), through
-// ArenaAllocator vectors and placement in the arena.
+// the bins, sweep entries and pairs on frame memory (ArenaAllocator
+// vectors) and each slab's manifolds and contact points in two frame
+// slices taken once after the sweep, sized for the most the slab can make
+// (the reference guide's PhysicsFrame::frame_slice(max_contacts)): the
+// given FrameArena serially, or each job's JobContext::arena() on the
+// runtime (valid until the runtime's EndFrame, for every job of the frame).
+// The arithmetic is the same code for both kinds.
 //
 // Thread safety: one thread calls the methods of a world; Step may run jobs.
 // Errors: Create returns InvalidArgument naming a bad PhysicsConfig field;

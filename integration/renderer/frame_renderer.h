@@ -246,7 +246,7 @@ class FrameRenderer {
       }
       offsets[p + 1] = offsets[p] + n;
     }
-    auto& out = slot.submitted.emplace(main.template MakeVec<Item>());
+    auto& out = slot.submitted.emplace(main.template MakeBuffer<Item>());
     out.resize(offsets[kPartitions]);
     s = exec.ForBlocks(kPartitions, [&](const Lane&, size_t p) {
       Item* dst = out.data() + offsets[p];
@@ -353,7 +353,8 @@ class FrameRenderer {
     std::vector<std::optional<
         typename Mem::template Vec<typename Mem::template Owner<Command>>>>
         owners;  // Per block: the draws themselves.
-    std::optional<typename Mem::template Vec<Item>> submitted;
+    // Written in full by the merge.
+    std::optional<typename Mem::template Buffer<Item>> submitted;
     RecordStats stats;
   };
 

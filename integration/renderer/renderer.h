@@ -170,15 +170,17 @@ struct DrawCommand {
   // `label`: the draw's debug label (GPU debug markers), `n` chars.
   DrawCommand(const Mem& mem, const char* label_chars, size_t n)
       : label(mem.MakeString(label_chars, n)),
-        uniforms(mem.template MakeVec<std::byte>()),
-        vertices(mem.template MakeVec<Vertex>()) {}
+        uniforms(mem.template MakeBuffer<std::byte>()),
+        vertices(mem.template MakeBuffer<Vertex>()) {}
   uint64_t key = 0;
   uint32_t object = 0;
   uint16_t material = 0;
   Pass pass = Pass::kOpaque;
   typename Mem::String label;
-  typename Mem::template Vec<std::byte> uniforms;
-  typename Mem::template Vec<Vertex> vertices;
+  // Sized, then written in full (Mem::Buffer: not zero-filled first on
+  // frame memory).
+  typename Mem::template Buffer<std::byte> uniforms;
+  typename Mem::template Buffer<Vertex> vertices;
 };
 
 // Longest label FormatDrawLabel writes.
