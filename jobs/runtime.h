@@ -31,13 +31,20 @@
 // scratch arena instead, rewound when the job returns (request-scoped
 // memory for servers).
 //
-// Waiting. Handles and counters may be waited on from any thread. A job
-// that waits on a handle of an unstarted job of its own node runs it
-// inline; any other wait inside a job blocks its worker (a blocked worker
-// runs nothing else, so nothing can rewind its arena underneath the
-// waiting job). Fork-join inside a job (JobContext::Fork, ::ParallelFor)
-// helps instead: the waiting worker runs the children, isolated
-// (tbb::this_task_arena::isolate) from every other job.
+// Waiting. Handles and counters may be waited on from any thread. Every
+// job runs in an isolated region of its own (tbb::this_task_arena::isolate):
+// what it spawns carries the region's tag, and a worker waiting inside the
+// job runs only those tasks, never an unrelated job that could use its
+// arenas. Inside a job, JobContext::Fork / ::ParallelFor and a
+// JobCounter::Wait help: the waiting worker runs the job's own children
+// (a one-worker node can wait on the jobs it spawned); a handle's Wait runs
+// an unstarted job of its own node inline; any other wait blocks the worker.
+//
+// Cost. A Spawn with no predecessors (no handle) is one TBB task and no
+// record: spawned into the worker's deque when a worker spawns it onto its
+// own node, enqueued into the node's arena from other threads. Submit
+// (handles, results, dependencies) and idle stealing across nodes use a
+// job record.
 //
 // Thread safety: every method may be called from any thread, including
 // threads the runtime does not own, except where a REQUIRES says otherwise.
@@ -352,7 +359,10 @@ class JobCounter {
 
   // Waits until every job counted here has finished. OK, or the first
   // failure (Cancelled, Unknown for an exception: exception() holds it).
-  // Inside a job, blocks the worker: prefer JobContext::Fork there.
+  // Inside a job, the worker helps: it runs the jobs this job spawned
+  // (and nothing unrelated) until the count reaches zero; jobs counted
+  // here by other threads it waits for. One job at a time helps on a
+  // counter; a second waiter blocks.
   absl::Status Wait();
   // Jobs counted here that have not started are cancelled, and so are
   // those submitted later, until Reset(). Running jobs see
