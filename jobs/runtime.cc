@@ -1646,11 +1646,19 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   }
   // Every accepted job finishes (runs, fails or is cancelled): wait until
   // the finished count catches up with the submitted one. Rare: polls.
+  // Finished first: a job counts its continuations as submitted before it
+  // counts itself finished, and the acquire that sees it finished sees
+  // them too. If every job finished by the first read was all that had
+  // been submitted by the second, nothing was left running to submit
+  // more. (Read the other way round, a job that submitted its
+  // continuation between the two reads and then finished made the counts
+  // meet with the continuation pending: found in the 2- and 4-node
+  // guests.)
   for (int spins = 0;; ++spins) {
-    uint64_t submitted = 0;
-    for (int k = 0; k < num_nodes(); ++k) submitted += SubmittedTo(k);
     uint64_t finished = 0;
     for (const uint64_t f : FinishedCounts()) finished += f;
+    uint64_t submitted = 0;
+    for (int k = 0; k < num_nodes(); ++k) submitted += SubmittedTo(k);
     if (finished >= submitted) break;
     if (spins < 64) {
       std::this_thread::yield();
