@@ -2,6 +2,8 @@
 #include "alloc/chunk_cache.h"
 
 #include <algorithm>
+#include <functional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "alloc/error.h"
@@ -28,6 +30,7 @@ ChunkCache::ChunkCache(MemorySource* source, ChunkCacheOptions options)
     ReportFatalError({ErrorKind::kInvalidArgument, "ChunkCache::ChunkCache",
                       std::string(s.message()), 0, 0, s});
   }
+  epoch_peaks_.assign(static_cast<size_t>(options_.trim_window_epochs), 0);
 }
 
 absl::StatusOr<std::unique_ptr<ChunkCache>> ChunkCache::Create(
@@ -70,11 +73,15 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
   const size_t cls = SizeClass(size);
   {
     alloc_internal::MutexLock lock(&mu_);
-    auto [first, last] = idle_.equal_range(cls);
-    for (auto it = first; it != last; ++it) {
-      const Block block = it->second;
+    auto found = idle_.find(cls);
+    std::vector<Block>* blocks =
+        found == idle_.end() ? nullptr : &found->second;
+    // The most recently released block that fits first (warm in cache).
+    for (size_t i = blocks == nullptr ? 0 : blocks->size(); i-- > 0;) {
+      const Block block = (*blocks)[i];
       if (reinterpret_cast<uintptr_t>(block.data) % alignment != 0) continue;
-      idle_.erase(it);
+      (*blocks)[i] = blocks->back();
+      blocks->pop_back();
       ++stats_.hits;
       --stats_.cached_blocks;
       stats_.cached_bytes -= block.size;
@@ -112,7 +119,7 @@ void ChunkCache::Release(const Block& block) {
     if (keep) {
       // Idle memory is poisoned: a use after release is an ASan report.
       FRAMEALLOC_POISON(block.data, block.size);
-      idle_.emplace(block.size, block);
+      idle_[block.size].push_back(block);
       ++stats_.cached_blocks;
       stats_.cached_bytes += block.size;
     } else {
@@ -129,16 +136,12 @@ size_t ChunkCache::EndEpoch() {
     epoch_peak_ = stats_.in_use_bytes;
     return 0;
   }
-  epoch_peaks_.push_back(epoch_peak_);
-  while (epoch_peaks_.size() >
-         static_cast<size_t>(options_.trim_window_epochs)) {
-    epoch_peaks_.pop_front();
-  }
+  epoch_peaks_[epoch_next_] = epoch_peak_;
+  epoch_next_ = (epoch_next_ + 1) % epoch_peaks_.size();
+  if (epoch_count_ < epoch_peaks_.size()) ++epoch_count_;
   epoch_peak_ = stats_.in_use_bytes;
   // Only trim once the window is full, so warm-up never trims.
-  if (epoch_peaks_.size() < static_cast<size_t>(options_.trim_window_epochs)) {
-    return 0;
-  }
+  if (epoch_count_ < epoch_peaks_.size()) return 0;
   const size_t demand =
       *std::max_element(epoch_peaks_.begin(), epoch_peaks_.end());
   const size_t needed_idle =
@@ -152,18 +155,29 @@ size_t ChunkCache::Trim(size_t keep_bytes) {
 }
 
 size_t ChunkCache::TrimLocked(size_t keep_bytes) {
+  if (stats_.cached_bytes <= keep_bytes) return 0;  // The common case.
+  // The largest classes go first.
+  std::vector<size_t> classes;
+  classes.reserve(idle_.size());
+  for (const auto& [cls, blocks] : idle_) {
+    if (!blocks.empty()) classes.push_back(cls);
+  }
+  std::sort(classes.begin(), classes.end(), std::greater<size_t>());
   size_t trimmed = 0;
-  while (stats_.cached_bytes > keep_bytes && !idle_.empty()) {
-    auto it = std::prev(idle_.end());  // The largest block goes first.
-    const Block block = it->second;
-    idle_.erase(it);
-    --stats_.cached_blocks;
-    stats_.cached_bytes -= block.size;
-    ++stats_.returned_to_source;
-    trimmed += block.size;
-    // Shadow memory outlives the mapping: unpoison before giving it back.
-    FRAMEALLOC_UNPOISON(block.data, block.size);
-    source_->Deallocate(block);
+  for (const size_t cls : classes) {
+    std::vector<Block>& blocks = idle_[cls];
+    while (stats_.cached_bytes > keep_bytes && !blocks.empty()) {
+      const Block block = blocks.back();
+      blocks.pop_back();
+      --stats_.cached_blocks;
+      stats_.cached_bytes -= block.size;
+      ++stats_.returned_to_source;
+      trimmed += block.size;
+      // Shadow memory outlives the mapping: unpoison before giving it back.
+      FRAMEALLOC_UNPOISON(block.data, block.size);
+      source_->Deallocate(block);
+    }
+    if (stats_.cached_bytes <= keep_bytes) break;
   }
   return trimmed;
 }

@@ -14,10 +14,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "alloc/internal/mutex.h"
@@ -114,10 +114,16 @@ class ChunkCache {
   const ChunkCacheOptions options_;
 
   mutable alloc_internal::Mutex mu_;
-  // Idle blocks by size class. Largest are trimmed first.
-  absl::btree_multimap<size_t, Block> idle_ ABSL_GUARDED_BY(mu_);
-  // Peak in-use bytes of each of the last trim_window_epochs epochs.
-  std::deque<size_t> epoch_peaks_ ABSL_GUARDED_BY(mu_);
+  // Idle blocks by size class (largest classes are trimmed first). A
+  // class's vector keeps its capacity when it empties, so once the classes
+  // a workload uses have been seen, a steady Acquire/Release cycle (an
+  // arena's frames) makes no heap allocation here.
+  absl::flat_hash_map<size_t, std::vector<Block>> idle_ ABSL_GUARDED_BY(mu_);
+  // Peak in-use bytes of each of the last trim_window_epochs epochs: a
+  // ring, sized once at construction.
+  std::vector<size_t> epoch_peaks_ ABSL_GUARDED_BY(mu_);
+  size_t epoch_count_ ABSL_GUARDED_BY(mu_) = 0;  // Epochs in the ring.
+  size_t epoch_next_ ABSL_GUARDED_BY(mu_) = 0;   // Next slot to write.
   size_t epoch_peak_ ABSL_GUARDED_BY(mu_) = 0;
   ChunkCacheStats stats_ ABSL_GUARDED_BY(mu_);
 };
