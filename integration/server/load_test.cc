@@ -71,9 +71,10 @@ ABSL_FLAG(std::string, wrk, "/usr/bin/wrk", "Path of wrk.");
 ABSL_FLAG(int, rounds, 3, "Rounds; each runs both pools, alternating.");
 ABSL_FLAG(int64_t, warmup_connections, -1,
           "Connections the server must have accepted (each request on its "
-          "own connection) before the timed warm-up; -1: 1024 per worker, "
-          "4 times what fills the runtime's per-worker job-record caches; "
-          "0: no connection warm-up.");
+          "own connection) before the timed warm-up; -1: 1024 per worker "
+          "(4 times what filled the runtime's per-worker job-record caches "
+          "when connections took records; it also warms the per-thread "
+          "caches of the C heap and of oneTBB); 0: no connection warm-up.");
 ABSL_FLAG(int, warmup_max_s, 60,
           "Longest connection warm-up, seconds; the round fails if it ends "
           "short of --warmup_connections.");
