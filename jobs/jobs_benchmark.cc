@@ -31,6 +31,7 @@
 // placement (one node here), or comparing allocators.
 #include <omp.h>
 #include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
@@ -44,6 +45,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -278,26 +280,42 @@ uint64_t ChainReference(size_t n) {
   return x;
 }
 
+// Continuation passing, the idiom both schedulers share: each job spawns
+// its successor when it is done (from inside the scheduler, so onto the
+// worker's own deque), and one counter or group waits for the whole chain.
+
+// The runtime's link: a Spawn from inside the job, counted by `counter`.
+struct RuntimeChainLink {
+  JobCounter* counter;
+  uint64_t* x;
+  size_t i;
+  size_t n;
+  void operator()(JobContext& ctx) const {
+    *x = ChainStep(*x, i);
+    if (i + 1 < n) {
+      CheckOk(ctx.runtime().Spawn(RuntimeChainLink{counter, x, i + 1, n},
+                                  SubmitOptions().with_counter(counter)),
+              "Chain");
+    }
+  }
+};
+
 void BM_Chain_Runtime(benchmark::State& state) {
   const size_t n = Scaled(kChainJobs);
   const uint64_t want = ChainReference(n);
   Runtime& rt = *g_runtime;
   for (auto _ : state) {
     uint64_t x = 1;
-    JobHandle<void> prev;
-    for (size_t i = 0; i < n; ++i) {
-      SubmitOptions options;
-      if (prev.valid()) options.after(prev);
-      prev = rt.Submit([&x, i] { x = ChainStep(x, i); }, std::move(options));
-    }
-    CheckOk(prev.Wait(), "Chain");
+    JobCounter counter;
+    CheckOk(rt.Spawn(RuntimeChainLink{&counter, &x, 0, n},
+                     SubmitOptions().with_counter(&counter)),
+            "Chain");
+    CheckOk(counter.Wait(), "Chain");
     CheckEqual("Chain", "Runtime", x, want);
   }
   SetBatch(state, static_cast<double>(n));
 }
 
-// TBB has no dependencies between task_group tasks: each job spawns its
-// successor when it is done (continuation passing).
 struct TbbChainLink {
   tbb::task_group* group;
   uint64_t* x;
@@ -324,7 +342,81 @@ void BM_Chain_Tbb(benchmark::State& state) {
   SetBatch(state, static_cast<double>(n));
 }
 
+void OmpChainLink(uint64_t* x, size_t i, size_t n) {
+  *x = ChainStep(*x, i);
+  if (i + 1 < n) {
+#pragma omp task firstprivate(x, i, n)
+    OmpChainLink(x, i + 1, n);
+  }
+}
+
 void BM_Chain_Omp(benchmark::State& state) {
+  const size_t n = Scaled(kChainJobs);
+  const uint64_t want = ChainReference(n);
+  for (auto _ : state) {
+    uint64_t x = 1;
+    // The region's closing barrier waits for every task.
+#pragma omp parallel shared(x)
+#pragma omp single
+    OmpChainLink(&x, 0, n);
+    CheckEqual("Chain", "Omp", x, want);
+  }
+  SetBatch(state, static_cast<double>(n));
+}
+
+// ---- Linear chain with declared dependencies: the submitting thread
+// declares job i to run after job i-1 and the scheduler releases each job
+// when its predecessor finishes. oneTBB's API for that is the flow graph
+// (continue_node, make_edge); OpenMP's is depend clauses.
+// ---------------------------------------------------------------
+
+void BM_ChainDeps_Runtime(benchmark::State& state) {
+  const size_t n = Scaled(kChainJobs);
+  const uint64_t want = ChainReference(n);
+  Runtime& rt = *g_runtime;
+  for (auto _ : state) {
+    uint64_t x = 1;
+    JobHandle<void> prev;
+    for (size_t i = 0; i < n; ++i) {
+      SubmitOptions options;
+      if (prev.valid()) options.after(prev);
+      prev = rt.Submit([&x, i] { x = ChainStep(x, i); }, std::move(options));
+    }
+    CheckOk(prev.Wait(), "ChainDeps");
+    CheckEqual("ChainDeps", "Runtime", x, want);
+  }
+  SetBatch(state, static_cast<double>(n));
+}
+
+using ContinueNode = tbb::flow::continue_node<tbb::flow::continue_msg>;
+
+// The graph is built in the arena (its tasks go to the arena's slots), then
+// the first node is started: a continue_node fires its successors only if
+// the edges exist by then. (The runtime's jobs start while later ones are
+// still being declared.)
+void BM_ChainDeps_Tbb(benchmark::State& state) {
+  const size_t n = Scaled(kChainJobs);
+  const uint64_t want = ChainReference(n);
+  for (auto _ : state) {
+    uint64_t x = 1;
+    g_arena->execute([&x, n] {
+      tbb::flow::graph g;
+      std::deque<ContinueNode> nodes;
+      for (size_t i = 0; i < n; ++i) {
+        nodes.emplace_back(g, [&x, i](const tbb::flow::continue_msg&) {
+          x = ChainStep(x, i);
+        });
+        if (i > 0) tbb::flow::make_edge(nodes[i - 1], nodes[i]);
+      }
+      nodes.front().try_put(tbb::flow::continue_msg());
+      g.wait_for_all();
+    });
+    CheckEqual("ChainDeps", "Tbb", x, want);
+  }
+  SetBatch(state, static_cast<double>(n));
+}
+
+void BM_ChainDeps_Omp(benchmark::State& state) {
   const size_t n = Scaled(kChainJobs);
   const uint64_t want = ChainReference(n);
   for (auto _ : state) {
@@ -335,7 +427,7 @@ void BM_Chain_Omp(benchmark::State& state) {
 #pragma omp task depend(inout : x) shared(x) firstprivate(i)
       x = ChainStep(x, i);
     }
-    CheckEqual("Chain", "Omp", x, want);
+    CheckEqual("ChainDeps", "Omp", x, want);
   }
   SetBatch(state, static_cast<double>(n));
 }
@@ -543,7 +635,126 @@ uint64_t WaveReference() {
   return want;
 }
 
+// The idiom both schedulers share: a counter of unfinished predecessors
+// per block, reset before each run; the job that brings a successor's
+// counter to zero spawns it.
+void ResetUnmet(std::vector<std::atomic<int>>& unmet) {
+  for (int i = 0; i < kWaveBlocks; ++i) {
+    for (int j = 0; j < kWaveBlocks; ++j) {
+      unmet[i * kWaveBlocks + j].store((i > 0) + (j > 0),
+                                       std::memory_order_relaxed);
+    }
+  }
+}
+
+// Calls spawn(i, j) for each successor of block (i, j) that this call made
+// ready. acq_rel: the successor sees both predecessors' cells.
+template <typename SpawnFn>
+void ReleaseSuccessors(std::atomic<int>* unmet, int i, int j,
+                       const SpawnFn& spawn) {
+  if (i + 1 < kWaveBlocks &&
+      unmet[(i + 1) * kWaveBlocks + j].fetch_sub(
+          1, std::memory_order_acq_rel) == 1) {
+    spawn(i + 1, j);
+  }
+  if (j + 1 < kWaveBlocks &&
+      unmet[i * kWaveBlocks + j + 1].fetch_sub(1, std::memory_order_acq_rel) ==
+          1) {
+    spawn(i, j + 1);
+  }
+}
+
+struct RuntimeWave {
+  WaveGrid* grid;
+  JobCounter* counter;
+  std::atomic<int>* unmet;
+  void Run(JobContext& ctx, int i, int j) const {
+    grid->Block(i, j);
+    ReleaseSuccessors(unmet, i, j, [this, &ctx](int si, int sj) {
+      const RuntimeWave self = *this;
+      CheckOk(ctx.runtime().Spawn(
+                  [self, si, sj](JobContext& c) { self.Run(c, si, sj); },
+                  SubmitOptions().with_counter(counter)),
+              "Wavefront");
+    });
+  }
+};
+
 void BM_Wavefront_Runtime(benchmark::State& state) {
+  Runtime& rt = *g_runtime;
+  WaveGrid grid;
+  std::vector<std::atomic<int>> unmet(kWaveBlocks * kWaveBlocks);
+  for (auto _ : state) {
+    ResetUnmet(unmet);
+    JobCounter counter;
+    const RuntimeWave wave{&grid, &counter, unmet.data()};
+    CheckOk(rt.Spawn([wave](JobContext& ctx) { wave.Run(ctx, 0, 0); },
+                     SubmitOptions().with_counter(&counter)),
+            "Wavefront");
+    CheckOk(counter.Wait(), "Wavefront");
+  }
+  CheckEqual("Wavefront", "Runtime", grid.Checksum(), WaveReference());
+  SetBatch(state, kWaveBlocks * kWaveBlocks);
+}
+
+struct TbbWave {
+  WaveGrid* grid;
+  tbb::task_group* group;
+  std::atomic<int>* unmet;
+  void Run(int i, int j) const {
+    grid->Block(i, j);
+    ReleaseSuccessors(unmet, i, j, [this](int si, int sj) {
+      const TbbWave self = *this;
+      group->run([self, si, sj] { self.Run(si, sj); });
+    });
+  }
+};
+
+void BM_Wavefront_Tbb(benchmark::State& state) {
+  WaveGrid grid;
+  std::vector<std::atomic<int>> unmet(kWaveBlocks * kWaveBlocks);
+  for (auto _ : state) {
+    ResetUnmet(unmet);
+    g_arena->execute([&grid, &unmet] {
+      tbb::task_group group;
+      const TbbWave wave{&grid, &group, unmet.data()};
+      group.run([wave] { wave.Run(0, 0); });
+      group.wait();
+    });
+  }
+  CheckEqual("Wavefront", "Tbb", grid.Checksum(), WaveReference());
+  SetBatch(state, kWaveBlocks * kWaveBlocks);
+}
+
+void OmpWave(WaveGrid* grid, std::atomic<int>* unmet, int i, int j) {
+  grid->Block(i, j);
+  ReleaseSuccessors(unmet, i, j, [grid, unmet](int si, int sj) {
+#pragma omp task firstprivate(grid, unmet, si, sj)
+    OmpWave(grid, unmet, si, sj);
+  });
+}
+
+void BM_Wavefront_Omp(benchmark::State& state) {
+  WaveGrid grid;
+  std::vector<std::atomic<int>> unmet(kWaveBlocks * kWaveBlocks);
+  for (auto _ : state) {
+    ResetUnmet(unmet);
+    std::atomic<int>* u = unmet.data();
+    // The region's closing barrier waits for every task.
+#pragma omp parallel shared(grid) firstprivate(u)
+#pragma omp single
+    OmpWave(&grid, u, 0, 0);
+  }
+  CheckEqual("Wavefront", "Omp", grid.Checksum(), WaveReference());
+  SetBatch(state, kWaveBlocks * kWaveBlocks);
+}
+
+// ---- Wavefront with declared dependencies: the submitting thread declares
+// each block's two predecessors (runtime: after(); oneTBB: a flow graph of
+// continue_nodes; OpenMP: depend clauses).
+// ---------------------------------------------------------------------
+
+void BM_WavefrontDeps_Runtime(benchmark::State& state) {
   Runtime& rt = *g_runtime;
   WaveGrid grid;
   std::vector<JobHandle<void>> blocks(kWaveBlocks * kWaveBlocks);
@@ -557,57 +768,43 @@ void BM_Wavefront_Runtime(benchmark::State& state) {
             rt.Submit([&grid, i, j] { grid.Block(i, j); }, std::move(options));
       }
     }
-    CheckOk(blocks.back().Wait(), "Wavefront");  // Depends on every block.
+    // Depends on every block.
+    CheckOk(blocks.back().Wait(), "WavefrontDeps");
     for (JobHandle<void>& b : blocks) b = JobHandle<void>();
   }
-  CheckEqual("Wavefront", "Runtime", grid.Checksum(), WaveReference());
+  CheckEqual("WavefrontDeps", "Runtime", grid.Checksum(), WaveReference());
   SetBatch(state, kWaveBlocks * kWaveBlocks);
 }
 
-// The TBB idiom: a counter of unfinished predecessors per block; the job
-// that brings a successor's counter to zero spawns it.
-struct TbbWave {
-  WaveGrid* grid;
-  tbb::task_group* group;
-  std::atomic<int>* unmet;
-  void Run(int i, int j) const {
-    grid->Block(i, j);
-    // acq_rel: the successor sees both predecessors' cells.
-    if (i + 1 < kWaveBlocks && unmet[(i + 1) * kWaveBlocks + j].fetch_sub(
-                                   1, std::memory_order_acq_rel) == 1) {
-      const TbbWave self = *this;
-      group->run([self, i, j] { self.Run(i + 1, j); });
-    }
-    if (j + 1 < kWaveBlocks && unmet[i * kWaveBlocks + j + 1].fetch_sub(
-                                   1, std::memory_order_acq_rel) == 1) {
-      const TbbWave self = *this;
-      group->run([self, i, j] { self.Run(i, j + 1); });
-    }
-  }
-};
-
-void BM_Wavefront_Tbb(benchmark::State& state) {
+void BM_WavefrontDeps_Tbb(benchmark::State& state) {
   WaveGrid grid;
-  std::vector<std::atomic<int>> unmet(kWaveBlocks * kWaveBlocks);
   for (auto _ : state) {
-    for (int i = 0; i < kWaveBlocks; ++i) {
-      for (int j = 0; j < kWaveBlocks; ++j) {
-        unmet[i * kWaveBlocks + j].store((i > 0) + (j > 0),
-                                         std::memory_order_relaxed);
+    g_arena->execute([&grid] {
+      tbb::flow::graph g;
+      std::deque<ContinueNode> nodes;
+      for (int i = 0; i < kWaveBlocks; ++i) {
+        for (int j = 0; j < kWaveBlocks; ++j) {
+          nodes.emplace_back(g, [&grid, i, j](const tbb::flow::continue_msg&) {
+            grid.Block(i, j);
+          });
+          ContinueNode& node = nodes.back();
+          if (i > 0) {
+            tbb::flow::make_edge(nodes[(i - 1) * kWaveBlocks + j], node);
+          }
+          if (j > 0) {
+            tbb::flow::make_edge(nodes[i * kWaveBlocks + j - 1], node);
+          }
+        }
       }
-    }
-    g_arena->execute([&grid, &unmet] {
-      tbb::task_group group;
-      const TbbWave wave{&grid, &group, unmet.data()};
-      group.run([wave] { wave.Run(0, 0); });
-      group.wait();
+      nodes.front().try_put(tbb::flow::continue_msg());
+      g.wait_for_all();
     });
   }
-  CheckEqual("Wavefront", "Tbb", grid.Checksum(), WaveReference());
+  CheckEqual("WavefrontDeps", "Tbb", grid.Checksum(), WaveReference());
   SetBatch(state, kWaveBlocks * kWaveBlocks);
 }
 
-void BM_Wavefront_Omp(benchmark::State& state) {
+void BM_WavefrontDeps_Omp(benchmark::State& state) {
   WaveGrid grid;
   // One dependence object per block, plus a never-written border row and
   // column so the first blocks need no special case.
@@ -629,7 +826,7 @@ void BM_Wavefront_Omp(benchmark::State& state) {
       }
     }
   }
-  CheckEqual("Wavefront", "Omp", grid.Checksum(), WaveReference());
+  CheckEqual("WavefrontDeps", "Omp", grid.Checksum(), WaveReference());
   SetBatch(state, kWaveBlocks * kWaveBlocks);
 }
 
@@ -964,8 +1161,9 @@ struct Kernel {
 
 const Kernel kKernels[] = {
     {"EmptySpawn", "job", true},    {"EmptySpawnNested", "job", true},
-    {"Chain", "job", true},         {"Tree", "node", true},
-    {"Fib", "job", true},           {"Wavefront", "block", false},
+    {"Chain", "job", true},         {"ChainDeps", "job", true},
+    {"Tree", "node", true},         {"Fib", "job", true},
+    {"Wavefront", "block", false},  {"WavefrontDeps", "block", false},
     {"Embarrassing", "job", false}, {"Mandelbrot", "image", false},
     {"Matmul", "product", false},   {"BlackScholes", "run", false},
 };
@@ -980,9 +1178,11 @@ const Kernel kKernels[] = {
 FRAMEALLOC_JOBS_BENCHMARK(EmptySpawn);
 FRAMEALLOC_JOBS_BENCHMARK(EmptySpawnNested);
 FRAMEALLOC_JOBS_BENCHMARK(Chain);
+FRAMEALLOC_JOBS_BENCHMARK(ChainDeps);
 FRAMEALLOC_JOBS_BENCHMARK(Tree);
 FRAMEALLOC_JOBS_BENCHMARK(Fib);
 FRAMEALLOC_JOBS_BENCHMARK(Wavefront);
+FRAMEALLOC_JOBS_BENCHMARK(WavefrontDeps);
 FRAMEALLOC_JOBS_BENCHMARK(Embarrassing);
 FRAMEALLOC_JOBS_BENCHMARK(Mandelbrot);
 FRAMEALLOC_JOBS_BENCHMARK(Matmul);

@@ -62,6 +62,9 @@ struct alignas(64) WorkerSlot {
   uint64_t next_id = 0;
   uint64_t id_limit = 0;
   int depth = 0;  // Nested jobs running on this slot now (owner only).
+  // The job running on this slot now belongs to a frame (owner only): what
+  // it submits joins that frame.
+  bool frame_job = false;
   // Busy-time sampling (owner only). Reading the clock costs as much as a
   // short job (rdtsc takes 30-40 ns in the VMs this runs on), so while the
   // jobs are short one top-level job in 16 on average is timed, at a random
@@ -264,20 +267,55 @@ bool Transition(JobRecord* record, uint32_t from, uint32_t to) {
   return false;
 }
 
-void WaitUntilZero(std::atomic<int64_t>& counter) {
+// A count that a thread waits on until it reaches zero (a JobCounter's
+// jobs, the open frame's jobs). Its low bits are the count; kSleeperBit
+// means a waiter sleeps on `wake`, which the decrement that reaches zero
+// bumps. The waiter sleeps on `wake` rather than on the count because the
+// count changes with every job: a futex wait on it returns at once while
+// jobs run, and the waiter ends up polling the line the workers write,
+// one cache-line transfer per job (a chain of 2,000 jobs waited on from
+// the main thread ran at half speed).
+using jobs_internal::kSleeperBit;
+constexpr int64_t kCountBits = kSleeperBit - 1;
+
+// Waits until the count bits of `count` are zero. Returns only after the
+// count was seen at zero, and, if this waiter had set kSleeperBit, after
+// the decrement that reached zero has made its last touch (the bump of
+// `wake`): the caller may then destroy both.
+void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
   // A short spin first: fine-grained batches end within microseconds and
   // a futex sleep and wake costs more than that.
-  // Only the count bits: JobCounter::kHelperBit may be set meanwhile.
-  constexpr int64_t kCountMask = (int64_t{1} << 62) - 1;
   for (int i = 0; i < 256; ++i) {
-    if ((counter.load(std::memory_order_acquire) & kCountMask) == 0) return;
+    if ((count.load(std::memory_order_acquire) & kCountBits) == 0) return;
     _mm_pause();
   }
   for (;;) {
-    const int64_t v = counter.load(std::memory_order_acquire);
-    if ((v & kCountMask) == 0) return;
-    counter.wait(v, std::memory_order_acquire);
+    // Read before the bit is set: a bump after the set changes it.
+    const uint32_t seen = wake.load(std::memory_order_acquire);
+    const int64_t before =
+        count.fetch_or(kSleeperBit, std::memory_order_acq_rel);
+    // At zero already: no decrement will see the bit for this count (a
+    // stale bit only costs the next zero crossing a bump).
+    if ((before & kCountBits) == 0) return;
+    while (wake.load(std::memory_order_acquire) == seen) {
+      wake.wait(seen, std::memory_order_acquire);
+    }
+    // A bump for an earlier zero crossing (jobs were added since) wakes
+    // this waiter too: sleep again unless the count is zero now.
+    if ((count.load(std::memory_order_acquire) & kCountBits) == 0) return;
   }
+}
+
+// Called with the value a decrement left in `count`: if it reached zero
+// while a waiter sleeps, clears the bit and wakes the waiter. The bump is
+// the last touch of `count` and `wake` (notify_all only names the
+// address), so the waiter may destroy them as soon as it sees it.
+void WakeIfZero(int64_t left, std::atomic<int64_t>& count,
+                std::atomic<uint32_t>& wake) {
+  if ((left & kCountBits) != 0 || (left & kSleeperBit) == 0) return;
+  count.fetch_and(~kSleeperBit, std::memory_order_acq_rel);
+  wake.fetch_add(1, std::memory_order_release);
+  wake.notify_all();
 }
 
 }  // namespace
@@ -384,7 +422,8 @@ struct Runtime::Node {
 
 struct Runtime::FrameState {
   std::atomic<bool> open{false};
-  std::atomic<int64_t> pending{0};
+  std::atomic<int64_t> pending{0};  // See WaitUntilZero.
+  std::atomic<uint32_t> wake{0};
   std::atomic<uint64_t> jobs{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<uint64_t> ended{0};
@@ -729,14 +768,18 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
     record->counter = options.counter;
     options.counter->Add();
   }
-  record->in_frame = JoinFrame();
+  record->in_frame = JoinFrame(here);
 
+  int edges = 0;
   for (const JobRef& pred : options.predecessors) {
     if (!pred.valid()) continue;
     JobRecord* p = pred.record_;
     record->unmet.fetch_add(1, std::memory_order_relaxed);
-    auto* edge = static_cast<Successor*>(
-        AllocateRecord(sizeof(Successor), alignof(Successor)));
+    auto* edge = edges < JobRecord::kInlineEdges
+                     ? &record->inline_edges[edges]
+                     : static_cast<Successor*>(AllocateRecord(
+                           sizeof(Successor), alignof(Successor)));
+    ++edges;
     edge->job = record;
     Successor* head = p->successors.load(std::memory_order_acquire);
     bool linked = false;
@@ -751,7 +794,9 @@ absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
     }
     if (!linked) {
       // Already finished: its state is final and visible (acquire above).
-      control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+      if (!record->IsInlineEdge(edge)) {
+        control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+      }
       if ((p->state.load(std::memory_order_acquire) & kStateMask) !=
           jobs_internal::kDone) {
         record->predecessor_failed.store(true, std::memory_order_relaxed);
@@ -782,19 +827,26 @@ struct Runtime::RunInfo {
   bool inline_run = false;
 };
 
-bool Runtime::JoinFrame() {
+bool Runtime::JoinFrame(const WorkerSlot* here) {
+  FrameState& frame = *frame_;
+  if (here != nullptr && here->frame_job) {
+    // Submitted by a job of the frame: part of that frame even if EndFrame
+    // has begun (it may use the parent's frame memory), and EndFrame, which
+    // waits for the parent meanwhile, cannot miss it.
+    frame.pending.fetch_add(1, std::memory_order_relaxed);
+    frame.jobs.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
   // Paired with EndFrame (seq_cst both sides): either this sees the frame
   // closed, or EndFrame sees the job.
-  FrameState& frame = *frame_;
   if (!frame.open.load(std::memory_order_acquire)) return false;
   frame.pending.fetch_add(1, std::memory_order_seq_cst);
   if (frame.open.load(std::memory_order_seq_cst)) {
     frame.jobs.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    frame.pending.notify_all();
-  }
+  WakeIfZero(frame.pending.fetch_sub(1, std::memory_order_acq_rel) - 1,
+             frame.pending, frame.wake);
   return false;
 }
 
@@ -806,9 +858,8 @@ void Runtime::LeaveFrame(bool failed, const absl::Status& status) {
       frame.first_failure = status.ToString();
     }
   }
-  if (frame.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    frame.pending.notify_all();
-  }
+  WakeIfZero(frame.pending.fetch_sub(1, std::memory_order_acq_rel) - 1,
+             frame.pending, frame.wake);
 }
 
 Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
@@ -855,7 +906,7 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
     header->counter = options.counter;
     options.counter->Add();
   }
-  header->in_frame = JoinFrame();
+  header->in_frame = JoinFrame(here);
   target.context = &nodes_[node]->direct_context;
   return target;
 }
@@ -1081,6 +1132,8 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
     ++slot->scratch_depth;
   }
 
+  const bool outer_frame_job = slot->frame_job;
+  slot->frame_job = info.in_frame;
   const bool top = slot->depth++ == 0;
   const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
   const bool timed =
@@ -1110,6 +1163,7 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
   }
   const uint64_t end = timed ? Ticks() : 0;
   --slot->depth;
+  slot->frame_job = outer_frame_job;
   if (busy_weight != 0) slot->EndBusySample(busy_weight, end - start);
   Bump(slot->jobs_run);
   if (info.stolen) Bump(slot->jobs_stolen);
@@ -1192,6 +1246,8 @@ void Runtime::RunChild(const JobContext& parent,
     if (!outer_scratch) ctx.scratch_mark_ = &mark;
     ++slot->scratch_depth;
   }
+  const bool outer_frame_job = slot->frame_job;
+  slot->frame_job = parent.in_frame_;
   const bool top = slot->depth++ == 0;
   const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
   const bool traced = trace_on_.load(std::memory_order_acquire);
@@ -1200,7 +1256,7 @@ void Runtime::RunChild(const JobContext& parent,
     WorkerSlot* slot;
     FrameArena* scratch;
     jobs_internal::LazyMark* mark;
-    bool in_frame, outer_scratch;
+    bool in_frame, outer_scratch, outer_frame_job;
     uint32_t busy_weight;
     bool traced;
     uint64_t start;
@@ -1214,6 +1270,7 @@ void Runtime::RunChild(const JobContext& parent,
         }
       }
       --slot->depth;
+      slot->frame_job = outer_frame_job;
       if (busy_weight != 0 || traced) {
         const uint64_t end = Ticks();
         if (busy_weight != 0) slot->EndBusySample(busy_weight, end - start);
@@ -1224,8 +1281,9 @@ void Runtime::RunChild(const JobContext& parent,
       Bump(slot->jobs_run);
       SlotRelease(slot);
     }
-  } done{slot,          scratch,     &mark,  parent.in_frame_,
-         outer_scratch, busy_weight, traced, start};
+  } done{slot,          scratch,         &mark,       parent.in_frame_,
+         outer_scratch, outer_frame_job, busy_weight, traced,
+         start};
   body(ctx);  // Exceptions go to the Fork/ParallelFor that waits.
 }
 
@@ -1262,7 +1320,9 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   while (edge != nullptr) {
     Successor* next = edge->next;
     JobRecord* successor = edge->job;
-    control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+    if (!successor->IsInlineEdge(edge)) {
+      control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+    }
     if (failed) {
       successor->predecessor_failed.store(true, std::memory_order_relaxed);
     }
@@ -1383,7 +1443,7 @@ absl::Status JobCounter::Wait() {
                                  tbb::task_arena::not_initialized) {
     HelpUntilZero();
   }
-  WaitUntilZero(pending_);
+  WaitUntilZero(pending_, wake_);
   alloc_internal::MutexLock lock(&mu_);
   return Detached(first_error_);
 }
@@ -1420,22 +1480,21 @@ void JobCounter::Finish(const absl::Status* status,
   }
   const int64_t left = pending_.fetch_sub(1, std::memory_order_acq_rel) - 1;
   if ((left & kCountMask) != 0) return;
+  // A thread sleeping in Wait() (WaitUntilZero). With a helping job too,
+  // that job is still waiting below, so the counter outlives this.
+  WakeIfZero(left, pending_, wake_);
   if (left & kHelperBit) {
     // A job waits in HelpUntilZero and cannot return before its
     // wait_context is released: the counter is still alive here.
     if (tbb::detail::d1::wait_context* helper =
             helper_.exchange(nullptr, std::memory_order_acq_rel)) {
       pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-      pending_.notify_all();
       helper->release();  // Last touch: the waiter may return at once.
       return;
     }
     // The waiter took its wait_context back itself (it found the count at
     // zero when it registered) and clears the bit: touch nothing more.
   }
-  // Last touch of the counter: the waiter may destroy it right after.
-  // (notify_all only names the address; it reads nothing there.)
-  pending_.notify_all();
 }
 
 void JobCounter::HelpUntilZero() {
@@ -1452,7 +1511,6 @@ void JobCounter::HelpUntilZero() {
         helper_.exchange(nullptr, std::memory_order_acq_rel) == &done) {
       // Finished meanwhile, and no finisher saw the bit: clear it.
       pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-      pending_.notify_all();
       return;
     }
     // Runs this job's region's tasks (its children) until a finisher
@@ -1507,7 +1565,7 @@ absl::Status Runtime::EndFrame() {
   }
   frame.open.store(false, std::memory_order_seq_cst);
   const uint64_t wait_start = Ticks();
-  WaitUntilZero(frame.pending);
+  WaitUntilZero(frame.pending, frame.wake);
   const uint64_t reset_start = Ticks();
   uint64_t arena_bytes = 0;
   uint64_t arena_allocations = 0;

@@ -350,6 +350,12 @@ class JobHandle : public JobRef {
 // Counts the unfinished jobs submitted with it (SubmitOptions::counter):
 // the light way to wait for a batch. Keeps the first failure. Not movable;
 // it must outlive its jobs: the destructor waits for them.
+namespace jobs_internal {
+// A count a thread may sleep on (JobCounter, the open frame's jobs) has
+// this bit set while one does; see WaitUntilZero in runtime.cc.
+inline constexpr int64_t kSleeperBit = int64_t{1} << 61;
+}  // namespace jobs_internal
+
 class JobCounter {
  public:
   JobCounter() = default;
@@ -392,11 +398,15 @@ class JobCounter {
   // that job through helper_ (it cannot be gone: it is still waiting).
   // Release on decrement so that the jobs' effects are visible to the
   // waiter that observes 0 with acquire.
+  // jobs_internal::kSleeperBit while a thread sleeps in Wait() (see
+  // WaitUntilZero in runtime.cc): it sleeps on wake_, which changes only
+  // when the count reaches zero, not on the count, which changes with
+  // every job.
   static constexpr int64_t kHelperBit = int64_t{1} << 62;
-  static constexpr int64_t kCountMask = kHelperBit - 1;
+  static constexpr int64_t kCountMask = jobs_internal::kSleeperBit - 1;
   std::atomic<int64_t> pending_{0};
   std::atomic<tbb::detail::d1::wait_context*> helper_{nullptr};
-  std::atomic<uint32_t> wake_{0};  // Futex word bumped when pending hits 0.
+  std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
   // Set once any counter was ever cancelled, so that running a job reads
@@ -648,8 +658,9 @@ class Runtime {
   // with the context of `info`; returns its final state (kDone or
   // kFailed with `status` and `exception`).
   struct RunInfo;
-  // Counts a job into the open frame, if any: true if it joined one.
-  bool JoinFrame();
+  // Counts a job into the open frame, if any, or into the frame of the
+  // job submitting it from `here` (null: not a worker): true if it joined.
+  bool JoinFrame(const jobs_internal::WorkerSlot* here);
   // A job of the frame finished (failed: with `status`).
   void LeaveFrame(bool failed, const absl::Status& status);
   jobs_internal::JobState RunJob(jobs_internal::WorkerSlot* slot,

@@ -462,6 +462,62 @@ TEST(RuntimeDependencyTest, AChainRunsInOrder) {
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
 }
 
+// Every block after the one above and the one to its left, on alternating
+// nodes, declared from the main thread while earlier blocks already run:
+// successors of running, finished and unstarted jobs; two edges per job
+// (kept in the record) and, for the last block, more (allocated).
+TEST(RuntimeDependencyTest, AWavefrontOfDeclaredDependenciesMatchesTheSerialResult) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  constexpr int kSide = 24;
+  auto serial = [] {
+    std::vector<uint64_t> g(kSide * kSide);
+    for (int i = 0; i < kSide; ++i) {
+      for (int j = 0; j < kSide; ++j) {
+        const uint64_t up = i > 0 ? g[(i - 1) * kSide + j] : 1;
+        const uint64_t left = j > 0 ? g[i * kSide + j - 1] : 1;
+        g[i * kSide + j] = up * 3 + left * 5 + static_cast<uint64_t>(i ^ j);
+      }
+    }
+    return g;
+  }();
+  for (int round = 0; round < 20; ++round) {
+    std::vector<uint64_t> g(kSide * kSide, 0);
+    std::vector<JobHandle<void>> blocks(kSide * kSide);
+    for (int i = 0; i < kSide; ++i) {
+      for (int j = 0; j < kSide; ++j) {
+        SubmitOptions options = SubmitOptions().on_node((i + j) % 2);
+        if (i > 0) options.after(blocks[(i - 1) * kSide + j]);
+        if (j > 0) options.after(blocks[i * kSide + j - 1]);
+        blocks[i * kSide + j] = rt->Submit(
+            [&g, i, j] {
+              const uint64_t up = i > 0 ? g[(i - 1) * kSide + j] : 1;
+              const uint64_t left = j > 0 ? g[i * kSide + j - 1] : 1;
+              g[i * kSide + j] =
+                  up * 3 + left * 5 + static_cast<uint64_t>(i ^ j);
+            },
+            std::move(options));
+      }
+    }
+    // Five predecessors, most finished by now: edges linked and not.
+    SubmitOptions options;
+    for (int k = 0; k < 5; ++k) options.after(blocks[k * kSide + kSide - 1]);
+    options.after(blocks.back());
+    auto sum = rt->Submit(
+        [&g] {
+          uint64_t s = 0;
+          for (uint64_t v : g) s += v;
+          return s;
+        },
+        std::move(options));
+    ASSERT_TRUE(sum.Wait().ok());
+    ASSERT_EQ(g, serial) << "round " << round;
+    uint64_t want = 0;
+    for (uint64_t v : serial) want += v;
+    EXPECT_EQ(sum.value(), want);
+  }
+}
+
 TEST(RuntimeExceptionTest, ExceptionsReachTheWaiterWithTheirType) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
@@ -770,6 +826,88 @@ TEST(RuntimeWaitTest, ACounterWaitInsideAJobRunsItsChildren) {
   const RuntimeStats stats = rt->stats();
   EXPECT_EQ(stats.jobs_submitted, 1001u);
   EXPECT_EQ(stats.jobs_completed, 1001u);
+}
+
+// A thread sleeping in JobCounter::Wait is woken by the job that brings
+// the count to zero, whose last touch of the counter comes before the
+// waiter can return: the counter (on the heap here, so that ASan sees any
+// later touch) may be destroyed as soon as Wait returns. Each round also
+// reuses the counter once, and its jobs spawn continuations counted on it,
+// so the count rises and falls while the waiter sleeps.
+std::atomic<uint64_t> spin_sink{0};  // Keeps the links' spin loops.
+
+TEST(RuntimeWaitTest, ACounterMayBeDestroyedAsSoonAsItsWaitReturns) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> ran{0};
+  int expected = 0;
+  for (int round = 0; round < 300; ++round) {
+    auto counter = std::make_unique<JobCounter>();
+    for (int batch = 0; batch < 2; ++batch) {
+      const int chains = 1 + round % 4;
+      const int length = 1 + (round * 7 + batch) % 40;
+      for (int c = 0; c < chains; ++c) {
+        // Each link spins a little and spawns the next on the counter.
+        struct Link {
+          JobCounter* counter;
+          std::atomic<int>* ran;
+          int left;
+          void operator()(JobContext& ctx) const {
+            uint64_t spin = 1;
+            for (int k = 0; k < 200; ++k) spin = spin * 31 + k;
+            spin_sink.fetch_add(spin & 1, std::memory_order_relaxed);
+            ran->fetch_add(1, std::memory_order_relaxed);
+            if (left > 1) {
+              EXPECT_TRUE(ctx.runtime()
+                              .Spawn(Link{counter, ran, left - 1},
+                                     SubmitOptions().with_counter(counter))
+                              .ok());
+            }
+          }
+        };
+        ASSERT_TRUE(rt->Spawn(Link{counter.get(), &ran, length},
+                              SubmitOptions()
+                                  .on_node(c % 2)
+                                  .with_counter(counter.get()))
+                        .ok());
+        expected += length;
+      }
+      ASSERT_TRUE(counter->Wait().ok());
+      ASSERT_EQ(counter->pending(), 0);
+      ASSERT_EQ(ran.load(), expected) << "round " << round;
+    }
+    counter.reset();
+  }
+}
+
+// EndFrame sleeps while the frame's jobs spawn continuations into the same
+// frame, and returns only once the last has finished.
+TEST(RuntimeFrameTest, EndFrameWaitsForContinuationsSpawnedDuringTheFrame) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> ran{0};
+  for (int frame = 0; frame < 100; ++frame) {
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    const int before = ran.load();
+    struct Link {
+      std::atomic<int>* ran;
+      int left;
+      void operator()(JobContext& ctx) const {
+        EXPECT_TRUE(ctx.in_frame());
+        ran->fetch_add(1, std::memory_order_relaxed);
+        if (left > 1) {
+          EXPECT_TRUE(ctx.runtime().Spawn(Link{ran, left - 1}).ok());
+        }
+      }
+    };
+    for (int c = 0; c < 3; ++c) {
+      ASSERT_TRUE(
+          rt->Spawn(Link{&ran, 50}, SubmitOptions().on_node(c % 2)).ok());
+    }
+    ASSERT_TRUE(rt->EndFrame().ok());
+    EXPECT_EQ(ran.load() - before, 150) << "frame " << frame;
+  }
+  EXPECT_EQ(rt->frames(), 100u);
 }
 
 // The helping wait reports its children's failures like any counter.

@@ -72,6 +72,17 @@ struct JobRecord {
   // Handle::Cancel() asked for cancellation before the job started.
   std::atomic<bool> cancel_requested{false};
   std::atomic<Successor*> successors{nullptr};
+  // The edges for this job's first kInlineEdges predecessors, kept in the
+  // record itself (on their successor lists) instead of allocated: most
+  // jobs have one or two. Alive as long as the edge is on a list: the job
+  // cannot run, or be freed, before every predecessor has let go of it.
+  static constexpr int kInlineEdges = 2;
+  Successor inline_edges[kInlineEdges] = {};
+  bool IsInlineEdge(const Successor* edge) const {
+    const auto at = reinterpret_cast<uintptr_t>(edge);
+    const auto first = reinterpret_cast<uintptr_t>(&inline_edges[0]);
+    return at >= first && at < first + sizeof(inline_edges);
+  }
 
   Runtime* runtime = nullptr;
   JobCounter* counter = nullptr;  // Not owned; may be null.
