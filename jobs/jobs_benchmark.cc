@@ -657,14 +657,12 @@ void ResetUnmet(std::vector<std::atomic<int>>& unmet) {
 template <typename SpawnFn>
 void ReleaseSuccessors(std::atomic<int>* unmet, int i, int j,
                        const SpawnFn& spawn) {
-  if (i + 1 < kWaveBlocks &&
-      unmet[(i + 1) * kWaveBlocks + j].fetch_sub(
-          1, std::memory_order_acq_rel) == 1) {
+  if (i + 1 < kWaveBlocks && unmet[(i + 1) * kWaveBlocks + j].fetch_sub(
+                                 1, std::memory_order_acq_rel) == 1) {
     spawn(i + 1, j);
   }
-  if (j + 1 < kWaveBlocks &&
-      unmet[i * kWaveBlocks + j + 1].fetch_sub(1, std::memory_order_acq_rel) ==
-          1) {
+  if (j + 1 < kWaveBlocks && unmet[i * kWaveBlocks + j + 1].fetch_sub(
+                                 1, std::memory_order_acq_rel) == 1) {
     spawn(i, j + 1);
   }
 }

@@ -698,7 +698,7 @@ bool JobContext::cancel_requested() const {
   return counter_ != nullptr && counter_->cancelled();
 }
 
-absl::Status Runtime::Enqueue(JobRecord* record, SubmitOptions& options) {
+absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   record->runtime = this;
   record->name = options.name;
   WorkerSlot* here = CurrentSlot();

@@ -554,22 +554,26 @@ class Runtime {
   // `n` items split over the nodes in proportion to their workers.
   NodePartition Partition(size_t n) const;
 
-  // ---- Submission
-  // ------------------------------------------------------------- Submits `f`
-  // (callable as f(JobContext&) or f()); the handle gives its result. Never
-  // blocks (dependencies wait in the runtime, not here).
+  // ---- Submission ----------------------------------------------------
+
+  // Submits `f` (callable as f(JobContext&) or f()); the handle gives its
+  // result. Never blocks (dependencies wait in the runtime, not here).
+  // `options` is only read (taken by reference: the fluent
+  // SubmitOptions().with_counter(c) is an lvalue, and a by-value parameter
+  // copied it, predecessors' reference counts included, on every call).
   template <typename F>
-  auto Submit(F&& f, SubmitOptions options = {})
+  auto Submit(F&& f, const SubmitOptions& options = {})
       -> JobHandle<typename jobs_internal::ResultOf<std::decay_t<F>>::type>;
   // As Submit, without a handle (count it with options.counter). Returns
   // the submission error, if any; the job's own failure goes to the
   // counter.
   template <typename F>
-  absl::Status Spawn(F&& f, SubmitOptions options = {});
+  absl::Status Spawn(F&& f, const SubmitOptions& options = {});
 
-  // ---- Frames
-  // ----------------------------------------------------------------- Opens a
-  // frame. FailedPrecondition if one is open or the runtime is shut down.
+  // ---- Frames ---------------------------------------------------------
+
+  // Opens a frame. FailedPrecondition if one is open or the runtime is shut
+  // down.
   absl::Status BeginFrame();
   // Waits for every job of the open frame, then resets every worker's
   // frame arena on every node. Returns OK, or a summary of the frame's
@@ -580,12 +584,12 @@ class Runtime {
   // Frames ended so far.
   uint64_t frames() const;
 
-  // ---- Parallel algorithms
-  // ---------------------------------------------------- Calls f(ctx, begin,
-  // end) over every range of `partition`, each on its home node, split in
-  // chunks of at least `grain` items. Returns when all are done: OK, or the
-  // first failure. Inside a job, the caller's node's share runs on the calling
-  // worker's node with the caller helping.
+  // ---- Parallel algorithms ---------------------------------------------
+
+  // Calls f(ctx, begin, end) over every range of `partition`, each on its
+  // home node, split in chunks of at least `grain` items. Returns when all
+  // are done: OK, or the first failure. Inside a job, the caller's node's
+  // share runs on the calling worker's node with the caller helping.
   template <typename F>
   absl::Status ParallelFor(const NodePartition& partition, size_t grain, F&& f);
   // Items 0..n-1 split by Partition(n).
@@ -594,16 +598,16 @@ class Runtime {
     return ParallelFor(Partition(n), grain, std::forward<F>(f));
   }
 
-  // ---- Lifecycle
-  // -------------------------------------------------------------- Stops
-  // accepting jobs (later submissions fail with FailedPrecondition), then
+  // ---- Lifecycle -------------------------------------------------------
+
+  // Stops accepting jobs (later submissions fail with FailedPrecondition), then
   // finishes or cancels what is pending, and returns when no job is left.
   // Idempotent. FailedPrecondition when called from one of its jobs.
   absl::Status Shutdown(ShutdownMode mode);
   bool accepting() const { return accepting_.load(std::memory_order_acquire); }
 
-  // ---- Observability
-  // ----------------------------------------------------------
+  // ---- Observability ---------------------------------------------------
+
   RuntimeStats stats() const;
   // The last Config::frame_history frames, oldest first.
   std::vector<FrameTiming> frame_history() const;
@@ -673,7 +677,7 @@ class Runtime {
   // Fills the common fields, applies the options and schedules. Returns
   // the submission error (the record is then finished with it).
   absl::Status Enqueue(jobs_internal::JobRecord* record,
-                       SubmitOptions& options);
+                       const SubmitOptions& options);
   void Schedule(jobs_internal::JobRecord* record);
   void PostToken(int node, jobs_internal::JobRecord* record);
   void RunToken(int node, jobs_internal::JobRecord* record);
@@ -864,7 +868,7 @@ U& JobHandle<R>::value() const {
 }
 
 template <typename F>
-auto Runtime::Submit(F&& f, SubmitOptions options)
+auto Runtime::Submit(F&& f, const SubmitOptions& options)
     -> JobHandle<typename jobs_internal::ResultOf<std::decay_t<F>>::type> {
   using Fn = std::decay_t<F>;
   using R = typename jobs_internal::ResultOf<Fn>::type;
@@ -880,7 +884,7 @@ auto Runtime::Submit(F&& f, SubmitOptions options)
 }
 
 template <typename F>
-absl::Status Runtime::Spawn(F&& f, SubmitOptions options) {
+absl::Status Runtime::Spawn(F&& f, const SubmitOptions& options) {
   using Fn = std::decay_t<F>;
   jobs_internal::DirectHeader header;
   if (const DirectTarget target = PrepareDirect(options, &header);

@@ -466,7 +466,8 @@ TEST(RuntimeDependencyTest, AChainRunsInOrder) {
 // nodes, declared from the main thread while earlier blocks already run:
 // successors of running, finished and unstarted jobs; two edges per job
 // (kept in the record) and, for the last block, more (allocated).
-TEST(RuntimeDependencyTest, AWavefrontOfDeclaredDependenciesMatchesTheSerialResult) {
+TEST(RuntimeDependencyTest,
+     AWavefrontOfDeclaredDependenciesMatchesTheSerialResult) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
   constexpr int kSide = 24;
@@ -866,9 +867,8 @@ TEST(RuntimeWaitTest, ACounterMayBeDestroyedAsSoonAsItsWaitReturns) {
           }
         };
         ASSERT_TRUE(rt->Spawn(Link{counter.get(), &ran, length},
-                              SubmitOptions()
-                                  .on_node(c % 2)
-                                  .with_counter(counter.get()))
+                              SubmitOptions().on_node(c % 2).with_counter(
+                                  counter.get()))
                         .ok());
         expected += length;
       }
