@@ -285,6 +285,21 @@ uint64_t ChainReference(size_t n) {
   return x;
 }
 
+// Runs one chain variant: run(&x, n) applies ChainStep for i = 0..n-1 in
+// order to x, the result is checked, and the batch is n jobs.
+template <typename Run>
+void ChainKernel(benchmark::State& state, const char* kernel,
+                 const char* variant, const Run& run) {
+  const size_t n = Scaled(kChainJobs);
+  const uint64_t want = ChainReference(n);
+  for (auto _ : state) {
+    uint64_t x = 1;
+    run(&x, n);
+    CheckEqual(kernel, variant, x, want);
+  }
+  SetBatch(state, static_cast<double>(n));
+}
+
 // Continuation passing, the idiom both schedulers share: each job spawns
 // its successor when it is done (from inside the scheduler, so onto the
 // worker's own deque), and one counter or group waits for the whole chain.
@@ -306,19 +321,13 @@ struct RuntimeChainLink {
 };
 
 void BM_Chain_Runtime(benchmark::State& state) {
-  const size_t n = Scaled(kChainJobs);
-  const uint64_t want = ChainReference(n);
-  Runtime& rt = *g_runtime;
-  for (auto _ : state) {
-    uint64_t x = 1;
+  ChainKernel(state, "Chain", "Runtime", [](uint64_t* x, size_t n) {
     JobCounter counter;
-    CheckOk(rt.Spawn(RuntimeChainLink{&counter, &x, 0, n},
-                     SubmitOptions().with_counter(&counter)),
+    CheckOk(g_runtime->Spawn(RuntimeChainLink{&counter, x, 0, n},
+                             SubmitOptions().with_counter(&counter)),
             "Chain");
     CheckOk(counter.Wait(), "Chain");
-    CheckEqual("Chain", "Runtime", x, want);
-  }
-  SetBatch(state, static_cast<double>(n));
+  });
 }
 
 struct TbbChainLink {
@@ -333,18 +342,13 @@ struct TbbChainLink {
 };
 
 void BM_Chain_Tbb(benchmark::State& state) {
-  const size_t n = Scaled(kChainJobs);
-  const uint64_t want = ChainReference(n);
-  for (auto _ : state) {
-    uint64_t x = 1;
-    g_arena->execute([&x, n] {
+  ChainKernel(state, "Chain", "Tbb", [](uint64_t* x, size_t n) {
+    g_arena->execute([x, n] {
       tbb::task_group group;
-      group.run(TbbChainLink{&group, &x, 0, n});
+      group.run(TbbChainLink{&group, x, 0, n});
       group.wait();
     });
-    CheckEqual("Chain", "Tbb", x, want);
-  }
-  SetBatch(state, static_cast<double>(n));
+  });
 }
 
 void OmpChainLink(uint64_t* x, size_t i, size_t n) {
@@ -356,17 +360,12 @@ void OmpChainLink(uint64_t* x, size_t i, size_t n) {
 }
 
 void BM_Chain_Omp(benchmark::State& state) {
-  const size_t n = Scaled(kChainJobs);
-  const uint64_t want = ChainReference(n);
-  for (auto _ : state) {
-    uint64_t x = 1;
-    // The region's closing barrier waits for every task.
-#pragma omp parallel shared(x)
+  ChainKernel(state, "Chain", "Omp", [](uint64_t* x, size_t n) {
+  // The region's closing barrier waits for every task.
+#pragma omp parallel firstprivate(x, n)
 #pragma omp single
-    OmpChainLink(&x, 0, n);
-    CheckEqual("Chain", "Omp", x, want);
-  }
-  SetBatch(state, static_cast<double>(n));
+    OmpChainLink(x, 0, n);
+  });
 }
 
 // ---- Linear chain with declared dependencies: the submitting thread
@@ -376,21 +375,15 @@ void BM_Chain_Omp(benchmark::State& state) {
 // ---------------------------------------------------------------
 
 void BM_ChainDeps_Runtime(benchmark::State& state) {
-  const size_t n = Scaled(kChainJobs);
-  const uint64_t want = ChainReference(n);
-  Runtime& rt = *g_runtime;
-  for (auto _ : state) {
-    uint64_t x = 1;
+  ChainKernel(state, "ChainDeps", "Runtime", [](uint64_t* x, size_t n) {
     JobHandle<void> prev;
     for (size_t i = 0; i < n; ++i) {
       SubmitOptions options;
       if (prev.valid()) options.after(prev);
-      prev = rt.Submit([&x, i] { x = ChainStep(x, i); }, std::move(options));
+      prev = g_runtime->Submit([x, i] { *x = ChainStep(*x, i); }, options);
     }
     CheckOk(prev.Wait(), "ChainDeps");
-    CheckEqual("ChainDeps", "Runtime", x, want);
-  }
-  SetBatch(state, static_cast<double>(n));
+  });
 }
 
 using ContinueNode = tbb::flow::continue_node<tbb::flow::continue_msg>;
@@ -400,41 +393,31 @@ using ContinueNode = tbb::flow::continue_node<tbb::flow::continue_msg>;
 // the edges exist by then. (The runtime's jobs start while later ones are
 // still being declared.)
 void BM_ChainDeps_Tbb(benchmark::State& state) {
-  const size_t n = Scaled(kChainJobs);
-  const uint64_t want = ChainReference(n);
-  for (auto _ : state) {
-    uint64_t x = 1;
-    g_arena->execute([&x, n] {
+  ChainKernel(state, "ChainDeps", "Tbb", [](uint64_t* x, size_t n) {
+    g_arena->execute([x, n] {
       tbb::flow::graph g;
       std::deque<ContinueNode> nodes;
       for (size_t i = 0; i < n; ++i) {
-        nodes.emplace_back(g, [&x, i](const tbb::flow::continue_msg&) {
-          x = ChainStep(x, i);
+        nodes.emplace_back(g, [x, i](const tbb::flow::continue_msg&) {
+          *x = ChainStep(*x, i);
         });
         if (i > 0) tbb::flow::make_edge(nodes[i - 1], nodes[i]);
       }
       nodes.front().try_put(tbb::flow::continue_msg());
       g.wait_for_all();
     });
-    CheckEqual("ChainDeps", "Tbb", x, want);
-  }
-  SetBatch(state, static_cast<double>(n));
+  });
 }
 
 void BM_ChainDeps_Omp(benchmark::State& state) {
-  const size_t n = Scaled(kChainJobs);
-  const uint64_t want = ChainReference(n);
-  for (auto _ : state) {
-    uint64_t x = 1;
-#pragma omp parallel shared(x)
+  ChainKernel(state, "ChainDeps", "Omp", [](uint64_t* x, size_t n) {
+#pragma omp parallel firstprivate(x, n)
 #pragma omp single
     for (size_t i = 0; i < n; ++i) {
-#pragma omp task depend(inout : x) shared(x) firstprivate(i)
-      x = ChainStep(x, i);
+#pragma omp task depend(inout : x[0]) firstprivate(x, i)
+      *x = ChainStep(*x, i);
     }
-    CheckEqual("ChainDeps", "Omp", x, want);
-  }
-  SetBatch(state, static_cast<double>(n));
+  });
 }
 
 // ---- Binary tree: recursive fork-join, counting the leaves
