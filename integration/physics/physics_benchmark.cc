@@ -34,7 +34,7 @@
 #include "alloc/chunk_cache.h"
 #include "alloc/frame_arena.h"
 #include "alloc/memory_source.h"
-#include "integration/physics/new_counter.h"
+#include "benchmarks/heap_counter.h"
 #include "integration/physics/physics_world.h"
 #include "jobs/config.h"
 #include "jobs/runtime.h"
@@ -128,17 +128,19 @@ absl::Status RunVariant(Variant& v, const PhysicsConfig& config, int warmup,
   }
   // One more frame, counted and not timed: heap allocations and frame
   // memory of a settled frame.
-  NewCounter::Start();
+  const sim::HeapCounts heap_before = sim::ReadHeapCounts();
   if (runtime == nullptr) {
     absl::Status s = w.Step(options);
     v.arena_bytes = static_cast<double>(arena.stats().bytes_used);
     arena.Reset();
     cache.EndEpoch();
-    v.allocations = static_cast<double>(NewCounter::Stop());
+    v.allocations =
+        static_cast<double>((sim::ReadHeapCounts() - heap_before).allocations);
     if (!s.ok()) return s;
   } else {
     absl::Status s = step();
-    v.allocations = static_cast<double>(NewCounter::Stop());
+    v.allocations =
+        static_cast<double>((sim::ReadHeapCounts() - heap_before).allocations);
     if (!s.ok()) return s;
     v.arena_bytes =
         static_cast<double>(runtime->frame_history().back().arena_bytes);

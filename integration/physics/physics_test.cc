@@ -14,10 +14,10 @@
 #include "alloc/chunk_cache.h"
 #include "alloc/frame_arena.h"
 #include "alloc/memory_source.h"
+#include "benchmarks/heap_counter.h"
 #include "benchmarks/scenario.h"
 #include "gtest/gtest.h"
 #include "integration/physics/collision.h"
-#include "integration/physics/new_counter.h"
 #include "integration/physics/physics_scenario.h"
 #include "integration/physics/physics_world.h"
 #include "jobs/runtime.h"
@@ -333,9 +333,10 @@ TEST(PhysicsMemoryTest, ArenaStepMakesNoHeapAllocation) {
     ASSERT_TRUE(w.Step(StepOptions::Arena(&arena)).ok());
     arena.Reset();
   }
-  NewCounter::Start();
+  const sim::HeapCounts arena_before = sim::ReadHeapCounts();
   ASSERT_TRUE(w.Step(StepOptions::Arena(&arena)).ok());
-  const uint64_t arena_allocations = NewCounter::Stop();
+  const uint64_t arena_allocations =
+      (sim::ReadHeapCounts() - arena_before).allocations;
   const FrameArenaStats stats = arena.stats();
   arena.Reset();
   EXPECT_EQ(arena_allocations, 0u);
@@ -352,9 +353,10 @@ TEST(PhysicsMemoryTest, ArenaStepMakesNoHeapAllocation) {
 
   // The heap variant of the same frame allocates every manifold and its
   // points vector from the heap.
-  NewCounter::Start();
+  const sim::HeapCounts heap_before = sim::ReadHeapCounts();
   ASSERT_TRUE(w.Step(StepOptions::Heap()).ok());
-  const uint64_t heap_allocations = NewCounter::Stop();
+  const uint64_t heap_allocations =
+      (sim::ReadHeapCounts() - heap_before).allocations;
   EXPECT_GE(heap_allocations, 2 * w.last_frame().manifolds);
 }
 
