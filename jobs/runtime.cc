@@ -1127,43 +1127,106 @@ void Runtime::RunThief(int thief_node, int victim_node) {
   TsanRelease(&thief);  // For Shutdown's drain.
 }
 
+// The set-up and tear-down that every job and fork child shares, around
+// its body: the context (node, worker, arena), the slot's nesting depth and
+// frame membership, the scratch arena (reset after the outermost job
+// outside frames, rewound to a mark taken on first use after a nested
+// one), busy-time sampling, the statistics and the trace slice. The
+// destructor tears down, also when the body throws.
+class Runtime::JobScope {
+ public:
+  ABSL_ATTRIBUTE_ALWAYS_INLINE JobScope(Runtime* runtime, WorkerSlot* slot,
+                                        bool in_frame, uint64_t id,
+                                        const char* name, uint8_t flags)
+      : slot_(slot),
+        scratch_(slot->scratch_arena.get()),
+        name_(name),
+        id_(id),
+        flags_(flags),
+        in_frame_(in_frame) {
+    SlotAcquire(slot);
+    ctx.runtime_ = runtime;
+    ctx.slot_ = slot;
+    ctx.job_id_ = id;
+    ctx.node_ = slot->node;
+    ctx.worker_ = slot->index;
+    ctx.in_frame_ = in_frame;
+    ctx.stolen_ = (flags & jobs_internal::kTraceStolen) != 0;
+    // Every job runs in an isolated region (RunJob; children in their
+    // parent's): a wait inside it runs only what it spawned.
+    ctx.isolated_ = true;
+    ctx.arena_ = in_frame ? slot->frame_arena.get() : scratch_;
+    outer_scratch_ = !in_frame && slot->scratch_depth == 0;
+    if (!in_frame) {
+      if (!outer_scratch_) ctx.scratch_mark_ = &mark_;
+      ++slot->scratch_depth;
+    }
+    outer_frame_job_ = slot->frame_job;
+    slot->frame_job = in_frame;
+    const bool top = slot->depth++ == 0;
+    busy_weight_ = top ? slot->BeginBusySample() : 0;
+    traced_ = runtime->trace_on_.load(std::memory_order_acquire);
+    start_ = busy_weight_ != 0 || traced_ ? Ticks() : 0;
+  }
+  JobScope(const JobScope&) = delete;
+  JobScope& operator=(const JobScope&) = delete;
+
+  ABSL_ATTRIBUTE_ALWAYS_INLINE ~JobScope() {
+    WorkerSlot* slot = slot_;
+    if (!in_frame_) {
+      --slot->scratch_depth;
+      if (outer_scratch_) {
+        scratch_->Reset();  // A handful of stores when nothing was allocated.
+      } else if (mark_.taken) {
+        (void)scratch_->Rewind(mark_.mark());
+      }
+    }
+    --slot->depth;
+    slot->frame_job = outer_frame_job_;
+    if (busy_weight_ != 0 || traced_) {
+      const uint64_t end = Ticks();
+      if (busy_weight_ != 0) slot->EndBusySample(busy_weight_, end - start_);
+      if (traced_) slot->trace.Add({id_, name_, start_, end, flags_});
+    }
+    Bump(slot->jobs_run);
+    if (flags_ & jobs_internal::kTraceStolen) Bump(slot->jobs_stolen);
+    if (flags_ & jobs_internal::kTraceInline) Bump(slot->jobs_inline);
+    SlotRelease(slot);
+  }
+
+  JobContext ctx;
+
+ private:
+  WorkerSlot* const slot_;
+  FrameArena* const scratch_;
+  const char* const name_;
+  const uint64_t id_;
+  const uint8_t flags_;
+  const bool in_frame_;
+  bool outer_scratch_ = false;
+  bool outer_frame_job_ = false;
+  bool traced_ = false;
+  uint32_t busy_weight_ = 0;
+  uint64_t start_ = 0;
+  jobs_internal::LazyMark mark_;  // Taken on the job's first arena().
+};
+
 ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
     WorkerSlot* slot, const RunInfo& info, void* fn,
     void (*call)(void* fn, JobContext& ctx), absl::Status* status,
     std::exception_ptr* exception) {
-  SlotAcquire(slot);
-  JobContext ctx;
-  ctx.runtime_ = this;
-  ctx.slot_ = slot;
+  JobScope scope(this, slot, info.in_frame, info.id, info.name,
+                 static_cast<uint8_t>(
+                     (info.stolen ? jobs_internal::kTraceStolen : 0) |
+                     (info.inline_run ? jobs_internal::kTraceInline : 0)));
+  JobContext& ctx = scope.ctx;
   ctx.record_ = info.record;
   ctx.counter_ = info.counter;
-  ctx.job_id_ = info.id;
-  ctx.node_ = slot->node;
-  ctx.worker_ = slot->index;
-  ctx.in_frame_ = info.in_frame;
-  ctx.stolen_ = info.stolen;
-  // Every job runs in an isolated region of its own (below): what it
-  // spawns carries the region's tag, and a wait inside it (a JobCounter,
-  // a Fork) runs only those tasks, never an unrelated job.
-  ctx.isolated_ = true;
-  FrameArena* scratch = slot->scratch_arena.get();
-  ctx.arena_ = info.in_frame ? slot->frame_arena.get() : scratch;
-  jobs_internal::LazyMark mark;  // Taken on the job's first arena().
-  const bool outer_scratch = !info.in_frame && slot->scratch_depth == 0;
-  if (!info.in_frame) {
-    if (!outer_scratch) ctx.scratch_mark_ = &mark;
-    ++slot->scratch_depth;
-  }
-
-  const bool outer_frame_job = slot->frame_job;
-  slot->frame_job = info.in_frame;
-  const bool top = slot->depth++ == 0;
-  const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
-  const bool timed =
-      busy_weight != 0 || trace_on_.load(std::memory_order_acquire);
-  const uint64_t start = timed ? Ticks() : 0;
   JobState state = jobs_internal::kDone;
   try {
+    // Every job runs in an isolated region of its own: what it spawns
+    // carries the region's tag, and a wait inside it (a JobCounter, a
+    // Fork) runs only those tasks, never an unrelated job.
     tbb::this_task_arena::isolate([call, fn, &ctx] { call(fn, ctx); });
   } catch (const std::exception& e) {
     state = jobs_internal::kFailed;
@@ -1176,28 +1239,6 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
     *status = absl::UnknownError(absl::StrCat(JobName(info.id, info.name),
                                               " threw a non-std exception"));
   }
-  if (!info.in_frame) {
-    --slot->scratch_depth;
-    if (outer_scratch) {
-      scratch->Reset();  // A handful of stores when nothing was allocated.
-    } else if (mark.taken) {
-      (void)scratch->Rewind(mark.mark());
-    }
-  }
-  const uint64_t end = timed ? Ticks() : 0;
-  --slot->depth;
-  slot->frame_job = outer_frame_job;
-  if (busy_weight != 0) slot->EndBusySample(busy_weight, end - start);
-  Bump(slot->jobs_run);
-  if (info.stolen) Bump(slot->jobs_stolen);
-  if (info.inline_run) Bump(slot->jobs_inline);
-  if (timed && trace_on_.load(std::memory_order_acquire)) {
-    slot->trace.Add({info.id, info.name, start, end,
-                     static_cast<uint8_t>(
-                         (info.stolen ? jobs_internal::kTraceStolen : 0) |
-                         (info.inline_run ? jobs_internal::kTraceInline : 0))});
-  }
-  SlotRelease(slot);
   return state;
 }
 
@@ -1250,64 +1291,15 @@ void Runtime::RunChild(const JobContext& parent,
                        absl::FunctionRef<void(JobContext&)> body) {
   WorkerSlot* slot = CurrentSlot();
   if (slot == nullptr) slot = parent.slot_;  // Defensive: same node.
-  SlotAcquire(slot);
-  JobContext ctx;
-  ctx.runtime_ = this;
-  ctx.slot_ = slot;
-  ctx.record_ = parent.record_;
-  ctx.counter_ = parent.counter_;
-  ctx.node_ = slot->node;
-  ctx.worker_ = slot->index;
-  ctx.in_frame_ = parent.in_frame_;
-  ctx.stolen_ = parent.stolen_;
-  ctx.isolated_ = true;  // Runs inside the parent's Fork/ParallelFor region.
-  FrameArena* scratch = slot->scratch_arena.get();
-  ctx.arena_ = parent.in_frame_ ? slot->frame_arena.get() : scratch;
-  jobs_internal::LazyMark mark;  // Taken on the child's first arena().
-  const bool outer_scratch = !parent.in_frame_ && slot->scratch_depth == 0;
-  if (!parent.in_frame_) {
-    if (!outer_scratch) ctx.scratch_mark_ = &mark;
-    ++slot->scratch_depth;
-  }
-  const bool outer_frame_job = slot->frame_job;
-  slot->frame_job = parent.in_frame_;
-  const bool top = slot->depth++ == 0;
-  const uint32_t busy_weight = top ? slot->BeginBusySample() : 0;
-  const bool traced = trace_on_.load(std::memory_order_acquire);
-  const uint64_t start = busy_weight != 0 || traced ? Ticks() : 0;
-  struct Done {
-    WorkerSlot* slot;
-    FrameArena* scratch;
-    jobs_internal::LazyMark* mark;
-    bool in_frame, outer_scratch, outer_frame_job;
-    uint32_t busy_weight;
-    bool traced;
-    uint64_t start;
-    ~Done() {
-      if (!in_frame) {
-        --slot->scratch_depth;
-        if (outer_scratch) {
-          scratch->Reset();
-        } else if (mark->taken) {
-          (void)scratch->Rewind(mark->mark());
-        }
-      }
-      --slot->depth;
-      slot->frame_job = outer_frame_job;
-      if (busy_weight != 0 || traced) {
-        const uint64_t end = Ticks();
-        if (busy_weight != 0) slot->EndBusySample(busy_weight, end - start);
-        if (traced) {
-          slot->trace.Add({0, "child", start, end, jobs_internal::kTraceChild});
-        }
-      }
-      Bump(slot->jobs_run);
-      SlotRelease(slot);
-    }
-  } done{slot,          scratch,         &mark,       parent.in_frame_,
-         outer_scratch, outer_frame_job, busy_weight, traced,
-         start};
-  body(ctx);  // Exceptions go to the Fork/ParallelFor that waits.
+  // Runs inside the parent's Fork/ParallelFor region. Part of its
+  // parent's job: stolen if the parent was, but not counted as a stolen
+  // job again.
+  JobScope scope(this, slot, parent.in_frame_, 0, "child",
+                 jobs_internal::kTraceChild);
+  scope.ctx.record_ = parent.record_;
+  scope.ctx.counter_ = parent.counter_;
+  scope.ctx.stolen_ = parent.stolen_;
+  body(scope.ctx);  // Exceptions go to the Fork/ParallelFor that waits.
 }
 
 void Runtime::RunChild(const JobContext& parent, void* fn,

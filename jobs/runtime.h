@@ -667,6 +667,9 @@ class Runtime {
   bool JoinFrame(const jobs_internal::WorkerSlot* here);
   // A job of the frame finished (failed: with `status`).
   void LeaveFrame(bool failed, const absl::Status& status);
+  // What every job and fork child sets up and tears down on its slot
+  // (runtime.cc).
+  class JobScope;
   jobs_internal::JobState RunJob(jobs_internal::WorkerSlot* slot,
                                  const RunInfo& info, void* fn,
                                  void (*call)(void* fn, JobContext& ctx),
