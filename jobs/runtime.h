@@ -368,7 +368,9 @@ class JobCounter {
   // Inside a job, the worker helps: it runs the jobs this job spawned
   // (and nothing unrelated) until the count reaches zero; jobs counted
   // here by other threads it waits for. One job at a time helps on a
-  // counter; a second waiter blocks.
+  // counter; a second waiter blocks. Outside a job (and for that second
+  // waiter) it spins for up to 50 us, then sleeps until the count reaches
+  // zero; the counter may be destroyed as soon as Wait returns.
   absl::Status Wait();
   // Jobs counted here that have not started are cancelled, and so are
   // those submitted later, until Reset(). Running jobs see
