@@ -35,6 +35,9 @@ using jobs_internal::Successor;
 
 namespace jobs_internal {
 
+// Job ids a worker slot takes from the runtime's counter at a time.
+constexpr uint64_t kIdBlock = 256;
+
 // One worker slot of one node's task arena. The thread occupying the slot
 // (TBB hands slots from thread to thread) is the only writer of its
 // arenas, trace and counters; counters are relaxed atomics so stats() may
@@ -61,6 +64,23 @@ struct alignas(64) WorkerSlot {
   // The block of job ids this slot's thread hands out next (owner only).
   uint64_t next_id = 0;
   uint64_t id_limit = 0;
+  // The next job id, from this slot's block; a new block from `shared`
+  // (the runtime's counter) when it runs out: workers touch no shared
+  // counter per submission.
+  uint64_t TakeId(std::atomic<uint64_t>& shared) {
+    if (next_id == id_limit) {
+      next_id = shared.fetch_add(kIdBlock, std::memory_order_relaxed);
+      id_limit = next_id + kIdBlock;
+    }
+    return next_id++;
+  }
+  // Counts a job this slot's thread submitted to node `to` (single writer: a
+  // plain store; release for Shutdown's acquire sums).
+  void CountSubmitted(int to) {
+    std::atomic<uint64_t>& mine = submitted_to[to];
+    mine.store(mine.load(std::memory_order_relaxed) + 1,
+               std::memory_order_release);
+  }
   int depth = 0;  // Nested jobs running on this slot now (owner only).
   // The job running on this slot now belongs to a frame (owner only): what
   // it submits joins that frame.
@@ -105,9 +125,6 @@ struct alignas(64) WorkerSlot {
   int scratch_depth = 0;
   TraceRing trace;
 };
-
-// Job ids a worker slot takes from the runtime's counter at a time.
-constexpr uint64_t kIdBlock = 256;
 
 // The slot the calling thread occupies in one of the runtimes' node
 // arenas, set by the node's observer when the thread enters the arena.
@@ -726,13 +743,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   record->name = options.name;
   WorkerSlot* here = CurrentSlot();
   if (here != nullptr) {
-    // Workers take ids in blocks: no shared counter per submission.
-    if (here->next_id == here->id_limit) {
-      here->next_id = next_id_.fetch_add(jobs_internal::kIdBlock,
-                                         std::memory_order_relaxed);
-      here->id_limit = here->next_id + jobs_internal::kIdBlock;
-    }
-    record->id = here->next_id++;
+    record->id = here->TakeId(next_id_);
   } else {
     record->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   }
@@ -781,9 +792,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
 
   record->node = node;
   if (here != nullptr) {
-    std::atomic<uint64_t>& mine = here->submitted_to[node];
-    mine.store(mine.load(std::memory_order_relaxed) + 1,
-               std::memory_order_release);
+    here->CountSubmitted(node);
   } else {
     nodes_[node]->submitted.fetch_add(1, std::memory_order_release);
   }
@@ -873,6 +882,20 @@ bool Runtime::JoinFrame(const WorkerSlot* here) {
   return false;
 }
 
+void Runtime::CountFinished(WorkerSlot* here, JobState state) {
+  const int kind = state == jobs_internal::kDone     ? 0
+                   : state == jobs_internal::kFailed ? 1
+                                                     : 2;
+  if (here != nullptr) {
+    // Single writer: a plain store, release for Shutdown's acquire sums.
+    here->finished[kind].store(
+        here->finished[kind].load(std::memory_order_relaxed) + 1,
+        std::memory_order_release);
+  } else {
+    finished_elsewhere_[kind].fetch_add(1, std::memory_order_release);
+  }
+}
+
 void Runtime::LeaveFrame(bool failed, const absl::Status& status) {
   FrameState& frame = *frame_;
   if (failed) {
@@ -902,15 +925,8 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
     }
     node = options.affinity.any() ? here->node : options.affinity.node();
     if (node != here->node) return target;
-    if (here->next_id == here->id_limit) {
-      here->next_id = next_id_.fetch_add(jobs_internal::kIdBlock,
-                                         std::memory_order_relaxed);
-      here->id_limit = here->next_id + jobs_internal::kIdBlock;
-    }
-    header->id = here->next_id++;
-    std::atomic<uint64_t>& mine = here->submitted_to[node];
-    mine.store(mine.load(std::memory_order_relaxed) + 1,
-               std::memory_order_release);
+    header->id = here->TakeId(next_id_);
+    here->CountSubmitted(node);
   } else {
     if (!accepting_.load(std::memory_order_acquire)) return target;
     node = options.affinity.any()
@@ -966,16 +982,7 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
   // As Finish: the finished count first (a waiter's stats() include the
   // job), then the counter, then the frame (after which EndFrame may
   // reset the arenas; nothing here touches them).
-  const int kind = state == jobs_internal::kDone     ? 0
-                   : state == jobs_internal::kFailed ? 1
-                                                     : 2;
-  if (slot != nullptr) {
-    slot->finished[kind].store(
-        slot->finished[kind].load(std::memory_order_relaxed) + 1,
-        std::memory_order_release);
-  } else {
-    finished_elsewhere_[kind].fetch_add(1, std::memory_order_release);
-  }
+  CountFinished(slot, state);
   const bool failed = state != jobs_internal::kDone;
   if (header.counter != nullptr) {
     header.counter->Finish(failed ? &status : nullptr, exception);
@@ -1313,17 +1320,7 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   record->exception = std::move(exception);
   // Counted before the state turns final, so a waiter's stats() include
   // the job it waited for.
-  const int kind = state == jobs_internal::kDone     ? 0
-                   : state == jobs_internal::kFailed ? 1
-                                                     : 2;
-  if (WorkerSlot* here = CurrentSlot(); here != nullptr) {
-    // Single writer: a plain store, release for Shutdown's acquire sums.
-    here->finished[kind].store(
-        here->finished[kind].load(std::memory_order_relaxed) + 1,
-        std::memory_order_release);
-  } else {
-    finished_elsewhere_[kind].fetch_add(1, std::memory_order_release);
-  }
+  CountFinished(CurrentSlot(), state);
   // Release: the result, status and everything the job wrote become
   // visible to whoever sees the final state.
   const uint32_t previous =

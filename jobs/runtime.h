@@ -669,6 +669,11 @@ class Runtime {
   bool JoinFrame(const jobs_internal::WorkerSlot* here);
   // A job of the frame finished (failed: with `status`).
   void LeaveFrame(bool failed, const absl::Status& status);
+  // Counts a job that finished in `state`, on the slot `here` (null: a
+  // thread outside the worker slots). Before the state turns final, so a
+  // waiter's stats() include the job.
+  void CountFinished(jobs_internal::WorkerSlot* here,
+                     jobs_internal::JobState state);
   // What every job and fork child sets up and tears down on its slot
   // (runtime.cc).
   class JobScope;
