@@ -859,7 +859,8 @@ struct Runtime::RunInfo {
   bool inline_run = false;
 };
 
-bool Runtime::JoinFrame(const WorkerSlot* here) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool Runtime::JoinFrame(
+    const WorkerSlot* here) {
   FrameState& frame = *frame_;
   if (here != nullptr && here->frame_job) {
     // Submitted by a job of the frame: part of that frame even if EndFrame
@@ -882,7 +883,8 @@ bool Runtime::JoinFrame(const WorkerSlot* here) {
   return false;
 }
 
-void Runtime::CountFinished(WorkerSlot* here, JobState state) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Runtime::CountFinished(
+    WorkerSlot* here, JobState state) {
   const int kind = state == jobs_internal::kDone     ? 0
                    : state == jobs_internal::kFailed ? 1
                                                      : 2;
@@ -904,6 +906,11 @@ void Runtime::LeaveFrame(bool failed, const absl::Status& status) {
       frame.first_failure = status.ToString();
     }
   }
+  LeaveFrameOk();
+}
+
+void Runtime::LeaveFrameOk() {
+  FrameState& frame = *frame_;
   WakeIfZero(frame.pending.fetch_sub(1, std::memory_order_acq_rel) - 1,
              frame.pending, frame.wake);
 }
@@ -950,20 +957,10 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
   return target;
 }
 
-void Runtime::RunDirect(const DirectHeader& header, void* fn,
-                        void (*call)(void* fn, JobContext& ctx)) {
-  WorkerSlot* slot = CurrentSlot();
-  JobState state = jobs_internal::kDone;
+void Runtime::RefuseDirect(const DirectHeader& header, WorkerSlot* slot) {
   absl::Status status;
-  std::exception_ptr exception;
-  if (cancel_all_.load(std::memory_order_acquire) ||
-      (header.counter != nullptr &&
-       JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
-       header.counter->cancelled())) {
-    state = jobs_internal::kCancelled;
-    status = absl::CancelledError(absl::StrCat(JobName(header.id, header.name),
-                                               " cancelled before it started"));
-  } else if (slot == nullptr) {
+  JobState state;
+  if (slot == nullptr) {
     // TBB ran the task on a thread in none of our slots: cannot happen (it
     // was spawned into a worker's deque of this node's arena), but never
     // run a job without its context.
@@ -972,22 +969,46 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
         absl::StrCat(JobName(header.id, header.name),
                      ": run by a thread outside the runtime's worker slots"));
   } else {
-    RunInfo info;
-    info.counter = header.counter;
-    info.name = header.name;
-    info.id = header.id;
-    info.in_frame = header.in_frame;
-    state = RunJob(slot, info, fn, call, &status, &exception);
+    state = jobs_internal::kCancelled;
+    status = absl::CancelledError(absl::StrCat(JobName(header.id, header.name),
+                                               " cancelled before it started"));
   }
+  CountFinished(slot, state);
+  if (header.counter != nullptr) header.counter->Finish(&status, nullptr);
+  if (header.in_frame) LeaveFrame(true, status);
+}
+
+void Runtime::RunDirect(const DirectHeader& header, void* fn,
+                        void (*call)(void* fn, JobContext& ctx)) {
+  WorkerSlot* slot = CurrentSlot();
+  if (ABSL_PREDICT_FALSE(
+          slot == nullptr || cancel_all_.load(std::memory_order_acquire) ||
+          (header.counter != nullptr &&
+           JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
+           header.counter->cancelled()))) {
+    RefuseDirect(header, slot);
+    return;
+  }
+  RunInfo info;
+  info.counter = header.counter;
+  info.name = header.name;
+  info.id = header.id;
+  info.in_frame = header.in_frame;
   // As Finish: the finished count first (a waiter's stats() include the
   // job), then the counter, then the frame (after which EndFrame may
   // reset the arenas; nothing here touches them).
-  CountFinished(slot, state);
-  const bool failed = state != jobs_internal::kDone;
-  if (header.counter != nullptr) {
-    header.counter->Finish(failed ? &status : nullptr, exception);
+  if (std::unique_ptr<JobFailure> failure = RunJob(slot, info, fn, call);
+      ABSL_PREDICT_FALSE(failure != nullptr)) {
+    CountFinished(slot, jobs_internal::kFailed);
+    if (header.counter != nullptr) {
+      header.counter->Finish(&failure->status, failure->exception);
+    }
+    if (header.in_frame) LeaveFrame(true, failure->status);
+    return;
   }
-  if (header.in_frame) LeaveFrame(failed, status);
+  CountFinished(slot, jobs_internal::kDone);
+  if (header.counter != nullptr) header.counter->FinishOk();
+  if (header.in_frame) LeaveFrameOk();
 }
 
 void Runtime::Schedule(JobRecord* record) {
@@ -1218,10 +1239,27 @@ class Runtime::JobScope {
   jobs_internal::LazyMark mark_;  // Taken on the job's first arena().
 };
 
-ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
-    WorkerSlot* slot, const RunInfo& info, void* fn,
-    void (*call)(void* fn, JobContext& ctx), absl::Status* status,
-    std::exception_ptr* exception) {
+// Out of line (and only reached from catch clauses), so the failure's
+// Status and exception_ptr stay out of every job's hot path.
+ABSL_ATTRIBUTE_NOINLINE std::unique_ptr<Runtime::JobFailure>
+Runtime::CaughtFailure(uint64_t id, const char* name) {
+  auto failure = std::make_unique<JobFailure>();
+  failure->exception = std::current_exception();
+  try {
+    std::rethrow_exception(failure->exception);
+  } catch (const std::exception& e) {
+    failure->status = absl::UnknownError(
+        absl::StrCat(JobName(id, name), " threw: ", e.what()));
+  } catch (...) {
+    failure->status = absl::UnknownError(
+        absl::StrCat(JobName(id, name), " threw a non-std exception"));
+  }
+  return failure;
+}
+
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline std::unique_ptr<Runtime::JobFailure>
+Runtime::RunJob(WorkerSlot* slot, const RunInfo& info, void* fn,
+                void (*call)(void* fn, JobContext& ctx)) {
   JobScope scope(this, slot, info.in_frame, info.id, info.name,
                  static_cast<uint8_t>(
                      (info.stolen ? jobs_internal::kTraceStolen : 0) |
@@ -1229,24 +1267,15 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline JobState Runtime::RunJob(
   JobContext& ctx = scope.ctx;
   ctx.record_ = info.record;
   ctx.counter_ = info.counter;
-  JobState state = jobs_internal::kDone;
   try {
     // Every job runs in an isolated region of its own: what it spawns
     // carries the region's tag, and a wait inside it (a JobCounter, a
     // Fork) runs only those tasks, never an unrelated job.
     tbb::this_task_arena::isolate([call, fn, &ctx] { call(fn, ctx); });
-  } catch (const std::exception& e) {
-    state = jobs_internal::kFailed;
-    *exception = std::current_exception();
-    *status = absl::UnknownError(
-        absl::StrCat(JobName(info.id, info.name), " threw: ", e.what()));
   } catch (...) {
-    state = jobs_internal::kFailed;
-    *exception = std::current_exception();
-    *status = absl::UnknownError(absl::StrCat(JobName(info.id, info.name),
-                                              " threw a non-std exception"));
+    return CaughtFailure(info.id, info.name);
   }
-  return state;
+  return nullptr;
 }
 
 void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
@@ -1282,16 +1311,17 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
   info.in_frame = record->in_frame;
   info.stolen = stolen;
   info.inline_run = inline_run;
-  absl::Status status;
-  std::exception_ptr exception;
-  const JobState state = RunJob(
-      slot, info, record,
-      [](void* r, JobContext& ctx) {
+  std::unique_ptr<JobFailure> failure =
+      RunJob(slot, info, record, [](void* r, JobContext& ctx) {
         auto* job = static_cast<JobRecord*>(r);
         job->invoke(job, ctx);
-      },
-      &status, &exception);
-  Finish(record, state, std::move(status), std::move(exception), bypass);
+      });
+  if (failure != nullptr) {
+    Finish(record, jobs_internal::kFailed, std::move(failure->status),
+           std::move(failure->exception), bypass);
+  } else {
+    Finish(record, jobs_internal::kDone, absl::OkStatus(), nullptr, bypass);
+  }
 }
 
 void Runtime::RunChild(const JobContext& parent,
@@ -1492,8 +1522,10 @@ void JobCounter::Finish(const absl::Status* status,
     }
     failed_.store(true, std::memory_order_relaxed);
   }
-  const int64_t left = pending_.fetch_sub(1, std::memory_order_acq_rel) - 1;
-  if ((left & kCountMask) != 0) return;
+  FinishOk();
+}
+
+void JobCounter::ReachedZero(int64_t left) {
   // A thread sleeping in Wait() (WaitUntilZero). With a helping job too,
   // that job is still waiting below, so the counter outlives this.
   WakeIfZero(left, pending_, wake_);

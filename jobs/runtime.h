@@ -388,9 +388,17 @@ class JobCounter {
  private:
   friend class Runtime;
   void Add() { pending_.fetch_add(1, std::memory_order_relaxed); }
+  // A counted job ran to completion: the hot path, one locked decrement.
+  void FinishOk() {
+    const int64_t left = pending_.fetch_sub(1, std::memory_order_acq_rel) - 1;
+    if ((left & kCountMask) == 0) ReachedZero(left);
+  }
   // A counted job finished; `status` is its failure (null if it ran to
   // completion).
   void Finish(const absl::Status* status, const std::exception_ptr& exception);
+  // The decrement of a finishing job left `left` (count bits zero): wakes
+  // a sleeping waiter and a helping job.
+  void ReachedZero(int64_t left);
   // Wait() from inside a job: runs the node's tasks of this job's isolated
   // region (its own children among them) until the count drops to zero.
   void HelpUntilZero();
@@ -660,15 +668,30 @@ class Runtime {
   // Runs a direct job on the calling worker and accounts for it.
   void RunDirect(const jobs_internal::DirectHeader& header, void* fn,
                  void (*call)(void* fn, JobContext& ctx));
+  // A direct job that does not run (cancelled, or no worker slot): its
+  // accounting, off the hot path.
+  void RefuseDirect(const jobs_internal::DirectHeader& header,
+                    jobs_internal::WorkerSlot* slot);
+  // How a job failed: what RunJob returns when the body threw (null when it
+  // ran to completion, which is the only case the hot path sees).
+  struct JobFailure {
+    absl::Status status;
+    std::exception_ptr exception;
+  };
+  // The exception being handled, as the failure of job `id`. Called from
+  // catch clauses only.
+  static std::unique_ptr<JobFailure> CaughtFailure(uint64_t id,
+                                                   const char* name);
   // Runs `call(fn, ctx)` as a job on `slot` in its own isolated region,
-  // with the context of `info`; returns its final state (kDone or
-  // kFailed with `status` and `exception`).
+  // with the context of `info`; returns null, or how it failed.
   struct RunInfo;
   // Counts a job into the open frame, if any, or into the frame of the
   // job submitting it from `here` (null: not a worker): true if it joined.
   bool JoinFrame(const jobs_internal::WorkerSlot* here);
   // A job of the frame finished (failed: with `status`).
   void LeaveFrame(bool failed, const absl::Status& status);
+  // A job of the frame ran to completion.
+  void LeaveFrameOk();
   // Counts a job that finished in `state`, on the slot `here` (null: a
   // thread outside the worker slots). Before the state turns final, so a
   // waiter's stats() include the job.
@@ -677,11 +700,9 @@ class Runtime {
   // What every job and fork child sets up and tears down on its slot
   // (runtime.cc).
   class JobScope;
-  jobs_internal::JobState RunJob(jobs_internal::WorkerSlot* slot,
-                                 const RunInfo& info, void* fn,
-                                 void (*call)(void* fn, JobContext& ctx),
-                                 absl::Status* status,
-                                 std::exception_ptr* exception);
+  std::unique_ptr<JobFailure> RunJob(jobs_internal::WorkerSlot* slot,
+                                     const RunInfo& info, void* fn,
+                                     void (*call)(void* fn, JobContext& ctx));
   friend void jobs_internal::FreeRecord(Runtime* runtime, void* record,
                                         size_t size, size_t alignment);
   // Fills the common fields, applies the options and schedules. Returns
