@@ -89,6 +89,32 @@ std::vector<Ratio> Ratios(const ScenarioResult& result) {
   return ratios;
 }
 
+std::optional<ScalingBreakdown> Scaling(const ScenarioResult& result) {
+  const VariantRun* all = result.Find("runtime-arena");
+  const VariantRun* one = result.Find("runtime-arena-1w");
+  if (all == nullptr || one == nullptr || all->frames.empty() ||
+      one->frames.empty() || all->job_seconds <= 0 || one->job_seconds <= 0 ||
+      all->threads < 1 || one->threads < 1) {
+    return std::nullopt;
+  }
+  const double all_seconds =
+      Mean(all->FrameMs()) / 1e3 * static_cast<double>(all->frames.size());
+  const double one_seconds =
+      Mean(one->FrameMs()) / 1e3 * static_cast<double>(one->frames.size());
+  if (all_seconds <= 0 || one_seconds <= 0) return std::nullopt;
+  ScalingBreakdown b;
+  b.workers_all = all->threads;
+  b.workers_one = one->threads;
+  b.speedup = (one_seconds / static_cast<double>(one->frames.size())) /
+              (all_seconds / static_cast<double>(all->frames.size()));
+  b.busy_all = all->job_seconds / (all_seconds * all->threads);
+  b.busy_one = one->job_seconds / (one_seconds * one->threads);
+  b.job_time_growth =
+      (all->job_seconds / static_cast<double>(all->frames.size())) /
+      (one->job_seconds / static_cast<double>(one->frames.size()));
+  return b;
+}
+
 std::vector<PassBandwidth> Bandwidth(const ScenarioResult& result) {
   std::vector<PassBandwidth> out;
   auto add = [&](const char* label, const std::optional<TriadResult>& triad) {
@@ -148,6 +174,7 @@ json RunToJson(const VariantRun& run) {
                                         return static_cast<double>(
                                             f.heap_bytes);
                                       })},
+      {"job_seconds", run.job_seconds},
       {"arena_bytes_per_frame", MeanOf(run,
                                        [](const FrameRecord& f) {
                                          return static_cast<double>(
@@ -215,6 +242,10 @@ absl::StatusOr<VariantRun> RunFromJson(const json& j) {
     r.pass_seconds = f["pass_seconds"].get<double>();
     run.frames.push_back(r);
   }
+  if (j.contains("job_seconds")) {
+    if (!j["job_seconds"].is_number()) return missing("job_seconds");
+    run.job_seconds = j["job_seconds"].get<double>();
+  }
   if (j.contains("pass")) {
     const json& p = j["pass"];
     if (!p.is_object() || !p.contains("label") || !p["label"].is_string() ||
@@ -242,6 +273,15 @@ json ScenarioToJson(const ScenarioResult& r) {
                       {"slower", q.slower},
                       {"median", q.median},
                       {"p99", q.p99}});
+  }
+  json scaling = nullptr;
+  if (const std::optional<ScalingBreakdown> b = Scaling(r); b.has_value()) {
+    scaling = {{"speedup", b->speedup},
+               {"workers_all", b->workers_all},
+               {"workers_one", b->workers_one},
+               {"busy_all", b->busy_all},
+               {"busy_one", b->busy_one},
+               {"job_time_growth", b->job_time_growth}};
   }
   json bandwidth = json::array();
   for (const PassBandwidth& b : Bandwidth(r)) {
@@ -272,6 +312,7 @@ json ScenarioToJson(const ScenarioResult& r) {
           {"states_equal", r.states_equal},
           {"runs", runs},
           {"ratios", ratios},
+          {"scaling", scaling},
           {"triad_one_thread", triad(r.triad_one)},
           {"triad_all_workers", triad(r.triad_all)},
           {"triad_one_thread_cold", triad(r.triad_one_cold)},
@@ -316,6 +357,14 @@ std::string FormatScenario(const ScenarioResult& r) {
                           "  %-52s %6.2fx median, %6.2fx p99 (%s faster "
                           "if > 1)\n",
                           q.name, q.median, q.p99, q.faster);
+  }
+  if (const std::optional<ScalingBreakdown> b = Scaling(r); b.has_value()) {
+    absl::StrAppendFormat(
+        &out,
+        "  runtime-arena scaling, mean frames: %.2fx = %d/%d workers x "
+        "%.0f%%/%.0f%% busy in jobs / %.2fx job time per frame\n",
+        b->speedup, b->workers_all, b->workers_one, 100 * b->busy_all,
+        100 * b->busy_one, b->job_time_growth);
   }
   {
     for (const auto* t :

@@ -63,6 +63,28 @@ struct Ratio {
 // The ratios whose runs are both present.
 std::vector<Ratio> Ratios(const ScenarioResult& result);
 
+// Why runtime-arena on all workers is as much faster than on one worker per
+// node as it is, from mean frame times and the workers' time inside jobs
+// (VariantRun::job_seconds). By construction
+//   speedup = (workers_all / workers_one) * (busy_all / busy_one)
+//             / job_time_growth,
+// so a speedup short of the worker ratio is either the workers waiting
+// (busy below 100%: serial parts, barriers, imbalance) or the same jobs
+// taking longer when they run side by side (growth above 1: shared caches,
+// memory bandwidth, or SMT siblings).
+struct ScalingBreakdown {
+  double speedup = 0;  // Mean frame time, one worker / all workers.
+  int workers_all = 0;
+  int workers_one = 0;
+  double busy_all = 0;  // Job seconds / (measured seconds * workers).
+  double busy_one = 0;
+  // Job seconds per measured frame, all workers / one worker.
+  double job_time_growth = 0;
+};
+// When "runtime-arena" and "runtime-arena-1w" both ran with job time
+// recorded.
+std::optional<ScalingBreakdown> Scaling(const ScenarioResult& result);
+
 // The streaming pass of a run as a share of a triad (medians of the
 // per-frame rates and of the triad repetitions).
 struct PassBandwidth {

@@ -82,6 +82,10 @@ ABSL_FLAG(bool, progress, true, "Show a progress bar on stderr.");
 ABSL_FLAG(std::string, mimalloc_binary, "",
           "The mimalloc build of this program; empty: simulation_mimalloc "
           "next to this binary or in its runfiles.");
+ABSL_FLAG(std::string, trace, "",
+          "If set, a Chrome trace (Perfetto, chrome://tracing) of the jobs of "
+          "each runtime run's measured frames, written to "
+          "<trace>-<scenario>-<run>.json; empty: none.");
 ABSL_FLAG(std::string, child_json, "",
           "Internal (the mimalloc child): run the heap variants of "
           "--variants for one scenario with --frames, write the runs here, "
@@ -105,6 +109,7 @@ struct Flags {
   bool mimalloc = false;
   int triad_repetitions = 0;
   bool progress = true;
+  std::string trace;  // Prefix of the trace files; empty: none.
   std::string child_json;
 };
 
@@ -165,6 +170,7 @@ absl::StatusOr<Flags> ReadFlags() {
                      f.triad_repetitions));
   }
   f.progress = absl::GetFlag(FLAGS_progress);
+  f.trace = absl::GetFlag(FLAGS_trace);
   f.child_json = absl::GetFlag(FLAGS_child_json);
   if (!f.child_json.empty()) {
     if (f.scenarios.size() != 1 || f.frames == 0) {
@@ -411,6 +417,11 @@ int Main(const char* argv0) {
       options.progress = [&progress](int done, int total) {
         progress.Update(done, total);
       };
+      options.trace_path.clear();
+      if (!flags.trace.empty() && !child && UsesRuntime(VariantOf(kind))) {
+        options.trace_path = OutputPath(absl::StrCat(
+            flags.trace, "-", info.name, "-", RunKindName(kind), ".json"));
+      }
       absl::StatusOr<VariantRun> run = RunVariant(info, kind, options);
       if (!run.ok()) {
         return Fail(absl::Status(

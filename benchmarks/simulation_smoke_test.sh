@@ -21,6 +21,8 @@ done
 grep -qE "arena vs heap, 1 thread +[0-9.]+x median" <<<"$out"
 grep -qE "runtime-arena vs runtime-heap, all workers +[0-9.]+x median" <<<"$out"
 grep -qE "all workers vs one worker per node +[0-9.]+x median" <<<"$out"
+grep -qE "runtime-arena scaling, mean frames: [0-9.]+x = [0-9]+/[0-9]+ workers x [0-9]+%/[0-9]+% busy in jobs / [0-9.]+x job time per frame" <<<"$out"
+grep -q "\"job_time_growth\": " "$tmp/s.json"
 grep -qE "STREAM triad, 1 thread\(s\), 3 x 1\.0 MiB: [0-9.]+ GB/s median" <<<"$out"
 grep -qE "particle update \(IntegrateParticles\) in runtime-arena \([0-9]+ thread\(s\)\): [0-9.]+ GB/s median = [0-9.]+% of the triad" <<<"$out"
 # Every registered scenario (particles, physics, ecs, render) ran and agreed.
@@ -39,6 +41,15 @@ echo "$out"
 grep -q "2 node(s)" <<<"$out"
 grep -qE "^runtime-arena +3 " <<<"$out"
 grep -q "state identical in all 2 runs" <<<"$out"
+
+# A Chrome trace of each runtime run's measured frames.
+out=$("$bin" "${common[@]}" --json= --svg= --scenario=ecs \
+  --variants=heap,runtime-arena,runtime-arena-1w --trace="$tmp/t")
+test -s "$tmp/t-ecs-runtime-arena.json"
+test -s "$tmp/t-ecs-runtime-arena-1w.json"
+test ! -e "$tmp/t-ecs-heap.json"
+grep -q '"traceEvents"' "$tmp/t-ecs-runtime-arena.json"
+grep -q '"ph":"X"' "$tmp/t-ecs-runtime-arena.json"
 
 expect_error() {
   local pattern="$1"; shift

@@ -101,6 +101,21 @@ absl::StatusOr<std::unique_ptr<jobs::Runtime>> MakeRuntime(
   return jobs::Runtime::Create(std::move(config));
 }
 
+namespace {
+
+// Time inside jobs so far, summed over the runtime's workers.
+double BusySeconds(const jobs::Runtime& runtime) {
+  double seconds = 0;
+  for (const jobs::NodeStats& node : runtime.stats().nodes) {
+    for (const jobs::WorkerStats& w : node.worker_stats) {
+      seconds += w.busy_seconds;
+    }
+  }
+  return seconds;
+}
+
+}  // namespace
+
 absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
                                       const RunOptions& options) {
   if (options.warmup < 0 || options.frames < 0 || options.min_frames < 1 ||
@@ -161,11 +176,18 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
   const bool budget_mode = options.frames == 0;
   const int total = budget_mode ? 0 : options.warmup + options.frames;
   Clock::time_point measure_start;
+  double busy_start = 0;
   for (int frame = 0;; ++frame) {
     const bool measured = frame >= options.warmup;
     if (measured) {
       const int done = frame - options.warmup;
-      if (frame == options.warmup) measure_start = Clock::now();
+      if (frame == options.warmup) {
+        measure_start = Clock::now();
+        if (runtime != nullptr) {
+          busy_start = BusySeconds(*runtime);
+          if (!options.trace_path.empty()) runtime->StartTrace();
+        }
+      }
       if (budget_mode) {
         const double elapsed = Seconds(Clock::now() - measure_start);
         if (done >= options.max_frames ||
@@ -221,6 +243,13 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
     if (options.progress) options.progress(frame + 1, total);
   }
   run.state_hash = scenario->StateHash();
+  if (runtime != nullptr) run.job_seconds = BusySeconds(*runtime) - busy_start;
+  if (runtime != nullptr && !options.trace_path.empty()) {
+    runtime->StopTrace();
+    // After EndFrame: no job runs.
+    s = runtime->WriteChromeTrace(options.trace_path);
+    if (!s.ok()) return s;
+  }
   return run;
 }
 

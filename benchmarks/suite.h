@@ -76,6 +76,10 @@ struct RunOptions {
   // Called after every frame (warm-up included) with (done, total); total
   // is 0 while the frame count is open (budget mode).
   std::function<void(int, int)> progress;
+  // Runtime variants: if not empty, the measured frames' jobs are recorded
+  // (Runtime::StartTrace) and written here as a Chrome trace (each worker
+  // keeps its last Config::trace_events_per_worker jobs).
+  std::string trace_path;
 };
 
 // One frame's figures.
@@ -98,6 +102,10 @@ struct VariantRun {
   uint64_t state_hash = 0;          // After warm-up and measured frames.
   size_t working_set_bytes = 0;
   std::optional<StreamingPassStats> pass;  // Label and bytes per frame.
+  // Runtime variants: the time the workers spent inside jobs during the
+  // measured frames, summed over the workers (WorkerStats::busy_seconds);
+  // 0 for the one-thread variants.
+  double job_seconds = 0;
 
   std::vector<double> FrameMs() const;
 };

@@ -1,0 +1,99 @@
+// The report's arithmetic: the scaling breakdown of runtime-arena against
+// runtime-arena-1w, its line in the text report, and job_seconds through
+// the JSON a child process sends back.
+#include "benchmarks/report.h"
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace framealloc::sim {
+namespace {
+
+VariantRun MakeRun(const std::string& label, int threads, double frame_ms,
+                   int frames, double job_seconds) {
+  VariantRun run;
+  run.label = label;
+  run.variant = label;
+  run.allocator = "glibc";
+  run.threads = threads;
+  run.job_seconds = job_seconds;
+  for (int i = 0; i < frames; ++i) {
+    FrameRecord f;
+    f.ms = frame_ms;
+    run.frames.push_back(f);
+  }
+  return run;
+}
+
+ScenarioResult TwoRuns(double all_job_seconds, double one_job_seconds) {
+  ScenarioResult r;
+  r.name = "test";
+  // Four frames each: 10 ms on two workers, 16 ms on one.
+  r.runs.push_back(MakeRun("runtime-arena", 2, 10.0, 4, all_job_seconds));
+  r.runs.push_back(MakeRun("runtime-arena-1w", 1, 16.0, 4, one_job_seconds));
+  return r;
+}
+
+TEST(ScalingTest, SplitsTheSpeedupIntoBusyTimeAndJobTimeGrowth) {
+  // Two workers in jobs 64 ms of 2 x 40 ms; one worker 60 ms of 64 ms.
+  const std::optional<ScalingBreakdown> b = Scaling(TwoRuns(0.064, 0.060));
+  ASSERT_TRUE(b.has_value());
+  EXPECT_DOUBLE_EQ(b->speedup, 1.6);
+  EXPECT_EQ(b->workers_all, 2);
+  EXPECT_EQ(b->workers_one, 1);
+  EXPECT_NEAR(b->busy_all, 0.8, 1e-12);
+  EXPECT_NEAR(b->busy_one, 0.9375, 1e-12);
+  EXPECT_NEAR(b->job_time_growth, 0.064 / 0.060, 1e-12);
+  // The identity the report line states.
+  EXPECT_NEAR(b->speedup,
+              2.0 / 1.0 * (b->busy_all / b->busy_one) / b->job_time_growth,
+              1e-12);
+}
+
+TEST(ScalingTest, NeedsBothRunsWithJobTime) {
+  EXPECT_FALSE(Scaling(TwoRuns(0.0, 0.060)).has_value());
+  EXPECT_FALSE(Scaling(TwoRuns(0.064, 0.0)).has_value());
+  ScenarioResult one_missing = TwoRuns(0.064, 0.060);
+  one_missing.runs.pop_back();
+  EXPECT_FALSE(Scaling(one_missing).has_value());
+  ScenarioResult no_frames = TwoRuns(0.064, 0.060);
+  no_frames.runs[0].frames.clear();
+  EXPECT_FALSE(Scaling(no_frames).has_value());
+}
+
+TEST(ScalingTest, TheReportPrintsTheBreakdown) {
+  const std::string text = FormatScenario(TwoRuns(0.064, 0.060));
+  EXPECT_NE(text.find("runtime-arena scaling, mean frames: 1.60x = 2/1 "
+                      "workers x 80%/94% busy in jobs / 1.07x job time per "
+                      "frame"),
+            std::string::npos)
+      << text;
+  const nlohmann::json j = ScenarioToJson(TwoRuns(0.064, 0.060));
+  ASSERT_TRUE(j["scaling"].is_object());
+  EXPECT_DOUBLE_EQ(j["scaling"]["speedup"].get<double>(), 1.6);
+  EXPECT_TRUE(ScenarioToJson(TwoRuns(0.0, 0.0))["scaling"].is_null());
+}
+
+TEST(RunJsonTest, JobSecondsSurviveTheRoundTrip) {
+  const VariantRun run = MakeRun("runtime-heap", 2, 5.0, 3, 0.0125);
+  absl::StatusOr<VariantRun> back = RunFromJson(RunToJson(run));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_DOUBLE_EQ(back->job_seconds, 0.0125);
+  EXPECT_EQ(back->frames.size(), 3u);
+  // Optional (older children do not send it); mistyped is an error.
+  nlohmann::json without = RunToJson(run);
+  without.erase("job_seconds");
+  back = RunFromJson(without);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->job_seconds, 0.0);
+  nlohmann::json mistyped = RunToJson(run);
+  mistyped["job_seconds"] = "soon";
+  EXPECT_EQ(RunFromJson(mistyped).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace framealloc::sim
