@@ -458,6 +458,9 @@ struct Runtime::Node {
   // slots count their own in WorkerSlot::submitted_to); on a line of its
   // own.
   alignas(64) std::atomic<uint64_t> submitted{0};
+  // ...of which were then refused: an outside submission is counted before
+  // it looks at accepting_ (see CountOutsideSubmission).
+  std::atomic<uint64_t> withdrawn{0};
 };
 
 struct Runtime::FrameState {
@@ -759,10 +762,16 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   }
 
   absl::Status refused;
+  // An outside submission is counted before it is checked (and withdrawn
+  // if refused).
+  const bool counted = here == nullptr && node >= 0 && node < num_nodes();
   if (node < 0 || node >= num_nodes()) {
     refused = absl::InvalidArgumentError(absl::StrCat(
         JobName(record), ": node ", node, " does not exist; the runtime has ",
         num_nodes(), " node(s), 0..", num_nodes() - 1));
+  } else if (counted && !CountOutsideSubmission(node)) {
+    refused = absl::FailedPreconditionError(absl::StrCat(
+        JobName(record), " not accepted: the runtime is shut down"));
   } else if (!accepting_.load(std::memory_order_acquire) &&
              (here == nullptr || cancel_all_.load(std::memory_order_acquire))) {
     // While a kFinish shutdown drains, running jobs may still submit
@@ -781,6 +790,9 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   }
   if (!refused.ok()) {
     // Never runs: finished at once with the reason, nothing counted.
+    if (counted) {
+      nodes_[node]->withdrawn.fetch_add(1, std::memory_order_release);
+    }
     record->node = 0;
     record->status = refused;
     record->successors.store(kClosedList, std::memory_order_relaxed);
@@ -791,11 +803,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   }
 
   record->node = node;
-  if (here != nullptr) {
-    here->CountSubmitted(node);
-  } else {
-    nodes_[node]->submitted.fetch_add(1, std::memory_order_release);
-  }
+  if (here != nullptr) here->CountSubmitted(node);
   if (options.counter != nullptr) {
     record->counter = options.counter;
     options.counter->Add();
@@ -942,8 +950,12 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
                      nodes_.size())
                : options.affinity.node();
     if (node < 0 || node >= num_nodes()) return target;
+    if (!CountOutsideSubmission(node)) {
+      // Shutdown began: the record path refuses it with the reason.
+      nodes_[node]->withdrawn.fetch_add(1, std::memory_order_release);
+      return target;
+    }
     header->id = next_id_.fetch_add(1, std::memory_order_relaxed);
-    nodes_[node]->submitted.fetch_add(1, std::memory_order_release);
     target.arena = &nodes_[node]->arena;
   }
   header->runtime = this;
@@ -1743,6 +1755,9 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   if (mode == ShutdownMode::kCancel) {
     cancel_all_.store(true, std::memory_order_release);
   }
+  // Paired with CountOutsideSubmission (seq_cst on both sides, and
+  // SubmittedTo reads the outside count seq_cst): the counts read below
+  // include every outside submission that found accepting_ still true.
   accepting_.store(false, std::memory_order_seq_cst);
   absl::Status result;
   if (frame_open()) {
@@ -1836,8 +1851,25 @@ RuntimeStats Runtime::stats() const {
   return s;
 }
 
+bool Runtime::CountOutsideSubmission(int node) {
+  // Counted first, then accepting_ looked at, both seq_cst, against
+  // Shutdown's seq_cst store of accepting_ and later seq_cst read of the
+  // counts (SubmittedTo): either Shutdown's count includes this job (and waits
+  // for it), or this sees accepting_ false. Checked only the other way round, a
+  // submitter that passed the check just before Shutdown began could count
+  // and enqueue its job after Shutdown had found everything finished and
+  // returned, and the job ran after Shutdown (or during the destructor).
+  nodes_[node]->submitted.fetch_add(1, std::memory_order_seq_cst);
+  return accepting_.load(std::memory_order_seq_cst);
+}
+
 uint64_t Runtime::SubmittedTo(int node) const {
-  uint64_t n = nodes_[node]->submitted.load(std::memory_order_acquire);
+  // Withdrawn first: every withdrawal read has its count in the later read
+  // of `submitted` (the sum may be high for a moment, never low).
+  const uint64_t withdrawn =
+      nodes_[node]->withdrawn.load(std::memory_order_acquire);
+  uint64_t n =
+      nodes_[node]->submitted.load(std::memory_order_seq_cst) - withdrawn;
   for (const auto& from : nodes_) {
     for (const auto& slot : from->slots) {
       n += slot->submitted_to[node].load(std::memory_order_acquire);

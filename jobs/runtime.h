@@ -732,6 +732,10 @@ class Runtime {
   std::array<uint64_t, 3> FinishedCounts() const;
   // Jobs accepted for `node` so far, from every thread.
   uint64_t SubmittedTo(int node) const;
+  // Counts a submission to `node` from a thread outside the worker slots;
+  // false if the runtime no longer accepts jobs (the caller then withdraws
+  // it: Node::withdrawn).
+  bool CountOutsideSubmission(int node);
   static void Release(jobs_internal::JobRecord* record);
 
   Config config_;

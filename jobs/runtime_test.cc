@@ -731,6 +731,53 @@ TEST(RuntimeShutdownTest, JobsMaySubmitContinuationsWhileDraining) {
   EXPECT_EQ(depth.load(), 51);
 }
 
+// Outside threads submitting while Shutdown(kFinish) runs: every Spawn that
+// returned OK ran before Shutdown returned, every later one is refused with
+// FailedPrecondition, and no job runs after Shutdown.
+TEST(RuntimeShutdownTest, ShutdownRacingOutsideSubmittersLeavesNoJobBehind) {
+  auto topology = TwoNodes();
+  for (int round = 0; round < 40; ++round) {
+    auto rt = MakeRuntime(Config().set_topology(topology.get()));
+    std::atomic<long> ran{0};
+    std::atomic<long> accepted{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> submitters;
+    for (int t = 0; t < 3; ++t) {
+      submitters.emplace_back([&, t] {
+        while (!go.load()) std::this_thread::yield();
+        for (;;) {
+          // Both paths: the direct one (Spawn) and the record one (Submit).
+          absl::Status s;
+          if (t == 2) {
+            JobHandle<void> h = rt->Submit([&ran] { ran++; });
+            s = h.Wait();
+          } else {
+            s = rt->Spawn([&ran] { ran++; },
+                          SubmitOptions().on(t == 0 ? Affinity::Any()
+                                                    : Affinity::Node(1)));
+          }
+          if (!s.ok()) {
+            EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+            return;
+          }
+          accepted++;
+        }
+      });
+    }
+    go = true;
+    std::this_thread::sleep_for(std::chrono::microseconds(200 + 50 * round));
+    ASSERT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+    const long ran_at_shutdown = ran.load();
+    for (auto& t : submitters) t.join();
+    EXPECT_EQ(ran_at_shutdown, accepted.load()) << "round " << round;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_EQ(ran.load(), ran_at_shutdown) << "round " << round;
+    const RuntimeStats stats = rt->stats();
+    EXPECT_EQ(stats.jobs_submitted, static_cast<uint64_t>(accepted.load()));
+    EXPECT_EQ(stats.jobs_completed, static_cast<uint64_t>(accepted.load()));
+  }
+}
+
 TEST_P(WorkerSweep, ExternalSubmittersFromManyThreads) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(
