@@ -1538,38 +1538,51 @@ void JobCounter::Finish(const absl::Status* status,
 }
 
 void JobCounter::ReachedZero(int64_t left) {
-  // A thread sleeping in Wait() (WaitUntilZero). With a helping job too,
-  // that job is still waiting below, so the counter outlives this.
+  // A thread sleeping in Wait() (WaitUntilZero). With helping jobs too,
+  // they are still waiting below, so the counter outlives this.
   WakeIfZero(left, pending_, wake_);
-  if (left & kHelperBit) {
-    // A job waits in HelpUntilZero and cannot return before its
-    // wait_context is released: the counter is still alive here.
-    if (tbb::detail::d1::wait_context* helper =
-            helper_.exchange(nullptr, std::memory_order_acq_rel)) {
+  if ((left & kHelperBit) == 0) return;
+  // Jobs wait in HelpUntilZero and cannot return before their
+  // wait_contexts are released: the counter is alive until the first
+  // release. Take them all (a helper that registers later sees the count
+  // at zero, or a count that rose again, by itself), then release them
+  // without touching the counter again.
+  Helper* helpers;
+  {
+    alloc_internal::MutexLock lock(&helpers_mu_);
+    helpers = helpers_;
+    helpers_ = nullptr;
+    if (helpers != nullptr) {
       pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-      helper->release();  // Last touch: the waiter may return at once.
-      return;
     }
-    // The waiter took its wait_context back itself (it found the count at
-    // zero when it registered) and clears the bit: touch nothing more.
+  }
+  while (helpers != nullptr) {
+    Helper* next = helpers->next;  // Read before the release: its stack.
+    helpers->done->release();
+    helpers = next;
   }
 }
 
 void JobCounter::HelpUntilZero() {
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     tbb::detail::d1::wait_context done(1);
-    tbb::detail::d1::wait_context* expected = nullptr;
-    if (!helper_.compare_exchange_strong(expected, &done,
-                                         std::memory_order_acq_rel)) {
-      return;  // Another job helps already: wait without helping.
-    }
-    const int64_t before =
-        pending_.fetch_or(kHelperBit, std::memory_order_acq_rel);
-    if ((before & kCountMask) == 0 &&
-        helper_.exchange(nullptr, std::memory_order_acq_rel) == &done) {
-      // Finished meanwhile, and no finisher saw the bit: clear it.
-      pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-      return;
+    Helper me{&done, nullptr};
+    {
+      alloc_internal::MutexLock lock(&helpers_mu_);
+      // The bit is set in the same step that reads the count: a finisher
+      // that brings it to zero later sees it and releases `done`.
+      const int64_t before =
+          pending_.fetch_or(kHelperBit, std::memory_order_acq_rel);
+      if ((before & kCountMask) == 0) {
+        // Finished meanwhile: not registered; the bit stays only if other
+        // helpers wait (their finisher has not come yet).
+        if (helpers_ == nullptr) {
+          pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+        }
+        return;
+      }
+      me.next = helpers_;
+      helpers_ = &me;
     }
     // Runs this job's region's tasks (its children) until a finisher
     // releases `done`; the context only scopes cancellation, which the

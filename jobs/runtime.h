@@ -367,10 +367,10 @@ class JobCounter {
   // failure (Cancelled, Unknown for an exception: exception() holds it).
   // Inside a job, the worker helps: it runs the jobs this job spawned
   // (and nothing unrelated) until the count reaches zero; jobs counted
-  // here by other threads it waits for. One job at a time helps on a
-  // counter; a second waiter blocks. Outside a job (and for that second
-  // waiter) it spins for up to 50 us, then sleeps until the count reaches
-  // zero; the counter may be destroyed as soon as Wait returns.
+  // here by other threads it waits for. Several jobs may wait on one
+  // counter, each helping with its own. Outside a job it spins for up to
+  // 50 us, then sleeps until the count reaches zero. The counter may be
+  // destroyed as soon as the last Wait returns.
   absl::Status Wait();
   // Jobs counted here that have not started are cancelled, and so are
   // those submitted later, until Reset(). Running jobs see
@@ -403,9 +403,9 @@ class JobCounter {
   // region (its own children among them) until the count drops to zero.
   void HelpUntilZero();
 
-  // The count of unfinished jobs, plus kHelperBit while a job waits in
+  // The count of unfinished jobs, plus kHelperBit while jobs wait in
   // HelpUntilZero: the finisher that brings the count to zero then wakes
-  // that job through helper_ (it cannot be gone: it is still waiting).
+  // them through helpers_ (they cannot be gone: they are still waiting).
   // Release on decrement so that the jobs' effects are visible to the
   // waiter that observes 0 with acquire.
   // jobs_internal::kSleeperBit while a thread sleeps in Wait() (see
@@ -415,7 +415,15 @@ class JobCounter {
   static constexpr int64_t kHelperBit = int64_t{1} << 62;
   static constexpr int64_t kCountMask = jobs_internal::kSleeperBit - 1;
   std::atomic<int64_t> pending_{0};
-  std::atomic<tbb::detail::d1::wait_context*> helper_{nullptr};
+  // A job waiting in HelpUntilZero (on its stack).
+  struct Helper {
+    tbb::detail::d1::wait_context* done;
+    Helper* next;
+  };
+  // Taken only to register a helper and by the finisher that finds
+  // kHelperBit; kHelperBit is set exactly while helpers_ is not empty.
+  alloc_internal::Mutex helpers_mu_;
+  Helper* helpers_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
   std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};

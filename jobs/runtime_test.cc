@@ -426,6 +426,49 @@ TEST_P(WorkerSweep, ManyFramesStress) {
   EXPECT_EQ(rt->frames(), 200u);
 }
 
+// Two jobs wait on one counter that counts children each of them spawned:
+// neither wait may strand the other's children (each waiter runs the
+// tasks of its own region only, so each must help with its own). On one
+// node of two workers, both busy waiting.
+TEST(RuntimeWaitTest, TwoJobsWaitingOnOneCounterBothFinish) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  for (int round = 0; round < 20; ++round) {
+    JobCounter shared;
+    std::atomic<int> children{0};
+    std::atomic<int> waiting{0};
+    auto parent = [&](JobContext& ctx) {
+      for (int i = 0; i < 8; ++i) {
+        EXPECT_TRUE(ctx.runtime()
+                        .Spawn(
+                            [&children] {
+                              std::this_thread::sleep_for(
+                                  std::chrono::microseconds(50));
+                              children++;
+                            },
+                            SubmitOptions().with_counter(&shared))
+                        .ok());
+      }
+      // Both parents are in Wait together (most rounds).
+      waiting++;
+      const auto until =
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+      while (waiting.load() < 2 && std::chrono::steady_clock::now() < until) {
+      }
+      return shared.Wait();
+    };
+    JobHandle<absl::Status> a = rt->Submit(parent);
+    JobHandle<absl::Status> b = rt->Submit(parent);
+    ASSERT_TRUE(Eventually([&] { return a.done() && b.done(); }))
+        << "round " << round << ": " << children.load() << " of 16 children";
+    ASSERT_TRUE(a.Wait().ok());
+    ASSERT_TRUE(b.Wait().ok());
+    EXPECT_TRUE(a.value().ok());
+    EXPECT_TRUE(b.value().ok());
+    EXPECT_EQ(children.load(), 16);
+  }
+}
+
 // ---- Dependencies, exceptions, cancellation
 // -----------------------------------
 
