@@ -89,8 +89,10 @@ struct alignas(64) WorkerSlot {
   // short job (rdtsc takes 30-40 ns in the VMs this runs on), so while the
   // jobs are short one top-level job in 16 on average is timed, at a random
   // gap chosen before the job runs, and counts for the jobs since the last
-  // sample; as soon as a sampled job is long, every job is timed (exact).
-  // Unbiased for the total; exact for long jobs.
+  // sample; as soon as a sampled job is long, every job is timed (exact)
+  // until a short one is. A long job that falls in a gap is represented by
+  // the short job that ends the gap: a mix of one long job among many short
+  // ones is underestimated (docs/simulation.md has a case).
   uint32_t untimed = 0;      // Top-level jobs since the last timed one.
   uint32_t next_sample = 1;  // Time the job when `untimed` reaches this.
   uint64_t rng = 0x9E3779B97F4A7C15ull;
