@@ -502,12 +502,13 @@ struct WorkerStats {
   uint64_t jobs_run = 0;     // Jobs and fork children run by this slot.
   uint64_t jobs_stolen = 0;  // ...of which submitted to another node.
   uint64_t jobs_inline = 0;  // ...of which run inline by a waiting job.
-  // Time inside top-level jobs. Exact while the jobs are long (once a timed
-  // job takes more than about 8 us, every job is timed until one is short);
-  // among short jobs one in 16 on average is timed and stands for those
-  // since the previous one (reading the clock costs as much as a very short
-  // job): good for jobs of similar lengths, scattered when one long job
-  // falls among many short ones (use a trace for an exact figure).
+  // Time inside top-level jobs. Exact while the jobs are long (after a
+  // timed job of more than about 8 us the next is timed too); after a short
+  // one, the next job is timed with probability 1/4 and each later one with
+  // 1/16 until one is, and a timed job counts 1/probability times (reading
+  // the clock costs as much as a very short job): an unbiased estimate for
+  // any mix of lengths, whose spread is largest for a long job that follows
+  // a short one (a trace times every job).
   double busy_seconds = 0;
   double idle_seconds = 0;  // Uptime minus busy time.
 };

@@ -1466,6 +1466,64 @@ TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
       << "busy " << busy << " s, jobs " << measured << " s, wall " << wall;
 }
 
+// A long job that always runs right after a short one and before a long
+// run of medium jobs (a frame whose one long job follows a short
+// allocation job, say) is counted too: the sampling decides before a job
+// runs, with a probability it weights by. (With a gap of 1-31 untimed jobs
+// after every short timed one and the timed job standing for the whole
+// gap, the long job was timed only when the gap was 1, and a medium job
+// stood for it otherwise: this pattern read about 60% of its time, the
+// ECS frame it comes from 52% of what a trace showed.)
+TEST(RuntimeStatsTest, BusyTimeCountsALongJobThatFollowsAShortOne) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  auto spin = [](std::chrono::nanoseconds d) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto t = t0;
+    while (t - t0 < d) t = std::chrono::steady_clock::now();
+  };
+  // One round, each job spawning the next as its continuation so that on
+  // the one worker they run in this order: a short job (0.5 us), a long
+  // one (300 us), then 40 medium ones (10 us: timed exactly once one is).
+  constexpr int kJobsPerRound = 42;
+  auto length = [](int k) -> std::chrono::nanoseconds {
+    if (k == 0) return std::chrono::nanoseconds(500);
+    if (k == 1) return std::chrono::microseconds(300);
+    return std::chrono::microseconds(10);
+  };
+  JobCounter counter;
+  std::function<void(JobContext&, int)> step = [&](JobContext& ctx, int k) {
+    spin(length(k));
+    if (k + 1 < kJobsPerRound) {
+      EXPECT_TRUE(ctx.runtime()
+                      .Spawn([&, k](JobContext& c) { step(c, k + 1); },
+                             SubmitOptions().with_counter(&counter))
+                      .ok());
+    }
+  };
+  const double busy_before = rt->stats().nodes[0].worker_stats[0].busy_seconds;
+  const auto wall_start = std::chrono::steady_clock::now();
+  constexpr int kRounds = 150;
+  for (int round = 0; round < kRounds; ++round) {
+    ASSERT_TRUE(rt->Spawn([&](JobContext& ctx) { step(ctx, 0); },
+                          SubmitOptions().with_counter(&counter))
+                    .ok());
+    ASSERT_TRUE(counter.Wait().ok());
+  }
+  const double wall = std::chrono::duration<double>(
+                          std::chrono::steady_clock::now() - wall_start)
+                          .count();
+  const double busy =
+      rt->stats().nodes[0].worker_stats[0].busy_seconds - busy_before;
+  // The jobs spin at least 150 x 700 us = 105 ms. The estimate is
+  // unbiased with a spread of about 7% here (simulated: 300 seeds, lowest
+  // 0.81); the old one read about 0.60 of it.
+  const double nominal = kRounds * 700e-6;
+  EXPECT_GT(busy, 0.75 * nominal) << "busy " << busy << " s, wall " << wall;
+  EXPECT_LT(busy, 1.6 * wall) << "busy " << busy << " s, wall " << wall;
+}
+
 TEST(RuntimeTraceTest, ChromeTraceHasATrackPerWorkerAndASlicePerJob) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()).set_trace(true));
