@@ -504,7 +504,7 @@ struct WorkerStats {
   uint64_t jobs_inline = 0;  // ...of which run inline by a waiting job.
   // Time inside top-level jobs. Exact while the jobs are long (after a
   // timed job of more than about 8 us the next is timed too); after a short
-  // one, the next job is timed with probability 1/4 and each later one with
+  // one, the next job is timed with probability 1/2 and each later one with
   // 1/16 until one is, and a timed job counts 1/probability times (reading
   // the clock costs as much as a very short job): an unbiased estimate for
   // any mix of lengths, whose spread is largest for a long job that follows
