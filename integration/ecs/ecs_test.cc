@@ -226,6 +226,16 @@ TEST(HierarchyTest, WorldTransformsMatchReference) {
   ExpectWorldMatchesReference<HeapMemory>(tf,
                                           FrameExecutor::OnRuntime(rt.get()));
   ASSERT_TRUE(rt->EndFrame().ok());
+  // One node: the levels run inside one job, each a fork-join.
+  std::unique_ptr<numa::Topology> unused;
+  auto one_node = Runtimes::Make(2, /*two_nodes=*/false, &unused);
+  ASSERT_EQ(one_node->num_nodes(), 1);
+  ASSERT_TRUE(one_node->BeginFrame().ok());
+  ExpectWorldMatchesReference<ArenaMemory>(
+      tf, FrameExecutor::OnRuntime(one_node.get()));
+  ExpectWorldMatchesReference<HeapMemory>(
+      tf, FrameExecutor::OnRuntime(one_node.get()));
+  ASSERT_TRUE(one_node->EndFrame().ok());
 
   // Re-parenting and removal change the hierarchy; still the reference.
   ASSERT_TRUE(tf.SetParent(e[100], e[3]).ok());
