@@ -1422,6 +1422,24 @@ TEST(RuntimeStatsTest, CountersAddUp) {
 
 // Short jobs' busy time is sampled: the estimate still adds up to the time
 // the jobs took (measured by the jobs themselves), not a 16th of it.
+// Spins for at least `d` on the calling thread; returns how long it spun.
+std::chrono::nanoseconds SpinFor(std::chrono::nanoseconds d) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t = t0;
+  while (t - t0 < d) t = std::chrono::steady_clock::now();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t - t0);
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+// The busy time of the first worker of node 0.
+double FirstWorkerBusy(const Runtime& rt) {
+  return rt.stats().nodes[0].worker_stats[0].busy_seconds;
+}
+
 TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
   auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
   auto rt = MakeRuntime(
@@ -1430,26 +1448,17 @@ TEST(RuntimeStatsTest, BusyTimeOfShortJobsIsEstimatedWithoutBias) {
   JobCounter counter;
   const auto wall_start = std::chrono::steady_clock::now();
   for (int i = 0; i < 20000; ++i) {
-    ASSERT_TRUE(
-        rt->Spawn(
-              [&measured_ns] {
-                const auto t0 = std::chrono::steady_clock::now();
-                auto t = t0;
-                while (t - t0 < std::chrono::nanoseconds(1500)) {
-                  t = std::chrono::steady_clock::now();
-                }
-                measured_ns +=
-                    std::chrono::duration_cast<std::chrono::nanoseconds>(t - t0)
-                        .count();
-              },
-              SubmitOptions().with_counter(&counter))
-            .ok());
+    ASSERT_TRUE(rt->Spawn(
+                      [&measured_ns] {
+                        measured_ns +=
+                            SpinFor(std::chrono::nanoseconds(1500)).count();
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
   }
   ASSERT_TRUE(counter.Wait().ok());
-  const double wall = std::chrono::duration<double>(
-                          std::chrono::steady_clock::now() - wall_start)
-                          .count();
-  const double busy = rt->stats().nodes[0].worker_stats[0].busy_seconds;
+  const double wall = SecondsSince(wall_start);
+  const double busy = FirstWorkerBusy(*rt);
   const double measured = static_cast<double>(measured_ns.load()) * 1e-9;
   // Each job spins at least 1.5 us: 30 ms in all. What the jobs measured
   // also holds their preemptions, which a sample catches (weighted) or
@@ -1478,11 +1487,6 @@ TEST(RuntimeStatsTest, BusyTimeCountsALongJobThatFollowsAShortOne) {
   auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
   auto rt = MakeRuntime(
       Config().set_topology(topology.get()).set_workers_per_node(1));
-  auto spin = [](std::chrono::nanoseconds d) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto t = t0;
-    while (t - t0 < d) t = std::chrono::steady_clock::now();
-  };
   // One round, each job spawning the next as its continuation so that on
   // the one worker they run in this order: a short job (0.5 us), a long
   // one (300 us), then 40 medium ones (10 us: timed exactly once one is).
@@ -1494,7 +1498,7 @@ TEST(RuntimeStatsTest, BusyTimeCountsALongJobThatFollowsAShortOne) {
   };
   JobCounter counter;
   std::function<void(JobContext&, int)> step = [&](JobContext& ctx, int k) {
-    spin(length(k));
+    SpinFor(length(k));
     if (k + 1 < kJobsPerRound) {
       EXPECT_TRUE(ctx.runtime()
                       .Spawn([&, k](JobContext& c) { step(c, k + 1); },
@@ -1502,7 +1506,7 @@ TEST(RuntimeStatsTest, BusyTimeCountsALongJobThatFollowsAShortOne) {
                       .ok());
     }
   };
-  const double busy_before = rt->stats().nodes[0].worker_stats[0].busy_seconds;
+  const double busy_before = FirstWorkerBusy(*rt);
   const auto wall_start = std::chrono::steady_clock::now();
   constexpr int kRounds = 150;
   for (int round = 0; round < kRounds; ++round) {
@@ -1511,11 +1515,8 @@ TEST(RuntimeStatsTest, BusyTimeCountsALongJobThatFollowsAShortOne) {
                     .ok());
     ASSERT_TRUE(counter.Wait().ok());
   }
-  const double wall = std::chrono::duration<double>(
-                          std::chrono::steady_clock::now() - wall_start)
-                          .count();
-  const double busy =
-      rt->stats().nodes[0].worker_stats[0].busy_seconds - busy_before;
+  const double wall = SecondsSince(wall_start);
+  const double busy = FirstWorkerBusy(*rt) - busy_before;
   // The jobs spin at least 150 x 700 us = 105 ms. The estimate is
   // unbiased with a spread of about 4% here (simulated: 400 seeds, lowest
   // 0.87); the old one read about 0.60-0.66 of it.
