@@ -107,9 +107,7 @@ namespace {
 double BusySeconds(const jobs::Runtime& runtime) {
   double seconds = 0;
   for (const jobs::NodeStats& node : runtime.stats().nodes) {
-    for (const jobs::WorkerStats& w : node.worker_stats) {
-      seconds += w.busy_seconds;
-    }
+    seconds += node.busy_seconds;  // The sum of its workers'.
   }
   return seconds;
 }

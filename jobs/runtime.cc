@@ -1020,8 +1020,14 @@ void Runtime::RefuseDirect(const DirectHeader& header, WorkerSlot* slot) {
     status = absl::CancelledError(absl::StrCat(JobName(header.id, header.name),
                                                " cancelled before it started"));
   }
+  FailDirect(header, slot, state, status, nullptr);
+}
+
+void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
+                         JobState state, const absl::Status& status,
+                         const std::exception_ptr& exception) {
   CountFinished(slot, state);
-  if (header.counter != nullptr) header.counter->Finish(&status, nullptr);
+  if (header.counter != nullptr) header.counter->Finish(&status, exception);
   if (header.in_frame) LeaveFrame(true, status);
 }
 
@@ -1046,11 +1052,8 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
   // reset the arenas; nothing here touches them).
   if (std::unique_ptr<JobFailure> failure = RunJob(slot, info, fn, call);
       ABSL_PREDICT_FALSE(failure != nullptr)) {
-    CountFinished(slot, jobs_internal::kFailed);
-    if (header.counter != nullptr) {
-      header.counter->Finish(&failure->status, failure->exception);
-    }
-    if (header.in_frame) LeaveFrame(true, failure->status);
+    FailDirect(header, slot, jobs_internal::kFailed, failure->status,
+               failure->exception);
     return;
   }
   CountFinished(slot, jobs_internal::kDone);

@@ -684,6 +684,12 @@ class Runtime {
   // accounting, off the hot path.
   void RefuseDirect(const jobs_internal::DirectHeader& header,
                     jobs_internal::WorkerSlot* slot);
+  // A direct job that did not run to completion, in `state`: its
+  // accounting (finished count, counter, frame), with its failure.
+  void FailDirect(const jobs_internal::DirectHeader& header,
+                  jobs_internal::WorkerSlot* slot,
+                  jobs_internal::JobState state, const absl::Status& status,
+                  const std::exception_ptr& exception);
   // How a job failed: what RunJob returns when the body threw (null when it
   // ran to completion, which is the only case the hot path sees).
   struct JobFailure {
