@@ -53,7 +53,34 @@ enum class ShutdownMode {
   kCancel,  // Cancel them (their handles say Cancelled); running jobs finish.
 };
 
+// What a thread outside the runtime (one that is not running one of its
+// jobs: the main loop, a server's request thread) does while it waits for
+// jobs: JobCounter::Wait, JobRef::Wait, Runtime::ParallelFor, EndFrame.
+enum class OutsideWaitPolicy {
+  // Spin for up to 50 us, then sleep until the jobs are done. The thread
+  // runs nothing of the runtime's; waking it costs a futex wake-up (tens
+  // of microseconds in a VM) after the last job.
+  kSleep,
+  // Join the node's task arena in the slot it keeps for an outside thread
+  // and run the node's jobs until the wait is over, as a thread that
+  // waits in tbb::task_arena::execute does: the jobs it waits for may run
+  // on it at once, with no worker to wake first and no wake-up after the
+  // last one. Jobs it runs see a worker slot of their own (index
+  // Runtime::workers(node), its own frame arena) and count in
+  // WorkerStats like a worker's. One thread helps per node at a time
+  // (others sleep); it helps only where its jobs would keep their
+  // affinity: on a runtime of one node, or of several nodes that pins its
+  // workers, only a thread bound within the node's PUs (see
+  // numa::BindThreadToNode). The cost: the wait may return only after the
+  // job it picked up last, which may be unrelated and long, and a job that
+  // blocks until the waiting thread does something after its wait would
+  // never finish. Use it for a frame loop's main thread (whose jobs are
+  // short and its own), not for threads that must answer quickly.
+  kHelp,
+};
+
 absl::string_view PinningPolicyName(PinningPolicy p);
+absl::string_view OutsideWaitPolicyName(OutsideWaitPolicy p);
 absl::string_view StealPolicyName(StealPolicy p);
 
 struct Config {
@@ -80,6 +107,8 @@ struct Config {
   size_t frame_history = 256;
   // What the destructor does with pending jobs.
   ShutdownMode shutdown = ShutdownMode::kFinish;
+  // How threads outside the runtime wait for its jobs.
+  OutsideWaitPolicy outside_wait = OutsideWaitPolicy::kSleep;
 
   Config& set_topology(const numa::Topology* t) {
     topology = t;
@@ -123,6 +152,10 @@ struct Config {
   }
   Config& set_shutdown(ShutdownMode m) {
     shutdown = m;
+    return *this;
+  }
+  Config& set_outside_wait(OutsideWaitPolicy p) {
+    outside_wait = p;
     return *this;
   }
 

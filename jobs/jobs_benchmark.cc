@@ -1252,9 +1252,11 @@ int main(int argc, char** argv) {
   // Our flags, taken out before Google Benchmark sees the rest.
   std::vector<char*> args;
   int threads = 0;  // 0: one per PU.
+  bool help = true;
   for (int i = 0; i < argc; ++i) {
     constexpr char kScale[] = "--jobs_scale=";
     constexpr char kThreads[] = "--jobs_threads=";
+    constexpr char kWait[] = "--jobs_outside_wait=";
     if (std::strncmp(argv[i], kScale, sizeof(kScale) - 1) == 0) {
       g_scale = std::atof(argv[i] + sizeof(kScale) - 1);
       if (!(g_scale > 0)) {
@@ -1267,11 +1269,31 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--jobs_threads must be at least 1\n");
         return 1;
       }
+    } else if (std::strncmp(argv[i], kWait, sizeof(kWait) - 1) == 0) {
+      const std::string policy = argv[i] + sizeof(kWait) - 1;
+      if (policy != "help" && policy != "sleep") {
+        std::fprintf(stderr, "--jobs_outside_wait must be help or sleep\n");
+        return 1;
+      }
+      help = policy == "help";
     } else {
       args.push_back(argv[i]);
     }
   }
-  auto runtime = Runtime::Create(Config().set_workers_per_node(threads));
+  if (threads == 0) {
+    threads = static_cast<int>(tbb::this_task_arena::max_concurrency());
+  }
+  // Equal thread counts: TBB's arena of `threads` slots is the main thread
+  // and threads - 1 workers, the main thread running tasks while it waits
+  // in execute(). The runtime's equivalent is threads - 1 workers and the
+  // main thread helping in its waits (OutsideWaitPolicy::kHelp); with
+  // --jobs_outside_wait=sleep, `threads` workers and a main thread that
+  // only submits and sleeps.
+  const int workers = help && threads > 1 ? threads - 1 : threads;
+  auto runtime = Runtime::Create(
+      Config().set_workers_per_node(workers).set_outside_wait(
+          help && threads > 1 ? OutsideWaitPolicy::kHelp
+                              : OutsideWaitPolicy::kSleep));
   if (!runtime.ok()) {
     std::fprintf(stderr, "jobs_benchmark: Runtime::Create: %s\n",
                  runtime.status().ToString().c_str());
@@ -1279,11 +1301,11 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<Runtime> rt = *std::move(runtime);
   g_runtime = rt.get();
-  g_threads = rt->total_workers();
+  g_threads = threads;
   int base = 0;
   for (int k = 0; k < rt->num_nodes(); ++k) {
     g_slot_base.push_back(base);
-    base += rt->workers(k);
+    base += rt->workers(k) + 1;  // The outside slot's index is workers(k).
   }
   // The main thread takes one of the arena's slots when it calls execute():
   // g_threads threads run tasks, as in the runtime and in OpenMP.

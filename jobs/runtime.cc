@@ -159,6 +159,9 @@ struct alignas(64) WorkerSlot {
   // to a mark.
   int scratch_depth = 0;
   TraceRing trace;
+  // The slot a thread outside the runtime occupies while it helps in a
+  // wait (OutsideWaitPolicy::kHelp), not a worker's.
+  bool outside = false;
 };
 
 // The slot the calling thread occupies in one of the runtimes' node
@@ -306,7 +309,7 @@ bool Claim(JobRecord* record) {
   return false;
 }
 
-// Moves a job that has not started to `to` (kQueued or kCancelled).
+// Moves a job that has not started to `to` (kQueued or kCancelling).
 bool Transition(JobRecord* record, uint32_t from, uint32_t to) {
   uint32_t s = record->state.load(std::memory_order_acquire);
   while ((s & kStateMask) == from) {
@@ -381,6 +384,101 @@ void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
   }
 }
 
+// Threads outside the runtimes that wait inside a node's arena
+// (OutsideWaitPolicy::kHelp). Such a thread must stay in TBB's dispatch
+// loop to run jobs, so instead of sleeping on a futex it waits on a TBB
+// wait_context registered here, and every wake-up a sleeper would get (a
+// count reaching zero with kSleeperBit set, a job turning final with
+// kWaiterBit set) also releases every registered one. A released helper
+// looks at what it waits for and registers again if that has not
+// happened. Process-wide, because a counter does not know its runtime;
+// there are few (one per node arena at most), and the finishers look at
+// the count only on the paths that wake a sleeper.
+//
+// Registration is seq_cst, and so are the finishers' wake (the bump, the
+// state exchange) and their look at the count: a helper that registers
+// and then reads what it waits for, and a finisher that changes it and
+// then reads the count, cannot both miss the other.
+class OutsideHelpers {
+ public:
+  struct Entry {
+    tbb::detail::d1::wait_context done{1};
+    Entry* next = nullptr;
+    bool registered = false;  // Guarded by the registry's mutex.
+  };
+
+  static void Register(Entry* entry) {
+    Registry& r = Get();
+    alloc_internal::MutexLock lock(&r.mu);
+    entry->next = r.head;
+    entry->registered = true;
+    r.head = entry;
+    r.count.fetch_add(1, std::memory_order_seq_cst);
+  }
+
+  // Runs the arena's jobs until `entry` is released.
+  static void RunJobsUntilReleased(Entry* entry) {
+    tbb::task_group_context context(tbb::task_group_context::isolated);
+    tbb::detail::d1::wait(entry->done, context);
+    // libtbb saw the release uninstrumented: an atomic add of zero on the
+    // same word lets TSan order it before `entry`'s memory is reused.
+    entry->done.reserve(0);
+  }
+
+  // Takes `entry` out if a release has not: afterwards nobody touches it.
+  static void Drop(Entry* entry) {
+    Registry& r = Get();
+    {
+      alloc_internal::MutexLock lock(&r.mu);
+      if (entry->registered) {
+        for (Entry** p = &r.head; *p != nullptr; p = &(*p)->next) {
+          if (*p == entry) {
+            *p = entry->next;
+            break;
+          }
+        }
+        entry->registered = false;
+        r.count.fetch_sub(1, std::memory_order_seq_cst);
+        return;
+      }
+    }
+    // A ReleaseAll took it and releases it just after its unlock.
+    RunJobsUntilReleased(entry);
+  }
+
+  // Releases every registered helper (after a wake-up).
+  static void ReleaseAll() {
+    Registry& r = Get();
+    if (r.count.load(std::memory_order_seq_cst) == 0) return;
+    Entry* list;
+    {
+      alloc_internal::MutexLock lock(&r.mu);
+      list = r.head;
+      r.head = nullptr;
+      for (Entry* e = list; e != nullptr; e = e->next) {
+        e->registered = false;
+        r.count.fetch_sub(1, std::memory_order_seq_cst);
+      }
+    }
+    while (list != nullptr) {
+      Entry* next = list->next;  // Read first: the release frees it.
+      list->done.release();
+      list = next;
+    }
+  }
+
+ private:
+  struct Registry {
+    alloc_internal::Mutex mu;
+    Entry* head ABSL_GUARDED_BY(mu) = nullptr;
+    std::atomic<int> count{0};
+  };
+  static Registry& Get() {
+    static Registry* registry = new Registry();
+    return *registry;
+  }
+};
+
 // Called with the value a decrement left in `count`: if it reached zero
 // while a waiter sleeps, clears the bit and wakes the waiter. The bump is
 // the last touch of `count` and `wake` (notify_all only names the
@@ -389,8 +487,60 @@ void WakeIfZero(int64_t left, std::atomic<int64_t>& count,
                 std::atomic<uint32_t>& wake) {
   if ((left & kCountBits) != 0 || (left & kSleeperBit) == 0) return;
   count.fetch_and(~kSleeperBit, std::memory_order_acq_rel);
-  wake.fetch_add(1, std::memory_order_release);
+  wake.fetch_add(1, std::memory_order_seq_cst);
   wake.notify_all();
+  OutsideHelpers::ReleaseAll();
+}
+
+// WaitUntilZero for a thread that helps inside a node's arena: the same
+// protocol, with each sleep replaced by running the arena's jobs until a
+// wake-up releases the helper. Returns only after the count was seen at
+// zero, and after the bump of `wake` when this waiter had set the bit.
+void HelpOutsideUntilZero(std::atomic<int64_t>& count,
+                          std::atomic<uint32_t>& wake) {
+  uint32_t seen = 0;
+  bool armed = false;  // Our kSleeperBit is set for the crossing after `seen`.
+  for (;;) {
+    OutsideHelpers::Entry entry;
+    OutsideHelpers::Register(&entry);
+    if (!armed || wake.load(std::memory_order_seq_cst) != seen) {
+      // First time round, or the count crossed zero since we armed.
+      if (armed && (count.load(std::memory_order_acquire) & kCountBits) == 0) {
+        OutsideHelpers::Drop(&entry);
+        return;
+      }
+      seen = wake.load(std::memory_order_seq_cst);
+      const int64_t before =
+          count.fetch_or(kSleeperBit, std::memory_order_acq_rel);
+      if ((before & kCountBits) == 0) {
+        OutsideHelpers::Drop(&entry);
+        return;
+      }
+      armed = true;
+    }
+    // Released by the bump after `seen`, or by another wait's wake-up.
+    OutsideHelpers::RunJobsUntilReleased(&entry);
+  }
+}
+
+// JobRef::Wait's loop for a thread that helps inside a node's arena: sets
+// kWaiterBit as a sleeper would, and runs the arena's jobs until the job
+// turns final.
+void HelpOutsideUntilFinal(JobRecord* record) {
+  for (;;) {
+    OutsideHelpers::Entry entry;
+    OutsideHelpers::Register(&entry);
+    uint32_t s = record->state.load(std::memory_order_seq_cst);
+    while (!jobs_internal::IsFinal(s) && (s & kWaiterBit) == 0 &&
+           !record->state.compare_exchange_weak(s, s | kWaiterBit,
+                                                std::memory_order_seq_cst)) {
+    }
+    if (jobs_internal::IsFinal(s)) {
+      OutsideHelpers::Drop(&entry);
+      return;
+    }
+    OutsideHelpers::RunJobsUntilReleased(&entry);
+  }
 }
 
 }  // namespace
@@ -483,7 +633,11 @@ struct Runtime::Node {
   // cancels jobs itself).
   tbb::task_group_context direct_context{tbb::task_group_context::isolated};
   std::unique_ptr<NodeObserver> observer;
+  // The workers' slots, then (OutsideWaitPolicy::kHelp) the outside one.
   std::vector<std::unique_ptr<WorkerSlot>> slots;
+  WorkerSlot* outside_slot = nullptr;  // Null under kSleep.
+  // An outside thread helps in this node's arena now (HelpOutside).
+  std::atomic<bool> outside_taken{false};
   // kWhenIdle only: the node's queued jobs, which its tokens and other
   // nodes' thieves take from.
   tbb::concurrent_queue<JobRecord*> queue;
@@ -529,6 +683,10 @@ absl::string_view PinningPolicyName(PinningPolicy p) {
 
 absl::string_view StealPolicyName(StealPolicy p) {
   return p == StealPolicy::kStrict ? "strict" : "when-idle";
+}
+
+absl::string_view OutsideWaitPolicyName(OutsideWaitPolicy p) {
+  return p == OutsideWaitPolicy::kSleep ? "sleep" : "help";
 }
 
 absl::Status Config::Validate() const {
@@ -635,13 +793,12 @@ absl::Status Runtime::Init() {
     }
     node->workers = workers;
     node->alloc = &memory_->node(k);
-    std::vector<WorkerSlot*> raw_slots;
-    for (int w = 0; w < workers; ++w) {
+    auto add_slot = [&](int index) {
       auto slot = std::make_unique<WorkerSlot>();
       slot->runtime = this;
       slot->alloc = node->alloc;
       slot->node = k;
-      slot->index = w;
+      slot->index = index;
       slot->submitted_to =
           std::make_unique<std::atomic<uint64_t>[]>(static_cast<size_t>(nodes));
       slot->frame_arena = node->alloc->new_scoped_arena();
@@ -649,11 +806,20 @@ absl::Status Runtime::Init() {
       // Rings are filled only when tracing is asked for (2 MiB per worker
       // at the default capacity).
       if (config_.trace) slot->trace.Init(config_.trace_events_per_worker);
-      raw_slots.push_back(slot.get());
       node->slots.push_back(std::move(slot));
+      return node->slots.back().get();
+    };
+    std::vector<WorkerSlot*> raw_slots;
+    for (int w = 0; w < workers; ++w) raw_slots.push_back(add_slot(w));
+    if (config_.outside_wait == OutsideWaitPolicy::kHelp) {
+      // Not the observer's: it goes with TBB's slot 0, which HelpOutside
+      // hands to the thread it lets in.
+      node->outside_slot = add_slot(workers);
+      node->outside_slot->outside = true;
     }
     // `workers` worker slots plus one reserved for an outside thread: the
-    // threads that submit never join (they enqueue); Shutdown's drain does.
+    // threads that submit never join (they enqueue); a thread that helps in
+    // its wait (OutsideWaitPolicy::kHelp) and Shutdown's drain do.
     node->arena.initialize(workers + 1, /*reserved_for_masters=*/1);
     node->observer = std::make_unique<NodeObserver>(
         node->arena, std::move(raw_slots), topology_, k, pinned_);
@@ -764,6 +930,62 @@ WorkerSlot* Runtime::CurrentSlot() const {
   return slot != nullptr && slot->runtime == this ? slot : nullptr;
 }
 
+int Runtime::OutsideHelpNode() const {
+  if (num_nodes() == 1 || !pinned_) return 0;
+  auto binding = numa::GetThreadBinding(*topology_);
+  if (!binding.ok() || binding->empty()) return -1;
+  for (const auto& node : nodes_) {
+    if (std::all_of(binding->begin(), binding->end(), [&node](int pu) {
+          return std::find(node->pus.begin(), node->pus.end(), pu) !=
+                 node->pus.end();
+        })) {
+      return node->index;
+    }
+  }
+  return -1;
+}
+
+bool Runtime::HelpOutside(int node_index, absl::FunctionRef<void()> wait) {
+  // (A thread that used TBB has an arena slot of its own, the implicit
+  // arena's, outside any task: current_thread_index() cannot tell; a TBB
+  // task of another arena may enter this one too, as execute() allows.)
+  if (config_.outside_wait != OutsideWaitPolicy::kHelp ||
+      tls_slot != nullptr || node_index < 0 || node_index >= num_nodes() ||
+      !accepting_.load(std::memory_order_acquire)) {
+    return false;
+  }
+  // Jobs keep their affinity: on a pinned runtime of several nodes, only
+  // a thread bound within the node runs the node's jobs.
+  if (num_nodes() > 1 && pinned_ && OutsideHelpNode() != node_index) {
+    return false;
+  }
+  Node& node = *nodes_[node_index];
+  if (node.outside_taken.exchange(true, std::memory_order_acquire)) {
+    return false;  // Another thread helps there.
+  }
+  bool helped = false;
+  const std::thread::id me = std::this_thread::get_id();
+  node.arena.execute([&] {
+    // With no free slot (Shutdown's drain holds the reserved one), TBB
+    // hands the functor to a thread of the arena instead: do nothing there.
+    if (std::this_thread::get_id() != me) return;
+    WorkerSlot* slot = node.outside_slot;
+    struct Leave {
+      WorkerSlot* slot;
+      ~Leave() {
+        tls_slot = nullptr;
+        SlotRelease(slot);
+      }
+    } leave{slot};
+    SlotAcquire(slot);  // The previous helper's writes to the slot.
+    tls_slot = slot;
+    wait();
+    helped = true;
+  });
+  node.outside_taken.store(false, std::memory_order_release);
+  return helped;
+}
+
 SmartAlloc& JobContext::alloc() const { return *slot_->alloc; }
 
 void JobContext::MarkScratch() const {
@@ -842,6 +1064,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   if (options.counter != nullptr) {
     record->counter = options.counter;
     options.counter->Add();
+    if (here == nullptr) options.counter->NoteOutsideSubmission(this, node);
   }
   record->in_frame = JoinFrame(here);
 
@@ -998,6 +1221,7 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
   if (options.counter != nullptr) {
     header->counter = options.counter;
     options.counter->Add();
+    if (here == nullptr) options.counter->NoteOutsideSubmission(this, node);
   }
   header->in_frame = JoinFrame(here);
   target.context = &nodes_[node]->direct_context;
@@ -1067,7 +1291,8 @@ void Runtime::Schedule(JobRecord* record) {
     return;
   }
   if (record->predecessor_failed.load(std::memory_order_acquire)) {
-    if (Transition(record, jobs_internal::kQueued, jobs_internal::kCancelled)) {
+    if (Transition(record, jobs_internal::kQueued,
+                   jobs_internal::kCancelling)) {
       Finish(record, jobs_internal::kCancelled,
              absl::CancelledError(absl::StrCat(
                  JobName(record), " cancelled: a predecessor failed")),
@@ -1403,9 +1628,13 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   CountFinished(CurrentSlot(), state);
   // Release: the result, status and everything the job wrote become
   // visible to whoever sees the final state.
+  // seq_cst: see OutsideHelpers.
   const uint32_t previous =
-      record->state.exchange(state, std::memory_order_acq_rel);
-  if (previous & kWaiterBit) record->state.notify_all();
+      record->state.exchange(state, std::memory_order_seq_cst);
+  if (previous & kWaiterBit) {
+    record->state.notify_all();
+    OutsideHelpers::ReleaseAll();
+  }
   const bool failed = state != jobs_internal::kDone;
   Successor* edge =
       record->successors.exchange(kClosedList, std::memory_order_acq_rel);
@@ -1478,6 +1707,13 @@ absl::Status JobRef::Wait() const {
   if (!jobs_internal::IsFinal(s) && r->runtime->TryRunInline(r)) {
     s = r->state.load(std::memory_order_acquire);
   }
+  if (!jobs_internal::IsFinal(s) &&
+      r->runtime->HelpOutside(r->node, [r] {
+        // A job of the node not yet started is this one: run it here.
+        if (!r->runtime->TryRunInline(r)) HelpOutsideUntilFinal(r);
+      })) {
+    s = r->state.load(std::memory_order_acquire);
+  }
   if (!jobs_internal::IsFinal(s)) {
     SpinUntil([r, &s] {
       s = r->state.load(std::memory_order_acquire);
@@ -1520,13 +1756,15 @@ bool JobRef::Cancel() {
   r->cancel_requested.store(true, std::memory_order_release);
   absl::Status why =
       absl::CancelledError(absl::StrCat(JobName(r), " cancelled"));
-  if (Transition(r, jobs_internal::kWaiting, jobs_internal::kCancelled) ||
-      Transition(r, jobs_internal::kQueued, jobs_internal::kCancelled)) {
+  if (Transition(r, jobs_internal::kWaiting, jobs_internal::kCancelling) ||
+      Transition(r, jobs_internal::kQueued, jobs_internal::kCancelling)) {
     r->runtime->Finish(r, jobs_internal::kCancelled, std::move(why), nullptr);
     return true;
   }
-  return (r->state.load(std::memory_order_acquire) & kStateMask) ==
-         jobs_internal::kCancelled;
+  // Lost the claim: true if another cancellation won it.
+  const uint32_t state = r->state.load(std::memory_order_acquire) & kStateMask;
+  return state == jobs_internal::kCancelling ||
+         state == jobs_internal::kCancelled;
 }
 
 JobCounter::~JobCounter() { (void)Wait(); }
@@ -1536,6 +1774,14 @@ absl::Status JobCounter::Wait() {
   if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
                                  tbb::task_arena::not_initialized) {
     HelpUntilZero();
+  } else if (Runtime* runtime = home_runtime_.load(std::memory_order_relaxed);
+             runtime != nullptr &&
+             (pending_.load(std::memory_order_acquire) & kCountMask) != 0 &&
+             runtime->HelpOutside(
+                 home_node_.load(std::memory_order_relaxed),
+                 [this] { HelpOutsideUntilZero(pending_, wake_); })) {
+    alloc_internal::MutexLock lock(&mu_);
+    return Detached(first_error_);
   }
   WaitUntilZero(pending_, wake_);
   alloc_internal::MutexLock lock(&mu_);
@@ -1674,7 +1920,13 @@ absl::Status Runtime::EndFrame() {
   }
   frame.open.store(false, std::memory_order_seq_cst);
   const uint64_t wait_start = Ticks();
-  WaitUntilZero(frame.pending, frame.wake);
+  if (config_.outside_wait != OutsideWaitPolicy::kHelp ||
+      (frame.pending.load(std::memory_order_acquire) & kCountBits) == 0 ||
+      !HelpOutside(OutsideHelpNode(), [&frame] {
+        HelpOutsideUntilZero(frame.pending, frame.wake);
+      })) {
+    WaitUntilZero(frame.pending, frame.wake);
+  }
   const uint64_t reset_start = Ticks();
   uint64_t arena_bytes = 0;
   uint64_t arena_allocations = 0;
@@ -1883,11 +2135,14 @@ RuntimeStats Runtime::stats() const {
           std::min(s.uptime_seconds, static_cast<double>(slot->busy_ticks.load(
                                          std::memory_order_relaxed)) *
                                          spt);
-      w.idle_seconds = std::max(0.0, s.uptime_seconds - w.busy_seconds);
+      w.outside = slot->outside;
       n.jobs_run += w.jobs_run;
       n.jobs_stolen += w.jobs_stolen;
-      n.busy_seconds += w.busy_seconds;
-      n.idle_seconds += w.idle_seconds;
+      if (!w.outside) {
+        w.idle_seconds = std::max(0.0, s.uptime_seconds - w.busy_seconds);
+        n.busy_seconds += w.busy_seconds;
+        n.idle_seconds += w.idle_seconds;
+      }
       n.worker_stats.push_back(w);
     }
     s.jobs_submitted += n.jobs_submitted;
@@ -1965,9 +2220,9 @@ std::string RuntimeStats::ToJson() const {
       absl::StrAppendFormat(
           &out,
           "%s{\"worker\":%d,\"jobs_run\":%d,\"jobs_stolen\":%d,"
-          "\"jobs_inline\":%d,\"busy_seconds\":%.6f,\"idle_seconds\":%.6f}",
+          "\"jobs_inline\":%d,\"busy_seconds\":%.6f,\"idle_seconds\":%.6f%s}",
           j ? "," : "", w.worker, w.jobs_run, w.jobs_stolen, w.jobs_inline,
-          w.busy_seconds, w.idle_seconds);
+          w.busy_seconds, w.idle_seconds, w.outside ? ",\"outside\":true" : "");
     }
     out += "]}";
   }
@@ -1989,8 +2244,9 @@ std::string RuntimeStats::ToText() const {
                           n.jobs_stolen, n.busy_seconds, n.idle_seconds);
     for (const WorkerStats& w : n.worker_stats) {
       absl::StrAppendFormat(
-          &out, "  worker %d: %d run (%d stolen, %d inline), busy %.3f s\n",
-          w.worker, w.jobs_run, w.jobs_stolen, w.jobs_inline, w.busy_seconds);
+          &out, "  %s %d: %d run (%d stolen, %d inline), busy %.3f s\n",
+          w.outside ? "outside thread, slot" : "worker", w.worker, w.jobs_run,
+          w.jobs_stolen, w.jobs_inline, w.busy_seconds);
     }
   }
   return out;
@@ -2016,7 +2272,7 @@ void Runtime::WriteChromeTrace(std::ostream& out) const {
   std::vector<jobs_internal::TraceTrack> tracks;
   for (const auto& node : nodes_) {
     for (const auto& slot : node->slots) {
-      tracks.push_back({node->index, slot->index, &slot->trace});
+      tracks.push_back({node->index, slot->index, &slot->trace, slot->outside});
     }
   }
   jobs_internal::WriteChromeTrace(out, tracks, start_tsc_,

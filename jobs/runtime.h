@@ -402,6 +402,12 @@ class JobCounter {
   // Wait() from inside a job: runs the node's tasks of this job's isolated
   // region (its own children among them) until the count drops to zero.
   void HelpUntilZero();
+  // A thread outside the runtime submitted a job counted here to `node` of
+  // `runtime`: where Wait() from outside may help (OutsideWaitPolicy).
+  void NoteOutsideSubmission(Runtime* runtime, int node) {
+    home_runtime_.store(runtime, std::memory_order_relaxed);
+    home_node_.store(node, std::memory_order_relaxed);
+  }
 
   // The count of unfinished jobs, plus kHelperBit while jobs wait in
   // HelpUntilZero: the finisher that brings the count to zero then wakes
@@ -425,6 +431,11 @@ class JobCounter {
   alloc_internal::Mutex helpers_mu_;
   Helper* helpers_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
   std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
+  // The runtime and node of the last job counted here that a thread
+  // outside the runtime submitted (NoteOutsideSubmission). The runtime
+  // outlives the jobs it runs, so a Wait that finds a job pending may use it.
+  std::atomic<Runtime*> home_runtime_{nullptr};
+  std::atomic<int> home_node_{0};
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
   // Set once any counter was ever cancelled, so that running a job reads
@@ -510,7 +521,11 @@ struct WorkerStats {
   // any mix of lengths, whose spread is largest for a long job that follows
   // a short one (a trace times every job).
   double busy_seconds = 0;
-  double idle_seconds = 0;  // Uptime minus busy time.
+  double idle_seconds = 0;  // Uptime minus busy time (0 for `outside`).
+  // The slot of a thread outside the runtime that helps while it waits
+  // (OutsideWaitPolicy::kHelp; worker == the node's worker count): its
+  // jobs, not idle time, since it is not the runtime's thread.
+  bool outside = false;
 };
 
 struct NodeStats {
@@ -520,8 +535,10 @@ struct NodeStats {
   uint64_t jobs_submitted = 0;  // Submitted with this node's affinity.
   uint64_t jobs_run = 0;
   uint64_t jobs_stolen = 0;  // Taken by this node from another node.
+  // The workers' (not the outside slot's: see WorkerStats::outside).
   double busy_seconds = 0;
   double idle_seconds = 0;
+  // One per worker, then the outside slot's under OutsideWaitPolicy::kHelp.
   std::vector<WorkerStats> worker_stats;
 };
 
@@ -746,6 +763,17 @@ class Runtime {
       const NodePartition& partition, size_t grain,
       absl::FunctionRef<void(JobContext&, size_t, size_t)> body);
   jobs_internal::WorkerSlot* CurrentSlot() const;
+  // OutsideWaitPolicy::kHelp: the calling thread, outside the runtime's
+  // jobs, joins node `node`'s arena in the slot kept for an outside thread
+  // and calls `wait` there (which runs the node's jobs until what it waits
+  // for is done). False, with nothing called, where it may not help (the
+  // policy is kSleep, another thread helps there, the thread is inside a
+  // TBB arena already or bound outside the node, the runtime is shut
+  // down): the caller then waits as kSleep does.
+  bool HelpOutside(int node, absl::FunctionRef<void()> wait);
+  // The node whose PUs contain the calling thread's binding, for a frame's
+  // wait (0 on a runtime of one node or one that does not pin); -1 if none.
+  int OutsideHelpNode() const;
   // Jobs finished so far: done, failed, cancelled.
   std::array<uint64_t, 3> FinishedCounts() const;
   // Jobs accepted for `node` so far, from every thread.

@@ -6,7 +6,7 @@
 //
 // States: kWaiting (predecessors unfinished) -> kQueued (a token for it is
 // posted to a node) -> kRunning -> kDone | kFailed; or kWaiting/kQueued ->
-// kCancelled. Exactly one thread wins the kQueued -> kRunning claim: the
+// kCancelling -> kCancelled. Exactly one thread wins the kQueued -> kRunning claim: the
 // node's token, another node's thief, or a waiter running the job inline.
 // Bit kWaiterBit marks a thread asleep on the state word (C++20
 // atomic::wait), so finishing a job only makes a system call when somebody
@@ -34,9 +34,14 @@ enum JobState : uint32_t {
   kWaiting = 0,
   kQueued = 1,
   kRunning = 2,
-  kDone = 3,
-  kFailed = 4,
-  kCancelled = 5,
+  // Claimed by a cancellation (from kWaiting or kQueued), not final yet:
+  // Finish still writes the status and then moves it to kCancelled. (Made
+  // final by the claim itself, a waiter could read the status before it
+  // was written: a TSan run saw Wait() return OK for a cancelled job.)
+  kCancelling = 3,
+  kDone = 4,
+  kFailed = 5,
+  kCancelled = 6,
 };
 inline constexpr uint32_t kStateMask = 0xff;
 inline constexpr uint32_t kWaiterBit = 0x100;

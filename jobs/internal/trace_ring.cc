@@ -4,6 +4,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "alloc/internal/json.h"
 
@@ -31,10 +32,13 @@ void WriteChromeTrace(std::ostream& out, const std::vector<TraceTrack>& tracks,
           t.node, t.node);
     }
     separator();
-    absl::StrAppendFormat(&buffer,
-                          "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,"
-                          "\"tid\":%d,\"args\":{\"name\":\"worker %d\"}}",
-                          t.node, t.worker, t.worker);
+    absl::StrAppendFormat(
+        &buffer,
+        "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,"
+        "\"tid\":%d,\"args\":{\"name\":\"%s\"}}",
+        t.node, t.worker,
+        t.outside ? std::string("outside thread (helping)")
+                  : absl::StrCat("worker ", t.worker));
   }
   for (const TraceTrack& t : tracks) {
     t.ring->ForEach([&](const TraceEvent& e) {

@@ -61,6 +61,9 @@ struct TraceTrack {
   int node = 0;
   int worker = 0;
   const TraceRing* ring = nullptr;
+  // The slot of an outside thread that helps in its waits
+  // (OutsideWaitPolicy::kHelp), named so.
+  bool outside = false;
 };
 
 // Writes {"traceEvents": [...]} with a process per node ("node k"), a
