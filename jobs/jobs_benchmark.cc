@@ -8,8 +8,12 @@
 // (issue 6's target: per-job overhead within 1.2x of raw oneTBB on
 // fine-grained jobs, equal on coarse ones). Every kernel comes in three
 // variants, BM_<Kernel>_Runtime, BM_<Kernel>_Tbb and BM_<Kernel>_Omp:
-//   Runtime: jobs::Runtime with one worker per PU (Spawn, Submit, after(),
-//            JobContext::Fork, Runtime::ParallelFor);
+//   Runtime: jobs::Runtime (Spawn, Submit, after(), JobContext::Fork,
+//            Runtime::ParallelFor) with one worker per PU but one, and the
+//            main thread helping in its waits (OutsideWaitPolicy::kHelp):
+//            what TBB's arena is, main thread included. With
+//            --jobs_outside_wait=sleep, one worker per PU and a main thread
+//            that sleeps in its waits (the runtime's default policy);
 //   Tbb:     a tbb::task_arena with as many slots as the runtime has
 //            workers, entered with execute() (task_group, parallel_for);
 //   Omp:     omp_set_num_threads(the same number) (tasks, depend, parallel
@@ -81,6 +85,7 @@ double g_scale = 1.0;
 Runtime* g_runtime = nullptr;
 tbb::task_arena* g_arena = nullptr;
 int g_threads = 0;
+std::string g_runtime_layout;  // Workers, and whether main helps.
 std::vector<int> g_slot_base;  // First counter index of each node's workers.
 
 size_t Scaled(size_t n) {
@@ -1184,10 +1189,10 @@ void PrintTable(const MedianReporter& r) {
     return r.ns(std::string("BM_") + k.name + "_" + variant + "/real_time");
   };
   std::printf(
-      "\njobs_benchmark: %d threads per variant (runtime workers = TBB arena "
+      "\njobs_benchmark: %d threads per variant (runtime: %s; TBB arena "
       "slots = OpenMP threads); Work() = %d iterations (~10 us); scale %.2f; "
       "OMP_WAIT_POLICY=%s\n",
-      g_threads, g_work_iterations, g_scale,
+      g_threads, g_runtime_layout.c_str(), g_work_iterations, g_scale,
       std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "-");
   std::printf("Medians of interleaved repetitions, ns per unit.\n\n");
   std::printf(
@@ -1289,11 +1294,21 @@ int main(int argc, char** argv) {
   // main thread helping in its waits (OutsideWaitPolicy::kHelp); with
   // --jobs_outside_wait=sleep, `threads` workers and a main thread that
   // only submits and sleeps.
-  const int workers = help && threads > 1 ? threads - 1 : threads;
-  auto runtime = Runtime::Create(
-      Config().set_workers_per_node(workers).set_outside_wait(
-          help && threads > 1 ? OutsideWaitPolicy::kHelp
-                              : OutsideWaitPolicy::kSleep));
+  // (On a machine of several nodes, where one waiting thread helps one
+  // node only, every variant gets one thread per PU and the main thread
+  // sleeps.)
+  auto make = [](int workers, OutsideWaitPolicy wait) {
+    return Runtime::Create(
+        Config().set_workers_per_node(workers).set_outside_wait(wait));
+  };
+  auto runtime = help && threads > 1
+                     ? make(threads - 1, OutsideWaitPolicy::kHelp)
+                     : make(threads, OutsideWaitPolicy::kSleep);
+  if (runtime.ok() && (*runtime)->num_nodes() > 1 && help) {
+    runtime->reset();  // One runtime at a time.
+    runtime = make(0, OutsideWaitPolicy::kSleep);
+    if (runtime.ok()) threads = (*runtime)->total_workers();
+  }
   if (!runtime.ok()) {
     std::fprintf(stderr, "jobs_benchmark: Runtime::Create: %s\n",
                  runtime.status().ToString().c_str());
@@ -1302,6 +1317,10 @@ int main(int argc, char** argv) {
   std::unique_ptr<Runtime> rt = *std::move(runtime);
   g_runtime = rt.get();
   g_threads = threads;
+  const bool helps = rt->config().outside_wait == OutsideWaitPolicy::kHelp;
+  g_runtime_layout =
+      std::to_string(rt->total_workers()) + " worker(s)" +
+      (helps ? " + the main thread helping in its waits" : ", main sleeps");
   int base = 0;
   for (int k = 0; k < rt->num_nodes(); ++k) {
     g_slot_base.push_back(base);

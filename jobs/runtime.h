@@ -196,7 +196,9 @@ class JobContext {
 
   // The node the job runs on (the thief's, for a stolen job).
   int node() const { return node_; }
-  // The worker slot within the node, 0..Runtime::workers(node)-1.
+  // The worker slot within the node, 0..Runtime::workers(node)-1; or
+  // Runtime::workers(node) for a thread outside the runtime that runs jobs
+  // while it waits (OutsideWaitPolicy::kHelp).
   int worker() const { return worker_; }
   // Frame jobs: the worker's frame arena (memory valid until EndFrame).
   // Other jobs: the worker's scratch arena, rewound when the job returns.
