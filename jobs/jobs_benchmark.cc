@@ -1324,7 +1324,7 @@ int main(int argc, char** argv) {
   int base = 0;
   for (int k = 0; k < rt->num_nodes(); ++k) {
     g_slot_base.push_back(base);
-    base += rt->workers(k) + 1;  // The outside slot's index is workers(k).
+    base += rt->slots(k);
   }
   // The main thread takes one of the arena's slots when it calls execute():
   // g_threads threads run tasks, as in the runtime and in OpenMP.

@@ -50,6 +50,7 @@ class WorkerBlocker {
                             std::this_thread::sleep_for(
                                 std::chrono::microseconds(50));
                           }
+                          finished_.fetch_add(1);  // Its last touch.
                         },
                         SubmitOptions().on_node(node))
                       .ok());
@@ -64,11 +65,16 @@ class WorkerBlocker {
     }
     EXPECT_EQ(started_.load(), workers) << "the blockers did not all start";
   }
-  ~WorkerBlocker() { Release(); }
+  // Releases the blockers and waits until they have returned.
+  ~WorkerBlocker() {
+    Release();
+    while (finished_.load() < started_.load()) std::this_thread::yield();
+  }
   void Release() { released_.store(true, std::memory_order_release); }
 
  private:
   std::atomic<int> started_{0};
+  std::atomic<int> finished_{0};
   std::atomic<bool> released_{false};
 };
 
@@ -359,6 +365,58 @@ TEST(OutsideWaitTest, ShutdownWhileAThreadHelps) {
     helper.join();
     const RuntimeStats stats = rt->stats();
     EXPECT_EQ(stats.jobs_completed, stats.jobs_submitted);
+  }
+}
+
+// A counter reused batch after batch and destroyed right after its last
+// wait: a waiter that arrived as the count reached zero must not leave its
+// sleeper bit behind, or the next batch's last job would write the counter
+// after it was freed (ASan's and TSan's runs would report it).
+TEST(OutsideWaitTest, ReusedCountersAreFreeAfterTheirLastWait) {
+  for (OutsideWaitPolicy policy :
+       {OutsideWaitPolicy::kHelp, OutsideWaitPolicy::kSleep}) {
+    auto rt = MakeRuntime(
+        Config().set_workers_per_node(2).set_outside_wait(policy));
+    ASSERT_NE(rt, nullptr);
+    for (int round = 0; round < 2000; ++round) {
+      auto counter = std::make_unique<JobCounter>();
+      for (int batch = 0; batch < 2; ++batch) {
+        ASSERT_TRUE(
+            rt->Spawn([] {}, SubmitOptions().with_counter(counter.get())).ok());
+        ASSERT_TRUE(counter->Wait().ok());
+      }
+      EXPECT_EQ(counter->pending(), 0);
+      counter.reset();
+    }
+  }
+}
+
+// The runtime destroyed while another thread helps in a wait on it: the
+// destructor finishes the job, then waits for the thread to leave the arena
+// before it frees the nodes.
+TEST(OutsideWaitTest, DestroyedWhileAThreadHelps) {
+  for (int round = 0; round < 5; ++round) {
+    auto rt = MakeRuntime(Config().set_workers_per_node(1).set_outside_wait(
+        OutsideWaitPolicy::kHelp));
+    ASSERT_NE(rt, nullptr);
+    std::atomic<bool> waiting{false};
+    absl::Status waited = absl::UnknownError("not waited");
+    JobCounter counter;
+    ASSERT_TRUE(rt->Spawn(
+                      [] {
+                        std::this_thread::sleep_for(
+                            std::chrono::milliseconds(20));
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
+    std::thread waiter([&] {
+      waiting.store(true);
+      waited = counter.Wait();
+    });
+    while (!waiting.load()) std::this_thread::yield();
+    rt.reset();
+    waiter.join();
+    EXPECT_TRUE(waited.ok()) << waited;
   }
 }
 

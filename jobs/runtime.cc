@@ -357,6 +357,27 @@ bool SpinUntil(const Done& done) {
   return done();
 }
 
+// An arming fetch_or returned `before`, with the count at zero: the wait is
+// over, but a bit this waiter set must not stay behind. A later zero
+// crossing (the counter reused for another batch) would find it and write
+// the counter (clear it, bump `wake`) after its owner, seeing zero, had
+// destroyed it. Takes the bit back and returns true; or returns false if
+// it now stands for a crossing the caller must wait for as an armed waiter
+// (until `wake` moves): jobs were added meanwhile, or a finisher already
+// found it. A bit that was set before is another waiter's, still waiting.
+bool Disarm(std::atomic<int64_t>& count, int64_t before) {
+  if ((before & kSleeperBit) != 0) return true;
+  int64_t now = before | kSleeperBit;
+  while ((now & kCountBits) == 0 && (now & kSleeperBit) != 0) {
+    if (count.compare_exchange_weak(now, now & ~kSleeperBit,
+                                    std::memory_order_acq_rel,
+                                    std::memory_order_acquire)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // Waits until the count bits of `count` are zero. Returns only after the
 // count was seen at zero, and, if this waiter had set kSleeperBit, after
 // the decrement that reached zero has made its last touch (the bump of
@@ -372,9 +393,7 @@ void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
     const uint32_t seen = wake.load(std::memory_order_acquire);
     const int64_t before =
         count.fetch_or(kSleeperBit, std::memory_order_acq_rel);
-    // At zero already: no decrement will see the bit for this count (a
-    // stale bit only costs the next zero crossing a bump).
-    if ((before & kCountBits) == 0) return;
+    if ((before & kCountBits) == 0 && Disarm(count, before)) return;
     while (wake.load(std::memory_order_acquire) == seen) {
       wake.wait(seen, std::memory_order_acquire);
     }
@@ -394,6 +413,10 @@ void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
 // happened. Process-wide, because a counter does not know its runtime;
 // there are few (one per node arena at most), and the finishers look at
 // the count only on the paths that wake a sleeper.
+//
+// A release from any thread reaches the helper: in oneTBB 2021.8 (this
+// project's), wait_context::release notifies the process-wide market's
+// wait list, as HelpUntilZero also relies on.
 //
 // Registration is seq_cst, and so are the finishers' wake (the bump, the
 // state exchange) and their look at the count: a helper that registers
@@ -512,7 +535,7 @@ void HelpOutsideUntilZero(std::atomic<int64_t>& count,
       seen = wake.load(std::memory_order_seq_cst);
       const int64_t before =
           count.fetch_or(kSleeperBit, std::memory_order_acq_rel);
-      if ((before & kCountBits) == 0) {
+      if ((before & kCountBits) == 0 && Disarm(count, before)) {
         OutsideHelpers::Drop(&entry);
         return;
       }
@@ -844,6 +867,12 @@ absl::Status Runtime::Init() {
 
 Runtime::~Runtime() {
   (void)Shutdown(config_.shutdown);
+  // Threads that help in their waits (OutsideWaitPolicy::kHelp) leave once
+  // what they wait for is done, which Shutdown has made so for this
+  // runtime's jobs; they touch their node until they are uncounted.
+  while (outside_helpers_.load(std::memory_order_acquire) > 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
   // Pinned workers get their old binding back when they leave a node's
   // arena (on_scheduler_exit); an observer switched off first would never
   // see them leave, and TBB would hand pinned threads to other arenas.
@@ -871,6 +900,10 @@ Runtime::~Runtime() {
 
 int Runtime::num_nodes() const { return static_cast<int>(nodes_.size()); }
 int Runtime::workers(int node) const { return nodes_[node]->workers; }
+
+int Runtime::slots(int node) const {
+  return static_cast<int>(nodes_[node]->slots.size());
+}
 
 NodePartition Runtime::Partition(size_t n) const {
   std::vector<int> weights;
@@ -950,10 +983,19 @@ bool Runtime::HelpOutside(int node_index, absl::FunctionRef<void()> wait) {
   // arena's, outside any task: current_thread_index() cannot tell; a TBB
   // task of another arena may enter this one too, as execute() allows.)
   if (config_.outside_wait != OutsideWaitPolicy::kHelp ||
-      tls_slot != nullptr || node_index < 0 || node_index >= num_nodes() ||
-      !accepting_.load(std::memory_order_acquire)) {
+      tls_slot != nullptr || node_index < 0 || node_index >= num_nodes()) {
     return false;
   }
+  // Counted before accepting_ is read, both seq_cst, against Shutdown's
+  // store and the destructor's later wait for the count: either this sees
+  // the runtime shut down, or the destructor waits until this has left
+  // the arena and touched the node for the last time.
+  outside_helpers_.fetch_add(1, std::memory_order_seq_cst);
+  struct Uncount {
+    std::atomic<int>& n;
+    ~Uncount() { n.fetch_sub(1, std::memory_order_release); }
+  } uncount{outside_helpers_};
+  if (!accepting_.load(std::memory_order_seq_cst)) return false;
   // Jobs keep their affinity: on a pinned runtime of several nodes, only
   // a thread bound within the node runs the node's jobs.
   if (num_nodes() > 1 && pinned_ && OutsideHelpNode() != node_index) {
@@ -1064,7 +1106,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   if (options.counter != nullptr) {
     record->counter = options.counter;
     options.counter->Add();
-    if (here == nullptr) options.counter->NoteOutsideSubmission(this, node);
+    options.counter->NoteSubmission(this, node);
   }
   record->in_frame = JoinFrame(here);
 
@@ -1221,7 +1263,7 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
   if (options.counter != nullptr) {
     header->counter = options.counter;
     options.counter->Add();
-    if (here == nullptr) options.counter->NoteOutsideSubmission(this, node);
+    options.counter->NoteSubmission(this, node);
   }
   header->in_frame = JoinFrame(here);
   target.context = &nodes_[node]->direct_context;
@@ -1770,20 +1812,23 @@ bool JobRef::Cancel() {
 JobCounter::~JobCounter() { (void)Wait(); }
 
 absl::Status JobCounter::Wait() {
-  // Inside a job: help run its children instead of blocking the worker.
   if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
                                  tbb::task_arena::not_initialized) {
+    // Inside a job: help run its children instead of blocking the worker,
+    // then wait for what other threads counted here.
     HelpUntilZero();
-  } else if (Runtime* runtime = home_runtime_.load(std::memory_order_relaxed);
-             runtime != nullptr &&
-             (pending_.load(std::memory_order_acquire) & kCountMask) != 0 &&
-             runtime->HelpOutside(
-                 home_node_.load(std::memory_order_relaxed),
-                 [this] { HelpOutsideUntilZero(pending_, wake_); })) {
-    alloc_internal::MutexLock lock(&mu_);
-    return Detached(first_error_);
+    WaitUntilZero(pending_, wake_);
+  } else {
+    Runtime* runtime = home_runtime_.load(std::memory_order_relaxed);
+    const bool helped =
+        runtime != nullptr &&
+        (pending_.load(std::memory_order_acquire) & kCountMask) != 0 &&
+        runtime->HelpOutside(home_node_.load(std::memory_order_relaxed),
+                             [this] { HelpOutsideUntilZero(pending_, wake_); });
+    if (!helped) WaitUntilZero(pending_, wake_);
+    // Seen at zero: the runtime named may be gone before the next batch.
+    home_runtime_.store(nullptr, std::memory_order_relaxed);
   }
-  WaitUntilZero(pending_, wake_);
   alloc_internal::MutexLock lock(&mu_);
   return Detached(first_error_);
 }

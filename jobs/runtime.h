@@ -404,11 +404,16 @@ class JobCounter {
   // Wait() from inside a job: runs the node's tasks of this job's isolated
   // region (its own children among them) until the count drops to zero.
   void HelpUntilZero();
-  // A thread outside the runtime submitted a job counted here to `node` of
-  // `runtime`: where Wait() from outside may help (OutsideWaitPolicy).
-  void NoteOutsideSubmission(Runtime* runtime, int node) {
-    home_runtime_.store(runtime, std::memory_order_relaxed);
-    home_node_.store(node, std::memory_order_relaxed);
+  // A job counted here was submitted to `node` of `runtime`: where Wait()
+  // from outside may help (OutsideWaitPolicy). Stores only on a change (the
+  // line is the count's, which Add just wrote).
+  void NoteSubmission(Runtime* runtime, int node) {
+    if (home_runtime_.load(std::memory_order_relaxed) != runtime) {
+      home_runtime_.store(runtime, std::memory_order_relaxed);
+    }
+    if (home_node_.load(std::memory_order_relaxed) != node) {
+      home_node_.store(node, std::memory_order_relaxed);
+    }
   }
 
   // The count of unfinished jobs, plus kHelperBit while jobs wait in
@@ -433,9 +438,10 @@ class JobCounter {
   alloc_internal::Mutex helpers_mu_;
   Helper* helpers_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
   std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
-  // The runtime and node of the last job counted here that a thread
-  // outside the runtime submitted (NoteOutsideSubmission). The runtime
-  // outlives the jobs it runs, so a Wait that finds a job pending may use it.
+  // The runtime and node of the last job counted here (NoteSubmission);
+  // cleared by a Wait that saw the count at zero. A runtime outlives the
+  // jobs it runs, so a Wait that finds a job pending may use it (a counter
+  // shared by the jobs of several runtimes names the last one's).
   std::atomic<Runtime*> home_runtime_{nullptr};
   std::atomic<int> home_node_{0};
   std::atomic<bool> cancelled_{false};
@@ -587,6 +593,11 @@ class Runtime {
   const Config& config() const { return config_; }
   int num_nodes() const;
   int workers(int node) const;
+  // The slots whose index a job of node `node` may see in
+  // JobContext::worker(): workers(node), plus one under
+  // OutsideWaitPolicy::kHelp (the outside thread's). Size per-worker
+  // tables with this.
+  int slots(int node) const;
   int total_workers() const { return total_workers_; }
   // Workers are bound to their node's PUs.
   bool pinned() const { return pinned_; }
@@ -795,6 +806,9 @@ class Runtime {
   std::vector<std::unique_ptr<Node>> nodes_;
   std::unique_ptr<FrameState> frame_;
   int total_workers_ = 0;
+  // Threads inside HelpOutside now: the destructor waits for them to leave
+  // the arenas before it frees the nodes.
+  std::atomic<int> outside_helpers_{0};
   bool pinned_ = false;
   int registered_parallelism_ = 0;  // Workers added to TBB's limit.
 

@@ -188,7 +188,7 @@ class FrameExecutor {
     e.lanes_ = 0;
     for (int k = 0; k < runtime->num_nodes(); ++k) {
       e.lane_base_.push_back(e.lanes_);
-      e.lanes_ += runtime->workers(k);
+      e.lanes_ += runtime->slots(k);  // ctx.worker() < slots(k).
     }
     return e;
   }
