@@ -107,16 +107,16 @@ TEST(OutsideWaitTest, CounterWaitRunsTheJobsOnTheWaitingThread) {
   std::vector<Ran> ran(kJobs);
   JobCounter counter;
   for (int i = 0; i < kJobs; ++i) {
-    ASSERT_TRUE(rt->Spawn(
-                      [&ran, i](JobContext& ctx) {
-                        // Frame arenas and scratch work in the outside slot.
-                        void* p = ctx.arena().Allocate(256, 16);
-                        ASSERT_NE(p, nullptr);
-                        ran[i] = {std::this_thread::get_id(), ctx.node(),
-                                  ctx.worker()};
-                      },
-                      SubmitOptions().with_counter(&counter))
-                    .ok());
+    ASSERT_TRUE(
+        rt->Spawn(
+              [&ran, i](JobContext& ctx) {
+                // Frame arenas and scratch work in the outside slot.
+                void* p = ctx.arena().Allocate(256, 16);
+                ASSERT_NE(p, nullptr);
+                ran[i] = {std::this_thread::get_id(), ctx.node(), ctx.worker()};
+              },
+              SubmitOptions().with_counter(&counter))
+            .ok());
   }
   EXPECT_TRUE(counter.Wait().ok());
   for (int i = 0; i < kJobs; ++i) {
@@ -173,13 +173,12 @@ TEST(OutsideWaitTest, ParallelForFromOutsideRunsOnTheWaitingThread) {
   WorkerBlocker blocker(*rt, 0);
   constexpr size_t kItems = 1000;
   std::vector<std::atomic<int>> hits(kItems);
-  ASSERT_TRUE(rt->ParallelFor(kItems, 16,
-                              [&hits](JobContext&, size_t b, size_t e) {
-                                for (size_t i = b; i < e; ++i) {
-                                  hits[i].fetch_add(1);
-                                }
-                              })
-                  .ok());
+  ASSERT_TRUE(
+      rt->ParallelFor(kItems, 16, [&hits](JobContext&, size_t b, size_t e) {
+          for (size_t i = b; i < e; ++i) {
+            hits[i].fetch_add(1);
+          }
+        }).ok());
   for (size_t i = 0; i < kItems; ++i) EXPECT_EQ(hits[i].load(), 1) << i;
 }
 
@@ -194,12 +193,12 @@ TEST(OutsideWaitTest, EndFrameRunsTheFramesJobsAndResetsTheOutsideArena) {
     for (int i = 0; i < 20; ++i) {
       ASSERT_TRUE(rt->Spawn([&done](JobContext& ctx) {
                       ASSERT_TRUE(ctx.in_frame());
-                      auto* p = static_cast<char*>(ctx.arena().Allocate(1024, 16));
+                      auto* p =
+                          static_cast<char*>(ctx.arena().Allocate(1024, 16));
                       ASSERT_NE(p, nullptr);
                       p[0] = p[1023] = 1;
                       done.fetch_add(1);
-                    })
-                      .ok());
+                    }).ok());
     }
     ASSERT_TRUE(rt->EndFrame().ok());
     EXPECT_EQ(done.load(), 20);
@@ -242,13 +241,13 @@ TEST(OutsideWaitTest, HelpsOnTheNodeOfTheCountedJobs) {
   std::vector<Ran> ran(10);
   JobCounter counter;
   for (int i = 0; i < 10; ++i) {
-    ASSERT_TRUE(rt->Spawn(
-                      [&ran, i](JobContext& ctx) {
-                        ran[i] = {std::this_thread::get_id(), ctx.node(),
-                                  ctx.worker()};
-                      },
-                      SubmitOptions().on_node(1).with_counter(&counter))
-                    .ok());
+    ASSERT_TRUE(
+        rt->Spawn(
+              [&ran, i](JobContext& ctx) {
+                ran[i] = {std::this_thread::get_id(), ctx.node(), ctx.worker()};
+              },
+              SubmitOptions().on_node(1).with_counter(&counter))
+            .ok());
   }
   EXPECT_TRUE(counter.Wait().ok());
   for (const Ran& r : ran) {
@@ -260,7 +259,8 @@ TEST(OutsideWaitTest, HelpsOnTheNodeOfTheCountedJobs) {
 
 TEST(OutsideWaitTest, SleepPolicyNeverRunsJobsOnTheWaiter) {
   auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
-  auto rt = MakeRuntime(Config().set_topology(topology.get()).set_workers_per_node(1));
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
   ASSERT_NE(rt, nullptr);
   std::atomic<int> on_waiter{0};
   const std::thread::id me = std::this_thread::get_id();
@@ -375,8 +375,8 @@ TEST(OutsideWaitTest, ShutdownWhileAThreadHelps) {
 TEST(OutsideWaitTest, ReusedCountersAreFreeAfterTheirLastWait) {
   for (OutsideWaitPolicy policy :
        {OutsideWaitPolicy::kHelp, OutsideWaitPolicy::kSleep}) {
-    auto rt = MakeRuntime(
-        Config().set_workers_per_node(2).set_outside_wait(policy));
+    auto rt =
+        MakeRuntime(Config().set_workers_per_node(2).set_outside_wait(policy));
     ASSERT_NE(rt, nullptr);
     for (int round = 0; round < 2000; ++round) {
       auto counter = std::make_unique<JobCounter>();
@@ -427,9 +427,9 @@ TEST(OutsideWaitTest, TraceNamesTheOutsideTrack) {
   {
     WorkerBlocker blocker(*rt, 0);
     JobCounter counter;
-    ASSERT_TRUE(rt->Spawn([] {}, SubmitOptions().with_counter(&counter).named(
-                                     "helped"))
-                    .ok());
+    ASSERT_TRUE(
+        rt->Spawn([] {}, SubmitOptions().with_counter(&counter).named("helped"))
+            .ok());
     ASSERT_TRUE(counter.Wait().ok());
   }
   ASSERT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());

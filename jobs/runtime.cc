@@ -982,8 +982,8 @@ bool Runtime::HelpOutside(int node_index, absl::FunctionRef<void()> wait) {
   // (A thread that used TBB has an arena slot of its own, the implicit
   // arena's, outside any task: current_thread_index() cannot tell; a TBB
   // task of another arena may enter this one too, as execute() allows.)
-  if (config_.outside_wait != OutsideWaitPolicy::kHelp ||
-      tls_slot != nullptr || node_index < 0 || node_index >= num_nodes()) {
+  if (config_.outside_wait != OutsideWaitPolicy::kHelp || tls_slot != nullptr ||
+      node_index < 0 || node_index >= num_nodes()) {
     return false;
   }
   // Counted before accepting_ is read, both seq_cst, against Shutdown's
@@ -1749,8 +1749,7 @@ absl::Status JobRef::Wait() const {
   if (!jobs_internal::IsFinal(s) && r->runtime->TryRunInline(r)) {
     s = r->state.load(std::memory_order_acquire);
   }
-  if (!jobs_internal::IsFinal(s) &&
-      r->runtime->HelpOutside(r->node, [r] {
+  if (!jobs_internal::IsFinal(s) && r->runtime->HelpOutside(r->node, [r] {
         // A job of the node not yet started is this one: run it here.
         if (!r->runtime->TryRunInline(r)) HelpOutsideUntilFinal(r);
       })) {

@@ -6,9 +6,9 @@
 //
 // States: kWaiting (predecessors unfinished) -> kQueued (a token for it is
 // posted to a node) -> kRunning -> kDone | kFailed; or kWaiting/kQueued ->
-// kCancelling -> kCancelled. Exactly one thread wins the kQueued -> kRunning claim: the
-// node's token, another node's thief, or a waiter running the job inline.
-// Bit kWaiterBit marks a thread asleep on the state word (C++20
+// kCancelling -> kCancelled. Exactly one thread wins the kQueued -> kRunning
+// claim: the node's token, another node's thief, or a waiter running the job
+// inline. Bit kWaiterBit marks a thread asleep on the state word (C++20
 // atomic::wait), so finishing a job only makes a system call when somebody
 // sleeps on it.
 #ifndef JOBS_INTERNAL_JOB_RECORD_H_

@@ -32,13 +32,12 @@ void WriteChromeTrace(std::ostream& out, const std::vector<TraceTrack>& tracks,
           t.node, t.node);
     }
     separator();
-    absl::StrAppendFormat(
-        &buffer,
-        "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,"
-        "\"tid\":%d,\"args\":{\"name\":\"%s\"}}",
-        t.node, t.worker,
-        t.outside ? std::string("outside thread (helping)")
-                  : absl::StrCat("worker ", t.worker));
+    absl::StrAppendFormat(&buffer,
+                          "{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":%d,"
+                          "\"tid\":%d,\"args\":{\"name\":\"%s\"}}",
+                          t.node, t.worker,
+                          t.outside ? std::string("outside thread (helping)")
+                                    : absl::StrCat("worker ", t.worker));
   }
   for (const TraceTrack& t : tracks) {
     t.ring->ForEach([&](const TraceEvent& e) {
