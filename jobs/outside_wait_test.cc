@@ -92,17 +92,31 @@ Config HelpConfig(const numa::Topology* topology, int workers) {
       .set_outside_wait(OutsideWaitPolicy::kHelp);
 }
 
+// A runtime of one node and one worker under kHelp, whose worker is
+// blocked for the whole test: what the test waits for runs on its thread.
+class OneBlockedWorker : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    topology_ = Synthetic("pack:1 [numa] core:2 pu:1");
+    rt_ = MakeRuntime(HelpConfig(topology_.get(), 1));
+    ASSERT_NE(rt_, nullptr);
+    blocker_ = std::make_unique<WorkerBlocker>(*rt_, 0);
+  }
+  void TearDown() override { blocker_.reset(); }
+
+  std::unique_ptr<numa::Topology> topology_;
+  std::unique_ptr<Runtime> rt_;
+  std::unique_ptr<WorkerBlocker> blocker_;
+};
+
 TEST(OutsideWaitTest, PolicyNames) {
   EXPECT_EQ(OutsideWaitPolicyName(OutsideWaitPolicy::kSleep), "sleep");
   EXPECT_EQ(OutsideWaitPolicyName(OutsideWaitPolicy::kHelp), "help");
   EXPECT_EQ(Config().outside_wait, OutsideWaitPolicy::kSleep);
 }
 
-TEST(OutsideWaitTest, CounterWaitRunsTheJobsOnTheWaitingThread) {
-  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
-  auto rt = MakeRuntime(HelpConfig(topology.get(), 1));
-  ASSERT_NE(rt, nullptr);
-  WorkerBlocker blocker(*rt, 0);
+TEST_F(OneBlockedWorker, CounterWaitRunsTheJobsOnTheWaitingThread) {
+  Runtime* rt = rt_.get();
   constexpr int kJobs = 50;
   std::vector<Ran> ran(kJobs);
   JobCounter counter;
@@ -124,7 +138,7 @@ TEST(OutsideWaitTest, CounterWaitRunsTheJobsOnTheWaitingThread) {
     EXPECT_EQ(ran[i].node, 0);
     EXPECT_EQ(ran[i].worker, rt->workers(0)) << "the outside slot's index";
   }
-  blocker.Release();
+  blocker_->Release();
   ASSERT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
 
   const RuntimeStats stats = rt->stats();
@@ -143,11 +157,8 @@ TEST(OutsideWaitTest, CounterWaitRunsTheJobsOnTheWaitingThread) {
   EXPECT_TRUE(absl::StrContains(stats.ToText(), "outside thread, slot 1"));
 }
 
-TEST(OutsideWaitTest, HandleWaitRunsTheUnstartedJobAndItsForksHere) {
-  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
-  auto rt = MakeRuntime(HelpConfig(topology.get(), 1));
-  ASSERT_NE(rt, nullptr);
-  WorkerBlocker blocker(*rt, 0);
+TEST_F(OneBlockedWorker, HandleWaitRunsTheUnstartedJobAndItsForksHere) {
+  Runtime* rt = rt_.get();
   std::atomic<int> elsewhere{0};
   const std::thread::id me = std::this_thread::get_id();
   auto handle = rt->Submit([&elsewhere, me](JobContext& ctx) {
@@ -166,11 +177,8 @@ TEST(OutsideWaitTest, HandleWaitRunsTheUnstartedJobAndItsForksHere) {
   EXPECT_EQ(elsewhere.load(), 0);
 }
 
-TEST(OutsideWaitTest, ParallelForFromOutsideRunsOnTheWaitingThread) {
-  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
-  auto rt = MakeRuntime(HelpConfig(topology.get(), 1));
-  ASSERT_NE(rt, nullptr);
-  WorkerBlocker blocker(*rt, 0);
+TEST_F(OneBlockedWorker, ParallelForFromOutsideRunsOnTheWaitingThread) {
+  Runtime* rt = rt_.get();
   constexpr size_t kItems = 1000;
   std::vector<std::atomic<int>> hits(kItems);
   ASSERT_TRUE(
@@ -182,11 +190,8 @@ TEST(OutsideWaitTest, ParallelForFromOutsideRunsOnTheWaitingThread) {
   for (size_t i = 0; i < kItems; ++i) EXPECT_EQ(hits[i].load(), 1) << i;
 }
 
-TEST(OutsideWaitTest, EndFrameRunsTheFramesJobsAndResetsTheOutsideArena) {
-  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
-  auto rt = MakeRuntime(HelpConfig(topology.get(), 1));
-  ASSERT_NE(rt, nullptr);
-  WorkerBlocker blocker(*rt, 0);  // Started outside the frame.
+TEST_F(OneBlockedWorker, EndFrameRunsTheFramesJobsAndResetsTheOutsideArena) {
+  Runtime* rt = rt_.get();
   for (int frame = 0; frame < 3; ++frame) {
     ASSERT_TRUE(rt->BeginFrame().ok());
     std::atomic<int> done{0};
@@ -212,11 +217,8 @@ TEST(OutsideWaitTest, EndFrameRunsTheFramesJobsAndResetsTheOutsideArena) {
   }
 }
 
-TEST(OutsideWaitTest, ExceptionsAndResultsReachTheHelpingWaiter) {
-  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
-  auto rt = MakeRuntime(HelpConfig(topology.get(), 1));
-  ASSERT_NE(rt, nullptr);
-  WorkerBlocker blocker(*rt, 0);
+TEST_F(OneBlockedWorker, ExceptionsAndResultsReachTheHelpingWaiter) {
+  Runtime* rt = rt_.get();
   JobCounter counter;
   ASSERT_TRUE(rt->Spawn([] { throw std::runtime_error("boom"); },
                         SubmitOptions().with_counter(&counter))
