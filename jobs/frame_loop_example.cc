@@ -5,7 +5,9 @@
 // particle data over the nodes with ParallelFor, builds per-worker scratch
 // lists on the workers' frame arenas, merges them in a dependent job, and
 // ends the frame (which resets every arena). It prints the runtime's
-// statistics and writes a Chrome trace to open in ui.perfetto.dev.
+// statistics and writes a Chrome trace to open in ui.perfetto.dev. With
+// --outside_wait=help the main thread runs jobs while it waits (in EndFrame,
+// ParallelFor and the merge's Wait), in a slot of its own.
 // Not for: measuring (see //jobs:jobs_benchmark and //benchmarks).
 #include <algorithm>
 #include <cmath>
@@ -27,6 +29,9 @@ ABSL_FLAG(std::string, synthetic, "",
           "(default: this machine)");
 ABSL_FLAG(std::string, trace, "",
           "write a Chrome trace of the last frames here");
+ABSL_FLAG(std::string, outside_wait, "sleep",
+          "how the main thread waits for jobs: 'sleep', or 'help' (it runs "
+          "the node's jobs meanwhile, in a slot of its own)");
 
 namespace fa = framealloc;
 
@@ -60,6 +65,14 @@ int main(int argc, char** argv) {
     config.set_topology(topology.get());
   }
   config.set_trace(!absl::GetFlag(FLAGS_trace).empty());
+  const std::string wait = absl::GetFlag(FLAGS_outside_wait);
+  if (wait != "sleep" && wait != "help") {
+    std::fprintf(stderr, "--outside_wait must be sleep or help, got '%s'\n",
+                 wait.c_str());
+    return 2;
+  }
+  config.set_outside_wait(wait == "help" ? jobs::OutsideWaitPolicy::kHelp
+                                         : jobs::OutsideWaitPolicy::kSleep);
   auto runtime = jobs::Runtime::Create(config);
   if (!runtime.ok()) {
     std::fprintf(stderr, "%s\n", runtime.status().ToString().c_str());
