@@ -1641,8 +1641,8 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
   }
 }
 
-void Runtime::RunChild(const JobContext& parent,
-                       absl::FunctionRef<void(JobContext&)> body) {
+void Runtime::RunChild(const JobContext& parent, void* fn,
+                       void (*call)(void* fn, JobContext& ctx)) {
   WorkerSlot* slot = CurrentSlot();
   if (slot == nullptr) slot = parent.slot_;  // Defensive: same node.
   // Runs inside the parent's Fork/ParallelFor region. Part of its
@@ -1653,12 +1653,14 @@ void Runtime::RunChild(const JobContext& parent,
   scope.ctx.record_ = parent.record_;
   scope.ctx.counter_ = parent.counter_;
   scope.ctx.stolen_ = parent.stolen_;
-  body(scope.ctx);  // Exceptions go to the Fork/ParallelFor that waits.
+  call(fn, scope.ctx);  // Exceptions go to the Fork/ParallelFor that waits.
 }
 
-void Runtime::RunChild(const JobContext& parent, void* fn,
-                       void (*call)(void* fn, JobContext& ctx)) {
-  RunChild(parent, [fn, call](JobContext& ctx) { call(fn, ctx); });
+void Runtime::RunChild(const JobContext& parent,
+                       absl::FunctionRef<void(JobContext&)> body) {
+  RunChild(parent, &body, [](void* f, JobContext& ctx) {
+    (*static_cast<absl::FunctionRef<void(JobContext&)>*>(f))(ctx);
+  });
 }
 
 void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
