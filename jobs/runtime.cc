@@ -422,6 +422,17 @@ void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
 // state exchange) and their look at the count: a helper that registers
 // and then reads what it waits for, and a finisher that changes it and
 // then reads the count, cannot both miss the other.
+// Runs the current arena's tasks (those of the caller's isolated region, if
+// it is in one) until `done` is released; the context only scopes
+// cancellation, which the runtime does not use. libtbb saw the release
+// uninstrumented: an atomic add of zero on the same word afterwards lets
+// TSan order it before `done`'s memory is reused.
+void RunTasksUntilReleased(tbb::detail::d1::wait_context& done) {
+  tbb::task_group_context context(tbb::task_group_context::isolated);
+  tbb::detail::d1::wait(done, context);
+  done.reserve(0);
+}
+
 class OutsideHelpers {
  public:
   struct Entry {
@@ -441,11 +452,7 @@ class OutsideHelpers {
 
   // Runs the arena's jobs until `entry` is released.
   static void RunJobsUntilReleased(Entry* entry) {
-    tbb::task_group_context context(tbb::task_group_context::isolated);
-    tbb::detail::d1::wait(entry->done, context);
-    // libtbb saw the release uninstrumented: an atomic add of zero on the
-    // same word lets TSan order it before `entry`'s memory is reused.
-    entry->done.reserve(0);
+    RunTasksUntilReleased(entry->done);
   }
 
   // Takes `entry` out if a release has not: afterwards nobody touches it.
@@ -1915,14 +1922,8 @@ void JobCounter::HelpUntilZero() {
       helpers_ = &me;
     }
     // Runs this job's region's tasks (its children) until a finisher
-    // releases `done`; the context only scopes cancellation, which the
-    // runtime does not use.
-    tbb::task_group_context context(tbb::task_group_context::isolated);
-    tbb::detail::d1::wait(done, context);
-    // libtbb saw the finisher's release uninstrumented: read the count
-    // once more here (an atomic add of zero), so that TSan sees it too
-    // before `done`'s stack memory is reused.
-    done.reserve(0);
+    // releases `done`.
+    RunTasksUntilReleased(done);
   }
 }
 
