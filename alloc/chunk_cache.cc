@@ -90,10 +90,17 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
       return block;
     }
   }
-  // Miss: allocate outside the lock, the source may be slow.
+  // Miss: allocate (and commit) outside the lock, the source may be slow.
   absl::StatusOr<Block> block = source_->Allocate(cls, alignment);
   if (!block.ok()) return block;
+  // A block the kernel would not commit still works: its pages fault in
+  // when first touched, as without the option.
+  const bool populated =
+      options_.populate && PopulatePages(block->data, block->size).ok();
   alloc_internal::MutexLock lock(&mu_);
+  if (options_.populate) {
+    ++(populated ? stats_.populated_blocks : stats_.populate_failures);
+  }
   ++stats_.misses;
   NoteInUseLocked(*block);
   return block;

@@ -34,6 +34,17 @@ struct ChunkCacheOptions {
   // EndEpoch(), idle blocks beyond (max peak over the window) minus (bytes
   // in use) go back to the source. 0 turns automatic trimming off.
   int trim_window_epochs = 64;
+  // Commit the pages of every block that comes from the source before
+  // handing it out (PopulatePages: one system call per block instead of a
+  // page fault per page when the arena or pool first writes it), so a frame
+  // that grows into new memory does not stall on page faults. Costs: a
+  // block's pages are resident from the moment it is acquired, used or not;
+  // with first-touch NUMA placement they go to the acquiring thread's node
+  // (for arenas and pools, the thread that allocates from them). Blocks
+  // from the cache itself were committed when they first came from the
+  // source. Where the kernel cannot (Linux before 5.14) the block is handed
+  // out as is and ChunkCacheStats::populate_failures counts it.
+  bool populate = true;
 
   ChunkCacheOptions& set_max_cached_bytes(size_t bytes) {
     max_cached_bytes = bytes;
@@ -41,6 +52,10 @@ struct ChunkCacheOptions {
   }
   ChunkCacheOptions& set_trim_window_epochs(int epochs) {
     trim_window_epochs = epochs;
+    return *this;
+  }
+  ChunkCacheOptions& set_populate(bool on) {
+    populate = on;
     return *this;
   }
 
@@ -60,6 +75,10 @@ struct ChunkCacheStats {
   size_t in_use_bytes = 0;
   size_t peak_in_use_bytes = 0;
   uint64_t epochs = 0;
+  // Blocks from the source committed on acquisition (options.populate), and
+  // those the kernel would not commit (handed out all the same).
+  uint64_t populated_blocks = 0;
+  uint64_t populate_failures = 0;
 };
 
 class ChunkCache {

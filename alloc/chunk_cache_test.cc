@@ -15,6 +15,46 @@ using alloc_internal::ErrorRecorder;
 
 constexpr size_t k64K = size_t{64} << 10;
 
+// Resident pages of a block of `bytes` bytes.
+int Resident(const Block& block, size_t bytes) {
+  return alloc_internal::ResidentPages(block.data, bytes / 4096);
+}
+
+TEST(ChunkCacheTest, CommitsBlocksFromTheSourceOnce) {
+  MmapMemorySource source;  // Fresh mappings: nothing resident before.
+  ChunkCache cache(&source);
+  ASSERT_TRUE(cache.options().populate);                     // The default.
+  absl::StatusOr<Block> a = cache.Acquire(k64K * 16, 4096);  // 1 MiB.
+  ASSERT_TRUE(a.ok());
+  ChunkCacheStats stats = cache.stats();
+  if (stats.populate_failures == 1) {
+    GTEST_SKIP() << "the kernel cannot commit pages (MADV_POPULATE_WRITE)";
+  }
+  EXPECT_EQ(stats.populated_blocks, 1u);
+  EXPECT_EQ(Resident(*a, k64K * 16), 256);
+  cache.Release(*a);
+  // From the cache: committed already, not counted again.
+  absl::StatusOr<Block> b = cache.Acquire(k64K * 16, 4096);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->data, a->data);
+  EXPECT_EQ(cache.stats().populated_blocks, 1u);
+  cache.Release(*b);
+}
+
+TEST(ChunkCacheTest, WithoutPopulatePagesWaitForFirstTouch) {
+  MmapMemorySource source;
+  ChunkCache cache(&source, ChunkCacheOptions().set_populate(false));
+  absl::StatusOr<Block> a = cache.Acquire(k64K * 16, 4096);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(Resident(*a, k64K * 16), 0);
+  static_cast<char*>(a->data)[5 * 4096] = 1;
+  EXPECT_EQ(Resident(*a, k64K * 16), 1);
+  const ChunkCacheStats stats = cache.stats();
+  EXPECT_EQ(stats.populated_blocks, 0u);
+  EXPECT_EQ(stats.populate_failures, 0u);
+  cache.Release(*a);
+}
+
 TEST(ChunkCacheTest, SizeClasses) {
   EXPECT_EQ(ChunkCache::SizeClass(1), 4096u);
   EXPECT_EQ(ChunkCache::SizeClass(4096), 4096u);

@@ -64,6 +64,37 @@ MemorySourceStats MemorySource::stats() const {
 }
 
 // ---------------------------------------------------------------------------
+// PopulatePages
+
+absl::Status PopulatePages(void* data, size_t size) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  uintptr_t first = 0;
+  if (size == 0 || !alloc_internal::AlignUp(begin, page, &first) ||
+      first >= begin + size) {
+    return absl::OkStatus();
+  }
+  const uintptr_t last = (begin + size) & ~(uintptr_t{page} - 1);
+  if (last <= first) return absl::OkStatus();
+#ifdef MADV_POPULATE_WRITE
+  if (madvise(reinterpret_cast<void*>(first), last - first,
+              MADV_POPULATE_WRITE) == 0) {
+    return absl::OkStatus();
+  }
+  const int err = errno;
+  const std::string what =
+      absl::StrCat("PopulatePages: madvise(MADV_POPULATE_WRITE) of ",
+                   last - first, " bytes: ", std::strerror(err));
+  if (err == EINVAL) return absl::UnimplementedError(what);
+  if (err == ENOMEM) return absl::ResourceExhaustedError(what);
+  return absl::InternalError(what);
+#else
+  return absl::UnimplementedError(
+      "PopulatePages: MADV_POPULATE_WRITE is not available in this build");
+#endif
+}
+
+// ---------------------------------------------------------------------------
 // SystemMemorySource
 
 SystemMemorySource& SystemMemorySource::Default() {

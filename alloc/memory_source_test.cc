@@ -1,6 +1,7 @@
 #include "alloc/memory_source.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <memory>
@@ -71,6 +72,63 @@ TEST(MmapMemorySourceTest, AdvisesHugePagesOnLargeBlocksOnly) {
       1u);
   source.Deallocate(*small);
   source.Deallocate(*large);
+}
+
+// A fresh anonymous mapping of `pages` pages (no page resident yet).
+class Mapping {
+ public:
+  explicit Mapping(size_t pages)
+      : bytes_(pages * static_cast<size_t>(sysconf(_SC_PAGESIZE))),
+        data_(static_cast<char*>(mmap(nullptr, bytes_, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))) {}
+  ~Mapping() {
+    if (data_ != MAP_FAILED) munmap(data_, bytes_);
+  }
+  bool ok() const { return data_ != MAP_FAILED; }
+  char* data() const { return data_; }
+
+ private:
+  size_t bytes_;
+  char* data_;
+};
+
+TEST(PopulatePagesTest, CommitsTheWholePagesInsideTheRange) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  Mapping map(4);
+  ASSERT_TRUE(map.ok());
+  ASSERT_EQ(alloc_internal::ResidentPages(map.data(), 4), 0);
+  map.data()[page + 7] = 42;  // Page 1, written before: kept.
+  ASSERT_EQ(alloc_internal::ResidentPages(map.data(), 4), 1);
+  // [page 0 + 100, page 3 + 100): whole pages 1 and 2 only.
+  absl::Status s = PopulatePages(map.data() + 100, 3 * page);
+  if (absl::IsUnimplemented(s)) GTEST_SKIP() << s;
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(alloc_internal::ResidentPages(map.data(), 1), 0);
+  EXPECT_EQ(alloc_internal::ResidentPages(map.data() + page, 2), 2);
+  EXPECT_EQ(alloc_internal::ResidentPages(map.data() + 3 * page, 1), 0);
+  EXPECT_EQ(map.data()[page + 7], 42);
+  EXPECT_EQ(map.data()[2 * page], 0);
+}
+
+TEST(PopulatePagesTest, RangesWithoutAWholePageAreLeftAlone) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  Mapping map(2);
+  ASSERT_TRUE(map.ok());
+  EXPECT_TRUE(PopulatePages(map.data(), 0).ok());
+  EXPECT_TRUE(PopulatePages(map.data() + 1, page - 1).ok());
+  EXPECT_TRUE(PopulatePages(map.data() + page / 2, page).ok());
+  EXPECT_EQ(alloc_internal::ResidentPages(map.data(), 2), 0);
+}
+
+TEST(PopulatePagesTest, UnmappedMemoryIsAnError) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  Mapping map(2);
+  ASSERT_TRUE(map.ok());
+  ASSERT_EQ(munmap(map.data() + page, page), 0);  // A hole at page 1.
+  absl::Status s = PopulatePages(map.data(), 2 * page);
+  if (absl::IsUnimplemented(s)) GTEST_SKIP() << s;
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("MADV_POPULATE_WRITE"));
 }
 
 TEST(MemorySourceTest, RejectsZeroSize) {

@@ -3,10 +3,14 @@
 // For: tests only (testonly). A MemorySource that counts every call and can
 // be told to refuse, a MemorySource and an AllocatorBackend that fail chosen
 // calls (fault injection: alloc/fault_injection_test.cc, the fuzzers), and a
-// recorder that captures error reports instead of aborting. Not for:
+// recorder that captures error reports instead of aborting; the resident
+// page count of a range (mincore). Not for:
 // production code.
 #ifndef ALLOC_INTERNAL_TEST_UTIL_H_
 #define ALLOC_INTERNAL_TEST_UTIL_H_
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstddef>
@@ -179,6 +183,20 @@ class ErrorRecorder {
   std::vector<ErrorReport> reports_;
   ScopedErrorHandler scope_;
 };
+
+// How many of the `pages` pages from `page_aligned` are resident (mincore),
+// or -1 if the kernel cannot say.
+inline int ResidentPages(const void* page_aligned, size_t pages) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> in_core(pages);
+  if (mincore(const_cast<void*>(page_aligned), pages * page, in_core.data()) !=
+      0) {
+    return -1;
+  }
+  int resident = 0;
+  for (unsigned char c : in_core) resident += c & 1;
+  return resident;
+}
 
 }  // namespace alloc_internal
 }  // namespace framealloc

@@ -504,7 +504,8 @@ std::string Server::StatsJson(bool full) const {
                     ",\"peak_in_use_bytes\":", cache.peak_in_use_bytes,
                     ",\"cached_bytes\":", cache.cached_bytes,
                     ",\"hits\":", cache.hits, ",\"misses\":", cache.misses,
-                    ",\"returned_to_source\":", cache.returned_to_source, "}");
+                    ",\"returned_to_source\":", cache.returned_to_source,
+                    ",\"populated_blocks\":", cache.populated_blocks, "}");
     if (full) absl::StrAppend(&out, ",\"alloc\":", alloc.stats().ToJson());
     out.push_back('}');
   }
