@@ -103,6 +103,12 @@ struct ScenarioConfig {
   size_t size = 0;
 };
 
+// Frame memory a scenario took from arenas of its own during one frame.
+struct OwnArenaUse {
+  int64_t allocations = 0;
+  uint64_t bytes = 0;  // Requested.
+};
+
 class Scenario {
  public:
   virtual ~Scenario() = default;
@@ -122,6 +128,13 @@ class Scenario {
 
   // Bytes of persistent state a frame reads and writes (for the report).
   virtual size_t WorkingSetBytes() const = 0;
+
+  // Frame memory the last Step took from arenas the scenario keeps itself,
+  // beyond env.arena and the runtime's worker arenas (the renderer's
+  // per-slot arenas, which hold a frame's draws while it is in flight). The
+  // suite adds it to the frame's arena allocations and bytes, so the table
+  // counts every allocation a variant makes. Default: none.
+  virtual OwnArenaUse LastFrameOwnArenas() const { return {}; }
 };
 
 // A registered scenario: its name ("particles", "physics", "ecs", "render"),

@@ -87,5 +87,42 @@ TEST(ScenariosTest, EveryScenarioReachesTheSameStateInEveryVariant) {
   }
 }
 
+// The renderer keeps each frame's draws in arenas of its own (one per lane
+// of each in-flight slot): the table counts them, so its arena variants
+// show the per-draw allocations the heap variant makes with new.
+TEST(ScenariosTest, TheRenderersOwnArenasAreCounted) {
+  const std::vector<ScenarioInfo> all = RegisteredScenarios();
+  const ScenarioInfo* render = nullptr;
+  for (const ScenarioInfo& info : all) {
+    if (info.name == "render") render = &info;
+  }
+  ASSERT_NE(render, nullptr);
+  RunOptions options;
+  options.config.seed = 9;
+  options.config.size = 3000;
+  options.warmup = 1;
+  options.frames = 3;
+  absl::StatusOr<VariantRun> heap =
+      RunVariant(*render, RunKind::kHeap, options);
+  ASSERT_TRUE(heap.ok()) << heap.status();
+  for (RunKind kind : {RunKind::kArena, RunKind::kRuntimeArena}) {
+    absl::StatusOr<VariantRun> arena = RunVariant(*render, kind, options);
+    ASSERT_TRUE(arena.ok()) << arena.status();
+    for (size_t f = 0; f < 3; ++f) {
+      const FrameRecord& h = heap->frames[f];
+      const FrameRecord& a = arena->frames[f];
+      ASSERT_GT(h.heap_allocations, 1000u);  // A draw is 2-3 allocations.
+      // Every draw's command and payloads, in the arenas instead.
+      EXPECT_GE(static_cast<double>(a.arena_allocations),
+                0.9 * static_cast<double>(h.heap_allocations))
+          << RunKindName(kind) << " frame " << f;
+      EXPECT_GE(static_cast<double>(a.arena_bytes),
+                0.9 * static_cast<double>(h.heap_bytes))
+          << RunKindName(kind) << " frame " << f;
+      EXPECT_LT(a.heap_allocations, 100u) << RunKindName(kind);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace framealloc::sim

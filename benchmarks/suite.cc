@@ -232,6 +232,13 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
             static_cast<int64_t>(history.back().arena_allocations);
       }
     }
+    // The scenario's own arenas count with the variant's (a count the
+    // runtime did not report stays unreported).
+    const OwnArenaUse own = scenario->LastFrameOwnArenas();
+    if (record.arena_allocations >= 0) {
+      record.arena_allocations += own.allocations;
+    }
+    record.arena_bytes += own.bytes;
     if (pass != nullptr) {
       const StreamingPassStats p = pass->LastPass();
       record.pass_seconds = p.seconds;

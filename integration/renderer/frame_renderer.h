@@ -338,6 +338,20 @@ class FrameRenderer {
     for (const auto& a : slots_[slot].lanes) bytes += a->stats().bytes_used;
     return bytes;
   }
+  // Allocations made in the slot's arenas for its frame, and the bytes they
+  // asked for (0 with HeapMemory).
+  size_t slot_arena_allocations(int slot) const {
+    size_t n = 0;
+    for (const auto& a : slots_[slot].lanes) n += a->stats().allocations;
+    return n;
+  }
+  size_t slot_arena_requested_bytes(int slot) const {
+    size_t bytes = 0;
+    for (const auto& a : slots_[slot].lanes) {
+      bytes += a->stats().bytes_requested;
+    }
+    return bytes;
+  }
   // Whether `p` is in one of the slot's arenas (always false on the heap).
   bool slot_owns(int slot, const void* p) const {
     for (const auto& a : slots_[slot].lanes) {

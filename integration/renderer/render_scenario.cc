@@ -122,6 +122,8 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
   last_.recorded = r.slot_stats(slot);
   last_.slot_bytes[0] = r.slot_arena_bytes(slot);
   last_.slot_bytes[1] = r.slot_arena_bytes(1 - slot);
+  own_.allocations = static_cast<int64_t>(r.slot_arena_allocations(slot));
+  own_.bytes = r.slot_arena_requested_bytes(slot);
   if (s = r.Submit(); !s.ok()) return s;
   ++frame_;
   return absl::OkStatus();

@@ -69,6 +69,9 @@ class RenderSimulation final : public sim::Scenario {
   size_t WorkingSetBytes() const override;
 
   const RenderFrameStats& last_frame() const { return last_; }
+  // The draws of the frame just recorded, in the slot's arenas (arena
+  // variants; none on the heap).
+  sim::OwnArenaUse LastFrameOwnArenas() const override { return own_; }
   const SceneObjects& scene() const { return scene_; }
   // The camera of frame `frame` (an orbit around the scene).
   static Camera CameraAt(uint64_t frame);
@@ -89,6 +92,7 @@ class RenderSimulation final : public sim::Scenario {
   uint64_t digest_ = 0;
   uint64_t draws_ = 0;
   RenderFrameStats last_;
+  sim::OwnArenaUse own_;
 };
 
 }  // namespace render
