@@ -100,6 +100,31 @@ EcsSimulation::Blocks<ArenaMemory>() {
   return arena_blocks_;
 }
 
+absl::Status EcsSimulation::GroupStores() {
+  // The transforms in tree-group order (each group's trees contiguous,
+  // level by level), and the motion components in the same entity order,
+  // so the systems that join them still walk both ascending.
+  if (absl::Status s = transforms_.Reorder(order_.GroupedSlotOrder());
+      !s.ok()) {
+    return s;
+  }
+  const auto entities = transforms_.store().entities();
+  std::vector<uint32_t> motion_order;
+  motion_order.reserve(motion_.size());
+  std::vector<bool> taken(motion_.size(), false);
+  for (const Entity e : entities) {
+    const uint32_t m = motion_.SlotOrAbsent(e);
+    if (m == decltype(motion_)::kAbsent) continue;
+    motion_order.push_back(m);
+    taken[m] = true;
+  }
+  for (uint32_t m = 0; m < motion_.size(); ++m) {
+    if (!taken[m]) motion_order.push_back(m);
+  }
+  if (absl::Status s = motion_.Permute(motion_order); !s.ok()) return s;
+  return order_.Update(transforms_);
+}
+
 absl::Status EcsSimulation::Step(const sim::FrameEnv& env) {
   if (absl::Status s = sim::CheckEnv(env, "ecs"); !s.ok()) return s;
   const FrameExecutor exec = ExecutorFor(env);
@@ -113,6 +138,9 @@ template <typename Mem>
 absl::Status EcsSimulation::RunFrame(const FrameExecutor& exec,
                                      std::vector<BlockOut<Mem>>& blocks) {
   if (absl::Status s = order_.Update(transforms_); !s.ok()) return s;
+  if (!order_.grouped()) {
+    if (absl::Status s = GroupStores(); !s.ok()) return s;
+  }
   const size_t n = transforms_.size();
   const auto tf_entities = transforms_.store().entities();
   std::span<Quat> rotations = transforms_.rotations();

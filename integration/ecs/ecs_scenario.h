@@ -90,6 +90,10 @@ class EcsSimulation final : public sim::Scenario {
     std::optional<typename Mem::template Vec<ContactEvent>> contacts;
     double world_sum = 0;  // Sum of world translations, in position order.
   };
+  // Lays the transforms out by tree group (HierarchyOrder::GroupedSlotOrder)
+  // and the motion components in the same entity order, then updates the
+  // order: done whenever the hierarchy changed.
+  absl::Status GroupStores();
   template <typename Mem>
   absl::Status RunFrame(const FrameExecutor& exec,
                         std::vector<BlockOut<Mem>>& blocks);

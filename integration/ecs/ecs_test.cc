@@ -85,6 +85,39 @@ TEST(SoaStoreTest, BadInputIsAClearStatus) {
   EXPECT_EQ(store.column<0>()[0], 1);  // Unchanged by the refusals.
 }
 
+TEST(SoaStoreTest, PermuteReordersEveryColumnAndTheLookup) {
+  EntityRegistry registry;
+  SoaStore<int, float> store;
+  std::vector<Entity> e;
+  for (int i = 0; i < 4; ++i) {
+    e.push_back(registry.Create());
+    ASSERT_TRUE(store.Add(e.back(), i * 10, i * 0.5f).ok());
+  }
+  const uint64_t version = store.version();
+  const uint32_t order[] = {2, 0, 3, 1};  // New slot j holds old order[j].
+  ASSERT_TRUE(store.Permute(order).ok());
+  EXPECT_NE(store.version(), version);
+  for (size_t j = 0; j < 4; ++j) {
+    EXPECT_TRUE(store.entities()[j] == e[order[j]]) << j;
+    EXPECT_EQ(store.column<0>()[j], static_cast<int>(order[j]) * 10) << j;
+    EXPECT_EQ(store.column<1>()[j], order[j] * 0.5f) << j;
+    EXPECT_EQ(*store.IndexOf(e[order[j]]), j);
+  }
+  // Not a permutation: refused, nothing moves.
+  const uint32_t twice[] = {0, 0, 1, 2};
+  const uint32_t outside[] = {0, 1, 2, 4};
+  const uint32_t short_order[] = {0, 1};
+  for (std::span<const uint32_t> bad :
+       {std::span<const uint32_t>(twice), std::span<const uint32_t>(outside),
+        std::span<const uint32_t>(short_order)}) {
+    absl::Status s = store.Permute(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("SoaStore::Permute"), std::string::npos);
+  }
+  EXPECT_EQ(store.column<0>()[0], 20);
+  EXPECT_EQ(*store.IndexOf(e[2]), 0u);
+}
+
 LocalTransform Child(Entity parent, Vec3 position = {}) {
   LocalTransform t;
   t.parent = parent;
@@ -157,6 +190,110 @@ TEST(HierarchyTest, OrderPutsParentsBeforeChildren) {
     EXPECT_LT(order.parent_position(k), static_cast<int32_t>(k));
     EXPECT_EQ(order.parent_position(k) < 0, k < 8) << k;
   }
+}
+
+// Checks that `order` is grouped: each level holds its groups' ranges in
+// turn, every entity's parent is in its group, and the groups are whole
+// trees. Returns each group's entity count.
+std::vector<size_t> CheckGroupedOrder(const HierarchyOrder& order) {
+  EXPECT_TRUE(order.grouped());
+  std::vector<int> group_of(order.size(), -1);
+  std::vector<size_t> sizes(order.tree_groups(), 0);
+  if (!order.grouped()) return sizes;
+  for (size_t d = 0; d < order.levels(); ++d) {
+    EXPECT_EQ(order.group_level_begin(0, d), order.level_begin(d));
+    EXPECT_EQ(order.group_level_end(order.tree_groups() - 1, d),
+              order.level_begin(d + 1));
+    for (size_t g = 0; g < order.tree_groups(); ++g) {
+      if (g > 0) {
+        EXPECT_EQ(order.group_level_begin(g, d),
+                  order.group_level_end(g - 1, d));
+      }
+      for (size_t k = order.group_level_begin(g, d);
+           k < order.group_level_end(g, d); ++k) {
+        group_of[k] = static_cast<int>(g);
+        ++sizes[g];
+      }
+    }
+  }
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int32_t p = order.parent_position(k);
+    if (p >= 0) {
+      EXPECT_EQ(group_of[p], group_of[k]) << "position " << k;
+    }
+  }
+  return sizes;
+}
+
+TEST(HierarchyTest, ReorderingByTreeGroupGroupsTheOrder) {
+  std::vector<Entity> e;
+  Transforms tf = MakeForest(3000, 7, &e);  // Eight roots: eight groups.
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  EXPECT_EQ(order.tree_groups(), 8u);
+  EXPECT_FALSE(order.grouped());  // A random forest interleaves its trees.
+  const std::vector<Mat4> before = ReferenceWorldTransforms(tf);
+  std::vector<Mat4> by_entity(e.size());
+  for (size_t i = 0; i < e.size(); ++i) {
+    by_entity[i] = before[*tf.store().IndexOf(e[i])];
+  }
+  ASSERT_TRUE(tf.Reorder(order.GroupedSlotOrder()).ok());
+  ASSERT_TRUE(order.Update(tf).ok());
+  EXPECT_EQ(order.tree_groups(), 8u);
+  const std::vector<size_t> sizes = CheckGroupedOrder(order);
+  EXPECT_EQ(std::accumulate(sizes.begin(), sizes.end(), size_t{0}), 3000u);
+  // Same hierarchy, same world matrices, entity by entity.
+  const std::vector<Mat4> after = ReferenceWorldTransforms(tf);
+  for (size_t i = 0; i < e.size(); ++i) {
+    EXPECT_TRUE(SameMatrix(after[*tf.store().IndexOf(e[i])], by_entity[i]))
+        << i;
+  }
+  // Reordering again changes nothing: the groups are a fixed point.
+  const std::vector<uint32_t> again = order.GroupedSlotOrder();
+  for (size_t j = 0; j < again.size(); ++j) ASSERT_EQ(again[j], j);
+  EXPECT_EQ(tf.Reorder(std::vector<uint32_t>(2, 0)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(HierarchyTest, TreeGroupsAreRunsOfRootsOfAboutEqualSize) {
+  // 40 roots, each the top of a chain of 1 + (i % 5) entities, added root by
+  // root: 16 groups of consecutive roots, none empty, each near 1/16.
+  EntityRegistry registry;
+  Transforms forest;
+  size_t total = 0;
+  for (int t = 0; t < 40; ++t) {
+    Entity parent = Entity::Null();
+    for (int i = 0; i <= t % 5; ++i) {
+      const Entity c = registry.Create();
+      ASSERT_TRUE(forest.Add(c, Child(parent, {1, 0, 0})).ok());
+      parent = c;
+      ++total;
+    }
+  }
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(forest).ok());
+  ASSERT_EQ(order.tree_groups(), HierarchyOrder::kTreeGroups);
+  ASSERT_TRUE(order.grouped());  // Added tree by tree: already contiguous.
+  const std::vector<size_t> sizes = CheckGroupedOrder(order);
+  EXPECT_EQ(std::accumulate(sizes.begin(), sizes.end(), size_t{0}), total);
+  for (size_t size : sizes) {
+    EXPECT_GE(size, 1u);
+    EXPECT_LE(size, total / 16 + 5);  // At most one tree past the share.
+  }
+  // Fewer roots than groups: one group a root.
+  Transforms two;
+  const Entity a = registry.Create(), b = registry.Create();
+  ASSERT_TRUE(two.Add(a, Child(Entity::Null())).ok());
+  ASSERT_TRUE(two.Add(b, Child(Entity::Null())).ok());
+  HierarchyOrder small;
+  ASSERT_TRUE(small.Update(two).ok());
+  EXPECT_EQ(small.tree_groups(), 2u);
+  // Nothing: no group.
+  Transforms none;
+  HierarchyOrder empty;
+  ASSERT_TRUE(empty.Update(none).ok());
+  EXPECT_EQ(empty.tree_groups(), 0u);
+  EXPECT_FALSE(empty.grouped());
 }
 
 class Runtimes {
@@ -236,6 +373,26 @@ TEST(HierarchyTest, WorldTransformsMatchReference) {
   ExpectWorldMatchesReference<HeapMemory>(
       tf, FrameExecutor::OnRuntime(one_node.get()));
   ASSERT_TRUE(one_node->EndFrame().ok());
+  // Grouped by tree: on one node, one job per group.
+  {
+    HierarchyOrder order;
+    ASSERT_TRUE(order.Update(tf).ok());
+    ASSERT_TRUE(tf.Reorder(order.GroupedSlotOrder()).ok());
+    ASSERT_TRUE(order.Update(tf).ok());
+    ASSERT_TRUE(order.grouped());
+  }
+  ASSERT_TRUE(one_node->BeginFrame().ok());
+  const uint64_t jobs_before = one_node->stats().jobs_submitted;
+  ExpectWorldMatchesReference<ArenaMemory>(
+      tf, FrameExecutor::OnRuntime(one_node.get()));
+  // The column's allocation, then the eight groups (MakeForest: 8 roots).
+  EXPECT_EQ(one_node->stats().jobs_submitted - jobs_before, 1u + 8u);
+  ExpectWorldMatchesReference<HeapMemory>(
+      tf, FrameExecutor::OnRuntime(one_node.get()));
+  ASSERT_TRUE(one_node->EndFrame().ok());
+  ExpectWorldMatchesReference<ArenaMemory>(tf,
+                                           FrameExecutor::Sequential(&arena));
+  arena.Reset();
 
   // Re-parenting and removal change the hierarchy; still the reference.
   ASSERT_TRUE(tf.SetParent(e[100], e[3]).ok());

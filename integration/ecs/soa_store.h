@@ -176,10 +176,53 @@ class SoaStore {
   std::span<const ColumnType<I>> column() const {
     return std::get<I>(columns_);
   }
-  // Changes on every Add and Remove (the dense order changed).
+  // Changes on every Add, Remove and Permute (the dense order changed).
   uint64_t version() const { return version_; }
 
+  // Reorders the dense slots: new slot j holds what slot order[j] held, in
+  // every column (a system that walks the store in dense order then walks
+  // it in this order). InvalidArgument, and nothing changes, unless `order`
+  // is a permutation of [0, size()).
+  absl::Status Permute(std::span<const uint32_t> order) {
+    const size_t n = dense_.size();
+    if (order.size() != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SoaStore::Permute: ", order.size(),
+                       " slots given for a store of ", n));
+    }
+    std::vector<bool> seen(n, false);
+    for (const uint32_t from : order) {
+      if (from >= n || seen[from]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("SoaStore::Permute: slot ", from,
+                         from >= n ? " is out of range" : " appears twice"));
+      }
+      seen[from] = true;
+    }
+    std::vector<Entity> dense(n);
+    for (size_t j = 0; j < n; ++j) {
+      dense[j] = dense_[order[j]];
+      sparse_[dense[j].index] = static_cast<uint32_t>(j);
+    }
+    dense_ = std::move(dense);
+    PermuteAll(std::index_sequence_for<Columns...>(), order);
+    ++version_;
+    return absl::OkStatus();
+  }
+
  private:
+  template <size_t... I>
+  void PermuteAll(std::index_sequence<I...>, std::span<const uint32_t> order) {
+    (PermuteColumn(std::get<I>(columns_), order), ...);
+  }
+  template <typename T>
+  static void PermuteColumn(std::vector<T>& column,
+                            std::span<const uint32_t> order) {
+    std::vector<T> out;
+    out.reserve(column.size());
+    for (const uint32_t from : order) out.push_back(std::move(column[from]));
+    column = std::move(out);
+  }
   template <size_t... I>
   void AppendAll(std::index_sequence<I...>, Columns&&... values) {
     (std::get<I>(columns_).push_back(std::move(values)), ...);

@@ -173,8 +173,68 @@ absl::Status HierarchyOrder::Update(const Transforms& tf) {
       parent_pos_[k] = static_cast<int32_t>(position_of_slot_[p]);
     }
   }
+  BuildTreeGroups();
   version_ = tf.hierarchy_version();
   return absl::OkStatus();
+}
+
+void HierarchyOrder::BuildTreeGroups() {
+  const size_t n = slot_.size();
+  const size_t roots = level_begin_.size() > 1 ? level_begin_[1] : 0;
+  groups_ = std::min(kTreeGroups, roots);
+  // Each tree's size (by its root's position; parents come first).
+  std::vector<uint32_t> root_of(n);
+  std::vector<size_t> tree_size(roots, 0);
+  for (size_t k = 0; k < n; ++k) {
+    const int32_t p = parent_pos_[k];
+    root_of[k] = p < 0 ? static_cast<uint32_t>(k) : root_of[p];
+    ++tree_size[root_of[k]];
+  }
+  // Roots in slot (= position) order, cut where the running total reaches
+  // the next multiple of n / groups; never more groups than roots.
+  std::vector<uint32_t> group_of_root(roots, 0);
+  size_t g = 0, total = 0;
+  for (size_t r = 0; r < roots; ++r) {
+    group_of_root[r] = static_cast<uint32_t>(g);
+    total += tree_size[r];
+    // Close group g once it holds its share, or when the roots left are
+    // just enough for one per group still to come (no group is empty).
+    if (g + 1 < groups_ &&
+        (total * groups_ >= (g + 1) * n || roots - r - 1 == groups_ - g - 1)) {
+      ++g;
+    }
+  }
+  group_of_.assign(n, 0);
+  for (size_t k = 0; k < n; ++k) group_of_[k] = group_of_root[root_of[k]];
+  // Grouped: within every level, group ids never decrease.
+  grouped_ = groups_ > 0;
+  group_level_.assign(levels() * (groups_ + 1), 0);
+  for (size_t d = 0; d < levels() && grouped_; ++d) {
+    size_t* bounds = &group_level_[d * (groups_ + 1)];
+    const size_t b = level_begin_[d], e = level_begin_[d + 1];
+    for (size_t k = b + 1; k < e; ++k) {
+      if (group_of_[k] < group_of_[k - 1]) grouped_ = false;
+    }
+    // bounds[h]: the first position of level d in group h or later.
+    size_t k = b;
+    for (size_t h = 0; h <= groups_; ++h) {
+      while (k < e && group_of_[k] < h) ++k;
+      bounds[h] = k;
+    }
+  }
+  if (!grouped_) group_level_.clear();
+}
+
+std::vector<uint32_t> HierarchyOrder::GroupedSlotOrder() const {
+  // Positions are by depth, then slot: a stable counting sort by group
+  // gives group, depth, slot.
+  std::vector<size_t> next(groups_ + 1, 0);
+  for (const uint32_t g : group_of_) ++next[g + 1];
+  for (size_t g = 1; g <= groups_; ++g) next[g] += next[g - 1];
+  std::vector<uint32_t> slots(slot_.size());
+  for (size_t k = 0; k < slot_.size(); ++k)
+    slots[next[group_of_[k]]++] = slot_[k];
+  return slots;
 }
 
 absl::StatusOr<size_t> HierarchyOrder::PositionOf(const Transforms& tf,

@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -94,6 +95,12 @@ class Transforms {
   // child or parent, InvalidArgument naming both if `parent` is `child` or
   // one of its descendants (a cycle).
   absl::Status SetParent(Entity child, Entity parent);
+  // Reorders the dense slots (SoaStore::Permute): new slot j holds old slot
+  // slots[j]. HierarchyOrder::GroupedSlotOrder gives the order that lays
+  // each tree group out contiguously. InvalidArgument unless a permutation.
+  absl::Status Reorder(std::span<const uint32_t> slots) {
+    return store_.Permute(slots);
+  }
 
   const Store& store() const { return store_; }
   // The columns, for systems that change local transforms in place (not
@@ -115,8 +122,19 @@ class Transforms {
 // The entities of a Transforms sorted parent before child: by depth, then
 // by dense slot. Level d holds the entities of depth d (roots: 0) at
 // positions [level_begin(d), level_begin(d + 1)).
+//
+// Tree groups: the roots, in slot order, cut into at most kTreeGroups runs
+// of about equal entity count (a run ends once the trees in it reach the
+// next multiple of size / groups); a group is its roots' trees. When the
+// store lays the groups out one after the other (Transforms::Reorder with
+// GroupedSlotOrder(); grouped() says so), each level holds group 0's
+// entities, then group 1's, and so on, and a group can be computed parent
+// before child on its own, by one thread, from contiguous memory: no
+// barrier between levels, every parent read by the thread that wrote it.
 class HierarchyOrder {
  public:
+  static constexpr size_t kTreeGroups = 16;
+
   // Rebuilds if `tf` changed since the last call (hierarchy_version()).
   // Internal error if a cycle is found (Transforms prevents them).
   absl::Status Update(const Transforms& tf);
@@ -131,12 +149,37 @@ class HierarchyOrder {
   // The position of `e`, or NotFound.
   absl::StatusOr<size_t> PositionOf(const Transforms& tf, Entity e) const;
 
+  // Tree groups: min(kTreeGroups, roots) of them.
+  size_t tree_groups() const { return groups_; }
+  // Whether every level holds its entities group by group (the store was
+  // reordered by GroupedSlotOrder since the hierarchy last changed).
+  bool grouped() const { return grouped_; }
+  // Group g's entities of level d: positions [group_level_begin(g, d),
+  // group_level_end(g, d)). REQUIRES: grouped().
+  size_t group_level_begin(size_t g, size_t d) const {
+    return group_level_[d * (groups_ + 1) + g];
+  }
+  size_t group_level_end(size_t g, size_t d) const {
+    return group_level_[d * (groups_ + 1) + g + 1];
+  }
+  // The dense slots ordered by tree group, then depth, then slot: the
+  // argument of Transforms::Reorder that makes the order grouped. Reordering
+  // keeps the roots' relative order, so the groups, and grouped(), stay.
+  std::vector<uint32_t> GroupedSlotOrder() const;
+
  private:
+  // Finds each position's tree group and whether the levels are grouped.
+  void BuildTreeGroups();
+
   uint64_t version_ = UINT64_MAX;
   std::vector<uint32_t> slot_;
   std::vector<int32_t> parent_pos_;
   std::vector<uint32_t> position_of_slot_;
   std::vector<size_t> level_begin_ = {0};
+  size_t groups_ = 0;
+  std::vector<uint32_t> group_of_;  // By position.
+  bool grouped_ = false;
+  std::vector<size_t> group_level_;  // (levels) x (groups + 1) boundaries.
 };
 
 // A FrameallocComponent: one T per item for one frame, in one segment per
@@ -213,12 +256,13 @@ class FrameColumn {
 
 // Fills `world` (position k: the entity at order position k) with every
 // entity's world matrix: parent's world times its local TRS, roots' local
-// TRS alone. Level by level. On a runtime of one node, one job runs the
-// levels in turn, each a JobContext::ParallelFor in chunks of at least
-// `grain` (the barrier between levels is the workers', with no round trip
-// through the calling thread: 9-12% faster frames in the ECS scenario); on
-// several nodes each level is split by node in chunks of `grain`, from the
-// calling thread. InvalidArgument if grain is 0.
+// TRS alone. Level by level. On a runtime of one node with a grouped order
+// (HierarchyOrder::grouped()), one job per tree group, each computing its
+// own trees with no barrier between levels (docs/ecs.md has the figures);
+// on one node otherwise, one job runs the levels in turn, each a
+// JobContext::ParallelFor in chunks of at least `grain`; on several nodes
+// each level is split by node in chunks of `grain`, from the calling
+// thread. InvalidArgument if grain is 0.
 // REQUIRES: order is up to date for tf.
 template <typename Mem>
 absl::Status ComputeWorldTransforms(const Transforms& tf,
@@ -243,6 +287,18 @@ absl::Status ComputeWorldTransforms(const Transforms& tf,
       (*world)[k] = p < 0 ? local : (*world)[p] * local;
     }
   };
+  if (exec.runtime() != nullptr && world->homes().ranges().size() == 1 &&
+      order.grouped() && order.tree_groups() > 1) {
+    // One node, grouped store: one job per tree group, each computing its
+    // trees level by level from contiguous ranges. A parent's matrix is
+    // read by the job that just wrote it, and no level waits for the
+    // others.
+    return exec.ForBlocks(order.tree_groups(), [&](const Lane&, size_t g) {
+      for (size_t d = 0; d < order.levels(); ++d) {
+        level_chunk(order.group_level_begin(g, d), order.group_level_end(g, d));
+      }
+    });
+  }
   if (exec.runtime() != nullptr && world->homes().ranges().size() == 1 &&
       order.levels() > 1) {
     // One node: one job runs the levels in turn, each a fork-join over the
