@@ -95,10 +95,12 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
   if (!block.ok()) return block;
   // A block the kernel would not commit still works: its pages fault in
   // when first touched, as without the option.
+  const bool try_populate =
+      options_.populate && block->size <= options_.populate_max_bytes;
   const bool populated =
-      options_.populate && PopulatePages(block->data, block->size).ok();
+      try_populate && PopulatePages(block->data, block->size).ok();
   alloc_internal::MutexLock lock(&mu_);
-  if (options_.populate) {
+  if (try_populate) {
     ++(populated ? stats_.populated_blocks : stats_.populate_failures);
   }
   ++stats_.misses;

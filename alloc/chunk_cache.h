@@ -34,17 +34,21 @@ struct ChunkCacheOptions {
   // EndEpoch(), idle blocks beyond (max peak over the window) minus (bytes
   // in use) go back to the source. 0 turns automatic trimming off.
   int trim_window_epochs = 64;
-  // Commit the pages of every block that comes from the source before
-  // handing it out (PopulatePages: one system call per block instead of a
-  // page fault per page when the arena or pool first writes it), so a frame
-  // that grows into new memory does not stall on page faults. Costs: a
-  // block's pages are resident from the moment it is acquired, used or not;
-  // with first-touch NUMA placement they go to the acquiring thread's node
-  // (for arenas and pools, the thread that allocates from them). Blocks
-  // from the cache itself were committed when they first came from the
-  // source. Where the kernel cannot (Linux before 5.14) the block is handed
-  // out as is and ChunkCacheStats::populate_failures counts it.
+  // Commit the pages of every block of at most populate_max_bytes that
+  // comes from the source before handing it out (PopulatePages: one system
+  // call per block instead of a page fault per page when the arena or pool
+  // first writes it), so a frame that grows into new memory does not stall
+  // on page faults. Costs: a block's pages are resident from the moment it
+  // is acquired, used or not; with first-touch NUMA placement they go to
+  // the acquiring thread's node (for arenas and pools, the thread that
+  // allocates from them). Larger blocks (an oversize arena request, a big
+  // reservation that may be used sparsely) are left to fault in as they
+  // are touched. Blocks from the cache itself were committed when they
+  // first came from the source. Where the kernel cannot (Linux before 5.14)
+  // the block is handed out as is and ChunkCacheStats::populate_failures
+  // counts it.
   bool populate = true;
+  size_t populate_max_bytes = size_t{4} << 20;
 
   ChunkCacheOptions& set_max_cached_bytes(size_t bytes) {
     max_cached_bytes = bytes;
@@ -56,6 +60,10 @@ struct ChunkCacheOptions {
   }
   ChunkCacheOptions& set_populate(bool on) {
     populate = on;
+    return *this;
+  }
+  ChunkCacheOptions& set_populate_max_bytes(size_t bytes) {
+    populate_max_bytes = bytes;
     return *this;
   }
 

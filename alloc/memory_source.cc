@@ -66,8 +66,35 @@ MemorySourceStats MemorySource::stats() const {
 // ---------------------------------------------------------------------------
 // PopulatePages
 
+namespace {
+
+// Whether the kernel knows MADV_POPULATE_WRITE: asked once, on a page of
+// its own (EINVAL on a caller's range may also mean an unusual mapping).
+bool KernelCanPopulate(size_t page) {
+#ifdef MADV_POPULATE_WRITE
+  void* probe = mmap(nullptr, page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED) return true;  // Cannot tell: let calls say.
+  const bool ok =
+      madvise(probe, page, MADV_POPULATE_WRITE) == 0 || errno != EINVAL;
+  munmap(probe, page);
+  return ok;
+#else
+  (void)page;
+  return false;
+#endif
+}
+
+}  // namespace
+
 absl::Status PopulatePages(void* data, size_t size) {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  static const bool supported = KernelCanPopulate(page);
+  if (!supported) {
+    return absl::UnimplementedError(
+        "PopulatePages: the kernel does not support MADV_POPULATE_WRITE "
+        "(Linux 5.14 or later)");
+  }
   const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
   uintptr_t first = 0;
   if (size == 0 || !alloc_internal::AlignUp(begin, page, &first) ||
@@ -85,7 +112,7 @@ absl::Status PopulatePages(void* data, size_t size) {
   const std::string what =
       absl::StrCat("PopulatePages: madvise(MADV_POPULATE_WRITE) of ",
                    last - first, " bytes: ", std::strerror(err));
-  if (err == EINVAL) return absl::UnimplementedError(what);
+  if (err == EINVAL) return absl::InvalidArgumentError(what);
   if (err == ENOMEM) return absl::ResourceExhaustedError(what);
   return absl::InternalError(what);
 #else

@@ -54,10 +54,14 @@ struct MemorySourceStats {
 // "Committing chunks", has this machine's figures). Contents are unchanged.
 // Works on any private writable mapping (heap or mmap memory). Errors:
 // Unimplemented where the kernel lacks MADV_POPULATE_WRITE (Linux before
-// 5.14): the pages then fault in on first touch, as without the call;
-// ResourceExhausted when the memory cannot be committed (ENOMEM); Internal
-// for anything else. Parts of the range outside whole pages are left alone;
-// a range with no whole page is OK.
+// 5.14; asked once per process): the pages then fault in on first touch, as
+// without the call; InvalidArgument for a mapping that cannot be committed
+// this way (device or I/O memory); ResourceExhausted for ENOMEM (part of
+// the range is not mapped, or cannot be committed; like touching every
+// page, committing more than the machine has may instead wake the kernel's
+// OOM killer); Internal for anything else. Parts of the
+// range outside whole pages are left alone; a range with no whole page is
+// OK.
 absl::Status PopulatePages(void* data, size_t size);
 
 // The interface every source implements. Thread-safe: Allocate and

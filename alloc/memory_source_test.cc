@@ -80,7 +80,10 @@ class Mapping {
   explicit Mapping(size_t pages)
       : bytes_(pages * static_cast<size_t>(sysconf(_SC_PAGESIZE))),
         data_(static_cast<char*>(mmap(nullptr, bytes_, PROT_READ | PROT_WRITE,
-                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))) {}
+                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))) {
+    // One touched page must stay one resident page (no huge page).
+    if (data_ != MAP_FAILED) madvise(data_, bytes_, MADV_NOHUGEPAGE);
+  }
   ~Mapping() {
     if (data_ != MAP_FAILED) munmap(data_, bytes_);
   }

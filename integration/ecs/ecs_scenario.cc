@@ -83,6 +83,10 @@ absl::Status EcsSimulation::Init(const sim::ScenarioConfig& config,
     entities_.push_back(e);
   }
   if (absl::Status s = order_.Update(transforms_); !s.ok()) return s;
+  // Laid out by tree group before the first frame (not in a measured one).
+  if (!order_.grouped() && order_.tree_groups() > 1) {
+    if (absl::Status s = GroupStores(); !s.ok()) return s;
+  }
   const size_t blocks = (n + kBlock - 1) / kBlock;
   heap_blocks_.resize(blocks);
   arena_blocks_.resize(blocks);
@@ -103,7 +107,9 @@ EcsSimulation::Blocks<ArenaMemory>() {
 absl::Status EcsSimulation::GroupStores() {
   // The transforms in tree-group order (each group's trees contiguous,
   // level by level), and the motion components in the same entity order,
-  // so the systems that join them still walk both ascending.
+  // so the systems that join them still walk both ascending. Afterwards the
+  // order is grouped (a fixed point), so this runs again only after the
+  // hierarchy changes.
   if (absl::Status s = transforms_.Reorder(order_.GroupedSlotOrder());
       !s.ok()) {
     return s;
@@ -138,7 +144,7 @@ template <typename Mem>
 absl::Status EcsSimulation::RunFrame(const FrameExecutor& exec,
                                      std::vector<BlockOut<Mem>>& blocks) {
   if (absl::Status s = order_.Update(transforms_); !s.ok()) return s;
-  if (!order_.grouped()) {
+  if (!order_.grouped() && order_.tree_groups() > 1) {
     if (absl::Status s = GroupStores(); !s.ok()) return s;
   }
   const size_t n = transforms_.size();

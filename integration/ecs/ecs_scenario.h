@@ -4,7 +4,8 @@
 // For: //benchmarks:simulation's "ecs" workload, the ECS example and its
 // benchmark. Each frame: a spin system rotates every entity's local
 // transform (SoA columns, split by node); the transform system computes
-// world matrices level by level, parent before child, into a per-frame
+// world matrices parent before child (the store laid out by tree group,
+// one job per group on one node; HierarchyOrder), into a per-frame
 // component (FrameColumn<Mat4>, on frame memory in the arena variants); a
 // visibility system culls every entity's bounding sphere and a contact
 // system emits ground-contact events, both as per-block query results on
@@ -92,7 +93,8 @@ class EcsSimulation final : public sim::Scenario {
   };
   // Lays the transforms out by tree group (HierarchyOrder::GroupedSlotOrder)
   // and the motion components in the same entity order, then updates the
-  // order: done whenever the hierarchy changed.
+  // order: in Init, and in a frame whose hierarchy changed so that the
+  // order is no longer grouped.
   absl::Status GroupStores();
   template <typename Mem>
   absl::Status RunFrame(const FrameExecutor& exec,

@@ -148,7 +148,8 @@ TEST(TransformsTest, BadParentsAreRefused) {
 }
 
 // A random forest of n entities, parents added before children.
-Transforms MakeForest(size_t n, uint64_t seed, std::vector<Entity>* out) {
+Transforms MakeForest(size_t n, uint64_t seed, std::vector<Entity>* out,
+                      size_t roots = 8) {
   EntityRegistry registry;
   Transforms tf;
   uint64_t x = seed;
@@ -167,7 +168,7 @@ Transforms MakeForest(size_t n, uint64_t seed, std::vector<Entity>* out) {
     t.position = {uniform(-3, 3), uniform(-3, 3), uniform(-3, 3)};
     t.rotation = Quat::AxisAngle(0.6f, 0.8f, 0.0f, uniform(-3, 3));
     t.scale = uniform(0.8f, 1.2f);
-    if (i >= 8) t.parent = (*out)[next() % i];
+    if (i >= roots) t.parent = (*out)[next() % i];
     EXPECT_TRUE(tf.Add(e, t).ok());
     out->push_back(e);
   }
@@ -373,26 +374,48 @@ TEST(HierarchyTest, WorldTransformsMatchReference) {
   ExpectWorldMatchesReference<HeapMemory>(
       tf, FrameExecutor::OnRuntime(one_node.get()));
   ASSERT_TRUE(one_node->EndFrame().ok());
-  // Grouped by tree: on one node, one job per group.
+  // Grouped by tree, 128 roots: on one node, one job per group. (The eight
+  // trees of `tf` are too uneven: the largest is over twice its share, so
+  // it keeps the level-by-level jobs.)
   {
+    std::vector<Entity> many_roots;
+    Transforms wide = MakeForest(4000, 13, &many_roots, /*roots=*/128);
     HierarchyOrder order;
-    ASSERT_TRUE(order.Update(tf).ok());
-    ASSERT_TRUE(tf.Reorder(order.GroupedSlotOrder()).ok());
-    ASSERT_TRUE(order.Update(tf).ok());
+    ASSERT_TRUE(order.Update(wide).ok());
+    ASSERT_TRUE(wide.Reorder(order.GroupedSlotOrder()).ok());
+    ASSERT_TRUE(order.Update(wide).ok());
     ASSERT_TRUE(order.grouped());
+    ASSERT_EQ(order.tree_groups(), HierarchyOrder::kTreeGroups);
+    ASSERT_LE(order.largest_tree_group() * order.tree_groups(),
+              2 * order.size());
+    ASSERT_TRUE(one_node->BeginFrame().ok());
+    const uint64_t jobs_before = one_node->stats().jobs_submitted;
+    ExpectWorldMatchesReference<ArenaMemory>(
+        wide, FrameExecutor::OnRuntime(one_node.get()));
+    // The column's allocation, then the sixteen groups.
+    EXPECT_EQ(one_node->stats().jobs_submitted - jobs_before, 1u + 16u);
+    ExpectWorldMatchesReference<HeapMemory>(
+        wide, FrameExecutor::OnRuntime(one_node.get()));
+    ASSERT_TRUE(one_node->EndFrame().ok());
+    ExpectWorldMatchesReference<ArenaMemory>(wide,
+                                             FrameExecutor::Sequential(&arena));
+    arena.Reset();
+    // Uneven groups keep the level-by-level jobs: the column, one job for
+    // the levels.
+    HierarchyOrder uneven;
+    ASSERT_TRUE(uneven.Update(tf).ok());
+    ASSERT_TRUE(tf.Reorder(uneven.GroupedSlotOrder()).ok());
+    ASSERT_TRUE(uneven.Update(tf).ok());
+    ASSERT_TRUE(uneven.grouped());
+    ASSERT_GT(uneven.largest_tree_group() * uneven.tree_groups(),
+              2 * uneven.size());
+    ASSERT_TRUE(one_node->BeginFrame().ok());
+    const uint64_t before_uneven = one_node->stats().jobs_submitted;
+    ExpectWorldMatchesReference<ArenaMemory>(
+        tf, FrameExecutor::OnRuntime(one_node.get()));
+    EXPECT_EQ(one_node->stats().jobs_submitted - before_uneven, 1u + 1u);
+    ASSERT_TRUE(one_node->EndFrame().ok());
   }
-  ASSERT_TRUE(one_node->BeginFrame().ok());
-  const uint64_t jobs_before = one_node->stats().jobs_submitted;
-  ExpectWorldMatchesReference<ArenaMemory>(
-      tf, FrameExecutor::OnRuntime(one_node.get()));
-  // The column's allocation, then the eight groups (MakeForest: 8 roots).
-  EXPECT_EQ(one_node->stats().jobs_submitted - jobs_before, 1u + 8u);
-  ExpectWorldMatchesReference<HeapMemory>(
-      tf, FrameExecutor::OnRuntime(one_node.get()));
-  ASSERT_TRUE(one_node->EndFrame().ok());
-  ExpectWorldMatchesReference<ArenaMemory>(tf,
-                                           FrameExecutor::Sequential(&arena));
-  arena.Reset();
 
   // Re-parenting and removal change the hierarchy; still the reference.
   ASSERT_TRUE(tf.SetParent(e[100], e[3]).ok());
@@ -448,6 +471,10 @@ DriveResult Drive(Variant variant, jobs::Runtime* rt, size_t size, int frames) {
   EcsSimulation scenario;
   absl::Status s = scenario.Init({.seed = 5, .size = size}, env);
   EXPECT_TRUE(s.ok()) << s;
+  // Init lays the store out by tree group; the frames keep that layout
+  // (the reorder is a fixed point: no frame reorders again).
+  EXPECT_TRUE(scenario.order().grouped());
+  const uint64_t layout = scenario.transforms().hierarchy_version();
   for (int f = 0; f < frames; ++f) {
     if (env.runtime != nullptr) {
       EXPECT_TRUE(rt->BeginFrame().ok());
@@ -463,6 +490,7 @@ DriveResult Drive(Variant variant, jobs::Runtime* rt, size_t size, int frames) {
     }
     run.frames.push_back(scenario.last_frame());
   }
+  EXPECT_EQ(scenario.transforms().hierarchy_version(), layout);
   run.hash = scenario.StateHash();
   return run;
 }

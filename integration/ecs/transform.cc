@@ -205,7 +205,14 @@ void HierarchyOrder::BuildTreeGroups() {
     }
   }
   group_of_.assign(n, 0);
-  for (size_t k = 0; k < n; ++k) group_of_[k] = group_of_root[root_of[k]];
+  std::vector<size_t> group_size(groups_, 0);
+  for (size_t k = 0; k < n; ++k) {
+    group_of_[k] = group_of_root[root_of[k]];
+    ++group_size[group_of_[k]];
+  }
+  largest_group_ = group_size.empty() ? 0
+                                      : *std::max_element(group_size.begin(),
+                                                          group_size.end());
   // Grouped: within every level, group ids never decrease.
   grouped_ = groups_ > 0;
   group_level_.assign(levels() * (groups_ + 1), 0);

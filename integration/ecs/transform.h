@@ -151,9 +151,13 @@ class HierarchyOrder {
 
   // Tree groups: min(kTreeGroups, roots) of them.
   size_t tree_groups() const { return groups_; }
-  // Whether every level holds its entities group by group (the store was
-  // reordered by GroupedSlotOrder since the hierarchy last changed).
+  // Whether every level holds its entities group by group (group ids never
+  // decrease within a level): true after Transforms::Reorder with
+  // GroupedSlotOrder(), and for a store whose trees were added one after
+  // the other.
   bool grouped() const { return grouped_; }
+  // Entities in the largest tree group (0 without groups).
+  size_t largest_tree_group() const { return largest_group_; }
   // Group g's entities of level d: positions [group_level_begin(g, d),
   // group_level_end(g, d)). REQUIRES: grouped().
   size_t group_level_begin(size_t g, size_t d) const {
@@ -177,6 +181,7 @@ class HierarchyOrder {
   std::vector<uint32_t> position_of_slot_;
   std::vector<size_t> level_begin_ = {0};
   size_t groups_ = 0;
+  size_t largest_group_ = 0;
   std::vector<uint32_t> group_of_;  // By position.
   bool grouped_ = false;
   std::vector<size_t> group_level_;  // (levels) x (groups + 1) boundaries.
@@ -257,9 +262,10 @@ class FrameColumn {
 // Fills `world` (position k: the entity at order position k) with every
 // entity's world matrix: parent's world times its local TRS, roots' local
 // TRS alone. Level by level. On a runtime of one node with a grouped order
-// (HierarchyOrder::grouped()), one job per tree group, each computing its
-// own trees with no barrier between levels (docs/ecs.md has the figures);
-// on one node otherwise, one job runs the levels in turn, each a
+// (HierarchyOrder::grouped()) of at least one group per worker, none over
+// twice its share, one job per tree group, each computing its own trees
+// with no barrier between levels (docs/ecs.md has the figures); on one node
+// otherwise, one job runs the levels in turn, each a
 // JobContext::ParallelFor in chunks of at least `grain`; on several nodes
 // each level is split by node in chunks of `grain`, from the calling
 // thread. InvalidArgument if grain is 0.
@@ -288,11 +294,15 @@ absl::Status ComputeWorldTransforms(const Transforms& tf,
     }
   };
   if (exec.runtime() != nullptr && world->homes().ranges().size() == 1 &&
-      order.grouped() && order.tree_groups() > 1) {
-    // One node, grouped store: one job per tree group, each computing its
-    // trees level by level from contiguous ranges. A parent's matrix is
-    // read by the job that just wrote it, and no level waits for the
-    // others.
+      order.grouped() && order.tree_groups() > 1 &&
+      order.tree_groups() >= static_cast<size_t>(exec.runtime()->workers(
+                                 world->homes().ranges()[0].node)) &&
+      order.largest_tree_group() * order.tree_groups() <= 2 * order.size()) {
+    // One node, grouped store, at least a group per worker and none over
+    // twice its share (else one tree would be the whole frame's critical
+    // path): one job per tree group, each computing its trees level by
+    // level from contiguous ranges. A parent's matrix is read by the job
+    // that just wrote it, and no level waits for the others.
     return exec.ForBlocks(order.tree_groups(), [&](const Lane&, size_t g) {
       for (size_t d = 0; d < order.levels(); ++d) {
         level_chunk(order.group_level_begin(g, d), order.group_level_end(g, d));

@@ -389,14 +389,16 @@ class FrameRenderer {
       slot.owners.resize(blocks);
       if constexpr (Mem::kUsesArena) {
         // One arena per lane plus one for the thread that drives frames.
-        // A slot's frame holds about 10 MiB of draws at the scenario's
-        // default size, and one lane may record nearly all of it: each
-        // keeps up to 64 MiB across resets, so steady frames trade no
-        // chunks with the cache (keeping 8 MiB, 2-3 MiB of chunks went back
+        // A slot's frame holds about 104 bytes of draws per object (10 MB
+        // at the scenario's 100,000), and one lane may record nearly all
+        // of it: each keeps up to 128 bytes per object (at least 8 MiB)
+        // across resets, so steady frames trade no chunks with the cache
+        // (keeping 8 MiB at 100,000 objects, 2-3 MiB of chunks went back
         // to the cache and were taken again every frame).
+        const size_t retain = std::max(size_t{8} << 20, objects * 128);
         for (int i = 0; i <= lanes; ++i) {
           slot.lanes.push_back(std::make_unique<FrameArena>(
-              &cache_, FrameArenaOptions().set_retain_bytes(size_t{64} << 20)));
+              &cache_, FrameArenaOptions().set_retain_bytes(retain)));
         }
       }
     }

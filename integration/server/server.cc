@@ -505,7 +505,8 @@ std::string Server::StatsJson(bool full) const {
                     ",\"cached_bytes\":", cache.cached_bytes,
                     ",\"hits\":", cache.hits, ",\"misses\":", cache.misses,
                     ",\"returned_to_source\":", cache.returned_to_source,
-                    ",\"populated_blocks\":", cache.populated_blocks, "}");
+                    ",\"populated_blocks\":", cache.populated_blocks,
+                    ",\"populate_failures\":", cache.populate_failures, "}");
     if (full) absl::StrAppend(&out, ",\"alloc\":", alloc.stats().ToJson());
     out.push_back('}');
   }
