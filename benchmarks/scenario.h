@@ -104,6 +104,9 @@ struct ScenarioConfig {
 };
 
 // Frame memory a scenario took from arenas of its own during one frame.
+// Bytes are requested bytes, as the `arena` variant's; the runtime's own
+// figure for its worker arenas (FrameTiming::arena_bytes) is the memory
+// they used, padding included, so runtime-arena rows add the two.
 struct OwnArenaUse {
   int64_t allocations = 0;
   uint64_t bytes = 0;  // Requested.
