@@ -58,11 +58,11 @@ TEST(ChunkCacheTest, CommitsBlocksFromTheSourceOnce) {
   cache.Release(*b);
 }
 
-TEST(ChunkCacheTest, BlocksAbovePopulateMaxBytesFaultInAsTouched) {
+// Acquires a block of `bytes` from a cache with `options` that must not
+// commit it: nothing resident until touched, then the one page touched.
+void ExpectPagesFaultInAsTouched(ChunkCacheOptions options, size_t bytes) {
   MmapMemorySource source;
-  ChunkCache cache(&source,
-                   ChunkCacheOptions().set_populate_max_bytes(size_t{1} << 20));
-  const size_t bytes = size_t{2} << 20;
+  ChunkCache cache(&source, options);
   absl::StatusOr<Block> a = cache.Acquire(bytes, Page());
   ASSERT_TRUE(a.ok());
   // No huge page may stand in for the one page touched below.
@@ -76,20 +76,15 @@ TEST(ChunkCacheTest, BlocksAbovePopulateMaxBytesFaultInAsTouched) {
   cache.Release(*a);
 }
 
+TEST(ChunkCacheTest, BlocksAbovePopulateMaxBytesFaultInAsTouched) {
+  ExpectPagesFaultInAsTouched(
+      ChunkCacheOptions().set_populate_max_bytes(size_t{1} << 20),
+      size_t{2} << 20);
+}
+
 TEST(ChunkCacheTest, WithoutPopulatePagesWaitForFirstTouch) {
-  MmapMemorySource source;
-  ChunkCache cache(&source, ChunkCacheOptions().set_populate(false));
-  const size_t bytes = size_t{1} << 20;
-  absl::StatusOr<Block> a = cache.Acquire(bytes, Page());
-  ASSERT_TRUE(a.ok());
-  ASSERT_EQ(madvise(a->data, bytes, MADV_NOHUGEPAGE), 0);
-  EXPECT_EQ(Resident(*a, bytes), 0);
-  static_cast<char*>(a->data)[5 * Page()] = 1;
-  EXPECT_EQ(Resident(*a, bytes), 1);
-  const ChunkCacheStats stats = cache.stats();
-  EXPECT_EQ(stats.populated_blocks, 0u);
-  EXPECT_EQ(stats.populate_failures, 0u);
-  cache.Release(*a);
+  ExpectPagesFaultInAsTouched(ChunkCacheOptions().set_populate(false),
+                              size_t{1} << 20);
 }
 
 TEST(ChunkCacheTest, SizeClasses) {
