@@ -150,7 +150,8 @@ json RunToJson(const VariantRun& run) {
                       {"heap_bytes", f.heap_bytes},
                       {"arena_allocations", f.arena_allocations},
                       {"arena_bytes", f.arena_bytes},
-                      {"pass_seconds", f.pass_seconds}});
+                      {"pass_seconds", f.pass_seconds},
+                      {"page_faults", f.page_faults}});
   }
   const std::vector<double> ms = run.FrameMs();
   json j = {
@@ -175,6 +176,11 @@ json RunToJson(const VariantRun& run) {
                                             f.heap_bytes);
                                       })},
       {"job_seconds", run.job_seconds},
+      {"page_faults_per_frame", MeanOf(run,
+                                       [](const FrameRecord& f) {
+                                         return static_cast<double>(
+                                             f.page_faults);
+                                       })},
       {"arena_bytes_per_frame", MeanOf(run,
                                        [](const FrameRecord& f) {
                                          return static_cast<double>(
@@ -230,7 +236,7 @@ absl::StatusOr<VariantRun> RunFromJson(const json& j) {
     if (!f.is_object()) return missing("frames[]");
     for (const char* field :
          {"ms", "heap_allocations", "heap_bytes", "arena_allocations",
-          "arena_bytes", "pass_seconds"}) {
+          "arena_bytes", "pass_seconds", "page_faults"}) {
       if (!f.contains(field) || !f[field].is_number()) return missing(field);
     }
     FrameRecord r;
@@ -240,6 +246,7 @@ absl::StatusOr<VariantRun> RunFromJson(const json& j) {
     r.arena_allocations = f["arena_allocations"].get<int64_t>();
     r.arena_bytes = f["arena_bytes"].get<uint64_t>();
     r.pass_seconds = f["pass_seconds"].get<double>();
+    r.page_faults = f["page_faults"].get<uint64_t>();
     run.frames.push_back(r);
   }
   if (j.contains("job_seconds")) {
@@ -325,10 +332,10 @@ std::string FormatScenario(const ScenarioResult& r) {
       "\n== %s%s: %s\n   size %s, %d measured frames per run (+%d warm-up)\n",
       r.name, r.allocation_heavy ? " (allocation-heavy)" : "", r.description,
       Thousands(static_cast<double>(r.size)), r.frames, r.warmup);
-  absl::StrAppendFormat(&out, "%-24s %3s %10s %10s %10s %14s %12s %14s %12s\n",
-                        "run", "thr", "median ms", "p99 ms", "mean ms",
-                        "heap allocs/f", "heap MB/f", "arena allocs/f",
-                        "arena MB/f");
+  absl::StrAppendFormat(
+      &out, "%-24s %3s %10s %10s %10s %14s %12s %14s %12s %10s\n", "run", "thr",
+      "median ms", "p99 ms", "mean ms", "heap allocs/f", "heap MB/f",
+      "arena allocs/f", "arena MB/f", "faults/f");
   for (const VariantRun& run : r.runs) {
     const std::vector<double> ms = run.FrameMs();
     const double heap_allocs = MeanOf(run, [](const FrameRecord& f) {
@@ -347,10 +354,14 @@ std::string FormatScenario(const ScenarioResult& r) {
                                                       f.arena_allocations);
                                                 }))
                              : "n/a";
+    const double faults = MeanOf(run, [](const FrameRecord& f) {
+      return static_cast<double>(f.page_faults);
+    });
     absl::StrAppendFormat(
-        &out, "%-24s %3d %10.2f %10.2f %10.2f %14s %12.2f %14s %12.2f\n",
+        &out, "%-24s %3d %10.2f %10.2f %10.2f %14s %12.2f %14s %12.2f %10s\n",
         run.label, run.threads, Median(ms), Percentile(ms, 0.99), Mean(ms),
-        Thousands(heap_allocs), heap_mb, arena_allocs, arena_mb);
+        Thousands(heap_allocs), heap_mb, arena_allocs, arena_mb,
+        Thousands(faults));
   }
   for (const Ratio& q : Ratios(r)) {
     absl::StrAppendFormat(&out,

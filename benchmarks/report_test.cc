@@ -95,5 +95,31 @@ TEST(RunJsonTest, JobSecondsSurviveTheRoundTrip) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(RunJsonTest, PageFaultsSurviveTheRoundTripAndReachTheTable) {
+  VariantRun run = MakeRun("heap", 1, 5.0, 2, 0.0);
+  run.frames[0].page_faults = 1000;
+  run.frames[1].page_faults = 3000;
+  absl::StatusOr<VariantRun> back = RunFromJson(RunToJson(run));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->frames.size(), 2u);
+  EXPECT_EQ(back->frames[0].page_faults, 1000u);
+  EXPECT_EQ(back->frames[1].page_faults, 3000u);
+  EXPECT_DOUBLE_EQ(RunToJson(run)["page_faults_per_frame"].get<double>(),
+                   2000.0);
+  // A frame without the field is refused (the parent and its children are
+  // built from the same sources).
+  nlohmann::json without = RunToJson(run);
+  without["frames"][0].erase("page_faults");
+  EXPECT_EQ(RunFromJson(without).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ScenarioResult r;
+  r.name = "test";
+  r.runs.push_back(run);
+  const std::string text = FormatScenario(r);
+  EXPECT_NE(text.find("faults/f"), std::string::npos) << text;
+  // The row ends in the mean faults per frame.
+  EXPECT_NE(text.find(" 2,000\n"), std::string::npos) << text;
+}
+
 }  // namespace
 }  // namespace framealloc::sim

@@ -9,9 +9,14 @@
 // per node (the scaling baseline); and the two heap variants once more in
 // //benchmarks:simulation_mimalloc (the same sources linked with mimalloc,
 // which replaces malloc for its whole process), launched by this program as
-// a child that writes its runs as JSON. For each scenario it prints a table
-// (frame time median and p99, heap and arena allocations and bytes per
-// frame), the ratios between runs at equal parallelism, the STREAM triad on
+// a child that writes its runs as JSON. Every run has a fresh process of its
+// own (--isolate, the default): this program starts itself once per run, so
+// what one run leaves behind (the size of the malloc heap, glibc's adaptive
+// trim and mmap thresholds, chunk caches, a runtime's threads) cannot change
+// the next run's figures, and a scenario measures the same alone as in the
+// whole suite. For each scenario it prints a table (frame time median and
+// p99, heap and arena allocations and bytes, page faults per frame), the
+// ratios between runs at equal parallelism, the STREAM triad on
 // arrays of the scenario's streaming-pass size at one thread and at the
 // runtime's worker count with the pass as a percentage of it, and checks
 // that every run ended in the same StateHash. Then it writes a JSON file and
@@ -86,10 +91,16 @@ ABSL_FLAG(std::string, trace, "",
           "If set, a Chrome trace (Perfetto, chrome://tracing) of the jobs of "
           "each runtime run's measured frames, written to "
           "<trace>-<scenario>-<run>.json; empty: none.");
+ABSL_FLAG(bool, isolate, true,
+          "Run every variant in a fresh process of this program (a child "
+          "that reports its run as JSON), so that no run inherits another's "
+          "heap, malloc thresholds, caches or threads; false: all runs in "
+          "this process, one after another.");
 ABSL_FLAG(std::string, child_json, "",
-          "Internal (the mimalloc child): run the heap variants of "
-          "--variants for one scenario with --frames, write the runs here, "
-          "print no report.");
+          "Internal (a child run): run --variants of one --scenario in this "
+          "process, write the runs here as JSON, print no report.");
+ABSL_FLAG(std::string, child_progress, "",
+          "Internal (a child run): the label of its progress line.");
 
 namespace framealloc::sim {
 namespace {
@@ -110,7 +121,9 @@ struct Flags {
   int triad_repetitions = 0;
   bool progress = true;
   std::string trace;  // Prefix of the trace files; empty: none.
+  bool isolate = true;
   std::string child_json;
+  std::string child_progress;
 };
 
 absl::StatusOr<Flags> ReadFlags() {
@@ -171,12 +184,15 @@ absl::StatusOr<Flags> ReadFlags() {
   }
   f.progress = absl::GetFlag(FLAGS_progress);
   f.trace = absl::GetFlag(FLAGS_trace);
+  f.isolate = absl::GetFlag(FLAGS_isolate);
   f.child_json = absl::GetFlag(FLAGS_child_json);
+  f.child_progress = absl::GetFlag(FLAGS_child_progress);
   if (!f.child_json.empty()) {
-    if (f.scenarios.size() != 1 || f.frames == 0) {
+    if (f.scenarios.size() != 1 || f.mimalloc) {
       return absl::InvalidArgumentError(
-          "--child_json needs one --scenario and --frames > 0");
+          "--child_json needs one --scenario and no mimalloc variant");
     }
+    f.isolate = false;  // A child runs its variants itself.
   }
   return f;
 }
@@ -264,11 +280,34 @@ std::string FindMimallocBinary(const char* argv0) {
   return "";
 }
 
-// Runs the mimalloc child for one scenario and returns its runs.
+// This program's own executable, or "" if /proc/self/exe cannot be read.
+std::string SelfBinary() {
+  char self[4096];
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len <= 0) return "";
+  self[len] = '\0';
+  return self;
+}
+
+// What a child process runs: `kinds` of one scenario, `frames` measured
+// frames (0: --budget seconds' worth), with `progress` as its progress
+// label and, if not empty, a trace of its runtime runs under `trace`.
+struct ChildRequest {
+  std::vector<RunKind> kinds;
+  int frames = 0;
+  std::string progress;
+  std::string trace;
+};
+
+// Runs `binary` (this program or its mimalloc build) as a child for one
+// scenario and returns its runs, labelled by the child (RunKindName).
 absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
                                                  const Flags& flags,
                                                  const ScenarioInfo& info,
-                                                 size_t size, int frames) {
+                                                 size_t size,
+                                                 const ChildRequest& request) {
+  std::vector<std::string> kind_names;
+  for (RunKind k : request.kinds) kind_names.push_back(RunKindName(k));
   char path[] = "/tmp/framealloc_simulation_XXXXXX";
   const int fd = mkstemp(path);
   if (fd < 0) return absl::InternalError("mkstemp failed for the child JSON");
@@ -278,13 +317,16 @@ absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
       absl::StrCat("--child_json=", path),
       absl::StrCat("--scenario=", info.name),
       absl::StrCat("--size=", size),
-      absl::StrCat("--frames=", frames),
+      absl::StrCat("--frames=", request.frames),
+      absl::StrCat("--budget=", flags.budget),
       absl::StrCat("--warmup=", flags.warmup),
       absl::StrCat("--seed=", flags.seed),
       absl::StrCat("--workers=", flags.workers),
       absl::StrCat("--topology=", flags.topology),
-      "--variants=heap,runtime-heap",
+      absl::StrCat("--variants=", absl::StrJoin(kind_names, ",")),
       absl::StrCat("--progress=", flags.progress ? "true" : "false"),
+      absl::StrCat("--child_progress=", request.progress),
+      absl::StrCat("--trace=", request.trace),
   };
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -360,10 +402,19 @@ int Main(const char* argv0) {
           "mimalloc runs skipped\n");
     }
   }
+  std::string self_binary;
+  if (flags.isolate) {
+    self_binary = SelfBinary();
+    if (self_binary.empty()) {
+      return Fail(absl::FailedPreconditionError(
+          "--isolate: cannot read /proc/self/exe to start the runs' "
+          "processes (pass --isolate=false)"));
+    }
+  }
   if (!child) {
     std::printf(
         "framealloc simulation suite: %zu scenario(s), seed %llu, runtime "
-        "topology %s (%d node(s), %zu PUs%s), %s\n",
+        "topology %s (%d node(s), %zu PUs%s), %s, %s\n",
         flags.scenarios.size(), static_cast<unsigned long long>(flags.seed),
         flags.topology.empty() ? "this machine"
                                : absl::StrCat("'", flags.topology, "'").c_str(),
@@ -374,7 +425,9 @@ int Main(const char* argv0) {
                               "%.1f s",
                               flags.budget)
                   .c_str()
-            : absl::StrCat(flags.frames, " measured frames per run").c_str());
+            : absl::StrCat(flags.frames, " measured frames per run").c_str(),
+        flags.isolate ? "each run in a fresh process"
+                      : "all runs in this process");
     std::fflush(stdout);
   }
 
@@ -396,29 +449,47 @@ int Main(const char* argv0) {
     options.budget_seconds = flags.budget;
     options.topology = topology.get();
     options.workers = flags.workers;
-    std::vector<RunKind> kinds;
-    for (RunKind k : flags.kinds) {
-      if (!child || k == RunKind::kHeap || k == RunKind::kRuntimeHeap) {
-        kinds.push_back(k);
-      }
-    }
-    const int total_runs =
-        static_cast<int>(kinds.size()) + (mimalloc_binary.empty() ? 0 : 2);
+    const int total_runs = static_cast<int>(flags.kinds.size()) +
+                           (mimalloc_binary.empty() ? 0 : 2);
     int index = 0;
-    for (RunKind kind : kinds) {
+    for (RunKind kind : flags.kinds) {
       ++index;
-      const std::string label =
-          child ? absl::StrCat(BinaryAllocatorName(), " ", RunKindName(kind))
-                : RunKindName(kind);
-      Progress progress(flags.progress,
-                        child ? absl::StrFormat("  %s: %s", info.name, label)
-                              : absl::StrFormat("  %s %d/%d: %s", info.name,
-                                                index, total_runs, label));
+      const std::string label = RunKindName(kind);
+      std::string progress_label;
+      if (!child) {
+        progress_label = absl::StrFormat("  %s %d/%d: %s", info.name, index,
+                                         total_runs, label);
+      } else if (!flags.child_progress.empty()) {
+        progress_label = flags.child_progress;
+      } else {
+        progress_label = absl::StrFormat("  %s: %s %s", info.name,
+                                         BinaryAllocatorName(), label);
+      }
+      if (flags.isolate) {
+        ChildRequest request;
+        request.kinds = {kind};
+        request.frames = options.frames;
+        request.progress = progress_label;
+        request.trace = flags.trace;
+        absl::StatusOr<std::vector<VariantRun>> runs =
+            RunChild(self_binary, flags, info, result.size, request);
+        if (!runs.ok()) return Fail(runs.status());
+        if (runs->size() != 1) {
+          return Fail(absl::InternalError(
+              absl::StrCat(info.name, " ", label, ": the child reported ",
+                           runs->size(), " runs, not 1")));
+        }
+        if (options.frames == 0)
+          options.frames = static_cast<int>(runs->front().frames.size());
+        result.runs.push_back(std::move(runs->front()));
+        continue;
+      }
+      Progress progress(flags.progress, progress_label);
       options.progress = [&progress](int done, int total) {
         progress.Update(done, total);
       };
       options.trace_path.clear();
-      if (!flags.trace.empty() && !child && UsesRuntime(VariantOf(kind))) {
+      if (!flags.trace.empty() && UsesRuntime(VariantOf(kind))) {
         options.trace_path = OutputPath(absl::StrCat(
             flags.trace, "-", info.name, "-", RunKindName(kind), ".json"));
       }
@@ -448,10 +519,30 @@ int Main(const char* argv0) {
         // a fixed count instead.
         result.frames = 20;
       }
-      absl::StatusOr<std::vector<VariantRun>> runs =
-          RunChild(mimalloc_binary, flags, info, result.size, result.frames);
-      if (!runs.ok()) return Fail(runs.status());
-      for (VariantRun& r : *runs) result.runs.push_back(std::move(r));
+      // The heap runs under mimalloc, each in a process of its own (or
+      // both in one without --isolate), labelled by the child's allocator.
+      std::vector<std::vector<RunKind>> groups;
+      if (flags.isolate) {
+        groups = {{RunKind::kHeap}, {RunKind::kRuntimeHeap}};
+      } else {
+        groups = {{RunKind::kHeap, RunKind::kRuntimeHeap}};
+      }
+      for (const std::vector<RunKind>& group : groups) {
+        ChildRequest request;
+        request.kinds = group;
+        request.frames = result.frames;
+        request.progress = group.size() == 1
+                               ? absl::StrFormat("  %s: mimalloc %s", info.name,
+                                                 RunKindName(group[0]))
+                               : "";
+        absl::StatusOr<std::vector<VariantRun>> runs =
+            RunChild(mimalloc_binary, flags, info, result.size, request);
+        if (!runs.ok()) return Fail(runs.status());
+        for (VariantRun& r : *runs) {
+          r.label = absl::StrCat(r.allocator, " ", r.label);
+          result.runs.push_back(std::move(r));
+        }
+      }
     }
     // The triad on the size of the scenario's streaming pass (or of its
     // working set): three arrays holding that many bytes together.
@@ -498,6 +589,7 @@ int Main(const char* argv0) {
       {"nodes", topology->num_nodes()},
       {"pus", topology->pus().size()},
       {"workers", flags.workers},
+      {"isolated", flags.isolate},
       {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
       {"scenarios", nlohmann::json::array()},
   };

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the simulation suite on a small input and checks its report: every
 # run in the table, the ratios, the triad and bandwidth lines, identical
-# states, the JSON and SVG files; the child-process path (pointed at this
-# same binary, since the mimalloc build is not made in sanitizer
-# configurations); a synthetic two-node topology; and that bad flags are
-# refused with a message naming the flag.
+# states, the JSON and SVG files; every run in a process of its own (the
+# default) and all in one (--isolate=false); the mimalloc child path
+# (pointed at this same binary, since the mimalloc build is not made in
+# sanitizer configurations); a synthetic two-node topology; a trace; and
+# that bad flags are refused with a message naming the flag.
 set -euo pipefail
 bin="benchmarks/simulation"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
@@ -30,9 +31,22 @@ test "$(grep -cE "state identical in all 7 runs: StateHash [0-9a-f]{16}" <<<"$ou
 grep -q "\"name\": \"particles\"" "$tmp/s.json"
 grep -q "\"states_equal\": true" "$tmp/s.json"
 grep -q "\"label\": \"glibc runtime-heap\"" "$tmp/s.json"
+grep -q "\"isolated\": true" "$tmp/s.json"
+grep -q "each run in a fresh process" <<<"$out"
+grep -qE "^run +thr +median ms .* arena MB/f +faults/f$" <<<"$out"
+grep -q "\"page_faults_per_frame\": " "$tmp/s.json"
 grep -q "<svg" "$tmp/s.svg"
 # Frame time and memory per frame for each of the 7 runs, per scenario.
 test "$(grep -c "<polyline" "$tmp/s.svg")" -eq $((14 * 4))
+
+# All runs in this one process: the same runs, the same states.
+out=$("$bin" "${common[@]}" --json="$tmp/n.json" --svg= --isolate=false \
+  --scenario=physics,render --mimalloc_binary="$bin")
+echo "$out"
+grep -q "all runs in this process" <<<"$out"
+test "$(grep -cE "state identical in all 7 runs" <<<"$out")" -eq 2
+grep -q "\"isolated\": false" "$tmp/n.json"
+grep -q "\"label\": \"glibc runtime-heap\"" "$tmp/n.json"
 
 # Runtime variants on two synthetic nodes, 3 workers.
 out=$("$bin" "${common[@]}" --json= --svg= --topology='pack:2 [numa] core:2 pu:1' \

@@ -2,6 +2,7 @@
 #include "benchmarks/suite.h"
 
 #include <dlfcn.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -112,6 +113,14 @@ double BusySeconds(const jobs::Runtime& runtime) {
   return seconds;
 }
 
+// Page faults of this process so far (every thread, minor and major).
+uint64_t PageFaults() {
+  struct rusage usage;
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<uint64_t>(usage.ru_minflt) +
+         static_cast<uint64_t>(usage.ru_majflt);
+}
+
 }  // namespace
 
 absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
@@ -197,6 +206,7 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
       }
     }
     FrameRecord record;
+    const uint64_t faults_before = PageFaults();
     const HeapCounts heap_before = ReadHeapCounts();
     const Clock::time_point start = Clock::now();
     if (runtime != nullptr) {
@@ -219,6 +229,7 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
     }
     const Clock::time_point end = Clock::now();
     const HeapCounts heap = ReadHeapCounts() - heap_before;
+    record.page_faults = PageFaults() - faults_before;
     record.ms = 1e3 * Seconds(end - start);
     record.heap_allocations = heap.allocations;
     record.heap_bytes = heap.bytes;

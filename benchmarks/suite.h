@@ -13,7 +13,7 @@
 // frame's end (FrameArena::Reset, or Runtime::EndFrame), and counts per
 // frame: heap allocations and bytes (operator new, heap_counter.h), and
 // arena allocations and bytes (kArena: the arena's statistics; kRuntimeArena:
-// the bytes the runtime reports per frame; it does not report a count).
+// the runtime's per-frame figures), and the process's page faults.
 //
 // Thread safety: call from one thread. Errors: InvalidArgument for bad
 // options; what the scenario or the runtime returns.
@@ -90,6 +90,10 @@ struct FrameRecord {
   int64_t arena_allocations = -1;  // -1: not reported (kRuntimeArena).
   uint64_t arena_bytes = 0;
   double pass_seconds = 0;  // The scenario's StreamingPass, if any.
+  // Page faults of the whole process during the frame (minor and major,
+  // getrusage): memory the frame touched for the first time since it was
+  // mapped, or since malloc gave it back to the system.
+  uint64_t page_faults = 0;
 };
 
 struct VariantRun {
