@@ -102,6 +102,7 @@ int Run() {
     return k;
   };
   double kinetic_peak = kinetic();
+  RuntimeFrameStats steps;  // Summed over the frames.
   const auto start = std::chrono::steady_clock::now();
   for (int f = 1; f <= frames; ++f) {
     absl::Status status;
@@ -122,6 +123,9 @@ int Run() {
       std::fprintf(stderr, "frame %d: %s\n", f, status.ToString().c_str());
       return 1;
     }
+    steps.steps += world.last_runtime_frame().steps;
+    steps.moved_steps += world.last_runtime_frame().moved_steps;
+    steps.wait_seconds += world.last_runtime_frame().wait_seconds;
     kinetic_peak = std::max(kinetic_peak, kinetic());
     if (f % every == 0 || f == frames) {
       const FrameStats& s = world.last_frame();
@@ -141,6 +145,12 @@ int Run() {
       kinetic_peak, kinetic(), frames, 1e3 * seconds / frames,
       static_cast<unsigned long long>(world.StateHash()));
   if (runtime != nullptr) {
+    std::printf(
+        "slab steps: %llu, %.1f%% run by a job other than the slab's owner; "
+        "slab jobs waited %.3f ms per frame for a neighbour's step\n",
+        static_cast<unsigned long long>(steps.steps),
+        steps.steps == 0 ? 0.0 : 100.0 * steps.moved_steps / steps.steps,
+        1e3 * steps.wait_seconds / frames);
     // How the frames' jobs spread over the workers.
     for (const jobs::NodeStats& node : runtime->stats().nodes) {
       for (const jobs::WorkerStats& ws : node.worker_stats) {

@@ -3,10 +3,12 @@
 // energy, bitwise determinism across variants, worker counts and
 // topologies, where per-frame memory comes from, and bad configurations.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -380,6 +382,76 @@ TEST(PhysicsMemoryTest, RuntimeArenaStepUsesWorkerArenas) {
       EXPECT_EQ(bytes, 0u);
     }
   }
+}
+
+// A serial arena world stepped `frames` times: the reference state.
+uint64_t SerialHash(const PhysicsConfig& config, int frames) {
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  auto world = PhysicsWorld::Create(config);
+  EXPECT_TRUE(world.ok());
+  for (int f = 0; f < frames; ++f) {
+    EXPECT_TRUE((*world)->Step(StepOptions::Arena(&arena)).ok());
+    arena.Reset();
+  }
+  EXPECT_EQ((*world)->last_runtime_frame().steps, 0u);
+  return (*world)->StateHash();
+}
+
+TEST(PhysicsRuntimeTest, EveryStepRunsOnceAndMostStayWithTheirOwner) {
+  auto rt = MakeRuntime(jobs::Config().set_workers_per_node(2));
+  ASSERT_NE(rt, nullptr);
+  const PhysicsConfig config = PhysicsConfig().set_bodies(2000).set_slabs(8);
+  auto world = PhysicsWorld::Create(config);
+  ASSERT_TRUE(world.ok());
+  constexpr int kFrames = 6;
+  uint64_t moved = 0;
+  for (int f = 0; f < kFrames; ++f) {
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    ASSERT_TRUE((*world)->Step(StepOptions::RuntimeArena(rt.get())).ok());
+    ASSERT_TRUE(rt->EndFrame().ok());
+    const RuntimeFrameStats& r = (*world)->last_runtime_frame();
+    EXPECT_EQ(r.steps, 8u * (config.iterations + 2));
+    EXPECT_LE(r.moved_steps, r.steps);
+    EXPECT_GE(r.wait_seconds, 0.0);
+    moved += r.moved_steps;
+  }
+  EXPECT_EQ((*world)->StateHash(), SerialHash(config, kFrames));
+  // Not every step changes hands (a slab job keeps its range).
+  EXPECT_LT(moved, kFrames * 8u * (config.iterations + 2));
+}
+
+TEST(PhysicsRuntimeTest, OneSlabJobFinishesTheFrameWhenTheOtherCannotRun) {
+  // Two workers, one of them held by a job until the step returns: the
+  // slab job that runs does every step, its own range and the other's,
+  // and the other one (run afterwards) finds nothing left.
+  auto rt = MakeRuntime(jobs::Config().set_workers_per_node(2));
+  ASSERT_NE(rt, nullptr);
+  const PhysicsConfig config = PhysicsConfig().set_bodies(2000).set_slabs(8);
+  auto world = PhysicsWorld::Create(config);
+  ASSERT_TRUE(world.ok());
+  constexpr int kFrames = 3;
+  for (int f = 0; f < kFrames; ++f) {
+    std::atomic<bool> held{false};
+    std::atomic<bool> release{false};
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    ASSERT_TRUE(rt->Spawn([&](jobs::JobContext&) {
+                    held.store(true);
+                    while (!release.load()) std::this_thread::yield();
+                  }).ok());
+    while (!held.load()) std::this_thread::yield();
+    const absl::Status status =
+        (*world)->Step(StepOptions::RuntimeArena(rt.get()));
+    release.store(true);
+    ASSERT_TRUE(rt->EndFrame().ok());
+    ASSERT_TRUE(status.ok()) << status;
+    const RuntimeFrameStats& r = (*world)->last_runtime_frame();
+    const uint64_t steps = 8u * (config.iterations + 2);
+    EXPECT_EQ(r.steps, steps);
+    // The other range's steps (half of the slabs) ran away from their owner.
+    EXPECT_EQ(r.moved_steps, steps / 2);
+  }
+  EXPECT_EQ((*world)->StateHash(), SerialHash(config, kFrames));
 }
 
 TEST(PhysicsConfigTest, BadConfigurationsNameTheField) {

@@ -1,12 +1,16 @@
 // PhysicsWorld (see physics_world.h): the frame's four phases, templated on
-// where the frame's temporaries live, run serially or as a job graph.
+// where the frame's temporaries live, run serially or as jobs (blocks, then
+// slab jobs running slab steps).
 #include "integration/physics/physics_world.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <new>
 #include <random>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -27,6 +31,15 @@ constexpr float kBounceThreshold = 0.5f;  // m/s: slower contacts do not bounce.
 constexpr float kPositionSlop = 0.005f;   // Penetration left uncorrected.
 constexpr float kPositionBeta = 0.2f;  // Share of the rest corrected per frame.
 constexpr float kPi = 3.14159265358979f;
+// A slab job that has waited this long without any step finishing also
+// takes steps of other nodes (a liveness fallback: their jobs may not run).
+constexpr std::chrono::milliseconds kStallAfter{20};
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 // The heap: what a frame's temporaries look like without a frame allocator.
 struct HeapMemory {
@@ -582,9 +595,193 @@ struct PhysicsStepper {
     }
   }
 
-  // The same phases as a job graph. A job waits only for the jobs that
-  // touch its bodies earlier in the serial order, so conflicting work runs
-  // in serial order and independent work in parallel.
+  // Phases 2 to 4 on the runtime are steps of slabs: step 0 is slab s's
+  // phase 2 (RunSlab), step 1 + k its solver sweep k, step iterations + 1
+  // its phase 4 (Finish). A step may run once the steps that touch the same
+  // bodies earlier in the serial order are done (the same conditions a job
+  // graph with one job per step would wait for), read from the neighbours'
+  // progress.
+  static bool StepReady(const PhysicsWorld& w, int s, int step) {
+    const int slabs = w.slabs_;
+    const int iterations = w.config_.iterations;
+    auto done = [&w](int n) {
+      return static_cast<int>(
+          w.progress_[n].state.load(std::memory_order_acquire) >> 1);
+    };
+    if (step == 0) return true;  // After phase 1 (the job's predecessors).
+    if (step <= iterations) {
+      // Sweep k = step - 1. An even slab follows its neighbours' phase 2
+      // (k = 0) or their sweep k - 1; an odd slab their sweep k.
+      const int need = (s % 2 == 0) ? step : step + 1;
+      if (s > 0 && done(s - 1) < need) return false;
+      if (s + 1 < slabs && done(s + 1) < need) return false;
+      return true;
+    }
+    // Phase 4 writes the bodies the left neighbour's manifolds touch.
+    return s == 0 || done(s - 1) >= iterations + 1;
+  }
+
+  // The position of step `step` of slab s in the serial order (RunSerial).
+  static int SerialPosition(const PhysicsWorld& w, int s, int step) {
+    const int slabs = w.slabs_;
+    if (step == 0) return s;
+    if (step <= w.config_.iterations) {
+      const int evens = (slabs + 1) / 2;
+      return slabs + (step - 1) * slabs + (s % 2 == 0 ? s / 2 : evens + s / 2);
+    }
+    return slabs + w.config_.iterations * slabs + s;
+  }
+
+  // Claims the ready step of [begin, end) earliest in the serial order;
+  // returns its slab (step in *step), or -1 if none is ready.
+  static int ClaimStep(PhysicsWorld& w, int begin, int end, int* step) {
+    const int steps = w.config_.iterations + 2;
+    for (;;) {
+      int best = -1;
+      int best_step = 0;
+      int best_position = 0;
+      for (int s = begin; s < end; ++s) {
+        const uint32_t state =
+            w.progress_[s].state.load(std::memory_order_acquire);
+        const int next = static_cast<int>(state >> 1);
+        if ((state & 1) != 0 || next >= steps || !StepReady(w, s, next)) {
+          continue;
+        }
+        const int position = SerialPosition(w, s, next);
+        if (best < 0 || position < best_position) {
+          best = s;
+          best_step = next;
+          best_position = position;
+        }
+      }
+      if (best < 0) return -1;
+      uint32_t expected = static_cast<uint32_t>(best_step) << 1;
+      if (w.progress_[best].state.compare_exchange_strong(
+              expected, expected | 1, std::memory_order_acq_rel)) {
+        *step = best_step;
+        return best;
+      }
+      // Another job took it first; look again.
+    }
+  }
+
+  static void RunStep(PhysicsWorld& w, const M& mem, int s, int step) {
+    if (step == 0) {
+      RunSlab(w, mem, s);
+    } else if (step <= w.config_.iterations) {
+      Solve(w, s, step == 1);
+    } else {
+      Finish(w, s);
+    }
+    w.progress_[s].state.store(static_cast<uint32_t>(step + 1) << 1,
+                               std::memory_order_release);
+  }
+
+  // One slab job: it takes a range of slabs of its node (the one of its
+  // worker slot when free) and runs their steps in serial order as they
+  // become ready, so a slab's sweeps stay in one core's caches. When none
+  // of its own is ready it runs a ready step of another range of its node
+  // (and of other nodes when the runtime steals when idle, or when no step
+  // has finished for a while), and it spins only while every step left is
+  // running or waiting for one that runs: a single slab job can finish the
+  // whole frame alone, so the frame completes whichever jobs get to run.
+  static void RunSlabJob(PhysicsWorld& w, jobs::JobContext& ctx) {
+    using Clock = std::chrono::steady_clock;
+    PhysicsWorld::SlabRun& run = *w.slab_run_;
+    const int node = ctx.node();
+    // The node's ranges, and the one this job owns.
+    int first_range = 0;
+    while (first_range < static_cast<int>(w.slab_ranges_.size()) &&
+           w.slab_ranges_[first_range].node != node) {
+      ++first_range;
+    }
+    int last_range = first_range;
+    while (last_range < static_cast<int>(w.slab_ranges_.size()) &&
+           w.slab_ranges_[last_range].node == node) {
+      ++last_range;
+    }
+    int own = -1;
+    const int preferred = first_range + ctx.worker();
+    if (preferred < last_range && !w.slab_ranges_[preferred].taken.exchange(
+                                      true, std::memory_order_acq_rel)) {
+      own = preferred;
+    }
+    for (int r = first_range; own < 0 && r < last_range; ++r) {
+      if (!w.slab_ranges_[r].taken.exchange(true, std::memory_order_acq_rel)) {
+        own = r;
+      }
+    }
+    const int node_begin =
+        first_range < last_range ? w.slab_ranges_[first_range].begin : 0;
+    const int node_end =
+        first_range < last_range ? w.slab_ranges_[last_range - 1].end : 0;
+    const bool steal_any =
+        ctx.runtime().config().stealing == jobs::StealPolicy::kWhenIdle;
+    const M mem = MemoryOf(ctx);
+    uint64_t steps = 0;
+    uint64_t moved = 0;
+    Clock::duration waited{};
+    const int total = w.slabs_ * (w.config_.iterations + 2);
+    for (;;) {
+      if (run.failed.load(std::memory_order_acquire)) break;
+      // Read before looking for a step: a step becomes ready only when one
+      // finishes, so if none is ready now the count moves before one is.
+      const int seen = run.finished.load(std::memory_order_acquire);
+      int step = 0;
+      int s = -1;
+      if (own >= 0) {
+        s = ClaimStep(w, w.slab_ranges_[own].begin, w.slab_ranges_[own].end,
+                      &step);
+      }
+      if (s < 0) s = ClaimStep(w, node_begin, node_end, &step);
+      if (s < 0 && (steal_any || run.stalled.load(std::memory_order_acquire))) {
+        s = ClaimStep(w, 0, w.slabs_, &step);
+      }
+      if (s < 0) {
+        if (seen >= total) break;
+        // Everything left runs elsewhere or waits for what does.
+        const Clock::time_point start = Clock::now();
+        int spins = 0;
+        while (run.finished.load(std::memory_order_acquire) == seen &&
+               !run.failed.load(std::memory_order_acquire)) {
+          if (++spins < 256) {
+            CpuRelax();
+          } else {
+            std::this_thread::yield();
+            if (Clock::now() - start > kStallAfter) {
+              run.stalled.store(true, std::memory_order_release);
+              break;
+            }
+          }
+        }
+        waited += Clock::now() - start;
+        continue;
+      }
+      const bool mine = own >= 0 && s >= w.slab_ranges_[own].begin &&
+                        s < w.slab_ranges_[own].end;
+      try {
+        RunStep(w, mem, s, step);
+      } catch (...) {
+        run.failed.store(true, std::memory_order_release);
+        throw;  // The job fails; the frame's Wait reports it.
+      }
+      run.finished.fetch_add(1, std::memory_order_acq_rel);
+      ++steps;
+      if (!mine) ++moved;
+    }
+    run.steps.fetch_add(steps, std::memory_order_relaxed);
+    run.moved_steps.fetch_add(moved, std::memory_order_relaxed);
+    run.wait_ns.fetch_add(
+        static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(waited)
+                .count()),
+        std::memory_order_relaxed);
+  }
+
+  // Phase 1 as one job per block; then one slab job per worker, after all
+  // of them (RunSlabJob). Bitwise the serial state: every step runs after
+  // the steps it depends on, and steps that do not depend on each other
+  // touch different bodies.
   static absl::Status RunJobs(PhysicsWorld& w, jobs::Runtime& rt) {
     if (w.homes_for_ != &rt) {
       const jobs::NodePartition blocks = rt.Partition(w.blocks_);
@@ -593,13 +790,39 @@ struct PhysicsStepper {
         w.block_home_[b] = blocks.HomeOf(b);
       }
       for (int s = 0; s < w.slabs_; ++s) w.slab_home_[s] = slabs.HomeOf(s);
+      // Each node's slabs in one contiguous range per worker.
+      int total_workers = 0;
+      for (int n = 0; n < rt.num_nodes(); ++n) total_workers += rt.workers(n);
+      w.slab_ranges_ = std::vector<PhysicsWorld::SlabRange>(
+          static_cast<size_t>(total_workers));
+      size_t r = 0;
+      for (const jobs::NodeRange& range : slabs.ranges()) {
+        const int workers = rt.workers(range.node);
+        for (int k = 0; k < workers; ++k, ++r) {
+          PhysicsWorld::SlabRange& out = w.slab_ranges_[r];
+          out.node = range.node;
+          out.begin =
+              static_cast<int>(range.begin + range.size() * k / workers);
+          out.end =
+              static_cast<int>(range.begin + range.size() * (k + 1) / workers);
+        }
+      }
       w.homes_for_ = &rt;
     }
-    const int slabs = w.slabs_;
-    const int iterations = w.config_.iterations;
-    auto solve_job = [&](int k, int s) -> jobs::JobRef& {
-      return w.solve_jobs_[static_cast<size_t>(k) * slabs + s];
-    };
+    for (int s = 0; s < w.slabs_; ++s) {
+      w.progress_[s].state.store(0, std::memory_order_relaxed);
+    }
+    for (PhysicsWorld::SlabRange& range : w.slab_ranges_) {
+      range.taken.store(false, std::memory_order_relaxed);
+    }
+    PhysicsWorld::SlabRun& run = *w.slab_run_;
+    run.finished.store(0, std::memory_order_relaxed);
+    run.failed.store(false, std::memory_order_relaxed);
+    run.stalled.store(false, std::memory_order_relaxed);
+    run.steps.store(0, std::memory_order_relaxed);
+    run.moved_steps.store(0, std::memory_order_relaxed);
+    run.wait_ns.store(0, std::memory_order_relaxed);
+
     jobs::JobCounter counter;
     PhysicsWorld* world = &w;
     for (size_t b = 0; b < w.blocks_; ++b) {
@@ -612,72 +835,32 @@ struct PhysicsStepper {
               .with_counter(&counter)
               .named("physics.velocities"));
     }
-    for (int s = 0; s < slabs; ++s) {
+    for (const PhysicsWorld::SlabRange& range : w.slab_ranges_) {
       jobs::SubmitOptions options = jobs::SubmitOptions()
-                                        .on_node(w.slab_home_[s])
+                                        .on_node(range.node)
                                         .with_counter(&counter)
-                                        .named("physics.contacts");
+                                        .named("physics.slabs");
       for (const jobs::JobRef& block : w.block_jobs_) {
         options.predecessors.push_back(block);
       }
-      w.slab_jobs_[s] = rt.Submit(
-          [world, s](jobs::JobContext& ctx) {
-            RunSlab(*world, MemoryOf(ctx), s);
-          },
-          std::move(options));
-    }
-    for (int k = 0; k < iterations; ++k) {
-      for (int parity = 0; parity < 2; ++parity) {
-        for (int s = parity; s < slabs; s += 2) {
-          jobs::SubmitOptions options = jobs::SubmitOptions()
-                                            .on_node(w.slab_home_[s])
-                                            .with_counter(&counter)
-                                            .named("physics.solve");
-          if (k == 0) {
-            // Phase 2 of s-1, s and s+1 reads the velocities this writes.
-            for (int t = std::max(0, s - 1); t <= std::min(slabs - 1, s + 1);
-                 ++t) {
-              options.predecessors.push_back(w.slab_jobs_[t]);
-            }
-          } else {
-            options.predecessors.push_back(solve_job(k - 1, s));
-          }
-          // The neighbours that share bodies with s and come before it:
-          // odd ones of the previous sweep for an even slab, even ones of
-          // this sweep for an odd slab.
-          const int sweep = parity == 0 ? k - 1 : k;
-          if (sweep >= 0) {
-            if (s > 0) options.predecessors.push_back(solve_job(sweep, s - 1));
-            if (s + 1 < slabs) {
-              options.predecessors.push_back(solve_job(sweep, s + 1));
-            }
-          }
-          solve_job(k, s) =
-              rt.Submit([world, s, first = k == 0](
-                            jobs::JobContext&) { Solve(*world, s, first); },
-                        std::move(options));
-        }
-      }
-    }
-    for (int s = 0; s < slabs; ++s) {
-      jobs::SubmitOptions options = jobs::SubmitOptions()
-                                        .on_node(w.slab_home_[s])
-                                        .with_counter(&counter)
-                                        .named("physics.integrate");
-      options.predecessors.push_back(solve_job(iterations - 1, s));
-      if (s > 0)
-        options.predecessors.push_back(solve_job(iterations - 1, s - 1));
-      rt.Spawn([world, s](jobs::JobContext&) { Finish(*world, s); },
+      rt.Spawn([world](jobs::JobContext& ctx) { RunSlabJob(*world, ctx); },
                std::move(options))
           .IgnoreError();  // A refusal reaches the counter too.
     }
     absl::Status status = counter.Wait();
     for (jobs::JobRef& ref : w.block_jobs_) ref = jobs::JobRef();
-    for (jobs::JobRef& ref : w.slab_jobs_) ref = jobs::JobRef();
-    for (jobs::JobRef& ref : w.solve_jobs_) ref = jobs::JobRef();
+    w.last_runtime_ = {run.steps.load(std::memory_order_relaxed),
+                       run.moved_steps.load(std::memory_order_relaxed),
+                       1e-9 * static_cast<double>(
+                                  run.wait_ns.load(std::memory_order_relaxed))};
+    if (status.ok() && run.finished.load(std::memory_order_acquire) !=
+                           w.slabs_ * (w.config_.iterations + 2)) {
+      status = absl::InternalError(
+          "PhysicsWorld: the frame's slab jobs finished with steps left");
+    }
     if (!status.ok()) {
-      // Frame data of slabs whose last job did not run.
-      for (int s = 0; s < slabs; ++s) {
+      // Frame data of slabs whose last step did not run.
+      for (int s = 0; s < w.slabs_; ++s) {
         if (w.slab_frames_[s] != nullptr) {
           M::template Destroy<Slab>(w.slab_frames_[s]);
           w.slab_frames_[s] = nullptr;
@@ -799,8 +982,8 @@ void PhysicsWorld::Build() {
     for (auto& cache : caches) cache.reserve(per_slab);
   }
   block_jobs_.resize(blocks_);
-  slab_jobs_.resize(slabs_);
-  solve_jobs_.resize(static_cast<size_t>(slabs_) * config_.iterations);
+  progress_ = std::make_unique<SlabProgress[]>(static_cast<size_t>(slabs_));
+  slab_run_ = std::make_unique<SlabRun>();
   block_home_.assign(blocks_, 0);
   slab_home_.assign(slabs_, 0);
 }
@@ -840,6 +1023,7 @@ void PhysicsWorld::SetBody(uint32_t i, Vec3 position, Vec3 velocity) {
 
 absl::Status PhysicsWorld::Step(const StepOptions& options) {
   if (options.runtime == nullptr) {
+    last_runtime_ = {};
     if (options.memory == Memory::kArena) {
       if (options.arena == nullptr) {
         return absl::InvalidArgumentError(

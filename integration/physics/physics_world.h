@@ -24,12 +24,16 @@
 //      parity never share a body;
 //   4. per slab: damping, positions from the velocities, velocities back
 //      into the persistent state.
-// Serially these run in that order. On the runtime every block, slab and
-// (iteration, slab) is a job whose dependencies order exactly the jobs that
-// touch the same bodies as the serial order does (no global barrier between
-// phases 2 to 4), so the state after a frame is bitwise the same for any
-// worker count, topology or schedule. The number of slabs depends on the
-// body count only, never on the workers.
+// Serially these run in that order. On the runtime every block is a job,
+// and phases 2 to 4 of a slab are steps (phase 2, each sweep, phase 4) run
+// by one slab job per worker: each owns a contiguous range of its node's
+// slabs (its worker's own when free, so frames keep a slab on one core)
+// and runs a step once the steps touching the same bodies earlier in the
+// serial order are done (no global barrier between phases 2 to 4); when
+// none of its own is ready it runs another range's ready step, so one slab
+// job alone can finish a frame. The state after a frame is therefore
+// bitwise the same for any worker count, topology or schedule. The number
+// of slabs depends on the body count only, never on the workers.
 //
 // Per-frame memory (Memory): kHeap is what an engine writes without a frame
 // allocator: std::vectors of bins, sweep entries and pairs built each frame,
@@ -62,6 +66,7 @@
 #ifndef INTEGRATION_PHYSICS_PHYSICS_WORLD_H_
 #define INTEGRATION_PHYSICS_PHYSICS_WORLD_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -185,6 +190,16 @@ struct FrameStats {
   size_t max_slab_manifolds = 0;  // The busiest slab's.
 };
 
+// How the last frame's slab steps ran on the runtime (zero after a serial
+// step). Phases 2 to 4 of a slab are steps (phase 2, each solver sweep,
+// phase 4) run by one slab job per worker, each owning a contiguous range
+// of its node's slabs.
+struct RuntimeFrameStats {
+  uint64_t steps = 0;        // slabs x (iterations + 2) after a whole frame.
+  uint64_t moved_steps = 0;  // ...of which run by a job not owning the slab.
+  double wait_seconds = 0;   // Slab jobs waiting for a neighbour's step.
+};
+
 class PhysicsWorld {
  public:
   // Bodies per block of the velocity pass (a fixed size, so the work split
@@ -220,6 +235,7 @@ class PhysicsWorld {
   // Bytes of persistent body state.
   size_t WorkingSetBytes() const;
   const FrameStats& last_frame() const { return last_frame_; }
+  const RuntimeFrameStats& last_runtime_frame() const { return last_runtime_; }
 
   // Broad phase of the current state through the slabs (phase 1's binning
   // and phase 2's sweep, heap memory), without stepping: every candidate
@@ -290,9 +306,33 @@ class PhysicsWorld {
   const CachedImpulse* FindCached(uint64_t key, int slab) const;
   // Jobs of the frame on the runtime, and where each block and slab is
   // homed (recomputed when the runtime changes).
-  std::vector<jobs::JobRef> block_jobs_, slab_jobs_, solve_jobs_;
+  std::vector<jobs::JobRef> block_jobs_;
   const jobs::Runtime* homes_for_ = nullptr;
   std::vector<int> block_home_, slab_home_;
+  // The slab steps of a frame on the runtime (physics_world.cc, RunSlabJob).
+  // Per slab: steps done times 2, plus 1 while one runs (0 none; 1 phase 2;
+  // 1 + k + 1 sweep k; iterations + 2 phase 4), on a cache line of its own.
+  struct alignas(64) SlabProgress {
+    std::atomic<uint32_t> state{0};
+  };
+  std::unique_ptr<SlabProgress[]> progress_;
+  // One contiguous range of a node's slabs per worker, owned by the slab
+  // job that takes it first (its worker's own range when free).
+  struct alignas(64) SlabRange {
+    int node = 0;
+    int begin = 0;
+    int end = 0;
+    std::atomic<bool> taken{false};
+  };
+  std::vector<SlabRange> slab_ranges_;
+  struct alignas(64) SlabRun {
+    std::atomic<int> finished{0};  // Steps done this frame.
+    std::atomic<bool> failed{false};
+    std::atomic<bool> stalled{false};  // Take steps of any node.
+    std::atomic<uint64_t> steps{0}, moved_steps{0}, wait_ns{0};
+  };
+  std::unique_ptr<SlabRun> slab_run_;
+  RuntimeFrameStats last_runtime_;
 
   FrameStats last_frame_;
   float max_penetration_ = 0;
