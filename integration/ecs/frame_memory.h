@@ -29,7 +29,10 @@
 #define INTEGRATION_ECS_FRAME_MEMORY_H_
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <new>
 #include <string>
@@ -198,8 +201,9 @@ class FrameExecutor {
   int lanes() const { return lanes_; }
 
   // Calls f(const Lane&, size_t block) for every block in [0, n). On a
-  // runtime the blocks are split by node (Runtime::Partition), one job per
-  // block. Blocks must not depend on each other.
+  // runtime the blocks are split by node (Runtime::Partition) and dealt to
+  // the node's workers as ForRange deals chunks of one block. Blocks must
+  // not depend on each other.
   template <typename F>
   absl::Status ForBlocks(size_t n, F&& f) const {
     return ForRange(n, 1, [&f](const Lane& lane, size_t b, size_t e) {
@@ -217,9 +221,20 @@ class FrameExecutor {
   // Calls f(const Lane&, size_t begin, size_t end) over [begin, end): in one
   // call on one thread; on a runtime, each node's share of [begin, end) (its
   // range of `homes` intersected with [begin, end)) cut into chunks of
-  // `grain` items (the last may be shorter), one job per chunk on that
-  // node's workers. Returns when all are done: OK or the first failure.
-  // REQUIRES: end <= homes.size().
+  // `grain` items (the last may be shorter). Returns when all are done: OK
+  // or the first failure. REQUIRES: end <= homes.size().
+  //
+  // On a runtime the chunks of a node's share are dealt in contiguous parts,
+  // one per worker of the node, and one job per part runs on the node: it
+  // takes the part of the worker it runs on when that part is free (any
+  // free part otherwise), runs its chunks from the front, then takes chunks
+  // from the back of the node's other parts until none is left. A worker
+  // therefore meets the same items in every call with the same range (one
+  // system after another, frame after frame) and keeps them in its caches,
+  // which a job per chunk, placed wherever it was stolen, did not; and one
+  // part job alone still runs every chunk, so the call completes whichever
+  // of them get to run. The chunking depends on the range and the grain
+  // only, never on timing; which worker runs a chunk does.
   template <typename F>
   absl::Status ForRange(const jobs::NodePartition& homes, size_t begin,
                         size_t end, size_t grain, F&& f) const {
@@ -236,20 +251,48 @@ class FrameExecutor {
       f(Lane{arena_, 0}, begin, end);
       return absl::OkStatus();
     }
-    // One job per chunk of `grain` items on the chunk's home node, counted
-    // by one JobCounter (the reference guide's BatchProcessor shape): the
-    // chunking depends on the range and the grain only, never on timing.
-    jobs::JobCounter counter;
-    absl::Status submitted;
+    // The parts of every node, in node order; on the stack for up to
+    // kInlineParts workers (no allocation per call on small machines).
+    size_t total_parts = 0;
     for (const jobs::NodeRange& r : homes.ranges()) {
       const size_t b0 = std::max(r.begin, begin);
       const size_t e0 = std::min(r.end, end);
-      for (size_t b = b0; b < e0 && submitted.ok(); b += grain) {
-        const size_t e = std::min(e0, b + grain);
+      if (b0 >= e0) continue;
+      const size_t chunks = (e0 - b0 + grain - 1) / grain;
+      if (chunks > 0xffffffffu) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("FrameExecutor: ", chunks, " chunks of ", grain,
+                         " items; at most 2^32 - 1 per node"));
+      }
+      total_parts += std::min<size_t>(chunks, runtime_->workers(r.node));
+    }
+    std::array<Part, kInlineParts> inline_parts;
+    std::unique_ptr<Part[]> heap_parts;
+    Part* parts = inline_parts.data();
+    if (total_parts > kInlineParts) {
+      heap_parts = std::make_unique<Part[]>(total_parts);
+      parts = heap_parts.get();
+    }
+    jobs::JobCounter counter;
+    absl::Status submitted;
+    size_t next_part = 0;
+    for (const jobs::NodeRange& r : homes.ranges()) {
+      if (!submitted.ok()) break;
+      const size_t b0 = std::max(r.begin, begin);
+      const size_t e0 = std::min(r.end, end);
+      if (b0 >= e0) continue;
+      const size_t chunks = (e0 - b0 + grain - 1) / grain;
+      const size_t count = std::min<size_t>(chunks, runtime_->workers(r.node));
+      Part* node_parts = parts + next_part;
+      for (size_t p = 0; p < count; ++p) {
+        node_parts[p].Set(chunks * p / count, chunks * (p + 1) / count);
+      }
+      next_part += count;
+      for (size_t p = 0; p < count && submitted.ok(); ++p) {
         submitted = runtime_->Spawn(
-            [this, &f, b, e](jobs::JobContext& ctx) {
-              f(Lane{&ctx.arena(), lane_base_[ctx.node()] + ctx.worker()}, b,
-                e);
+            [this, &f, node_parts, count, b0, e0,
+             grain](jobs::JobContext& ctx) {
+              RunParts(ctx, node_parts, count, b0, e0, grain, f);
             },
             jobs::SubmitOptions().on_node(r.node).with_counter(&counter).named(
                 "frame_block"));
@@ -269,6 +312,62 @@ class FrameExecutor {
   }
 
  private:
+  static constexpr size_t kInlineParts = 16;
+
+  // A contiguous run of chunk indexes [front, back), taken from the front
+  // by the part's owner and from the back by the node's other part jobs.
+  struct alignas(64) Part {
+    std::atomic<uint64_t> range{0};  // front << 32 | back.
+    std::atomic<bool> taken{false};  // Owned by a part job.
+    void Set(size_t front, size_t back) {
+      range.store((uint64_t{front} << 32) | back, std::memory_order_relaxed);
+      taken.store(false, std::memory_order_relaxed);
+    }
+    // The next chunk from the front (owner) or the back (others); false
+    // when the part is empty.
+    bool Take(bool from_front, size_t* chunk) {
+      uint64_t r = range.load(std::memory_order_relaxed);
+      for (;;) {
+        const uint64_t front = r >> 32, back = r & 0xffffffffu;
+        if (front >= back) return false;
+        const uint64_t next = from_front ? (((front + 1) << 32) | back)
+                                         : ((front << 32) | (back - 1));
+        if (range.compare_exchange_weak(r, next, std::memory_order_relaxed)) {
+          *chunk = from_front ? front : back - 1;
+          return true;
+        }
+      }
+    }
+  };
+
+  // One part job: its own part (its worker's when free), then the others'.
+  template <typename F>
+  void RunParts(jobs::JobContext& ctx, Part* parts, size_t count, size_t base,
+                size_t limit, size_t grain, F& f) const {
+    const Lane lane{&ctx.arena(), lane_base_[ctx.node()] + ctx.worker()};
+    size_t own = count;
+    const size_t preferred = static_cast<size_t>(ctx.worker());
+    if (preferred < count &&
+        !parts[preferred].taken.exchange(true, std::memory_order_relaxed)) {
+      own = preferred;
+    }
+    for (size_t p = 0; own == count && p < count; ++p) {
+      if (!parts[p].taken.exchange(true, std::memory_order_relaxed)) own = p;
+    }
+    auto run = [&](size_t chunk) {
+      const size_t b = base + chunk * grain;
+      f(lane, b, std::min(limit, b + grain));
+    };
+    size_t chunk = 0;
+    if (own < count) {
+      while (parts[own].Take(/*from_front=*/true, &chunk)) run(chunk);
+    }
+    for (size_t k = 1; k <= count; ++k) {
+      Part& other = parts[(own + k) % count];
+      while (other.Take(/*from_front=*/false, &chunk)) run(chunk);
+    }
+  }
+
   FrameExecutor() = default;
   jobs::Runtime* runtime_ = nullptr;
   FrameArena* arena_ = nullptr;
