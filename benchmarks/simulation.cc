@@ -40,6 +40,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -187,6 +188,10 @@ absl::StatusOr<Flags> ReadFlags() {
   f.isolate = absl::GetFlag(FLAGS_isolate);
   f.child_json = absl::GetFlag(FLAGS_child_json);
   f.child_progress = absl::GetFlag(FLAGS_child_progress);
+  if (!f.child_progress.empty() && f.child_json.empty()) {
+    return absl::InvalidArgumentError(
+        "--child_progress is for child runs (with --child_json)");
+  }
   if (!f.child_json.empty()) {
     if (f.scenarios.size() != 1 || f.mimalloc) {
       return absl::InvalidArgumentError(
@@ -280,13 +285,21 @@ std::string FindMimallocBinary(const char* argv0) {
   return "";
 }
 
-// This program's own executable, or "" if /proc/self/exe cannot be read.
-std::string SelfBinary() {
+// This program's own executable: /proc/self/exe, or argv[0] when that
+// cannot be read or names a file since replaced (a rebuild during the run);
+// "" if neither is usable.
+std::string SelfBinary(const char* argv0) {
   char self[4096];
-  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (len <= 0) return "";
-  self[len] = '\0';
-  return self;
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self));
+  if (len > 0 && len < static_cast<ssize_t>(sizeof(self))) {
+    const std::string path(self, static_cast<size_t>(len));
+    if (!absl::EndsWith(path, " (deleted)") && IsExecutable(path)) {
+      return path;
+    }
+  }
+  const std::string a0(argv0 == nullptr ? "" : argv0);
+  if (a0.find('/') != std::string::npos && IsExecutable(a0)) return a0;
+  return "";
 }
 
 // What a child process runs: `kinds` of one scenario, `frames` measured
@@ -308,9 +321,16 @@ absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
                                                  const ChildRequest& request) {
   std::vector<std::string> kind_names;
   for (RunKind k : request.kinds) kind_names.push_back(RunKindName(k));
-  char path[] = "/tmp/framealloc_simulation_XXXXXX";
+  const char* tmp = std::getenv("TMPDIR");
+  std::string path_text =
+      absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
+                   "/framealloc_simulation_XXXXXX");
+  char* path = path_text.data();
   const int fd = mkstemp(path);
-  if (fd < 0) return absl::InternalError("mkstemp failed for the child JSON");
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("mkstemp failed for the child JSON in ", path_text));
+  }
   close(fd);
   std::vector<std::string> args = {
       binary,
@@ -402,15 +422,21 @@ int Main(const char* argv0) {
           "mimalloc runs skipped\n");
     }
   }
+  // Every run in a process of its own: this program, started once per run.
+  bool isolate = flags.isolate && !flags.kinds.empty();
   std::string self_binary;
-  if (flags.isolate) {
-    self_binary = SelfBinary();
+  if (isolate) {
+    self_binary = SelfBinary(argv0);
     if (self_binary.empty()) {
-      return Fail(absl::FailedPreconditionError(
-          "--isolate: cannot read /proc/self/exe to start the runs' "
-          "processes (pass --isolate=false)"));
+      std::printf(
+          "note: cannot find this program's executable to start each run in "
+          "a process of its own: all runs in this process\n");
+      isolate = false;
     }
   }
+  // Whether the runs had processes of their own (the mimalloc ones always
+  // do, one per run unless --isolate=false).
+  const bool isolated = flags.isolate && (isolate || flags.kinds.empty());
   if (!child) {
     std::printf(
         "framealloc simulation suite: %zu scenario(s), seed %llu, runtime "
@@ -426,8 +452,7 @@ int Main(const char* argv0) {
                               flags.budget)
                   .c_str()
             : absl::StrCat(flags.frames, " measured frames per run").c_str(),
-        flags.isolate ? "each run in a fresh process"
-                      : "all runs in this process");
+        isolated ? "each run in a fresh process" : "all runs in this process");
     std::fflush(stdout);
   }
 
@@ -465,7 +490,7 @@ int Main(const char* argv0) {
         progress_label = absl::StrFormat("  %s: %s %s", info.name,
                                          BinaryAllocatorName(), label);
       }
-      if (flags.isolate) {
+      if (isolate) {
         ChildRequest request;
         request.kinds = {kind};
         request.frames = options.frames;
@@ -522,7 +547,7 @@ int Main(const char* argv0) {
       // The heap runs under mimalloc, each in a process of its own (or
       // both in one without --isolate), labelled by the child's allocator.
       std::vector<std::vector<RunKind>> groups;
-      if (flags.isolate) {
+      if (flags.isolate) {  // Also when only the mimalloc runs were asked for.
         groups = {{RunKind::kHeap}, {RunKind::kRuntimeHeap}};
       } else {
         groups = {{RunKind::kHeap, RunKind::kRuntimeHeap}};
@@ -589,7 +614,7 @@ int Main(const char* argv0) {
       {"nodes", topology->num_nodes()},
       {"pus", topology->pus().size()},
       {"workers", flags.workers},
-      {"isolated", flags.isolate},
+      {"isolated", isolated},
       {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
       {"scenarios", nlohmann::json::array()},
   };

@@ -87,7 +87,7 @@ struct FrameRecord {
   double ms = 0;
   uint64_t heap_allocations = 0;
   uint64_t heap_bytes = 0;
-  int64_t arena_allocations = -1;  // -1: not reported (kRuntimeArena).
+  int64_t arena_allocations = -1;  // -1: not reported.
   uint64_t arena_bytes = 0;
   double pass_seconds = 0;  // The scenario's StreamingPass, if any.
   // Page faults of the whole process during the frame (minor and major,
@@ -97,7 +97,8 @@ struct FrameRecord {
 };
 
 struct VariantRun {
-  std::string label;      // RunKindName, prefixed "mimalloc " in the child.
+  std::string label;      // RunKindName; the driver prefixes the allocator of
+                          // the mimalloc binary's runs ("mimalloc heap").
   std::string variant;    // VariantName of the scenario variant.
   std::string allocator;  // "glibc" or "mimalloc": what new/malloc is.
   int threads = 1;        // Threads that ran the frames.

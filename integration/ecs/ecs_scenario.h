@@ -5,7 +5,7 @@
 // benchmark. Each frame: a spin system rotates every entity's local
 // transform (SoA columns, split by node); the transform system computes
 // world matrices parent before child (the store laid out by tree group,
-// one job per group on one node; HierarchyOrder), into a per-frame
+// each group on one worker on one node; HierarchyOrder), into a per-frame
 // component (FrameColumn<Mat4>, on frame memory in the arena variants); a
 // visibility system culls every entity's bounding sphere and a contact
 // system emits ground-contact events, both as per-block query results on

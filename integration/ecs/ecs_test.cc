@@ -5,12 +5,12 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "alloc/chunk_cache.h"
 #include "alloc/frame_arena.h"
 #include "alloc/memory_source.h"
@@ -379,8 +379,8 @@ TEST(HierarchyTest, WorldTransformsMatchReference) {
   ExpectWorldMatchesReference<HeapMemory>(
       tf, FrameExecutor::OnRuntime(one_node.get()));
   ASSERT_TRUE(one_node->EndFrame().ok());
-  // Grouped by tree, 128 roots: on one node, one job per group. (The eight
-  // trees of `tf` are too uneven: the largest is over twice its share, so
+  // Grouped by tree, 128 roots: on one node, each group on one worker. (The
+  // eight trees of `tf` are too uneven: the largest is over twice its share, so
   // it keeps the level-by-level jobs.)
   {
     std::vector<Entity> many_roots;
@@ -639,11 +639,12 @@ TEST(FrameExecutorTest, ChunksStartAtTheGrainFromEachNodesShare) {
   const FrameExecutor exec = FrameExecutor::OnRuntime(rt.get());
   const jobs::NodePartition homes = exec.Partition(100);
   ASSERT_EQ(homes.ranges().size(), 2u);
-  absl::Mutex mu;
+  // std::mutex, not absl::Mutex: the system Abseil is not TSan-instrumented.
+  std::mutex mu;
   std::vector<std::pair<size_t, size_t>> chunks;
   ASSERT_TRUE(exec.ForRange(homes, 0, 100, 8,
                             [&](const Lane&, size_t b, size_t e) {
-                              absl::MutexLock lock(&mu);
+                              std::lock_guard<std::mutex> lock(mu);
                               chunks.emplace_back(b, e);
                             })
                   .ok());
@@ -672,19 +673,34 @@ TEST(FrameExecutorTest, OnePartJobRunsEveryChunkWhenTheOtherWorkerIsHeld) {
                   while (!release.load()) std::this_thread::yield();
                 }).ok());
   while (!held.load()) std::this_thread::yield();
-  constexpr size_t kItems = 640;
+  constexpr size_t kItems = 640;  // 64 chunks of 10: two parts of 32.
   std::vector<std::atomic<int>> hits(kItems);
   std::atomic<int> other_lane{0};
+  // std::mutex, not absl::Mutex: the system Abseil is not TSan-instrumented.
+  std::mutex mu;
+  std::vector<size_t> order;  // Chunk indexes as they ran.
   const absl::Status s =
       exec.ForRange(kItems, 10, [&](const Lane& lane, size_t b, size_t e) {
         if (lane.lane == held_lane.load()) other_lane.fetch_add(1);
         for (size_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(b / 10);
       });
   release.store(true);
   ASSERT_TRUE(s.ok()) << s;
   for (size_t i = 0; i < kItems; ++i) EXPECT_EQ(hits[i].load(), 1) << i;
-  // Every chunk ran on the free worker: its own part and the held one's.
+  // Every chunk ran on the free worker: its own part from the front, then
+  // the held worker's part from the back, all by the first part job.
   EXPECT_EQ(other_lane.load(), 0);
+  const size_t free_worker = held_lane.load() == 0 ? 1 : 0;
+  std::vector<size_t> expected;
+  for (size_t c = 32 * free_worker; c < 32 * free_worker + 32; ++c) {
+    expected.push_back(c);
+  }
+  for (size_t c = 32 * (1 - free_worker) + 32; c-- > 32 * (1 - free_worker);) {
+    expected.push_back(c);
+  }
+  EXPECT_EQ(order, expected);
 }
 
 }  // namespace

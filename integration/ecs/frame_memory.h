@@ -316,9 +316,13 @@ class FrameExecutor {
 
   // A contiguous run of chunk indexes [front, back), taken from the front
   // by the part's owner and from the back by the node's other part jobs.
-  struct alignas(64) Part {
+  // Padded, not over-aligned (parts live on the caller's stack, where
+  // sanitizers' fake stacks do not honour alignas(64)): 128 bytes apart,
+  // two parts' words never share a cache line.
+  struct Part {
     std::atomic<uint64_t> range{0};  // front << 32 | back.
     std::atomic<bool> taken{false};  // Owned by a part job.
+    char padding[128 - sizeof(std::atomic<uint64_t>) - sizeof(bool)];
     void Set(size_t front, size_t back) {
       range.store((uint64_t{front} << 32) | back, std::memory_order_relaxed);
       taken.store(false, std::memory_order_relaxed);

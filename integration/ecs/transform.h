@@ -263,8 +263,9 @@ class FrameColumn {
 // entity's world matrix: parent's world times its local TRS, roots' local
 // TRS alone. Level by level. On a runtime of one node with a grouped order
 // (HierarchyOrder::grouped()) of at least one group per worker, none over
-// twice its share, one job per tree group, each computing its own trees
-// with no barrier between levels (docs/ecs.md has the figures); on one node
+// twice its share, the tree groups dealt to the workers (FrameExecutor),
+// each group's trees computed by one worker with no barrier between levels
+// (docs/ecs.md has the figures); on one node
 // otherwise, one job runs the levels in turn, each a
 // JobContext::ParallelFor in chunks of at least `grain`; on several nodes
 // each level is split by node in chunks of `grain`, from the calling
@@ -300,9 +301,10 @@ absl::Status ComputeWorldTransforms(const Transforms& tf,
       order.largest_tree_group() * order.tree_groups() <= 2 * order.size()) {
     // One node, grouped store, at least a group per worker and none over
     // twice its share (else one tree would be the whole frame's critical
-    // path): one job per tree group, each computing its trees level by
-    // level from contiguous ranges. A parent's matrix is read by the job
-    // that just wrote it, and no level waits for the others.
+    // path): each tree group's trees computed level by level, from
+    // contiguous ranges, by one worker (FrameExecutor deals the groups). A
+    // parent's matrix is read by the worker that just wrote it, and no
+    // level waits for the others.
     return exec.ForBlocks(order.tree_groups(), [&](const Lane&, size_t g) {
       for (size_t d = 0; d < order.levels(); ++d) {
         level_chunk(order.group_level_begin(g, d), order.group_level_end(g, d));

@@ -4,6 +4,7 @@
 // topologies, where per-frame memory comes from, and bad configurations.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -398,38 +399,43 @@ uint64_t SerialHash(const PhysicsConfig& config, int frames) {
   return (*world)->StateHash();
 }
 
-TEST(PhysicsRuntimeTest, EveryStepRunsOnceAndMostStayWithTheirOwner) {
-  auto rt = MakeRuntime(jobs::Config().set_workers_per_node(2));
-  ASSERT_NE(rt, nullptr);
+// A world of 8 slabs on a runtime of two workers.
+class PhysicsRuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    rt = MakeRuntime(jobs::Config().set_workers_per_node(2));
+    ASSERT_NE(rt, nullptr);
+    auto created = PhysicsWorld::Create(config);
+    ASSERT_TRUE(created.ok()) << created.status();
+    world = *std::move(created);
+  }
+  const uint64_t steps = 8u * (PhysicsConfig().iterations + 2);
   const PhysicsConfig config = PhysicsConfig().set_bodies(2000).set_slabs(8);
-  auto world = PhysicsWorld::Create(config);
-  ASSERT_TRUE(world.ok());
+  std::unique_ptr<jobs::Runtime> rt;
+  std::unique_ptr<PhysicsWorld> world;
+};
+
+TEST_F(PhysicsRuntimeTest, EveryStepRunsOnceOnTwoWorkers) {
   constexpr int kFrames = 6;
-  uint64_t moved = 0;
   for (int f = 0; f < kFrames; ++f) {
     ASSERT_TRUE(rt->BeginFrame().ok());
-    ASSERT_TRUE((*world)->Step(StepOptions::RuntimeArena(rt.get())).ok());
+    ASSERT_TRUE(world->Step(StepOptions::RuntimeArena(rt.get())).ok());
     ASSERT_TRUE(rt->EndFrame().ok());
-    const RuntimeFrameStats& r = (*world)->last_runtime_frame();
-    EXPECT_EQ(r.steps, 8u * (config.iterations + 2));
+    const RuntimeFrameStats& r = world->last_runtime_frame();
+    EXPECT_EQ(r.steps, steps);
     EXPECT_LE(r.moved_steps, r.steps);
     EXPECT_GE(r.wait_seconds, 0.0);
-    moved += r.moved_steps;
   }
-  EXPECT_EQ((*world)->StateHash(), SerialHash(config, kFrames));
-  // Not every step changes hands (a slab job keeps its range).
-  EXPECT_LT(moved, kFrames * 8u * (config.iterations + 2));
+  // How many steps change hands depends on when the second worker wakes
+  // up (in a small frame under a sanitizer the first slab job may do them
+  // all); the figures (docs/physics.md) measure it on real frames.
+  EXPECT_EQ(world->StateHash(), SerialHash(config, kFrames));
 }
 
-TEST(PhysicsRuntimeTest, OneSlabJobFinishesTheFrameWhenTheOtherCannotRun) {
-  // Two workers, one of them held by a job until the step returns: the
-  // slab job that runs does every step, its own range and the other's,
-  // and the other one (run afterwards) finds nothing left.
-  auto rt = MakeRuntime(jobs::Config().set_workers_per_node(2));
-  ASSERT_NE(rt, nullptr);
-  const PhysicsConfig config = PhysicsConfig().set_bodies(2000).set_slabs(8);
-  auto world = PhysicsWorld::Create(config);
-  ASSERT_TRUE(world.ok());
+TEST_F(PhysicsRuntimeTest, OneSlabJobFinishesTheFrameWhenTheOtherCannotRun) {
+  // One of the two workers held by a job until the step returns: the slab
+  // job that runs does every step, its own range and the other's, and the
+  // other one (run afterwards) finds nothing left.
   constexpr int kFrames = 3;
   for (int f = 0; f < kFrames; ++f) {
     std::atomic<bool> held{false};
@@ -441,17 +447,60 @@ TEST(PhysicsRuntimeTest, OneSlabJobFinishesTheFrameWhenTheOtherCannotRun) {
                   }).ok());
     while (!held.load()) std::this_thread::yield();
     const absl::Status status =
-        (*world)->Step(StepOptions::RuntimeArena(rt.get()));
+        world->Step(StepOptions::RuntimeArena(rt.get()));
     release.store(true);
     ASSERT_TRUE(rt->EndFrame().ok());
     ASSERT_TRUE(status.ok()) << status;
-    const RuntimeFrameStats& r = (*world)->last_runtime_frame();
-    const uint64_t steps = 8u * (config.iterations + 2);
+    const RuntimeFrameStats& r = world->last_runtime_frame();
     EXPECT_EQ(r.steps, steps);
-    // The other range's steps (half of the slabs) ran away from their owner.
+    // The other range's steps (half of the slabs) ran away from their owner,
+    // and the job never had to wait (its node's steps were all its to run;
+    // waiting would mean it missed them until the 20 ms fallback).
     EXPECT_EQ(r.moved_steps, steps / 2);
+    EXPECT_LT(r.wait_seconds, 0.015);
   }
-  EXPECT_EQ((*world)->StateHash(), SerialHash(config, kFrames));
+  EXPECT_EQ(world->StateHash(), SerialHash(config, kFrames));
+}
+
+TEST(PhysicsRuntimeNodesTest,
+     ASlabJobRunsAnotherNodesStepsWhenItsWorkerIsHeld) {
+  // Two nodes of one worker, stealing when idle; node 1's worker held for
+  // a second: node 0 takes node 1's blocks (the runtime's thieves) and its
+  // slab job, once idle, node 1's slab steps too.
+  auto topology = numa::Topology::FromSynthetic("pack:2 [numa] core:1 pu:1");
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  auto rt = MakeRuntime(jobs::Config()
+                            .set_topology(topology->get())
+                            .set_workers_per_node(1)
+                            .set_stealing(jobs::StealPolicy::kWhenIdle));
+  ASSERT_NE(rt, nullptr);
+  const PhysicsConfig config = PhysicsConfig().set_bodies(4096).set_slabs(8);
+  auto world = PhysicsWorld::Create(config);
+  ASSERT_TRUE(world.ok());
+  std::atomic<bool> held{false};
+  std::atomic<bool> release{false};
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  ASSERT_TRUE(rt->Spawn(
+                    [&](jobs::JobContext&) {
+                      held.store(true);
+                      while (!release.load()) std::this_thread::yield();
+                    },
+                    jobs::SubmitOptions().on_node(1))
+                  .ok());
+  while (!held.load()) std::this_thread::yield();
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    release.store(true);
+  });
+  const absl::Status status =
+      (*world)->Step(StepOptions::RuntimeArena(rt.get()));
+  releaser.join();
+  ASSERT_TRUE(rt->EndFrame().ok());
+  ASSERT_TRUE(status.ok()) << status;
+  const RuntimeFrameStats& r = (*world)->last_runtime_frame();
+  EXPECT_EQ(r.steps, 8u * (config.iterations + 2));
+  EXPECT_GT(r.moved_steps, 0u);
+  EXPECT_EQ((*world)->StateHash(), SerialHash(config, 1));
 }
 
 TEST(PhysicsConfigTest, BadConfigurationsNameTheField) {

@@ -31,8 +31,10 @@ constexpr float kBounceThreshold = 0.5f;  // m/s: slower contacts do not bounce.
 constexpr float kPositionSlop = 0.005f;   // Penetration left uncorrected.
 constexpr float kPositionBeta = 0.2f;  // Share of the rest corrected per frame.
 constexpr float kPi = 3.14159265358979f;
-// A slab job that has waited this long without any step finishing also
-// takes steps of other nodes (a liveness fallback: their jobs may not run).
+// A slab job that has found nothing to run for this long also takes ready
+// steps of other nodes: soon when the runtime steals when idle, and
+// otherwise only as a liveness fallback (their jobs may not run).
+constexpr std::chrono::microseconds kStealAfter{200};
 constexpr std::chrono::milliseconds kStallAfter{20};
 
 inline void CpuRelax() {
@@ -402,8 +404,9 @@ struct PhysicsKernels {
   }
 };
 
-// The phases for one memory kind. Each function is one job's work on the
-// runtime, or one call in the serial order.
+// The phases for one memory kind. RunBlock is one job's work on the
+// runtime; RunSlab, Solve and Finish are a slab's steps, run by the slab
+// jobs (RunSlabJob); serially each is one call in the serial order.
 template <typename M>
 struct PhysicsStepper {
   using Block = BlockFrame<M>;
@@ -621,48 +624,32 @@ struct PhysicsStepper {
     return s == 0 || done(s - 1) >= iterations + 1;
   }
 
-  // The position of step `step` of slab s in the serial order (RunSerial).
-  static int SerialPosition(const PhysicsWorld& w, int s, int step) {
-    const int slabs = w.slabs_;
-    if (step == 0) return s;
-    if (step <= w.config_.iterations) {
-      const int evens = (slabs + 1) / 2;
-      return slabs + (step - 1) * slabs + (s % 2 == 0 ? s / 2 : evens + s / 2);
-    }
-    return slabs + w.config_.iterations * slabs + s;
-  }
-
-  // Claims the ready step of [begin, end) earliest in the serial order;
-  // returns its slab (step in *step), or -1 if none is ready.
-  static int ClaimStep(PhysicsWorld& w, int begin, int end, int* step) {
+  // Claims a ready step of [begin, end), looking at the slabs in order from
+  // *cursor (an offset into the range, advanced past the slab claimed):
+  // one pass over a range in steady state claims the even slabs' sweep,
+  // the next the odd slabs', as the serial order does, and a claim costs
+  // the slabs looked at since the last one, not the whole range. Returns
+  // the slab (its step in *step), or -1 if none is ready.
+  static int ClaimStep(PhysicsWorld& w, int begin, int end, int* cursor,
+                       int* step) {
     const int steps = w.config_.iterations + 2;
-    for (;;) {
-      int best = -1;
-      int best_step = 0;
-      int best_position = 0;
-      for (int s = begin; s < end; ++s) {
-        const uint32_t state =
-            w.progress_[s].state.load(std::memory_order_acquire);
-        const int next = static_cast<int>(state >> 1);
-        if ((state & 1) != 0 || next >= steps || !StepReady(w, s, next)) {
-          continue;
-        }
-        const int position = SerialPosition(w, s, next);
-        if (best < 0 || position < best_position) {
-          best = s;
-          best_step = next;
-          best_position = position;
-        }
+    const int n = end - begin;
+    for (int i = 0; i < n; ++i) {
+      const int s = begin + (*cursor + i) % n;
+      uint32_t state = w.progress_[s].state.load(std::memory_order_acquire);
+      const int next = static_cast<int>(state >> 1);
+      if ((state & 1) != 0 || next >= steps || !StepReady(w, s, next)) {
+        continue;
       }
-      if (best < 0) return -1;
-      uint32_t expected = static_cast<uint32_t>(best_step) << 1;
-      if (w.progress_[best].state.compare_exchange_strong(
-              expected, expected | 1, std::memory_order_acq_rel)) {
-        *step = best_step;
-        return best;
+      if (w.progress_[s].state.compare_exchange_strong(
+              state, state | 1, std::memory_order_acq_rel)) {
+        *cursor = (s - begin + 1) % n;
+        *step = next;
+        return s;
       }
-      // Another job took it first; look again.
+      // Another job took it first.
     }
+    return -1;
   }
 
   static void RunStep(PhysicsWorld& w, const M& mem, int s, int step) {
@@ -678,26 +665,26 @@ struct PhysicsStepper {
   }
 
   // One slab job: it takes a range of slabs of its node (the one of its
-  // worker slot when free) and runs their steps in serial order as they
-  // become ready, so a slab's sweeps stay in one core's caches. When none
-  // of its own is ready it runs a ready step of another range of its node
-  // (and of other nodes when the runtime steals when idle, or when no step
-  // has finished for a while), and it spins only while every step left is
-  // running or waiting for one that runs: a single slab job can finish the
-  // whole frame alone, so the frame completes whichever jobs get to run.
+  // worker slot when free) and runs their steps as they become ready, so a
+  // slab's sweeps stay in one core's caches. When none of its own is ready
+  // it runs a ready step of another range of its node, and once it has
+  // found nothing to run for a while (kStealAfter when the runtime steals
+  // when idle, kStallAfter otherwise: a liveness fallback in case another
+  // node's slab jobs do not run), a ready step of any node. Otherwise it
+  // spins until a step finishes. A single slab job can finish the whole
+  // frame alone, so the frame completes whichever jobs get to run.
   static void RunSlabJob(PhysicsWorld& w, jobs::JobContext& ctx) {
     using Clock = std::chrono::steady_clock;
     PhysicsWorld::SlabRun& run = *w.slab_run_;
     const int node = ctx.node();
+    const int ranges = static_cast<int>(w.slab_ranges_.size());
     // The node's ranges, and the one this job owns.
     int first_range = 0;
-    while (first_range < static_cast<int>(w.slab_ranges_.size()) &&
-           w.slab_ranges_[first_range].node != node) {
+    while (first_range < ranges && w.slab_ranges_[first_range].node != node) {
       ++first_range;
     }
     int last_range = first_range;
-    while (last_range < static_cast<int>(w.slab_ranges_.size()) &&
-           w.slab_ranges_[last_range].node == node) {
+    while (last_range < ranges && w.slab_ranges_[last_range].node == node) {
       ++last_range;
     }
     int own = -1;
@@ -711,16 +698,23 @@ struct PhysicsStepper {
         own = r;
       }
     }
+    const int own_begin = own >= 0 ? w.slab_ranges_[own].begin : 0;
+    const int own_end = own >= 0 ? w.slab_ranges_[own].end : 0;
     const int node_begin =
         first_range < last_range ? w.slab_ranges_[first_range].begin : 0;
     const int node_end =
         first_range < last_range ? w.slab_ranges_[last_range - 1].end : 0;
-    const bool steal_any =
-        ctx.runtime().config().stealing == jobs::StealPolicy::kWhenIdle;
+    const Clock::duration cross_node_after =
+        ctx.runtime().config().stealing == jobs::StealPolicy::kWhenIdle
+            ? Clock::duration(kStealAfter)
+            : Clock::duration(kStallAfter);
     const M mem = MemoryOf(ctx);
+    int own_cursor = 0, node_cursor = 0, any_cursor = 0;
     uint64_t steps = 0;
     uint64_t moved = 0;
     Clock::duration waited{};
+    bool idle = false;
+    Clock::time_point idle_since;
     const int total = w.slabs_ * (w.config_.iterations + 2);
     for (;;) {
       if (run.failed.load(std::memory_order_acquire)) break;
@@ -729,36 +723,35 @@ struct PhysicsStepper {
       const int seen = run.finished.load(std::memory_order_acquire);
       int step = 0;
       int s = -1;
-      if (own >= 0) {
-        s = ClaimStep(w, w.slab_ranges_[own].begin, w.slab_ranges_[own].end,
-                      &step);
-      }
-      if (s < 0) s = ClaimStep(w, node_begin, node_end, &step);
-      if (s < 0 && (steal_any || run.stalled.load(std::memory_order_acquire))) {
-        s = ClaimStep(w, 0, w.slabs_, &step);
+      if (own >= 0) s = ClaimStep(w, own_begin, own_end, &own_cursor, &step);
+      if (s < 0) s = ClaimStep(w, node_begin, node_end, &node_cursor, &step);
+      if (s < 0 && idle && Clock::now() - idle_since >= cross_node_after) {
+        s = ClaimStep(w, 0, w.slabs_, &any_cursor, &step);
       }
       if (s < 0) {
         if (seen >= total) break;
         // Everything left runs elsewhere or waits for what does.
         const Clock::time_point start = Clock::now();
+        if (!idle) {
+          idle = true;
+          idle_since = start;
+        }
         int spins = 0;
         while (run.finished.load(std::memory_order_acquire) == seen &&
                !run.failed.load(std::memory_order_acquire)) {
           if (++spins < 256) {
             CpuRelax();
-          } else {
-            std::this_thread::yield();
-            if (Clock::now() - start > kStallAfter) {
-              run.stalled.store(true, std::memory_order_release);
-              break;
-            }
+            continue;
           }
+          std::this_thread::yield();
+          // Look at the other nodes' steps once it is time to.
+          if (Clock::now() - idle_since >= cross_node_after) break;
         }
         waited += Clock::now() - start;
         continue;
       }
-      const bool mine = own >= 0 && s >= w.slab_ranges_[own].begin &&
-                        s < w.slab_ranges_[own].end;
+      idle = false;
+      const bool mine = s >= own_begin && s < own_end;
       try {
         RunStep(w, mem, s, step);
       } catch (...) {
@@ -789,7 +782,6 @@ struct PhysicsStepper {
       for (size_t b = 0; b < w.blocks_; ++b) {
         w.block_home_[b] = blocks.HomeOf(b);
       }
-      for (int s = 0; s < w.slabs_; ++s) w.slab_home_[s] = slabs.HomeOf(s);
       // Each node's slabs in one contiguous range per worker.
       int total_workers = 0;
       for (int n = 0; n < rt.num_nodes(); ++n) total_workers += rt.workers(n);
@@ -818,7 +810,6 @@ struct PhysicsStepper {
     PhysicsWorld::SlabRun& run = *w.slab_run_;
     run.finished.store(0, std::memory_order_relaxed);
     run.failed.store(false, std::memory_order_relaxed);
-    run.stalled.store(false, std::memory_order_relaxed);
     run.steps.store(0, std::memory_order_relaxed);
     run.moved_steps.store(0, std::memory_order_relaxed);
     run.wait_ns.store(0, std::memory_order_relaxed);
@@ -985,7 +976,6 @@ void PhysicsWorld::Build() {
   progress_ = std::make_unique<SlabProgress[]>(static_cast<size_t>(slabs_));
   slab_run_ = std::make_unique<SlabRun>();
   block_home_.assign(blocks_, 0);
-  slab_home_.assign(slabs_, 0);
 }
 
 const PhysicsWorld::CachedImpulse* PhysicsWorld::FindCached(uint64_t key,

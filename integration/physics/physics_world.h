@@ -197,7 +197,9 @@ struct FrameStats {
 struct RuntimeFrameStats {
   uint64_t steps = 0;        // slabs x (iterations + 2) after a whole frame.
   uint64_t moved_steps = 0;  // ...of which run by a job not owning the slab.
-  double wait_seconds = 0;   // Slab jobs waiting for a neighbour's step.
+  // Time slab jobs spun with nothing to run: waiting for a neighbour's
+  // step, or for the frame's last steps to finish elsewhere.
+  double wait_seconds = 0;
 };
 
 class PhysicsWorld {
@@ -304,11 +306,11 @@ class PhysicsWorld {
   // slabs slab-1..slab+1 (a pair moves at most one slab per frame in
   // practice; a miss only means a cold start). Null if absent.
   const CachedImpulse* FindCached(uint64_t key, int slab) const;
-  // Jobs of the frame on the runtime, and where each block and slab is
-  // homed (recomputed when the runtime changes).
+  // Jobs of the frame on the runtime, and where each block is homed and
+  // each slab range belongs (recomputed when the runtime changes).
   std::vector<jobs::JobRef> block_jobs_;
   const jobs::Runtime* homes_for_ = nullptr;
-  std::vector<int> block_home_, slab_home_;
+  std::vector<int> block_home_;
   // The slab steps of a frame on the runtime (physics_world.cc, RunSlabJob).
   // Per slab: steps done times 2, plus 1 while one runs (0 none; 1 phase 2;
   // 1 + k + 1 sweep k; iterations + 2 phase 4), on a cache line of its own.
@@ -328,7 +330,6 @@ class PhysicsWorld {
   struct alignas(64) SlabRun {
     std::atomic<int> finished{0};  // Steps done this frame.
     std::atomic<bool> failed{false};
-    std::atomic<bool> stalled{false};  // Take steps of any node.
     std::atomic<uint64_t> steps{0}, moved_steps{0}, wait_ns{0};
   };
   std::unique_ptr<SlabRun> slab_run_;

@@ -86,7 +86,7 @@ class FrameRenderer {
   using Command = DrawCommand<Mem>;
   using Item = SortItem<Command>;
   static constexpr int kFramesInFlight = 2;
-  static constexpr size_t kBlock = 1024;     // Objects per recording job.
+  static constexpr size_t kBlock = 1024;     // Objects per recording block.
   static constexpr size_t kPartitions = 32;  // Key ranges of the merge.
   static constexpr size_t kSampleStride = 32;
 
