@@ -121,5 +121,34 @@ TEST(RunJsonTest, PageFaultsSurviveTheRoundTripAndReachTheTable) {
   EXPECT_NE(text.find(" 2,000\n"), std::string::npos) << text;
 }
 
+TEST(AppendRoundTest, JoinsTheFramesAndJobTimeOfTheSameRun) {
+  VariantRun first = MakeRun("runtime-arena", 2, 10.0, 3, 0.02);
+  first.state_hash = 0x1234;
+  VariantRun second = MakeRun("runtime-arena", 2, 12.0, 3, 0.03);
+  second.state_hash = 0x1234;
+  ASSERT_TRUE(AppendRound(&first, second).ok());
+  ASSERT_EQ(first.frames.size(), 6u);
+  EXPECT_EQ(first.frames[0].ms, 10.0);
+  EXPECT_EQ(first.frames[5].ms, 12.0);
+  EXPECT_DOUBLE_EQ(first.job_seconds, 0.05);
+  EXPECT_DOUBLE_EQ(Median(first.FrameMs()), 11.0);
+}
+
+TEST(AppendRoundTest, RefusesAnotherRunOrAnotherState) {
+  VariantRun into = MakeRun("heap", 1, 5.0, 2, 0.0);
+  VariantRun other = MakeRun("arena", 1, 5.0, 2, 0.0);
+  EXPECT_EQ(AppendRound(&into, other).code(),
+            absl::StatusCode::kInvalidArgument);
+  VariantRun wider = MakeRun("heap", 2, 5.0, 2, 0.0);
+  EXPECT_EQ(AppendRound(&into, wider).code(),
+            absl::StatusCode::kInvalidArgument);
+  VariantRun drifted = MakeRun("heap", 1, 5.0, 2, 0.0);
+  drifted.state_hash = 7;
+  const absl::Status s = AppendRound(&into, drifted);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(s.message().find("0000000000000007"), std::string::npos) << s;
+  EXPECT_EQ(into.frames.size(), 2u);  // Nothing joined.
+}
+
 }  // namespace
 }  // namespace framealloc::sim

@@ -14,11 +14,13 @@
 // what one run leaves behind (the size of the malloc heap, glibc's adaptive
 // trim and mmap thresholds, chunk caches, a runtime's threads) cannot change
 // the next run's figures, and a scenario measures the same alone as in the
-// whole suite. For each scenario it prints a table (frame time median and
-// p99, heap and arena allocations and bytes, page faults per frame), the
-// ratios between runs at equal parallelism, the STREAM triad on
-// arrays of the scenario's streaming-pass size at one thread and at the
-// runtime's worker count with the pass as a percentage of it, and checks
+// whole suite. With --rounds=N every run's frames are measured in N parts,
+// the runs taking turns (forward, then backward), so that the host's slow
+// and fast phases fall on every run alike. For each scenario it prints a table
+// (frame time median and p99, heap and arena allocations and bytes, page
+// faults per frame), the ratios between runs at equal parallelism, the STREAM
+// triad on arrays of the scenario's streaming-pass size at one thread and at
+// the runtime's worker count with the pass as a percentage of it, and checks
 // that every run ended in the same StateHash. Then it writes a JSON file and
 // an SVG plot (frame time and memory per frame).
 //
@@ -102,6 +104,15 @@ ABSL_FLAG(std::string, child_json, "",
           "process, write the runs here as JSON, print no report.");
 ABSL_FLAG(std::string, child_progress, "",
           "Internal (a child run): the label of its progress line.");
+ABSL_FLAG(int, child_min_frames, 0,
+          "Internal (a child run): the fewest measured frames in budget "
+          "mode; 0: the default.");
+ABSL_FLAG(int, rounds, 1,
+          "Measure every run in this many parts, the runs taking turns "
+          "(forward, then backward, ...), each part a fresh process with "
+          "--isolate; the frames of a run are split over its rounds. Steadier "
+          "ratios on a host with slow and fast phases; but every round starts "
+          "from the seed, so more rounds measure earlier frames.");
 
 namespace framealloc::sim {
 namespace {
@@ -125,6 +136,8 @@ struct Flags {
   bool isolate = true;
   std::string child_json;
   std::string child_progress;
+  int child_min_frames = 0;
+  int rounds = 1;
 };
 
 absl::StatusOr<Flags> ReadFlags() {
@@ -188,6 +201,16 @@ absl::StatusOr<Flags> ReadFlags() {
   f.isolate = absl::GetFlag(FLAGS_isolate);
   f.child_json = absl::GetFlag(FLAGS_child_json);
   f.child_progress = absl::GetFlag(FLAGS_child_progress);
+  f.child_min_frames = absl::GetFlag(FLAGS_child_min_frames);
+  if (f.child_min_frames < 0 || f.child_min_frames > 100000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--child_min_frames must be in [0, 100000], got ", f.child_min_frames));
+  }
+  f.rounds = absl::GetFlag(FLAGS_rounds);
+  if (f.rounds < 1 || f.rounds > 100) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rounds must be in [1, 100], got ", f.rounds));
+  }
   if (!f.child_progress.empty() && f.child_json.empty()) {
     return absl::InvalidArgumentError(
         "--child_progress is for child runs (with --child_json)");
@@ -308,6 +331,8 @@ std::string SelfBinary(const char* argv0) {
 struct ChildRequest {
   std::vector<RunKind> kinds;
   int frames = 0;
+  double budget = 1.0;  // Seconds, when frames == 0.
+  int min_frames = 5;   // At least, when frames == 0.
   std::string progress;
   std::string trace;
 };
@@ -338,7 +363,8 @@ absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
       absl::StrCat("--scenario=", info.name),
       absl::StrCat("--size=", size),
       absl::StrCat("--frames=", request.frames),
-      absl::StrCat("--budget=", flags.budget),
+      absl::StrFormat("--budget=%.9g", request.budget),
+      absl::StrCat("--child_min_frames=", request.min_frames),
       absl::StrCat("--warmup=", flags.warmup),
       absl::StrCat("--seed=", flags.seed),
       absl::StrCat("--workers=", flags.workers),
@@ -440,7 +466,7 @@ int Main(const char* argv0) {
   if (!child) {
     std::printf(
         "framealloc simulation suite: %zu scenario(s), seed %llu, runtime "
-        "topology %s (%d node(s), %zu PUs%s), %s, %s\n",
+        "topology %s (%d node(s), %zu PUs%s), %s, %s, %s\n",
         flags.scenarios.size(), static_cast<unsigned long long>(flags.seed),
         flags.topology.empty() ? "this machine"
                                : absl::StrCat("'", flags.topology, "'").c_str(),
@@ -452,7 +478,13 @@ int Main(const char* argv0) {
                               flags.budget)
                   .c_str()
             : absl::StrCat(flags.frames, " measured frames per run").c_str(),
-        isolated ? "each run in a fresh process" : "all runs in this process");
+        isolated ? "each run in a fresh process" : "all runs in this process",
+        flags.rounds > 1
+            ? absl::StrCat(flags.rounds,
+                           " rounds (the runs take turns, each round a "
+                           "part of every run's frames)")
+                  .c_str()
+            : "one round");
     std::fflush(stdout);
   }
 
@@ -474,100 +506,139 @@ int Main(const char* argv0) {
     options.budget_seconds = flags.budget;
     options.topology = topology.get();
     options.workers = flags.workers;
-    const int total_runs = static_cast<int>(flags.kinds.size()) +
-                           (mimalloc_binary.empty() ? 0 : 2);
-    int index = 0;
-    for (RunKind kind : flags.kinds) {
-      ++index;
-      const std::string label = RunKindName(kind);
-      std::string progress_label;
-      if (!child) {
-        progress_label = absl::StrFormat("  %s %d/%d: %s", info.name, index,
-                                         total_runs, label);
-      } else if (!flags.child_progress.empty()) {
-        progress_label = flags.child_progress;
+    // What runs, in the order of a round: one entry per process (or per run
+    // in this process without --isolate); the mimalloc heap runs last, one
+    // process each (both in one without --isolate). `slots`: where each of
+    // the entry's runs goes in result.runs.
+    struct Planned {
+      std::vector<RunKind> kinds;
+      bool mimalloc = false;
+      std::vector<size_t> slots;
+    };
+    std::vector<Planned> plan;
+    for (RunKind kind : flags.kinds) plan.push_back({{kind}, false, {}});
+    if (!child && !mimalloc_binary.empty()) {
+      if (flags.isolate) {
+        plan.push_back({{RunKind::kHeap}, true, {}});
+        plan.push_back({{RunKind::kRuntimeHeap}, true, {}});
       } else {
-        progress_label = absl::StrFormat("  %s: %s %s", info.name,
-                                         BinaryAllocatorName(), label);
+        plan.push_back({{RunKind::kHeap, RunKind::kRuntimeHeap}, true, {}});
       }
-      if (isolate) {
-        ChildRequest request;
-        request.kinds = {kind};
-        request.frames = options.frames;
-        request.progress = progress_label;
-        request.trace = flags.trace;
-        absl::StatusOr<std::vector<VariantRun>> runs =
-            RunChild(self_binary, flags, info, result.size, request);
-        if (!runs.ok()) return Fail(runs.status());
-        if (runs->size() != 1) {
-          return Fail(absl::InternalError(
-              absl::StrCat(info.name, " ", label, ": the child reported ",
-                           runs->size(), " runs, not 1")));
-        }
-        if (options.frames == 0)
-          options.frames = static_cast<int>(runs->front().frames.size());
-        result.runs.push_back(std::move(runs->front()));
-        continue;
-      }
-      Progress progress(flags.progress, progress_label);
-      options.progress = [&progress](int done, int total) {
-        progress.Update(done, total);
-      };
-      options.trace_path.clear();
-      if (!flags.trace.empty() && UsesRuntime(VariantOf(kind))) {
-        options.trace_path = OutputPath(absl::StrCat(
-            flags.trace, "-", info.name, "-", RunKindName(kind), ".json"));
-      }
-      absl::StatusOr<VariantRun> run = RunVariant(info, kind, options);
-      if (!run.ok()) {
-        return Fail(absl::Status(
-            run.status().code(),
-            absl::StrCat(info.name, " ", label, ": ", run.status().message())));
-      }
-      progress.Done(static_cast<int>(run->frames.size()));
-      run->label = label;
-      if (options.frames == 0)
-        options.frames = static_cast<int>(run->frames.size());
-      result.runs.push_back(*std::move(run));
     }
-    result.frames = options.frames;
+    size_t total_runs = 0;
+    for (Planned& p : plan) {
+      for (size_t k = 0; k < p.kinds.size(); ++k)
+        p.slots.push_back(total_runs++);
+    }
+    result.runs.resize(total_runs);
+    // Rounds: every run's frames are measured in `rounds` parts, the runs
+    // taking turns (forward in even rounds, backward in odd ones), so that
+    // the host's slow and fast phases fall on every run alike.
+    const int rounds = child ? 1 : flags.rounds;
+    int per_round =
+        flags.frames == 0 ? 0 : (flags.frames + rounds - 1) / rounds;
+    if (per_round == 0 && flags.kinds.empty()) {
+      per_round = std::max(1, 20 / rounds);  // Only mimalloc runs, budget mode.
+    }
+    const int min_per_round = flags.child_min_frames > 0
+                                  ? flags.child_min_frames
+                                  : std::max(1, (5 + rounds - 1) / rounds);
+    options.budget_seconds = flags.budget / rounds;
+    options.min_frames = min_per_round;
+    options.max_frames = std::max(min_per_round, 1000 / rounds);
+    for (int round = 0; round < rounds; ++round) {
+      for (size_t step = 0; step < plan.size(); ++step) {
+        const size_t i = round % 2 == 0 ? step : plan.size() - 1 - step;
+        const Planned& p = plan[i];
+        const std::string label = absl::StrCat(p.mimalloc ? "mimalloc " : "",
+                                               RunKindName(p.kinds[0]));
+        std::string progress_label;
+        if (child) {
+          progress_label = !flags.child_progress.empty()
+                               ? flags.child_progress
+                               : absl::StrFormat("  %s: %s %s", info.name,
+                                                 BinaryAllocatorName(),
+                                                 RunKindName(p.kinds[0]));
+        } else if (p.kinds.size() > 1) {
+          progress_label = "";  // The child labels each of its runs.
+        } else if (rounds > 1) {
+          progress_label = absl::StrFormat(
+              "  %s %d/%d, round %d/%d: %s", info.name, p.slots[0] + 1,
+              total_runs, round + 1, rounds, label);
+        } else {
+          progress_label = absl::StrFormat("  %s %d/%d: %s", info.name,
+                                           p.slots[0] + 1, total_runs, label);
+        }
+        // A trace of the last round only (each round would overwrite it).
+        const bool traced = !flags.trace.empty() && round == rounds - 1;
+        std::vector<VariantRun> runs;
+        if (p.mimalloc || isolate) {
+          ChildRequest request;
+          request.kinds = p.kinds;
+          request.frames = per_round;
+          request.budget = options.budget_seconds;
+          request.min_frames = min_per_round;
+          request.progress = progress_label;
+          if (!p.mimalloc && traced) request.trace = flags.trace;
+          absl::StatusOr<std::vector<VariantRun>> got =
+              RunChild(p.mimalloc ? mimalloc_binary : self_binary, flags, info,
+                       result.size, request);
+          if (!got.ok()) return Fail(got.status());
+          if (got->size() != p.kinds.size()) {
+            return Fail(absl::InternalError(
+                absl::StrCat(info.name, " ", label, ": the child reported ",
+                             got->size(), " runs, not ", p.kinds.size())));
+          }
+          runs = *std::move(got);
+          if (p.mimalloc) {
+            for (VariantRun& r : runs) {
+              r.label = absl::StrCat(r.allocator, " ", r.label);
+            }
+          }
+        } else {
+          const RunKind kind = p.kinds[0];
+          Progress progress(flags.progress, progress_label);
+          options.progress = [&progress](int done, int total) {
+            progress.Update(done, total);
+          };
+          options.frames = per_round;
+          options.trace_path.clear();
+          if (traced && UsesRuntime(VariantOf(kind))) {
+            options.trace_path = OutputPath(absl::StrCat(
+                flags.trace, "-", info.name, "-", RunKindName(kind), ".json"));
+          }
+          absl::StatusOr<VariantRun> run = RunVariant(info, kind, options);
+          if (!run.ok()) {
+            return Fail(absl::Status(run.status().code(),
+                                     absl::StrCat(info.name, " ", label, ": ",
+                                                  run.status().message())));
+          }
+          progress.Done(static_cast<int>(run->frames.size()));
+          run->label = RunKindName(kind);
+          runs.push_back(*std::move(run));
+        }
+        if (per_round == 0) per_round = static_cast<int>(runs[0].frames.size());
+        for (size_t k = 0; k < runs.size(); ++k) {
+          VariantRun& into = result.runs[p.slots[k]];
+          if (round == 0) {
+            into = std::move(runs[k]);
+            continue;
+          }
+          absl::Status merged = AppendRound(&into, runs[k]);
+          if (!merged.ok()) {
+            return Fail(absl::Status(
+                merged.code(), absl::StrCat(info.name, " round ", round + 1,
+                                            ": ", merged.message())));
+          }
+        }
+      }
+    }
+    result.frames = per_round * rounds;
     if (child) {
       for (const VariantRun& run : result.runs) {
         child_runs.push_back(RunToJson(run));
       }
       continue;
-    }
-    if (!mimalloc_binary.empty()) {
-      if (result.frames == 0) result.frames = flags.frames;
-      if (result.frames == 0) {
-        // Only the mimalloc runs were asked for, in budget mode: they get
-        // a fixed count instead.
-        result.frames = 20;
-      }
-      // The heap runs under mimalloc, each in a process of its own (or
-      // both in one without --isolate), labelled by the child's allocator.
-      std::vector<std::vector<RunKind>> groups;
-      if (flags.isolate) {  // Also when only the mimalloc runs were asked for.
-        groups = {{RunKind::kHeap}, {RunKind::kRuntimeHeap}};
-      } else {
-        groups = {{RunKind::kHeap, RunKind::kRuntimeHeap}};
-      }
-      for (const std::vector<RunKind>& group : groups) {
-        ChildRequest request;
-        request.kinds = group;
-        request.frames = result.frames;
-        request.progress = group.size() == 1
-                               ? absl::StrFormat("  %s: mimalloc %s", info.name,
-                                                 RunKindName(group[0]))
-                               : "";
-        absl::StatusOr<std::vector<VariantRun>> runs =
-            RunChild(mimalloc_binary, flags, info, result.size, request);
-        if (!runs.ok()) return Fail(runs.status());
-        for (VariantRun& r : *runs) {
-          r.label = absl::StrCat(r.allocator, " ", r.label);
-          result.runs.push_back(std::move(r));
-        }
-      }
     }
     // The triad on the size of the scenario's streaming pass (or of its
     // working set): three arrays holding that many bytes together.
@@ -615,6 +686,7 @@ int Main(const char* argv0) {
       {"pus", topology->pus().size()},
       {"workers", flags.workers},
       {"isolated", isolated},
+      {"rounds", flags.rounds},
       {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
       {"scenarios", nlohmann::json::array()},
   };

@@ -2,7 +2,7 @@
 # Runs the simulation suite on a small input and checks its report: every
 # run in the table, the ratios, the triad and bandwidth lines, identical
 # states, the JSON and SVG files; every run in a process of its own (the
-# default) and all in one (--isolate=false); the mimalloc child path
+# default) and all in one (--isolate=false), in rounds; the mimalloc child path
 # (pointed at this same binary, since the mimalloc build is not made in
 # sanitizer configurations); a synthetic two-node topology; a trace; and
 # that bad flags are refused with a message naming the flag.
@@ -32,6 +32,9 @@ grep -q "\"name\": \"particles\"" "$tmp/s.json"
 grep -q "\"states_equal\": true" "$tmp/s.json"
 grep -q "\"label\": \"glibc runtime-heap\"" "$tmp/s.json"
 grep -q "\"isolated\": true" "$tmp/s.json"
+grep -q ", one round$" <<<"$out"
+grep -q "\"rounds\": 1" "$tmp/s.json"
+test "$(grep -cE "size 5,000, 3 measured frames per run" <<<"$out")" -eq 4
 grep -q "each run in a fresh process" <<<"$out"
 grep -qE "^run +thr +median ms .* arena MB/f +faults/f$" <<<"$out"
 grep -q "\"page_faults_per_frame\": " "$tmp/s.json"
@@ -41,12 +44,24 @@ test "$(grep -c "<polyline" "$tmp/s.svg")" -eq $((14 * 4))
 
 # All runs in this one process: the same runs, the same states.
 out=$("$bin" "${common[@]}" --json="$tmp/n.json" --svg= --isolate=false \
-  --scenario=physics,render --mimalloc_binary="$bin")
+  --scenario=physics,render --mimalloc_binary="$bin" --rounds=2)
 echo "$out"
 grep -q "all runs in this process" <<<"$out"
+# Two rounds of 2 frames (3 rounded up to a multiple of the rounds).
+grep -q "2 rounds (the runs take turns" <<<"$out"
+test "$(grep -cE "size 5,000, 4 measured frames per run" <<<"$out")" -eq 2
 test "$(grep -cE "state identical in all 7 runs" <<<"$out")" -eq 2
 grep -q "\"isolated\": false" "$tmp/n.json"
 grep -q "\"label\": \"glibc runtime-heap\"" "$tmp/n.json"
+
+# Rounds of separate processes, the mimalloc child's included, on one
+# scenario: 3 rounds of one frame each.
+out=$("$bin" "${common[@]}" --json="$tmp/r.json" --svg= --scenario=ecs \
+  --mimalloc_binary="$bin" --rounds=3)
+echo "$out"
+grep -q "\"rounds\": 3" "$tmp/r.json"
+grep -qE "size 5,000, 3 measured frames per run" <<<"$out"
+grep -q "state identical in all 7 runs" <<<"$out"
 
 # Runtime variants on two synthetic nodes, 3 workers.
 out=$("$bin" "${common[@]}" --json= --svg= --topology='pack:2 [numa] core:2 pu:1' \
@@ -77,6 +92,8 @@ expect_error "--frames must be in" --frames=-2
 expect_error "unknown variant 'bogus'" --variants=heap,bogus
 expect_error "unknown scenario 'nosuch'" --scenario=nosuch
 expect_error "--workers must be in" --workers=-1
+expect_error "--rounds must be in" --rounds=0
+expect_error "--child_progress is for child runs" --child_progress=x
 expect_error "workers: 1 is fewer than the 2 nodes" --size=100 --frames=1 \
   --variants=runtime-heap --topology='pack:2 [numa] core:1 pu:1' --workers=1
 expect_error "garbage" --topology=garbage --size=100 --frames=1 --variants=runtime-heap

@@ -123,6 +123,30 @@ uint64_t PageFaults() {
 
 }  // namespace
 
+absl::Status AppendRound(VariantRun* into, const VariantRun& round) {
+  if (round.label != into->label || round.variant != into->variant ||
+      round.allocator != into->allocator || round.threads != into->threads ||
+      round.warmup != into->warmup ||
+      round.working_set_bytes != into->working_set_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AppendRound: a round of '", round.label, "' (",
+                     round.threads, " thread(s)) cannot join '", into->label,
+                     "' (", into->threads, " thread(s))"));
+  }
+  if (round.state_hash != into->state_hash) {
+    return absl::InternalError(absl::StrCat(
+        "AppendRound: '", round.label, "' ended this round in state ",
+        absl::Hex(round.state_hash, absl::kZeroPad16), ", its first round in ",
+        absl::Hex(into->state_hash, absl::kZeroPad16),
+        " (the same frames from the same seed must give the same state)"));
+  }
+  into->frames.insert(into->frames.end(), round.frames.begin(),
+                      round.frames.end());
+  into->job_seconds += round.job_seconds;
+  if (round.pass.has_value()) into->pass = round.pass;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
                                       const RunOptions& options) {
   if (options.warmup < 0 || options.frames < 0 || options.min_frames < 1 ||

@@ -115,6 +115,13 @@ struct VariantRun {
   std::vector<double> FrameMs() const;
 };
 
+// Adds a later round of the same run (the same scenario, variant and
+// frames from the same seed, in a process of its own) to `into`: its
+// measured frames after into's, its job time to into's. InvalidArgument if
+// the round is of another run (label, variant, allocator, threads, warm-up
+// or working set differ); Internal if it ended in another state.
+absl::Status AppendRound(VariantRun* into, const VariantRun& round);
+
 // The allocator malloc (and so operator new) ends in, asked of the dynamic
 // linker: "mimalloc" when mimalloc's malloc is the process's, "glibc"
 // otherwise.
