@@ -163,6 +163,18 @@ struct ChildTask {
   void* fn;
   void (*call)(void* fn, JobContext& ctx);
   FRAMEALLOC_JOBS_NO_TSAN void operator()() const;
+  // TBB destroys the task's copy of this on the thread that finishes it,
+  // just before releasing the group's wait_context, also when a cancelled
+  // group skips operator() (task_group's function_task::cancel). That thread
+  // took the task inside the uninstrumented libtbb, so the acquire here is
+  // what orders the parent's set-up (the task_group and its wait_context,
+  // released before group.run) before that release for TSan.
+  FRAMEALLOC_JOBS_NO_TSAN ~ChildTask();
+  ChildTask(Runtime* r, const JobContext* p, void* f,
+            void (*c)(void* fn, JobContext& ctx))
+      : runtime(r), parent(p), fn(f), call(c) {}
+  ChildTask(const ChildTask&) = default;
+  ChildTask& operator=(const ChildTask&) = default;
 };
 
 }  // namespace jobs_internal
@@ -1021,6 +1033,8 @@ inline void ChildTask::operator()() const {
   runtime->RunChild(*parent, fn, call);
   TsanRelease(parent);  // Everything this child did, for the parent.
 }
+
+inline ChildTask::~ChildTask() { TsanAcquire(parent); }
 
 template <typename F>
 void CallChild(void* fn, JobContext& ctx) {
