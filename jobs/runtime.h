@@ -109,6 +109,13 @@ void IsolateJob(JobContext& ctx, Body& body);
 // releases and the receiver acquires an address, so TSan sees the same
 // happens-before edges TBB provides. No code in normal builds.
 #if defined(__SANITIZE_THREAD__)
+#define FRAMEALLOC_JOBS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FRAMEALLOC_JOBS_TSAN 1
+#endif
+#endif
+#if defined(FRAMEALLOC_JOBS_TSAN)
 extern "C" void __tsan_acquire(void* addr);
 extern "C" void __tsan_release(void* addr);
 inline void TsanAcquire(const void* p) { __tsan_acquire(const_cast<void*>(p)); }
@@ -898,10 +905,7 @@ class DirectTask final : public tbb::detail::d1::task {
   static void Spawn(G&& fn, const DirectHeader& header,
                     tbb::detail::d1::task_group_context& context) {
     tbb::detail::d1::small_object_pool* pool = nullptr;
-    void* memory = tbb::detail::r1::allocate(pool, sizeof(DirectTask));
-    // The pool hands out memory another task freed on another thread,
-    // inside uninstrumented libtbb: tell TSan (paired with Finalize).
-    TsanAcquire(memory);
+    void* memory = Allocate(pool);
     auto* task = new (memory) DirectTask(std::forward<G>(fn), header, pool);
     TsanRelease(task);  // For the worker that runs it.
     tbb::detail::d1::spawn(*task, context);
@@ -913,8 +917,7 @@ class DirectTask final : public tbb::detail::d1::task {
                       tbb::detail::d1::task_group_context& context,
                       tbb::task_arena& arena) {
     tbb::detail::d1::small_object_pool* pool = nullptr;
-    void* memory = tbb::detail::r1::allocate(pool, sizeof(DirectTask));
-    TsanAcquire(memory);
+    void* memory = Allocate(pool);
     auto* task = new (memory) DirectTask(std::forward<G>(fn), header, pool);
     TsanRelease(task);
     tbb::detail::r1::enqueue(*task, context, &arena);
@@ -946,11 +949,35 @@ class DirectTask final : public tbb::detail::d1::task {
              tbb::detail::d1::small_object_pool* pool)
       : fn_(std::forward<G>(fn)), header_(header), pool_(pool) {}
 
+  // The task's memory. Normally TBB's per-thread small-object pool, as for
+  // task_group's tasks. Under ThreadSanitizer, the heap instead: the pool
+  // hands memory from thread to thread inside uninstrumented libtbb, and
+  // between TBB's own tasks (task_group's, task_arena::enqueue's), which
+  // carry no annotations, and ours. A block one of those read on one thread
+  // and ours then wrote on another looked like a race (5 runs in 30 of
+  // OutsideWaitTest.ManyOutsideWaitersFinishEverything x20). TSan
+  // intercepts the heap, so it knows each block is new.
+  static void* Allocate(tbb::detail::d1::small_object_pool*& pool) {
+#if defined(FRAMEALLOC_JOBS_TSAN)
+    pool = nullptr;
+    return ::operator new (sizeof(DirectTask),
+                           std::align_val_t{alignof(DirectTask)});
+#else
+    return tbb::detail::r1::allocate(pool, sizeof(DirectTask));
+#endif
+  }
+
   void Finalize(const tbb::detail::d1::execution_data& ed) {
     tbb::detail::d1::small_object_pool* pool = pool_;
     this->~DirectTask();
-    TsanRelease(this);  // For whoever the pool gives the memory to next.
+#if defined(FRAMEALLOC_JOBS_TSAN)
+    (void)pool;
+    (void)ed;
+    ::operator delete (this, sizeof(DirectTask),
+                       std::align_val_t{alignof(DirectTask)});
+#else
     tbb::detail::r1::deallocate(*pool, this, sizeof(DirectTask), ed);
+#endif
   }
 
   F fn_;
