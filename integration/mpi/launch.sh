@@ -72,6 +72,20 @@ done
 
 cores=$(nproc)
 
+# Open MPI's shared-memory transport (vader) names its segments in
+# /dev/shm after the job id, which derives from mpirun's PID. Two launches
+# in separate PID namespaces (Bazel's sandboxed tests running at once) can
+# have the same PID, open each other's segments and crash or hang (4 runs
+# in 16 of mpi_determinism_test with --runs_per_test=16 before this). Each
+# launch gets a private directory for them, unless the caller chose one.
+if [[ -z "${OMPI_MCA_btl_vader_backing_directory:-}" ]]; then
+  shm_root=/dev/shm
+  [[ -d $shm_root && -w $shm_root ]] || shm_root=${TMPDIR:-/tmp}
+  backing=$(mktemp -d "$shm_root/framealloc_mpi.XXXXXX")
+  trap 'rm -rf "$backing"' EXIT
+  export OMPI_MCA_btl_vader_backing_directory=$backing
+fi
+
 # run_mpi N args...: mpirun with the flags this host needs for N ranks.
 run_mpi() {
   local n=$1
