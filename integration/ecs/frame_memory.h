@@ -255,16 +255,13 @@ class FrameExecutor {
     // kInlineParts workers (no allocation per call on small machines).
     size_t total_parts = 0;
     for (const jobs::NodeRange& r : homes.ranges()) {
-      const size_t b0 = std::max(r.begin, begin);
-      const size_t e0 = std::min(r.end, end);
-      if (b0 >= e0) continue;
-      const size_t chunks = (e0 - b0 + grain - 1) / grain;
-      if (chunks > 0xffffffffu) {
+      const Share share = ShareOf(r, begin, end, grain);
+      if (share.chunks > 0xffffffffu) {
         return absl::InvalidArgumentError(
-            absl::StrCat("FrameExecutor: ", chunks, " chunks of ", grain,
+            absl::StrCat("FrameExecutor: ", share.chunks, " chunks of ", grain,
                          " items; at most 2^32 - 1 per node"));
       }
-      total_parts += std::min<size_t>(chunks, runtime_->workers(r.node));
+      total_parts += share.parts;
     }
     std::array<Part, kInlineParts> inline_parts;
     std::unique_ptr<Part[]> heap_parts;
@@ -278,11 +275,10 @@ class FrameExecutor {
     size_t next_part = 0;
     for (const jobs::NodeRange& r : homes.ranges()) {
       if (!submitted.ok()) break;
-      const size_t b0 = std::max(r.begin, begin);
-      const size_t e0 = std::min(r.end, end);
-      if (b0 >= e0) continue;
-      const size_t chunks = (e0 - b0 + grain - 1) / grain;
-      const size_t count = std::min<size_t>(chunks, runtime_->workers(r.node));
+      const Share share = ShareOf(r, begin, end, grain);
+      if (share.chunks == 0) continue;
+      const size_t b0 = share.begin, e0 = share.end, chunks = share.chunks;
+      const size_t count = share.parts;
       Part* node_parts = parts + next_part;
       for (size_t p = 0; p < count; ++p) {
         node_parts[p].Set(chunks * p / count, chunks * (p + 1) / count);
@@ -313,6 +309,23 @@ class FrameExecutor {
 
  private:
   static constexpr size_t kInlineParts = 16;
+
+  // A node's share of the items [begin, end): its items, their chunks of
+  // `grain` and its parts (one per worker, at most one per chunk). All zero
+  // when the node holds none of them.
+  struct Share {
+    size_t begin = 0, end = 0, chunks = 0, parts = 0;
+  };
+  Share ShareOf(const jobs::NodeRange& r, size_t begin, size_t end,
+                size_t grain) const {
+    Share share;
+    share.begin = std::max(r.begin, begin);
+    share.end = std::min(r.end, end);
+    if (share.begin >= share.end) return Share{};
+    share.chunks = (share.end - share.begin + grain - 1) / grain;
+    share.parts = std::min<size_t>(share.chunks, runtime_->workers(r.node));
+    return share;
+  }
 
   // A contiguous run of chunk indexes [front, back), taken from the front
   // by the part's owner and from the back by the node's other part jobs.
