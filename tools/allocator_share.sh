@@ -25,7 +25,7 @@ bin=$(./bazelw info -c opt bazel-bin 2>/dev/null)/benchmarks
 work=$(mktemp -d "${TMPDIR:-/tmp}/framealloc_share.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # glibc's and mimalloc's entry points and internals, and C++'s operators.
-allocator='\] (malloc|free|cfree@[^ ]*|calloc|realloc|_int_malloc|_int_free|_int_realloc|_int_memalign|_mid_memalign|malloc_consolidate|unlink_chunk[^ ]*|sysmalloc|systrim|tcache_[^ ]*|__libc_[a-z]*|posix_memalign|aligned_alloc|operator new[^ ]*|operator delete[^ ]*|_?mi_[^ ]*)$'
+allocator='\] (malloc|free|cfree@[^ ]*|calloc|realloc|_int_malloc|_int_free|_int_realloc|_int_memalign|_mid_memalign|malloc_consolidate|unlink_chunk[^ ]*|sysmalloc|systrim|tcache_[^ ]*|__libc_(malloc|free|calloc|realloc|memalign)|posix_memalign|aligned_alloc|operator (new|delete)(\[\])?(\(.*\))?|_?mi_[^ ]*)$'
 printf '%-9s %-6s %-9s %10s %12s %9s %14s\n' scenario run allocator \
   "median ms" "in allocator" "in kernel" "bound 1/(1-f)"
 for spec in "${specs[@]}"; do
@@ -36,10 +36,14 @@ for spec in "${specs[@]}"; do
     arena:simulation:arena; do
     IFS=: read -r variant binary label <<<"$run"
     out=$work/$scenario.$label
-    perf record -q -o "$out.data" "$bin/$binary" --scenario="$scenario" \
+    if ! perf record -q -o "$out.data" "$bin/$binary" --scenario="$scenario" \
       --variants="$variant" --frames="$frames" --isolate=false \
       --progress=false --svg= --json="$out.json" --triad_repetitions=0 \
-      >"$out.txt" 2>&1
+      >"$out.txt" 2>&1; then
+      cat "$out.txt" >&2
+      echo "allocator_share.sh: the $label run of $scenario failed" >&2
+      exit 1
+    fi
     median=$(awk -v v="$variant" '$1 == v && $2 == 1 {print $3}' "$out.txt")
     perf report -i "$out.data" --no-children --sort sym 2>/dev/null |
       grep -v '^#' | grep '%' >"$out.syms" || true
