@@ -25,6 +25,11 @@ constexpr size_t kMaxCacheBlocks = size_t{1} << 16;
 // Where every class reaches kMaxCacheBlocks: more would change nothing.
 constexpr size_t kMaxCacheBytes = kMaxCacheBlocks * PoolManager::kMaxBlockSize;
 constexpr int kMaxTransferBatches = 4096;
+// Where every class reaches kMaxCacheBlocks at once (65536 blocks of each of
+// 8 B to 4 KiB: 511.5 MiB).
+constexpr size_t kMaxThreadCacheBytes = size_t{512} << 20;
+// Flushes past a raised limit before it loses a batch (tcmalloc's figure).
+constexpr uint8_t kOverflowsBeforeCut = 3;
 // Distinct pages ReturnBatch tallies for its checks (enough for a default
 // batch of 32 blocks, each on a page of its own). A batch spread over more
 // pages goes back to them block by block.
@@ -95,6 +100,16 @@ absl::Status PoolOptions::Validate() const {
         absl::StrCat("PoolOptions.cache_bytes = ", cache_bytes, " is above ",
                      kMaxCacheBytes, " (65536 blocks of every class)"));
   }
+  if (max_cache_bytes > kMaxCacheBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PoolOptions.max_cache_bytes = ", max_cache_bytes, " is above ",
+        kMaxCacheBytes, " (65536 blocks of every class)"));
+  }
+  if (thread_cache_bytes > kMaxThreadCacheBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PoolOptions.thread_cache_bytes = ", thread_cache_bytes, " is above ",
+        kMaxThreadCacheBytes, " (65536 blocks of every class at once)"));
+  }
   if (transfer_batches < 0 || transfer_batches > kMaxTransferBatches) {
     return absl::InvalidArgumentError(
         absl::StrCat("PoolOptions.transfer_batches = ", transfer_batches,
@@ -125,6 +140,9 @@ PoolManager::PoolManager(ChunkCache* cache, PoolOptions options)
         (options_.page_size - FirstBlockOffset(cls)) / ClassSize(cls);
     cache_limits_[cls] = static_cast<uint32_t>(std::clamp(
         options_.cache_bytes / ClassSize(cls), min_cache, kMaxCacheBlocks));
+    cache_ceilings_[cls] = static_cast<uint32_t>(
+        std::clamp(options_.max_cache_bytes / ClassSize(cls),
+                   size_t{cache_limits_[cls]}, kMaxCacheBlocks));
     // Set before any thread sees the pool; only the slots are guarded.
     classes_[cls].transfer = transfer_slots_.get() +
                              static_cast<size_t>(cls) *
@@ -644,9 +662,10 @@ PoolStats PoolManager::stats() const {
 }
 
 PoolManager::ThreadCache::ThreadCache(PoolManager* pool)
-    : batch_(static_cast<uint32_t>(pool->options().batch)), pool_(pool) {
+    : pool_(pool), batch_(static_cast<uint32_t>(pool->options().batch)) {
   for (int cls = 0; cls < kNumClasses; ++cls) {
     lists_[cls].limit = pool_->CacheLimit(cls);
+    limit_bytes_ += size_t{lists_[cls].limit} * ClassSize(cls);
   }
   pool_->attached_caches_.fetch_add(1, std::memory_order_relaxed);
 }
@@ -661,20 +680,90 @@ void* PoolManager::ThreadCache::AllocateSlow(int cls) {
   const uint32_t got = pool_->Refill(cls, batch_, &list.head);
   if (got == 0) return nullptr;
   list.count += got;
+  // The list ran dry: the thread's working set of this class is larger than
+  // its limit lets it keep.
+  Raise(cls);
   return Allocate(cls);
+}
+
+void PoolManager::ThreadCache::SetLimit(int cls, uint32_t limit) {
+  List& list = lists_[cls];
+  limit_bytes_ = limit_bytes_ - size_t{list.limit} * ClassSize(cls) +
+                 size_t{limit} * ClassSize(cls);
+  list.limit = limit;
+  overflows_[cls] = 0;
+}
+
+void PoolManager::ThreadCache::Raise(int cls) {
+  const List& list = lists_[cls];
+  const uint32_t ceiling = pool_->CacheCeiling(cls);
+  if (list.limit >= ceiling) return;
+  const size_t size = ClassSize(cls);
+  const size_t budget = pool_->options().thread_cache_bytes;
+  const size_t room = budget > limit_bytes_ ? budget - limit_bytes_ : 0;
+  uint32_t add = std::min(batch_, ceiling - list.limit);
+  if (size_t{add} * size > room) {
+    // Only what other classes were given beyond their start and do not
+    // use: the starting limits always hold.
+    add = static_cast<uint32_t>(
+        std::min<size_t>(add, (room + Reclaimable(cls)) / size));
+    if (add == 0) return;
+    if (size_t{add} * size > room) Reclaim(cls, size_t{add} * size - room);
+  }
+  SetLimit(cls, list.limit + add);
+  ++limit_raises_;
+}
+
+size_t PoolManager::ThreadCache::Reclaimable(int except) const {
+  size_t bytes = 0;
+  for (int cls = 0; cls < kNumClasses; ++cls) {
+    const uint32_t floor = std::max(pool_->CacheLimit(cls), lists_[cls].count);
+    if (cls != except && lists_[cls].limit > floor) {
+      bytes += size_t{lists_[cls].limit - floor} * ClassSize(cls);
+    }
+  }
+  return bytes;
+}
+
+void PoolManager::ThreadCache::Reclaim(int except, size_t bytes) {
+  size_t freed = 0;
+  // Largest blocks first: the fewest classes touched.
+  for (int cls = kNumClasses - 1; cls >= 0 && freed < bytes; --cls) {
+    const List& list = lists_[cls];
+    const uint32_t floor = std::max(pool_->CacheLimit(cls), list.count);
+    if (cls == except || list.limit <= floor) continue;
+    const size_t size = ClassSize(cls);
+    const uint32_t cut = static_cast<uint32_t>(std::min<size_t>(
+        list.limit - floor, (bytes - freed + size - 1) / size));
+    SetLimit(cls, list.limit - cut);
+    freed += size_t{cut} * size;
+    ++limit_cuts_;
+  }
 }
 
 void PoolManager::ThreadCache::FlushBatch(int cls) {
   List& list = lists_[cls];
-  // The newest `batch_` blocks go; count > limit >= 2 * batch_ guarantees
-  // them.
-  pool_->ReturnBatch(cls, batch_, &list.head);
-  list.count -= batch_;
+  // count == limit + 1 here. A raised limit that keeps overflowing loses a
+  // batch (at most down to its start): this thread frees more than it
+  // allocates, and a larger cache only parks blocks others will need.
+  uint32_t cut = 0;
+  const uint32_t start = pool_->CacheLimit(cls);
+  if (list.limit > start && ++overflows_[cls] >= kOverflowsBeforeCut) {
+    cut = std::min(batch_, list.limit - start);
+    SetLimit(cls, list.limit - cut);
+    ++limit_cuts_;
+  }
+  // Leaves count == limit + 1 - batch_. limit >= 2 * batch_ and cut <=
+  // batch_ guarantee the blocks: count >= batch_ + cut + 1.
+  const uint32_t n = batch_ + cut;
+  pool_->ReturnBatch(cls, n, &list.head);
+  list.count -= n;
 }
 
 void PoolManager::ThreadCache::Flush() {
   for (int cls = 0; cls < kNumClasses; ++cls) {
     List& list = lists_[cls];
+    SetLimit(cls, pool_->CacheLimit(cls));
     if (list.head == nullptr) continue;
     FreeBlock* head = list.head;
     list.head = nullptr;

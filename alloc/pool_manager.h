@@ -11,7 +11,10 @@
 // keeps a transfer cache, a bounded stack of whole batches (already-linked
 // lists), so that a flush pushes a batch and a refill pops one in O(1)
 // without touching a page. Only when the transfer cache is empty (refill) or
-// full (flush) do blocks go to or come from their pages one by one. A block
+// full (flush) do blocks go to or come from their pages one by one. A thread
+// cache's limit per class grows on demand (PoolOptions::max_cache_bytes,
+// within PoolOptions::thread_cache_bytes per thread), so a thread whose
+// working set outgrows the starting limit stops making trips. A block
 // freed by another thread than the one that allocated it goes into the
 // freeing thread's cache. Not for: frame temporaries (FrameArena is cheaper
 // and drops them at once), blocks above 4 KiB or aligned beyond 4 KiB
@@ -79,7 +82,8 @@ struct PoolOptions {
   // the class's cache limit. Each batch in a transfer cache holds this many.
   int batch = 32;
   // Bytes of free blocks of each class a ThreadCache may hold before it
-  // flushes a batch: class c holds cache_bytes / ClassSize(c) blocks,
+  // flushes a batch, at its start (see max_cache_bytes for how the limit
+  // grows): class c holds cache_bytes / ClassSize(c) blocks,
   // clamped to [2 * batch, 65536] (PoolManager::CacheLimit). The default
   // gives 8192 blocks of 8 B, 1024 of 64 B, 128 of 512 B and 2 * batch = 64
   // of 1 KiB and up: small blocks, the common case, rarely leave their
@@ -89,6 +93,24 @@ struct PoolOptions {
   // in the cache after a flush, so that alternating frees and allocations
   // at the limit do not each make a trip. 0 gives every class that minimum.
   size_t cache_bytes = size_t{64} << 10;
+  // How far a ThreadCache may raise a class's limit on demand, in bytes of
+  // that class: up to max_cache_bytes / ClassSize(c) blocks (never below the
+  // starting limit above, at most 65536). A thread whose list of a class
+  // runs empty raises its limit by one batch per refill, so a working set
+  // larger than the starting limit (a burst of allocations freed later on
+  // the same thread) stays in the thread instead of making a trip per batch;
+  // a list that overflows its raised limit three times loses a batch of it
+  // (a thread that frees more than it allocates gains nothing from a larger
+  // cache). tcmalloc sizes its thread caches the same way. The default
+  // (1 MiB) lets 2048 blocks of 512 B or 256 of 4 KiB stay. A value at or
+  // below cache_bytes keeps every limit fixed at its start.
+  size_t max_cache_bytes = size_t{1} << 20;
+  // The most a ThreadCache's limits may add up to, in bytes over all
+  // classes: a class raises its limit only while the sum stays within this,
+  // taking room from classes whose raised limits sit unused when it must.
+  // This bounds what one thread parks. The starting limits always hold,
+  // even when they add up to more.
+  size_t thread_cache_bytes = size_t{4} << 20;
   // Whole batches each class's transfer cache holds (its slots are allocated
   // with the pool; nothing is allocated under the lock). A flush that finds
   // it full returns its blocks to their pages. 0 turns the transfer cache
@@ -107,14 +129,24 @@ struct PoolOptions {
     cache_bytes = bytes;
     return *this;
   }
+  PoolOptions& set_max_cache_bytes(size_t bytes) {
+    max_cache_bytes = bytes;
+    return *this;
+  }
+  PoolOptions& set_thread_cache_bytes(size_t bytes) {
+    thread_cache_bytes = bytes;
+    return *this;
+  }
   PoolOptions& set_transfer_batches(int batches) {
     transfer_batches = batches;
     return *this;
   }
 
   // InvalidArgument unless page_size is a power of two in [16 KiB, 4 MiB],
-  // batch is in [1, 1024], cache_bytes is at most 256 MiB (where every class
-  // reaches 65536 blocks) and transfer_batches is in [0, 4096].
+  // batch is in [1, 1024], cache_bytes and max_cache_bytes are at most
+  // 256 MiB (where every class reaches 65536 blocks), thread_cache_bytes is
+  // at most 512 MiB (where all of them do) and transfer_batches is in
+  // [0, 4096].
   absl::Status Validate() const;
 };
 
@@ -202,9 +234,14 @@ class PoolManager {
   // Blocks of class `cls` each page holds. REQUIRES: 0 <= cls < kNumClasses.
   size_t BlocksPerPage(int cls) const { return blocks_per_page_[cls]; }
   // Free blocks of class `cls` a ThreadCache holds before it flushes a
-  // batch: options().cache_bytes / ClassSize(cls), clamped to
-  // [2 * batch, 65536]. REQUIRES: 0 <= cls < kNumClasses.
+  // batch, at its start: options().cache_bytes / ClassSize(cls), clamped to
+  // [2 * batch, 65536]. A cache raises it on demand up to CacheCeiling(cls)
+  // and never lowers it below this. REQUIRES: 0 <= cls < kNumClasses.
   uint32_t CacheLimit(int cls) const { return cache_limits_[cls]; }
+  // The highest limit a ThreadCache may raise class `cls` to:
+  // options().max_cache_bytes / ClassSize(cls), clamped to
+  // [CacheLimit(cls), 65536]. REQUIRES: 0 <= cls < kNumClasses.
+  uint32_t CacheCeiling(int cls) const { return cache_ceilings_[cls]; }
   const PoolOptions& options() const { return options_; }
   ChunkCache* cache() const { return cache_; }
 
@@ -329,6 +366,7 @@ class PoolManager {
   const uintptr_t page_mask_;  // ~(page_size - 1).
   std::array<size_t, kNumClasses> blocks_per_page_;
   std::array<uint32_t, kNumClasses> cache_limits_;
+  std::array<uint32_t, kNumClasses> cache_ceilings_;
   // On the heap, so that each class's alignment holds wherever the pool
   // itself lives (ASan's fake stack does not honour alignas(64) locals).
   const std::unique_ptr<ClassState[]> classes_;
@@ -374,8 +412,13 @@ struct PoolStats {
 };
 
 // A thread's cache of free blocks, one intrusive list per size class, each
-// holding at most the pool's CacheLimit(cls). Allocate and Free are inline
-// pops and pushes; the pool is visited once per `batch` blocks, out of line.
+// holding at most its current limit: the pool's CacheLimit(cls) at first,
+// raised by a batch at each refill up to CacheCeiling(cls) while the sum of
+// the limits stays within PoolOptions::thread_cache_bytes, lowered by a
+// batch after three overflows, never below CacheLimit(cls). Allocate and
+// Free are inline pops and pushes; the pool is visited once per `batch`
+// blocks, out of line, and in steady state not at all once the limits fit
+// the thread's working set.
 //
 // Thread safety: none; one thread at a time (the owner). Blocks may cross
 // threads: a block allocated through one cache may be freed through another
@@ -429,34 +472,63 @@ class PoolManager::ThreadCache {
 
   // Returns every cached block to its page, block by block with every check
   // (not to the transfer cache: a thread that leaves should leave its pages
-  // releasable). Call when the owning thread is done with the pool (thread
-  // exit); the destructor calls it.
+  // releasable), and puts every limit back at its start. Call when the
+  // owning thread is done with the pool (thread exit), or to give back what
+  // a burst left; the destructor calls it.
   void Flush();
 
   // Blocks of class `cls` in this cache now.
   size_t cached_blocks(int cls) const { return lists_[cls].count; }
+  // The current limit of class `cls`: blocks it holds before it flushes.
+  uint32_t cache_limit(int cls) const { return lists_[cls].limit; }
+  // The sum over classes of cache_limit(cls) * ClassSize(cls): the most this
+  // cache may hold now.
+  size_t limit_bytes() const { return limit_bytes_; }
+  // Times a limit was raised (at a refill) and lowered (after overflows, or
+  // to make room for another class), since construction.
+  uint64_t limit_raises() const { return limit_raises_; }
+  uint64_t limit_cuts() const { return limit_cuts_; }
   PoolManager* pool() const { return pool_; }
 
  private:
   struct List {
     FreeBlock* head = nullptr;
     uint32_t count = 0;
-    uint32_t limit = 0;  // The pool's CacheLimit(cls), next to the count.
+    uint32_t limit = 0;  // The current limit, next to the count.
   };
 
-  // Refills the empty list of `cls` with a batch and pops a block.
+  // Refills the empty list of `cls` with a batch, raises its limit when it
+  // may, and pops a block.
   ABSL_ATTRIBUTE_NOINLINE void* AllocateSlow(int cls);
-  // Hands the `batch` newest blocks of the list of `cls` to the pool.
+  // Hands the newest blocks of the over-limit list of `cls` to the pool
+  // (one batch, plus what a cut of the limit takes), leaving it `batch`
+  // below its limit.
   ABSL_ATTRIBUTE_NOINLINE void FlushBatch(int cls);
+  // Raises the limit of `cls` by up to a batch, within its ceiling and the
+  // thread's budget (taking room from other classes' unused raises).
+  void Raise(int cls);
+  // Bytes of limit the classes other than `except` hold beyond both their
+  // start and their count: what Reclaim could free.
+  size_t Reclaimable(int except) const;
+  // Lowers those limits, largest blocks first, until at least `bytes` are
+  // freed or none is left.
+  void Reclaim(int except, size_t bytes);
+  // Sets the limit of `cls`, keeping limit_bytes_ the sum.
+  void SetLimit(int cls, uint32_t limit);
 
   // Hot fields first: the fast paths touch one List (16 bytes) only.
   List lists_[kNumClasses];
-  const uint32_t batch_;
   PoolManager* const pool_;
+  size_t limit_bytes_ = 0;
+  uint64_t limit_raises_ = 0;
+  uint64_t limit_cuts_ = 0;
+  const uint32_t batch_;
+  // Flushes of each class since its limit last moved.
+  uint8_t overflows_[kNumClasses] = {};
 };
 
-static_assert(sizeof(PoolManager::ThreadCache) <= 192,
-              "ThreadCache should stay within three cache lines");
+static_assert(sizeof(PoolManager::ThreadCache) <= 256,
+              "ThreadCache should stay within four cache lines");
 
 }  // namespace framealloc
 

@@ -173,8 +173,10 @@ TEST_F(PoolManagerTest, CacheLimitScalesWithTheClassSize) {
   for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
     EXPECT_EQ(pool().CacheLimit(cls), 65536u);
   }
-  // A ThreadCache holds exactly its class's limit before it flushes.
-  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(1024));
+  // A ThreadCache holds exactly its class's limit before it flushes (limits
+  // fixed: max_cache_bytes below cache_bytes).
+  UseOptions(
+      PoolOptions().set_batch(4).set_cache_bytes(1024).set_max_cache_bytes(0));
   EXPECT_EQ(pool().CacheLimit(2), 32u);  // 1 KiB of 32 B blocks.
   EXPECT_EQ(pool().CacheLimit(9), 8u);   // The floor, 2 * batch.
   ThreadCache tc(&pool());
@@ -221,7 +223,10 @@ TEST_F(PoolManagerTest, RefillsInBatches) {
 }
 
 TEST_F(PoolManagerTest, FlushesABatchWhenTheCacheExceedsItsLimit) {
-  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(8 * 64));
+  // A fixed limit of 8 (the refills below would raise it otherwise).
+  UseOptions(
+      PoolOptions().set_batch(4).set_cache_bytes(8 * 64).set_max_cache_bytes(
+          0));
   ThreadCache tc(&pool());
   const size_t per_page = pool().BlocksPerPage(3);
   ASSERT_EQ(pool().CacheLimit(3), 8u);
@@ -259,10 +264,149 @@ TEST_F(PoolManagerTest, FlushesABatchWhenTheCacheExceedsItsLimit) {
   EXPECT_EQ(stats.classes[3].empty_pages, 1u);
 }
 
+// Options of the limit tests below: batch 4; class 3 (64 B) starts at 8
+// blocks and may grow to 64.
+PoolOptions GrowingOptions() {
+  return PoolOptions().set_batch(4).set_cache_bytes(8 * 64).set_max_cache_bytes(
+      64 * 64);
+}
+
+// Sum over classes of the starting limits of GrowingOptions(): 64, 32, 16
+// and 8 blocks of 8 to 64 B (512 B each), then the floor of 8 blocks of
+// 128 B to 4 KiB.
+constexpr size_t kGrowingStartBytes =
+    4 * 512 + 8 * (128 + 256 + 512 + 1024 + 2048 + 4096);
+
+TEST_F(PoolManagerTest, LimitGrowsWhenTheListRunsDry) {
+  UseOptions(GrowingOptions());
+  EXPECT_EQ(pool().CacheLimit(3), 8u);
+  EXPECT_EQ(pool().CacheCeiling(3), 64u);
+  ThreadCache tc(&pool());
+  EXPECT_EQ(tc.cache_limit(3), 8u);
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes);
+  // 40 blocks at once: 10 refills, each raising the limit by a batch.
+  std::vector<void*> blocks;
+  for (int i = 0; i < 40; ++i) blocks.push_back(tc.Allocate(3));
+  EXPECT_EQ(pool().stats().refills, 10u);
+  EXPECT_EQ(tc.cache_limit(3), 48u);
+  EXPECT_EQ(tc.limit_raises(), 10u);
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes + 40 * 64);
+  // All 40 stay in the thread: no flush, and the next round makes no trip.
+  for (void* p : blocks) tc.Free(p, 3);
+  EXPECT_EQ(tc.cached_blocks(3), 40u);
+  EXPECT_EQ(pool().stats().flushes, 0u);
+  for (int round = 0; round < 3; ++round) {
+    for (void*& p : blocks) p = tc.Allocate(3);
+    for (void* p : blocks) tc.Free(p, 3);
+  }
+  EXPECT_EQ(pool().stats().refills, 10u);
+  EXPECT_EQ(pool().stats().flushes, 0u);
+  EXPECT_EQ(tc.cache_limit(3), 48u);
+  // Flush gives everything back and starts the limits over.
+  tc.Flush();
+  EXPECT_EQ(tc.cached_blocks(3), 0u);
+  EXPECT_EQ(tc.cache_limit(3), 8u);
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes);
+  EXPECT_EQ(pool().stats().classes[3].blocks_out, 0u);
+}
+
+TEST_F(PoolManagerTest, FixedLimitsMakeATripPerBatch) {
+  // The same rounds with growth off: every round refills and flushes.
+  UseOptions(GrowingOptions().set_max_cache_bytes(0));
+  EXPECT_EQ(pool().CacheCeiling(3), 8u);
+  ThreadCache tc(&pool());
+  std::vector<void*> blocks(40);
+  for (int round = 0; round < 4; ++round) {
+    for (void*& p : blocks) p = tc.Allocate(3);
+    for (void* p : blocks) tc.Free(p, 3);
+  }
+  const PoolStats stats = pool().stats();
+  EXPECT_GE(stats.refills, 4u * 8);  // At least 32 blocks a round refilled.
+  EXPECT_GE(stats.flushes, 4u * 8);
+  EXPECT_EQ(tc.cache_limit(3), 8u);
+  EXPECT_EQ(tc.limit_raises(), 0u);
+}
+
+TEST_F(PoolManagerTest, LimitStopsAtTheCeiling) {
+  UseOptions(GrowingOptions().set_max_cache_bytes(16 * 64));
+  ThreadCache tc(&pool());
+  std::vector<void*> blocks;
+  for (int i = 0; i < 40; ++i) blocks.push_back(tc.Allocate(3));
+  EXPECT_EQ(tc.cache_limit(3), 16u);
+  EXPECT_EQ(tc.limit_raises(), 2u);
+  for (void* p : blocks) tc.Free(p, 3);
+  EXPECT_LE(tc.cached_blocks(3), 16u);
+  EXPECT_GT(pool().stats().flushes, 0u);
+}
+
+TEST_F(PoolManagerTest, OverflowsCutARaisedLimitBackToItsStart) {
+  // A consumer: its limit raised to 20 by three refills, then it frees
+  // blocks another cache allocated, overflowing again and again. Every
+  // third overflow takes a batch off, down to the start and no further.
+  UseOptions(GrowingOptions());
+  ThreadCache consumer(&pool());
+  ThreadCache producer(&pool());
+  std::vector<void*> own;
+  for (int i = 0; i < 12; ++i) own.push_back(consumer.Allocate(3));
+  ASSERT_EQ(consumer.cache_limit(3), 20u);
+  for (void* p : own) consumer.Free(p, 3);
+  ASSERT_EQ(consumer.cached_blocks(3), 12u);
+  std::vector<uint32_t> limits;
+  for (int i = 0; i < 400; ++i) {
+    consumer.Free(producer.Allocate(3), 3);
+    EXPECT_LE(consumer.cached_blocks(3), consumer.cache_limit(3));
+    if (limits.empty() || limits.back() != consumer.cache_limit(3)) {
+      limits.push_back(consumer.cache_limit(3));
+    }
+  }
+  EXPECT_EQ(limits, (std::vector<uint32_t>{20, 16, 12, 8}));
+  EXPECT_EQ(consumer.limit_cuts(), 3u);
+  EXPECT_EQ(consumer.limit_bytes(), kGrowingStartBytes);
+  // The producer, always dry, went to its ceiling.
+  EXPECT_EQ(producer.cache_limit(3), 64u);
+}
+
+TEST_F(PoolManagerTest, ThreadBudgetBoundsTheLimitsAndMovesBetweenClasses) {
+  // Room for 16 more blocks of 64 B (or 8 of 128 B) beyond the starts.
+  UseOptions(
+      GrowingOptions().set_thread_cache_bytes(kGrowingStartBytes + 16 * 64));
+  ThreadCache tc(&pool());
+  std::vector<void*> small;
+  for (int i = 0; i < 40; ++i) small.push_back(tc.Allocate(3));
+  EXPECT_EQ(tc.cache_limit(3), 24u);  // 4 raises, then the budget is full.
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes + 16 * 64);
+  // Class 3 keeps 12 of its 24: 12 blocks of its raise sit unused.
+  for (int i = 0; i < 12; ++i) tc.Free(small[i], 3);
+  EXPECT_EQ(tc.cached_blocks(3), 12u);
+  // Class 4 (128 B) runs dry: its raises take class 3's unused room, a
+  // batch (512 B, 8 blocks of 64 B) at a time, down to class 3's count.
+  std::vector<void*> large;
+  for (int i = 0; i < 4; ++i) large.push_back(tc.Allocate(4));  // 1 refill.
+  EXPECT_EQ(tc.cache_limit(4), 12u);
+  EXPECT_EQ(tc.cache_limit(3), 16u);
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes + 16 * 64);
+  // The second refill finds 4 blocks of 64 B unused (class 3 holds 12): room
+  // for 2 blocks of 128 B, not the batch of 4 it would take.
+  for (int i = 0; i < 4; ++i) large.push_back(tc.Allocate(4));
+  EXPECT_EQ(tc.cache_limit(4), 14u);
+  EXPECT_EQ(tc.cache_limit(3), 12u);
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes + 16 * 64);
+  // Then nothing is left to take: class 4 stays where it is.
+  for (int i = 0; i < 8; ++i) large.push_back(tc.Allocate(4));
+  EXPECT_EQ(tc.cache_limit(4), 14u);
+  EXPECT_EQ(tc.cache_limit(3), 12u);
+  EXPECT_EQ(tc.limit_cuts(), 2u);
+  EXPECT_EQ(tc.limit_raises(), 4u + 2u);
+  for (void* p : large) tc.Free(p, 4);
+  for (size_t i = 12; i < small.size(); ++i) tc.Free(small[i], 3);
+  EXPECT_LE(tc.limit_bytes(), kGrowingStartBytes + 16 * 64);
+}
+
 // tcmalloc's transfer cache: a batch flushed by one cache is the next
 // refill of another, handed over whole; no page is read or written.
 TEST_F(PoolManagerTest, FlushThenRefillElsewhereHandsOverTheSameBatch) {
-  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(0));  // Limit 8.
+  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(0).set_max_cache_bytes(
+      0));  // Limit 8, fixed.
   ThreadCache producer(&pool());
   ThreadCache consumer(&pool());
   std::vector<void*> blocks;
@@ -294,7 +438,8 @@ TEST_F(PoolManagerTest, FlushThenRefillElsewhereHandsOverTheSameBatch) {
 
 TEST_F(PoolManagerTest, TransferCacheOverflowFallsBackToThePages) {
   const PoolOptions options =
-      PoolOptions().set_batch(4).set_cache_bytes(0);  // Limit 8.
+      PoolOptions().set_batch(4).set_cache_bytes(0).set_max_cache_bytes(
+          0);  // Limit 8, fixed.
   UseOptions(PoolOptions(options).set_transfer_batches(2));
   {
     ThreadCache tc(&pool());
@@ -478,79 +623,89 @@ TEST_F(PoolManagerTest, CrossThreadFreesLoseNothingAndNeverDuplicate) {
 // what the program holds) while blocks cross threads, flush into full
 // transfer caches and are refilled from them.
 TEST_F(PoolManagerTest, StatsBalanceAcrossThreads) {
-  for (int threads : {2, 4, 8}) {
-    UseOptions(
-        PoolOptions().set_batch(8).set_cache_bytes(0).set_transfer_batches(4));
-    constexpr int kPerThread = 3000;
-    // Each thread keeps every third block live and hands it to the main
-    // thread; the rest it frees at once or after a while.
-    std::vector<std::vector<std::pair<void*, int>>> kept(threads);
-    std::atomic<int> nulls{0};
-    std::vector<std::thread> workers;
-    for (int t = 0; t < threads; ++t) {
-      workers.emplace_back([&, t] {
-        ThreadCache tc(&pool());
-        std::vector<std::pair<void*, int>> later;
-        for (int i = 0; i < kPerThread; ++i) {
-          const int cls = (i + t) % 4;
-          void* p = tc.Allocate(cls);
-          if (p == nullptr) {
-            nulls.fetch_add(1);
-            continue;
+  // Fixed limits (every 16 blocks a trip, through the transfer caches), and
+  // limits that grow to hold each thread's working set.
+  for (const bool grow : {false, true}) {
+    for (int threads : {2, 4, 8}) {
+      SCOPED_TRACE(grow ? "growing limits" : "fixed limits");
+      UseOptions(PoolOptions()
+                     .set_batch(8)
+                     .set_cache_bytes(0)
+                     .set_max_cache_bytes(grow ? size_t{1} << 20 : 0)
+                     .set_transfer_batches(4));
+      constexpr int kPerThread = 3000;
+      // Each thread keeps every third block live and hands it to the main
+      // thread; the rest it frees at once or after a while.
+      std::vector<std::vector<std::pair<void*, int>>> kept(threads);
+      std::atomic<int> nulls{0};
+      std::vector<std::thread> workers;
+      for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+          ThreadCache tc(&pool());
+          std::vector<std::pair<void*, int>> later;
+          for (int i = 0; i < kPerThread; ++i) {
+            const int cls = (i + t) % 4;
+            void* p = tc.Allocate(cls);
+            if (p == nullptr) {
+              nulls.fetch_add(1);
+              continue;
+            }
+            if (i % 3 == 0) {
+              kept[t].emplace_back(p, cls);
+            } else if (i % 3 == 1) {
+              tc.Free(p, cls);
+            } else {
+              later.emplace_back(p, cls);
+            }
+            if (later.size() == 100) {
+              for (auto [q, c] : later) tc.Free(q, c);
+              later.clear();
+            }
           }
-          if (i % 3 == 0) {
-            kept[t].emplace_back(p, cls);
-          } else if (i % 3 == 1) {
-            tc.Free(p, cls);
-          } else {
-            later.emplace_back(p, cls);
-          }
-          if (later.size() == 100) {
-            for (auto [q, c] : later) tc.Free(q, c);
-            later.clear();
-          }
-        }
-        for (auto [q, c] : later) tc.Free(q, c);
-      });
-    }
-    for (auto& w : workers) w.join();
-    ASSERT_EQ(nulls.load(), 0);
-
-    size_t live[PoolManager::kNumClasses] = {};
-    for (const auto& v : kept) {
-      for (const auto& item : v) ++live[item.second];
-    }
-    PoolStats stats = pool().stats();
-    size_t pages = 0;
-    for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
-      const PoolClassStats& c = stats.classes[cls];
-      EXPECT_EQ(c.blocks_total, c.pages * c.blocks_per_page);
-      EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer + c.blocks_out,
-                c.blocks_total)
-          << threads << " threads, class " << cls;
-      // Every cache is gone (flushed): out is exactly what is live.
-      EXPECT_EQ(c.blocks_out, live[cls])
-          << threads << " threads, class " << cls;
-      EXPECT_LE(c.blocks_in_transfer, 4u * 8u);
-      pages += c.pages;
-    }
-    EXPECT_GT(stats.transfer_flushes, 0u);
-    EXPECT_GT(stats.transfer_refills, 0u);
-    EXPECT_EQ(stats.dropped_frees, 0u);
-
-    {
-      ThreadCache main_cache(&pool());
-      for (const auto& v : kept) {
-        for (auto [p, cls] : v) main_cache.Free(p, cls);
+          for (auto [q, c] : later) tc.Free(q, c);
+        });
       }
-    }
-    EXPECT_EQ(BlocksOut(), 0u);
-    EXPECT_EQ(pool().ReleaseEmptyPages(), pages * k64K) << threads;
-    stats = pool().stats();
-    EXPECT_EQ(stats.pages, 0u);
-    for (const PoolClassStats& c : stats.classes) {
-      EXPECT_EQ(c.blocks_in_transfer, 0u);
-      EXPECT_EQ(c.blocks_free_in_pages, 0u);
+      for (auto& w : workers) w.join();
+      ASSERT_EQ(nulls.load(), 0);
+
+      size_t live[PoolManager::kNumClasses] = {};
+      for (const auto& v : kept) {
+        for (const auto& item : v) ++live[item.second];
+      }
+      PoolStats stats = pool().stats();
+      size_t pages = 0;
+      for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
+        const PoolClassStats& c = stats.classes[cls];
+        EXPECT_EQ(c.blocks_total, c.pages * c.blocks_per_page);
+        EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer + c.blocks_out,
+                  c.blocks_total)
+            << threads << " threads, class " << cls;
+        // Every cache is gone (flushed): out is exactly what is live.
+        EXPECT_EQ(c.blocks_out, live[cls])
+            << threads << " threads, class " << cls;
+        EXPECT_LE(c.blocks_in_transfer, 4u * 8u);
+        pages += c.pages;
+      }
+      if (!grow) {
+        EXPECT_GT(stats.transfer_flushes, 0u);
+        EXPECT_GT(stats.transfer_refills, 0u);
+      }
+      EXPECT_EQ(stats.dropped_frees, 0u);
+
+      {
+        ThreadCache main_cache(&pool());
+        for (const auto& v : kept) {
+          for (auto [p, cls] : v) main_cache.Free(p, cls);
+        }
+      }
+      EXPECT_EQ(BlocksOut(), 0u);
+      EXPECT_EQ(pool().ReleaseEmptyPages(), pages * k64K) << threads;
+      stats = pool().stats();
+      EXPECT_EQ(stats.pages, 0u);
+      for (const PoolClassStats& c : stats.classes) {
+        EXPECT_EQ(c.blocks_in_transfer, 0u);
+        EXPECT_EQ(c.blocks_free_in_pages, 0u);
+      }
     }
   }
 }
@@ -607,8 +762,11 @@ TEST_F(PoolManagerTest, ReleaseEmptyPagesReturnsExactlyTheEmptyPages) {
 // ReleaseEmptyPages drains them first and then releases every page.
 TEST_F(PoolManagerTest, ReleaseEmptyPagesDrainsTheTransferCacheFirst) {
   constexpr int kCls = 3;
-  UseOptions(
-      PoolOptions().set_batch(4).set_cache_bytes(0).set_transfer_batches(1024));
+  UseOptions(PoolOptions()
+                 .set_batch(4)
+                 .set_cache_bytes(0)
+                 .set_max_cache_bytes(0)
+                 .set_transfer_batches(1024));
   ThreadCache tc(&pool());
   const size_t n = 2 * pool().BlocksPerPage(kCls);
   std::vector<void*> blocks;
@@ -636,7 +794,8 @@ TEST_F(PoolManagerTest, ReleaseEmptyPagesDrainsTheTransferCacheFirst) {
 
 // keep_per_class counts pages emptied by the drain too.
 TEST_F(PoolManagerTest, ReleaseEmptyPagesKeepsPagesEmptiedByTheDrain) {
-  UseOptions(PoolOptions().set_batch(4).set_cache_bytes(0));
+  UseOptions(
+      PoolOptions().set_batch(4).set_cache_bytes(0).set_max_cache_bytes(0));
   ThreadCache tc(&pool());
   const size_t n = 2 * pool().BlocksPerPage(9);  // 4 KiB: 15 a page.
   std::vector<void*> blocks;
@@ -691,6 +850,9 @@ TEST_F(PoolManagerTest, ExhaustedSourceGivesNullAndLeavesStateConsistent) {
 }
 
 TEST_F(PoolManagerTest, SteadyStateAcquiresNoPagesAfterWarmUp) {
+  // Fixed limits: the frame's working set does not fit the cache, so every
+  // frame visits the pages, and still acquires none.
+  UseOptions(PoolOptions().set_max_cache_bytes(0));
   ThreadCache tc(&pool());
   std::vector<std::pair<void*, int>> live;
   // The same frame every time: 3000 blocks of mixed classes, freed in a
@@ -716,6 +878,36 @@ TEST_F(PoolManagerTest, SteadyStateAcquiresNoPagesAfterWarmUp) {
   EXPECT_EQ(steady.pages_acquired, warm.pages_acquired);  // never grown.
   EXPECT_EQ(source_.allocate_calls(), source_calls);
   EXPECT_EQ(cache_.stats().hits + cache_.stats().misses, warm.pages_acquired);
+}
+
+TEST_F(PoolManagerTest, GrownLimitsMakeNoTripAfterWarmUp) {
+  // The frame above with the default options: the first frame raises each
+  // class's limit to its share of the 3000 blocks, and from then on every
+  // allocation and free stays in the thread.
+  ThreadCache tc(&pool());
+  std::vector<std::pair<void*, int>> live;
+  const auto frame = [&] {
+    std::mt19937 rng(42);
+    for (int i = 0; i < 3000; ++i) {
+      const int cls = static_cast<int>(rng() % 7);
+      live.emplace_back(tc.Allocate(cls), cls);
+    }
+    std::shuffle(live.begin(), live.end(), rng);
+    for (auto [p, cls] : live) tc.Free(p, cls);
+    live.clear();
+  };
+  frame();
+  const PoolStats warm = pool().stats();
+  EXPECT_GT(warm.refills, 0u);
+  EXPECT_EQ(warm.flushes, 0u);
+  const size_t limit_bytes = tc.limit_bytes();
+  EXPECT_LE(limit_bytes, pool().options().thread_cache_bytes);
+  for (int i = 0; i < 100; ++i) frame();
+  const PoolStats steady = pool().stats();
+  EXPECT_EQ(steady.refills, warm.refills);
+  EXPECT_EQ(steady.flushes, 0u);
+  EXPECT_EQ(steady.pages_acquired, warm.pages_acquired);
+  EXPECT_EQ(tc.limit_bytes(), limit_bytes);
 }
 
 TEST_F(PoolManagerTest, OwnsOnlyItsOwnPages) {
@@ -806,9 +998,10 @@ TEST_F(PoolManagerTest, FreeOfAnInteriorPointerIsReportedAndDropped) {
 // good ones are kept.
 class BatchMisuseTest : public PoolManagerTest {
  protected:
-  // Batch 2, limit 4: the fifth free flushes the two newest blocks.
+  // Batch 2, limit 4 (fixed): the fifth free flushes the two newest blocks.
   void SetUp() override {
-    UseOptions(PoolOptions().set_batch(2).set_cache_bytes(0));
+    UseOptions(
+        PoolOptions().set_batch(2).set_cache_bytes(0).set_max_cache_bytes(0));
   }
   // Frees three good blocks of `cls` (from `tc`), then `bad` as `cls`, then
   // one more good block: that free flushes {good, bad}.
@@ -1023,6 +1216,10 @@ TEST(PoolOptionsTest, ValidateNamesTheBadField) {
       {PoolOptions().set_batch(2000), "PoolOptions.batch = 2000"},
       {PoolOptions().set_cache_bytes((size_t{256} << 20) + 1),
        "PoolOptions.cache_bytes = 268435457 is above 268435456"},
+      {PoolOptions().set_max_cache_bytes((size_t{256} << 20) + 1),
+       "PoolOptions.max_cache_bytes = 268435457 is above 268435456"},
+      {PoolOptions().set_thread_cache_bytes((size_t{512} << 20) + 1),
+       "PoolOptions.thread_cache_bytes = 536870913 is above 536870912"},
       {PoolOptions().set_transfer_batches(-1),
        "PoolOptions.transfer_batches = -1 is outside [0, 4096]"},
       {PoolOptions().set_transfer_batches(4097),

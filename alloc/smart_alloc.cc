@@ -844,6 +844,8 @@ size_t SmartAlloc::release_empty_pool_pages() {
   return pools_->ReleaseEmptyPages();
 }
 
+void SmartAlloc::flush_thread_pool_cache() { local().pool_cache.Flush(); }
+
 // ---------------------------------------------------------------------------
 // Tags
 

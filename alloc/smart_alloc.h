@@ -551,7 +551,14 @@ class SmartAlloc {
   void heap_free(void* p);
 
   // Gives completely free pool pages back to the chunk cache. Returns bytes.
+  // Blocks parked in a thread's pool cache keep their pages: a thread's
+  // cache limits grow to fit its working set (PoolOptions::max_cache_bytes),
+  // so after a burst call flush_thread_pool_cache() on that thread first.
   size_t release_empty_pool_pages();
+  // Returns the calling thread's cached pool blocks to their pages and puts
+  // its cache limits back at their start (a thread done with a burst of pool
+  // allocations, or about to idle). Cheap when the cache is empty.
+  void flush_thread_pool_cache();
 
   // ---- Tags
   // ------------------------------------------------------------------

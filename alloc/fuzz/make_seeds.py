@@ -78,13 +78,15 @@ def pool_seeds():
     steps = []
     for op in range(16):
         steps += [op, 3, 5, 0x22, 0x01, 1, 0, 0]
-    for config in ([0x00, 0x00], [0x05, 0x0B], [0x86, 0x21]):
+    # Three configuration bytes: page size, batch and chunk cache; cache
+    # bytes and transfer batches; limit growth and thread budget.
+    for config in ([0x00, 0x00, 0x00], [0x05, 0x0B, 0x01], [0x86, 0x21, 0x44]):
         seeds.append(config + steps)
     # Bursts across the threads with tiny caches and transfer caches.
-    seeds.append([0x00, 0x08] +
+    seeds.append([0x00, 0x08, 0x19] +
                  [7, 2, 150, 1, 7, 5, 100, 0, 7, 9, 199, 1, 11, 10, 0, 15] * 4)
     # Faults while refilling, then recovery.
-    seeds.append([0x04, 0x00, 12, 2, 0, 1, 3, 3, 10, 12, 7, 0, 4, 3, 40,
+    seeds.append([0x04, 0x00, 0x02, 12, 2, 0, 1, 3, 3, 10, 12, 7, 0, 4, 3, 40,
                   12, 0x80, 4, 15, 8, 9, 10, 0, 15])
     rng = random.Random(3)
     for _ in range(3):

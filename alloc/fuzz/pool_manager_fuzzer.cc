@@ -7,9 +7,12 @@
 // misalign it, lose a block or its contents across thread caches, transfer
 // caches and pages, miscount (every class's blocks_out against the model
 // plus both caches), report a misuse that is none, or fail to give every
-// page back at the end. The options (page size, batch, cache bytes,
-// transfer batches) come from the input's first bytes, small values
-// included, so flushes, transfer overflows and page refills happen often.
+// page back at the end, or break a cache's limits (each between its start
+// and its ceiling, above its count, their sum within the thread budget).
+// The options (page size, batch, cache bytes, transfer batches, limit
+// growth, thread budget) come from the input's first three bytes, small
+// values included, so flushes, transfer overflows, page refills and limit
+// raises and cuts happen often.
 // Operations: allocate on either thread, free on either thread (blocks
 // handed over between them: cross-thread frees), bursts allocated on one
 // thread and freed on the other, Flush of either cache, ReleaseEmptyPages,
@@ -47,6 +50,12 @@ class Driver {
     options.batch = 1 + (a >> 2) % 32;
     options.cache_bytes = (b % 4) == 0 ? 0 : size_t{256} << (b % 8);
     options.transfer_batches = (b >> 3) % 5;
+    // Limits fixed, growing freely, or growing within a small thread budget
+    // (where raises take room from other classes).
+    const uint8_t g = in_->Byte();
+    options.max_cache_bytes = (g % 3) == 0 ? 0 : size_t{1024} << (g % 8);
+    options.thread_cache_bytes =
+        (g & 0x40) ? size_t{4} << 20 : size_t{16} << 10 << ((g >> 3) % 4);
     cache_ = std::make_unique<ChunkCache>(
         &source_, ChunkCacheOptions().set_max_cached_bytes(
                       (a & 0x80) ? 0 : size_t{1} << 20));
@@ -219,6 +228,32 @@ class Driver {
     }
     FUZZ_CHECK(s.dropped_frees == 0, "%llu frees dropped",
                static_cast<unsigned long long>(s.dropped_frees));
+    CheckLimits(*main_);
+    OnHelper([&] { CheckLimits(*helper_); });
+  }
+
+  // A cache's limits: each between its start and its ceiling and above its
+  // count, their sum as reported, and within the thread budget (or at the
+  // starts, which always hold).
+  void CheckLimits(const ThreadCache& tc) {
+    size_t sum = 0, starts = 0;
+    for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
+      const uint32_t limit = tc.cache_limit(cls);
+      FUZZ_CHECK(
+          limit >= pool_->CacheLimit(cls) && limit <= pool_->CacheCeiling(cls),
+          "class %d: limit %u outside [%u, %u]", cls, limit,
+          pool_->CacheLimit(cls), pool_->CacheCeiling(cls));
+      FUZZ_CHECK(tc.cached_blocks(cls) <= limit,
+                 "class %d: %zu blocks cached over the limit %u", cls,
+                 tc.cached_blocks(cls), limit);
+      sum += size_t{limit} * PoolManager::ClassSize(cls);
+      starts += size_t{pool_->CacheLimit(cls)} * PoolManager::ClassSize(cls);
+    }
+    FUZZ_CHECK(sum == tc.limit_bytes(), "limit_bytes %zu, limits add to %zu",
+               tc.limit_bytes(), sum);
+    FUZZ_CHECK(sum <= std::max(starts, pool_->options().thread_cache_bytes),
+               "limits add to %zu over the budget %zu", sum,
+               pool_->options().thread_cache_bytes);
   }
 
   void Finish() {

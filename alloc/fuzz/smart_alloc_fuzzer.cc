@@ -15,7 +15,8 @@
 // pool_deallocate on this thread and on the helper, pool blocks allocated on
 // the helper and freed here, try_heap_alloc / heap_free, invalid requests,
 // begin_frame / end_frame, scoped arenas, marks and ArenaScopes on the frame
-// arena, source faults and their end, release_empty_pool_pages, statistics.
+// arena, source faults and their end, release_empty_pool_pages (after
+// flush_thread_pool_cache or not), statistics.
 // Not for: budgets per tag, tracing or the STL adapters.
 //
 // Build and run: see docs/reliability.md (`--config=fuzz`).
@@ -409,6 +410,9 @@ class Driver {
         break;
       }
       case 17:
+        // Sometimes after giving back this thread's cached blocks (and its
+        // raised limits): then the pages they held may go too.
+        if (in_->Byte() & 1) a().flush_thread_pool_cache();
         a().release_empty_pool_pages();
         live_.CheckAll();
         break;
