@@ -1287,8 +1287,9 @@ TEST_F(PoolManagerDeathTest, UseAfterFlushIsAnAsanReport) {
 }
 
 TEST_F(PoolManagerDeathTest, UseAfterFreeInTheTransferCacheIsAnAsanReport) {
-  UseOptions(PoolOptions().set_batch(2).set_cache_bytes(0));  // Limit 4.
-  ThreadCache tc(&pool());
+  UseOptions(
+      PoolOptions().set_batch(2).set_cache_bytes(0).set_max_cache_bytes(0));
+  ThreadCache tc(&pool());  // Limit 4, fixed.
   char* blocks[5];
   for (char*& p : blocks) p = static_cast<char*>(tc.Allocate(3));
   for (char* p : blocks) tc.Free(p, 3);  // The 5th flushes blocks 4 and 3.
