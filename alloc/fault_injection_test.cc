@@ -227,9 +227,12 @@ TEST(FaultInjectionTest, PoolsSurviveAFaultAtEveryCall) {
                            ChunkCacheOptions().set_max_cached_bytes(0));
           Outcome out;
           {
+            // Fixed cache limits: growing ones would hold each round's
+            // blocks in the caches, and no batch would be flushed.
             PoolManager pool(&cache, PoolOptions()
                                          .set_page_size(16384)
                                          .set_batch(8)
+                                         .set_max_cache_bytes(0)
                                          .set_transfer_batches(2));
             out = PoolWorkload(pool);
             out.calls = source.calls();

@@ -28,11 +28,14 @@ constexpr int kMaxTransferBatches = 4096;
 // Where every class reaches kMaxCacheBlocks at once (65536 blocks of each of
 // 8 B to 4 KiB: 511.5 MiB).
 constexpr size_t kMaxThreadCacheBytes = size_t{512} << 20;
-// Flushes past a raised limit before it loses a batch (tcmalloc's figure).
+// Flushes past a raised limit before it loses a batch. (tcmalloc cuts on
+// the overage after its kMaxOverages = 3, and keeps counting across raises;
+// here the count restarts whenever the limit moves.)
 constexpr uint8_t kOverflowsBeforeCut = 3;
 // Distinct pages ReturnBatch tallies for its checks (enough for a default
-// batch of 32 blocks, each on a page of its own). A batch spread over more
-// pages goes back to them block by block.
+// batch of 32 blocks, each on a page of its own; a flush that also cuts a
+// raised limit moves up to 64). A batch spread over more pages goes back to
+// them block by block.
 constexpr int kMaxTallyPages = 32;
 
 std::string PointerText(const void* p) {

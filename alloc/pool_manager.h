@@ -79,7 +79,8 @@ struct PoolOptions {
   size_t page_size = size_t{64} << 10;
   // Blocks moved per trip between a ThreadCache and its pool: a refill when
   // the cache's list of a class is empty, a flush when the list grows past
-  // the class's cache limit. Each batch in a transfer cache holds this many.
+  // the class's cache limit. Each batch in a transfer cache holds this many
+  // (up to twice as many when the flush also cut a raised limit).
   int batch = 32;
   // Bytes of free blocks of each class a ThreadCache may hold before it
   // flushes a batch, at its start (see max_cache_bytes for how the limit
@@ -87,9 +88,9 @@ struct PoolOptions {
   // clamped to [2 * batch, 65536] (PoolManager::CacheLimit). The default
   // gives 8192 blocks of 8 B, 1024 of 64 B, 128 of 512 B and 2 * batch = 64
   // of 1 KiB and up: small blocks, the common case, rarely leave their
-  // thread, and a thread parks at most 0.9 MiB over all classes (a fixed
-  // 128 blocks of every class, the limit before, allowed 1 MiB, most of it
-  // in the largest classes). The lower clamp keeps a batch's worth of blocks
+  // thread, and the starting limits add up to 0.9 MiB over all classes
+  // (growth beyond them is bounded by thread_cache_bytes). The lower clamp
+  // keeps a batch's worth of blocks
   // in the cache after a flush, so that alternating frees and allocations
   // at the limit do not each make a trip. 0 gives every class that minimum.
   size_t cache_bytes = size_t{64} << 10;
@@ -101,15 +102,18 @@ struct PoolOptions {
   // the same thread) stays in the thread instead of making a trip per batch;
   // a list that overflows its raised limit three times loses a batch of it
   // (a thread that frees more than it allocates gains nothing from a larger
-  // cache). tcmalloc sizes its thread caches the same way. The default
-  // (1 MiB) lets 2048 blocks of 512 B or 256 of 4 KiB stay. A value at or
-  // below cache_bytes keeps every limit fixed at its start.
+  // cache). tcmalloc sizes its thread caches much the same way. The default
+  // (1 MiB) lets 2048 blocks of 512 B or 256 of 4 KiB stay (8 B blocks stop
+  // at 65536, 512 KiB). A value at or below cache_bytes keeps every limit
+  // fixed at its start.
   size_t max_cache_bytes = size_t{1} << 20;
   // The most a ThreadCache's limits may add up to, in bytes over all
   // classes: a class raises its limit only while the sum stays within this,
   // taking room from classes whose raised limits sit unused when it must.
   // This bounds what one thread parks. The starting limits always hold,
-  // even when they add up to more.
+  // even when they add up to more, but then no class can grow (with the
+  // default cache_bytes and this default, a batch of 256 or more does that).
+  // A raise takes less than a batch when only that much room is left.
   size_t thread_cache_bytes = size_t{4} << 20;
   // Whole batches each class's transfer cache holds (its slots are allocated
   // with the pool; nothing is allocated under the lock). A flush that finds
@@ -414,9 +418,11 @@ struct PoolStats {
 // A thread's cache of free blocks, one intrusive list per size class, each
 // holding at most its current limit: the pool's CacheLimit(cls) at first,
 // raised by a batch at each refill up to CacheCeiling(cls) while the sum of
-// the limits stays within PoolOptions::thread_cache_bytes, lowered by a
-// batch after three overflows, never below CacheLimit(cls). Allocate and
-// Free are inline pops and pushes; the pool is visited once per `batch`
+// the limits stays within PoolOptions::thread_cache_bytes (by less when only
+// less room is left, after taking what other classes were raised to and do
+// not hold), lowered by a batch after three overflows or to make room for
+// another class, never below CacheLimit(cls) or the blocks it holds. Allocate
+// and Free are inline pops and pushes; the pool is visited once per `batch`
 // blocks, out of line, and in steady state not at all once the limits fit
 // the thread's working set.
 //
@@ -457,7 +463,8 @@ class PoolManager::ThreadCache {
 
   // Takes back a block of class `cls`, allocated through any cache of this
   // pool. When the class's list exceeds its limit, the `batch` most recently
-  // freed blocks go to the pool (out of line): to the transfer cache, or to
+  // freed blocks (a batch more, at most, when the flush also cuts a raised
+  // limit) go to the pool (out of line): to the transfer cache, or to
   // their pages; a misuse among them is detected there.
   // REQUIRES: p came from Allocate(cls) on a cache of this pool and is not
   // freed yet; p != nullptr.
@@ -501,7 +508,7 @@ class PoolManager::ThreadCache {
   // may, and pops a block.
   ABSL_ATTRIBUTE_NOINLINE void* AllocateSlow(int cls);
   // Hands the newest blocks of the over-limit list of `cls` to the pool
-  // (one batch, plus what a cut of the limit takes), leaving it `batch`
+  // (one batch, plus what a cut of the limit takes), leaving it batch - 1
   // below its limit.
   ABSL_ATTRIBUTE_NOINLINE void FlushBatch(int cls);
   // Raises the limit of `cls` by up to a batch, within its ceiling and the
@@ -523,7 +530,8 @@ class PoolManager::ThreadCache {
   uint64_t limit_raises_ = 0;
   uint64_t limit_cuts_ = 0;
   const uint32_t batch_;
-  // Flushes of each class since its limit last moved.
+  // Flushes of each class past a raised limit since that limit last moved
+  // (a flush at the starting limit does not count).
   uint8_t overflows_[kNumClasses] = {};
 };
 

@@ -523,98 +523,119 @@ TEST_F(PoolManagerTest, NoBlockIsHandedOutTwice) {
 // thread frees what is left. A block handed out twice while live shows up in
 // the set of live blocks (and usually as a clobbered tag).
 TEST_F(PoolManagerTest, CrossThreadFreesLoseNothingAndNeverDuplicate) {
-  for (int threads : {2, 4, 8}) {
-    // Small caches (32 blocks a class), so that blocks keep moving through
-    // the transfer caches and the pages.
-    UseOptions(PoolOptions().set_batch(16).set_cache_bytes(0));
-    struct Item {
-      void* block;
-      int cls;
-      uint64_t tag;
-    };
-    struct Mailbox {
-      alloc_internal::Mutex mu;
-      std::vector<Item> items ABSL_GUARDED_BY(mu);
-    };
-    std::vector<Mailbox> mailboxes(threads);
-    alloc_internal::Mutex live_mu;
-    std::unordered_set<void*> live;
-    std::atomic<int> duplicates{0};
-    std::atomic<int> bad_tags{0};
-    std::atomic<int> nulls{0};
+  // Small fixed caches (32 blocks a class), so that blocks keep moving
+  // through the transfer caches and the pages; then limits that start there
+  // and grow, each thread raising them as it allocates and cutting them as
+  // it frees the other thread's blocks.
+  for (const bool grow : {false, true}) {
+    for (int threads : {2, 4, 8}) {
+      SCOPED_TRACE(grow ? "growing limits" : "fixed limits");
+      UseOptions(
+          PoolOptions().set_batch(16).set_cache_bytes(0).set_max_cache_bytes(
+              grow ? size_t{1} << 20 : 0));
+      std::atomic<uint64_t> raises{0};
+      std::atomic<int> over_limit{0};
+      struct Item {
+        void* block;
+        int cls;
+        uint64_t tag;
+      };
+      struct Mailbox {
+        alloc_internal::Mutex mu;
+        std::vector<Item> items ABSL_GUARDED_BY(mu);
+      };
+      std::vector<Mailbox> mailboxes(threads);
+      alloc_internal::Mutex live_mu;
+      std::unordered_set<void*> live;
+      std::atomic<int> duplicates{0};
+      std::atomic<int> bad_tags{0};
+      std::atomic<int> nulls{0};
 
-    const auto check_and_free = [&](ThreadCache& tc, const Item& item) {
-      uint64_t tag;
-      std::memcpy(&tag, item.block, sizeof(tag));
-      if (tag != item.tag) bad_tags.fetch_add(1);
-      {
-        alloc_internal::MutexLock lock(&live_mu);
-        live.erase(item.block);
-      }
-      tc.Free(item.block, item.cls);
-    };
-    const auto worker = [&](int t) {
-      ThreadCache tc(&pool());
-      constexpr int kOps = 5000;
-      for (int i = 0; i < kOps; ++i) {
-        const int cls = (i * 7 + t) % 6;  // 8 B to 256 B.
-        void* p = tc.Allocate(cls);
-        if (p == nullptr) {
-          nulls.fetch_add(1);
-          continue;
-        }
-        const uint64_t tag = (uint64_t{static_cast<uint32_t>(t)} << 32) | i;
-        std::memcpy(p, &tag, sizeof(tag));
+      const auto check_and_free = [&](ThreadCache& tc, const Item& item) {
+        uint64_t tag;
+        std::memcpy(&tag, item.block, sizeof(tag));
+        if (tag != item.tag) bad_tags.fetch_add(1);
         {
           alloc_internal::MutexLock lock(&live_mu);
-          if (!live.insert(p).second) duplicates.fetch_add(1);
+          live.erase(item.block);
         }
-        {
-          Mailbox& next = mailboxes[(t + 1) % threads];
-          alloc_internal::MutexLock lock(&next.mu);
-          next.items.push_back({p, cls, tag});
+        tc.Free(item.block, item.cls);
+      };
+      const auto worker = [&](int t) {
+        ThreadCache tc(&pool());
+        constexpr int kOps = 5000;
+        for (int i = 0; i < kOps; ++i) {
+          const int cls = (i * 7 + t) % 6;  // 8 B to 256 B.
+          void* p = tc.Allocate(cls);
+          if (p == nullptr) {
+            nulls.fetch_add(1);
+            continue;
+          }
+          const uint64_t tag = (uint64_t{static_cast<uint32_t>(t)} << 32) | i;
+          std::memcpy(p, &tag, sizeof(tag));
+          {
+            alloc_internal::MutexLock lock(&live_mu);
+            if (!live.insert(p).second) duplicates.fetch_add(1);
+          }
+          {
+            Mailbox& next = mailboxes[(t + 1) % threads];
+            alloc_internal::MutexLock lock(&next.mu);
+            next.items.push_back({p, cls, tag});
+          }
+          std::vector<Item> mine;
+          {
+            Mailbox& own = mailboxes[t];
+            alloc_internal::MutexLock lock(&own.mu);
+            mine.swap(own.items);
+          }
+          for (const Item& item : mine) check_and_free(tc, item);
+          if (tc.cached_blocks(cls) > tc.cache_limit(cls)) {
+            over_limit.fetch_add(1);
+          }
         }
-        std::vector<Item> mine;
-        {
-          Mailbox& own = mailboxes[t];
-          alloc_internal::MutexLock lock(&own.mu);
-          mine.swap(own.items);
+        raises.fetch_add(tc.limit_raises());
+        // ~ThreadCache flushes: this is what a thread does at exit.
+      };
+      std::vector<std::thread> workers;
+      for (int t = 0; t < threads; ++t) workers.emplace_back(worker, t);
+      for (auto& w : workers) w.join();
+      {
+        ThreadCache main_cache(&pool());
+        for (Mailbox& m : mailboxes) {
+          alloc_internal::MutexLock lock(&m.mu);
+          for (const Item& item : m.items) check_and_free(main_cache, item);
+          m.items.clear();
         }
-        for (const Item& item : mine) check_and_free(tc, item);
       }
-      // ~ThreadCache flushes: this is what a thread does at exit.
-    };
-    std::vector<std::thread> workers;
-    for (int t = 0; t < threads; ++t) workers.emplace_back(worker, t);
-    for (auto& w : workers) w.join();
-    {
-      ThreadCache main_cache(&pool());
-      for (Mailbox& m : mailboxes) {
-        alloc_internal::MutexLock lock(&m.mu);
-        for (const Item& item : m.items) check_and_free(main_cache, item);
-        m.items.clear();
+      EXPECT_EQ(duplicates.load(), 0) << threads << " threads";
+      EXPECT_EQ(bad_tags.load(), 0) << threads << " threads";
+      EXPECT_EQ(nulls.load(), 0) << threads << " threads";
+      EXPECT_TRUE(live.empty()) << threads << " threads";
+      PoolStats stats = pool().stats();
+      EXPECT_EQ(BlocksOut(), 0u) << threads << " threads";
+      for (const PoolClassStats& c : stats.classes) {
+        EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer,
+                  c.blocks_total);
       }
-    }
-    EXPECT_EQ(duplicates.load(), 0) << threads << " threads";
-    EXPECT_EQ(bad_tags.load(), 0) << threads << " threads";
-    EXPECT_EQ(nulls.load(), 0) << threads << " threads";
-    EXPECT_TRUE(live.empty()) << threads << " threads";
-    PoolStats stats = pool().stats();
-    EXPECT_EQ(BlocksOut(), 0u) << threads << " threads";
-    for (const PoolClassStats& c : stats.classes) {
-      EXPECT_EQ(c.blocks_free_in_pages + c.blocks_in_transfer, c.blocks_total);
-    }
-    EXPECT_GT(stats.refills, 0u);
-    EXPECT_GT(stats.flushes, 0u);
-    EXPECT_GT(stats.transfer_refills, 0u) << threads << " threads";
-    EXPECT_GT(stats.transfer_flushes, 0u) << threads << " threads";
-    EXPECT_EQ(stats.dropped_frees, 0u);
-    EXPECT_EQ(stats.pages_acquired - stats.pages_released, stats.pages);
-    pool().DrainTransferCaches();
-    for (const PoolClassStats& c : pool().stats().classes) {
-      EXPECT_EQ(c.blocks_in_transfer, 0u);
-      EXPECT_EQ(c.blocks_free_in_pages, c.blocks_total);
-      EXPECT_EQ(c.empty_pages, c.pages);
+      EXPECT_GT(stats.refills, 0u);
+      EXPECT_EQ(over_limit.load(), 0);
+      if (grow) {
+        // Every thread's first allocation of each class ran dry.
+        EXPECT_GE(raises.load(), static_cast<uint64_t>(threads));
+      } else {
+        EXPECT_EQ(raises.load(), 0u);
+        EXPECT_GT(stats.flushes, 0u);
+        EXPECT_GT(stats.transfer_refills, 0u) << threads << " threads";
+        EXPECT_GT(stats.transfer_flushes, 0u) << threads << " threads";
+      }
+      EXPECT_EQ(stats.dropped_frees, 0u);
+      EXPECT_EQ(stats.pages_acquired - stats.pages_released, stats.pages);
+      pool().DrainTransferCaches();
+      for (const PoolClassStats& c : pool().stats().classes) {
+        EXPECT_EQ(c.blocks_in_transfer, 0u);
+        EXPECT_EQ(c.blocks_free_in_pages, c.blocks_total);
+        EXPECT_EQ(c.empty_pages, c.pages);
+      }
     }
   }
 }
@@ -683,7 +704,9 @@ TEST_F(PoolManagerTest, StatsBalanceAcrossThreads) {
         // Every cache is gone (flushed): out is exactly what is live.
         EXPECT_EQ(c.blocks_out, live[cls])
             << threads << " threads, class " << cls;
-        EXPECT_LE(c.blocks_in_transfer, 4u * 8u);
+        // 4 transfer slots of a batch each, or of up to two batches when a
+        // flush also cut a raised limit.
+        EXPECT_LE(c.blocks_in_transfer, (grow ? 2u : 1u) * 4u * 8u);
         pages += c.pages;
       }
       if (!grow) {
@@ -878,6 +901,67 @@ TEST_F(PoolManagerTest, SteadyStateAcquiresNoPagesAfterWarmUp) {
   EXPECT_EQ(steady.pages_acquired, warm.pages_acquired);  // never grown.
   EXPECT_EQ(source_.allocate_calls(), source_calls);
   EXPECT_EQ(cache_.stats().hits + cache_.stats().misses, warm.pages_acquired);
+}
+
+TEST_F(PoolManagerTest, ReclaimStopsAtAnIdleClasssStart) {
+  // Class 3 raised to 24 with all its blocks in use (none cached): class 4
+  // takes its room down to its start, 8, and no further.
+  UseOptions(
+      GrowingOptions().set_thread_cache_bytes(kGrowingStartBytes + 16 * 64));
+  ThreadCache tc(&pool());
+  std::vector<std::pair<void*, int>> held;
+  for (int i = 0; i < 16; ++i) held.emplace_back(tc.Allocate(3), 3);
+  ASSERT_EQ(tc.cache_limit(3), 24u);
+  ASSERT_EQ(tc.cached_blocks(3), 0u);
+  const std::pair<uint32_t, uint32_t> expected[] = {{12, 16}, {16, 8}, {16, 8}};
+  for (const auto& [limit4, limit3] : expected) {
+    for (int i = 0; i < 4; ++i) held.emplace_back(tc.Allocate(4), 4);
+    EXPECT_EQ(tc.cache_limit(4), limit4);
+    EXPECT_EQ(tc.cache_limit(3), limit3);
+    EXPECT_LE(tc.limit_bytes(), kGrowingStartBytes + 16 * 64);
+  }
+  for (auto [p, cls] : held) tc.Free(p, cls);
+}
+
+TEST_F(PoolManagerTest, BudgetBelowTheStartsKeepsEveryLimitAtItsStart) {
+  UseOptions(GrowingOptions().set_thread_cache_bytes(1024));
+  ThreadCache tc(&pool());
+  std::vector<void*> blocks;
+  for (int i = 0; i < 40; ++i) blocks.push_back(tc.Allocate(3));
+  EXPECT_EQ(tc.cache_limit(3), 8u);
+  EXPECT_EQ(tc.limit_raises(), 0u);
+  EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes);  // The starts still hold.
+  for (void* p : blocks) tc.Free(p, 3);
+  // 8 cached, then every fourth free flushes a batch: 8 at the end.
+  EXPECT_EQ(tc.cached_blocks(3), 8u);
+  EXPECT_EQ(pool().stats().flushes, 8u);
+}
+
+TEST_F(PoolManagerTest, RaisesAndCutsStopExactlyAtTheCeilingAndTheStart) {
+  // A ceiling of 14, not a multiple of the batch (4): raises of 4 then 2;
+  // cuts of 4 then 2 back to the start, 8.
+  UseOptions(GrowingOptions().set_max_cache_bytes(14 * 64));
+  ThreadCache consumer(&pool());
+  ThreadCache producer(&pool());
+  std::vector<void*> own;
+  for (int i = 0; i < 12; ++i) own.push_back(consumer.Allocate(3));
+  EXPECT_EQ(consumer.cache_limit(3), 14u);
+  EXPECT_EQ(consumer.limit_raises(), 2u);
+  for (void* p : own) consumer.Free(p, 3);
+  std::vector<uint32_t> limits = {consumer.cache_limit(3)};
+  for (int i = 0; i < 200; ++i) {
+    consumer.Free(producer.Allocate(3), 3);
+    if (limits.back() != consumer.cache_limit(3)) {
+      limits.push_back(consumer.cache_limit(3));
+    }
+  }
+  EXPECT_EQ(limits, (std::vector<uint32_t>{14, 10, 8}));
+  EXPECT_EQ(consumer.limit_cuts(), 2u);
+  // The cut flushes went to the transfer cache whole (4 + 4 and 4 + 2
+  // blocks), and a refill hands such a batch over in one piece.
+  const PoolStats stats = pool().stats();
+  EXPECT_GT(stats.transfer_flushes, 0u);
+  EXPECT_EQ(stats.dropped_frees, 0u);
 }
 
 TEST_F(PoolManagerTest, GrownLimitsMakeNoTripAfterWarmUp) {

@@ -557,7 +557,9 @@ class SmartAlloc {
   size_t release_empty_pool_pages();
   // Returns the calling thread's cached pool blocks to their pages and puts
   // its cache limits back at their start (a thread done with a burst of pool
-  // allocations, or about to idle). Cheap when the cache is empty.
+  // allocations, or about to idle). Cheap when the cache is empty; on a
+  // thread that never used this SmartAlloc it first sets up the thread's
+  // state, as any call does.
   void flush_thread_pool_cache();
 
   // ---- Tags

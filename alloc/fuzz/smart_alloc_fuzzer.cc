@@ -155,7 +155,8 @@ class Driver {
   }
 
   void Step() {
-    uint8_t op = in_->Byte() % 20;
+    const uint8_t raw = in_->Byte();
+    uint8_t op = raw % 20;
     if (!live_.HasRoom()) op = (op & 1) ? 7 : 12;  // Free or end a frame.
     FUZZ_TRACE("op %d (%zu live, frame %llu)", op, live_.size(),
                static_cast<unsigned long long>(frame_));
@@ -410,9 +411,10 @@ class Driver {
         break;
       }
       case 17:
-        // Sometimes after giving back this thread's cached blocks (and its
-        // raised limits): then the pages they held may go too.
-        if (in_->Byte() & 1) a().flush_thread_pool_cache();
+        // Every other time after giving back this thread's cached blocks
+        // (and its raised limits): then the pages they held may go too. (The
+        // op byte's quotient decides, so no byte of the input shifts.)
+        if ((raw / 20) & 1) a().flush_thread_pool_cache();
         a().release_empty_pool_pages();
         live_.CheckAll();
         break;

@@ -21,12 +21,13 @@
 // Why connections are warmed up: on the runtime pool each connection is
 // one job, whose record comes from the runtime's record pool. The accept
 // thread allocates every record and the worker that ran the connection
-// frees it into its own pool cache, which keeps up to 256 records (64 KiB)
-// before it hands any back: the pool grows by up to 64 KiB per worker
-// (512 KiB with 8) until every worker has run about 256 connections, then
-// stays there. The measured load makes about 90 connections a second (a
-// connection closes after 100 requests), so without this phase that
-// bounded growth spreads over the first 20 to 60 s (docs/server.md).
+// frees it into its own pool cache, which keeps up to 256 records (64 KiB;
+// a cache that only frees never raises that limit) before it hands any back:
+// the pool grows by up to 64 KiB per worker (512 KiB with 8) until every worker
+// has run about 256 connections, then stays there. The measured load makes
+// about 90 connections a second (a connection closes after 100 requests), so
+// without this phase that bounded growth spreads over the first 20 to 60 s
+// (docs/server.md).
 //
 // Bounded: rounds * 2 * (connection warm-up, at most --warmup_max_s, +
 // warmup + duration) seconds plus start-up and stop; about 65 s with the
