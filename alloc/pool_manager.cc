@@ -153,6 +153,20 @@ PoolManager::PoolManager(ChunkCache* cache, PoolOptions options)
   }
 }
 
+size_t PoolManager::TakeRaise(size_t bytes) {
+  const size_t total = options_.total_thread_cache_bytes;
+  size_t raised = raised_cache_bytes_.load(std::memory_order_relaxed);
+  for (;;) {
+    const size_t granted =
+        std::min(bytes, total > raised ? total - raised : size_t{0});
+    if (granted == 0) return 0;
+    if (raised_cache_bytes_.compare_exchange_weak(raised, raised + granted,
+                                                  std::memory_order_relaxed)) {
+      return granted;
+    }
+  }
+}
+
 absl::StatusOr<std::unique_ptr<PoolManager>> PoolManager::Create(
     ChunkCache* cache, PoolOptions options) {
   if (cache == nullptr) {
@@ -661,6 +675,7 @@ PoolStats PoolManager::stats() const {
     s.dropped_frees += c.dropped_frees;
   }
   s.page_bytes = s.pages * options_.page_size;
+  s.raised_cache_bytes = raised_cache_bytes();
   return s;
 }
 
@@ -670,6 +685,7 @@ PoolManager::ThreadCache::ThreadCache(PoolManager* pool)
     lists_[cls].limit = pool_->CacheLimit(cls);
     limit_bytes_ += size_t{lists_[cls].limit} * ClassSize(cls);
   }
+  start_bytes_ = limit_bytes_;
   pool_->attached_caches_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -705,14 +721,22 @@ void PoolManager::ThreadCache::Raise(int cls) {
   const size_t budget = pool_->options().thread_cache_bytes;
   const size_t room = budget > limit_bytes_ ? budget - limit_bytes_ : 0;
   uint32_t add = std::min(batch_, ceiling - list.limit);
-  if (size_t{add} * size > room) {
-    // Only what other classes were given beyond their start and do not
-    // use: the starting limits always hold.
-    add = static_cast<uint32_t>(
-        std::min<size_t>(add, (room + Reclaimable(cls)) / size));
-    if (add == 0) return;
-    if (size_t{add} * size > room) Reclaim(cls, size_t{add} * size - room);
+  // What the thread budget leaves comes from the pool-wide allowance; the
+  // rest from other classes' raised, unused limits (moving room within the
+  // thread takes nothing from the pool). The starting limits always hold.
+  const size_t granted = pool_->TakeRaise(std::min(size_t{add} * size, room));
+  const size_t reclaimable = Reclaimable(cls);
+  add = static_cast<uint32_t>(
+      std::min<size_t>(add, (granted + reclaimable) / size));
+  size_t reclaimed = 0;
+  if (size_t{add} * size > granted) {
+    reclaimed = Reclaim(cls, size_t{add} * size - granted);
   }
+  // The thread's raised bytes changed by add * size - reclaimed; it took
+  // `granted` from the pool: give back the difference (>= 0: reclaimed
+  // covers at least add * size - granted).
+  pool_->ReturnRaise(granted + reclaimed - size_t{add} * size);
+  if (add == 0) return;
   SetLimit(cls, list.limit + add);
   ++limit_raises_;
 }
@@ -728,7 +752,7 @@ size_t PoolManager::ThreadCache::Reclaimable(int except) const {
   return bytes;
 }
 
-void PoolManager::ThreadCache::Reclaim(int except, size_t bytes) {
+size_t PoolManager::ThreadCache::Reclaim(int except, size_t bytes) {
   size_t freed = 0;
   // Largest blocks first: the fewest classes touched.
   for (int cls = kNumClasses - 1; cls >= 0 && freed < bytes; --cls) {
@@ -742,6 +766,7 @@ void PoolManager::ThreadCache::Reclaim(int except, size_t bytes) {
     freed += size_t{cut} * size;
     ++limit_cuts_;
   }
+  return freed;
 }
 
 void PoolManager::ThreadCache::FlushBatch(int cls) {
@@ -754,6 +779,7 @@ void PoolManager::ThreadCache::FlushBatch(int cls) {
   if (list.limit > start && ++overflows_[cls] >= kOverflowsBeforeCut) {
     cut = std::min(batch_, list.limit - start);
     SetLimit(cls, list.limit - cut);
+    pool_->ReturnRaise(size_t{cut} * ClassSize(cls));
     ++limit_cuts_;
   }
   // Leaves count == limit + 1 - batch_. limit >= 2 * batch_ and cut <=
@@ -764,6 +790,7 @@ void PoolManager::ThreadCache::FlushBatch(int cls) {
 }
 
 void PoolManager::ThreadCache::Flush() {
+  pool_->ReturnRaise(limit_bytes_ - start_bytes_);
   for (int cls = 0; cls < kNumClasses; ++cls) {
     List& list = lists_[cls];
     SetLimit(cls, pool_->CacheLimit(cls));

@@ -115,6 +115,14 @@ struct PoolOptions {
   // default cache_bytes and this default, a batch of 256 or more does that).
   // A raise takes less than a batch when only that much room is left.
   size_t thread_cache_bytes = size_t{4} << 20;
+  // The most all ThreadCaches of the pool together may have their limits
+  // raised by, in bytes beyond their starting limits: a raise takes its
+  // bytes from this pool-wide allowance (what a cache cannot get, it does
+  // not raise) and a cut, a Flush() or a cache's end gives them back. This
+  // bounds what many threads park together (tcmalloc's overall thread cache
+  // size plays the same part); the starting limits hold regardless. The
+  // default lets 8 threads raise their limits to thread_cache_bytes.
+  size_t total_thread_cache_bytes = size_t{32} << 20;
   // Whole batches each class's transfer cache holds (its slots are allocated
   // with the pool; nothing is allocated under the lock). A flush that finds
   // it full returns its blocks to their pages. 0 turns the transfer cache
@@ -139,6 +147,10 @@ struct PoolOptions {
   }
   PoolOptions& set_thread_cache_bytes(size_t bytes) {
     thread_cache_bytes = bytes;
+    return *this;
+  }
+  PoolOptions& set_total_thread_cache_bytes(size_t bytes) {
+    total_thread_cache_bytes = bytes;
     return *this;
   }
   PoolOptions& set_transfer_batches(int batches) {
@@ -237,6 +249,12 @@ class PoolManager {
   PoolStats stats() const;
   // Blocks of class `cls` each page holds. REQUIRES: 0 <= cls < kNumClasses.
   size_t BlocksPerPage(int cls) const { return blocks_per_page_[cls]; }
+  // Bytes the pool's ThreadCaches have their limits raised by now, beyond
+  // their starts (at most options().total_thread_cache_bytes). Relaxed:
+  // exact when no cache is inside the pool.
+  size_t raised_cache_bytes() const {
+    return raised_cache_bytes_.load(std::memory_order_relaxed);
+  }
   // Free blocks of class `cls` a ThreadCache holds before it flushes a
   // batch, at its start: options().cache_bytes / ClassSize(cls), clamped to
   // [2 * batch, 65536]. A cache raises it on demand up to CacheCeiling(cls)
@@ -384,6 +402,15 @@ class PoolManager {
   mutable alloc_internal::Mutex pages_mu_;
   absl::flat_hash_set<uintptr_t> page_set_ ABSL_GUARDED_BY(pages_mu_);
 
+  // Takes up to `bytes` of the pool-wide raise allowance; what it took.
+  size_t TakeRaise(size_t bytes);
+  void ReturnRaise(size_t bytes) {
+    raised_cache_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+  }
+  // Sum of every ThreadCache's limit bytes beyond its starts; at most
+  // options_.total_thread_cache_bytes.
+  std::atomic<size_t> raised_cache_bytes_{0};
+
   // ThreadCaches alive on this pool. Relaxed: the destructor alone reads it,
   // after the caches' owners are done with the pool (a REQUIRES the caller
   // orders, by joining those threads, for one).
@@ -413,18 +440,22 @@ struct PoolStats {
   uint64_t failed_page_acquisitions = 0;
   // Frees reported as a misuse and dropped.
   uint64_t dropped_frees = 0;
+  // Bytes the thread caches' limits are raised by, beyond their starts, all
+  // caches together (PoolManager::raised_cache_bytes()).
+  size_t raised_cache_bytes = 0;
 };
 
 // A thread's cache of free blocks, one intrusive list per size class, each
 // holding at most its current limit: the pool's CacheLimit(cls) at first,
 // raised by a batch at each refill up to CacheCeiling(cls) while the sum of
-// the limits stays within PoolOptions::thread_cache_bytes (by less when only
-// less room is left, after taking what other classes were raised to and do
-// not hold), lowered by a batch after three overflows or to make room for
-// another class, never below CacheLimit(cls) or the blocks it holds. Allocate
-// and Free are inline pops and pushes; the pool is visited once per `batch`
-// blocks, out of line, and in steady state not at all once the limits fit
-// the thread's working set.
+// the limits stays within PoolOptions::thread_cache_bytes and the pool's
+// caches together within PoolOptions::total_thread_cache_bytes (by less
+// when only less room is left, after taking what other classes were raised
+// to and do not hold), lowered by a batch after three overflows or to make room
+// for another class, never below CacheLimit(cls) or the blocks it holds.
+// Allocate and Free are inline pops and pushes; the pool is visited once per
+// `batch` blocks, out of line, and in steady state not at all once the limits
+// fit the thread's working set.
 //
 // Thread safety: none; one thread at a time (the owner). Blocks may cross
 // threads: a block allocated through one cache may be freed through another
@@ -518,8 +549,9 @@ class PoolManager::ThreadCache {
   // start and their count: what Reclaim could free.
   size_t Reclaimable(int except) const;
   // Lowers those limits, largest blocks first, until at least `bytes` are
-  // freed or none is left.
-  void Reclaim(int except, size_t bytes);
+  // freed or none is left; the bytes it freed (a whole number of blocks of
+  // each class it cut, so possibly more than asked).
+  size_t Reclaim(int except, size_t bytes);
   // Sets the limit of `cls`, keeping limit_bytes_ the sum.
   void SetLimit(int cls, uint32_t limit);
 
@@ -527,6 +559,7 @@ class PoolManager::ThreadCache {
   List lists_[kNumClasses];
   PoolManager* const pool_;
   size_t limit_bytes_ = 0;
+  size_t start_bytes_ = 0;  // limit_bytes_ with every limit at its start.
   uint64_t limit_raises_ = 0;
   uint64_t limit_cuts_ = 0;
   const uint32_t batch_;

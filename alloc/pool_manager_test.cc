@@ -48,6 +48,8 @@ class PoolManagerTest : public ::testing::Test {
   // destructor would report anything still out (and abort, with the default
   // handler), and then every page must be back in the chunk cache.
   void TearDown() override {
+    // Every cache is gone: so are their raised limits.
+    EXPECT_EQ(pool_->raised_cache_bytes(), 0u);
     pool_.reset();
     EXPECT_EQ(cache_.stats().in_use_blocks, 0u);
     EXPECT_EQ(source_.stats().bytes_outstanding, cache_.stats().cached_bytes);
@@ -291,6 +293,8 @@ TEST_F(PoolManagerTest, LimitGrowsWhenTheListRunsDry) {
   EXPECT_EQ(tc.cache_limit(3), 48u);
   EXPECT_EQ(tc.limit_raises(), 10u);
   EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes + 40 * 64);
+  EXPECT_EQ(pool().raised_cache_bytes(), 40u * 64);
+  EXPECT_EQ(pool().stats().raised_cache_bytes, 40u * 64);
   // All 40 stay in the thread: no flush, and the next round makes no trip.
   for (void* p : blocks) tc.Free(p, 3);
   EXPECT_EQ(tc.cached_blocks(3), 40u);
@@ -307,6 +311,7 @@ TEST_F(PoolManagerTest, LimitGrowsWhenTheListRunsDry) {
   EXPECT_EQ(tc.cached_blocks(3), 0u);
   EXPECT_EQ(tc.cache_limit(3), 8u);
   EXPECT_EQ(tc.limit_bytes(), kGrowingStartBytes);
+  EXPECT_EQ(pool().raised_cache_bytes(), 0u);
   EXPECT_EQ(pool().stats().classes[3].blocks_out, 0u);
 }
 
@@ -963,6 +968,63 @@ TEST_F(PoolManagerTest, RaisesAndCutsStopExactlyAtTheCeilingAndTheStart) {
   const PoolStats stats = pool().stats();
   EXPECT_GT(stats.transfer_flushes, 0u);
   EXPECT_EQ(stats.dropped_frees, 0u);
+}
+
+TEST_F(PoolManagerTest, PoolBudgetBoundsAllCachesTogether) {
+  // 16 blocks of 64 B of raises for the whole pool: the first cache takes
+  // them all, the second none until the first gives them back.
+  UseOptions(GrowingOptions().set_total_thread_cache_bytes(16 * 64));
+  ThreadCache a(&pool());
+  ThreadCache b(&pool());
+  std::vector<void*> blocks_a, blocks_b;
+  for (int i = 0; i < 40; ++i) blocks_a.push_back(a.Allocate(3));
+  EXPECT_EQ(a.cache_limit(3), 24u);
+  EXPECT_EQ(pool().raised_cache_bytes(), 16u * 64);
+  for (int i = 0; i < 40; ++i) blocks_b.push_back(b.Allocate(3));
+  EXPECT_EQ(b.cache_limit(3), 8u);
+  EXPECT_EQ(b.limit_raises(), 0u);
+  for (void* p : blocks_a) a.Free(p, 3);
+  a.Flush();  // Gives its raises back.
+  EXPECT_EQ(a.cache_limit(3), 8u);
+  EXPECT_EQ(pool().raised_cache_bytes(), 0u);
+  for (int i = 0; i < 8; ++i) blocks_b.push_back(b.Allocate(3));
+  EXPECT_EQ(b.cache_limit(3), 16u);  // Two refills, two raises.
+  EXPECT_EQ(pool().raised_cache_bytes(), 8u * 64);
+  for (void* p : blocks_b) b.Free(p, 3);
+}
+
+TEST_F(PoolManagerTest, PoolBudgetGrantsPartRaisesAndCutsGiveBack) {
+  // Room for 6 blocks: a raise of 4, then one of 2; then the cache's
+  // overflow cuts return them, a batch at a time.
+  UseOptions(GrowingOptions().set_total_thread_cache_bytes(6 * 64));
+  ThreadCache consumer(&pool());
+  ThreadCache producer(&pool());
+  std::vector<void*> own;
+  for (int i = 0; i < 12; ++i) own.push_back(consumer.Allocate(3));
+  EXPECT_EQ(consumer.cache_limit(3), 14u);
+  EXPECT_EQ(pool().raised_cache_bytes(), 6u * 64);
+  for (void* p : own) consumer.Free(p, 3);
+  for (int i = 0; i < 200; ++i) consumer.Free(producer.Allocate(3), 3);
+  EXPECT_EQ(consumer.cache_limit(3), 8u);
+  // The producer, always dry, took what the consumer's cuts gave back.
+  EXPECT_EQ(producer.cache_limit(3), 14u);
+  EXPECT_EQ(pool().raised_cache_bytes(), 6u * 64);
+}
+
+TEST_F(PoolManagerTest, RoomMovesWithinACacheWhenThePoolBudgetIsSpent) {
+  // The pool's allowance spent on class 3, whose blocks then sit unused:
+  // class 4 takes class 3's room, and the pool's figure does not move.
+  UseOptions(GrowingOptions().set_total_thread_cache_bytes(16 * 64));
+  ThreadCache tc(&pool());
+  std::vector<std::pair<void*, int>> held;
+  for (int i = 0; i < 16; ++i) held.emplace_back(tc.Allocate(3), 3);
+  ASSERT_EQ(tc.cache_limit(3), 24u);
+  ASSERT_EQ(pool().raised_cache_bytes(), 16u * 64);
+  for (int i = 0; i < 4; ++i) held.emplace_back(tc.Allocate(4), 4);
+  EXPECT_EQ(tc.cache_limit(4), 12u);
+  EXPECT_EQ(tc.cache_limit(3), 16u);
+  EXPECT_EQ(pool().raised_cache_bytes(), 16u * 64);
+  for (auto [p, cls] : held) tc.Free(p, cls);
 }
 
 TEST_F(PoolManagerTest, GrownLimitsMakeNoTripAfterWarmUp) {

@@ -10,7 +10,7 @@
 // page back at the end, or break a cache's limits (each between its start
 // and its ceiling, above its count, their sum within the thread budget).
 // The options (page size, batch, cache bytes, transfer batches, limit
-// growth, thread budget) come from the input's first three bytes, small
+// growth, thread budget, pool-wide budget) come from the input's first three bytes, small
 // values included, so flushes, transfer overflows, page refills and limit
 // raises and cuts happen often.
 // Operations: allocate on either thread, free on either thread (blocks
@@ -56,6 +56,9 @@ class Driver {
     options.max_cache_bytes = (g % 3) == 0 ? 0 : size_t{1024} << (g % 8);
     options.thread_cache_bytes =
         (g & 0x40) ? size_t{4} << 20 : size_t{16} << 10 << ((g >> 3) % 4);
+    // A pool-wide allowance the two caches compete for, or the default.
+    options.total_thread_cache_bytes =
+        (g & 0x80) ? size_t{4} << 10 : size_t{32} << 20;
     cache_ = std::make_unique<ChunkCache>(
         &source_, ChunkCacheOptions().set_max_cached_bytes(
                       (a & 0x80) ? 0 : size_t{1} << 20));
@@ -228,14 +231,20 @@ class Driver {
     }
     FUZZ_CHECK(s.dropped_frees == 0, "%llu frees dropped",
                static_cast<unsigned long long>(s.dropped_frees));
-    CheckLimits(*main_);
-    OnHelper([&] { CheckLimits(*helper_); });
+    size_t raised = CheckLimits(*main_);
+    OnHelper([&] { raised += CheckLimits(*helper_); });
+    FUZZ_CHECK(raised == pool_->raised_cache_bytes(),
+               "caches raised by %zu, the pool counts %zu", raised,
+               pool_->raised_cache_bytes());
+    FUZZ_CHECK(raised <= pool_->options().total_thread_cache_bytes,
+               "caches raised by %zu over the pool's %zu", raised,
+               pool_->options().total_thread_cache_bytes);
   }
 
   // A cache's limits: each between its start and its ceiling and above its
   // count, their sum as reported, and within the thread budget (or at the
-  // starts, which always hold).
-  void CheckLimits(const ThreadCache& tc) {
+  // starts, which always hold). Returns the bytes they are raised by.
+  size_t CheckLimits(const ThreadCache& tc) {
     size_t sum = 0, starts = 0;
     for (int cls = 0; cls < PoolManager::kNumClasses; ++cls) {
       const uint32_t limit = tc.cache_limit(cls);
@@ -254,6 +263,7 @@ class Driver {
     FUZZ_CHECK(sum <= std::max(starts, pool_->options().thread_cache_bytes),
                "limits add to %zu over the budget %zu", sum,
                pool_->options().thread_cache_bytes);
+    return sum - starts;
   }
 
   void Finish() {
