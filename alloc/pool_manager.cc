@@ -735,7 +735,9 @@ void PoolManager::ThreadCache::Raise(int cls) {
   // The thread's raised bytes changed by add * size - reclaimed; it took
   // `granted` from the pool: give back the difference (>= 0: reclaimed
   // covers at least add * size - granted).
-  pool_->ReturnRaise(granted + reclaimed - size_t{add} * size);
+  if (const size_t back = granted + reclaimed - size_t{add} * size; back != 0) {
+    pool_->ReturnRaise(back);
+  }
   if (add == 0) return;
   SetLimit(cls, list.limit + add);
   ++limit_raises_;
@@ -790,7 +792,8 @@ void PoolManager::ThreadCache::FlushBatch(int cls) {
 }
 
 void PoolManager::ThreadCache::Flush() {
-  pool_->ReturnRaise(limit_bytes_ - start_bytes_);
+  if (limit_bytes_ != start_bytes_)
+    pool_->ReturnRaise(limit_bytes_ - start_bytes_);
   for (int cls = 0; cls < kNumClasses; ++cls) {
     List& list = lists_[cls];
     SetLimit(cls, pool_->CacheLimit(cls));
