@@ -10,16 +10,15 @@
 // page back at the end, or break a cache's limits (each between its start
 // and its ceiling, above its count, their sum within the thread budget).
 // The options (page size, batch, cache bytes, transfer batches, limit
-// growth, thread budget, pool-wide budget) come from the input's first three bytes, small
-// values included, so flushes, transfer overflows, page refills and limit
-// raises and cuts happen often.
-// Operations: allocate on either thread, free on either thread (blocks
-// handed over between them: cross-thread frees), bursts allocated on one
-// thread and freed on the other, Flush of either cache, ReleaseEmptyPages,
-// DrainTransferCaches, source faults and their end, statistics and Owns.
-// Not for: misuse detection (a double free corrupts a thread cache's list
-// before it can be detected, by design; pool_manager_test covers misuse) or
-// SmartAlloc's pool API (smart_alloc_fuzzer).
+// growth, thread budget, pool-wide budget) come from the input's first three
+// bytes, small values included, so flushes, transfer overflows, page refills
+// and limit raises and cuts happen often. Operations: allocate on either
+// thread, free on either thread (blocks handed over between them: cross-thread
+// frees), bursts allocated on one thread and freed on the other, Flush of
+// either cache, ReleaseEmptyPages, DrainTransferCaches, source faults and their
+// end, statistics and Owns. Not for: misuse detection (a double free corrupts a
+// thread cache's list before it can be detected, by design; pool_manager_test
+// covers misuse) or SmartAlloc's pool API (smart_alloc_fuzzer).
 //
 // Build and run: see docs/reliability.md (`--config=fuzz`).
 #include <cstddef>
