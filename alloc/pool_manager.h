@@ -121,7 +121,8 @@ struct PoolOptions {
   // not raise) and a cut, a Flush() or a cache's end gives them back. This
   // bounds what many threads park together (tcmalloc's overall thread cache
   // size plays the same part); the starting limits hold regardless. The
-  // default lets 8 threads raise their limits to thread_cache_bytes.
+  // default lets ten threads raise theirs (0.9 MiB with the defaults) to
+  // thread_cache_bytes.
   size_t total_thread_cache_bytes = size_t{32} << 20;
   // Whole batches each class's transfer cache holds (its slots are allocated
   // with the pool; nothing is allocated under the lock). A flush that finds
