@@ -725,9 +725,10 @@ void PoolManager::ThreadCache::Raise(int cls) {
   // rest from other classes' raised, unused limits (moving room within the
   // thread takes nothing from the pool). The starting limits always hold.
   const size_t granted = pool_->TakeRaise(std::min(size_t{add} * size, room));
-  const size_t reclaimable = Reclaimable(cls);
-  add = static_cast<uint32_t>(
-      std::min<size_t>(add, (granted + reclaimable) / size));
+  if (size_t{add} * size > granted) {
+    add = static_cast<uint32_t>(
+        std::min<size_t>(add, (granted + Reclaimable(cls)) / size));
+  }
   size_t reclaimed = 0;
   if (size_t{add} * size > granted) {
     reclaimed = Reclaim(cls, size_t{add} * size - granted);

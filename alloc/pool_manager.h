@@ -117,8 +117,9 @@ struct PoolOptions {
   size_t thread_cache_bytes = size_t{4} << 20;
   // The most all ThreadCaches of the pool together may have their limits
   // raised by, in bytes beyond their starting limits: a raise takes its
-  // bytes from this pool-wide allowance (what a cache cannot get, it does
-  // not raise) and a cut, a Flush() or a cache's end gives them back. This
+  // bytes from this pool-wide allowance (what the pool cannot grant, a class
+  // can only take from its own cache's other unused raises) and a cut, a
+  // Flush() or a cache's end gives them back. 0: no cache raises a limit. This
   // bounds what many threads park together (tcmalloc's overall thread cache
   // size plays the same part); the starting limits hold regardless. The
   // default lets ten threads raise theirs (0.9 MiB with the defaults) to

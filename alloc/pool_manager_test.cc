@@ -56,6 +56,7 @@ class PoolManagerTest : public ::testing::Test {
   }
   PoolManager& pool() { return *pool_; }
   void UseOptions(PoolOptions options) {
+    EXPECT_EQ(pool_->raised_cache_bytes(), 0u);  // Every cache is gone.
     pool_ = std::make_unique<PoolManager>(&cache_, options);
   }
   // Blocks out of every class (in use or in a thread cache).
@@ -1025,6 +1026,57 @@ TEST_F(PoolManagerTest, RoomMovesWithinACacheWhenThePoolBudgetIsSpent) {
   EXPECT_EQ(tc.cache_limit(3), 16u);
   EXPECT_EQ(pool().raised_cache_bytes(), 16u * 64);
   for (auto [p, cls] : held) tc.Free(p, cls);
+}
+
+TEST_F(PoolManagerTest, ReclaimedSurplusGoesBackToThePool) {
+  // The pool's allowance spent on class 9 (4 KiB): one raise of 4 blocks,
+  // unused. Class 3 then needs 4 blocks of 64 B (256 B): the cut takes a
+  // whole 4 KiB block, and what class 3 does not use goes back to the pool.
+  UseOptions(GrowingOptions()
+                 .set_max_cache_bytes(64 * 4096)
+                 .set_total_thread_cache_bytes(4 * 4096));
+  ThreadCache tc(&pool());
+  std::vector<std::pair<void*, int>> held;
+  held.emplace_back(tc.Allocate(9), 9);  // One refill: 4 blocks, one raise.
+  ASSERT_EQ(tc.cache_limit(9), 12u);
+  ASSERT_EQ(pool().raised_cache_bytes(), 4u * 4096);
+  const size_t before = tc.limit_bytes();
+  held.emplace_back(tc.Allocate(3), 3);
+  EXPECT_EQ(tc.cache_limit(3), 12u);
+  EXPECT_EQ(tc.cache_limit(9), 11u);
+  EXPECT_EQ(pool().raised_cache_bytes(), 4u * 4096 - (4096 - 4 * 64));
+  EXPECT_EQ(tc.limit_bytes(), before - (4096 - 4 * 64));
+  for (auto [p, cls] : held) tc.Free(p, cls);
+}
+
+TEST_F(PoolManagerTest, PoolBudgetHoldsWithThreadsCompeting) {
+  // Four threads raising, cutting and flushing against a 64 KiB allowance:
+  // the pool's count stays within it and returns to 0 when they are gone.
+  UseOptions(PoolOptions()
+                 .set_batch(8)
+                 .set_cache_bytes(0)
+                 .set_total_thread_cache_bytes(size_t{64} << 10));
+  std::atomic<bool> over{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      ThreadCache tc(&pool());
+      std::vector<void*> blocks;
+      for (int round = 0; round < 50; ++round) {
+        const int cls = (round + t) % 5;
+        for (int i = 0; i < 100 + 20 * t; ++i)
+          blocks.push_back(tc.Allocate(cls));
+        if (pool().raised_cache_bytes() > (size_t{64} << 10)) over = true;
+        for (void* p : blocks) tc.Free(p, cls);
+        blocks.clear();
+        if (round % 7 == 6) tc.Flush();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_FALSE(over.load());
+  EXPECT_EQ(pool().raised_cache_bytes(), 0u);
+  EXPECT_EQ(BlocksOut(), 0u);
 }
 
 TEST_F(PoolManagerTest, GrownLimitsMakeNoTripAfterWarmUp) {

@@ -8,7 +8,8 @@
 // caches and pages, miscount (every class's blocks_out against the model
 // plus both caches), report a misuse that is none, or fail to give every
 // page back at the end, or break a cache's limits (each between its start
-// and its ceiling, above its count, their sum within the thread budget).
+// and its ceiling, above its count, their sum within the thread budget; the
+// raises of both caches equal to the pool's count and within its budget).
 // The options (page size, batch, cache bytes, transfer batches, limit
 // growth, thread budget, pool-wide budget) come from the input's first three
 // bytes, small values included, so flushes, transfer overflows, page refills
@@ -55,9 +56,13 @@ class Driver {
     options.max_cache_bytes = (g % 3) == 0 ? 0 : size_t{1024} << (g % 8);
     options.thread_cache_bytes =
         (g & 0x40) ? size_t{4} << 20 : size_t{16} << 10 << ((g >> 3) % 4);
-    // A pool-wide allowance the two caches compete for, or the default.
-    options.total_thread_cache_bytes =
-        (g & 0x80) ? size_t{4} << 10 : size_t{32} << 20;
+    // A pool-wide allowance the two caches compete for (one that binds at
+    // once, one that lets one cache raise fully and the other in part), or
+    // the default.
+    options.total_thread_cache_bytes = (g & 0x80) ? size_t{4} << 10
+                                       : (g & 0x20)
+                                           ? options.thread_cache_bytes / 2 * 3
+                                           : size_t{32} << 20;
     cache_ = std::make_unique<ChunkCache>(
         &source_, ChunkCacheOptions().set_max_cached_bytes(
                       (a & 0x80) ? 0 : size_t{1} << 20));
