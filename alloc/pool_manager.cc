@@ -725,13 +725,13 @@ void PoolManager::ThreadCache::Raise(int cls) {
   // rest from other classes' raised, unused limits (moving room within the
   // thread takes nothing from the pool). The starting limits always hold.
   const size_t granted = pool_->TakeRaise(std::min(size_t{add} * size, room));
+  size_t reclaimed = 0;
   if (size_t{add} * size > granted) {
     add = static_cast<uint32_t>(
         std::min<size_t>(add, (granted + Reclaimable(cls)) / size));
-  }
-  size_t reclaimed = 0;
-  if (size_t{add} * size > granted) {
-    reclaimed = Reclaim(cls, size_t{add} * size - granted);
+    if (size_t{add} * size > granted) {
+      reclaimed = Reclaim(cls, size_t{add} * size - granted);
+    }
   }
   // The thread's raised bytes changed by add * size - reclaimed; it took
   // `granted` from the pool: give back the difference (>= 0: reclaimed
@@ -744,13 +744,16 @@ void PoolManager::ThreadCache::Raise(int cls) {
   ++limit_raises_;
 }
 
+uint32_t PoolManager::ThreadCache::UnusedRaise(int cls) const {
+  const List& list = lists_[cls];
+  const uint32_t floor = std::max(pool_->CacheLimit(cls), list.count);
+  return list.limit > floor ? list.limit - floor : 0;
+}
+
 size_t PoolManager::ThreadCache::Reclaimable(int except) const {
   size_t bytes = 0;
   for (int cls = 0; cls < kNumClasses; ++cls) {
-    const uint32_t floor = std::max(pool_->CacheLimit(cls), lists_[cls].count);
-    if (cls != except && lists_[cls].limit > floor) {
-      bytes += size_t{lists_[cls].limit - floor} * ClassSize(cls);
-    }
+    if (cls != except) bytes += size_t{UnusedRaise(cls)} * ClassSize(cls);
   }
   return bytes;
 }
@@ -759,13 +762,12 @@ size_t PoolManager::ThreadCache::Reclaim(int except, size_t bytes) {
   size_t freed = 0;
   // Largest blocks first: the fewest classes touched.
   for (int cls = kNumClasses - 1; cls >= 0 && freed < bytes; --cls) {
-    const List& list = lists_[cls];
-    const uint32_t floor = std::max(pool_->CacheLimit(cls), list.count);
-    if (cls == except || list.limit <= floor) continue;
+    const uint32_t unused = cls == except ? 0 : UnusedRaise(cls);
+    if (unused == 0) continue;
     const size_t size = ClassSize(cls);
-    const uint32_t cut = static_cast<uint32_t>(std::min<size_t>(
-        list.limit - floor, (bytes - freed + size - 1) / size));
-    SetLimit(cls, list.limit - cut);
+    const uint32_t cut = static_cast<uint32_t>(
+        std::min<size_t>(unused, (bytes - freed + size - 1) / size));
+    SetLimit(cls, lists_[cls].limit - cut);
     freed += size_t{cut} * size;
     ++limit_cuts_;
   }

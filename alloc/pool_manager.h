@@ -547,6 +547,8 @@ class PoolManager::ThreadCache {
   // Raises the limit of `cls` by up to a batch, within its ceiling and the
   // thread's budget (taking room from other classes' unused raises).
   void Raise(int cls);
+  // Blocks of limit class `cls` holds beyond both its start and its count.
+  uint32_t UnusedRaise(int cls) const;
   // Bytes of limit the classes other than `except` hold beyond both their
   // start and their count: what Reclaim could free.
   size_t Reclaimable(int except) const;
