@@ -66,8 +66,11 @@ size_t ChunkCache::SizeClass(size_t size) {
 }
 
 absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
-  if (size == 0 || size > MemorySource::kMaxBlockSize) {
-    // Let the source produce its InvalidArgument message.
+  if (size == 0 || size > MemorySource::kMaxBlockSize ||
+      !alloc_internal::IsPowerOfTwo(alignment) ||
+      alignment > MemorySource::kMaxBlockSize) {
+    // Let the source produce its InvalidArgument message (before the
+    // cache's `address % alignment` could divide by zero).
     return source_->Allocate(size, alignment);
   }
   const size_t cls = SizeClass(size);

@@ -15,6 +15,7 @@ namespace {
 
 using alloc_internal::CountingSource;
 using alloc_internal::ErrorRecorder;
+using ::testing::HasSubstr;
 
 constexpr size_t k64K = size_t{64} << 10;
 
@@ -85,6 +86,29 @@ TEST(ChunkCacheTest, BlocksAbovePopulateMaxBytesFaultInAsTouched) {
 TEST(ChunkCacheTest, WithoutPopulatePagesWaitForFirstTouch) {
   ExpectPagesFaultInAsTouched(ChunkCacheOptions().set_populate(false),
                               size_t{1} << 20);
+}
+
+// Regression (review): alignment was checked only on a miss (by the
+// source); a hit computed `address % alignment`, so alignment 0 raised
+// SIGFPE and alignment 3 was accepted.
+TEST(ChunkCacheTest, BadAlignmentsAreRefusedOnAHitToo) {
+  CountingSource source;
+  ChunkCache cache(&source);
+  absl::StatusOr<Block> block = cache.Acquire(4096, 4096);
+  ASSERT_TRUE(block.ok());
+  cache.Release(*block);
+  for (const size_t alignment : {size_t{0}, size_t{3}, size_t{24}}) {
+    SCOPED_TRACE(alignment);
+    absl::StatusOr<Block> bad = cache.Acquire(4096, alignment);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(bad.status().message(), HasSubstr("alignment"));
+  }
+  EXPECT_EQ(cache.stats().cached_blocks, 1u);  // The idle block stays.
+  block = cache.Acquire(4096, 4096);
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(cache.stats().hits, 1u);
+  cache.Release(*block);
 }
 
 TEST(ChunkCacheTest, SizeClasses) {

@@ -112,11 +112,33 @@ absl::StatusOr<AllocationRecord> AllocationTracker::Remove(const void* p) {
   return record;
 }
 
+absl::StatusOr<AllocationRecord> AllocationTracker::Remove(const void* p,
+                                                           AllocKind kind) {
+  MutexLock lock(&mu_);
+  auto it = live_.find(p);
+  if (it == live_.end()) {
+    return absl::NotFoundError("not a live allocation");
+  }
+  const AllocationRecord record = it->second;
+  if (record.kind != kind) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("a live ", AllocKindName(record.kind), " allocation of ",
+                     record.size, " bytes"));
+  }
+  live_.erase(it);
+  return record;
+}
+
 absl::StatusOr<AllocationRecord> AllocationTracker::Find(const void* p) const {
   MutexLock lock(&mu_);
   auto it = live_.find(p);
   if (it == live_.end()) return absl::NotFoundError("not a live allocation");
   return it->second;
+}
+
+uint64_t AllocationTracker::InternSite(const CallStack& stack) {
+  MutexLock lock(&mu_);
+  return InternSiteLocked(stack);
 }
 
 void AllocationTracker::CountSite(const CallStack& stack, TagId tag,
@@ -223,7 +245,11 @@ absl::Status FrameTracer::Start(const std::string& path, uint64_t first_frame,
   write_failed_ = false;
   start_nanos_ = NowNanos();
   first_.store(first_frame, std::memory_order_relaxed);
-  end_.store(first_frame + frame_count, std::memory_order_relaxed);
+  // Saturated: a window reaching past the last frame number records to it.
+  const uint64_t end = frame_count > UINT64_MAX - first_frame
+                           ? UINT64_MAX
+                           : first_frame + frame_count;
+  end_.store(end, std::memory_order_relaxed);
   return absl::OkStatus();
 }
 

@@ -168,11 +168,19 @@ class AllocationTracker {
   // Removes and returns the record of `p`; NotFound when `p` is not live
   // (a double free, or a pointer never handed out).
   absl::StatusOr<AllocationRecord> Remove(const void* p);
+  // As Remove, only if `p` is an allocation of `kind`: FailedPrecondition
+  // naming the kind and size it has otherwise, and the record stays (the
+  // allocation is still live, its owner frees it).
+  absl::StatusOr<AllocationRecord> Remove(const void* p, AllocKind kind);
   // The record of a live pointer, or NotFound.
   absl::StatusOr<AllocationRecord> Find(const void* p) const;
 
   // Counts an allocation for the site profiler (any kind, also frame ones).
   void CountSite(const CallStack& stack, TagId tag, size_t bytes);
+  // Keeps `stack` (uncounted) so reports can name the site by its hash:
+  // leaks, canary and use-after-frame reports. Returns the hash (0 for an
+  // empty stack).
+  uint64_t InternSite(const CallStack& stack);
 
   // Live allocations made at least `min_age` frames before `current_frame`,
   // grouped by site, kind and tag; largest first.

@@ -172,6 +172,21 @@ TEST(FrameTracerTest, RecordsOnlyChosenFrames) {
   EXPECT_FALSE(tracer.Wants(3));
 }
 
+// Regression (review): first_frame + frame_count wrapped, so a window
+// "from frame 5 on" recorded nothing.
+TEST(FrameTracerTest, AWindowPastTheLastFrameNumberRecordsToTheEnd) {
+  const std::string path =
+      std::string(std::getenv("TEST_TMPDIR") ? std::getenv("TEST_TMPDIR")
+                                             : "/tmp") +
+      "/trace_open_ended.jsonl";
+  FrameTracer tracer;
+  ASSERT_TRUE(tracer.Start(path, 5, UINT64_MAX).ok());
+  EXPECT_FALSE(tracer.Wants(4));
+  EXPECT_TRUE(tracer.Wants(5));
+  EXPECT_TRUE(tracer.Wants(uint64_t{1} << 62));
+  ASSERT_TRUE(tracer.Stop().ok());
+}
+
 TEST(FrameTracerTest, BadArgumentsAreRefused) {
   FrameTracer tracer;
   EXPECT_EQ(tracer.Start("/tmp/x", 0, 0).code(),

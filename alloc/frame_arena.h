@@ -228,9 +228,35 @@ class FrameArena {
   void DestroyAtReset(T* objects, size_t count = 1) {
     static_assert(!std::is_trivially_destructible_v<T>,
                   "nothing to run for a trivially destructible type");
-    auto* record = static_cast<Destructor*>(
-        Bump</*kFatal=*/true>(sizeof(Destructor), alignof(Destructor)));
-    RegisterDestructor(record, &DestroyN<T>, objects, count);
+    DestroyAtReset(ReserveDestructor</*kFatal=*/true>(), objects, count);
+  }
+
+  // DestroyAtReset in two steps, for a caller that must not fail once its
+  // objects are constructed (SmartAlloc's try_frame_alloc): reserve the
+  // registration first, construct, then register it, which cannot fail.
+  // A reservation never registered is released with the frame like any
+  // allocation. Opaque to callers.
+  struct Destructor {
+    void (*destroy)(void* objects, size_t count);
+    void* objects;
+    size_t count;
+    Destructor* next;  // Older registration.
+  };
+  // The registration's memory: with kFatal a fatal error if the arena
+  // cannot allocate it, else nullptr.
+  template <bool kFatal = true>
+  Destructor* ReserveDestructor() {
+    return static_cast<Destructor*>(
+        Bump<kFatal>(sizeof(Destructor), alignof(Destructor)));
+  }
+  // REQUIRES: `reserved` came from this arena's ReserveDestructor since
+  // its last Reset, no mark taken since the reservation is still open, and
+  // each reservation is registered at most once.
+  template <typename T>
+  void DestroyAtReset(Destructor* reserved, T* objects, size_t count) {
+    static_assert(!std::is_trivially_destructible_v<T>,
+                  "nothing to run for a trivially destructible type");
+    RegisterDestructor(reserved, &DestroyN<T>, objects, count);
   }
 
   // ---- Frames and rewinds --------------------------------------------------
@@ -269,8 +295,9 @@ class FrameArena {
   size_t open_marks() const { return marks_.size(); }
 
   // Changes whenever memory handed out earlier may have been released (every
-  // Reset() and every successful Rewind()). Handles that remember it can
-  // tell that their memory is gone (FrameBox does).
+  // Reset() and every successful Rewind()), also memory a rewind did not
+  // reach: a handle that remembers it knows its memory may be gone, not
+  // that it is (FrameBox learns that from its object's destructor).
   uint64_t generation() const { return resets_ + rewinds_; }
 
   // ---- Introspection -------------------------------------------------------
@@ -286,14 +313,6 @@ class FrameArena {
   ChunkCache* cache() const { return cache_; }
 
  private:
-  // One registered destructor: `count` objects starting at `objects`.
-  struct Destructor {
-    void (*destroy)(void* objects, size_t count);
-    void* objects;
-    size_t count;
-    Destructor* next;  // Older registration.
-  };
-
   // The fast path: a power-of-two test (folded away for a constant
   // alignment), the padding to the alignment, two compares, the cursor
   // store and two counter adds. With gcc -O2 and a constant alignment that
@@ -337,8 +356,7 @@ class FrameArena {
                   "FrameArena::Create needs an object type");
     Destructor* record = nullptr;
     if constexpr (!std::is_trivially_destructible_v<T>) {
-      record = static_cast<Destructor*>(
-          Bump<kFatal>(sizeof(Destructor), alignof(Destructor)));
+      record = ReserveDestructor<kFatal>();
       if (record == nullptr) return nullptr;
     }
     void* storage = Bump<kFatal>(sizeof(T), alignof(T));
@@ -354,8 +372,7 @@ class FrameArena {
   std::span<T> ConstructArray(size_t n) {
     Destructor* record = nullptr;
     if constexpr (!std::is_trivially_destructible_v<T>) {
-      record = static_cast<Destructor*>(
-          Bump<kFatal>(sizeof(Destructor), alignof(Destructor)));
+      record = ReserveDestructor<kFatal>();
       if (record == nullptr) return {};
     }
     T* objects = static_cast<T*>(AllocateN<kFatal>(n, sizeof(T), alignof(T)));

@@ -4,6 +4,7 @@
 #include "alloc/pool_manager.h"
 
 #include <algorithm>
+#include <bit>
 #include <new>
 #include <string>
 
@@ -78,6 +79,10 @@ struct PoolManager::PageHeader {
   uint32_t magic;
   uint16_t cls;
   PageList list;
+  // log2 of Block::alignment from the cache, handed back with it: a cached
+  // chunk acquired at a smaller alignment may serve a page when its
+  // address happens to be page-aligned, and keeps its own alignment.
+  uint8_t chunk_alignment_log2;
   uint32_t free_count;  // On free_list plus never carved.
   uint32_t carved;
   PoolManager* owner;
@@ -225,6 +230,7 @@ PoolManager::PageHeader* PoolManager::NewPage(int cls) {
       kPageMagic,
       static_cast<uint16_t>(cls),
       PageList::kNone,
+      static_cast<uint8_t>(std::countr_zero(block->alignment)),
       static_cast<uint32_t>(blocks_per_page_[cls]),
       /*carved=*/0,
       this,
@@ -242,7 +248,8 @@ PoolManager::PageHeader* PoolManager::NewPage(int cls) {
 }
 
 void PoolManager::ReleasePage(PageHeader* page) {
-  const Block block{page, page->chunk_size, options_.page_size};
+  const Block block{page, page->chunk_size,
+                    size_t{1} << page->chunk_alignment_log2};
   // Shadow memory outlives our use: unpoison before handing the page on.
   FRAMEALLOC_UNPOISON(block.data, block.size);
   cache_->Release(block);

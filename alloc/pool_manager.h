@@ -26,17 +26,22 @@
 // Out of memory: ThreadCache::Allocate returns nullptr when the ChunkCache
 // cannot supply a page; nothing here reports or aborts (the caller decides).
 // Misuse: a free of a pointer this pool never gave out, with the wrong size
-// class, or of more blocks of a page than the page has out (a double free)
-// is detected when the block leaves its ThreadCache: a batch enters the
-// transfer cache only after each page it touches passes the checks a return
-// to the page would make (one lookup per page, not per block); a batch that
-// fails, and every block of ThreadCache::Flush(), goes back block by block
-// to the pages, where the bad blocks are reported through ReportError
-// (alloc/error.h) and dropped. A page's free list cut by a write after free
-// is never followed out of the page; the blocks it hid are reported and
-// given up. Under ASan a block is poisoned while it sits in any free list
-// (thread cache, transfer cache or page), so a use after free is an ASan
-// report at once.
+// class, or of more blocks of a page than the page has out (a double free
+// that outnumbers the page's blocks in use) is detected when the block
+// leaves its ThreadCache: a batch enters the transfer cache only after each
+// page it touches passes the checks a return to the page would make (one
+// lookup per page, not per block); a batch that fails, and every block of
+// ThreadCache::Flush(), goes back block by block to the pages, where the
+// bad blocks are reported through ReportError (alloc/error.h) and dropped.
+// A double free of a block whose page still has other blocks out passes
+// that count: the block can then be handed out twice. SmartAlloc's
+// allocation tracking (DebugOptions::track_allocations) reports every
+// double free at the call and ignores it, and under ASan the free's write
+// into the poisoned block is a report at once. A page's free list cut by a
+// write after free is never followed out of the page; the blocks it hid
+// are reported and given up. Under ASan a block is poisoned while it sits
+// in any free list (thread cache, transfer cache or page), so a use after
+// free is an ASan report at once.
 //
 // Example:
 //   framealloc::ChunkCache cache(&framealloc::SystemMemorySource::Default());

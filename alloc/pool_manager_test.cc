@@ -73,6 +73,59 @@ class PoolManagerTest : public ::testing::Test {
 
 using PoolManagerDeathTest = PoolManagerTest;
 
+// Regression (review): a page went back to the cache with alignment
+// page_size, though the chunk under it may be a cached block first acquired
+// at a smaller alignment that happened to be page-aligned; a source's
+// Deallocate must see the alignment its Allocate was asked for.
+TEST(PoolManagerPageTest, PagesGoBackWithTheAlignmentTheirChunkCameWith) {
+  // Allocates everything 64 KiB-aligned and remembers what was asked.
+  class RememberingSource final : public MemorySource {
+   public:
+    absl::string_view name() const override { return "remembering"; }
+    int mismatches = 0;
+    int deallocations = 0;
+
+   protected:
+    absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override {
+      absl::StatusOr<Block> b =
+          SystemMemorySource::Default().Allocate(size, kUnder);
+      if (!b.ok()) return b;
+      asked_[b->data] = alignment;
+      return Block{b->data, b->size, alignment};
+    }
+    void DoDeallocate(const Block& block) override {
+      ++deallocations;
+      if (asked_[block.data] != block.alignment) ++mismatches;
+      SystemMemorySource::Default().Deallocate(
+          Block{block.data, block.size, kUnder});
+    }
+
+   private:
+    const size_t kUnder = size_t{64} << 10;
+    std::map<void*, size_t> asked_;
+  };
+  RememberingSource source;
+  {
+    ChunkCache cache(&source);
+    // An arena's chunk, 64 KiB at alignment 4096, back to the cache...
+    absl::StatusOr<Block> chunk = cache.Acquire(size_t{64} << 10, 4096);
+    ASSERT_TRUE(chunk.ok());
+    cache.Release(*chunk);
+    {
+      // ...serves as the pool's 64 KiB page (its address is page-aligned).
+      PoolManager pool(&cache);
+      ThreadCache tc(&pool);
+      tc.Free(tc.Allocate(0), 0);
+      tc.Flush();
+      EXPECT_EQ(pool.ReleaseEmptyPages(), size_t{64} << 10);
+    }
+    EXPECT_EQ(cache.stats().hits, 1u);
+    cache.Trim(0);
+  }
+  EXPECT_EQ(source.deallocations, 1);
+  EXPECT_EQ(source.mismatches, 0);
+}
+
 TEST_F(PoolManagerTest, ClassForRoundsSizeAndAlignmentUp) {
   static_assert(PoolManager::ClassFor(24, 8) == 2);  // Usable in constexpr.
   EXPECT_EQ(PoolManager::ClassFor(0, 1), 0);

@@ -568,8 +568,12 @@ uint64_t SmartAlloc::CaptureSite(TagId tag, size_t size) {
   // Skip OnDebugAlloc and the slow path that called it (both out of line),
   // so the first frame is the user's call site.
   const CallStack stack = CallStack::Capture(config_.debug.stack_depth, 2);
-  if (config_.debug.profile_sites) tracker_.CountSite(stack, tag, size);
-  return stack.Hash();
+  if (config_.debug.profile_sites) {
+    tracker_.CountSite(stack, tag, size);
+    return stack.Hash();
+  }
+  // Kept for the reports that name the site (leaks, canaries).
+  return tracker_.InternSite(stack);
 }
 
 void SmartAlloc::Trace(TraceEvent::Op op, AllocKind kind, TagId tag,
@@ -655,7 +659,7 @@ void* SmartAlloc::PoolAllocateSlow(int cls, size_t size, size_t alignment,
   if (guard_layout_) WriteCanaries(user, size);
   if (budgets_active_) {
     MutexLock lock(&charged_mu_);
-    pool_block_tags_[user] = ts.tag;
+    pool_block_tags_[user] = {ts.tag, size};
   }
   OnDebugAlloc(ts, AllocKind::kPool, user, size, alignment);
   alloc_internal::KindCounters& counters = ts.tag_pool[ts.tag];
@@ -702,6 +706,34 @@ void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size,
     frame = record->frame;
     site = record->site;
   }
+  if (budgets_active_) {
+    // What the allocation charged, to which tag: a free under another tag,
+    // or with another size of the same class, releases exactly that.
+    bool charged = false;
+    PoolCharge charge;
+    {
+      MutexLock lock(&charged_mu_);
+      if (auto it = pool_block_tags_.find(p); it != pool_block_tags_.end()) {
+        charged = true;
+        charge = it->second;
+        pool_block_tags_.erase(it);
+      }
+    }
+    if (charged) {
+      budgets_.Release(charge.tag, charge.size);
+      tag = charge.tag;
+      if (charge.size != size) {
+        // (With tracking on, the record already corrected the size.)
+        ReportError({ErrorKind::kMisuse, "SmartAlloc::pool_free",
+                     absl::StrCat("pool free with the wrong size: allocated ",
+                                  charge.size, " bytes, freed as ", size,
+                                  " bytes; freed as allocated"),
+                     size, alignment, absl::OkStatus()});
+        size = charge.size;
+        cls = PoolManager::ClassFor(size, alignment);
+      }
+    }
+  }
   if (cls < 0 || (guard_layout_ &&
                   PoolManager::ClassFor(
                       std::max(kCanarySize, alignment) + size + kCanarySize,
@@ -717,14 +749,6 @@ void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size,
                                 std::max(alignment, kCanarySize));
     CheckCanaries("SmartAlloc::pool_free", AllocKind::kPool, user, size, tag,
                   frame, site);
-  }
-  if (budgets_active_) {
-    MutexLock lock(&charged_mu_);
-    if (auto it = pool_block_tags_.find(p); it != pool_block_tags_.end()) {
-      tag = it->second;
-      pool_block_tags_.erase(it);
-      budgets_.Release(tag, size);
-    }
   }
   if (config_.debug.fill_patterns) std::memset(user, kReleasedFill, size);
   Trace(TraceEvent::Op::kFree, AllocKind::kPool, tag, size, p, ts.serial);
@@ -788,14 +812,22 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
   const bool tracking = config_.debug.track_allocations && !untracked;
   if (tracking) {
     // The tracker answers without reading memory that may not be ours.
-    absl::StatusOr<AllocationRecord> record = tracker_.Remove(p);
+    absl::StatusOr<AllocationRecord> record =
+        tracker_.Remove(p, AllocKind::kHeap);
     if (!record.ok()) {
-      ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
-                   absl::StrFormat("heap_free of %p: a double free, or a "
-                                   "pointer heap_alloc never returned; "
-                                   "ignored",
-                                   p),
-                   0, 0, absl::OkStatus()});
+      ReportError(
+          {ErrorKind::kMisuse, "SmartAlloc::heap_free",
+           absl::IsFailedPrecondition(record.status())
+               // A pool block: it stays the pool's (and tracked).
+               ? absl::StrFormat("heap_free of %p: %s, not a heap_alloc "
+                                 "one (free it with pool_deallocate); "
+                                 "ignored",
+                                 p, record.status().message())
+               : absl::StrFormat("heap_free of %p: a double free, or a "
+                                 "pointer heap_alloc never returned; "
+                                 "ignored",
+                                 p),
+           0, 0, absl::OkStatus()});
       return;
     }
     h.size = record->size;

@@ -185,7 +185,13 @@ struct FrameRecord {
   double duration_ms = 0;  // begin_frame to end_frame (0 without begin).
 };
 
-// Usage under one tag (its own allocations, not its subtree's).
+// Usage under one tag (its own allocations, not its subtree's). A pool or
+// heap free counts under the tag its allocation was made under, with one
+// exception: a pool free on the fast path (no allocation tracking, no
+// budgets: neither keeps each block's tag) counts under the freeing
+// thread's current tag. There, a pool block freed under another tag than
+// its own moves live_bytes() from one tag to the other; their sum, and
+// every total, stays right.
 struct TagStats {
   std::string path;
   KindStats frame, pool, heap;
@@ -312,9 +318,14 @@ inline thread_local LastThreadState last_thread_state;
 }  // namespace alloc_internal
 
 // An object in frame memory, owned: its destructor runs exactly once, when
-// the box is reset or destroyed, or at the end of its frame if the box is
-// still holding it then. After the frame ended the box is expired: get()
-// returns nullptr and dropping it touches nothing.
+// the box is reset or destroyed, or when the arena takes the memory back
+// if the box is still holding it then: at the end of its frame, or at a
+// rewind past the object (an ArenaScope or Rewind to a mark taken before
+// it; a rewind to a later mark leaves it alone). After that the box is
+// expired: get() returns nullptr and dropping it touches nothing. The
+// object tells its box when the arena destroys it, so the box must stay on
+// the thread that owns the frame arena while it holds the object, as any
+// frame memory does.
 template <typename T>
 class FrameBox {
  public:
@@ -324,17 +335,16 @@ class FrameBox {
     if (this != &other) {
       reset();
       slot_ = std::exchange(other.slot_, nullptr);
-      arena_ = other.arena_;
-      generation_ = other.generation_;
+      expired_ = std::exchange(other.expired_, false);
+      if (slot_ != nullptr) slot_->owner = this;
     }
     return *this;
   }
   ~FrameBox() { reset(); }
 
-  // True while the frame lasts and the box holds its object.
-  bool alive() const {
-    return slot_ != nullptr && arena_->generation() == generation_;
-  }
+  // True while the box holds its object: not reset, and not yet destroyed
+  // by the arena (frame end, or a rewind past it).
+  bool alive() const { return slot_ != nullptr; }
   explicit operator bool() const { return alive(); }
   // nullptr once expired or reset.
   T* get() const { return alive() ? &slot_->value : nullptr; }
@@ -342,48 +352,55 @@ class FrameBox {
   T& operator*() const { return *Checked(); }
   T* operator->() const { return Checked(); }
 
-  // Destroys the object now (if the frame has not already).
+  // Destroys the object now (if the arena has not already).
   void reset() {
-    if (alive()) {
+    if (slot_ != nullptr) {
       slot_->value.~T();
       slot_->constructed = false;
+      slot_->owner = nullptr;
+      slot_ = nullptr;
     }
-    slot_ = nullptr;
+    expired_ = false;
   }
 
-  // The storage: the arena runs ~Slot at frame end, which destroys the value
-  // only if the box did not.
+  // The storage: the arena runs ~Slot when it takes the memory back, which
+  // destroys the value only if the box did not, and expires the box that
+  // still holds it.
   struct Slot {
     template <typename... Args>
     explicit Slot(Args&&... args) : value(std::forward<Args>(args)...) {}
     ~Slot() {
       if (constructed) value.~T();
+      if (owner != nullptr) owner->Expire();
     }
     union {
       T value;
     };
     bool constructed = true;
+    FrameBox* owner = nullptr;  // The box holding the value, if any.
   };
 
  private:
   friend class SmartAlloc;
-  FrameBox(Slot* slot, const FrameArena* arena)
-      : slot_(slot), arena_(arena), generation_(arena->generation()) {}
+  explicit FrameBox(Slot* slot) : slot_(slot) { slot->owner = this; }
+  void Expire() {
+    slot_ = nullptr;
+    expired_ = true;
+  }
   T* Checked() const {
     if (ABSL_PREDICT_FALSE(!alive())) {
       ReportFatalError({ErrorKind::kMisuse, "FrameBox::operator->",
-                        slot_ == nullptr
-                            ? "access through an empty or reset FrameBox"
-                            : "use after frame: the FrameBox's frame has "
-                              "ended and its object was destroyed",
+                        expired_ ? "use after frame: the FrameBox's frame "
+                                   "has ended (or its arena was rewound past "
+                                   "it) and its object was destroyed"
+                                 : "access through an empty or reset FrameBox",
                         sizeof(T), alignof(T), absl::OkStatus()});
     }
     return &slot_->value;
   }
 
   Slot* slot_ = nullptr;
-  const FrameArena* arena_ = nullptr;
-  uint64_t generation_ = 0;
+  bool expired_ = false;  // The arena destroyed the object the box held.
 };
 
 // An object in pool memory, owned like std::unique_ptr; the destructor runs
@@ -477,8 +494,7 @@ class SmartAlloc {
   template <typename T, typename... Args>
   FrameBox<T> frame_box(Args&&... args) {
     using Slot = typename FrameBox<T>::Slot;
-    Slot* slot = frame_alloc<Slot>(std::forward<Args>(args)...);
-    return FrameBox<T>(slot, &local().arena());
+    return FrameBox<T>(frame_alloc<Slot>(std::forward<Args>(args)...));
   }
   // A growable vector in frame memory (FrameVec<T>, defined below) with
   // room for `capacity` elements.
@@ -641,26 +657,51 @@ class SmartAlloc {
       alloc_internal::ThreadState& ts, size_t size, size_t alignment,
       bool fatal);
 
+  // The destructor's registration is reserved before the object's memory,
+  // so a try_ call that fails does so before constructing anything, and
+  // nothing can fail after.
   template <typename T, bool kFatal, typename... Args>
   T* ConstructInFrame(Args&&... args) {
     alloc_internal::ThreadState& ts = local();
+    FrameArena::Destructor* record = nullptr;
+    if constexpr (!std::is_trivially_destructible_v<T>) {
+      record = ts.arena().ReserveDestructor<kFatal>();
+      if (!kFatal && record == nullptr) return nullptr;
+    }
     void* p = FrameAllocate(ts, sizeof(T), alignof(T), kFatal);
     if (!kFatal && p == nullptr) return nullptr;
     T* object = ::new (p) T(std::forward<Args>(args)...);
     if constexpr (!std::is_trivially_destructible_v<T>) {
-      ts.arena().DestroyAtReset(object, 1);
+      ts.arena().DestroyAtReset(record, object, 1);
     }
     return object;
   }
+  // As ConstructInFrame; if a constructor throws, the elements already
+  // constructed are destroyed (last first) before the exception leaves.
   template <typename T, bool kFatal>
   std::span<T> ConstructArrayInFrame(size_t n) {
     alloc_internal::ThreadState& ts = local();
+    FrameArena::Destructor* record = nullptr;
+    if constexpr (!std::is_trivially_destructible_v<T>) {
+      record = ts.arena().ReserveDestructor<kFatal>();
+      if (!kFatal && record == nullptr) return {};
+    }
     T* objects = static_cast<T*>(
         FrameAllocate(ts, ArrayBytes<T>(n), alignof(T), kFatal));
     if (!kFatal && objects == nullptr) return {};
-    for (size_t i = 0; i < n; ++i) ::new (objects + i) T();
+    size_t constructed = 0;
+#if defined(__cpp_exceptions)
+    try {
+#endif
+      for (; constructed < n; ++constructed) ::new (objects + constructed) T();
+#if defined(__cpp_exceptions)
+    } catch (...) {
+      for (size_t i = constructed; i > 0; --i) objects[i - 1].~T();
+      throw;
+    }
+#endif
     if constexpr (!std::is_trivially_destructible_v<T>) {
-      ts.arena().DestroyAtReset(objects, n);
+      ts.arena().DestroyAtReset(record, objects, n);
     }
     return std::span<T>(objects, n);
   }
@@ -778,10 +819,14 @@ class SmartAlloc {
   KindStats retired_pool_ ABSL_GUARDED_BY(threads_mu_);
   KindStats retired_heap_ ABSL_GUARDED_BY(threads_mu_);
   std::vector<TagStats> retired_tags_ ABSL_GUARDED_BY(threads_mu_);
-  // Pool blocks' tags, kept only while budgets are active (a free must
-  // release the budget it charged).
+  // Pool blocks' tags and sizes, kept only while budgets are active (a
+  // free must release what it charged, to the tag it charged).
+  struct PoolCharge {
+    TagId tag;
+    size_t size;
+  };
   mutable alloc_internal::Mutex charged_mu_;
-  absl::flat_hash_map<void*, TagId> pool_block_tags_
+  absl::flat_hash_map<void*, PoolCharge> pool_block_tags_
       ABSL_GUARDED_BY(charged_mu_);
 };
 

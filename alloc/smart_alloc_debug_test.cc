@@ -218,6 +218,34 @@ TEST_F(SmartAllocDebugTest, HeapDoubleFreeIsReportedWithoutTouchingMemory) {
                                       "heap_alloc never returned"));
 }
 
+// Regression (review): the tracker's record of a pool block let
+// heap_free go on to ::operator delete on memory inside a pool page.
+TEST_F(SmartAllocDebugTest, HeapFreeOfAPoolBlockIsReportedAndTheBlockKept) {
+  void* p = alloc_.pool_allocate(64);
+  alloc_.heap_free(p);
+  EXPECT_THAT(only_error(), HasSubstr("a live pool allocation of 64 bytes, "
+                                      "not a heap_alloc one"));
+  alloc_.pool_deallocate(p, 64);  // Still the pool's, and still tracked.
+  EXPECT_EQ(errors_.count(), 1u);
+  EXPECT_EQ(alloc_.stats().pool.live_bytes(), 0);
+  EXPECT_TRUE(alloc_.leaks(0).empty());
+}
+
+// Regression (review): stacks were kept only with profile_sites, so leak
+// and canary reports had none with stack_depth alone.
+TEST(SmartAllocStackTest, LeakReportsCarryStacksWithoutTheSiteProfiler) {
+  SmartAlloc alloc(AllocConfig().set_debug(
+      DebugOptions().set_track_allocations(true).set_stack_depth(8)));
+  void* p = alloc.pool_allocate(64);
+  std::vector<LeakGroup> leaks = alloc.leaks(0);
+  ASSERT_EQ(leaks.size(), 1u);
+  EXPECT_NE(leaks[0].site, 0u);
+  EXPECT_THAT(leaks[0].stack, HasSubstr("#0 "));
+  EXPECT_EQ(alloc.leak_report(0).find("no stack"), std::string::npos);
+  EXPECT_TRUE(alloc.hottest_sites(10).empty());  // Kept, not counted.
+  alloc.pool_deallocate(p, 64);
+}
+
 TEST_F(SmartAllocDebugTest, UseAfterFrameThroughAFrameBoxIsCaught) {
   FrameBox<int> box = alloc_.frame_box<int>(1);
   alloc_.end_frame();

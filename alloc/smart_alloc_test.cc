@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstring>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -187,6 +188,100 @@ TEST_F(SmartAllocDeathTest, FrameBoxUseAfterFrameIsReported) {
   FrameBox<int> box = alloc().frame_box<int>(3);
   alloc().end_frame();
   EXPECT_DEATH(*box = 4, "misuse in FrameBox::operator->: use after frame");
+}
+
+// Regression (review): the box compared the arena's generation, which
+// every rewind changes, so a scope opened and closed after the box expired
+// it while its object lived on.
+TEST_F(SmartAllocTest, FrameBoxOutlivesALaterScopeAndDiesWithAnEarlierOne) {
+  Tracked::alive = 0;
+  FrameBox<Tracked> box = alloc().frame_box<Tracked>(7);
+  {
+    ArenaScope scope(&alloc().frame_arena());
+    alloc().frame_allocate(16);
+  }
+  EXPECT_TRUE(box.alive());
+  EXPECT_EQ(box->value, 7);
+  FrameBox<Tracked> inner;
+  {
+    ArenaScope scope(&alloc().frame_arena());
+    inner = alloc().frame_box<Tracked>(8);  // Moved in: the slot follows.
+    EXPECT_EQ(Tracked::alive, 2);
+  }  // The rewind destroys the inner object and expires its box.
+  EXPECT_FALSE(inner.alive());
+  EXPECT_EQ(inner.get(), nullptr);
+  EXPECT_EQ(Tracked::alive, 1);
+  EXPECT_TRUE(box.alive());
+  alloc().end_frame();
+  EXPECT_FALSE(box.alive());
+  EXPECT_EQ(Tracked::alive, 0);
+}
+
+TEST_F(SmartAllocDeathTest, FrameBoxUseAfterARewindIsReported) {
+  FrameBox<int> box;
+  {
+    ArenaScope scope(&alloc().frame_arena());
+    box = alloc().frame_box<int>(3);
+  }
+  EXPECT_DEATH(*box = 4, "use after frame: .*rewound past it");
+}
+
+// Construction counts; the third construction throws.
+struct ThrowsOnThird {
+  ThrowsOnThird() {
+    if (++made == 3) throw std::runtime_error("third");
+    ++alive;
+  }
+  ~ThrowsOnThird() { --alive; }
+  static inline int made = 0;
+  static inline int alive = 0;
+};
+
+// Regression (review): frame_array left the elements built before a
+// throwing constructor undestroyed.
+TEST_F(SmartAllocTest, FrameArrayDestroysWhatItBuiltWhenAConstructorThrows) {
+  ThrowsOnThird::made = ThrowsOnThird::alive = 0;
+  EXPECT_THROW(alloc().frame_array<ThrowsOnThird>(5), std::runtime_error);
+  EXPECT_EQ(ThrowsOnThird::alive, 0);
+  alloc().end_frame();  // Nothing was registered: nothing runs twice.
+  EXPECT_EQ(ThrowsOnThird::alive, 0);
+  ThrowsOnThird::made = 10;
+  EXPECT_EQ(alloc().try_frame_array<ThrowsOnThird>(4).size(), 4u);
+  EXPECT_EQ(ThrowsOnThird::alive, 4);
+  alloc().end_frame();
+  EXPECT_EQ(ThrowsOnThird::alive, 0);
+}
+
+// A destructible type larger than any chunk the arena keeps.
+struct HugeDestructible {
+  char bytes[size_t{1} << 20];
+  ~HugeDestructible() { ++destroyed; }
+  static inline int destroyed = 0;
+};
+
+// Regression (review): try_frame_alloc of a destructible type registered
+// its destructor through the fatal path, so an arena that could not grow
+// aborted the process from a try_ call.
+TEST(SmartAllocFaultTest, TryFrameAllocOfADestructibleTypeFailsWithNull) {
+  alloc_internal::FailingSource source;
+  source.FailCalls(2, -1);  // The arena's first chunk, then nothing.
+  ErrorRecorder errors;
+  Tracked::alive = 0;
+  HugeDestructible::destroyed = 0;
+  {
+    SmartAlloc alloc(AllocConfig().set_source(&source).set_cache(
+        ChunkCacheOptions().set_populate(false)));
+    EXPECT_EQ(alloc.try_frame_alloc<HugeDestructible>(), nullptr);
+    EXPECT_TRUE(alloc.try_frame_array<HugeDestructible>(2).empty());
+    Tracked* small = alloc.try_frame_alloc<Tracked>(3);  // Fits the chunk.
+    ASSERT_NE(small, nullptr);
+    EXPECT_EQ(small->value, 3);
+    alloc.end_frame();
+    EXPECT_EQ(Tracked::alive, 0);
+  }
+  EXPECT_EQ(HugeDestructible::destroyed, 0);  // None was constructed.
+  EXPECT_EQ(errors.count(), 0u);              // try_ calls never report.
+  EXPECT_GE(source.injected_faults(), 1);
 }
 
 TEST_F(SmartAllocTest, FrameVecGrowsInFrameMemory) {
@@ -451,6 +546,41 @@ TEST_F(SmartAllocTest, TagBudgetWarnsAndRefusesUnderItsSubtree) {
   alloc().pool_deallocate(pool, 150);  // Released to the tag it charged.
   EXPECT_EQ(alloc().budgets().tag_used("render"), 0u);
   alloc().heap_free(heap);
+}
+
+// Regression (review): with budgets on, a pool free with another size of
+// the block's class released the size given, and the difference stayed
+// charged for good.
+TEST_F(SmartAllocTest, PoolFreeWithTheWrongSizeReleasesWhatWasCharged) {
+  ErrorRecorder errors;
+  Make(AllocConfig().set_global_budget(1 << 20));
+  void* p = alloc().pool_allocate(24);
+  ASSERT_EQ(PoolManager::ClassFor(20, alignof(std::max_align_t)),
+            PoolManager::ClassFor(24, alignof(std::max_align_t)));
+  alloc().pool_deallocate(p, 20);
+  EXPECT_EQ(alloc().budgets().global_used(), 0u);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message,
+              HasSubstr("allocated 24 bytes, freed as 20 bytes"));
+  EXPECT_EQ(alloc().stats().pool.live_bytes(), 0);
+}
+
+// Where a pool free is counted: under the block's own tag when budgets (or
+// tracking) keep it, under the freeing thread's tag on the fast path. The
+// totals are exact either way.
+TEST_F(SmartAllocTest, PoolFreesUnderAnotherTagCountWhereTheHeaderSays) {
+  for (const bool budgets : {false, true}) {
+    SCOPED_TRACE(budgets ? "budgets" : "fast path");
+    Make(budgets ? AllocConfig().set_global_budget(1 << 20) : AllocConfig());
+    void* p = nullptr;
+    alloc().with_tag("physics", [&] { p = alloc().pool_allocate(64); });
+    alloc().pool_deallocate(p, 64);  // Untagged.
+    std::map<std::string, TagStats> by_path;
+    for (const TagStats& t : alloc().stats().tags) by_path[t.path] = t;
+    EXPECT_EQ(by_path["physics"].pool.live_bytes(), budgets ? 0 : 64);
+    EXPECT_EQ(by_path[""].pool.live_bytes(), budgets ? 0 : -64);
+    EXPECT_EQ(alloc().stats().pool.live_bytes(), 0);
+  }
 }
 
 TEST_F(SmartAllocTest, TagsAttributeEveryKindExactly) {
