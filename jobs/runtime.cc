@@ -684,6 +684,11 @@ struct Runtime::Node {
 
 struct Runtime::FrameState {
   std::atomic<bool> open{false};
+  // A BeginFrame or EndFrame is running: claimed with an exchange, so that
+  // two of them on different threads (a frame loop's EndFrame and
+  // Shutdown's, say) never both reset the arenas or open the frame. The
+  // release of the claim orders begin_ticks for the next claimant.
+  std::atomic<bool> busy{false};
   std::atomic<int64_t> pending{0};  // See WaitUntilZero.
   std::atomic<uint32_t> wake{0};
   std::atomic<uint64_t> jobs{0};
@@ -1044,6 +1049,10 @@ void JobContext::MarkScratch() const {
 
 bool JobContext::cancel_requested() const {
   if (runtime_->cancel_all_.load(std::memory_order_acquire)) return true;
+  if (record_ != nullptr &&
+      record_->cancel_requested.load(std::memory_order_acquire)) {
+    return true;
+  }
   return counter_ != nullptr && counter_->cancelled();
 }
 
@@ -1335,19 +1344,23 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
 }
 
 void Runtime::Schedule(JobRecord* record) {
-  if (!Transition(record, jobs_internal::kWaiting, jobs_internal::kQueued)) {
-    Release(record);  // Cancelled while it waited; already finished.
-    return;
-  }
+  // A failed predecessor cancels the job straight from kWaiting: once
+  // kQueued, a Wait() on its handle could claim it and run it inline.
+  // (The predecessors' stores are seen: each made it before the decrement
+  // of `unmet` that this call's caller saw reach zero.)
   if (record->predecessor_failed.load(std::memory_order_acquire)) {
-    if (Transition(record, jobs_internal::kQueued,
+    if (Transition(record, jobs_internal::kWaiting,
                    jobs_internal::kCancelling)) {
       Finish(record, jobs_internal::kCancelled,
              absl::CancelledError(absl::StrCat(
                  JobName(record), " cancelled: a predecessor failed")),
              nullptr);
     }
-    Release(record);
+    Release(record);  // Or cancelled while it waited: already finished.
+    return;
+  }
+  if (!Transition(record, jobs_internal::kWaiting, jobs_internal::kQueued)) {
+    Release(record);  // Cancelled while it waited; already finished.
     return;
   }
   PostToken(record->node, record);
@@ -1366,14 +1379,16 @@ struct Runtime::ThiefTask {
   }
 };
 
-// The scheduling reference of `record` (if any) moves to the token.
+// The scheduling reference of `record` (if any) moves to the token; under
+// kWhenIdle to the node's queue, and the token takes a reference of its own
+// (see RunToken).
 void Runtime::PostToken(int node_index, JobRecord* record) {
   Node& node = *nodes_[node_index];
   if (config_.stealing == StealPolicy::kWhenIdle && record != nullptr) {
+    record->refs.fetch_add(1, std::memory_order_relaxed);  // The token's.
     node.queue.push(record);
     const int64_t queued =
         node.queued.fetch_add(1, std::memory_order_acq_rel) + 1;
-    record = nullptr;  // The token takes whatever is first in the queue.
     if (queued > node.workers) {
       for (auto& other : nodes_) {
         if (other->index == node_index ||
@@ -1415,6 +1430,10 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
 void Runtime::RunToken(int node_index, JobRecord* record) {
   WorkerSlot* slot = CurrentSlot();
   Node& node = *nodes_[node_index];
+  if (config_.stealing == StealPolicy::kWhenIdle) {
+    RunQueuedToken(node, slot, record);
+    return;
+  }
   if (record != nullptr) {
     // Strict affinity: a job's ready successor on this node runs next here.
     JobRecord* next = nullptr;
@@ -1429,6 +1448,36 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
     TsanRelease(&node);  // For Shutdown's drain.
     return;
   }
+  TsanRelease(&node);  // For Shutdown's drain.
+}
+
+// kWhenIdle: a node's jobs wait in its queue, where an idle node's thief
+// can take them, and each has a token in the node's arena. A token at the
+// top of its worker's stack runs the first job in the queue that nobody
+// has claimed (oldest first, as the thieves take them). A token run inside
+// a job's wait (its worker's depth > 0: TBB gives that wait only tasks of
+// the job's isolated region, so this is the token of a job the waiting job
+// submitted) runs its own job or nothing: never an unrelated job nested in
+// the waiting one, which could take the place of the waited-for child and
+// leave it queued with its token outside the region (a one-worker node
+// would then wait for good). Its queue entry stays, claimed, and whoever
+// pops it later drops it.
+void Runtime::RunQueuedToken(Node& node, WorkerSlot* slot, JobRecord* own) {
+  if (slot != nullptr && slot->depth > 0) {
+    if (own != nullptr) {
+      if (Claim(own)) Execute(own, slot, /*stolen=*/false, false);
+      Release(own);
+    }
+    TsanRelease(&node);  // For Shutdown's drain.
+    return;
+  }
+  if (own != nullptr) {
+    // Its state turned kQueued (release) before the token was posted: the
+    // acquire orders the record's set-up before this thread's release of
+    // it, for TSan as for the model (libtbb carried the token unseen).
+    (void)own->state.load(std::memory_order_acquire);
+    Release(own);  // The queue holds it too.
+  }
   JobRecord* queued = nullptr;
   while (node.queue.try_pop(queued)) {
     node.queued.fetch_sub(1, std::memory_order_acq_rel);
@@ -1437,9 +1486,8 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
     Release(queued);
     if (mine) break;
   }
-  if (config_.stealing == StealPolicy::kWhenIdle &&
-      node.queued.load(std::memory_order_acquire) == 0) {
-    MaybeSteal(node_index);
+  if (node.queued.load(std::memory_order_acquire) == 0) {
+    MaybeSteal(node.index);
   }
   TsanRelease(&node);  // For Shutdown's drain.
 }
@@ -1936,6 +1984,14 @@ absl::Status Runtime::BeginFrame() {
         "BeginFrame: the runtime is shut down");
   }
   FrameState& frame = *frame_;
+  if (frame.busy.exchange(true, std::memory_order_acquire)) {
+    return absl::FailedPreconditionError(
+        "BeginFrame: another thread is beginning or ending a frame now");
+  }
+  struct Unclaim {
+    std::atomic<bool>& busy;
+    ~Unclaim() { busy.store(false, std::memory_order_release); }
+  } unclaim{frame.busy};
   if (frame.open.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "BeginFrame: frame ", frame.ended.load(std::memory_order_relaxed),
@@ -1962,6 +2018,14 @@ absl::Status Runtime::EndFrame() {
     return s;
   }
   FrameState& frame = *frame_;
+  if (frame.busy.exchange(true, std::memory_order_acquire)) {
+    return absl::FailedPreconditionError(
+        "EndFrame: another thread is beginning or ending a frame now");
+  }
+  struct Unclaim {
+    std::atomic<bool>& busy;
+    ~Unclaim() { busy.store(false, std::memory_order_release); }
+  } unclaim{frame.busy};
   if (!frame.open.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError("EndFrame: no frame is open");
   }
@@ -2111,7 +2175,11 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   accepting_.store(false, std::memory_order_seq_cst);
   absl::Status result;
   if (frame_open()) {
+    // Left open (see the header): ended here as EndFrame would. If the
+    // frame loop's own EndFrame (or BeginFrame) holds the frame now, that
+    // call does the work: nothing is lost either way.
     result = EndFrame();
+    if (absl::IsFailedPrecondition(result)) result = absl::OkStatus();
   }
   // Every accepted job finishes (runs, fails or is cancelled): wait until
   // the finished count catches up with the submitted one. Rare: polls.
@@ -2149,6 +2217,13 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   for (auto& node : nodes_) {
     node->arena.execute(Drain{&node->group});
     TsanAcquire(node.get());
+    // Entries of jobs claimed elsewhere (inline, or by their token inside
+    // a wait) that no token popped: every job has finished.
+    JobRecord* stale = nullptr;
+    while (node->queue.try_pop(stale)) {
+      node->queued.fetch_sub(1, std::memory_order_acq_rel);
+      Release(stale);
+    }
   }
   shut_down_ = true;
   return result;

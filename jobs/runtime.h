@@ -52,9 +52,11 @@
 // (bad node, runtime shut down) gives a handle that is already finished
 // with that Status (Spawn returns it); jobs' exceptions are caught and
 // reach whoever waits (JobHandle, JobCounter, EndFrame); misuse (EndFrame
-// from inside a job, a frame left open at Shutdown) is reported through
-// ReportError (alloc/error.h) and returns FailedPrecondition. This layer
-// throws nothing of its own.
+// or Shutdown from inside a job) is reported through ReportError
+// (alloc/error.h) and returns FailedPrecondition. A
+// frame still open at Shutdown (or destruction: an exception may have left
+// the frame loop) is not a misuse: Shutdown ends it as EndFrame would and
+// returns what EndFrame returned. This layer throws nothing of its own.
 #ifndef JOBS_RUNTIME_H_
 #define JOBS_RUNTIME_H_
 
@@ -239,16 +241,17 @@ class JobContext {
   // order per submitting thread (workers take them in blocks of 256);
   // fork children have 0.
   uint64_t job_id() const { return job_id_; }
-  // Cancellation was asked for the job's counter or the runtime (kCancel
-  // shutdown) after the job started: long jobs may poll this and stop.
+  // Cancellation was asked for this job (JobRef::Cancel), its counter or
+  // the runtime (kCancel shutdown) after the job started: long jobs may
+  // poll this and stop. Fork and ParallelFor children see their job's.
   bool cancel_requested() const;
 
   // Runs every function (each `void(JobContext&)`) as a child job on this
   // node and returns when all have finished; the calling worker runs
   // children itself while it waits, isolated from unrelated jobs. The last
   // function runs on the calling worker with this very context. An
-  // exception thrown by a child is rethrown here (the first one, if several
-  // throw).
+  // exception thrown by a function is rethrown here once every child has
+  // finished (one of them, if several throw; the others are dropped).
   template <typename... Fs>
   void Fork(Fs&&... fs);
 
@@ -321,7 +324,7 @@ class JobRef {
   std::exception_ptr exception() const;
   // Cancels the job if it has not started: returns true if it will not
   // run (its dependants are cancelled too), false if it already runs or
-  // ran.
+  // ran. A running job sees the request in JobContext::cancel_requested().
   bool Cancel();
   uint64_t id() const;
 
@@ -643,13 +646,17 @@ class Runtime {
 
   // ---- Frames ---------------------------------------------------------
 
-  // Opens a frame. FailedPrecondition if one is open or the runtime is shut
-  // down.
+  // Opens a frame. FailedPrecondition if one is open, the runtime is shut
+  // down, or another thread is in BeginFrame or EndFrame at this moment
+  // (frames belong to one loop; a second thread is refused, never run
+  // concurrently with it).
   absl::Status BeginFrame();
   // Waits for every job of the open frame, then resets every worker's
   // frame arena on every node. Returns OK, or a summary of the frame's
   // failed jobs (their own handles hold the details). FailedPrecondition
-  // if no frame is open or when called from inside a job of this runtime.
+  // if no frame is open, another thread is in BeginFrame or EndFrame, or
+  // when called from inside a job of this runtime (that one is also
+  // reported: it would wait for itself).
   absl::Status EndFrame();
   bool frame_open() const;
   // Frames ended so far.
@@ -673,6 +680,8 @@ class Runtime {
 
   // Stops accepting jobs (later submissions fail with FailedPrecondition), then
   // finishes or cancels what is pending, and returns when no job is left.
+  // A frame still open is ended first (its jobs finished or cancelled as
+  // `mode` says, its arenas reset), and its EndFrame status is returned.
   // Idempotent. FailedPrecondition when called from one of its jobs.
   absl::Status Shutdown(ShutdownMode mode);
   bool accepting() const { return accepting_.load(std::memory_order_acquire); }
@@ -779,6 +788,8 @@ class Runtime {
   void Schedule(jobs_internal::JobRecord* record);
   void PostToken(int node, jobs_internal::JobRecord* record);
   void RunToken(int node, jobs_internal::JobRecord* record);
+  void RunQueuedToken(Node& node, jobs_internal::WorkerSlot* slot,
+                      jobs_internal::JobRecord* own);
   void RunThief(int node, int victim);
   void MaybeSteal(int idle_node);
   // `bypass`, when given, may receive one successor made ready by this
@@ -1057,7 +1068,18 @@ namespace jobs_internal {
 
 inline void ChildTask::operator()() const {
   TsanAcquire(parent);  // Everything the parent did before spawning.
+#if defined(FRAMEALLOC_JOBS_TSAN)
+  try {
+    runtime->RunChild(*parent, fn, call);
+  } catch (...) {
+    // The exception reaches the waiting parent through libtbb: its object,
+    // made here, must be ordered before the parent reads or destroys it.
+    TsanRelease(parent);
+    throw;
+  }
+#else
   runtime->RunChild(*parent, fn, call);
+#endif
   TsanRelease(parent);  // Everything this child did, for the parent.
 }
 
@@ -1082,8 +1104,19 @@ struct ChunkBody {
     const size_t begin = r.begin();
     const size_t end = r.end();
     TsanAcquire(p);
-    rt->RunChild(
-        *p, [fn, begin, end](JobContext& child) { (*fn)(child, begin, end); });
+    auto chunk = [fn, begin, end](JobContext& child) {
+      (*fn)(child, begin, end);
+    };
+#if defined(FRAMEALLOC_JOBS_TSAN)
+    try {
+      rt->RunChild(*p, chunk);
+    } catch (...) {
+      TsanRelease(p);  // As ChildTask: the exception object, for the waiter.
+      throw;
+    }
+#else
+    rt->RunChild(*p, chunk);
+#endif
     TsanRelease(p);
   }
 };
@@ -1123,8 +1156,16 @@ void JobContext::Fork(Fs&&... fs) {
       bool armed = true;
       ~WaitOnUnwind() {
         if (armed) {
+          // An exception is leaving: the children must finish before
+          // their captures go, and one of theirs rethrown by wait() must
+          // not leave this destructor (std::terminate): the one already in
+          // flight wins.
           group.cancel();
-          group.wait();
+          try {
+            group.wait();
+          } catch (...) {
+            jobs_internal::TsanAcquire(ctx);  // Before it is destroyed.
+          }
           jobs_internal::TsanAcquire(ctx);
         }
       }
@@ -1143,7 +1184,16 @@ void JobContext::Fork(Fs&&... fs) {
     };
     (dispatch(fs), ...);
     guard.armed = false;
+#if defined(FRAMEALLOC_JOBS_TSAN)
+    try {
+      group.wait();
+    } catch (...) {
+      jobs_internal::TsanAcquire(this);  // A child's exception (see above).
+      throw;
+    }
+#else
     group.wait();
+#endif
     jobs_internal::TsanAcquire(this);
   };
   if (isolated_) {
@@ -1164,11 +1214,20 @@ void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
     tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, grain),
                       jobs_internal::ChunkBody<Fn>{runtime_, this, &f});
   };
-  if (isolated_) {
-    body();
-  } else {
-    jobs_internal::IsolateJob(*this, body);
+#if defined(FRAMEALLOC_JOBS_TSAN)
+  try {
+#endif
+    if (isolated_) {
+      body();
+    } else {
+      jobs_internal::IsolateJob(*this, body);
+    }
+#if defined(FRAMEALLOC_JOBS_TSAN)
+  } catch (...) {
+    jobs_internal::TsanAcquire(this);  // A chunk's exception (ChunkBody).
+    throw;
   }
+#endif
   jobs_internal::TsanAcquire(this);
 }
 

@@ -63,6 +63,15 @@ std::unique_ptr<Runtime> MakeRuntime(Config config) {
 #define SKIP_RAW_TBB_UNDER_TSAN() (void)0
 #endif
 
+// A short busy wait the compiler keeps.
+inline void SpinPause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  asm volatile("" ::: "memory");
+#endif
+}
+
 // Holds jobs until opened: keeps workers busy so that others stay queued.
 class Gate {
  public:
@@ -394,6 +403,88 @@ TEST(RuntimeFrameTest, FrameMisuseIsRefused) {
   EXPECT_TRUE(rt->EndFrame().ok());
 }
 
+// A frame still open at Shutdown is ended there (not a misuse: an
+// exception may have left the frame loop): its jobs finish or are
+// cancelled as the mode says, and Shutdown returns EndFrame's status.
+TEST(RuntimeFrameTest, ShutdownEndsAFrameLeftOpen) {
+  std::vector<std::string> reports;
+  ScopedErrorHandler handler(
+      [](const ErrorReport& r, void* ctx) {
+        static_cast<std::vector<std::string>*>(ctx)->push_back(r.message);
+      },
+      &reports);
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  {
+    auto rt = MakeRuntime(Config().set_topology(topology.get()));
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    std::atomic<int> ran{0};
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE(rt->Spawn([&ran] { ran++; }).ok());
+    }
+    EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+    EXPECT_FALSE(rt->frame_open());
+    EXPECT_EQ(ran.load(), 10);
+    EXPECT_EQ(rt->frames(), 1u);
+  }
+  {
+    auto rt = MakeRuntime(Config().set_topology(topology.get()));
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    Gate gate;
+    std::atomic<bool> running{false};
+    auto first = rt->Submit([&] {
+      running = true;
+      gate.Pass();
+    });
+    ASSERT_TRUE(Eventually([&] { return running.load(); }));
+    std::atomic<int> ran{0};
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(rt->Spawn([&ran] { ran++; }).ok());
+    }
+    std::thread opener([&gate] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      gate.Open();
+    });
+    const absl::Status s = rt->Shutdown(ShutdownMode::kCancel);
+    opener.join();
+    EXPECT_FALSE(s.ok());  // The five queued jobs were cancelled.
+    EXPECT_NE(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "5 of 6")) << s;
+    EXPECT_EQ(ran.load(), 0);
+    EXPECT_TRUE(first.Wait().ok());
+    EXPECT_FALSE(rt->frame_open());
+  }
+  EXPECT_TRUE(reports.empty());
+}
+
+// BeginFrame and EndFrame claim the frame: of two threads ending the same
+// frame, one ends it and the other is refused; never both reset the arenas.
+TEST(RuntimeFrameTest, TwoThreadsEndingOneFrameEndItOnce) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  for (int round = 0; round < 200; ++round) {
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    ASSERT_TRUE(rt->Spawn([](JobContext& ctx) {
+                    ctx.arena().AllocateArray<int>(16)[0] = 1;
+                  }).ok());
+    std::atomic<int> ok{0};
+    std::atomic<int> refused{0};
+    auto end = [&] {
+      const absl::Status s = rt->EndFrame();
+      if (s.ok()) {
+        ok++;
+      } else if (absl::IsFailedPrecondition(s)) {
+        refused++;
+      }
+    };
+    std::thread other(end);
+    end();
+    other.join();
+    ASSERT_EQ(ok.load(), 1) << "round " << round;
+    ASSERT_EQ(refused.load(), 1) << "round " << round;
+  }
+  EXPECT_EQ(rt->frames(), 200u);
+}
+
 TEST_P(WorkerSweep, ManyFramesStress) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(
@@ -590,6 +681,44 @@ TEST(RuntimeExceptionTest, AFailedPredecessorCancelsItsDependants) {
   EXPECT_FALSE(ran.load());
 }
 
+// Regression (review): Schedule made a successor kQueued before it looked
+// at predecessor_failed, so a Wait() on its handle in between claimed it
+// and ran it although its predecessor had thrown (9 runs in 40,000 tries on
+// two workers). Each round races that Wait against the scheduling.
+TEST(RuntimeExceptionTest, ASuccessorOfAFailedJobNeverRunsEvenWhenWaitedOn) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(2));
+#if defined(__SANITIZE_THREAD__)
+  constexpr int kRounds = 2000;
+#else
+  constexpr int kRounds = 20000;
+#endif
+  std::atomic<int> successor_ran{0};
+  uint64_t rng = 88172645463325252ull;
+  for (int i = 0; i < kRounds; ++i) {
+    std::atomic<bool> go{false};
+    auto failing = rt->Submit([&go] {
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      throw std::runtime_error("predecessor");
+    });
+    auto successor = rt->Submit([&successor_ran] { successor_ran++; },
+                                SubmitOptions().after(failing));
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    const int delay = static_cast<int>(rng % 4000);
+    auto waiter = rt->Submit([&go, successor, delay] {
+      go.store(true, std::memory_order_release);
+      for (int k = 0; k < delay; ++k) SpinPause();
+      return successor.Wait().code();
+    });
+    ASSERT_TRUE(waiter.Wait().ok());
+    ASSERT_EQ(waiter.value(), absl::StatusCode::kCancelled) << "round " << i;
+  }
+  EXPECT_EQ(successor_ran.load(), 0);
+}
+
 TEST(RuntimeExceptionTest, CountersAndFramesReportTheFirstFailure) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
@@ -620,6 +749,35 @@ TEST(RuntimeExceptionTest, ForkRethrowsAChildsException) {
   });
   absl::Status s = h.Wait();
   EXPECT_TRUE(absl::StrContains(s.message(), "child failed")) << s;
+}
+
+// Regression (review): when a child and the last function both threw, the
+// Fork's unwinding waited on the group from a destructor, the child's
+// exception left it, and the process terminated.
+TEST(RuntimeExceptionTest,
+     ForkWithAChildAndTheLastFunctionThrowingRethrowsOne) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(2));
+  std::atomic<bool> child_threw{false};
+  auto h = rt->Submit([&](JobContext& ctx) {
+    ctx.Fork(
+        [&](JobContext&) {
+          child_threw = true;
+          throw std::runtime_error("child");
+        },
+        [&](JobContext&) {
+          // Until the other worker took the child and it threw.
+          EXPECT_TRUE(Eventually([&] { return child_threw.load(); }));
+          throw std::runtime_error("last");
+        });
+  });
+  const absl::Status s = h.Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
+  EXPECT_TRUE(absl::StrContains(s.message(), "threw: last") ||
+              absl::StrContains(s.message(), "threw: child"))
+      << s;
+  EXPECT_TRUE(child_threw.load());
 }
 
 TEST(RuntimeCancelTest, ACancelledQueuedJobNeverRuns) {
@@ -670,6 +828,30 @@ TEST(RuntimeCancelTest, CounterCancellationStopsPendingAndSignalsRunning) {
   EXPECT_EQ(started.load(), saw_cancel.load());
   EXPECT_LT(started.load(), 100);
   EXPECT_EQ(rt->stats().jobs_cancelled, 100u - started.load());
+}
+
+// Regression (review): JobRef::Cancel on a running job set a flag nothing
+// read; the job (and its fork children) now see it.
+TEST(RuntimeCancelTest, CancellingARunningJobSignalsItAndItsChildren) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(2));
+  std::atomic<bool> started{false};
+  std::atomic<int> children_saw{0};
+  auto job = rt->Submit([&](JobContext& ctx) {
+    started = true;
+    auto poll = [&](JobContext& c) {
+      while (!c.cancel_requested()) std::this_thread::yield();
+      children_saw++;
+    };
+    ctx.Fork(poll, poll);
+    return ctx.cancel_requested();
+  });
+  ASSERT_TRUE(Eventually([&] { return started.load(); }));
+  EXPECT_FALSE(job.Cancel());    // Running: it will not be stopped...
+  ASSERT_TRUE(job.Wait().ok());  // ...but it was told, and returned.
+  EXPECT_TRUE(job.value());
+  EXPECT_EQ(children_saw.load(), 2);
 }
 
 TEST(RuntimeCancelTest, CancellationStorm) {
@@ -1268,6 +1450,77 @@ TEST(RuntimeStealTest, AnIdleNodeTakesQueuedJobsAndCountsThem) {
   EXPECT_EQ(on_node1.load(), stolen_seen.load());
   EXPECT_EQ(stats.nodes[1].jobs_stolen, static_cast<uint64_t>(on_node1.load()));
   EXPECT_EQ(stats.nodes[0].jobs_run + stats.nodes[1].jobs_run, 200u);
+}
+
+// Regression (review): under kWhenIdle a token ran whatever job was first
+// in its node's queue, so the token a waiting job spawned for its child ran
+// an unrelated job submitted earlier, nested in the wait; the child stayed
+// queued with only the unrelated job's token (outside the waiting job's
+// isolated region) to run it, and a one-worker node waited for good.
+TEST(RuntimeStealTest, AWaitingJobRunsOnlyItsOwnChildrenWhenIdleStealing) {
+  for (const int workers : {1, 2}) {
+    SCOPED_TRACE(workers);
+    // One node: no other node's thief can take the child instead.
+    auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+    auto rt = MakeRuntime(Config()
+                              .set_topology(topology.get())
+                              .set_workers_per_node(workers)
+                              .set_stealing(StealPolicy::kWhenIdle));
+    // With two workers, the second is held so both jobs below meet on one.
+    Gate hold;
+    std::atomic<bool> held{false};
+    JobHandle<void> holder;
+    if (workers == 2) {
+      holder = rt->Submit(
+          [&] {
+            held = true;
+            hold.Pass();
+          },
+          SubmitOptions().on_node(0));
+      ASSERT_TRUE(Eventually([&] { return held.load(); }));
+    }
+    std::atomic<bool> started{false};
+    std::atomic<bool> unrelated_queued{false};
+    std::atomic<bool> waiting{false};
+    std::atomic<bool> nested{false};
+    std::atomic<std::thread::id> waiter_thread{};
+    auto waiter = rt->Submit(
+        [&](JobContext& ctx) {
+          waiter_thread = std::this_thread::get_id();
+          started = true;
+          while (!unrelated_queued) std::this_thread::yield();
+          JobCounter children;
+          auto child = ctx.runtime().Submit(
+              [] {}, SubmitOptions().on_node(0).with_counter(&children));
+          waiting = true;
+          const absl::Status s = children.Wait();
+          waiting = false;
+          return s.ok();
+        },
+        SubmitOptions().on_node(0));
+    ASSERT_TRUE(Eventually([&] { return started.load(); }));
+    auto unrelated = rt->Submit(
+        [&] {
+          if (waiting && std::this_thread::get_id() == waiter_thread.load()) {
+            nested = true;
+          }
+          hold.Open();
+        },
+        SubmitOptions().on_node(0));
+    unrelated_queued = true;
+    ASSERT_TRUE(Eventually([&] { return waiter.done(); }))
+        << "the waiting job never got its child run";
+    ASSERT_TRUE(waiter.Wait().ok());
+    EXPECT_TRUE(waiter.value());
+    ASSERT_TRUE(unrelated.Wait().ok());
+    EXPECT_FALSE(nested.load()) << "an unrelated job ran inside the wait";
+    hold.Open();
+    if (workers == 2) {
+      EXPECT_TRUE(holder.Wait().ok());
+    }
+    EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+    EXPECT_EQ(rt->stats().jobs_failed, 0u);
+  }
 }
 
 TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {
