@@ -316,8 +316,8 @@ class FrameArena {
   // The fast path: a power-of-two test (folded away for a constant
   // alignment), the padding to the alignment, two compares, the cursor
   // store and two counter adds. With gcc -O2 and a constant alignment that
-  // is 16 instructions including the return (docs/frame_arena.md shows
-  // them); the two counters are 2 of them.
+  // is 16 instructions and the return (docs/frame_arena.md shows them);
+  // the two counters are 2 of them.
   template <bool kFatal>
   ABSL_ATTRIBUTE_ALWAYS_INLINE void* Bump(size_t size, size_t alignment) {
     const uintptr_t cursor = cursor_;
