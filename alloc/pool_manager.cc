@@ -71,7 +71,8 @@ struct PoolManager::BadFree {
 };
 
 // The start of every page. Written once when the page is set up (magic,
-// owner, cls, chunk_size: read-only afterwards) and otherwise only under
+// owner, cls, chunk_alignment_log2, chunk_size: read-only afterwards) and
+// otherwise only under
 // the class's mutex. Blocks from the free list come back first, then the
 // never-used tail (`carved` counts the blocks ever handed out), so a fresh
 // page is never written through.

@@ -187,8 +187,8 @@ struct FrameRecord {
 
 // Usage under one tag (its own allocations, not its subtree's). A pool or
 // heap free counts under the tag its allocation was made under, with one
-// exception: a pool free on the fast path (no allocation tracking, no
-// budgets: neither keeps each block's tag) counts under the freeing
+// exception: without allocation tracking and without budgets (the two
+// that keep each block's tag), a pool free counts under the freeing
 // thread's current tag. There, a pool block freed under another tag than
 // its own moves live_bytes() from one tag to the other; their sum, and
 // every total, stays right.

@@ -252,36 +252,63 @@ TEST_F(SmartAllocTest, FrameArrayDestroysWhatItBuiltWhenAConstructorThrows) {
   EXPECT_EQ(ThrowsOnThird::alive, 0);
 }
 
-// A destructible type larger than any chunk the arena keeps.
-struct HugeDestructible {
-  char bytes[size_t{1} << 20];
-  ~HugeDestructible() { ++destroyed; }
-  static inline int destroyed = 0;
+// A source that can be switched off.
+class SwitchSource final : public MemorySource {
+ public:
+  absl::string_view name() const override { return "switch"; }
+  bool fail = false;
+
+ protected:
+  absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override {
+    if (fail) return absl::ResourceExhaustedError("switched off");
+    return SystemMemorySource::Default().Allocate(size, alignment);
+  }
+  void DoDeallocate(const Block& b) override {
+    SystemMemorySource::Default().Deallocate(b);
+  }
 };
 
+// 40 bytes with a destructor.
+struct FortyBytes {
+  char bytes[40];
+  ~FortyBytes() { ++destroyed; }
+  static inline int destroyed = 0;
+};
+static_assert(sizeof(FortyBytes) == 40);
+
 // Regression (review): try_frame_alloc of a destructible type registered
-// its destructor through the fatal path, so an arena that could not grow
-// aborted the process from a try_ call.
-TEST(SmartAllocFaultTest, TryFrameAllocOfADestructibleTypeFailsWithNull) {
-  alloc_internal::FailingSource source;
-  source.FailCalls(2, -1);  // The arena's first chunk, then nothing.
+// its destructor through the fatal path: when the object fit the chunk and
+// its 32-byte registration did not, and the arena could not grow, a try_
+// call aborted the process.
+TEST(SmartAllocFaultTest, TryFrameAllocFailsWhenOnlyTheObjectFits) {
+  SwitchSource source;
   ErrorRecorder errors;
-  Tracked::alive = 0;
-  HugeDestructible::destroyed = 0;
+  FortyBytes::destroyed = 0;
   {
     SmartAlloc alloc(AllocConfig().set_source(&source).set_cache(
         ChunkCacheOptions().set_populate(false)));
-    EXPECT_EQ(alloc.try_frame_alloc<HugeDestructible>(), nullptr);
-    EXPECT_TRUE(alloc.try_frame_array<HugeDestructible>(2).empty());
-    Tracked* small = alloc.try_frame_alloc<Tracked>(3);  // Fits the chunk.
-    ASSERT_NE(small, nullptr);
-    EXPECT_EQ(small->value, 3);
+    ASSERT_NE(alloc.frame_allocate(8, 8), nullptr);  // The first chunk.
+    source.fail = true;
+    size_t fit = 0;  // 8-byte allocations the chunk has room for.
+    {
+      ArenaScope scope(&alloc.frame_arena());
+      while (alloc.try_frame_allocate(8, 8) != nullptr) ++fit;
+    }
+    ASSERT_GT(fit, 10u);
+    for (size_t i = 0; i + 5 < fit; ++i) {
+      ASSERT_NE(alloc.try_frame_allocate(8, 8), nullptr);
+    }
+    // 40 bytes left: the object would fit, object and registration do not.
+    // The registration (32 bytes) is taken first, then the object fails.
+    EXPECT_EQ(alloc.try_frame_alloc<FortyBytes>(), nullptr);
+    // 8 bytes left: now the registration itself fails, taking nothing.
+    EXPECT_TRUE(alloc.try_frame_array<FortyBytes>(1).empty());
+    EXPECT_NE(alloc.try_frame_allocate(8, 8), nullptr);
+    EXPECT_EQ(alloc.try_frame_allocate(8, 8), nullptr);
     alloc.end_frame();
-    EXPECT_EQ(Tracked::alive, 0);
   }
-  EXPECT_EQ(HugeDestructible::destroyed, 0);  // None was constructed.
-  EXPECT_EQ(errors.count(), 0u);              // try_ calls never report.
-  EXPECT_GE(source.injected_faults(), 1);
+  EXPECT_EQ(FortyBytes::destroyed, 0);  // None was constructed.
+  EXPECT_EQ(errors.count(), 0u);        // try_ calls never report.
 }
 
 TEST_F(SmartAllocTest, FrameVecGrowsInFrameMemory) {

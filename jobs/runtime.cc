@@ -1386,6 +1386,7 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
   Node& node = *nodes_[node_index];
   if (config_.stealing == StealPolicy::kWhenIdle && record != nullptr) {
     record->refs.fetch_add(1, std::memory_order_relaxed);  // The token's.
+    record->queued_count.store(true, std::memory_order_relaxed);
     node.queue.push(record);
     const int64_t queued =
         node.queued.fetch_add(1, std::memory_order_acq_rel) + 1;
@@ -1460,8 +1461,8 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
 // submitted) runs its own job or nothing: never an unrelated job nested in
 // the waiting one, which could take the place of the waited-for child and
 // leave it queued with its token outside the region (a one-worker node
-// would then wait for good). Its queue entry stays, claimed, and whoever
-// pops it later drops it.
+// would then wait for good). Its queue entry stays, claimed and no longer
+// counted in `queued` (Uncount), and whoever pops it later drops it.
 void Runtime::RunQueuedToken(Node& node, WorkerSlot* slot, JobRecord* own) {
   if (slot != nullptr && slot->depth > 0) {
     if (own != nullptr) {
@@ -1480,7 +1481,7 @@ void Runtime::RunQueuedToken(Node& node, WorkerSlot* slot, JobRecord* own) {
   }
   JobRecord* queued = nullptr;
   while (node.queue.try_pop(queued)) {
-    node.queued.fetch_sub(1, std::memory_order_acq_rel);
+    Uncount(queued);
     const bool mine = Claim(queued);
     if (mine) Execute(queued, slot, /*stolen=*/false, false);
     Release(queued);
@@ -1490,6 +1491,13 @@ void Runtime::RunQueuedToken(Node& node, WorkerSlot* slot, JobRecord* own) {
     MaybeSteal(node.index);
   }
   TsanRelease(&node);  // For Shutdown's drain.
+}
+
+void Runtime::Uncount(JobRecord* record) {
+  if (record->queued_count.load(std::memory_order_relaxed) &&
+      record->queued_count.exchange(false, std::memory_order_acq_rel)) {
+    nodes_[record->node]->queued.fetch_sub(1, std::memory_order_acq_rel);
+  }
 }
 
 // A node with nothing queued looks for a node with more queued jobs than
@@ -1519,7 +1527,7 @@ void Runtime::RunThief(int thief_node, int victim_node) {
   // Only while this node has nothing of its own to do.
   while (thief.queued.load(std::memory_order_acquire) == 0 &&
          victim.queue.try_pop(record)) {
-    victim.queued.fetch_sub(1, std::memory_order_acq_rel);
+    Uncount(record);
     if (Claim(record)) Execute(record, slot, /*stolen=*/true, false);
     Release(record);
   }
@@ -1652,6 +1660,10 @@ Runtime::RunJob(WorkerSlot* slot, const RunInfo& info, void* fn,
 
 void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
                       bool inline_run, JobRecord** bypass) {
+  // Claimed, perhaps not through its queue entry (a token inside a wait,
+  // a handle's Wait): out of the node's count of queued jobs now, or the
+  // entry left behind would keep the node from stealing until popped.
+  Uncount(record);
   if (slot == nullptr) {
     // A TBB thread that is in no slot of ours: cannot happen with
     // one reserved slot that only Shutdown uses, but never run a job without
@@ -1720,6 +1732,7 @@ void Runtime::RunChild(const JobContext& parent,
 
 void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
                      std::exception_ptr exception, JobRecord** bypass) {
+  Uncount(record);  // Cancelled while queued: as Execute.
   record->status = std::move(status);
   record->exception = std::move(exception);
   // Counted before the state turns final, so a waiter's stats() include
@@ -1979,12 +1992,8 @@ void JobCounter::HelpUntilZero() {
 // Frames.
 
 absl::Status Runtime::BeginFrame() {
-  if (!accepting()) {
-    return absl::FailedPreconditionError(
-        "BeginFrame: the runtime is shut down");
-  }
   FrameState& frame = *frame_;
-  if (frame.busy.exchange(true, std::memory_order_acquire)) {
+  if (frame.busy.exchange(true, std::memory_order_seq_cst)) {
     return absl::FailedPreconditionError(
         "BeginFrame: another thread is beginning or ending a frame now");
   }
@@ -1992,6 +2001,13 @@ absl::Status Runtime::BeginFrame() {
     std::atomic<bool>& busy;
     ~Unclaim() { busy.store(false, std::memory_order_release); }
   } unclaim{frame.busy};
+  // After the claim (seq_cst both): a Shutdown that stopped accepting
+  // before this read is refused here; one after it sees the claim, or the
+  // frame open, and ends the frame (see Shutdown).
+  if (!accepting_.load(std::memory_order_seq_cst)) {
+    return absl::FailedPreconditionError(
+        "BeginFrame: the runtime is shut down");
+  }
   if (frame.open.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "BeginFrame: frame ", frame.ended.load(std::memory_order_relaxed),
@@ -2018,7 +2034,7 @@ absl::Status Runtime::EndFrame() {
     return s;
   }
   FrameState& frame = *frame_;
-  if (frame.busy.exchange(true, std::memory_order_acquire)) {
+  if (frame.busy.exchange(true, std::memory_order_seq_cst)) {
     return absl::FailedPreconditionError(
         "EndFrame: another thread is beginning or ending a frame now");
   }
@@ -2174,12 +2190,28 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
   // include every outside submission that found accepting_ still true.
   accepting_.store(false, std::memory_order_seq_cst);
   absl::Status result;
-  if (frame_open()) {
-    // Left open (see the header): ended here as EndFrame would. If the
-    // frame loop's own EndFrame (or BeginFrame) holds the frame now, that
-    // call does the work: nothing is lost either way.
-    result = EndFrame();
-    if (absl::IsFailedPrecondition(result)) result = absl::OkStatus();
+  // A frame left open (see the header) is ended here as EndFrame would.
+  // While another thread holds the frame (its loop's EndFrame, resetting
+  // the arenas, or a BeginFrame), wait for it: Shutdown returns only once
+  // no frame call of another thread still touches the runtime. (A
+  // BeginFrame that claims after this loop reads accepting_ false and
+  // opens nothing.)
+  FrameState& frame = *frame_;
+  for (int spins = 0;; ++spins) {
+    if (!frame.busy.load(std::memory_order_seq_cst) &&
+        !frame.open.load(std::memory_order_seq_cst)) {
+      break;
+    }
+    absl::Status ended = EndFrame();
+    if (!absl::IsFailedPrecondition(ended)) {
+      result = std::move(ended);
+      break;
+    }
+    if (spins < 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
   }
   // Every accepted job finishes (runs, fails or is cancelled): wait until
   // the finished count catches up with the submitted one. Rare: polls.
@@ -2221,7 +2253,7 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
     // a wait) that no token popped: every job has finished.
     JobRecord* stale = nullptr;
     while (node->queue.try_pop(stale)) {
-      node->queued.fetch_sub(1, std::memory_order_acq_rel);
+      Uncount(stale);
       Release(stale);
     }
   }

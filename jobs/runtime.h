@@ -270,7 +270,8 @@ class JobContext {
 
   Runtime* runtime_ = nullptr;
   jobs_internal::WorkerSlot* slot_ = nullptr;
-  jobs_internal::JobRecord* record_ = nullptr;  // Null for fork children.
+  // The job's record (fork children: the parent's); null for direct jobs.
+  jobs_internal::JobRecord* record_ = nullptr;
   JobCounter* counter_ = nullptr;  // The job's counter (fork children: the
                                    // parent's), for cancel_requested().
   FrameArena* arena_ = nullptr;
@@ -791,6 +792,8 @@ class Runtime {
   void RunQueuedToken(Node& node, jobs_internal::WorkerSlot* slot,
                       jobs_internal::JobRecord* own);
   void RunThief(int node, int victim);
+  // Takes a kWhenIdle job out of its node's count of queued jobs, once.
+  void Uncount(jobs_internal::JobRecord* record);
   void MaybeSteal(int idle_node);
   // `bypass`, when given, may receive one successor made ready by this
   // job, for the caller to run next on the same worker (continuation)

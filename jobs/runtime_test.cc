@@ -440,8 +440,10 @@ TEST(RuntimeFrameTest, ShutdownEndsAFrameLeftOpen) {
     for (int i = 0; i < 5; ++i) {
       ASSERT_TRUE(rt->Spawn([&ran] { ran++; }).ok());
     }
-    std::thread opener([&gate] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    // Opened once Shutdown has stopped accepting, so cancel_all_ is set
+    // (it is stored first) before the worker can reach the queued jobs.
+    std::thread opener([&gate, &rt] {
+      EXPECT_TRUE(Eventually([&rt] { return !rt->accepting(); }));
       gate.Open();
     });
     const absl::Status s = rt->Shutdown(ShutdownMode::kCancel);
@@ -1521,6 +1523,41 @@ TEST(RuntimeStealTest, AWaitingJobRunsOnlyItsOwnChildrenWhenIdleStealing) {
     EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
     EXPECT_EQ(rt->stats().jobs_failed, 0u);
   }
+}
+
+// Regression (review of the fix above): the job a token ran inside a wait
+// kept its queue entry counted in the node's `queued`, and a node with a
+// queued count above zero never steals: after one job waited on a child,
+// node 0 sat idle beside node 1's backlog.
+TEST(RuntimeStealTest, ANodeStillStealsAfterAJobWaitedOnItsChild) {
+  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  auto waiter = rt->Submit(
+      [](JobContext& ctx) {
+        JobCounter children;
+        EXPECT_TRUE(ctx.runtime()
+                        .Spawn([] {}, SubmitOptions().on_node(0).with_counter(
+                                          &children))
+                        .ok());
+        return children.Wait().ok();
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(waiter.Wait().ok());
+  EXPECT_TRUE(waiter.value());
+  JobCounter burst;
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(
+        rt->Spawn(
+              [] { std::this_thread::sleep_for(std::chrono::milliseconds(1)); },
+              SubmitOptions().on_node(1).with_counter(&burst))
+            .ok());
+  }
+  ASSERT_TRUE(burst.Wait().ok());
+  EXPECT_GT(rt->stats().nodes[0].jobs_stolen, 0u)
+      << "node 0 sat idle while node 1 had a backlog";
 }
 
 TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {

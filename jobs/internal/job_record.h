@@ -74,8 +74,12 @@ struct JobRecord {
   std::atomic<int32_t> unmet{1};
   // A predecessor failed or was cancelled: this job is cancelled too.
   std::atomic<bool> predecessor_failed{false};
-  // Handle::Cancel() asked for cancellation before the job started.
+  // Handle::Cancel() asked for cancellation (seen by the running job too).
   std::atomic<bool> cancel_requested{false};
+  // Counted in its node's `queued` (StealPolicy::kWhenIdle): whoever first
+  // takes it out of the count (the thread that pops its queue entry, or
+  // the one that runs or cancels it by another way) clears this.
+  std::atomic<bool> queued_count{false};
   std::atomic<Successor*> successors{nullptr};
   // The edges for this job's first kInlineEdges predecessors, kept in the
   // record itself (on their successor lists) instead of allocated: most
