@@ -147,6 +147,11 @@ absl::StatusOr<ScopedThreadBinding> ScopedThreadBinding::ToNode(
     return absl::InvalidArgumentError(
         absl::StrCat("ScopedThreadBinding::ToNode: ", s.message()));
   }
+  if (topology.node(node).pus.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ScopedThreadBinding::ToNode: node ", node,
+                     " has no PU (a memory-only node)"));
+  }
   return Bind(topology, topology.node(node).pus);
 }
 

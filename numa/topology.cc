@@ -97,14 +97,17 @@ absl::StatusOr<std::unique_ptr<Topology>> Topology::FromXml(
   if (hwloc_topology_init(&topology) != 0) {
     return absl::InternalError("Topology::FromXml: hwloc_topology_init failed");
   }
+  errno = 0;
   if (file.empty() || hwloc_topology_set_xml(topology, file.c_str()) != 0 ||
       hwloc_topology_load(topology) != 0) {
     const int err = errno;
     hwloc_topology_destroy(topology);
-    return absl::InvalidArgumentError(
-        absl::StrCat("Topology::FromXml: cannot load the XML topology at "
-                     "path \"",
-                     file, "\": ", strerror(err)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Topology::FromXml: cannot load the XML topology at path \"", file,
+        "\"",
+        file.empty() ? ": the path is empty"
+        : err != 0   ? absl::StrCat(": ", strerror(err))
+                     : " (not a valid hwloc XML topology)"));
   }
   return Load(topology, TopologySource::kXml, file);
 }
@@ -113,7 +116,12 @@ absl::StatusOr<std::unique_ptr<Topology>> Topology::Load(
     hwloc_topology_t topology, TopologySource source, std::string origin) {
   std::unique_ptr<Topology> result(
       new Topology(topology, source, std::move(origin)));
-  result->is_this_system_ = hwloc_topology_is_thissystem(topology) != 0;
+  // Only a discovered topology is this machine's. hwloc also answers yes
+  // for a synthetic or XML one when HWLOC_THISSYSTEM=1 is set (as for TBB's
+  // own binding), and binding to such a topology's nodes would act on the
+  // real machine with another machine's numbers.
+  result->is_this_system_ = source == TopologySource::kDiscovered &&
+                            hwloc_topology_is_thissystem(topology) != 0;
   result->ReadNodes();
   if (result->nodes_.empty()) {
     return absl::InvalidArgumentError(

@@ -1,5 +1,6 @@
 #include "numa/topology.h"
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -137,6 +138,32 @@ TEST(TopologyTest, SyntheticReportsNoSupportAndNoCurrentNode) {
   absl::StatusOr<int> node = t->CurrentNode();
   EXPECT_EQ(node.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(node.status().message(), HasSubstr("not this system"));
+}
+
+// Regression (review): HWLOC_THISSYSTEM=1 (set for TBB's own binding) made
+// hwloc call a synthetic topology this system's, and binding to its nodes
+// then acted on the real machine with another machine's numbers.
+TEST(TopologyTest, InjectedTopologiesStayForeignWhateverHwlocIsTold) {
+  setenv("HWLOC_THISSYSTEM", "1", 1);
+  auto synthetic = Topology::FromSynthetic("pack:2 [numa] core:4 pu:1");
+  auto xml = Topology::FromXml(numa_internal::WriteAsymmetricXml());
+  unsetenv("HWLOC_THISSYSTEM");
+  for (auto* t : {&synthetic, &xml}) {
+    ASSERT_TRUE(t->ok()) << t->status();
+    const Topology& topo = ***t;
+    EXPECT_FALSE(topo.is_this_system()) << topo.ToString();
+    EXPECT_FALSE(topo.support().thread_binding);
+    EXPECT_FALSE(topo.support().memory_binding);
+    EXPECT_EQ(topo.CurrentNode().status().code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+TEST(TopologyTest, AnEmptyXmlPathSaysSo) {
+  absl::StatusOr<std::unique_ptr<Topology>> t = Topology::FromXml("");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(t.status().message(), HasSubstr("the path is empty"));
 }
 
 TEST(TopologyTest, ToStringListsNodesDistancesAndSupport) {
