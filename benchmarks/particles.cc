@@ -244,6 +244,7 @@ absl::Status ParticlesSimulation::Step(const FrameEnv& env) {
   if (n_ == 0) {
     return absl::FailedPreconditionError("particles: Step before Init");
   }
+  if (absl::Status s = CheckStepEnv(env, "particles"); !s.ok()) return s;
   if (env.variant != variant_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "particles: initialized for ", std::string(VariantName(variant_)),

@@ -95,6 +95,20 @@ inline absl::Status CheckEnv(const FrameEnv& env, const char* scenario) {
   return absl::OkStatus();
 }
 
+// CheckEnv, and for the runtime variants an open frame: their jobs keep
+// per-frame data in the workers' frame arenas, which without a frame would
+// be scratch arenas rewound as each job returns (data read later, on other
+// threads, would be gone). FailedPrecondition, prefixed with `scenario`.
+inline absl::Status CheckStepEnv(const FrameEnv& env, const char* scenario) {
+  if (absl::Status s = CheckEnv(env, scenario); !s.ok()) return s;
+  if (UsesRuntime(env.variant) && !env.runtime->frame_open()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        scenario, ": variant ", std::string(VariantName(env.variant)),
+        " steps inside an open frame (Runtime::BeginFrame first)"));
+  }
+  return absl::OkStatus();
+}
+
 // Problem size and seed, from the driver's flags.
 struct ScenarioConfig {
   uint64_t seed = 42;

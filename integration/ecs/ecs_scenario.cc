@@ -132,7 +132,7 @@ absl::Status EcsSimulation::GroupStores() {
 }
 
 absl::Status EcsSimulation::Step(const sim::FrameEnv& env) {
-  if (absl::Status s = sim::CheckEnv(env, "ecs"); !s.ok()) return s;
+  if (absl::Status s = sim::CheckStepEnv(env, "ecs"); !s.ok()) return s;
   const FrameExecutor exec = ExecutorFor(env);
   if (sim::UsesArena(env.variant)) {
     return RunFrame<ArenaMemory>(exec, Blocks<ArenaMemory>());

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -150,6 +151,29 @@ TEST(TransformsTest, BadParentsAreRefused) {
   EXPECT_EQ(tf.SetParent(ghost, a).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(tf.SetParent(c, ghost).code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(tf.SetParent(c, a).ok());
+}
+
+// Regression (review): an entity removed while a child still named it, and
+// added again under that child, closed a cycle that Add accepted; every
+// later HierarchyOrder::Update failed and the reference walk never ended.
+TEST(TransformsTest, ReAddingARemovedParentUnderItsOldChildIsRefused) {
+  EntityRegistry registry;
+  Transforms tf;
+  const Entity a = registry.Create(), b = registry.Create(),
+               c = registry.Create();
+  ASSERT_TRUE(tf.Add(a, LocalTransform()).ok());
+  ASSERT_TRUE(tf.Add(b, Child(a)).ok());
+  ASSERT_TRUE(tf.Add(c, Child(b)).ok());
+  ASSERT_TRUE(tf.Remove(a).ok());  // b is a root now, still naming a.
+  for (const Entity under : {b, c}) {
+    absl::Status s = tf.Add(a, Child(under));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("cycle"), std::string::npos) << s;
+  }
+  HierarchyOrder order;
+  EXPECT_TRUE(order.Update(tf).ok());
+  ASSERT_TRUE(tf.Add(a, LocalTransform()).ok());  // Back as a root: fine.
+  EXPECT_TRUE(order.Update(tf).ok());
 }
 
 // A random forest of n entities, parents added before children.
@@ -576,6 +600,22 @@ TEST(EcsScenarioTest, BadInputIsAClearStatus) {
   sim::FrameEnv no_runtime;
   no_runtime.variant = Variant::kRuntimeArena;
   EXPECT_EQ(s.Step(no_runtime).code(), absl::StatusCode::kInvalidArgument);
+  // Regression (review): without an open frame the runtime variants' jobs
+  // got scratch arenas, rewound as each returned, while their per-frame
+  // data was read later (ASan: use-after-poison); Step returned OK.
+  auto rt = jobs::Runtime::Create(jobs::Config().set_workers_per_node(1));
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  for (const Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+    EcsSimulation sim;
+    const sim::FrameEnv env{v, rt->get(), nullptr};
+    ASSERT_TRUE(sim.Init({.size = 100}, env).ok());
+    absl::Status step = sim.Step(env);
+    EXPECT_EQ(step.code(), absl::StatusCode::kFailedPrecondition) << step;
+    EXPECT_NE(step.message().find("open frame"), std::string::npos);
+    ASSERT_TRUE((*rt)->BeginFrame().ok());
+    EXPECT_TRUE(sim.Step(env).ok());
+    ASSERT_TRUE((*rt)->EndFrame().ok());
+  }
   // The registration is what the suite expects.
   const sim::ScenarioInfo info = EcsScenario();
   EXPECT_EQ(info.name, "ecs");
@@ -591,6 +631,23 @@ std::unique_ptr<jobs::Runtime> ExecutorRuntime(const numa::Topology* topology,
   auto rt = jobs::Runtime::Create(config);
   EXPECT_TRUE(rt.ok()) << rt.status();
   return rt.ok() ? *std::move(rt) : nullptr;
+}
+
+// Regression (review): on one thread a body's exception left ForRange and
+// ForBlocks, where on a runtime it becomes the call's status.
+TEST(FrameExecutorTest, ABodysExceptionIsAnUnknownStatusOnEveryExecutor) {
+  auto rt = ExecutorRuntime(nullptr, 1);
+  ASSERT_NE(rt, nullptr);
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  for (const FrameExecutor& exec : {FrameExecutor::Sequential(nullptr),
+                                    FrameExecutor::OnRuntime(rt.get())}) {
+    absl::Status s = exec.ForBlocks(3, [](const Lane&, size_t block) {
+      if (block == 1) throw std::runtime_error("block one");
+    });
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnknown) << s;
+    EXPECT_NE(s.message().find("block one"), std::string::npos) << s;
+  }
+  EXPECT_FALSE(rt->EndFrame().ok());  // The runtime's frame saw the failure.
 }
 
 TEST(FrameExecutorTest, ForRangeRunsEveryChunkOnceOnAnyLayout) {

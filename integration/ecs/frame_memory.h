@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <new>
 #include <string>
@@ -248,7 +249,17 @@ class FrameExecutor {
     }
     if (begin >= end) return absl::OkStatus();
     if (runtime_ == nullptr) {
-      f(Lane{arena_, 0}, begin, end);
+      // As on a runtime, where the jobs layer catches it: a body's
+      // exception becomes the call's Unknown status.
+      try {
+        f(Lane{arena_, 0}, begin, end);
+      } catch (const std::exception& e) {
+        return absl::UnknownError(
+            absl::StrCat("FrameExecutor: a body threw: ", e.what()));
+      } catch (...) {
+        return absl::UnknownError(
+            "FrameExecutor: a body threw a non-std exception");
+      }
       return absl::OkStatus();
     }
     // The parts of every node, in node order; on the stack for up to

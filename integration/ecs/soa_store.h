@@ -31,7 +31,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <span>
+#include <stdexcept>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -104,7 +106,8 @@ class SoaStore {
   // Appends `e` with one value per column. InvalidArgument for a null
   // entity, AlreadyExists if `e` (this generation) is present; an older
   // generation of the same index still present is InvalidArgument too
-  // (remove it first).
+  // (remove it first); ResourceExhausted if the sparse index cannot grow to
+  // e.index (a made-up handle far past any registry's).
   absl::Status Add(Entity e, Columns... values) {
     if (e.is_null()) {
       return absl::InvalidArgumentError("SoaStore::Add: null entity");
@@ -120,7 +123,21 @@ class SoaStore {
           "SoaStore::Add: entity index ", e.index, " is held by generation ",
           there.generation, ", not ", e.generation));
     }
-    if (e.index >= sparse_.size()) sparse_.resize(e.index + 1, kAbsent);
+    if (e.index >= sparse_.size()) {
+      // The sparse index grows to the entity's index: a made-up handle far
+      // past what a registry hands out may ask for gigabytes.
+      try {
+        sparse_.resize(static_cast<size_t>(e.index) + 1, kAbsent);
+      } catch (const std::bad_alloc&) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "SoaStore::Add: no memory for a sparse index up to entity ",
+            e.index));
+      } catch (const std::length_error&) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "SoaStore::Add: no memory for a sparse index up to entity ",
+            e.index));
+      }
+    }
     sparse_[e.index] = static_cast<uint32_t>(dense_.size());
     dense_.push_back(e);
     AppendAll(std::index_sequence_for<Columns...>(), std::move(values)...);

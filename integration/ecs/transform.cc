@@ -76,6 +76,19 @@ Vec3 Mat4::TransformPoint(const Vec3& p) const {
           m[2] * p.x + m[6] * p.y + m[10] * p.z + m[14]};
 }
 
+bool Transforms::Reaches(Entity from, Entity target) const {
+  // Chains through removed entities end there (they are roots now).
+  const auto parents = store_.column<kParent>();
+  Entity a = from;
+  for (size_t steps = 0; !a.is_null() && steps <= store_.size(); ++steps) {
+    if (a == target) return true;
+    const uint32_t s = store_.SlotOrAbsent(a);
+    if (s == Store::kAbsent) return false;
+    a = parents[s];
+  }
+  return false;
+}
+
 absl::Status Transforms::Add(Entity e, const LocalTransform& t) {
   if (!t.parent.is_null()) {
     if (t.parent == e) {
@@ -86,6 +99,14 @@ absl::Status Transforms::Add(Entity e, const LocalTransform& t) {
       return absl::NotFoundError(
           absl::StrCat("Transforms::Add: parent ", Name(t.parent), " of ",
                        Name(e), " has no transform (add parents first)"));
+    }
+    // An entity removed and added again may still be named as the parent
+    // of its old children: under one of them it would close a cycle.
+    if (Reaches(t.parent, e)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Transforms::Add: ", Name(t.parent), " descends from ",
+                       Name(e), " (it still names ", Name(e),
+                       " as an ancestor); parenting would make a cycle"));
     }
   }
   return store_.Add(e, t.position, t.rotation, t.scale, t.parent);
@@ -101,19 +122,11 @@ absl::Status Transforms::SetParent(Entity child, Entity parent) {
       return absl::NotFoundError(absl::StrCat(
           "Transforms::SetParent: parent ", Name(parent), " has no transform"));
     }
-    // Walk up from the new parent: meeting the child means a cycle. Chains
-    // through removed entities end there (they are roots now).
-    const auto parents = store_.column<kParent>();
-    Entity a = parent;
-    for (size_t steps = 0; !a.is_null() && steps <= store_.size(); ++steps) {
-      if (a == child) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Transforms::SetParent: ", Name(parent), " is ", Name(child),
-            " or one of its descendants; parenting would make a cycle"));
-      }
-      const uint32_t s = store_.SlotOrAbsent(a);
-      if (s == Store::kAbsent) break;
-      a = parents[s];
+    // Walk up from the new parent: meeting the child means a cycle.
+    if (Reaches(parent, child)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Transforms::SetParent: ", Name(parent), " is ", Name(child),
+          " or one of its descendants; parenting would make a cycle"));
     }
   }
   store_.column<kParent>()[*slot] = parent;

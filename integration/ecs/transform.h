@@ -83,10 +83,11 @@ class Transforms {
   enum Column { kPosition = 0, kRotation = 1, kScale = 2, kParent = 3 };
   using Store = SoaStore<Vec3, Quat, float, Entity>;
 
-  // Adds `e`. InvalidArgument if t.parent is `e` itself, NotFound if t.parent
-  // is not null and has no transform (add parents first), and the store's
-  // errors (null entity, already present). Parents added first cannot form
-  // a cycle.
+  // Adds `e`. InvalidArgument if t.parent is `e` itself or descends from
+  // `e` (an entity removed and added again is still named by its old
+  // children), NotFound if t.parent is not null and has no transform (add
+  // parents first), and the store's errors (null entity, already present).
+  // No sequence of calls can form a cycle.
   absl::Status Add(Entity e, const LocalTransform& t);
   // Removes `e`. Its children keep naming it and become roots until they
   // are given another parent. NotFound if absent.
@@ -115,6 +116,10 @@ class Transforms {
   }
 
  private:
+  // Whether walking up the parents from `from` meets `target` (`from`
+  // itself included); a removed entity ends the walk.
+  bool Reaches(Entity from, Entity target) const;
+
   Store store_;
   uint64_t parent_changes_ = 0;
 };

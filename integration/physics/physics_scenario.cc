@@ -34,15 +34,8 @@ class PhysicsScenarioImpl final : public sim::Scenario {
       return absl::FailedPreconditionError(
           "physics scenario: Step before a successful Init");
     }
-    if (sim::UsesRuntime(env.variant) && env.runtime == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("physics scenario: FrameEnv.runtime must be set for "
-                       "variant ",
-                       std::string(sim::VariantName(env.variant))));
-    }
-    if (env.variant == sim::Variant::kArena && env.arena == nullptr) {
-      return absl::InvalidArgumentError(
-          "physics scenario: FrameEnv.arena must be set for variant arena");
+    if (absl::Status s = sim::CheckStepEnv(env, "physics scenario"); !s.ok()) {
+      return s;
     }
     switch (env.variant) {
       case sim::Variant::kHeap:

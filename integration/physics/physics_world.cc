@@ -776,7 +776,20 @@ struct PhysicsStepper {
   // the steps it depends on, and steps that do not depend on each other
   // touch different bodies.
   static absl::Status RunJobs(PhysicsWorld& w, jobs::Runtime& rt) {
-    if (w.homes_for_ != &rt) {
+    // The homes depend on the runtime's layout: recomputed for another
+    // runtime, or one with another layout at the same address (a runtime
+    // destroyed and another created in its memory).
+    bool same_layout =
+        w.homes_for_ == &rt &&
+        w.homes_layout_.size() == static_cast<size_t>(rt.num_nodes());
+    for (int n = 0; same_layout && n < rt.num_nodes(); ++n) {
+      same_layout = w.homes_layout_[n] == rt.workers(n);
+    }
+    if (!same_layout) {
+      w.homes_layout_.assign(static_cast<size_t>(rt.num_nodes()), 0);
+      for (int n = 0; n < rt.num_nodes(); ++n) {
+        w.homes_layout_[n] = rt.workers(n);
+      }
       const jobs::NodePartition blocks = rt.Partition(w.blocks_);
       const jobs::NodePartition slabs = rt.Partition(w.slabs_);
       for (size_t b = 0; b < w.blocks_; ++b) {

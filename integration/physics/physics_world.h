@@ -307,9 +307,11 @@ class PhysicsWorld {
   // practice; a miss only means a cold start). Null if absent.
   const CachedImpulse* FindCached(uint64_t key, int slab) const;
   // Jobs of the frame on the runtime, and where each block is homed and
-  // each slab range belongs (recomputed when the runtime changes).
+  // each slab range belongs (recomputed when the runtime or its layout,
+  // workers per node, changes).
   std::vector<jobs::JobRef> block_jobs_;
   const jobs::Runtime* homes_for_ = nullptr;
+  std::vector<int> homes_layout_;
   std::vector<int> block_home_;
   // The slab steps of a frame on the runtime (physics_world.cc, RunSlabJob).
   // Per slab: steps done times 2, plus 1 while one runs (0 none; 1 phase 2;

@@ -63,7 +63,7 @@ absl::Status RenderSimulation::Init(const sim::ScenarioConfig& config,
 }
 
 absl::Status RenderSimulation::Step(const sim::FrameEnv& env) {
-  if (absl::Status s = sim::CheckEnv(env, "render"); !s.ok()) return s;
+  if (absl::Status s = sim::CheckStepEnv(env, "render"); !s.ok()) return s;
   if (!initialized_) {
     return absl::FailedPreconditionError("render: Step before Init");
   }

@@ -502,5 +502,26 @@ TEST(RenderScenarioTest, BadInputIsAClearStatus) {
   EXPECT_NE(info.create(), nullptr);
 }
 
+// Regression (review): without an open frame the runtime-arena variant's
+// jobs got scratch arenas, rewound as each returned, and the merge read
+// their sorted runs afterwards (ASan: use-after-poison); Step returned OK.
+TEST(RenderScenarioTest, RuntimeVariantsStepOnlyInsideAFrame) {
+  auto rt = jobs::Runtime::Create(jobs::Config().set_workers_per_node(1));
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  for (const Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+    RenderSimulation s;
+    const sim::FrameEnv env{v, rt->get(), nullptr};
+    ASSERT_TRUE(s.Init({.size = 500}, env).ok());
+    absl::Status step = s.Step(env);
+    EXPECT_EQ(step.code(), absl::StatusCode::kFailedPrecondition) << step;
+    EXPECT_NE(step.message().find("open frame"), std::string::npos) << step;
+    for (int f = 0; f < 3; ++f) {
+      ASSERT_TRUE((*rt)->BeginFrame().ok());
+      EXPECT_TRUE(s.Step(env).ok());
+      ASSERT_TRUE((*rt)->EndFrame().ok());
+    }
+  }
+}
+
 }  // namespace
 }  // namespace framealloc::integration::render
