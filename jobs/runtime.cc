@@ -297,12 +297,14 @@ std::string JobName(const JobRecord* record) {
   return JobName(record->id, record->name);
 }
 
+// seq_cst (the same instruction as acq_rel on x86), for PostToken's check
+// against Uncount (see there); so is Transition's.
 bool Claim(JobRecord* record) {
   uint32_t s = record->state.load(std::memory_order_acquire);
   while ((s & kStateMask) == jobs_internal::kQueued) {
     if (record->state.compare_exchange_weak(
             s, (s & ~kStateMask) | jobs_internal::kRunning,
-            std::memory_order_acq_rel, std::memory_order_acquire)) {
+            std::memory_order_seq_cst, std::memory_order_acquire)) {
       return true;
     }
   }
@@ -314,7 +316,7 @@ bool Transition(JobRecord* record, uint32_t from, uint32_t to) {
   uint32_t s = record->state.load(std::memory_order_acquire);
   while ((s & kStateMask) == from) {
     if (record->state.compare_exchange_weak(s, (s & ~kStateMask) | to,
-                                            std::memory_order_acq_rel,
+                                            std::memory_order_seq_cst,
                                             std::memory_order_acquire)) {
       return true;
     }
@@ -1386,10 +1388,18 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
   Node& node = *nodes_[node_index];
   if (config_.stealing == StealPolicy::kWhenIdle && record != nullptr) {
     record->refs.fetch_add(1, std::memory_order_relaxed);  // The token's.
-    record->queued_count.store(true, std::memory_order_relaxed);
+    record->queued_count.store(true, std::memory_order_seq_cst);
     node.queue.push(record);
     const int64_t queued =
         node.queued.fetch_add(1, std::memory_order_acq_rel) + 1;
+    // A Wait() run inline or a Cancel may have taken the job since it
+    // turned kQueued, before the flag was up: its Uncount saw nothing to
+    // do. Then uncount it here (the exchange makes it once). seq_cst with
+    // the claim and Uncount's load: one of the two sees the other.
+    if ((record->state.load(std::memory_order_seq_cst) & kStateMask) !=
+        jobs_internal::kQueued) {
+      Uncount(record);
+    }
     if (queued > node.workers) {
       for (auto& other : nodes_) {
         if (other->index == node_index ||
@@ -1494,8 +1504,8 @@ void Runtime::RunQueuedToken(Node& node, WorkerSlot* slot, JobRecord* own) {
 }
 
 void Runtime::Uncount(JobRecord* record) {
-  if (record->queued_count.load(std::memory_order_relaxed) &&
-      record->queued_count.exchange(false, std::memory_order_acq_rel)) {
+  if (record->queued_count.load(std::memory_order_seq_cst) &&
+      record->queued_count.exchange(false, std::memory_order_seq_cst)) {
     nodes_[record->node]->queued.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
