@@ -73,7 +73,8 @@ absl::StatusOr<std::string> Simulate(const SimulateParams& params,
                                      RequestArena& request);
 
 // Appends `s` as a JSON string literal (quotes, backslashes and control
-// characters escaped).
+// characters escaped; a byte that is not part of well-formed UTF-8 becomes
+// U+FFFD, so the result is valid JSON whatever `s` holds).
 void AppendJsonString(std::string* out, absl::string_view s);
 // Appends a JSON number: shortest exact form of a finite double, `null`
 // otherwise.

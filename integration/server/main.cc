@@ -39,7 +39,7 @@ ABSL_FLAG(std::string, pool, "runtime",
           "Who runs the connections: 'runtime' (the job runtime) or "
           "'httplib' (cpp-httplib's thread pool).");
 ABSL_FLAG(int, keep_alive_timeout_s, 2,
-          "Seconds an idle keep-alive connection is kept open.");
+          "Seconds an idle keep-alive connection is kept open (>= 1).");
 ABSL_FLAG(int, hold_simulate_ms, 0,
           "For tests of the graceful stop: every /simulate request waits "
           "this long (in its handler, arena set up) before working.");

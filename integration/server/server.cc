@@ -62,15 +62,21 @@ void AtomicMax(std::atomic<uint64_t>& a, uint64_t v) {
 // connections it is handed, as RuntimeTaskQueue does on the runtime pool.
 class CountingThreadPool final : public httplib::ThreadPool {
  public:
-  CountingThreadPool(size_t threads, std::atomic<uint64_t>* accepted)
-      : httplib::ThreadPool(threads), accepted_(accepted) {}
+  CountingThreadPool(size_t threads, std::atomic<uint64_t>* accepted,
+                     std::atomic<int64_t>* waiting)
+      : httplib::ThreadPool(threads), accepted_(accepted), waiting_(waiting) {}
   void enqueue(std::function<void()> fn) override {
     accepted_->fetch_add(1, std::memory_order_relaxed);
-    httplib::ThreadPool::enqueue(std::move(fn));
+    waiting_->fetch_add(1, std::memory_order_acq_rel);
+    httplib::ThreadPool::enqueue([waiting = waiting_, fn = std::move(fn)] {
+      waiting->fetch_sub(1, std::memory_order_acq_rel);
+      fn();
+    });
   }
 
  private:
   std::atomic<uint64_t>* const accepted_;
+  std::atomic<int64_t>* const waiting_;
 };
 
 uint64_t ResidentBytes() {
@@ -125,9 +131,12 @@ absl::Status ServerOptions::Validate() const {
         absl::StrCat("ServerOptions.keep_alive_max_count must be >= 1, got ",
                      keep_alive_max_count));
   }
-  if (keep_alive_timeout_seconds < 0) {
+  if (keep_alive_timeout_seconds < 1) {
+    // cpp-httplib waits this long for every request of a connection, the
+    // first included (0: about 10 ms, so a slow client's first request
+    // would be dropped unanswered).
     return absl::InvalidArgumentError(absl::StrCat(
-        "ServerOptions.keep_alive_timeout_seconds must be >= 0, got ",
+        "ServerOptions.keep_alive_timeout_seconds must be >= 1, got ",
         keep_alive_timeout_seconds));
   }
   if (pool == TaskPool::kHttplib && !topology.empty()) {
@@ -144,11 +153,14 @@ RuntimeTaskQueue::~RuntimeTaskQueue() { (void)connections_.Wait(); }
 
 void RuntimeTaskQueue::enqueue(std::function<void()> fn) {
   if (accepted_ != nullptr) accepted_->fetch_add(1, std::memory_order_relaxed);
+  if (waiting_ != nullptr) waiting_->fetch_add(1, std::memory_order_acq_rel);
   // The connection runs as one job: its context is published for the
   // handlers of its requests, and withdrawn when it ends.
   struct ConnectionJob {
     std::function<void()> fn;
+    std::atomic<int64_t>* waiting;
     void operator()(jobs::JobContext& ctx) {
+      if (waiting != nullptr) waiting->fetch_sub(1, std::memory_order_acq_rel);
       struct Publish {
         explicit Publish(const jobs::JobContext* c) { current_job = c; }
         ~Publish() { current_job = nullptr; }
@@ -156,12 +168,15 @@ void RuntimeTaskQueue::enqueue(std::function<void()> fn) {
       fn();
     }
   };
-  ConnectionJob job{std::move(fn)};
+  ConnectionJob job{std::move(fn), waiting_};
   // Spawn takes a copy, so `job` (and the socket its task owns) is still
   // ours if the runtime refuses it.
   const absl::Status s = runtime_->Spawn(
       job, jobs::SubmitOptions().with_counter(&connections_).named("http"));
-  if (!s.ok()) job.fn();
+  if (!s.ok()) {
+    if (waiting_ != nullptr) waiting_->fetch_sub(1, std::memory_order_acq_rel);
+    job.fn();
+  }
 }
 
 void RuntimeTaskQueue::shutdown() { (void)connections_.Wait(); }
@@ -201,8 +216,9 @@ absl::Status Server::Init() {
     runtime_ = *std::move(runtime);
     jobs::Runtime* rt = runtime_.get();
     std::atomic<uint64_t>* accepted = &connections_;
-    http_.new_task_queue = [rt, accepted] {
-      return new RuntimeTaskQueue(rt, accepted);
+    std::atomic<int64_t>* waiting = &waiting_;
+    http_.new_task_queue = [rt, accepted, waiting] {
+      return new RuntimeTaskQueue(rt, accepted, waiting);
     };
   } else {
     auto alloc = SmartAlloc::Create(AllocConfig());
@@ -211,8 +227,9 @@ absl::Status Server::Init() {
     // cpp-httplib's own pool, of its default size unless --workers says.
     const size_t n = static_cast<size_t>(workers);
     std::atomic<uint64_t>* accepted = &connections_;
-    http_.new_task_queue = [n, accepted] {
-      return new CountingThreadPool(n, accepted);
+    std::atomic<int64_t>* waiting = &waiting_;
+    http_.new_task_queue = [n, accepted, waiting] {
+      return new CountingThreadPool(n, accepted, waiting);
     };
   }
   node_requests_ = std::make_unique<std::atomic<uint64_t>[]>(num_nodes());
@@ -273,9 +290,46 @@ void Server::Route() {
       return absl::StatusOr<std::string>(StatsJson(r.has_param("full")));
     });
   });
-  http_.Post("/aggregate", [this](Req req, httplib::Response& res) {
-    Handle(req, res, [](Req r, RequestArena& request) {
-      return Aggregate(r.body, request);
+  // The body through a reader: cpp-httplib bounds only a body with a
+  // Content-Length by itself (set_payload_max_length); read this way a
+  // chunked body, and a compressed one as it inflates, are bounded too. The
+  // rest of a body past the limit is read and dropped, so the connection
+  // stays in step, and the answer is 413.
+  http_.Post("/aggregate", [this](Req req, httplib::Response& res,
+                                  const httplib::ContentReader& reader) {
+    std::string body;
+    bool too_large = false;
+    const size_t limit = options_.max_body_bytes;
+    const bool read = reader([&](const char* data, size_t size) {
+      if (too_large) return true;
+      if (size > limit - body.size()) {
+        too_large = true;
+        std::string().swap(body);
+        return true;
+      }
+      body.append(data, size);
+      return true;
+    });
+    if (too_large || (!read && res.status == 413)) {
+      res.status = 413;
+      res.set_content(
+          ErrorBody(413, absl::StrCat("request body too large: over "
+                                      "--max_body_bytes (",
+                                      limit, " bytes, after any decoding)")),
+          "application/json");
+      Count(413);
+      return;
+    }
+    if (!read) {
+      const int status = res.status >= 400 ? res.status : 400;
+      res.status = status;
+      res.set_content(ErrorBody(status, "the request body could not be read"),
+                      "application/json");
+      Count(status);
+      return;
+    }
+    Handle(req, res, [&body](Req, RequestArena& request) {
+      return Aggregate(body, request);
     });
   });
   http_.Get("/simulate", [this](Req req, httplib::Response& res) {
@@ -304,11 +358,50 @@ void Server::Route() {
     http_.Put(path, not_allowed("GET, HEAD"));
     http_.Patch(path, not_allowed("GET, HEAD"));
     http_.Delete(path, not_allowed("GET, HEAD"));
+    http_.Options(path, not_allowed("GET, HEAD"));
   }
   http_.Get("/aggregate", not_allowed("POST"));
   http_.Put("/aggregate", not_allowed("POST"));
   http_.Patch("/aggregate", not_allowed("POST"));
   http_.Delete("/aggregate", not_allowed("POST"));
+  http_.Options("/aggregate", not_allowed("POST"));
+
+  // Before cpp-httplib reads a body into memory for any other route (or
+  // a 404): there it bounds only a body with a Content-Length, reads a
+  // chunked or length-less one whole, and inflates a compressed one
+  // without limit. Only POST /aggregate takes a body, through its bounded
+  // reader; elsewhere a chunked or compressed body is refused unread, and
+  // anywhere a body that has neither length nor chunking (it would be read
+  // until the client closes). cpp-httplib keeps such a connection open:
+  // what is left of the body then reads as malformed requests (400s).
+  http_.set_pre_routing_handler([this](Req req, httplib::Response& res) {
+    const auto refuse = [this, &res](int status, absl::string_view message) {
+      res.status = status;
+      res.set_content(ErrorBody(status, message), "application/json");
+      Count(status);
+      return httplib::Server::HandlerResponse::Handled;
+    };
+    const bool takes_body = req.method == "POST" && req.path == "/aggregate";
+    const std::string encoding = req.get_header_value("Content-Encoding");
+    if (!takes_body && !encoding.empty() && encoding != "identity") {
+      return refuse(
+          415, absl::StrCat("Content-Encoding '", encoding, "' on ", req.method,
+                            " ", req.path, ", which takes no body"));
+    }
+    const bool chunked = req.has_header("Transfer-Encoding");
+    if (!takes_body && chunked) {
+      return refuse(411, absl::StrCat("a chunked body on ", req.method, " ",
+                                      req.path, ", which takes no body"));
+    }
+    if ((req.method == "POST" || req.method == "PUT" ||
+         req.method == "PATCH") &&
+        !chunked && !req.has_header("Content-Length")) {
+      return refuse(411, absl::StrCat("a ", req.method,
+                                      " needs a Content-Length (or a chunked "
+                                      "body)"));
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
 
   // Statuses cpp-httplib sets itself (404, 413, 400 for an unparsable
   // request) get a body that says why.
@@ -326,9 +419,7 @@ void Server::Route() {
         message = "request body too large (--max_body_bytes)";
         break;
       case 400:
-        message =
-            "malformed HTTP request (a POST needs a Content-Length or a "
-            "chunked body)";
+        message = "malformed HTTP request";
         break;
       default:
         message = absl::StrCat("HTTP status ", res.status);
@@ -443,6 +534,18 @@ absl::Status Server::Stop() {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
   if (started_) {
+    // Drain: once stopped, cpp-httplib closes a connection that no worker
+    // has picked up yet without reading its request. Keep accepting until
+    // every accepted connection has reached a worker (bounded: a steady
+    // stream of new connections would keep the queue from emptying), and
+    // give the last one a moment to read its request.
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(kDrainSeconds);
+    while (waiting_.load(std::memory_order_acquire) > 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
     // Closes the listening socket: the accept loop ends, then shuts its
     // task queue down, which waits for every connection; each finishes
     // the request it is serving and answers it.

@@ -21,8 +21,10 @@
 //                         (RuntimeStats::ToJson) and each node's allocator
 //   GET  /healthz         "ok"
 // Bad input -> 400 (the body names the problem), unknown paths -> 404,
-// wrong methods -> 405 with Allow, bodies over max_body_bytes -> 413,
-// a request over its memory budget -> 503.
+// wrong methods -> 405 with Allow, bodies over max_body_bytes -> 413
+// (after decoding; chunked ones too), a POST without Content-Length or
+// chunking -> 411, a chunked or compressed body on a route that takes
+// none -> 411 / 415, a request over its memory budget -> 503.
 //
 // Not for: TLS, streaming bodies, or long blocking work: a connection holds
 // its worker for as long as it stays open (see docs/server.md), so size
@@ -101,7 +103,7 @@ struct ServerOptions {
   // an idle keep-alive connection is kept (it holds a worker meanwhile,
   // and delays a graceful stop by at most this long).
   int keep_alive_max_count = 100;
-  int keep_alive_timeout_seconds = 2;
+  int keep_alive_timeout_seconds = 2;  // >= 1 (see Validate).
   // Called by every request's handler after its arena is set up and before
   // the work: lets tests hold a request in flight. Empty in production.
   std::function<void(absl::string_view path)> on_request_start;
@@ -156,11 +158,13 @@ struct ServerOptions {
 // Thread-safe (cpp-httplib calls enqueue from its accept thread).
 class RuntimeTaskQueue final : public httplib::TaskQueue {
  public:
-  // `accepted`, when not null, counts the tasks (connections) enqueued; it
-  // is not owned and must outlive the queue.
+  // `accepted`, when not null, counts the tasks (connections) enqueued;
+  // `waiting`, when not null, those enqueued and not yet started (Stop
+  // drains them). Not owned; both must outlive the queue.
   explicit RuntimeTaskQueue(jobs::Runtime* runtime,
-                            std::atomic<uint64_t>* accepted = nullptr)
-      : runtime_(runtime), accepted_(accepted) {}
+                            std::atomic<uint64_t>* accepted = nullptr,
+                            std::atomic<int64_t>* waiting = nullptr)
+      : runtime_(runtime), accepted_(accepted), waiting_(waiting) {}
   // Waits for the connection jobs still running.
   ~RuntimeTaskQueue() override;
 
@@ -176,11 +180,14 @@ class RuntimeTaskQueue final : public httplib::TaskQueue {
  private:
   jobs::Runtime* const runtime_;
   std::atomic<uint64_t>* const accepted_;
+  std::atomic<int64_t>* const waiting_;
   jobs::JobCounter connections_;
 };
 
 class Server {
  public:
+  // The longest Stop() waits for accepted connections to reach a worker.
+  static constexpr int kDrainSeconds = 5;
   // Builds the topology, the runtime (or the allocator of the kHttplib
   // mode), the routes, and binds the listening socket.
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options);
@@ -192,9 +199,12 @@ class Server {
   // Starts accepting on a thread of its own; returns once the server
   // accepts. FailedPrecondition if already started or stopped.
   absl::Status Start();
-  // Stops accepting, lets every in-flight request finish and be answered,
-  // waits for the connection tasks, then shuts the runtime down. Returns
-  // OK, or Internal if the accept loop failed. Idempotent.
+  // Drains, then stops: keeps accepting until every connection already
+  // accepted has been picked up by a worker (at most kDrainSeconds; under
+  // a steady stream of new connections the wait ends there), then stops
+  // accepting, lets every in-flight request finish and be answered, waits
+  // for the connection tasks, and shuts the runtime down. Returns OK, or
+  // Internal if the accept loop failed. Idempotent.
   absl::Status Stop();
 
   // The bound port (the chosen one when ServerOptions::port was 0).
@@ -258,6 +268,9 @@ class Server {
   // Statistics: relaxed, counters only (nothing is published through
   // them); read exactly after the requests that changed them returned.
   std::atomic<uint64_t> connections_{0};
+  // Connections accepted and not yet picked up by a worker (Stop drains
+  // them: cpp-httplib closes such a connection unanswered once stopped).
+  std::atomic<int64_t> waiting_{0};
   std::atomic<uint64_t> requests_{0};
   std::atomic<uint64_t> status_2xx_{0}, status_4xx_{0}, status_5xx_{0};
   std::atomic<uint64_t> budget_refusals_{0};
