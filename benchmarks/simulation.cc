@@ -30,9 +30,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -107,6 +110,9 @@ ABSL_FLAG(std::string, child_progress, "",
 ABSL_FLAG(int, child_min_frames, 0,
           "Internal (a child run): the fewest measured frames in budget "
           "mode; 0: the default.");
+ABSL_FLAG(int, child_max_frames, 0,
+          "Internal (a child run): the most measured frames in budget mode; "
+          "0: the default.");
 ABSL_FLAG(int, rounds, 1,
           "Measure every run in this many parts, the runs taking turns "
           "(forward, then backward, ...), each part a fresh process with "
@@ -137,6 +143,7 @@ struct Flags {
   std::string child_json;
   std::string child_progress;
   int child_min_frames = 0;
+  int child_max_frames = 0;
   int rounds = 1;
 };
 
@@ -146,6 +153,12 @@ absl::StatusOr<Flags> ReadFlags() {
       FindScenarios(absl::GetFlag(FLAGS_scenario));
   if (!scenarios.ok()) return scenarios.status();
   f.scenarios = *std::move(scenarios);
+  if (f.scenarios.empty()) {
+    // "--scenario=," names none: nothing would run, and the outputs of an
+    // earlier run would be overwritten with empty ones.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--scenario names no scenario: '", absl::GetFlag(FLAGS_scenario), "'"));
+  }
   const int64_t size = absl::GetFlag(FLAGS_size);
   if (size < 0 || size > (int64_t{1} << 32)) {
     return absl::InvalidArgumentError(
@@ -177,6 +190,9 @@ absl::StatusOr<Flags> ReadFlags() {
   for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_variants), ',',
                                             absl::SkipWhitespace())) {
     if (v == "mimalloc") {
+      if (f.mimalloc) {
+        return absl::InvalidArgumentError("--variants names mimalloc twice");
+      }
       f.mimalloc = true;
       continue;
     }
@@ -184,6 +200,11 @@ absl::StatusOr<Flags> ReadFlags() {
     if (!kind.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--variants: ", kind.status().message(), " or mimalloc"));
+    }
+    if (std::find(f.kinds.begin(), f.kinds.end(), *kind) != f.kinds.end()) {
+      // Two rows of one name: the ratios would read the first only.
+      return absl::InvalidArgumentError(
+          absl::StrCat("--variants names ", v, " twice"));
     }
     f.kinds.push_back(*kind);
   }
@@ -206,10 +227,26 @@ absl::StatusOr<Flags> ReadFlags() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--child_min_frames must be in [0, 100000], got ", f.child_min_frames));
   }
+  f.child_max_frames = absl::GetFlag(FLAGS_child_max_frames);
+  if (f.child_max_frames < 0 || f.child_max_frames > 100000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--child_max_frames must be in [0, 100000], got ", f.child_max_frames));
+  }
   f.rounds = absl::GetFlag(FLAGS_rounds);
   if (f.rounds < 1 || f.rounds > 100) {
     return absl::InvalidArgumentError(
         absl::StrCat("--rounds must be in [1, 100], got ", f.rounds));
+  }
+  if (f.frames % f.rounds != 0) {
+    // Every round measures the same number of frames: --frames rounded up
+    // to a multiple of --rounds (said here, and it is what the header, the
+    // table and the JSON then report).
+    const int rounded = (f.frames / f.rounds + 1) * f.rounds;
+    std::fprintf(stderr,
+                 "simulation: --frames=%d rounded up to %d, a multiple of "
+                 "--rounds=%d\n",
+                 f.frames, rounded, f.rounds);
+    f.frames = rounded;
   }
   if (!f.child_progress.empty() && f.child_json.empty()) {
     return absl::InvalidArgumentError(
@@ -333,6 +370,7 @@ struct ChildRequest {
   int frames = 0;
   double budget = 1.0;  // Seconds, when frames == 0.
   int min_frames = 5;   // At least, when frames == 0.
+  int max_frames = 0;   // At most, when frames == 0 (0: the child's own).
   std::string progress;
   std::string trace;
 };
@@ -365,6 +403,7 @@ absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
       absl::StrCat("--frames=", request.frames),
       absl::StrFormat("--budget=%.9g", request.budget),
       absl::StrCat("--child_min_frames=", request.min_frames),
+      absl::StrCat("--child_max_frames=", request.max_frames),
       absl::StrCat("--warmup=", flags.warmup),
       absl::StrCat("--seed=", flags.seed),
       absl::StrCat("--workers=", flags.workers),
@@ -410,11 +449,26 @@ absl::StatusOr<std::vector<VariantRun>> RunChild(const std::string& binary,
   return runs;
 }
 
+// Writes `text` to a temporary file next to `path`, then renames it over
+// `path`: a failed write (a full disk, a file size limit) leaves the
+// previous file whole, not a truncated one.
 absl::Status WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  const std::string temporary = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) {
+      std::remove(temporary.c_str());
+      return absl::InternalError(absl::StrCat("cannot write ", path));
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(temporary.c_str());
+    return absl::InternalError(
+        absl::StrCat("cannot write ", path, ": ", std::strerror(err)));
+  }
   return absl::OkStatus();
 }
 
@@ -535,17 +589,22 @@ int Main(const char* argv0) {
     // taking turns (forward in even rounds, backward in odd ones), so that
     // the host's slow and fast phases fall on every run alike.
     const int rounds = child ? 1 : flags.rounds;
-    int per_round =
-        flags.frames == 0 ? 0 : (flags.frames + rounds - 1) / rounds;
-    if (per_round == 0 && flags.kinds.empty()) {
-      per_round = std::max(1, 20 / rounds);  // Only mimalloc runs, budget mode.
+    int per_round = flags.frames / rounds;  // A multiple (ReadFlags).
+    if (per_round == 0 && flags.kinds.empty() && !flags.isolate) {
+      // Only mimalloc runs, in budget mode, both in one child: they must
+      // agree on a count before either runs. (One child per run instead:
+      // the first sets the count in its budget, as a run of this program
+      // would.)
+      per_round = std::max(1, 20 / rounds);
     }
     const int min_per_round = flags.child_min_frames > 0
                                   ? flags.child_min_frames
                                   : std::max(1, (5 + rounds - 1) / rounds);
     options.budget_seconds = flags.budget / rounds;
     options.min_frames = min_per_round;
-    options.max_frames = std::max(min_per_round, 1000 / rounds);
+    options.max_frames = flags.child_max_frames > 0
+                             ? flags.child_max_frames
+                             : std::max(min_per_round, 1000 / rounds);
     for (int round = 0; round < rounds; ++round) {
       for (size_t step = 0; step < plan.size(); ++step) {
         const size_t i = round % 2 == 0 ? step : plan.size() - 1 - step;
@@ -578,6 +637,7 @@ int Main(const char* argv0) {
           request.frames = per_round;
           request.budget = options.budget_seconds;
           request.min_frames = min_per_round;
+          request.max_frames = options.max_frames;
           request.progress = progress_label;
           if (!p.mimalloc && traced) request.trace = flags.trace;
           absl::StatusOr<std::vector<VariantRun>> got =

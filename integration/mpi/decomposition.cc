@@ -80,6 +80,16 @@ absl::StatusOr<Domain> Domain::Create(const DomainConfig& config) {
         config.cutoff, ") in each direction"));
   }
   const int nx = CellsAlong(config.lx, config.cutoff);
+  const int ny = CellsAlong(config.ly, config.cutoff);
+  // Every frame each rank builds a grid of its columns (plus two ghost
+  // columns) times ny cells, 4 bytes each, on frame memory: bounded up
+  // front, or a tiny cutoff in a large box asks the arena for terabytes.
+  if (static_cast<double>(nx) * static_cast<double>(ny) > kMaxCells) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "box ", config.lx, " x ", config.ly, " at cutoff ", config.cutoff,
+        " makes a grid of ", nx, " x ", ny, " cells, more than ", kMaxCells,
+        ": raise the cutoff or shrink the box"));
+  }
   if (nx < config.ranks) {
     return absl::InvalidArgumentError(absl::StrCat(
         "box width ", config.lx, " holds ", nx, " columns of cutoff ",

@@ -88,9 +88,12 @@ struct DomainConfig {
 class Domain {
  public:
   // InvalidArgument naming the field: sizes must be finite and positive,
-  // the box at least one cutoff in each direction and wide enough to give
-  // every rank a column (nx >= ranks).
+  // the box at least one cutoff in each direction, at most kMaxCells cells
+  // in all, and wide enough to give every rank a column (nx >= ranks).
   static absl::StatusOr<Domain> Create(const DomainConfig& config);
+  // The largest grid (nx * ny): each frame a rank's grid takes 4 bytes per
+  // cell of its columns, on frame memory.
+  static constexpr double kMaxCells = double{1 << 26};
 
   const DomainConfig& config() const { return config_; }
   double lx() const { return config_.lx; }

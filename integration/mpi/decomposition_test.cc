@@ -54,6 +54,10 @@ TEST(DomainTest, RejectsBadConfigNamingTheField) {
       {DomainConfig().set_ranks(0), "ranks"},
       {DomainConfig().set_box(10, 0.5).set_cutoff(1), "cutoff"},
       {DomainConfig().set_box(3.5, 10).set_cutoff(1).set_ranks(4), "ranks"},
+      // Regression (review): 632455 x 632455 cells were accepted, and the
+      // first frame aborted asking the arena for 1.6 TB.
+      {DomainConfig().set_box(10, 10).set_cutoff(1e-5), "cutoff"},
+      {DomainConfig().set_box(1e6, 1e6).set_cutoff(1), "box"},
   };
   for (const Case& c : cases) {
     absl::StatusOr<Domain> d = Domain::Create(c.config);

@@ -32,6 +32,7 @@
 #include <mpi.h>
 #include <sched.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cinttypes>
@@ -254,13 +255,16 @@ struct Totals {
   uint64_t migrated = 0;
 };
 
-// Writes the sorted state as text (hex floats: exact bits, diffable).
+// Writes the sorted state as text (hex floats: exact bits, diffable), to a
+// temporary file renamed over `path` once complete: a failed write leaves
+// no truncated state behind.
 absl::Status WriteState(const std::string& path, const Options& o,
                         const Domain& domain, std::span<const Migrant> state) {
-  std::FILE* f = std::fopen(path.c_str(), "w");
+  const std::string temporary = absl::StrCat(path, ".tmp.", getpid());
+  std::FILE* f = std::fopen(temporary.c_str(), "w");
   if (f == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--output: cannot open ", path, ": ", std::strerror(errno)));
+        "--output: cannot open ", temporary, ": ", std::strerror(errno)));
   }
   std::fprintf(
       f,
@@ -272,9 +276,18 @@ absl::Status WriteState(const std::string& path, const Options& o,
   for (const Migrant& m : state) {
     std::fprintf(f, "%" PRIu64 " %a %a %a %a\n", m.id, m.x, m.y, m.vx, m.vy);
   }
-  if (std::fclose(f) != 0) {
+  const bool write_failed = std::ferror(f) != 0;
+  if (std::fclose(f) != 0 || write_failed) {
+    const int err = errno;
+    std::remove(temporary.c_str());
     return absl::InternalError(absl::StrCat("--output: writing ", path,
-                                            " failed: ", std::strerror(errno)));
+                                            " failed: ", std::strerror(err)));
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(temporary.c_str());
+    return absl::InternalError(absl::StrCat(
+        "--output: cannot move the state to ", path, ": ", std::strerror(err)));
   }
   return absl::OkStatus();
 }
