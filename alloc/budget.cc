@@ -1,6 +1,10 @@
 // Tags and budgets (see budget.h).
 #include "alloc/budget.h"
 
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -118,54 +122,80 @@ TagId BudgetManager::ParentOf(TagId tag) {
   return static_cast<TagId>(parent);
 }
 
+namespace {
+
+// Adds `bytes` to `used` unless that would pass `limit` (0: none), in one
+// compare-and-swap: a refused request never shows in `used`, so it cannot
+// make a concurrent request that fits look over the limit (adding first
+// and undoing on refusal did). Returns whether it was added; `*before` is
+// the value it was added to (or refused against).
+bool Reserve(std::atomic<size_t>& used, size_t bytes, size_t limit,
+             size_t* before) {
+  size_t seen = used.load(std::memory_order_relaxed);
+  for (;;) {
+    // (limit - seen < bytes, not seen + bytes > limit: no wrap for a size
+    // near SIZE_MAX. Without a limit, a sum that would wrap is refused too:
+    // no allocator could serve such a request.)
+    if ((limit != 0 && (seen > limit || limit - seen < bytes)) ||
+        bytes > SIZE_MAX - seen) {
+      *before = seen;
+      return false;
+    }
+    if (used.compare_exchange_weak(seen, seen + bytes,
+                                   std::memory_order_relaxed)) {
+      *before = seen;
+      return true;
+    }
+  }
+}
+
+}  // namespace
+
 absl::Status BudgetManager::Charge(TagId tag, size_t bytes, uint64_t frame) {
-  // Tag budgets on the path, innermost first (paths are short).
+  // Tag budgets on the path, innermost first (paths are short), then the
+  // global one. Warnings wait until every budget took the request: a
+  // request one of them refuses crossed no threshold for real.
   Budget* charged[TagRegistry::kMaxTags];
+  size_t charged_before[TagRegistry::kMaxTags];
   int count = 0;
+  const auto undo = [&charged, &count, bytes] {
+    for (int i = 0; i < count; ++i) {
+      charged[i]->used.fetch_sub(bytes, std::memory_order_relaxed);
+    }
+  };
   for (TagId t = tag; t != TagRegistry::kRoot; t = ParentOf(t)) {
     Budget* b = BudgetOf(t);
     if (b == nullptr) continue;
-    // A request above the limit is refused before it is added: added, a
-    // size near SIZE_MAX would wrap the sum below the limit and pass.
-    const bool too_big =
-        b->budget.limit_bytes != 0 && bytes > b->budget.limit_bytes;
-    const size_t before =
-        too_big ? b->used.load(std::memory_order_relaxed)
-                : b->used.fetch_add(bytes, std::memory_order_relaxed);
-    if (too_big || (b->budget.limit_bytes != 0 &&
-                    before + bytes > b->budget.limit_bytes)) {
-      if (!too_big) b->used.fetch_sub(bytes, std::memory_order_relaxed);
-      for (int i = 0; i < count; ++i) {
-        charged[i]->used.fetch_sub(bytes, std::memory_order_relaxed);
-      }
+    size_t before;
+    if (!Reserve(b->used, bytes, b->budget.limit_bytes, &before)) {
+      undo();
       Emit({AllocEventKind::kBudgetRefused, BudgetScope::kTag, b->path, bytes,
             before, b->budget.limit_bytes, frame});
       return absl::ResourceExhaustedError(absl::StrCat(
           "tag budget '", b->path, "' refused ", bytes, " bytes: ", before,
           " of ", b->budget.limit_bytes, " bytes in use"));
     }
-    if (b->budget.warn_bytes != 0 && before < b->budget.warn_bytes &&
-        before + bytes >= b->budget.warn_bytes) {
-      Emit({AllocEventKind::kBudgetWarning, BudgetScope::kTag, b->path, bytes,
-            before, b->budget.warn_bytes, frame});
-    }
+    charged_before[count] = before;
     charged[count++] = b;
   }
   if (global_limit_ != 0) {
-    const bool too_big = bytes > global_limit_;  // As above: no wrap.
-    const size_t before =
-        too_big ? global_used_.load(std::memory_order_relaxed)
-                : global_used_.fetch_add(bytes, std::memory_order_relaxed);
-    if (too_big || before + bytes > global_limit_) {
-      if (!too_big) global_used_.fetch_sub(bytes, std::memory_order_relaxed);
-      for (int i = 0; i < count; ++i) {
-        charged[i]->used.fetch_sub(bytes, std::memory_order_relaxed);
-      }
+    size_t before;
+    if (!Reserve(global_used_, bytes, global_limit_, &before)) {
+      undo();
       Emit({AllocEventKind::kBudgetRefused, BudgetScope::kGlobal, "", bytes,
             before, global_limit_, frame});
       return absl::ResourceExhaustedError(
           absl::StrCat("global budget refused ", bytes, " bytes: ", before,
                        " of ", global_limit_, " bytes in use"));
+    }
+  }
+  for (int i = 0; i < count; ++i) {
+    const Budget& b = *charged[i];
+    const size_t before = charged_before[i];
+    if (b.budget.warn_bytes != 0 && before < b.budget.warn_bytes &&
+        b.budget.warn_bytes - before <= bytes) {
+      Emit({AllocEventKind::kBudgetWarning, BudgetScope::kTag, b.path, bytes,
+            before, b.budget.warn_bytes, frame});
     }
   }
   return absl::OkStatus();

@@ -11,9 +11,13 @@
 // Not for: per-allocation bookkeeping when no budget is configured: then
 // active() is false and SmartAlloc never calls Charge/Release.
 //
-// Thread-safe. Charge/Release are lock-free (relaxed atomics; a budget can
-// be exceeded by at most the requests racing at one instant, each of which
-// was checked against the counter it saw).
+// Thread-safe. Charge/Release are lock-free (relaxed atomics). Each budget
+// takes a request in one compare-and-swap, so no budget ever holds more
+// than its limit, and a refused request never shows in a counter. A
+// request that one budget takes and an outer one (a parent tag, the global
+// budget) then refuses holds the inner one for that moment: a concurrent
+// request may be refused there meanwhile. Warnings are raised only for a
+// request every budget took.
 #ifndef ALLOC_BUDGET_H_
 #define ALLOC_BUDGET_H_
 

@@ -1,5 +1,7 @@
 #include "alloc/budget.h"
 
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -124,6 +126,52 @@ TEST_F(BudgetManagerTest, NestedBudgetsRollBackTogether) {
   EXPECT_FALSE(budgets.Charge(b, 80, 1).ok());
   EXPECT_EQ(budgets.tag_used("a/b"), 0u);
   EXPECT_EQ(budgets.tag_used("a"), 950u);
+}
+
+// Regression (review): a refused request was added, checked, then taken
+// back; meanwhile the counter read over the limit, and a request that fit
+// was refused (for a never-null call, a fatal error). Threads here charge
+// 60 (never fits beside the held 50) and 40 (always fits) against a limit
+// of 100: no 40 may ever be refused.
+TEST_F(BudgetManagerTest, ARefusedRequestNeverMakesAFittingOneFail) {
+  BudgetManager budgets = Make(0, {{"render", {.limit_bytes = 100}}});
+  const TagId render = *registry_.FromPath("render");
+  ASSERT_TRUE(budgets.Charge(render, 50, 0).ok());
+  std::atomic<int> fitting_refused{0};
+  std::atomic<bool> stop{false};
+  std::thread big([&] {
+    while (!stop.load()) {
+      if (budgets.Charge(render, 60, 0).ok()) budgets.Release(render, 60);
+    }
+  });
+  for (int i = 0; i < 200000; ++i) {
+    if (budgets.Charge(render, 40, 0).ok()) {
+      budgets.Release(render, 40);
+    } else {
+      fitting_refused++;
+    }
+  }
+  stop = true;
+  big.join();
+  EXPECT_EQ(fitting_refused.load(), 0);
+  EXPECT_EQ(budgets.tag_used("render"), 50u);
+}
+
+// Regression (review): a tag's warning was raised as soon as its counter
+// rose, before an outer budget refused the request: one real crossing
+// then warned twice.
+TEST_F(BudgetManagerTest, ARefusedRequestRaisesNoWarning) {
+  BudgetManager budgets =
+      Make(100, {{"render", {.warn_bytes = 100, .limit_bytes = 0}}});
+  const TagId render = *registry_.FromPath("render");
+  ASSERT_TRUE(budgets.Charge(render, 50, 0).ok());
+  EXPECT_FALSE(budgets.Charge(render, 60, 0).ok());  // The global refuses.
+  EXPECT_EQ(budgets.warnings(), 0u);
+  EXPECT_TRUE(budgets.Charge(render, 50, 0).ok());  // Crosses 100 for real.
+  EXPECT_EQ(budgets.warnings(), 1u);
+  ASSERT_EQ(events_.size(), 2u);
+  EXPECT_EQ(events_[0].kind, AllocEventKind::kBudgetRefused);
+  EXPECT_EQ(events_[1].kind, AllocEventKind::kBudgetWarning);
 }
 
 TEST(BudgetNamesTest, Names) {

@@ -171,7 +171,13 @@ class BackendResult {
   // The backend declines; the next source in the chain answers.
   static BackendResult Fallback() { return BackendResult(nullptr, {}); }
   // The backend refuses and nothing else may answer (for example, a quota).
+  // An OK `status` (a backend's mistake) still refuses, as Internal: it
+  // must not turn into a fallback.
   static BackendResult Error(absl::Status status) {
+    if (status.ok()) {
+      status = absl::InternalError(
+          "AllocatorBackend refused with an OK status (a backend bug)");
+    }
     return BackendResult(nullptr, std::move(status));
   }
 

@@ -251,6 +251,15 @@ TEST(BackendMemorySourceTest, RefusalDoesNotFallBack) {
   EXPECT_EQ(chain.stats().failures, 1u);
 }
 
+// Regression (review): Error(OkStatus()) read as a fallback, so the next
+// source served a request the backend meant to refuse.
+TEST(BackendMemorySourceTest, ARefusalWithAnOkStatusStillRefuses) {
+  const BackendResult result = BackendResult::Error(absl::OkStatus());
+  EXPECT_FALSE(result.is_ok());
+  EXPECT_FALSE(result.is_fallback());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInternal);
+}
+
 class MisalignedBackend final : public AllocatorBackend {
  public:
   BackendResult Allocate(size_t, size_t) override {

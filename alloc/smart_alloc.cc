@@ -99,7 +99,15 @@ absl::Status AllocConfig::Validate() const {
         absl::StrCat("AllocConfig.frame_history = ", frame_history,
                      " is outside [1, 4096]"));
   }
-  for (const auto& [path, budget] : tag_budgets) {
+  for (size_t i = 0; i < tag_budgets.size(); ++i) {
+    const auto& [path, budget] = tag_budgets[i];
+    for (size_t k = 0; k < i; ++k) {
+      if (tag_budgets[k].first == path) {
+        // Charges went to the last, tag_used() read the first.
+        return absl::InvalidArgumentError(
+            absl::StrCat("AllocConfig.tag_budgets names '", path, "' twice"));
+      }
+    }
     if (path.empty() || path.front() == '/' || path.back() == '/' ||
         path.find("//") != std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat(

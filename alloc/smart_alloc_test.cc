@@ -52,6 +52,10 @@ TEST(AllocConfigTest, ValidateNamesTheBadField) {
       {AllocConfig().add_tag_budget("a", {.warn_bytes = 9, .limit_bytes = 5}),
        "warn_bytes 9 exceeds limit_bytes 5"});
   cases.push_back({AllocConfig().add_tag_budget("a", {}), "sets neither"});
+  cases.push_back({AllocConfig()
+                       .add_tag_budget("a", {.limit_bytes = 5})
+                       .add_tag_budget("a", {.limit_bytes = 9}),
+                   "names 'a' twice"});
   cases.push_back({AllocConfig().set_chunk_sizes(100, 1 << 20),
                    "FrameArenaOptions.initial_chunk_size"});
   cases.push_back({AllocConfig().set_pool(PoolOptions().set_batch(0)),

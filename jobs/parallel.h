@@ -49,13 +49,14 @@ class NodeArray {
   // a job on each node (so first-touch pages land there too).
   static absl::StatusOr<NodeArray> Create(Runtime& runtime,
                                           NodePartition partition) {
+    if (absl::Status s = partition.Check(runtime.num_nodes()); !s.ok()) {
+      // Overlapping ranges would zero (and later hand out) items past a
+      // node's block.
+      return absl::InvalidArgumentError(
+          absl::StrCat("NodeArray: ", s.message()));
+    }
     NodeArray array(&runtime, std::move(partition));
     for (const NodeRange& r : array.partition_.ranges()) {
-      if (r.node < 0 || r.node >= runtime.num_nodes()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("NodeArray: range homed on node ", r.node,
-                         "; the runtime has ", runtime.num_nodes(), " nodes"));
-      }
       Segment segment{r, {}};
       if (!r.empty()) {
         if (r.size() > SIZE_MAX / sizeof(T)) {
@@ -182,10 +183,13 @@ class BatchProcessor {
     }
     BatchProcessor processor;
     for (const NodeRange& r : data.partition().ranges()) {
-      for (size_t first = r.begin; first < r.end; first += batch_size) {
+      // Stepped by the batch's own count: `first + batch_size` would wrap
+      // for a batch_size near SIZE_MAX ("one batch per node").
+      for (size_t first = r.begin; first < r.end;) {
         const size_t count = std::min(batch_size, r.end - first);
         processor.batches_.push_back(
             {r.node, first, data.span(first, first + count).data(), count});
+        first += count;
       }
     }
     return processor;

@@ -944,6 +944,25 @@ NodePartition NodePartition::Proportional(size_t n,
   return NodePartition(std::move(ranges));
 }
 
+absl::Status NodePartition::Check(int num_nodes) const {
+  size_t next = 0;
+  for (const NodeRange& r : ranges_) {
+    if (r.node < 0 || r.node >= num_nodes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "NodePartition: range [", r.begin, ", ", r.end, ") is homed on node ",
+          r.node, "; the runtime has ", num_nodes, " node(s)"));
+    }
+    if (r.begin != next || r.end < r.begin) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "NodePartition: range [", r.begin, ", ", r.end, ") of node ", r.node,
+          " does not start where the one before ends (", next,
+          "): ranges must be contiguous, in order, from 0"));
+    }
+    next = r.end;
+  }
+  return absl::OkStatus();
+}
+
 int NodePartition::HomeOf(size_t i) const {
   for (const NodeRange& r : ranges_) {
     if (i >= r.begin && i < r.end) return r.node;
@@ -2135,12 +2154,9 @@ std::vector<FrameTiming> Runtime::frame_history() const {
 absl::Status Runtime::ParallelForImpl(
     const NodePartition& partition, size_t grain,
     absl::FunctionRef<void(JobContext&, size_t, size_t)> body) {
-  for (const NodeRange& r : partition.ranges()) {
-    if (r.node < 0 || r.node >= num_nodes()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "ParallelFor: range [", r.begin, ", ", r.end, ") is homed on node ",
-          r.node, "; the runtime has ", num_nodes(), " node(s)"));
-    }
+  if (absl::Status s = partition.Check(num_nodes()); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ParallelFor: ", s.message()));
   }
   JobCounter counter;
   WorkerSlot* here = CurrentSlot();

@@ -255,9 +255,11 @@ class JobContext {
   template <typename... Fs>
   void Fork(Fs&&... fs);
 
-  // Calls f(ctx, begin, end) over [begin, end) in chunks of at least
-  // `grain` (>= 1) items, in parallel on this node's workers, each chunk
-  // with the context of the worker that runs it. Returns when all are done;
+  // Calls f(ctx, begin, end) over [begin, end) in chunks of at most about
+  // `grain` (>= 1) items (TBB's blocked_range splits while a range is
+  // larger than the grain: chunks of grain/2 to grain, smaller when the
+  // whole range is), in parallel on this node's workers, each chunk with
+  // the context of the worker that runs it. Returns when all are done;
   // exceptions as Fork.
   template <typename F>
   void ParallelFor(size_t begin, size_t end, size_t grain, F&& f);
@@ -526,12 +528,18 @@ class NodePartition {
       : ranges_(std::move(ranges)) {}
   // `n` items split in proportion to `weights` (one per node, e.g. the
   // workers of each node); ranges of nodes with weight 0 are empty.
+  // REQUIRES: some weight > 0 when n > 0 (with none, every item goes to the
+  // last node; with no weights at all, the partition is empty).
   static NodePartition Proportional(size_t n, const std::vector<int>& weights);
 
   const std::vector<NodeRange>& ranges() const { return ranges_; }
   size_t size() const { return ranges_.empty() ? 0 : ranges_.back().end; }
   // The node that holds item i. REQUIRES: i < size().
   int HomeOf(size_t i) const;
+  // InvalidArgument unless the ranges are contiguous, in order, from 0,
+  // each homed on a node in [0, num_nodes). (The constructor takes any
+  // ranges; ParallelFor and NodeArray::Create check them.)
+  absl::Status Check(int num_nodes) const;
 
  private:
   std::vector<NodeRange> ranges_;
@@ -666,9 +674,15 @@ class Runtime {
   // ---- Parallel algorithms ---------------------------------------------
 
   // Calls f(ctx, begin, end) over every range of `partition`, each on its
-  // home node, split in chunks of at least `grain` items. Returns when all
-  // are done: OK, or the first failure. Inside a job, the caller's node's
-  // share runs on the calling worker's node with the caller helping.
+  // home node, split in chunks of at most about `grain` items (as
+  // JobContext::ParallelFor; each node's range is split on its own).
+  // Returns when all are done: OK, or the first failure; InvalidArgument
+  // for a partition that fails NodePartition::Check. Inside a job, the
+  // caller's node's share runs on the calling worker's node with the
+  // caller helping, and the other nodes' shares are waited for: a
+  // cross-node wait, which can deadlock when every worker of two nodes
+  // waits on the other at once (docs/jobs.md, "Waiting inside a job"); call
+  // it from the frame loop, or give the nodes spare workers.
   template <typename F>
   absl::Status ParallelFor(const NodePartition& partition, size_t grain, F&& f);
   // Items 0..n-1 split by Partition(n).

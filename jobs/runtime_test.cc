@@ -1398,6 +1398,45 @@ TEST(RuntimeParallelTest, NodeArrayRejectsAPartitionForOtherNodes) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Regression (review): overlapping or unordered ranges were accepted; an
+// overlap made Create zero 40 items past node 0's block and ParallelFor
+// run items twice at once.
+TEST(RuntimeParallelTest, PartitionsMustBeContiguousInOrderFromZero) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  for (const NodePartition& bad :
+       {NodePartition({{0, 0, 60}, {1, 50, 100}}),     // Overlap.
+        NodePartition({{1, 50, 100}, {0, 0, 50}}),     // Out of order.
+        NodePartition({{0, 10, 50}}),                  // Not from 0.
+        NodePartition({{0, 0, 50}, {1, 60, 100}})}) {  // A gap.
+    auto array = NodeArray<int>::Create(*rt, bad);
+    EXPECT_EQ(array.status().code(), absl::StatusCode::kInvalidArgument)
+        << array.status();
+    std::atomic<int> calls{0};
+    absl::Status s =
+        rt->ParallelFor(bad, 8, [&](JobContext&, size_t, size_t) { calls++; });
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "NodePartition")) << s;
+    EXPECT_EQ(calls.load(), 0);
+  }
+  EXPECT_TRUE(rt->Partition(100).Check(rt->num_nodes()).ok());
+}
+
+// Regression (review): Create stepped by batch_size, which wrapped for a
+// batch_size near SIZE_MAX: 52 batches over 100 items, reaching 50 items
+// past a node's segment.
+TEST(RuntimeParallelTest, AHugeBatchSizeMeansOneBatchPerNode) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto data = NodeArray<int>::Create(*rt, rt->Partition(100));
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto processor = BatchProcessor<int>::Create(*data, SIZE_MAX);
+  ASSERT_TRUE(processor.ok());
+  ASSERT_EQ(processor->batches().size(), 2u);
+  EXPECT_EQ(processor->batches()[0].count + processor->batches()[1].count,
+            100u);
+}
+
 // ---- Stealing
 // ---------------------------------------------------------------------
 

@@ -19,90 +19,14 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "alloc/internal/json.h"
 #include "nlohmann/json.hpp"
 
 namespace framealloc {
 namespace server {
 
-namespace {
-
-// The length of the well-formed UTF-8 sequence at the start of `s`, 0 if
-// there is none (a stray continuation byte, an overlong form, a surrogate,
-// a code point past U+10FFFF, or a sequence cut short).
-size_t Utf8SequenceLength(absl::string_view s) {
-  const auto b = [&s](size_t i) { return static_cast<unsigned char>(s[i]); };
-  const unsigned char lead = b(0);
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xbf;  // The second byte's range.
-  if (lead >= 0xc2 && lead <= 0xdf) {
-    n = 2;
-  } else if (lead >= 0xe0 && lead <= 0xef) {
-    n = 3;
-    if (lead == 0xe0) lo = 0xa0;  // No overlong forms.
-    if (lead == 0xed) hi = 0x9f;  // No surrogates.
-  } else if (lead >= 0xf0 && lead <= 0xf4) {
-    n = 4;
-    if (lead == 0xf0) lo = 0x90;
-    if (lead == 0xf4) hi = 0x8f;  // Up to U+10FFFF.
-  } else {
-    return 0;
-  }
-  if (s.size() < n || b(1) < lo || b(1) > hi) return 0;
-  for (size_t i = 2; i < n; ++i) {
-    if (b(i) < 0x80 || b(i) > 0xbf) return 0;
-  }
-  return n;
-}
-
-}  // namespace
-
 void AppendJsonString(std::string* out, absl::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out->push_back('"');
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x80) {
-      // Well-formed UTF-8 passes through; any other byte (a query value or
-      // path URL-decoded from %FF, a parser's report of bad input, a
-      // message cut in the middle of a character) becomes U+FFFD, so the
-      // output is always valid JSON.
-      const size_t n = Utf8SequenceLength(s.substr(i));
-      if (n == 0) {
-        out->append("\\ufffd");
-      } else {
-        out->append(s.data() + i, n);
-        i += n - 1;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default:
-        if (u < 0x20) {
-          out->append("\\u00");
-          out->push_back(kHex[u >> 4]);
-          out->push_back(kHex[u & 15]);
-        } else {
-          out->push_back(c);
-        }
-    }
-  }
-  out->push_back('"');
+  alloc_internal::AppendJsonString(out, s);
 }
 
 void AppendJsonNumber(std::string* out, double v) {

@@ -65,6 +65,25 @@ TEST_F(EndpointsTest, AggregateEscapesKeysInTheResponse) {
   EXPECT_EQ(r["groups"][0]["key"], "q\"uote\\\n\x01");
 }
 
+// Text echoed into error bodies may hold any bytes: well-formed UTF-8 is
+// kept, anything else becomes U+FFFD, so the body always parses.
+TEST(JsonStringTest, BytesThatAreNotUtf8BecomeTheReplacementCharacter) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"plain", "plain"},
+      {"caf\xc3\xa9", "caf\xc3\xa9"},    // Well-formed: kept.
+      {"\xff", "\xef\xbf\xbd"},          // A byte that is never UTF-8.
+      {"cut \xc3", "cut \xef\xbf\xbd"},  // A sequence cut short.
+      {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},  // A surrogate.
+      {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"},  // Four bytes: kept.
+  };
+  for (const auto& [in, want] : cases) {
+    std::string out;
+    AppendJsonString(&out, in);
+    ASSERT_TRUE(json::accept(out)) << out;
+    EXPECT_EQ(json::parse(out).get<std::string>(), want) << out;
+  }
+}
+
 TEST_F(EndpointsTest, AggregateRejectsBadDocumentsNamingTheProblem) {
   const std::map<std::string, std::string> cases = {
       {"[1, 2", "malformed JSON"},
