@@ -249,6 +249,23 @@ class FrameArena {
     return static_cast<Destructor*>(
         Bump<kFatal>(sizeof(Destructor), alignof(Destructor)));
   }
+  // Value-initializes `n` Ts at `objects`. If a constructor throws, the
+  // ones already built are destroyed (last first) and the exception goes
+  // on: nothing is left half-built for a destructor registration.
+  template <typename T>
+  static void ConstructN(T* objects, size_t n) {
+    size_t constructed = 0;
+#if defined(__cpp_exceptions)
+    try {
+#endif
+      for (; constructed < n; ++constructed) ::new (objects + constructed) T();
+#if defined(__cpp_exceptions)
+    } catch (...) {
+      DestroyN<T>(objects, constructed);
+      throw;
+    }
+#endif
+  }
   // REQUIRES: `reserved` came from this arena's ReserveDestructor since
   // its last Reset, no mark taken since the reservation is still open, and
   // each reservation is registered at most once.
@@ -377,17 +394,7 @@ class FrameArena {
     }
     T* objects = static_cast<T*>(AllocateN<kFatal>(n, sizeof(T), alignof(T)));
     if (objects == nullptr) return {};
-    size_t constructed = 0;
-#if defined(__cpp_exceptions)
-    try {
-#endif
-      for (; constructed < n; ++constructed) ::new (objects + constructed) T();
-#if defined(__cpp_exceptions)
-    } catch (...) {
-      DestroyN<T>(objects, constructed);
-      throw;
-    }
-#endif
+    ConstructN(objects, n);
     if constexpr (!std::is_trivially_destructible_v<T>) {
       RegisterDestructor(record, &DestroyN<T>, objects, n);
     }

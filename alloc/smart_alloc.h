@@ -689,17 +689,7 @@ class SmartAlloc {
     T* objects = static_cast<T*>(
         FrameAllocate(ts, ArrayBytes<T>(n), alignof(T), kFatal));
     if (!kFatal && objects == nullptr) return {};
-    size_t constructed = 0;
-#if defined(__cpp_exceptions)
-    try {
-#endif
-      for (; constructed < n; ++constructed) ::new (objects + constructed) T();
-#if defined(__cpp_exceptions)
-    } catch (...) {
-      for (size_t i = constructed; i > 0; --i) objects[i - 1].~T();
-      throw;
-    }
-#endif
+    FrameArena::ConstructN(objects, n);
     if constexpr (!std::is_trivially_destructible_v<T>) {
       ts.arena().DestroyAtReset(record, objects, n);
     }

@@ -19,20 +19,12 @@
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "integration/server/server.h"
+#include "integration/server/test_util.h"
 #include "nlohmann/json.hpp"
 
 namespace framealloc {
 namespace server {
 namespace {
-
-std::unique_ptr<Server> StartServer(ServerOptions options) {
-  auto server = Server::Create(std::move(options));
-  EXPECT_TRUE(server.ok()) << server.status();
-  if (!server.ok()) return nullptr;
-  absl::Status s = (*server)->Start();
-  EXPECT_TRUE(s.ok()) << s;
-  return *std::move(server);
-}
 
 // Sends `raw` (optionally half-closing), returns everything read until the
 // peer closes or `timeout_s` passes ("<timeout>" appended then).

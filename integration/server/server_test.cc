@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "integration/server/endpoints.h"
 #include "integration/server/request_arena.h"
+#include "integration/server/test_util.h"
 #include "nlohmann/json.hpp"
 
 namespace framealloc {
@@ -25,15 +26,6 @@ namespace server {
 namespace {
 
 using json = nlohmann::json;
-
-std::unique_ptr<Server> StartServer(ServerOptions options) {
-  auto server = Server::Create(std::move(options));
-  EXPECT_TRUE(server.ok()) << server.status();
-  if (!server.ok()) return nullptr;
-  absl::Status s = (*server)->Start();
-  EXPECT_TRUE(s.ok()) << s;
-  return *std::move(server);
-}
 
 httplib::Client ClientOf(const Server& server) {
   httplib::Client client("127.0.0.1", server.port());
