@@ -30,8 +30,12 @@ double Seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// GB/s; 0 when it is not a finite number (no time, or a time so short the
+// quotient overflows), so the JSON never holds inf.
 double Rate(size_t bytes, double seconds) {
-  return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
+  if (!(seconds > 0)) return 0.0;
+  const double rate = static_cast<double>(bytes) / seconds / 1e9;
+  return std::isfinite(rate) ? rate : 0.0;
 }
 
 // Tells the compiler that memory may be read here, so the stores of a

@@ -79,6 +79,15 @@ TEST(BandwidthAnalyzerTest, ZeroSecondsGivesZeroRates) {
   EXPECT_EQ(s.total_gbps, 0.0);
 }
 
+// Regression (review): a time so short that bytes/seconds overflowed gave
+// inf, written into the JSON as `inf` (not JSON).
+TEST(BandwidthAnalyzerTest, ARateThatOverflowsIsZeroNotInfinite) {
+  const BandwidthSample s =
+      MakeBandwidthSample("tiny", size_t{1} << 62, size_t{1} << 62, 1e-300);
+  EXPECT_EQ(s.read_gbps, 0.0);
+  EXPECT_EQ(s.total_gbps, 0.0);
+}
+
 TEST(BandwidthAnalyzerTest, RecordRejectsBadSecondsAndKeepsNothing) {
   BandwidthAnalyzer analyzer;
   for (double bad : {-1.0, std::numeric_limits<double>::infinity(),

@@ -160,7 +160,8 @@ std::vector<LeakGroup> AllocationTracker::Leaks(uint64_t current_frame,
   absl::flat_hash_map<std::tuple<uint64_t, int, TagId>, LeakGroup> groups;
   MutexLock lock(&mu_);
   for (const auto& [p, r] : live_) {
-    if (r.frame + min_age > current_frame) continue;
+    // Younger than min_age (written so that a huge min_age cannot wrap).
+    if (r.frame > current_frame || current_frame - r.frame < min_age) continue;
     LeakGroup& g = groups[{r.site, static_cast<int>(r.kind), r.tag}];
     if (g.count == 0) {
       g.site = r.site;

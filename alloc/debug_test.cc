@@ -94,6 +94,9 @@ TEST(AllocationTrackerTest, LeaksAreGroupedBySiteAndFilteredByAge) {
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[0].bytes, 200u);
   EXPECT_EQ(all[0].site, site_b.Hash());
+  // Regression (review): frame + min_age wrapped, so "older than
+  // UINT64_MAX frames" listed everything.
+  EXPECT_TRUE(tracker.Leaks(10, UINT64_MAX).empty());
 }
 
 TEST(AllocationTrackerTest, HottestSitesCountPerTag) {

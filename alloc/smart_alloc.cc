@@ -327,8 +327,13 @@ void SmartAlloc::end_frame() {
   record.peak_bytes = arena.frame_peak_bytes_used;
   record.chunks = arena.chunks;
   record.waste_bytes = arena.waste_bytes;
+  // Only a frame begin_frame opened has a duration (0 otherwise, as the
+  // header says; it was the time since the previous end_frame).
   record.duration_ms =
-      std::chrono::duration<double, std::milli>(now - ts.frame_start).count();
+      ts.in_frame
+          ? std::chrono::duration<double, std::milli>(now - ts.frame_start)
+                .count()
+          : 0.0;
   // Traced as part of the frame that ends (before the number advances).
   Trace(TraceEvent::Op::kFrameEnd, AllocKind::kFrame, ts.tag, record.bytes,
         nullptr, ts.serial);

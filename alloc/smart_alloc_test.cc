@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -694,6 +695,20 @@ TEST_F(SmartAllocTest, HistoryRecordsEachFrameExactly) {
   }
   EXPECT_EQ(stats.threads[0].frame, 5u);
   EXPECT_EQ(stats.frame_number, 5u);
+}
+
+// Regression (review): a frame ended without begin_frame recorded the time
+// since the previous end_frame; the header says 0.
+TEST_F(SmartAllocTest, AFrameWithoutBeginHasNoDuration) {
+  Make(AllocConfig().set_frame_history(2));
+  alloc().end_frame();  // No begin.
+  alloc().begin_frame();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  alloc().end_frame();
+  const std::vector<FrameRecord> history = alloc().stats().threads[0].history;
+  ASSERT_EQ(history.size(), 2u);
+  EXPECT_EQ(history[0].duration_ms, 0.0);
+  EXPECT_GE(history[1].duration_ms, 2.0);
 }
 
 TEST_F(SmartAllocTest, StatsAreReadableWhileThreadsAllocate) {

@@ -255,9 +255,12 @@ absl::StatusOr<VariantRun> RunFromJson(const json& j) {
   }
   if (j.contains("pass")) {
     const json& p = j["pass"];
+    const auto count = [&p](const char* key) {
+      return p.contains(key) && p[key].is_number_unsigned();
+    };
     if (!p.is_object() || !p.contains("label") || !p["label"].is_string() ||
-        !p.contains("bytes_read") || !p.contains("bytes_written") ||
-        !p.contains("footprint_bytes")) {
+        !count("bytes_read") || !count("bytes_written") ||
+        !count("footprint_bytes")) {
       return missing("pass");
     }
     StreamingPassStats s;

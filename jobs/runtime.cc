@@ -2138,12 +2138,15 @@ uint64_t Runtime::frames() const {
 }
 
 std::vector<FrameTiming> Runtime::frame_history() const {
-  alloc_internal::MutexLock lock(&frame_->mu);
+  // Through one reference, so that clang's thread-safety analysis sees the
+  // lock and the reads name the same mutex.
+  FrameState& frame = *frame_;
+  alloc_internal::MutexLock lock(&frame.mu);
+  if (frame.history.size() < config_.frame_history) return frame.history;
   std::vector<FrameTiming> out;
-  const auto& h = frame_->history;
-  if (h.size() < config_.frame_history) return h;
-  for (size_t i = 0; i < h.size(); ++i) {
-    out.push_back(h[(frame_->history_next + i) % h.size()]);
+  for (size_t i = 0; i < frame.history.size(); ++i) {
+    out.push_back(
+        frame.history[(frame.history_next + i) % frame.history.size()]);
   }
   return out;
 }

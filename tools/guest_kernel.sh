@@ -19,7 +19,8 @@
 # and the runner must find the same directory as setup did.
 set -euo pipefail
 
-home="$(getent passwd "$(id -u)" | cut -d: -f6)"
+# (No passwd entry, as in a container started with --user N: $HOME.)
+home="$(getent passwd "$(id -u)" | cut -d: -f6 || true)"
 dir="${FRAMEALLOC_GUEST_KERNEL_DIR:-${home:-$HOME}/.cache/framealloc/guest-kernel}"
 image="$dir/vmlinuz"
 

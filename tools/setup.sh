@@ -72,11 +72,14 @@ fi
 log "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # Package lists may be absent on a fresh machine; update once, then install.
-if ! "${SUDO[@]}" apt-get update -qq; then
+# (Through sudo too: sudo resets the environment, so the variable goes on
+# the command line.)
+if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq; then
   log "apt-get update failed; check the network or the apt sources."
   exit 1
 fi
-if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
+if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
   log "apt-get install failed for: ${missing[*]}"
   exit 1
 fi
