@@ -2020,16 +2020,36 @@ void JobCounter::HelpUntilZero() {
 // ---------------------------------------------------------------------------
 // Frames.
 
+namespace {
+
+// BeginFrame's and EndFrame's claim on the frame (FrameState::busy): taken
+// with a seq_cst exchange (see BeginFrame and Shutdown), given back when the
+// call returns.
+class FrameClaim {
+ public:
+  explicit FrameClaim(std::atomic<bool>& busy)
+      : busy_(busy), held_(!busy.exchange(true, std::memory_order_seq_cst)) {}
+  FrameClaim(const FrameClaim&) = delete;
+  FrameClaim& operator=(const FrameClaim&) = delete;
+  ~FrameClaim() {
+    if (held_) busy_.store(false, std::memory_order_release);
+  }
+  bool held() const { return held_; }
+
+ private:
+  std::atomic<bool>& busy_;
+  const bool held_;
+};
+
+}  // namespace
+
 absl::Status Runtime::BeginFrame() {
   FrameState& frame = *frame_;
-  if (frame.busy.exchange(true, std::memory_order_seq_cst)) {
+  FrameClaim claim(frame.busy);
+  if (!claim.held()) {
     return absl::FailedPreconditionError(
         "BeginFrame: another thread is beginning or ending a frame now");
   }
-  struct Unclaim {
-    std::atomic<bool>& busy;
-    ~Unclaim() { busy.store(false, std::memory_order_release); }
-  } unclaim{frame.busy};
   // After the claim (seq_cst both): a Shutdown that stopped accepting
   // before this read is refused here; one after it sees the claim, or the
   // frame open, and ends the frame (see Shutdown).
@@ -2063,14 +2083,11 @@ absl::Status Runtime::EndFrame() {
     return s;
   }
   FrameState& frame = *frame_;
-  if (frame.busy.exchange(true, std::memory_order_seq_cst)) {
+  FrameClaim claim(frame.busy);
+  if (!claim.held()) {
     return absl::FailedPreconditionError(
         "EndFrame: another thread is beginning or ending a frame now");
   }
-  struct Unclaim {
-    std::atomic<bool>& busy;
-    ~Unclaim() { busy.store(false, std::memory_order_release); }
-  } unclaim{frame.busy};
   if (!frame.open.load(std::memory_order_acquire)) {
     return absl::FailedPreconditionError("EndFrame: no frame is open");
   }

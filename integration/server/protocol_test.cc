@@ -206,13 +206,8 @@ TEST_P(ProtocolTest, OptionsOnKnownPathIs405) {
 // connection no worker has picked up once stopped). Stop now drains.
 TEST_P(ProtocolTest, StopAnswersAnAcceptedQueuedConnection) {
   absl::Notification entered, release;
-  std::atomic<bool> held{false};
   auto options = Options().set_workers(1).set_on_request_start(
-      [&](absl::string_view path) {
-        if (path != "/simulate" || held.exchange(true)) return;
-        entered.Notify();
-        release.WaitForNotification();
-      });
+      HoldFirstSimulate(&entered, &release));
   auto server = StartServer(std::move(options));
   ASSERT_NE(server, nullptr);
   const int port = server->port();

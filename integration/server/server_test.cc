@@ -294,12 +294,8 @@ TEST_P(ServerTest, ConcurrentClientsGetCorrectAnswers) {
 
 TEST_P(ServerTest, StopFinishesTheRequestInFlight) {
   absl::Notification entered, release;
-  std::atomic<bool> held{false};
-  auto options = Options().set_on_request_start([&](absl::string_view path) {
-    if (path != "/simulate" || held.exchange(true)) return;
-    entered.Notify();
-    release.WaitForNotification();
-  });
+  auto options =
+      Options().set_on_request_start(HoldFirstSimulate(&entered, &release));
   auto server = StartServer(std::move(options));
   ASSERT_NE(server, nullptr);
   const int port = server->port();
