@@ -82,6 +82,9 @@ struct alignas(64) WorkerSlot {
                std::memory_order_release);
   }
   int depth = 0;  // Nested jobs running on this slot now (owner only).
+  // The context of the job running on this slot now, innermost first
+  // (owner only): Runtime::ParallelFor called inside a job finds its caller.
+  const JobContext* current = nullptr;
   // The job running on this slot now belongs to a frame (owner only): what
   // it submits joins that frame.
   bool frame_job = false;
@@ -1074,7 +1077,8 @@ bool JobContext::cancel_requested() const {
       record_->cancel_requested.load(std::memory_order_acquire)) {
     return true;
   }
-  return counter_ != nullptr && counter_->cancelled();
+  if (counter_ != nullptr && counter_->cancelled()) return true;
+  return cancel_parent_ != nullptr && cancel_parent_->cancel_requested();
 }
 
 absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
@@ -1600,6 +1604,8 @@ class Runtime::JobScope {
     }
     outer_frame_job_ = slot->frame_job;
     slot->frame_job = in_frame;
+    outer_job_ = slot->current;
+    slot->current = &ctx;
     const bool top = slot->depth++ == 0;
     busy_weight_ = top ? slot->BeginBusySample() : 0;
     traced_ = runtime->trace_on_.load(std::memory_order_acquire);
@@ -1620,6 +1626,7 @@ class Runtime::JobScope {
     }
     --slot->depth;
     slot->frame_job = outer_frame_job_;
+    slot->current = outer_job_;
     if (busy_weight_ != 0 || traced_) {
       const uint64_t end = Ticks();
       if (busy_weight_ != 0) slot->EndBusySample(busy_weight_, end - start_);
@@ -1641,6 +1648,7 @@ class Runtime::JobScope {
   const uint8_t flags_;
   const bool in_frame_;
   bool outer_scratch_ = false;
+  const JobContext* outer_job_ = nullptr;
   bool outer_frame_job_ = false;
   bool traced_ = false;
   uint32_t busy_weight_ = 0;
@@ -1749,6 +1757,7 @@ void Runtime::RunChild(const JobContext& parent, void* fn,
   scope.ctx.record_ = parent.record_;
   scope.ctx.counter_ = parent.counter_;
   scope.ctx.stolen_ = parent.stolen_;
+  scope.ctx.cancel_parent_ = parent.cancel_parent_;
   call(fn, scope.ctx);  // Exceptions go to the Fork/ParallelFor that waits.
 }
 
@@ -2178,17 +2187,26 @@ absl::Status Runtime::ParallelForImpl(
     return absl::InvalidArgumentError(
         absl::StrCat("ParallelFor: ", s.message()));
   }
+  // Every range is a job counted by one counter, the caller's node's range
+  // included (inside a job it goes to this worker's deque, and the wait
+  // below runs it here, helping): the counter keeps the failure that
+  // happened first, whichever node it was on.
   JobCounter counter;
   WorkerSlot* here = CurrentSlot();
-  const NodeRange* mine = nullptr;
+  // Inside a job, the ranges are part of it: they see its cancellation in
+  // cancel_requested(), and those not started when it comes are skipped.
+  // (Its context outlives them: this call returns after the wait below.)
+  const JobContext* caller = here != nullptr ? here->current : nullptr;
+  std::atomic<bool> skipped{false};
   for (const NodeRange& r : partition.ranges()) {
     if (r.empty()) continue;
-    if (here != nullptr && r.node == here->node && mine == nullptr) {
-      mine = &r;  // Run below, with this worker helping.
-      continue;
-    }
     absl::Status s = Spawn(
-        [body, r, grain](JobContext& ctx) {
+        [body, r, grain, caller, &skipped](JobContext& ctx) {
+          if (caller != nullptr && caller->cancel_requested()) {
+            skipped.store(true, std::memory_order_relaxed);
+            return;
+          }
+          ctx.cancel_parent_ = caller;
           ctx.ParallelFor(r.begin, r.end, grain, body);
         },
         SubmitOptions().on_node(r.node).with_counter(&counter).named(
@@ -2199,19 +2217,15 @@ absl::Status Runtime::ParallelForImpl(
       return s;
     }
   }
-  absl::Status local;
-  if (mine != nullptr) {
-    // The calling job's context is not at hand here: run the share as a
-    // job of this node, inline.
-    JobHandle<void> share = Submit(
-        [body, r = *mine, grain](JobContext& ctx) {
-          ctx.ParallelFor(r.begin, r.end, grain, body);
-        },
-        SubmitOptions().on_node(mine->node).named("parallel_for"));
-    local = share.Wait();
+  absl::Status status = counter.Wait();
+  if (status.ok() && skipped.load(std::memory_order_relaxed)) {
+    status = absl::CancelledError(absl::StrCat(
+        "ParallelFor: the calling job",
+        caller->job_id_ != 0 ? absl::StrCat(" (job ", caller->job_id_, ")")
+                             : std::string(),
+        " was cancelled; the ranges that had not started were skipped"));
   }
-  absl::Status others = counter.Wait();
-  return local.ok() ? others : local;
+  return status;
 }
 
 // ---------------------------------------------------------------------------

@@ -243,7 +243,8 @@ class JobContext {
   uint64_t job_id() const { return job_id_; }
   // Cancellation was asked for this job (JobRef::Cancel), its counter or
   // the runtime (kCancel shutdown) after the job started: long jobs may
-  // poll this and stop. Fork and ParallelFor children see their job's.
+  // poll this and stop. Fork and ParallelFor children see their job's, and
+  // so do the ranges of a Runtime::ParallelFor that a job calls.
   bool cancel_requested() const;
 
   // Runs every function (each `void(JobContext&)`) as a child job on this
@@ -276,6 +277,9 @@ class JobContext {
   jobs_internal::JobRecord* record_ = nullptr;
   JobCounter* counter_ = nullptr;  // The job's counter (fork children: the
                                    // parent's), for cancel_requested().
+  // The job that called the Runtime::ParallelFor this job is a range of
+  // (and its fork children): its cancellation is this one's too.
+  const JobContext* cancel_parent_ = nullptr;
   FrameArena* arena_ = nullptr;
   // A job nested in another on the same worker, outside frames, rewinds
   // the scratch arena to where it was when it started: to a mark taken on
@@ -676,10 +680,14 @@ class Runtime {
   // Calls f(ctx, begin, end) over every range of `partition`, each on its
   // home node, split in chunks of at most about `grain` items (as
   // JobContext::ParallelFor; each node's range is split on its own).
-  // Returns when all are done: OK, or the first failure; InvalidArgument
-  // for a partition that fails NodePartition::Check. Inside a job, the
-  // caller's node's share runs on the calling worker's node with the
-  // caller helping, and the other nodes' shares are waited for: a
+  // Returns when all are done: OK, or the first failure in time, on
+  // whichever node; InvalidArgument for a partition that fails
+  // NodePartition::Check. Inside a job (or a fork child), the ranges are
+  // part of the calling job: their cancel_requested() is true once the
+  // caller's is, and a node's range that has not started by then is
+  // skipped (the call then returns Cancelled). The caller's node's share
+  // runs on the calling worker's node with the caller helping, and the
+  // other nodes' shares are waited for: a
   // cross-node wait, which can deadlock when every worker of two nodes
   // waits on the other at once (docs/jobs.md, "Waiting inside a job"); call
   // it from the frame loop, or give the nodes spare workers.

@@ -1422,6 +1422,92 @@ TEST(RuntimeParallelTest, PartitionsMustBeContiguousInOrderFromZero) {
   EXPECT_TRUE(rt->Partition(100).Check(rt->num_nodes()).ok());
 }
 
+// Spins until `done()` or 20 s have passed; true if done() held.
+template <typename Pred>
+bool SpinUntil(const Pred& done) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// Regression (review): called inside a job, Runtime::ParallelFor returned
+// the failure of the caller's own node's range even when another node's
+// range had failed first.
+TEST(RuntimeParallelTest, ParallelForInsideAJobReturnsTheFirstFailure) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  auto job = rt->Submit(
+      [&rt](JobContext&) {
+        return rt->ParallelFor(
+            NodePartition({{0, 0, 1}, {1, 1, 2}}), 1,
+            [&rt](JobContext& ctx, size_t, size_t) {
+              if (ctx.node() == 1) throw std::runtime_error("node 1 first");
+              // Node 0 (the caller's): fail only after node 1's range has
+              // failed (counted, then recorded a moment later).
+              if (!SpinUntil([&rt] { return rt->stats().jobs_failed >= 1; })) {
+                throw std::runtime_error("node 1 never failed");
+              }
+              std::this_thread::sleep_for(std::chrono::milliseconds(100));
+              throw std::runtime_error("node 0 later");
+            });
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(job.Wait().ok()) << job.status();
+  const absl::Status& s = job.value();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnknown) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "node 1 first")) << s;
+}
+
+// Regression (review): a job's cancellation did not reach the ranges of a
+// Runtime::ParallelFor it called. Now the running ranges see it, and a
+// range that had not started is skipped.
+TEST(RuntimeParallelTest, ParallelForInsideACancelledJobSeesItAndSkips) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  // Node 1's only worker is held until the caller is cancelled, so node
+  // 1's range cannot start before.
+  std::atomic<bool> holding{false}, release{false};
+  auto holder = rt->Submit(
+      [&] {
+        holding = true;
+        SpinUntil([&] { return release.load(); });
+      },
+      SubmitOptions().on_node(1));
+  ASSERT_TRUE(SpinUntil([&] { return holding.load(); }));
+  std::atomic<bool> started{false}, saw_cancel{false};
+  std::atomic<int> node1_calls{0};
+  auto job = rt->Submit(
+      [&](JobContext&) {
+        return rt->ParallelFor(
+            NodePartition({{0, 0, 1}, {1, 1, 2}}), 1,
+            [&](JobContext& ctx, size_t, size_t) {
+              if (ctx.node() == 1) {
+                node1_calls++;
+                return;
+              }
+              started = true;
+              saw_cancel = SpinUntil([&] { return ctx.cancel_requested(); });
+            });
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(SpinUntil([&] { return started.load(); }));
+  EXPECT_FALSE(job.Cancel());  // Running: asked, not prevented.
+  release = true;              // Node 1's range may start now.
+  ASSERT_TRUE(holder.Wait().ok());
+  ASSERT_TRUE(job.Wait().ok()) << job.status();
+  EXPECT_TRUE(saw_cancel.load());
+  EXPECT_EQ(node1_calls.load(), 0);
+  const absl::Status& s = job.value();
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "calling job")) << s;
+}
+
 // Regression (review): Create stepped by batch_size, which wrapped for a
 // batch_size near SIZE_MAX: 52 batches over 100 items, reaching 50 items
 // past a node's segment.
