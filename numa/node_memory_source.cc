@@ -162,25 +162,50 @@ void NodeMemorySource::RecordFallback(std::string reason) {
   last_fallback_reason_ = std::move(reason);
 }
 
-absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
+absl::StatusOr<void*> NodeMemorySource::Reserve(size_t length) {
+  // Not hwloc_alloc: on a topology that is not this system it is
+  // posix_memalign (and hwloc_free is free()), whose ends cannot be
+  // unmapped. On this system it is this same mmap (and hwloc_free munmap).
+  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p != MAP_FAILED) return p;
+  const int err = errno;
+  if (policy_ == MemoryPolicy::kStrict) {
+    std::string message =
+        absl::StrCat(name_, " source: strict binding of ", length,
+                     " bytes to node ", node_, " failed: ", strerror(err));
+    if (err == ENOMEM) return absl::ResourceExhaustedError(message);
+    return absl::FailedPreconditionError(message);
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      name_, " source: allocating ", length, " bytes failed: ", strerror(err)));
+}
+
+absl::Status NodeMemorySource::CheckStrictRoom(size_t length) const {
+  // The kernel enforces MPOL_BIND at page-fault time, where a full node
+  // means the OOM killer (checked in a 2-node qemu guest: the process is
+  // killed at its first write), so the node's room is checked before
+  // anything is mapped, and ApplyPolicy commits the pages at once so that
+  // the next check sees them.
+  if (const int64_t available = AvailableBytes();
+      available >= 0 && length > static_cast<uint64_t>(available)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        name_, " source: strict binding of ", length, " bytes to node ", node_,
+        " refused: the node has ", available,
+        " bytes available (free and reclaimable file pages, less the "
+        "kernel's reserve)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NodeMemorySource::ApplyPolicy(void* p, size_t length) {
   hwloc_topology_t topo = topology_->hwloc();
   if (policy_ == MemoryPolicy::kStrict) {
-    // The kernel enforces MPOL_BIND at page-fault time, where a full node
-    // means the OOM killer (checked in a 2-node qemu guest: the process is
-    // killed at its first write), so the node's room is checked here, and
-    // the pages are committed now so that the next check sees them.
-    if (const int64_t available = AvailableBytes();
-        available >= 0 && length > static_cast<uint64_t>(available)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          name_, " source: strict binding of ", length, " bytes to node ",
-          node_, " refused: the node has ", available,
-          " bytes available (free and reclaimable file pages, less the "
-          "kernel's reserve)"));
-    }
-    void* p =
-        hwloc_alloc_membind(topo, length, nodeset_, HWLOC_MEMBIND_BIND,
-                            HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_STRICT);
-    if (p == nullptr) {
+    // What hwloc_alloc_membind(BIND, STRICT) does after its own mmap on
+    // Linux: mbind(MPOL_BIND) of the range.
+    if (hwloc_set_area_membind(
+            topo, p, length, nodeset_, HWLOC_MEMBIND_BIND,
+            HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_STRICT) != 0) {
       const int err = errno;
       std::string message =
           absl::StrCat(name_, " source: strict binding of ", length,
@@ -190,40 +215,33 @@ absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
     }
 #ifdef MADV_POPULATE_WRITE
     // Linux 5.14+; EINVAL on older kernels, which leave the pages to first
-    // touch (and the check above blind to blocks not yet touched).
+    // touch (and CheckStrictRoom blind to blocks not yet touched).
     if (madvise(p, length, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) {
       const int err = errno;
-      hwloc_free(topo, p, length);
       return absl::ResourceExhaustedError(
           absl::StrCat(name_, " source: committing ", length, " bytes on node ",
                        node_, " failed: ", strerror(err)));
     }
 #endif
     bound_.fetch_add(1, std::memory_order_relaxed);
-    return p;
-  }
-  // kNone and kAdvisory: plain memory first. hwloc_alloc_membind without
-  // STRICT would hide a refused binding, so advisory binds the area itself
-  // and sees the kernel's answer.
-  void* p = hwloc_alloc(topo, length);
-  if (p == nullptr) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(name_, " source: allocating ", length,
-                     " bytes failed: ", strerror(errno)));
+    return absl::OkStatus();
   }
   if (policy_ == MemoryPolicy::kNone) {
     unbound_.fetch_add(1, std::memory_order_relaxed);
-    return p;
+    return absl::OkStatus();
   }
+  // kAdvisory binds the area itself (hwloc_alloc_membind without STRICT
+  // would hide a refused binding) and sees the kernel's answer. Every
+  // fallback leaves a usable block.
   if (!unavailable_reason_.empty()) {
     RecordFallback(unavailable_reason_);
-    return p;
+    return absl::OkStatus();
   }
   if (hwloc_set_area_membind(topo, p, length, nodeset_, HWLOC_MEMBIND_BIND,
                              HWLOC_MEMBIND_BYNODESET) != 0) {
     RecordFallback(absl::StrCat("binding ", length, " bytes to node ", node_,
                                 " was refused: ", strerror(errno)));
-    return p;
+    return absl::OkStatus();
   }
   // Bound, but the node cannot hold it all: the pages beyond its room will
   // spill to other nodes (MPOL_PREFERRED). Said, not hidden.
@@ -232,51 +250,68 @@ absl::StatusOr<void*> NodeMemorySource::Map(size_t length) {
     RecordFallback(absl::StrCat(
         "node ", node_, " has ", available, " bytes available, less than the ",
         length, " asked: the pages beyond it spill to other nodes"));
-    return p;
+    return absl::OkStatus();
   }
   bound_.fetch_add(1, std::memory_order_relaxed);
-  return p;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Block> NodeMemorySource::DoAllocate(size_t size,
                                                    size_t alignment) {
   const size_t length = RoundUp(size, page_size_);
-  if (alignment <= page_size_) {
-    absl::StatusOr<void*> p = Map(length);
-    if (!p.ok()) return p.status();
-    return Block{*p, length, alignment};
+  if (policy_ == MemoryPolicy::kStrict) {
+    if (absl::Status room = CheckStrictRoom(length); !room.ok()) return room;
   }
-  // Over-aligned: map `alignment - page` more and keep the aligned part.
-  const size_t total = length + alignment - page_size_;
-  absl::StatusOr<void*> p = Map(total);
-  if (!p.ok()) return p.status();
-  const uintptr_t start = reinterpret_cast<uintptr_t>(*p);
-  void* data = reinterpret_cast<void*>(RoundUp(start, alignment));
-  alloc_internal::MutexLock lock(&mu_);
-  over_aligned_[data] = Mapping{*p, total};
+  // Alignments above a page: reserve `alignment - page` more (mmap returns
+  // page-aligned addresses, so an aligned `length` fits), then unmap the
+  // head before the aligned address and the tail after `length`. Nothing
+  // is bound or committed yet, so the padding never costs the node a page.
+  // (A munmap refused at the process's vm.max_map_count leaves that piece
+  // reserved: address space only, never bound nor committed.)
+  const size_t slack = alignment > page_size_ ? alignment - page_size_ : 0;
+  absl::StatusOr<void*> reserved = Reserve(length + slack);
+  if (!reserved.ok()) return reserved.status();
+  char* data = static_cast<char*>(*reserved);
+  if (slack != 0) {
+    const uintptr_t start = reinterpret_cast<uintptr_t>(data);
+    const size_t head = RoundUp(start, alignment) - start;
+    if (head != 0) munmap(data, head);
+    const size_t tail = slack - head;
+    if (tail != 0) munmap(data + head + length, tail);
+    data += head;
+  }
+  if (absl::Status applied = ApplyPolicy(data, length); !applied.ok()) {
+    munmap(data, length);
+    return applied;
+  }
   return Block{data, length, alignment};
 }
 
 void NodeMemorySource::DoDeallocate(const Block& block) {
-  void* start = block.data;
-  size_t length = block.size;
-  if (block.alignment > page_size_) {
-    alloc_internal::MutexLock lock(&mu_);
-    auto it = over_aligned_.find(block.data);
-    if (it == over_aligned_.end()) {
-      ReportError(
-          {ErrorKind::kMisuse, "NodeMemorySource::Deallocate",
-           absl::StrCat(name_, " source: block at 0x",
-                        absl::Hex(reinterpret_cast<uintptr_t>(block.data)),
-                        " was not allocated here"),
-           block.size, block.alignment, absl::OkStatus()});
-      return;
-    }
-    start = it->second.start;
-    length = it->second.length;
-    over_aligned_.erase(it);
+  // A block is all that stayed mapped of its reservation (DoAllocate
+  // unmapped any padding), so it goes back as it is: no lookup. A block whose
+  // address is not aligned as it claims, or whose size is not whole pages,
+  // cannot be one of ours: reported and left alone rather than unmapping a
+  // neighbour. (A well-formed block from elsewhere cannot be told apart: the
+  // REQUIRES of Deallocate.)
+  const size_t aligned_to =
+      block.alignment > page_size_ ? block.alignment : page_size_;
+  const uintptr_t address = reinterpret_cast<uintptr_t>(block.data);
+  std::string problem;
+  if (address % aligned_to != 0 || block.size % page_size_ != 0) {
+    problem =
+        absl::StrCat("is not ", aligned_to,
+                     "-aligned whole pages, so it was not allocated here");
+  } else if (munmap(block.data, block.size) != 0) {
+    problem = absl::StrCat("could not be unmapped: ", strerror(errno),
+                           " (was the block from this source?)");
   }
-  hwloc_free(topology_->hwloc(), start, length);
+  if (!problem.empty()) {
+    ReportError({ErrorKind::kMisuse, "NodeMemorySource::Deallocate",
+                 absl::StrCat(name_, " source: block of ", block.size,
+                              " bytes at 0x", absl::Hex(address), " ", problem),
+                 block.size, block.alignment, absl::OkStatus()});
+  }
 }
 
 absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,

@@ -31,6 +31,12 @@
 //              risk: threads or processes filling the node between the
 //              check and the commit.
 //
+// Blocks are whole pages of anonymous mmap memory. An alignment above a
+// page is met by reserving `alignment - page` more bytes, unbound and not
+// committed, and unmapping both ends before the policy is applied: the
+// padding is never bound, committed, nor counted against the node's room,
+// and nothing of it stays mapped. Deallocate unmaps exactly the block.
+//
 // Thread-safe: Allocate, Deallocate, PageNodes and stats may be called from
 // any thread concurrently. Out of memory: Allocate returns ResourceExhausted
 // (the base class counts it); nothing here aborts.
@@ -45,7 +51,6 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -114,8 +119,16 @@ class NodeMemorySource final : public MemorySource {
  private:
   NodeMemorySource(const Topology* topology, int node, MemoryPolicy policy,
                    std::string unavailable_reason);
-  // `length` bytes (a multiple of the page size) by the policy.
-  absl::StatusOr<void*> Map(size_t length);
+  // kStrict: ResourceExhausted if the node has less room than `length`.
+  absl::Status CheckStrictRoom(size_t length) const;
+  // `length` bytes (a multiple of the page size) of plain anonymous memory,
+  // neither bound nor committed, to be trimmed to an alignment.
+  absl::StatusOr<void*> Reserve(size_t length);
+  // Applies the policy to the block [p, p + length) (whole pages of a
+  // reservation): kStrict binds and commits; kAdvisory binds or records
+  // the fallback; every policy counts the block (bound, unbound or
+  // fallback). On error the range is the caller's to unmap.
+  absl::Status ApplyPolicy(void* p, size_t length);
   void RecordFallback(std::string reason);
 
   const Topology* const topology_;
@@ -133,13 +146,6 @@ class NodeMemorySource final : public MemorySource {
 
   mutable alloc_internal::Mutex mu_;
   std::string last_fallback_reason_ ABSL_GUARDED_BY(mu_);
-  // Blocks aligned beyond a page are carved from a larger mapping: its
-  // start and length by the block's address.
-  struct Mapping {
-    void* start;
-    size_t length;
-  };
-  absl::flat_hash_map<void*, Mapping> over_aligned_ ABSL_GUARDED_BY(mu_);
 };
 
 // The logical node of every page of `block` (any memory: a block of any

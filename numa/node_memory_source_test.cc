@@ -1,14 +1,18 @@
 #include "numa/node_memory_source.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "alloc/error.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "numa/binding.h"
@@ -34,6 +38,48 @@ std::unique_ptr<Topology> TwoNodes() {
       Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
   EXPECT_TRUE(t.ok()) << t.status();
   return t.ok() ? std::move(*t) : nullptr;
+}
+
+// The mapping (VMA) of this process holding `address`, from
+// /proc/self/smaps: its bounds and its resident bytes. end == 0 if no
+// mapping holds it.
+struct Mapping {
+  uintptr_t begin = 0;
+  uintptr_t end = 0;
+  size_t rss = 0;
+};
+
+Mapping MappingAt(const void* address) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(address);
+  Mapping found;
+  std::FILE* f = std::fopen("/proc/self/smaps", "r");
+  EXPECT_NE(f, nullptr);
+  if (f == nullptr) return found;
+  bool in_it = false;
+  char line[512];
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    unsigned long begin = 0, end = 0;  // NOLINT(runtime/int): sscanf's %lx.
+    unsigned long kib = 0;             // NOLINT(runtime/int)
+    char dash = 0;
+    if (std::sscanf(line, "%lx%c%lx ", &begin, &dash, &end) == 3 &&
+        dash == '-') {
+      if (in_it) break;
+      in_it = begin <= a && a < end;
+      if (in_it) found = {begin, end, 0};
+    } else if (in_it && std::sscanf(line, "Rss: %lu kB", &kib) == 1) {
+      found.rss = kib << 10;
+    }
+  }
+  std::fclose(f);
+  return found;
+}
+
+// Whether the page holding `address` is mapped (mincore answers ENOMEM for
+// an address no mapping holds).
+bool PageMapped(const void* address) {
+  const uintptr_t page = reinterpret_cast<uintptr_t>(address) & ~(kPage - 1);
+  unsigned char resident = 0;
+  return mincore(reinterpret_cast<void*>(page), kPage, &resident) == 0;
 }
 
 TEST(NodeMemorySourceTest, BadNodeIsInvalidArgument) {
@@ -109,6 +155,78 @@ TEST(NodeMemorySourceTest, InvalidSizeIsInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*s)->Allocate(8, 3).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// An alignment above a page costs nothing beyond the block: the padding the
+// alignment needed is unmapped, never bound nor committed. A bound block
+// has its own memory policy, so it is a mapping of its own (the kernel
+// does not merge it with unbound neighbours): that mapping is exactly the
+// block, and a strict block's resident (committed) bytes are its size.
+TEST(NodeMemorySourceTest, AlignmentAbovePageLeavesNoPaddingMapped) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  ASSERT_TRUE(topo->support().memory_binding);
+  constexpr size_t kSize = size_t{64} << 10;
+  constexpr size_t kAlignment = size_t{2} << 20;
+  for (MemoryPolicy policy : {MemoryPolicy::kStrict, MemoryPolicy::kAdvisory}) {
+    SCOPED_TRACE(MemoryPolicyName(policy));
+    auto s = NodeMemorySource::Create(topo.get(), 0, policy);
+    ASSERT_TRUE(s.ok()) << s.status();
+    absl::StatusOr<Block> block = (*s)->Allocate(kSize, kAlignment);
+    ASSERT_TRUE(block.ok()) << block.status();
+    EXPECT_EQ(block->size, kSize);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(block->data) % kAlignment, 0u);
+    const Mapping before = MappingAt(block->data);
+    std::memset(block->data, 0xC3, block->size);  // Writable.
+    EXPECT_EQ(before.begin, reinterpret_cast<uintptr_t>(block->data));
+    EXPECT_EQ(before.end, reinterpret_cast<uintptr_t>(block->end()));
+    if (policy == MemoryPolicy::kStrict) {
+      EXPECT_EQ(before.rss, kSize);  // Committed by Allocate: the block only.
+    }
+    EXPECT_EQ((*s)->node_stats().bound_blocks, 1u);
+    EXPECT_EQ((*s)->node_stats().fallback_blocks, 0u);
+    (*s)->Deallocate(*block);
+    // Exactly the block went back: none of its pages is mapped any more.
+    for (const char* page = block->begin(); page < block->end();
+         page += kPage) {
+      EXPECT_FALSE(PageMapped(page)) << static_cast<const void*>(page);
+    }
+  }
+}
+
+// Deallocate cannot know every foreign block, but one whose address is not
+// aligned as it claims (or not even page-aligned) is not one of its own: it
+// is reported as misuse and nothing is unmapped.
+TEST(NodeMemorySourceTest, DeallocateReportsMisalignedBlock) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  auto s = NodeMemorySource::Create(topo.get(), 0, MemoryPolicy::kAdvisory);
+  ASSERT_TRUE(s.ok()) << s.status();
+  absl::StatusOr<Block> block = (*s)->Allocate(4 * kPage, size_t{1} << 16);
+  ASSERT_TRUE(block.ok()) << block.status();
+  std::vector<std::string> reports;
+  {
+    ScopedErrorHandler handler(
+        [](const ErrorReport& report, void* context) {
+          EXPECT_EQ(report.kind, ErrorKind::kMisuse);
+          EXPECT_EQ(report.where, "NodeMemorySource::Deallocate");
+          static_cast<std::vector<std::string>*>(context)->push_back(
+              report.message);
+        },
+        &reports);
+    // Page-aligned but not aligned as it claims; then not page-aligned.
+    (*s)->Deallocate(Block{block->begin() + kPage, kPage, size_t{1} << 16});
+    (*s)->Deallocate(Block{block->begin() + 64, kPage, 64});
+  }
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_THAT(reports[0], HasSubstr("not allocated here"));
+  EXPECT_THAT(reports[1], HasSubstr("not allocated here"));
+  for (const char* page = block->begin(); page < block->end(); page += kPage) {
+    EXPECT_TRUE(PageMapped(page)) << static_cast<const void*>(page);
+  }
+  std::memset(block->data, 1, block->size);  // Still ours and usable.
+  (*s)->Deallocate(*block);
+  EXPECT_FALSE(PageMapped(block->data));
 }
 
 // The real machine: every touched page of a block bound to node 0 is on
