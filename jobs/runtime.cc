@@ -84,7 +84,7 @@ struct alignas(64) WorkerSlot {
   int depth = 0;  // Nested jobs running on this slot now (owner only).
   // The context of the job running on this slot now, innermost first
   // (owner only): Runtime::ParallelFor called inside a job finds its caller.
-  const JobContext* current = nullptr;
+  JobContext* current = nullptr;
   // The job running on this slot now belongs to a frame (owner only): what
   // it submits joins that frame.
   bool frame_job = false;
@@ -1648,7 +1648,7 @@ class Runtime::JobScope {
   const uint8_t flags_;
   const bool in_frame_;
   bool outer_scratch_ = false;
-  const JobContext* outer_job_ = nullptr;
+  JobContext* outer_job_ = nullptr;
   bool outer_frame_job_ = false;
   bool traced_ = false;
   uint32_t busy_weight_ = 0;
@@ -2187,22 +2187,35 @@ absl::Status Runtime::ParallelForImpl(
     return absl::InvalidArgumentError(
         absl::StrCat("ParallelFor: ", s.message()));
   }
-  // Every range is a job counted by one counter, the caller's node's range
-  // included (inside a job it goes to this worker's deque, and the wait
-  // below runs it here, helping): the counter keeps the failure that
-  // happened first, whichever node it was on.
-  JobCounter counter;
+  // Inside a job (or a fork child), the ranges are part of it: they see
+  // its cancellation in cancel_requested(), and those not started when it
+  // comes are skipped. Its context outlives them: this call returns after
+  // the wait below. (Declared before the counter, whose destructor waits
+  // for the ranges.)
   WorkerSlot* here = CurrentSlot();
-  // Inside a job, the ranges are part of it: they see its cancellation in
-  // cancel_requested(), and those not started when it comes are skipped.
-  // (Its context outlives them: this call returns after the wait below.)
-  const JobContext* caller = here != nullptr ? here->current : nullptr;
+  JobContext* caller = here != nullptr ? here->current : nullptr;
   std::atomic<bool> skipped{false};
+  auto cancelled = [caller] {
+    return caller != nullptr && caller->cancel_requested();
+  };
+  // One counter for every range, the caller's own included, so that it
+  // keeps the failure that happened first, whichever node it was on.
+  JobCounter counter;
+  const NodeRange* mine = nullptr;
   for (const NodeRange& r : partition.ranges()) {
     if (r.empty()) continue;
+    if (caller != nullptr && r.node == here->node && mine == nullptr) {
+      mine = &r;  // Run below by the caller itself.
+      continue;
+    }
     absl::Status s = Spawn(
-        [body, r, grain, caller, &skipped](JobContext& ctx) {
-          if (caller != nullptr && caller->cancel_requested()) {
+        [body, r, grain, caller, cancelled, &skipped,
+         &counter](JobContext& ctx) {
+          if (cancelled()) {
+            // The ranges not started yet are refused (and counted) as
+            // cancelled; this one, running, returns at once (and counts as
+            // a job that ran, as one that polls cancel_requested() does).
+            counter.Cancel();
             skipped.store(true, std::memory_order_relaxed);
             return;
           }
@@ -2217,8 +2230,33 @@ absl::Status Runtime::ParallelForImpl(
       return s;
     }
   }
+  if (mine != nullptr) {
+    // The caller's node's range, on the calling worker with the caller's
+    // own context (as Fork's last function): its chunks are the caller's
+    // children, stolen by the node's other workers, and the failure goes
+    // into the counter at the time it happens.
+    counter.Add();
+    if (cancelled()) {
+      counter.Cancel();
+      skipped.store(true, std::memory_order_relaxed);
+      counter.FinishOk();
+    } else {
+      std::unique_ptr<JobFailure> failure;
+      try {
+        caller->ParallelFor(mine->begin, mine->end, grain, body);
+      } catch (...) {
+        failure = CaughtFailure(caller->job_id_, "parallel_for");
+      }
+      if (failure != nullptr) {
+        counter.Finish(&failure->status, failure->exception);
+      } else {
+        counter.FinishOk();
+      }
+    }
+  }
   absl::Status status = counter.Wait();
-  if (status.ok() && skipped.load(std::memory_order_relaxed)) {
+  if (status.ok() ? skipped.load(std::memory_order_relaxed)
+                  : absl::IsCancelled(status) && cancelled()) {
     status = absl::CancelledError(absl::StrCat(
         "ParallelFor: the calling job",
         caller->job_id_ != 0 ? absl::StrCat(" (job ", caller->job_id_, ")")
