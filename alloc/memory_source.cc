@@ -47,9 +47,9 @@ absl::StatusOr<Block> MemorySource::Allocate(size_t size, size_t alignment) {
 
 void MemorySource::Deallocate(const Block& block) {
   if (block.empty()) return;
+  if (!DoDeallocate(block)) return;  // Refused and reported: still out.
   deallocations_.fetch_add(1, std::memory_order_relaxed);
   bytes_outstanding_.fetch_sub(block.size, std::memory_order_relaxed);
-  DoDeallocate(block);
 }
 
 MemorySourceStats MemorySource::stats() const {
@@ -140,8 +140,9 @@ absl::StatusOr<Block> SystemMemorySource::DoAllocate(size_t size,
   return Block{data, size, alignment};
 }
 
-void SystemMemorySource::DoDeallocate(const Block& block) {
+bool SystemMemorySource::DoDeallocate(const Block& block) {
   ::operator delete(block.data, std::align_val_t(block.alignment));
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -189,7 +190,7 @@ absl::StatusOr<Block> MmapMemorySource::DoAllocate(size_t size,
   return Block{data, length, alignment};
 }
 
-void MmapMemorySource::DoDeallocate(const Block& block) {
+bool MmapMemorySource::DoDeallocate(const Block& block) {
   if (munmap(block.data, block.size) != 0) {
     ReportError(
         {ErrorKind::kMisuse, "MmapMemorySource::Deallocate",
@@ -198,7 +199,9 @@ void MmapMemorySource::DoDeallocate(const Block& block) {
                       " failed: ", std::strerror(errno),
                       " (was the block from this source?)"),
          block.size, block.alignment, absl::OkStatus()});
+    return false;
   }
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -242,7 +245,7 @@ absl::StatusOr<Block> BackendMemorySource::DoAllocate(size_t size,
   return Block{result.data(), size, alignment};
 }
 
-void BackendMemorySource::DoDeallocate(const Block& block) {
+bool BackendMemorySource::DoDeallocate(const Block& block) {
   bool from_backend;
   {
     alloc_internal::MutexLock lock(&mu_);
@@ -253,6 +256,7 @@ void BackendMemorySource::DoDeallocate(const Block& block) {
   } else {
     next_->Deallocate(block);  // It came from `next` on a fallback.
   }
+  return true;
 }
 
 }  // namespace framealloc

@@ -84,7 +84,8 @@ class MemorySource {
   absl::StatusOr<Block> Allocate(size_t size, size_t alignment);
 
   // Takes back a block. REQUIRES: `block` came from Allocate on this source
-  // and was not released before.
+  // and was not released before. A block a source can tell is not its own
+  // is reported (ErrorKind::kMisuse), left alone, and kept out of stats().
   void Deallocate(const Block& block);
 
   // A short name for reports ("system", "mmap", ...).
@@ -96,7 +97,9 @@ class MemorySource {
   // Implementations: called with validated arguments (size > 0, alignment a
   // power of two). Must return a block whose `alignment` equals the one asked.
   virtual absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) = 0;
-  virtual void DoDeallocate(const Block& block) = 0;
+  // Releases the block: true; or false for a block it refused as not its
+  // own (having reported the misuse), which Deallocate then does not count.
+  virtual bool DoDeallocate(const Block& block) = 0;
 
  private:
   // Relaxed: these are counters; no other memory is published through them.
@@ -118,7 +121,7 @@ class SystemMemorySource final : public MemorySource {
 
  protected:
   absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override;
-  void DoDeallocate(const Block& block) override;
+  bool DoDeallocate(const Block& block) override;
 };
 
 // Options for MmapMemorySource.
@@ -154,7 +157,7 @@ class MmapMemorySource final : public MemorySource {
 
  protected:
   absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override;
-  void DoDeallocate(const Block& block) override;
+  bool DoDeallocate(const Block& block) override;
 
  private:
   const MmapOptions options_;
@@ -227,7 +230,7 @@ class BackendMemorySource final : public MemorySource {
 
  protected:
   absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override;
-  void DoDeallocate(const Block& block) override;
+  bool DoDeallocate(const Block& block) override;
 
  private:
   AllocatorBackend* const backend_;

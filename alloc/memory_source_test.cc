@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "alloc/error.h"
 #include "alloc/internal/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -165,6 +166,33 @@ TEST(MemorySourceTest, MmapExhaustionIsResourceExhausted) {
   absl::StatusOr<Block> block = source.Allocate(size_t{1} << 46, 4096);
   EXPECT_EQ(block.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(block.status().message(), HasSubstr("mmap"));
+}
+
+// A block the source refuses (munmap fails on an address that is not a
+// page's) is reported, left alone and not counted as released (it was:
+// bytes_outstanding then wrapped at the real release).
+TEST(MemorySourceTest, ARefusedDeallocationIsReportedAndNotCounted) {
+  MmapMemorySource source;
+  absl::StatusOr<Block> block = source.Allocate(2 * 4096, 4096);
+  ASSERT_TRUE(block.ok()) << block.status();
+  std::vector<ErrorReport> reports;
+  {
+    ScopedErrorHandler handler(
+        [](const ErrorReport& report, void* context) {
+          static_cast<std::vector<ErrorReport>*>(context)->push_back(report);
+        },
+        &reports);
+    source.Deallocate(Block{block->begin() + 64, 4096, 64});
+  }
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].kind, ErrorKind::kMisuse);
+  EXPECT_THAT(reports[0].message, HasSubstr("munmap"));
+  EXPECT_EQ(source.stats().deallocations, 0u);
+  EXPECT_EQ(source.stats().bytes_outstanding, block->size);
+  std::memset(block->data, 1, block->size);  // Still mapped.
+  source.Deallocate(*block);
+  EXPECT_EQ(source.stats().deallocations, 1u);
+  EXPECT_EQ(source.stats().bytes_outstanding, 0u);
 }
 
 TEST(MemorySourceTest, StatsTrackOutstandingAndPeak) {

@@ -93,11 +93,12 @@ TEST(PoolManagerPageTest, PagesGoBackWithTheAlignmentTheirChunkCameWith) {
       asked_[b->data] = alignment;
       return Block{b->data, b->size, alignment};
     }
-    void DoDeallocate(const Block& block) override {
+    bool DoDeallocate(const Block& block) override {
       ++deallocations;
       if (asked_[block.data] != block.alignment) ++mismatches;
       SystemMemorySource::Default().Deallocate(
           Block{block.data, block.size, kUnder});
+      return true;
     }
 
    private:

@@ -88,10 +88,11 @@ TEST(SmartAllocDebugFillTest, ReleasedFillStaysInMemoryTheArenaHolds) {
     absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override {
       return SystemMemorySource::Default().Allocate(size, alignment);
     }
-    void DoDeallocate(const Block& block) override {
+    bool DoDeallocate(const Block& block) override {
       FRAMEALLOC_UNPOISON(block.data, block.size);
       std::memset(block.data, 0x5A, block.size);
       returned_.push_back(block);
+      return true;
     }
 
    private:

@@ -268,8 +268,9 @@ class SwitchSource final : public MemorySource {
     if (fail) return absl::ResourceExhaustedError("switched off");
     return SystemMemorySource::Default().Allocate(size, alignment);
   }
-  void DoDeallocate(const Block& b) override {
+  bool DoDeallocate(const Block& b) override {
     SystemMemorySource::Default().Deallocate(b);
+    return true;
   }
 };
 

@@ -287,7 +287,7 @@ absl::StatusOr<Block> NodeMemorySource::DoAllocate(size_t size,
   return Block{data, length, alignment};
 }
 
-void NodeMemorySource::DoDeallocate(const Block& block) {
+bool NodeMemorySource::DoDeallocate(const Block& block) {
   // A block is all that stayed mapped of its reservation (DoAllocate
   // unmapped any padding), so it goes back as it is: no lookup. A block whose
   // address is not aligned as it claims, or whose size is not whole pages,
@@ -311,7 +311,9 @@ void NodeMemorySource::DoDeallocate(const Block& block) {
                  absl::StrCat(name_, " source: block of ", block.size,
                               " bytes at 0x", absl::Hex(address), " ", problem),
                  block.size, block.alignment, absl::OkStatus()});
+    return false;
   }
+  return true;
 }
 
 absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,

@@ -114,7 +114,7 @@ class NodeMemorySource final : public MemorySource {
 
  protected:
   absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override;
-  void DoDeallocate(const Block& block) override;
+  bool DoDeallocate(const Block& block) override;
 
  private:
   NodeMemorySource(const Topology* topology, int node, MemoryPolicy policy,

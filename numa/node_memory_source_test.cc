@@ -221,12 +221,18 @@ TEST(NodeMemorySourceTest, DeallocateReportsMisalignedBlock) {
   ASSERT_EQ(reports.size(), 2u);
   EXPECT_THAT(reports[0], HasSubstr("not allocated here"));
   EXPECT_THAT(reports[1], HasSubstr("not allocated here"));
+  // Refused, so not counted: the block is still out, whole (regression:
+  // counted as released, and the real release then wrapped the count).
+  EXPECT_EQ((*s)->stats().deallocations, 0u);
+  EXPECT_EQ((*s)->stats().bytes_outstanding, block->size);
   for (const char* page = block->begin(); page < block->end(); page += kPage) {
     EXPECT_TRUE(PageMapped(page)) << static_cast<const void*>(page);
   }
   std::memset(block->data, 1, block->size);  // Still ours and usable.
   (*s)->Deallocate(*block);
   EXPECT_FALSE(PageMapped(block->data));
+  EXPECT_EQ((*s)->stats().deallocations, 1u);
+  EXPECT_EQ((*s)->stats().bytes_outstanding, 0u);
 }
 
 // The real machine: every touched page of a block bound to node 0 is on

@@ -49,9 +49,10 @@ class CountingSource final : public MemorySource {
     if (budget > 0) refuse_after_.store(budget - 1);
     return SystemMemorySource::Default().Allocate(size, alignment);
   }
-  void DoDeallocate(const Block& block) override {
+  bool DoDeallocate(const Block& block) override {
     deallocate_calls_.fetch_add(1);
     SystemMemorySource::Default().Deallocate(block);
+    return true;
   }
 
  private:
@@ -110,7 +111,10 @@ class FailingSource final : public MemorySource {
     }
     return next_->Allocate(size, alignment);
   }
-  void DoDeallocate(const Block& block) override { next_->Deallocate(block); }
+  bool DoDeallocate(const Block& block) override {
+    next_->Deallocate(block);
+    return true;
+  }
 
  private:
   MemorySource* const next_;
