@@ -43,7 +43,10 @@ enum class StealPolicy {
   // A job submitted to node k prefers node k; a node with no work of its
   // own takes queued jobs of a node that has more than it can run. Such
   // jobs see the thief's node in their context (its arena, its memory) and
-  // are counted in WorkerStats::jobs_stolen.
+  // are counted in WorkerStats::jobs_stolen. A stolen job that waits on
+  // its home node's work holds a worker of the thief's node: jobs that
+  // wait across nodes can deadlock here (docs/jobs.md, "Waiting inside a
+  // job"); keep them under kStrict.
   kWhenIdle,
 };
 
