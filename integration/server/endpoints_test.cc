@@ -134,6 +134,40 @@ TEST_F(EndpointsTest, AggregateOverBudgetIsResourceExhaustedAndReleased) {
             in_use_before + arena_.options().initial_chunk_size);
 }
 
+// Every budget between "refused at once" and "fits" fails cleanly or
+// succeeds whole: the refusal lands at every point of the parse, rehashes
+// of the group map (Abseil's flat_hash_map on the request's memory)
+// included, and no budget leaves the request's memory behind or the
+// answer wrong (ASan and the leak check watch the rest).
+TEST_F(EndpointsTest, AggregateRefusedAtAnyPointFailsCleanly) {
+  constexpr int kKeys = 600;
+  std::string body = "[";
+  for (int i = 0; i < kKeys; ++i) {
+    body += R"({"key":"group-)" + std::to_string(i) + R"(","value":)" +
+            std::to_string(i) + "},";
+  }
+  body += "1]";
+  int refused = 0, fitted = 0;
+  for (size_t budget = 256; budget <= (size_t{256} << 10); budget += 509) {
+    RequestArena request(&arena_, budget);
+    absl::StatusOr<std::string> out = Aggregate(body, request);
+    if (out.ok()) {
+      ++fitted;
+      const json r = json::parse(*out);
+      EXPECT_EQ(r["count"], kKeys + 1) << budget;
+      EXPECT_EQ(r["groups"].size(), size_t{kKeys}) << budget;
+    } else {
+      ++refused;
+      EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted)
+          << budget << ": " << out.status();
+      EXPECT_LE(request.peak_bytes(), budget);
+    }
+  }
+  EXPECT_EQ(arena_.stats().bytes_used, 0u);
+  EXPECT_GT(refused, 10);  // The sweep crossed the whole parse...
+  EXPECT_GT(fitted, 10);   // ...and reached budgets that fit.
+}
+
 TEST_F(EndpointsTest, SimulateIsDeterministicPerSeed) {
   const auto run = [&](uint64_t seed) {
     RequestArena request(&arena_, 8 << 20);
