@@ -11,11 +11,10 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -51,10 +50,13 @@ struct Group {
   double max = 0;
 };
 
-using GroupMap = absl::flat_hash_map<
-    std::string_view, Group, absl::Hash<std::string_view>,
-    std::equal_to<std::string_view>,
-    std::pmr::polymorphic_allocator<std::pair<const std::string_view, Group>>>;
+// Not absl::flat_hash_map: its rehash sets the new capacity before it
+// allocates the new table, so an allocation refused by the request's
+// budget (a throw) left the map claiming a table it does not have, and its
+// destructor read past the old one (abseil/abseil-cpp#1581; ASan in
+// EndpointsTest.AggregateRefusedAtAnyPointFailsCleanly). std::unordered_map
+// allocates a node or a bucket array before it changes anything.
+using GroupMap = std::pmr::unordered_map<std::string_view, Group>;
 
 // Receives nlohmann's SAX events and aggregates as they come. Callbacks
 // return false to stop the parse: on a bad element (error_) or when the
@@ -68,9 +70,7 @@ class AggregateSax {
   explicit AggregateSax(RequestArena& request)
       : request_(request),
         values_(request.resource()),
-        groups_(0, absl::Hash<std::string_view>(),
-                std::equal_to<std::string_view>(),
-                GroupMap::allocator_type(request.resource())),
+        groups_(request.resource()),
         pending_key_(request.resource()) {}
 
   bool null() { return Scalar("null"); }
