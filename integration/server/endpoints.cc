@@ -420,7 +420,9 @@ absl::StatusOr<std::string> Simulate(const SimulateParams& params,
   std::span<double> y = request.TryArray<double>(n);
   std::span<double> vx = request.TryArray<double>(n);
   std::span<double> vy = request.TryArray<double>(n);
-  if (vy.empty()) {
+  // Each array is checked: a refused one may be followed by smaller ones
+  // that fit, or by a chunk the source gives after refusing one.
+  if (x.empty() || y.empty() || vx.empty() || vy.empty()) {
     return request.BudgetError(absl::StrCat("the state of ", n, " particles"));
   }
   SplitMix64 rng(params.seed);
@@ -444,7 +446,8 @@ absl::StatusOr<std::string> Simulate(const SimulateParams& params,
     std::span<uint32_t> order = request.TryArray<uint32_t>(n);
     std::span<double> fx = request.TryArray<double>(n);
     std::span<double> fy = request.TryArray<double>(n);
-    if (fy.empty()) {
+    if (cell.empty() || start.empty() || order.empty() || fx.empty() ||
+        fy.empty()) {
       return request.BudgetError(absl::StrCat(
           "step ", step, "'s grid of ", cells, " cells for ", n, " particles"));
     }
