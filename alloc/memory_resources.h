@@ -11,7 +11,9 @@
 // Not for: memory that must outlive the frame (the two frame resources).
 //
 // Out of memory or a refusing budget: std::bad_alloc, as std::pmr expects
-// (the adapter boundary is the one place this library throws).
+// (the adapter boundary is the one place this library throws). The std::pmr
+// containers survive it; Abseil's hash containers on a polymorphic_allocator
+// do not when it comes during a rehash (abseil/abseil-cpp#1581).
 // Thread safety: that of the underlying arena (one owner) or SmartAlloc
 // (any thread).
 #ifndef ALLOC_MEMORY_RESOURCES_H_

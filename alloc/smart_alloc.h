@@ -514,16 +514,20 @@ class SmartAlloc {
   // ---- Pools and heap -------------------------------------------------------
 
   // A T from the size-class pools (sizes up to 4 KiB; larger or more aligned
-  // types come from tracked heap memory). Never null.
+  // types come from tracked heap memory). Never null. If T's constructor
+  // throws, the block (and its budget charge) is freed and the exception
+  // propagates.
   template <typename T, typename... Args>
   T* pool_alloc(Args&&... args) {
     void* p = PoolAllocate(kClassOf<T>, sizeof(T), alignof(T), /*fatal=*/true);
-    return ::new (p) T(std::forward<Args>(args)...);
+    return ConstructInPool<T>(p, std::forward<Args>(args)...);
   }
+  // As pool_alloc, or nullptr when a budget or the memory refuses.
   template <typename T, typename... Args>
   T* try_pool_alloc(Args&&... args) {
     void* p = PoolAllocate(kClassOf<T>, sizeof(T), alignof(T), /*fatal=*/false);
-    return p == nullptr ? nullptr : ::new (p) T(std::forward<Args>(args)...);
+    return p == nullptr ? nullptr
+                        : ConstructInPool<T>(p, std::forward<Args>(args)...);
   }
   // Destroys and frees a T from pool_alloc. nullptr is ignored.
   template <typename T>
@@ -729,6 +733,22 @@ class SmartAlloc {
     }
     return PoolAllocateSlow(cls, size, alignment, fatal);
   }
+  // Builds a T in the pool block `p`; frees the block if the constructor
+  // throws (a constructor that allocates through a refusing adapter).
+  template <typename T, typename... Args>
+  T* ConstructInPool(void* p, Args&&... args) {
+#if defined(__cpp_exceptions)
+    if constexpr (!std::is_nothrow_constructible_v<T, Args&&...>) {
+      try {
+        return ::new (p) T(std::forward<Args>(args)...);
+      } catch (...) {
+        PoolDeallocate(p, kClassOf<T>, sizeof(T), alignof(T));
+        throw;
+      }
+    }
+#endif
+    return ::new (p) T(std::forward<Args>(args)...);
+  }
   ABSL_ATTRIBUTE_ALWAYS_INLINE void PoolDeallocate(void* p, int cls,
                                                    size_t size,
                                                    size_t alignment) {
@@ -846,7 +866,9 @@ decltype(auto) SmartAlloc::with_tag(absl::string_view name, F&& fn) {
 // deallocate is a no-op: the memory goes at the end of the frame, so a
 // container using it must not outlive the frame. Throws std::bad_alloc when
 // a budget refuses or memory runs out (the adapter boundary is the one place
-// this library throws).
+// this library throws). Where a refusal is expected, prefer the std::
+// containers: Abseil's hash containers are left broken by a refusal during a
+// rehash (abseil/abseil-cpp#1581; docs/smart_alloc.md, "STL and std::pmr").
 template <typename T>
 class FrameAllocator {
  public:
@@ -877,7 +899,8 @@ class FrameAllocator {
 
 // STL allocator over a SmartAlloc's pools (n * sizeof(T) up to 4 KiB) and
 // tracked heap (beyond). Memory is freed on deallocate, from any thread.
-// Throws std::bad_alloc on refusal.
+// Throws std::bad_alloc on refusal (and Abseil's hash containers do not
+// survive one during a rehash: see FrameAllocator).
 template <typename T>
 class PoolAllocator {
  public:

@@ -432,6 +432,39 @@ TEST_F(SmartAllocTest, PoolAllocAndBox) {
   EXPECT_EQ(stats.pool.live_bytes(), 0);
 }
 
+// Regression (review): a constructor that threw left its pool block
+// allocated and charged: live bytes and the budget stayed up for good (and
+// the pool reported the block at destruction). Pool-sized, heap-sized,
+// try_ and box alike.
+TEST(SmartAllocPoolTest, AThrowingConstructorGivesItsBlockBack) {
+  struct Throws {
+    explicit Throws(int v) : value(v) {
+      if (v < 0) throw std::runtime_error("refused in the constructor");
+    }
+    int value;
+    char pad[100];
+  };
+  struct BigThrows {
+    explicit BigThrows(int v) {
+      if (v < 0) throw std::runtime_error("refused in the constructor");
+    }
+    char bytes[10000];
+  };
+  SmartAlloc alloc(AllocConfig().set_global_budget(1 << 20));
+  EXPECT_THROW(alloc.pool_alloc<Throws>(-1), std::runtime_error);
+  EXPECT_THROW(alloc.try_pool_alloc<Throws>(-1), std::runtime_error);
+  EXPECT_THROW(alloc.pool_box<Throws>(-1), std::runtime_error);
+  EXPECT_THROW(alloc.pool_alloc<BigThrows>(-1), std::runtime_error);
+  AllocStats stats = alloc.stats();
+  EXPECT_EQ(stats.pool.live_bytes(), 0);
+  EXPECT_EQ(stats.heap.live_bytes(), 0);
+  EXPECT_EQ(stats.global_budget_used, 0u);
+  Throws* ok = alloc.pool_alloc<Throws>(5);  // The pool still serves.
+  EXPECT_EQ(ok->value, 5);
+  alloc.pool_free(ok);
+  EXPECT_EQ(alloc.stats().pool.live_bytes(), 0);
+}
+
 TEST_F(SmartAllocTest, OverAlignedAndLargeTypes) {
   struct alignas(256) Aligned {
     char bytes[40];
