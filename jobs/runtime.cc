@@ -1330,6 +1330,14 @@ void Runtime::RefuseDirect(const DirectHeader& header, WorkerSlot* slot) {
   FailDirect(header, slot, state, status, nullptr);
 }
 
+void Runtime::AbandonDirect(const DirectHeader& header) {
+  FailDirect(header, CurrentSlot(), jobs_internal::kFailed,
+             absl::UnknownError(
+                 absl::StrCat(JobName(header.id, header.name),
+                              ": storing its function threw; it never ran")),
+             std::current_exception());
+}
+
 void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
                          JobState state, const absl::Status& status,
                          const std::exception_ptr& exception) {

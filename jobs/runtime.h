@@ -654,6 +654,11 @@ class Runtime {
   // As Submit, without a handle (count it with options.counter). Returns
   // the submission error, if any; the job's own failure goes to the
   // counter.
+  //
+  // Both store a copy (or a move) of `f`. If that throws, the exception
+  // leaves Submit or Spawn and the memory taken for the job is freed; a
+  // job Spawn had already accepted counts as failed (its counter and frame
+  // see the failure, so their waits still end).
   template <typename F>
   absl::Status Spawn(F&& f, const SubmitOptions& options = {});
 
@@ -766,6 +771,15 @@ class Runtime {
   // accounting, off the hot path.
   void RefuseDirect(const jobs_internal::DirectHeader& header,
                     jobs_internal::WorkerSlot* slot);
+  // A job record holding `f`, with `refs` references (its memory freed
+  // again if storing `f` throws).
+  template <typename F>
+  jobs_internal::TypedJob<
+      std::decay_t<F>, typename jobs_internal::ResultOf<std::decay_t<F>>::type>*
+  NewRecord(F&& f, int refs);
+  // A direct job accepted by PrepareDirect whose function could not be
+  // stored (its copy threw): accounted as failed, off the hot path.
+  void AbandonDirect(const jobs_internal::DirectHeader& header);
   // A direct job that did not run to completion, in `state`: its
   // accounting (finished count, counter, frame), with its failure.
   void FailDirect(const jobs_internal::DirectHeader& header,
@@ -941,9 +955,7 @@ class DirectTask final : public tbb::detail::d1::task {
   template <typename G>
   static void Spawn(G&& fn, const DirectHeader& header,
                     tbb::detail::d1::task_group_context& context) {
-    tbb::detail::d1::small_object_pool* pool = nullptr;
-    void* memory = Allocate(pool);
-    auto* task = new (memory) DirectTask(std::forward<G>(fn), header, pool);
+    DirectTask* task = Make(std::forward<G>(fn), header);
     TsanRelease(task);  // For the worker that runs it.
     tbb::detail::d1::spawn(*task, context);
   }
@@ -953,9 +965,7 @@ class DirectTask final : public tbb::detail::d1::task {
   static void Enqueue(G&& fn, const DirectHeader& header,
                       tbb::detail::d1::task_group_context& context,
                       tbb::task_arena& arena) {
-    tbb::detail::d1::small_object_pool* pool = nullptr;
-    void* memory = Allocate(pool);
-    auto* task = new (memory) DirectTask(std::forward<G>(fn), header, pool);
+    DirectTask* task = Make(std::forward<G>(fn), header);
     TsanRelease(task);
     tbb::detail::r1::enqueue(*task, context, &arena);
   }
@@ -985,6 +995,34 @@ class DirectTask final : public tbb::detail::d1::task {
   DirectTask(G&& fn, const DirectHeader& header,
              tbb::detail::d1::small_object_pool* pool)
       : fn_(std::forward<G>(fn)), header_(header), pool_(pool) {}
+
+  // The task, its memory freed again if copying or moving the function
+  // throws (the exception goes on to Runtime::Spawn).
+  template <typename G>
+  static DirectTask* Make(G&& fn, const DirectHeader& header) {
+    tbb::detail::d1::small_object_pool* pool = nullptr;
+    void* memory = Allocate(pool);
+#if defined(__cpp_exceptions)
+    if constexpr (!std::is_nothrow_constructible_v<F, G&&>) {
+      try {
+        return new (memory) DirectTask(std::forward<G>(fn), header, pool);
+      } catch (...) {
+        Free(memory, pool);
+        throw;
+      }
+    }
+#endif
+    return new (memory) DirectTask(std::forward<G>(fn), header, pool);
+  }
+  static void Free(void* memory, tbb::detail::d1::small_object_pool* pool) {
+#if defined(FRAMEALLOC_JOBS_TSAN)
+    (void)pool;
+    ::operator delete (memory, sizeof(DirectTask),
+                       std::align_val_t{alignof(DirectTask)});
+#else
+    tbb::detail::r1::deallocate(*pool, memory, sizeof(DirectTask));
+#endif
+  }
 
   // The task's memory. Normally TBB's per-thread small-object pool, as for
   // task_group's tasks. Under ThreadSanitizer, the heap instead: the pool
@@ -1043,17 +1081,36 @@ U& JobHandle<R>::value() const {
 template <typename F>
 auto Runtime::Submit(F&& f, const SubmitOptions& options)
     -> JobHandle<typename jobs_internal::ResultOf<std::decay_t<F>>::type> {
-  using Fn = std::decay_t<F>;
-  using R = typename jobs_internal::ResultOf<Fn>::type;
-  using Job = jobs_internal::TypedJob<Fn, R>;
-  void* memory = AllocateRecord(sizeof(Job), alignof(Job));
-  auto* job = new (memory) Job();
-  job->fn.emplace(std::forward<F>(f));
-  job->invoke = &Job::Invoke;
-  job->destroy = &Job::Destroy;
-  job->refs.store(2, std::memory_order_relaxed);  // Handle + scheduling.
+  using R = typename jobs_internal::ResultOf<std::decay_t<F>>::type;
+  auto* job = NewRecord(std::forward<F>(f), 2);  // Handle + scheduling.
   (void)Enqueue(job, options);
   return JobHandle<R>(job);
+}
+
+template <typename F>
+jobs_internal::TypedJob<
+    std::decay_t<F>, typename jobs_internal::ResultOf<std::decay_t<F>>::type>*
+Runtime::NewRecord(F&& f, int refs) {
+  using Fn = std::decay_t<F>;
+  using Job =
+      jobs_internal::TypedJob<Fn, typename jobs_internal::ResultOf<Fn>::type>;
+  void* memory = AllocateRecord(sizeof(Job), alignof(Job));
+  auto* job = new (memory) Job();
+#if defined(__cpp_exceptions)
+  try {
+#endif
+    job->fn.emplace(std::forward<F>(f));
+#if defined(__cpp_exceptions)
+  } catch (...) {
+    job->~Job();
+    jobs_internal::FreeRecord(this, memory, sizeof(Job), alignof(Job));
+    throw;
+  }
+#endif
+  job->invoke = &Job::Invoke;
+  job->destroy = &Job::Destroy;
+  job->refs.store(refs, std::memory_order_relaxed);
+  return job;
 }
 
 template <typename F>
@@ -1062,24 +1119,25 @@ absl::Status Runtime::Spawn(F&& f, const SubmitOptions& options) {
   jobs_internal::DirectHeader header;
   if (const DirectTarget target = PrepareDirect(options, &header);
       target.context != nullptr) {
-    if (target.arena == nullptr) {
-      jobs_internal::DirectTask<Fn>::Spawn(std::forward<F>(f), header,
-                                           *target.context);
-    } else {
-      jobs_internal::DirectTask<Fn>::Enqueue(std::forward<F>(f), header,
-                                             *target.context, *target.arena);
+#if defined(__cpp_exceptions)
+    try {
+#endif
+      if (target.arena == nullptr) {
+        jobs_internal::DirectTask<Fn>::Spawn(std::forward<F>(f), header,
+                                             *target.context);
+      } else {
+        jobs_internal::DirectTask<Fn>::Enqueue(std::forward<F>(f), header,
+                                               *target.context, *target.arena);
+      }
+#if defined(__cpp_exceptions)
+    } catch (...) {
+      AbandonDirect(header);
+      throw;
     }
+#endif
     return absl::OkStatus();
   }
-  using R = typename jobs_internal::ResultOf<Fn>::type;
-  using Job = jobs_internal::TypedJob<Fn, R>;
-  void* memory = AllocateRecord(sizeof(Job), alignof(Job));
-  auto* job = new (memory) Job();
-  job->fn.emplace(std::forward<F>(f));
-  job->invoke = &Job::Invoke;
-  job->destroy = &Job::Destroy;
-  job->refs.store(1, std::memory_order_relaxed);  // Scheduling only.
-  return Enqueue(job, options);
+  return Enqueue(NewRecord(std::forward<F>(f), 1), options);  // Scheduling.
 }
 
 template <typename F>

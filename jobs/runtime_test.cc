@@ -655,6 +655,53 @@ TEST(RuntimeDependencyTest,
   }
 }
 
+// A function whose copy throws (a capture that allocates, say).
+struct ThrowsWhenCopied {
+  std::atomic<int>* ran;
+  explicit ThrowsWhenCopied(std::atomic<int>* r) : ran(r) {}
+  ThrowsWhenCopied(const ThrowsWhenCopied&) {
+    throw std::runtime_error("copy refused");
+  }
+  void operator()() const { ++*ran; }
+};
+
+// Regression (review): Spawn's direct path counted the job (its counter,
+// its frame, the submitted count) before storing the function, so a copy
+// that threw left the counter's Wait, EndFrame and Shutdown waiting for a
+// job that did not exist; Submit leaked the record. Now the exception goes
+// on, the memory is freed, and a job already accepted counts as failed.
+TEST(RuntimeExceptionTest, AFunctionWhoseCopyThrowsLeavesNoWaitHanging) {
+  auto rt = MakeRuntime(Config().set_workers_per_node(1));
+  std::atomic<int> ran{0};
+  const ThrowsWhenCopied f(&ran);
+  JobCounter counter;
+  EXPECT_THROW((void)rt->Spawn(f, SubmitOptions().with_counter(&counter)),
+               std::runtime_error);
+  absl::Status waited = counter.Wait();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kUnknown) << waited;
+  EXPECT_TRUE(absl::StrContains(waited.message(), "storing its function"))
+      << waited;
+  EXPECT_THROW((void)rt->Submit(f), std::runtime_error);
+
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  EXPECT_THROW((void)rt->Spawn(f), std::runtime_error);
+  auto inside = rt->Submit([&rt, &f] {
+    JobCounter mine;
+    try {
+      (void)rt->Spawn(f, SubmitOptions().with_counter(&mine));
+    } catch (const std::runtime_error&) {
+      return mine.Wait().code();  // Ends: the job counts as failed.
+    }
+    return absl::StatusCode::kOk;
+  });
+  ASSERT_TRUE(inside.Wait().ok()) << inside.status();
+  EXPECT_EQ(inside.value(), absl::StatusCode::kUnknown);
+  EXPECT_FALSE(rt->EndFrame().ok());  // Ends, naming the failed jobs.
+  EXPECT_EQ(rt->stats().jobs_failed, 3u);
+  EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+  EXPECT_EQ(ran.load(), 0);
+}
+
 TEST(RuntimeExceptionTest, ExceptionsReachTheWaiterWithTheirType) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
