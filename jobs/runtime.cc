@@ -663,7 +663,15 @@ struct Runtime::Node {
   std::vector<int> pus;
   SmartAlloc* alloc = nullptr;
   tbb::task_arena arena;
-  tbb::task_group group;
+  // The tokens' group, with a context of its own. A default (bound)
+  // context binds, when the group is first used, to the context of the
+  // task that posts the first token: a Fork child's or a parallel_for
+  // chunk's. An exception there cancels that context, and with it every
+  // later token of the node, so no Submit-ed job of the node ran again and
+  // waits and Shutdown hung (found in review:
+  // RuntimeExceptionTest.AThrowingForkLeavesTheNodeRunningLaterJobs).
+  tbb::task_group_context group_context{tbb::task_group_context::isolated};
+  tbb::task_group group{group_context};
   // The context of Spawn's direct tasks (never cancelled: the runtime
   // cancels jobs itself).
   tbb::task_group_context direct_context{tbb::task_group_context::isolated};

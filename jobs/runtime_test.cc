@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -700,6 +702,67 @@ TEST(RuntimeExceptionTest, AFunctionWhoseCopyThrowsLeavesNoWaitHanging) {
   EXPECT_EQ(rt->stats().jobs_failed, 3u);
   EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
   EXPECT_EQ(ran.load(), 0);
+}
+
+// Waits up to 20 s for `job`; past that the runtime is stuck, and
+// destroying it would hang too: the test reports and leaves.
+void ExpectFinishesOrExit(const JobRef& job, const char* what) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!job.done()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr, "FAILED: %s never finished (20 s)\n", what);
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// Regression (review): the node's token group took, on first use, the
+// context of the task that posted the first token: here a Fork child's,
+// which the sibling's exception cancels. Every later Submit-ed job of the
+// node was skipped by TBB: its handle, EndFrame and Shutdown hung.
+TEST(RuntimeExceptionTest, AThrowingForkLeavesTheNodeRunningLaterJobs) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  for (bool parallel_for : {false, true}) {
+    auto rt = MakeRuntime(
+        Config().set_topology(topology.get()).set_workers_per_node(2));
+    JobCounter counter;
+    std::atomic<bool> submitted{false};
+    auto submit_then_throw = [&](JobContext& c, bool first) {
+      if (first) {
+        (void)c.runtime().Submit([] { return 1; });  // The node's first.
+        submitted = true;
+        return;
+      }
+      while (!submitted) std::this_thread::yield();
+      throw std::runtime_error("a sibling throws");
+    };
+    ASSERT_TRUE(
+        rt->Spawn(
+              [&](JobContext& ctx) {
+                if (parallel_for) {
+                  ctx.ParallelFor(0, 2, 1,
+                                  [&](JobContext& c, size_t b, size_t) {
+                                    submit_then_throw(c, b == 0);
+                                  });
+                } else {
+                  ctx.Fork([&](JobContext& c) { submit_then_throw(c, true); },
+                           [&](JobContext& c) { submit_then_throw(c, false); });
+                }
+              },
+              SubmitOptions().with_counter(&counter))
+            .ok());
+    EXPECT_EQ(counter.Wait().code(), absl::StatusCode::kUnknown);
+    auto later = rt->Submit([] { return 7; });
+    ExpectFinishesOrExit(
+        later, parallel_for ? "a job submitted after a ParallelFor threw"
+                            : "a job submitted after a Fork threw");
+    ASSERT_TRUE(later.Wait().ok());
+    EXPECT_EQ(later.value(), 7);
+    EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+  }
 }
 
 TEST(RuntimeExceptionTest, ExceptionsReachTheWaiterWithTheirType) {
