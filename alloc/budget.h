@@ -98,7 +98,9 @@ struct AllocEvent {
 };
 
 // Called on any thread, possibly concurrently; must be thread-safe and must
-// not allocate from the SmartAlloc that raised the event.
+// not allocate from the SmartAlloc that raised the event. It is called
+// while charges are taken or given back, so an exception it throws is
+// dropped (with a line on stderr).
 using AllocEventCallback = std::function<void(const AllocEvent&)>;
 
 class BudgetManager {

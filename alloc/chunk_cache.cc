@@ -45,12 +45,13 @@ absl::StatusOr<std::unique_ptr<ChunkCache>> ChunkCache::Create(
 ChunkCache::~ChunkCache() {
   alloc_internal::MutexLock lock(&mu_);
   if (stats_.in_use_blocks != 0) {
-    ReportError({ErrorKind::kMisuse, "ChunkCache::~ChunkCache",
-                 absl::StrCat("destroyed with ", stats_.in_use_blocks,
-                              " blocks (", stats_.in_use_bytes,
-                              " bytes) still acquired; destroy the arenas "
-                              "that use a cache before the cache"),
-                 0, 0, absl::OkStatus()});
+    ReportErrorAndContinue(
+        {ErrorKind::kMisuse, "ChunkCache::~ChunkCache",
+         absl::StrCat("destroyed with ", stats_.in_use_blocks, " blocks (",
+                      stats_.in_use_bytes,
+                      " bytes) still acquired; destroy the arenas "
+                      "that use a cache before the cache"),
+         0, 0, absl::OkStatus()});
   }
   TrimLocked(0);
 }

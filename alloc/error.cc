@@ -94,6 +94,21 @@ std::string FormatErrorReport(const ErrorReport& report) {
 
 void ReportError(const ErrorReport& report) { CallHandler(report); }
 
+void ReportErrorAndContinue(const ErrorReport& report) noexcept {
+#if defined(__cpp_exceptions)
+  try {
+    CallHandler(report);
+  } catch (...) {
+    std::fprintf(stderr,
+                 "framealloc: the error handler threw from a report made in "
+                 "%.*s, which cannot unwind; the exception is dropped\n",
+                 static_cast<int>(report.where.size()), report.where.data());
+  }
+#else
+  CallHandler(report);
+#endif
+}
+
 void ReportFatalError(const ErrorReport& report) {
   CallHandler(report);
   std::fprintf(stderr, "%s\n(the error handler returned from a fatal error)\n",

@@ -49,7 +49,11 @@ struct ErrorReport {
 // A handler sees every report. It may log, count, throw, or return. If it
 // returns from a fatal report, the process aborts (a never-null call has no
 // value to return); if it returns from a non-fatal one, the library goes on
-// with the safe recovery documented at the call that reported it.
+// with the safe recovery documented at the call that reported it. Reports
+// made while memory is being released or a scope is ending (frees,
+// end_frame and resets, scope and object destructors) cannot unwind: an
+// exception the handler throws from those is dropped (with a line on
+// stderr), and the library goes on as if the handler had returned.
 using ErrorHandler = void (*)(const ErrorReport& report, void* context);
 
 // Installs `handler` (with `context` passed back to it) and returns the
@@ -74,6 +78,11 @@ class ScopedErrorHandler {
 // Reports a recoverable error: calls the handler, and returns if it does.
 ABSL_ATTRIBUTE_NOINLINE ABSL_ATTRIBUTE_COLD void ReportError(
     const ErrorReport& report);
+
+// As ReportError, for a caller that must finish what it is doing (a free,
+// a reset, a destructor): an exception the handler throws is dropped.
+ABSL_ATTRIBUTE_NOINLINE ABSL_ATTRIBUTE_COLD void ReportErrorAndContinue(
+    const ErrorReport& report) noexcept;
 
 // Reports an error after which the caller cannot continue: calls the
 // handler, then aborts if the handler returned.

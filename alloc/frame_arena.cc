@@ -74,10 +74,10 @@ absl::StatusOr<std::unique_ptr<FrameArena>> FrameArena::Create(
 
 FrameArena::~FrameArena() {
   if (!marks_.empty()) {
-    ReportError({ErrorKind::kMisuse, "FrameArena::~FrameArena",
-                 absl::StrCat("arena destroyed with ", marks_.size(),
-                              " open marks or scopes"),
-                 0, 0, absl::OkStatus()});
+    ReportErrorAndContinue({ErrorKind::kMisuse, "FrameArena::~FrameArena",
+                            absl::StrCat("arena destroyed with ", marks_.size(),
+                                         " open marks or scopes"),
+                            0, 0, absl::OkStatus()});
   }
   RunDestructors(nullptr);
   ReleaseOversizeAfter(0);
@@ -210,10 +210,11 @@ void FrameArena::ReleaseOversizeAfter(size_t keep_blocks) {
 
 void FrameArena::ResetSlow() {
   if (!marks_.empty()) {
-    ReportError({ErrorKind::kMisuse, "FrameArena::Reset",
-                 absl::StrCat("frame reset with ", marks_.size(),
-                              " open marks or scopes; they are discarded"),
-                 0, 0, absl::OkStatus()});
+    ReportErrorAndContinue(
+        {ErrorKind::kMisuse, "FrameArena::Reset",
+         absl::StrCat("frame reset with ", marks_.size(),
+                      " open marks or scopes; they are discarded"),
+         0, 0, absl::OkStatus()});
     marks_.clear();
   }
   UpdatePeak();
@@ -347,8 +348,8 @@ FrameArenaStats FrameArena::stats() const {
 ArenaScope::~ArenaScope() {
   absl::Status status = arena_->Rewind(mark_);
   if (!status.ok()) {
-    ReportError({ErrorKind::kMisuse, "ArenaScope::~ArenaScope",
-                 std::string(status.message()), 0, 0, status});
+    ReportErrorAndContinue({ErrorKind::kMisuse, "ArenaScope::~ArenaScope",
+                            std::string(status.message()), 0, 0, status});
   }
 }
 

@@ -223,7 +223,8 @@ class FrameArena {
   // resets or rewinds past this call, in reverse order with every other
   // registered destructor. For objects the caller constructed in memory
   // from this arena. Never fails (the record's memory comes from the
-  // arena: a fatal error if it cannot).
+  // arena: a fatal error if it cannot). The destructors must not throw: one
+  // that does leaves the rest of its registration's objects undestroyed.
   template <typename T>
   void DestroyAtReset(T* objects, size_t count = 1) {
     static_assert(!std::is_trivially_destructible_v<T>,

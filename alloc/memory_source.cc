@@ -192,7 +192,7 @@ absl::StatusOr<Block> MmapMemorySource::DoAllocate(size_t size,
 
 bool MmapMemorySource::DoDeallocate(const Block& block) {
   if (munmap(block.data, block.size) != 0) {
-    ReportError(
+    ReportErrorAndContinue(
         {ErrorKind::kMisuse, "MmapMemorySource::Deallocate",
          absl::StrCat("munmap of ", block.size, " bytes at 0x",
                       absl::Hex(reinterpret_cast<uintptr_t>(block.data)),
@@ -214,7 +214,7 @@ BackendMemorySource::BackendMemorySource(AllocatorBackend* backend,
 BackendMemorySource::~BackendMemorySource() {
   alloc_internal::MutexLock lock(&mu_);
   if (!from_backend_.empty()) {
-    ReportError(
+    ReportErrorAndContinue(
         {ErrorKind::kMisuse, "BackendMemorySource::~BackendMemorySource",
          absl::StrCat(from_backend_.size(), " blocks served by backend '",
                       backend_->name(), "' were never returned"),

@@ -185,11 +185,12 @@ absl::StatusOr<std::unique_ptr<PoolManager>> PoolManager::Create(
 PoolManager::~PoolManager() {
   const int caches = attached_caches_.load(std::memory_order_relaxed);
   if (caches != 0) {
-    ReportError({ErrorKind::kMisuse, "PoolManager::~PoolManager",
-                 absl::StrCat("pool destroyed while ", caches,
-                              " ThreadCaches are still attached; destroy "
-                              "every ThreadCache before its pool"),
-                 0, 0, absl::OkStatus()});
+    ReportErrorAndContinue(
+        {ErrorKind::kMisuse, "PoolManager::~PoolManager",
+         absl::StrCat("pool destroyed while ", caches,
+                      " ThreadCaches are still attached; destroy "
+                      "every ThreadCache before its pool"),
+         0, 0, absl::OkStatus()});
   }
   // Blocks parked in transfer caches are free, not out: back to the pages
   // first, so that only blocks really out are reported.
@@ -201,12 +202,13 @@ PoolManager::~PoolManager() {
     out += c.pages.size() * blocks_per_page_[cls] - c.free_blocks;
   }
   if (out != 0) {
-    ReportError({ErrorKind::kMisuse, "PoolManager::~PoolManager",
-                 absl::StrCat("pool destroyed with ", out,
-                              " blocks still allocated or in thread caches; "
-                              "free them and flush every ThreadCache first "
-                              "(their pages are released anyway)"),
-                 0, 0, absl::OkStatus()});
+    ReportErrorAndContinue(
+        {ErrorKind::kMisuse, "PoolManager::~PoolManager",
+         absl::StrCat("pool destroyed with ", out,
+                      " blocks still allocated or in thread caches; "
+                      "free them and flush every ThreadCache first "
+                      "(their pages are released anyway)"),
+         0, 0, absl::OkStatus()});
   }
   {
     MutexLock lock(&pages_mu_);
@@ -384,7 +386,7 @@ uint32_t PoolManager::Refill(int cls, uint32_t want, FreeBlock** head) {
     if (got != 0) ++c.refills;
   }
   if (lost != 0) {
-    ReportError(
+    ReportErrorAndContinue(
         {ErrorKind::kMisuse, "PoolManager::ThreadCache::Allocate",
          absl::StrCat(lost, " free blocks of ", ClassSize(cls),
                       " B were missing from their page's free list (a block "
@@ -610,8 +612,8 @@ void PoolManager::ReportBadFree(const BadFree& bad) const {
     case Misuse::kNone:
       return;
   }
-  ReportError({ErrorKind::kMisuse, "PoolManager::ThreadCache::Free",
-               std::move(message), size, size, absl::OkStatus()});
+  ReportErrorAndContinue({ErrorKind::kMisuse, "PoolManager::ThreadCache::Free",
+                          std::move(message), size, size, absl::OkStatus()});
 }
 
 size_t PoolManager::ReleaseEmptyPages(size_t keep_per_class) {

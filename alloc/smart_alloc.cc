@@ -606,16 +606,17 @@ void SmartAlloc::CheckCanaries(const char* where, AllocKind kind,
   if (before == kCanary && after == kCanary) return;
   const bool overflow = after != kCanary;
   std::string stack = tracker_.SiteStack(site);
-  ReportError({ErrorKind::kMisuse, where,
-               absl::StrCat("buffer ", overflow ? "overflow" : "underflow",
-                            ": the ", AllocKindName(kind), " allocation of ",
-                            size, " bytes under tag '", tags_.Path(tag),
-                            "' made in frame ", frame, " was written ",
-                            overflow ? "past its end" : "before its start",
-                            absl::StrFormat(" (canary reads 0x%016x)",
-                                            overflow ? after : before),
-                            stack.empty() ? "" : "; allocated at:\n", stack),
-               size, 0, absl::OkStatus()});
+  ReportErrorAndContinue(
+      {ErrorKind::kMisuse, where,
+       absl::StrCat("buffer ", overflow ? "overflow" : "underflow", ": the ",
+                    AllocKindName(kind), " allocation of ", size,
+                    " bytes under tag '", tags_.Path(tag), "' made in frame ",
+                    frame, " was written ",
+                    overflow ? "past its end" : "before its start",
+                    absl::StrFormat(" (canary reads 0x%016x)",
+                                    overflow ? after : before),
+                    stack.empty() ? "" : "; allocated at:\n", stack),
+       size, 0, absl::OkStatus()});
 }
 
 void* SmartAlloc::Refused(const char* where, size_t size, size_t alignment,
@@ -690,16 +691,17 @@ void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size,
   if (config_.debug.track_allocations) {
     absl::StatusOr<AllocationRecord> record = tracker_.Remove(p);
     if (!record.ok()) {
-      ReportError({ErrorKind::kMisuse, "SmartAlloc::pool_free",
-                   absl::StrFormat("pool free of %p (%zu bytes): a double "
-                                   "free, or a pointer the pool never gave "
-                                   "out; ignored",
-                                   p, size),
-                   size, alignment, absl::OkStatus()});
+      ReportErrorAndContinue(
+          {ErrorKind::kMisuse, "SmartAlloc::pool_free",
+           absl::StrFormat("pool free of %p (%zu bytes): a double "
+                           "free, or a pointer the pool never gave "
+                           "out; ignored",
+                           p, size),
+           size, alignment, absl::OkStatus()});
       return;
     }
     if (record->size != size || record->alignment != alignment) {
-      ReportError(
+      ReportErrorAndContinue(
           {ErrorKind::kMisuse, "SmartAlloc::pool_free",
            absl::StrCat("pool free with the wrong size: allocated ",
                         record->size, " bytes (alignment ", record->alignment,
@@ -737,11 +739,12 @@ void SmartAlloc::PoolDeallocateSlow(void* p, int cls, size_t size,
       tag = charge.tag;
       if (charge.size != size) {
         // (With tracking on, the record already corrected the size.)
-        ReportError({ErrorKind::kMisuse, "SmartAlloc::pool_free",
-                     absl::StrCat("pool free with the wrong size: allocated ",
-                                  charge.size, " bytes, freed as ", size,
-                                  " bytes; freed as allocated"),
-                     size, alignment, absl::OkStatus()});
+        ReportErrorAndContinue(
+            {ErrorKind::kMisuse, "SmartAlloc::pool_free",
+             absl::StrCat("pool free with the wrong size: allocated ",
+                          charge.size, " bytes, freed as ", size,
+                          " bytes; freed as allocated"),
+             size, alignment, absl::OkStatus()});
         size = charge.size;
         cls = PoolManager::ClassFor(size, alignment);
       }
@@ -828,7 +831,7 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
     absl::StatusOr<AllocationRecord> record =
         tracker_.Remove(p, AllocKind::kHeap);
     if (!record.ok()) {
-      ReportError(
+      ReportErrorAndContinue(
           {ErrorKind::kMisuse, "SmartAlloc::heap_free",
            absl::IsFailedPrecondition(record.status())
                // A pool block: it stays the pool's (and tracked).
@@ -851,20 +854,22 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
     frame = record->frame;
     site = record->site;
     if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
-      ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
-                   absl::StrCat("buffer underflow: the heap allocation of ",
-                                h.size, " bytes under tag '", tags_.Path(h.tag),
-                                "' made in frame ", frame,
-                                " was written before its start (its header "
-                                "is overwritten)"),
-                   h.size, 0, absl::OkStatus()});
+      ReportErrorAndContinue(
+          {ErrorKind::kMisuse, "SmartAlloc::heap_free",
+           absl::StrCat("buffer underflow: the heap allocation of ", h.size,
+                        " bytes under tag '", tags_.Path(h.tag),
+                        "' made in frame ", frame,
+                        " was written before its start (its header "
+                        "is overwritten)"),
+           h.size, 0, absl::OkStatus()});
     }
   } else {
     if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
-      ReportError({ErrorKind::kMisuse, "SmartAlloc::heap_free",
-                   "heap_free of a pointer heap_alloc never returned (or "
-                   "freed twice, or its header was overwritten); ignored",
-                   0, 0, absl::OkStatus()});
+      ReportErrorAndContinue(
+          {ErrorKind::kMisuse, "SmartAlloc::heap_free",
+           "heap_free of a pointer heap_alloc never returned (or "
+           "freed twice, or its header was overwritten); ignored",
+           0, 0, absl::OkStatus()});
       return;
     }
     h = *header;
@@ -899,7 +904,7 @@ void SmartAlloc::PushTag(absl::string_view name) {
   absl::StatusOr<TagId> child = tags_.Child(ts.tag, name);
   ts.tag_stack.push_back(ts.tag);
   if (!child.ok()) {
-    ReportError(
+    ReportErrorAndContinue(
         {ErrorKind::kInvalidArgument, "SmartAlloc::with_tag",
          absl::StrCat(child.status().message(), "; allocations stay under '",
                       tags_.Path(ts.tag), "'"),
@@ -926,12 +931,13 @@ TagScope::TagScope(SmartAlloc& alloc, absl::string_view name) : alloc_(alloc) {
 TagScope::~TagScope() {
   alloc_internal::ThreadState& ts = alloc_.local();
   if (ts.tag != tag_) {
-    ReportError({ErrorKind::kMisuse, "TagScope::~TagScope",
-                 absl::StrCat("tag scope '", alloc_.tags_.Path(tag_),
-                              "' closed while '", alloc_.tags_.Path(ts.tag),
-                              "' is current: scopes must close in reverse "
-                              "order"),
-                 0, 0, absl::OkStatus()});
+    ReportErrorAndContinue(
+        {ErrorKind::kMisuse, "TagScope::~TagScope",
+         absl::StrCat("tag scope '", alloc_.tags_.Path(tag_),
+                      "' closed while '", alloc_.tags_.Path(ts.tag),
+                      "' is current: scopes must close in reverse "
+                      "order"),
+         0, 0, absl::OkStatus()});
   }
   alloc_.PopTag();
 }

@@ -611,10 +611,11 @@ class NodeObserver final : public tbb::task_scheduler_observer {
         jobs_internal::tls_saved_binding = *std::move(previous);
       } else if (!bound.ok() &&
                  !failure_reported_.exchange(true, std::memory_order_relaxed)) {
-        ReportError(Report(ErrorKind::kMisuse, "jobs::Runtime",
-                           absl::StrCat("cannot pin a worker to node ", node_,
-                                        ": ", bound.ToString(),
-                                        "; it runs unpinned (reported once)")));
+        ReportErrorAndContinue(
+            Report(ErrorKind::kMisuse, "jobs::Runtime",
+                   absl::StrCat("cannot pin a worker to node ", node_, ": ",
+                                bound.ToString(),
+                                "; it runs unpinned (reported once)")));
       }
     }
     TsanRelease(this);  // For the destructor, after observe(false).

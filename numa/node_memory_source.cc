@@ -307,10 +307,11 @@ bool NodeMemorySource::DoDeallocate(const Block& block) {
                            " (was the block from this source?)");
   }
   if (!problem.empty()) {
-    ReportError({ErrorKind::kMisuse, "NodeMemorySource::Deallocate",
-                 absl::StrCat(name_, " source: block of ", block.size,
-                              " bytes at 0x", absl::Hex(address), " ", problem),
-                 block.size, block.alignment, absl::OkStatus()});
+    ReportErrorAndContinue(
+        {ErrorKind::kMisuse, "NodeMemorySource::Deallocate",
+         absl::StrCat(name_, " source: block of ", block.size, " bytes at 0x",
+                      absl::Hex(address), " ", problem),
+         block.size, block.alignment, absl::OkStatus()});
     return false;
   }
   return true;
