@@ -4,10 +4,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "alloc/internal/no_unwind.h"
 
 namespace framealloc {
 
@@ -217,19 +217,11 @@ void BudgetManager::Emit(const AllocEvent& event) {
   (event.kind == AllocEventKind::kBudgetWarning ? warnings_ : refusals_)
       .fetch_add(1, std::memory_order_relaxed);
   if (!callback_) return;
-#if defined(__cpp_exceptions)
   // Charges are taken or given back around this call: an exception must
   // not leave one half done.
-  try {
-    callback_(event);
-  } catch (...) {
-    std::fprintf(stderr,
-                 "framealloc: an AllocConfig::on_event callback threw; the "
-                 "exception is dropped\n");
-  }
-#else
-  callback_(event);
-#endif
+  alloc_internal::CallDroppingExceptions("an AllocConfig::on_event callback",
+                                         "a budget charge or release",
+                                         [&] { callback_(event); });
 }
 
 std::vector<BudgetManager::Use> BudgetManager::Uses() const {

@@ -7,6 +7,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "alloc/internal/mutex.h"
+#include "alloc/internal/no_unwind.h"
 
 namespace framealloc {
 namespace {
@@ -95,18 +96,10 @@ std::string FormatErrorReport(const ErrorReport& report) {
 void ReportError(const ErrorReport& report) { CallHandler(report); }
 
 void ReportErrorAndContinue(const ErrorReport& report) noexcept {
-#if defined(__cpp_exceptions)
-  try {
-    CallHandler(report);
-  } catch (...) {
-    std::fprintf(stderr,
-                 "framealloc: the error handler threw from a report made in "
-                 "%.*s, which cannot unwind; the exception is dropped\n",
-                 static_cast<int>(report.where.size()), report.where.data());
-  }
-#else
-  CallHandler(report);
-#endif
+  alloc_internal::CallDroppingExceptions(
+      "the error handler",
+      std::string_view(report.where.data(), report.where.size()),
+      [&report] { CallHandler(report); });
 }
 
 void ReportFatalError(const ErrorReport& report) {

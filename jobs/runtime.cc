@@ -2218,6 +2218,13 @@ absl::Status Runtime::ParallelForImpl(
   // One counter for every range, the caller's own included, so that it
   // keeps the failure that happened first, whichever node it was on.
   JobCounter counter;
+  // A range that finds the caller cancelled: the ranges not started yet
+  // are refused (and counted) as cancelled; this one returns at once (and
+  // counts as a job that ran, as one that polls cancel_requested() does).
+  auto skip = [&counter, &skipped] {
+    counter.Cancel();
+    skipped.store(true, std::memory_order_relaxed);
+  };
   const NodeRange* mine = nullptr;
   for (const NodeRange& r : partition.ranges()) {
     if (r.empty()) continue;
@@ -2226,14 +2233,9 @@ absl::Status Runtime::ParallelForImpl(
       continue;
     }
     absl::Status s = Spawn(
-        [body, r, grain, caller, cancelled, &skipped,
-         &counter](JobContext& ctx) {
+        [body, r, grain, caller, cancelled, skip](JobContext& ctx) {
           if (cancelled()) {
-            // The ranges not started yet are refused (and counted) as
-            // cancelled; this one, running, returns at once (and counts as
-            // a job that ran, as one that polls cancel_requested() does).
-            counter.Cancel();
-            skipped.store(true, std::memory_order_relaxed);
+            skip();
             return;
           }
           ctx.cancel_parent_ = caller;
@@ -2254,8 +2256,7 @@ absl::Status Runtime::ParallelForImpl(
     // into the counter at the time it happens.
     counter.Add();
     if (cancelled()) {
-      counter.Cancel();
-      skipped.store(true, std::memory_order_relaxed);
+      skip();
       counter.FinishOk();
     } else {
       std::unique_ptr<JobFailure> failure;
