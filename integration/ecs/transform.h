@@ -27,7 +27,7 @@
 //   (void)order.Update(tf);
 //   FrameColumn<Mat4, ArenaMemory> world;
 //   (void)ComputeWorldTransforms<ArenaMemory>(tf, order, exec, &world);
-//   Vec3 p = world[order.PositionOf(tf, child)].Translation();  // (1, 1, 0)
+//   Vec3 p = world[*order.PositionOf(tf, child)].Translation();  // (1, 1, 0)
 #ifndef INTEGRATION_ECS_TRANSFORM_H_
 #define INTEGRATION_ECS_TRANSFORM_H_
 
