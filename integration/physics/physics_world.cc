@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <memory>
 #include <new>
 #include <random>
@@ -578,16 +579,43 @@ struct PhysicsStepper {
     }
   }
 
-  static void RunSerial(PhysicsWorld& w, const M& mem) {
-    for (size_t b = 0; b < w.blocks_; ++b) RunBlock(w, mem, b);
-    for (int s = 0; s < w.slabs_; ++s) RunSlab(w, mem, s);
-    for (int k = 0; k < w.config_.iterations; ++k) {
-      for (int parity = 0; parity < 2; ++parity) {
-        for (int s = parity; s < w.slabs_; s += 2) Solve(w, s, k == 0);
+  // The frame data of a failed frame: slabs whose last step did not run,
+  // and every block.
+  static void DropFrame(PhysicsWorld& w) {
+    for (int s = 0; s < w.slabs_; ++s) {
+      if (w.slab_frames_[s] != nullptr) {
+        M::template Destroy<Slab>(w.slab_frames_[s]);
+        w.slab_frames_[s] = nullptr;
       }
     }
-    for (int s = 0; s < w.slabs_; ++s) Finish(w, s);
     FreeBlocks(w);
+  }
+
+  // An exception (std::bad_alloc from the heap, or an arena's out-of-memory
+  // report whose error handler throws) becomes the step's Unknown status,
+  // as a job's does on the runtime, and the frame's data is freed: the heap
+  // variant's blocks and slabs are owned only by the type-erased tables.
+  // No cost when nothing throws (table-based unwinding).
+  static absl::Status RunSerial(PhysicsWorld& w, const M& mem) {
+    try {
+      for (size_t b = 0; b < w.blocks_; ++b) RunBlock(w, mem, b);
+      for (int s = 0; s < w.slabs_; ++s) RunSlab(w, mem, s);
+      for (int k = 0; k < w.config_.iterations; ++k) {
+        for (int parity = 0; parity < 2; ++parity) {
+          for (int s = parity; s < w.slabs_; s += 2) Solve(w, s, k == 0);
+        }
+      }
+      for (int s = 0; s < w.slabs_; ++s) Finish(w, s);
+    } catch (const std::exception& e) {
+      DropFrame(w);
+      return absl::UnknownError(
+          absl::StrCat("PhysicsWorld::Step threw: ", e.what()));
+    } catch (...) {
+      DropFrame(w);
+      return absl::UnknownError("PhysicsWorld::Step threw a non-std exception");
+    }
+    FreeBlocks(w);
+    return absl::OkStatus();
   }
 
   static M MemoryOf(jobs::JobContext& ctx) {
@@ -863,15 +891,10 @@ struct PhysicsStepper {
           "PhysicsWorld: the frame's slab jobs finished with steps left");
     }
     if (!status.ok()) {
-      // Frame data of slabs whose last step did not run.
-      for (int s = 0; s < w.slabs_; ++s) {
-        if (w.slab_frames_[s] != nullptr) {
-          M::template Destroy<Slab>(w.slab_frames_[s]);
-          w.slab_frames_[s] = nullptr;
-        }
-      }
+      DropFrame(w);
+    } else {
+      FreeBlocks(w);
     }
-    FreeBlocks(w);
     return status;
   }
 };
@@ -1033,10 +1056,13 @@ absl::Status PhysicsWorld::Step(const StepOptions& options) {
             "StepOptions.arena must be set for Memory::kArena without a "
             "runtime");
       }
-      PhysicsStepper<ArenaMemory>::RunSerial(*this, ArenaMemory{options.arena});
-    } else {
-      PhysicsStepper<HeapMemory>::RunSerial(*this, HeapMemory{});
     }
+    absl::Status status =
+        options.memory == Memory::kArena
+            ? PhysicsStepper<ArenaMemory>::RunSerial(*this,
+                                                     ArenaMemory{options.arena})
+            : PhysicsStepper<HeapMemory>::RunSerial(*this, HeapMemory{});
+    if (!status.ok()) return status;
   } else {
     if (options.memory == Memory::kArena && !options.runtime->frame_open()) {
       return absl::FailedPreconditionError(

@@ -49,7 +49,9 @@
 //
 // Thread safety: one thread calls the methods of a world; Step may run jobs.
 // Errors: Create returns InvalidArgument naming a bad PhysicsConfig field;
-// Step returns InvalidArgument for a missing arena, or a job's failure.
+// Step returns InvalidArgument for a missing arena, or a job's failure; an
+// exception inside a step, serial or not, is returned as Unknown, never
+// thrown (see Step).
 //
 // Example:
 //   auto world = PhysicsWorld::Create(PhysicsConfig().set_bodies(4096));
@@ -223,7 +225,14 @@ class PhysicsWorld {
   PhysicsWorld& operator=(const PhysicsWorld&) = delete;
 
   // Advances one frame (dt). InvalidArgument for kArena without an arena
-  // serially; on the runtime, the first failure of the frame's jobs.
+  // serially; on the runtime, the first failure of the frame's jobs (a
+  // job's exception: Unknown with its text). Serially an exception thrown
+  // inside the step (std::bad_alloc from the heap, an arena's out-of-memory
+  // report whose error handler throws) is caught in the same way: Step
+  // returns Unknown with its text. Either way the failed frame's data is
+  // freed and the world can step again; bodies whose slab finished before
+  // the failure have moved (none has when the frame arena failed: every
+  // arena allocation comes before the first slab finishes).
   absl::Status Step(const StepOptions& options);
 
   // Kinetic (linear and rotational) plus potential energy (height above the
