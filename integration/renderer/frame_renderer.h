@@ -29,7 +29,8 @@
 // whose frame the GPU has not consumed, consuming a frame not submitted,
 // recording without BeginFrame), InvalidArgument for a scene whose size
 // changed or an executor with more lanes than the renderer was made for;
-// job failures are passed on.
+// job failures (a job's exception is Unknown with its text) are passed on,
+// and a frame whose recording failed is abandoned (see Record).
 //
 // Example (one thread, arena memory):
 //   auto r = FrameRenderer<ArenaMemory>::Create(/*lanes=*/1, scene.size());
@@ -135,7 +136,13 @@ class FrameRenderer {
     return absl::OkStatus();
   }
 
-  // Culls, builds and sorts the current frame's draws.
+  // Culls, builds and sorts the current frame's draws. If a recording job
+  // fails (a block's work threw, e.g. an out-of-memory report whose error
+  // handler throws or std::bad_alloc: Unknown with its text; or the
+  // executor refused a job), Record returns that failure and abandons the
+  // frame: its draws are dropped and its slot freed; Submit and Consume
+  // refuse it, and the next call is BeginFrame(frame + 1). Input errors
+  // (FailedPrecondition, InvalidArgument) leave the frame open to record.
   absl::Status Record(const FrameExecutor& exec, const SceneObjects& scene,
                       const Frustum& frustum) {
     if (!recording_) {
@@ -211,7 +218,7 @@ class FrameRenderer {
       slot.owners[b].emplace(std::move(owners));
       runs_[b].emplace(std::move(run));
     });
-    if (!s.ok()) return s;
+    if (!s.ok()) return Abandon(slot, s);
 
     // 2. Merge the runs by key ranges: splitters from a sample of every
     //    run, then each range's pieces copied and sorted in parallel.
@@ -263,7 +270,7 @@ class FrameRenderer {
       }
       std::sort(out.data() + offsets[p], out.data() + offsets[p + 1]);
     });
-    if (!s.ok()) return s;
+    if (!s.ok()) return Abandon(slot, s);
 
     RecordStats stats;
     stats.frame = frame;
@@ -438,11 +445,29 @@ class FrameRenderer {
         slot.owners.size(),
         [&slot](const Lane&, size_t b) { slot.owners[b].reset(); });
     if (!s.ok()) return s;
+    ClearSlot(slot);
+    return absl::OkStatus();
+  }
+
+  // What remains of a slot once its draws are gone: the sorted list, then
+  // the slot's arenas as a whole.
+  void ClearSlot(Slot& slot) {
     slot.submitted.reset();
     for (auto& arena : slot.lanes) arena->Reset();
     slot.state = SlotState::kFree;
     slot.stats = RecordStats();
-    return absl::OkStatus();
+  }
+
+  // A recording job failed (`failure`): the frame is dropped here, on this
+  // thread, so that nothing of it is left half built and the next frame
+  // can begin (otherwise BeginFrame would refuse every later frame, the
+  // failed one being still "recorded", and Submit would refuse it).
+  absl::Status Abandon(Slot& slot, absl::Status failure) {
+    for (auto& run : runs_) run.reset();
+    for (auto& owners : slot.owners) owners.reset();
+    ClearSlot(slot);
+    recording_ = false;
+    return failure;
   }
 
   const int lanes_;

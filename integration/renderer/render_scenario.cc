@@ -90,12 +90,18 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
   absl::StatusOr<Frustum> frustum = Frustum::FromCamera(CameraAt(frame));
   if (!frustum.ok()) return frustum.status();
   if (s = r.BeginFrame(frame, exec); !s.ok()) return s;
+  // The frame number is spent from here: if the recording fails, the
+  // renderer abandons the frame (FrameRenderer::Record) and the next Step
+  // records frame + 1, with no frame for the GPU to read.
+  ++frame_;
+  const bool consume = previous_submitted_;
+  previous_submitted_ = false;
 
   // The GPU reads frame - 1 while this frame is recorded: a job next to the
   // recording jobs on a runtime; afterwards on one thread.
   std::optional<absl::StatusOr<GpuResult>> gpu;
   jobs::JobHandle<absl::StatusOr<GpuResult>> gpu_job;
-  if (frame > 0 && exec.runtime() != nullptr) {
+  if (consume && exec.runtime() != nullptr) {
     gpu_job =
         exec.runtime()->Submit([&r, frame] { return r.Consume(frame - 1); },
                                jobs::SubmitOptions().named("gpu"));
@@ -105,7 +111,7 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
     absl::Status waited = gpu_job.Wait();
     if (!waited.ok()) return waited;
     gpu.emplace(std::move(gpu_job.value()));
-  } else if (frame > 0) {
+  } else if (consume) {
     gpu.emplace(r.Consume(frame - 1));
   }
   if (!s.ok()) return s;
@@ -125,7 +131,7 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
   own_.allocations = static_cast<int64_t>(r.slot_arena_allocations(slot));
   own_.bytes = r.slot_arena_requested_bytes(slot);
   if (s = r.Submit(); !s.ok()) return s;
-  ++frame_;
+  previous_submitted_ = true;
   return absl::OkStatus();
 }
 

@@ -20,7 +20,9 @@
 // Thread safety: as sim::Scenario.
 // Errors: Init: InvalidArgument for a size above kMaxObjects or an
 // environment that does not match the variant; Step: the same, a variant
-// other than Init's, renderer misuse, job failures.
+// other than Init's, renderer misuse, job failures. A Step whose recording
+// failed (a job threw: Unknown) skips its frame; the next Step records the
+// frame after it.
 //
 // Example:
 //   auto scenario = framealloc::integration::RenderScenario().create();
@@ -89,6 +91,8 @@ class RenderSimulation final : public sim::Scenario {
   std::unique_ptr<FrameRenderer<HeapMemory>> heap_;
   std::unique_ptr<FrameRenderer<ArenaMemory>> arena_;
   uint64_t frame_ = 0;
+  // Frame frame_ - 1 was submitted (not abandoned): the GPU reads it next.
+  bool previous_submitted_ = false;
   uint64_t digest_ = 0;
   uint64_t draws_ = 0;
   RenderFrameStats last_;

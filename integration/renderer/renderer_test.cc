@@ -8,12 +8,15 @@
 #include <cstring>
 #include <memory>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "alloc/chunk_cache.h"
+#include "alloc/error.h"
 #include "alloc/frame_arena.h"
+#include "alloc/internal/test_util.h"
 #include "alloc/memory_source.h"
 #include "benchmarks/scenario.h"
 #include "gtest/gtest.h"
@@ -308,6 +311,117 @@ TEST(FrameRendererMisuseTest, OutOfOrderCallsAreClearStatuses) {
   EXPECT_NE(size.message().find("50 objects"), std::string::npos) << size;
   EXPECT_EQ(r->Consume(0).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+void ThrowingHandler(const ErrorReport& report, void*) {
+  throw std::runtime_error(report.message);
+}
+
+// A frame arena whose source refuses every chunk, with an executor on it:
+// under a throwing error handler, the first temporary a recording block
+// takes throws out of the block.
+struct DryArena {
+  DryArena() { source.FailNext(-1); }
+  alloc_internal::FailingSource source;
+  ChunkCache cache{&source};
+  FrameArena arena{&cache};
+  FrameExecutor exec = FrameExecutor::Sequential(&arena);
+};
+
+// Regression (review): a Record whose job failed left the frame "being
+// recorded" for good: Submit refused it (not recorded) and BeginFrame
+// refused every later frame ("frame 1 is being recorded; Submit it
+// first"), so one failure stopped the renderer.
+TEST(FrameRendererFailureTest, AFailedRecordingAbandonsItsFrameOnly) {
+  absl::StatusOr<SceneObjects> scene = MakeScene(3000, 7, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const FrameExecutor exec = FrameExecutor::Sequential(&arena);
+  auto frustum = [](uint64_t f) {
+    return *Frustum::FromCamera(RenderSimulation::CameraAt(f));
+  };
+  // What frame 2 looks like to the GPU when nothing failed.
+  uint64_t digest2 = 0;
+  {
+    auto ref = *FrameRenderer<ArenaMemory>::Create(1, scene->size());
+    for (uint64_t f = 0; f < 3; ++f) {
+      ASSERT_TRUE(ref->BeginFrame(f, exec).ok());
+      ASSERT_TRUE(ref->Record(exec, *scene, frustum(f)).ok());
+      ASSERT_TRUE(ref->Submit().ok());
+      if (f > 0) {
+        ASSERT_TRUE(ref->Consume(f - 1).ok());
+      }
+      arena.Reset();
+    }
+    digest2 = ref->Consume(2)->digest;
+  }
+
+  auto r = *FrameRenderer<ArenaMemory>::Create(1, scene->size());
+  ASSERT_TRUE(r->BeginFrame(0, exec).ok());
+  ASSERT_TRUE(r->Record(exec, *scene, frustum(0)).ok());
+  ASSERT_TRUE(r->Submit().ok());
+  arena.Reset();
+
+  ASSERT_TRUE(r->BeginFrame(1, exec).ok());
+  {
+    DryArena dry;
+    ScopedErrorHandler throwing(&ThrowingHandler, nullptr);
+    const absl::Status failed = r->Record(dry.exec, *scene, frustum(1));
+    EXPECT_EQ(failed.code(), absl::StatusCode::kUnknown) << failed;
+    EXPECT_NE(failed.message().find("failing source"), std::string::npos)
+        << failed;
+  }
+  // Frame 1 is gone: nothing to submit or consume, its slot is free.
+  EXPECT_EQ(r->Submit().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r->Consume(1).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(r->slot_state(1), SlotState::kFree);
+  EXPECT_EQ(r->slot_arena_bytes(1), 0u);
+  EXPECT_TRUE(r->submitted(1).empty());
+  // Frame 0, in flight in the other slot, is untouched.
+  ASSERT_TRUE(r->Consume(0).ok());
+
+  // Frames 2 and 3 record as if nothing had happened.
+  const absl::Status begin2 = r->BeginFrame(2, exec);
+  ASSERT_TRUE(begin2.ok()) << begin2;
+  ASSERT_TRUE(r->Record(exec, *scene, frustum(2)).ok());
+  ASSERT_TRUE(r->Submit().ok());
+  arena.Reset();
+  ASSERT_TRUE(r->BeginFrame(3, exec).ok());
+  ASSERT_TRUE(r->Record(exec, *scene, frustum(3)).ok());
+  absl::StatusOr<GpuResult> gpu = r->Consume(2);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_EQ(gpu->digest, digest2);
+  ASSERT_TRUE(r->Submit().ok());
+  arena.Reset();
+}
+
+// The scenario over the renderer: a Step whose recording fails skips its
+// frame, and the following Steps run (the GPU reads only frames that were
+// submitted).
+TEST(FrameRendererFailureTest, TheScenarioStepsOnAfterAFailedFrame) {
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const sim::FrameEnv env{Variant::kArena, nullptr, &arena};
+  RenderSimulation s;
+  ASSERT_TRUE(s.Init({.seed = 3, .size = 3000}, env).ok());
+  ASSERT_TRUE(s.Step(env).ok());
+  arena.Reset();
+  {
+    DryArena dry;
+    ScopedErrorHandler throwing(&ThrowingHandler, nullptr);
+    const absl::Status failed = s.Step({Variant::kArena, nullptr, &dry.arena});
+    EXPECT_EQ(failed.code(), absl::StatusCode::kUnknown) << failed;
+  }
+  for (int f = 0; f < 3; ++f) {
+    const absl::Status step = s.Step(env);
+    EXPECT_TRUE(step.ok()) << "step " << f << " after the failure: " << step;
+    arena.Reset();
+  }
+  EXPECT_EQ(s.last_frame().recorded.frame, 4u);
+  ASSERT_TRUE(s.last_frame().gpu.has_value());
+  EXPECT_EQ(s.last_frame().gpu->frame, 3u);
 }
 
 TEST(InputTest, BadCamerasAndScenesNameTheField) {
