@@ -13,7 +13,9 @@
 
 #include "absl/status/status.h"
 #include "alloc/chunk_cache.h"
+#include "alloc/error.h"
 #include "alloc/frame_arena.h"
+#include "alloc/internal/test_util.h"
 #include "alloc/memory_source.h"
 #include "benchmarks/scenario.h"
 #include "gtest/gtest.h"
@@ -648,6 +650,77 @@ TEST(FrameExecutorTest, ABodysExceptionIsAnUnknownStatusOnEveryExecutor) {
     EXPECT_NE(s.message().find("block one"), std::string::npos) << s;
   }
   EXPECT_FALSE(rt->EndFrame().ok());  // The runtime's frame saw the failure.
+}
+
+// A body that throws on a runtime of two workers (one chunk, or every
+// chunk) after taking frame memory: the call returns Unknown without
+// waiting for anything that will not come, the frame ends (EndFrame reports
+// the failure) with every worker arena reset, and the next frame's calls
+// run every chunk once.
+TEST(FrameExecutorTest, AThrowingBodyLeavesTheRuntimeReadyForTheNextFrame) {
+  auto rt = ExecutorRuntime(nullptr, 2);
+  ASSERT_NE(rt, nullptr);
+  const FrameExecutor exec = FrameExecutor::OnRuntime(rt.get());
+  constexpr size_t kItems = 1000;
+  for (const bool every_chunk : {false, true}) {
+    SCOPED_TRACE(every_chunk ? "every chunk throws" : "one chunk throws");
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    absl::Status s =
+        exec.ForRange(kItems, 7, [&](const Lane& lane, size_t b, size_t) {
+          lane.arena->AllocateArray<double>(64);
+          if (every_chunk || b == 497) throw std::runtime_error("system");
+        });
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnknown) << s;
+    EXPECT_NE(s.message().find("system"), std::string::npos) << s;
+    EXPECT_FALSE(rt->EndFrame().ok());
+
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    std::vector<std::atomic<int>> hits(kItems);
+    std::atomic<size_t> bytes_at_start{0};
+    s = exec.ForRange(kItems, 7, [&](const Lane& lane, size_t b, size_t e) {
+      bytes_at_start.fetch_add(lane.arena->stats().bytes_used);
+      for (size_t i = b; i < e; ++i) hits[i].fetch_add(1);
+    });
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(bytes_at_start.load(), 0u);  // The failed frame's memory went.
+    for (size_t i = 0; i < kItems; ++i) ASSERT_EQ(hits[i].load(), 1) << i;
+    EXPECT_TRUE(rt->EndFrame().ok());
+  }
+}
+
+void ThrowingHandler(const ErrorReport& report, void*) {
+  throw std::runtime_error(report.message);
+}
+
+// A frame whose memory runs out with a throwing error handler (the world
+// column's allocation throws out of its body): Step returns Unknown and
+// the scenario steps on, its per-frame results rebuilt from scratch.
+TEST(EcsScenarioTest, AFailedFrameLeavesTheScenarioSteppable) {
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const sim::FrameEnv env{Variant::kArena, nullptr, &arena};
+  EcsSimulation s;
+  ASSERT_TRUE(s.Init({.seed = 4, .size = 5000}, env).ok());
+  ASSERT_TRUE(s.Step(env).ok());
+  arena.Reset();
+  {
+    alloc_internal::FailingSource dry;
+    dry.FailNext(-1);
+    ChunkCache dry_cache(&dry);
+    FrameArena dry_arena(&dry_cache);
+    ScopedErrorHandler throwing(&ThrowingHandler, nullptr);
+    const absl::Status failed = s.Step({Variant::kArena, nullptr, &dry_arena});
+    EXPECT_EQ(failed.code(), absl::StatusCode::kUnknown) << failed;
+    EXPECT_NE(failed.message().find("failing source"), std::string::npos)
+        << failed;
+  }
+  for (int f = 0; f < 3; ++f) {
+    const absl::Status step = s.Step(env);
+    EXPECT_TRUE(step.ok()) << "step " << f << " after the failure: " << step;
+    arena.Reset();
+  }
+  EXPECT_EQ(s.last_frame().frame, 3u);
+  EXPECT_EQ(s.last_frame().entities, 5000u);
 }
 
 TEST(FrameExecutorTest, ForRangeRunsEveryChunkOnceOnAnyLayout) {
