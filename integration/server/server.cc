@@ -455,14 +455,19 @@ void Server::Handle(const httplib::Request& req, httplib::Response& res,
   size_t peak = 0;
   {
     RequestArena request(arena, options_.request_budget_bytes);
-    if (options_.on_request_start) options_.on_request_start(req.path);
+    // The hook too, and exceptions of any type: one that left here would
+    // reach cpp-httplib (a bare 500) past the accounting below, and the
+    // request would count as in flight for good.
     try {
+      if (options_.on_request_start) options_.on_request_start(req.path);
       body = work(req, request);
     } catch (const std::bad_alloc&) {
       // BudgetExceeded from a pmr container, or the heap itself.
       body = request.BudgetError(absl::StrCat("handling ", req.path));
     } catch (const std::exception& e) {
       body = absl::InternalError(absl::StrCat("handler failed: ", e.what()));
+    } catch (...) {
+      body = absl::InternalError("handler failed: a non-std exception");
     }
     peak = request.peak_bytes();
   }  // The request's memory goes back here, whole.

@@ -105,7 +105,9 @@ struct ServerOptions {
   int keep_alive_max_count = 100;
   int keep_alive_timeout_seconds = 2;  // >= 1 (see Validate).
   // Called by every request's handler after its arena is set up and before
-  // the work: lets tests hold a request in flight. Empty in production.
+  // the work: lets tests hold a request in flight. Empty in production. If
+  // it throws, the request is answered 500 naming the exception, as a
+  // handler's own exception is.
   std::function<void(absl::string_view path)> on_request_start;
 
   ServerOptions& set_address(std::string a) {

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -331,6 +332,38 @@ TEST_P(ServerTest, StopFinishesTheRequestInFlight) {
   // ...which was answered in full.
   ASSERT_EQ(in_flight_status, 200) << "the request in flight got no answer";
   EXPECT_EQ(json::parse(in_flight_body)["particles"], 300);
+}
+
+// A request hook (ServerOptions::on_request_start) that throws, a std
+// exception or another kind: the request is answered 500 with a body that
+// says why, the server keeps serving, and the counters balance (no request
+// left "in flight").
+TEST_P(ServerTest, AThrowingRequestHookIsA500AndTheCountersBalance) {
+  auto server =
+      StartServer(Options().set_on_request_start([](absl::string_view path) {
+        if (path == "/simulate") throw std::runtime_error("hook refused");
+        if (path == "/aggregate") throw 42;
+      }));
+  ASSERT_NE(server, nullptr);
+  auto client = ClientOf(*server);
+  auto simulate = client.Get("/simulate?particles=100");
+  ASSERT_TRUE(simulate);
+  EXPECT_EQ(simulate->status, 500);
+  EXPECT_NE(simulate->body.find("hook refused"), std::string::npos)
+      << simulate->body;
+  auto aggregate = client.Post("/aggregate", "[1,2]", "application/json");
+  ASSERT_TRUE(aggregate);
+  EXPECT_EQ(aggregate->status, 500);
+  EXPECT_NE(aggregate->body.find("non-std exception"), std::string::npos)
+      << aggregate->body;
+  auto health = client.Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  const Server::Counters c = server->counters();
+  EXPECT_EQ(c.in_flight, 0u);
+  EXPECT_EQ(c.requests, 3u);
+  EXPECT_EQ(c.status_5xx, 2u);
+  EXPECT_EQ(c.not_released, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Pools, ServerTest,
