@@ -1423,7 +1423,8 @@ struct Runtime::ThiefTask {
 
 // The scheduling reference of `record` (if any) moves to the token; under
 // kWhenIdle to the node's queue, and the token takes a reference of its own
-// (see RunToken).
+// (see RunToken). A token with no record (kWhenIdle: RunQueuedToken) runs
+// the first job in the queue that nobody has claimed.
 void Runtime::PostToken(int node_index, JobRecord* record) {
   Node& node = *nodes_[node_index];
   if (config_.stealing == StealPolicy::kWhenIdle && record != nullptr) {
@@ -1471,9 +1472,12 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
     }
   } token{this, node_index, record};
   WorkerSlot* here = CurrentSlot();
-  if (here != nullptr && here->node == node_index) {
+  if (record != nullptr && here != nullptr && here->node == node_index) {
     node.group.run(token);  // Local deque: LIFO here, stolen FIFO.
   } else {
+    // Enqueued tasks carry no isolated region: a token with no record,
+    // posted from inside a job's wait, must not stay in that wait's region,
+    // where it would run nothing (RunQueuedToken).
     node.arena.enqueue(node.group.defer(token));
   }
 }
@@ -1508,7 +1512,8 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
 // has claimed (oldest first, as the thieves take them). A token run inside
 // a job's wait (its worker's depth > 0: TBB gives that wait only tasks of
 // the job's isolated region, so this is the token of a job the waiting job
-// submitted) runs its own job or nothing: never an unrelated job nested in
+// submitted) runs its own job or, if that is claimed already, passes its
+// turn on to a token outside the wait: never an unrelated job nested in
 // the waiting one, which could take the place of the waited-for child and
 // leave it queued with its token outside the region (a one-worker node
 // would then wait for good). Its queue entry stays, claimed and no longer
@@ -1516,7 +1521,16 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
 void Runtime::RunQueuedToken(Node& node, WorkerSlot* slot, JobRecord* own) {
   if (slot != nullptr && slot->depth > 0) {
     if (own != nullptr) {
-      if (Claim(own)) Execute(own, slot, /*stolen=*/false, false);
+      if (Claim(own)) {
+        Execute(own, slot, /*stolen=*/false, false);
+      } else {
+        // Claimed elsewhere: perhaps by a token at the top of a worker
+        // that took it from the queue as the oldest entry, leaving its own
+        // job queued with this token as the one left to run it. Pass the
+        // turn on to a token outside this wait (one too many if the job
+        // was run inline, stolen or cancelled: it then finds nothing).
+        PostToken(node.index, nullptr);
+      }
       Release(own);
     }
     TsanRelease(&node);  // For Shutdown's drain.

@@ -1795,6 +1795,70 @@ TEST(RuntimeStealTest, ANodeStillStealsAfterAJobWaitedOnItsChild) {
       << "node 0 sat idle while node 1 had a backlog";
 }
 
+// Regression (found by runtime_model_test, seed 1606211016): under
+// kWhenIdle a token at the top of a worker runs the oldest queued job,
+// which may be the child another job is about to wait for; that child's
+// own token, run inside the wait, then found its job taken and ran
+// nothing, and the job of the first token stayed queued with no token left
+// to run it (its waits, EndFrame and Shutdown hung). Here worker B runs
+// Y's token (Y was submitted after the child L) and takes L; P's wait on
+// worker A then meets L's token.
+TEST(RuntimeStealTest, AJobQueuedBehindAWaitedForChildStillRuns) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(2)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  Gate q_go, p_go;
+  std::atomic<bool> q_started{false}, p_started{false}, l_submitted{false},
+      l_started{false}, p_waiting{false}, y_submitted{false};
+  JobHandle<void> y;
+  // Q holds worker B, then submits Y: Y's token goes to B's own deque,
+  // which B runs first once Q returns.
+  auto q = rt->Submit(
+      [&](JobContext& ctx) {
+        q_started = true;
+        q_go.Pass();
+        y = ctx.runtime().Submit([] {}, SubmitOptions().on_node(0));
+        y_submitted = true;
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(Eventually([&] { return q_started.load(); }));
+  // P runs on worker A: submits its child L, then waits for it.
+  auto p = rt->Submit(
+      [&](JobContext& ctx) {
+        p_started = true;
+        JobCounter local;
+        auto l = ctx.runtime().Submit(
+            [&] {
+              l_started = true;
+              while (!p_waiting) std::this_thread::yield();
+              // Long enough for P's wait to run L's token meanwhile.
+              std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            },
+            SubmitOptions().on_node(0).with_counter(&local));
+        l_submitted = true;
+        p_go.Pass();
+        p_waiting = true;
+        return local.Wait().ok();
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(Eventually([&] { return p_started && l_submitted; }));
+  q_go.Open();  // Y queues behind L; B's token for Y takes L.
+  ASSERT_TRUE(Eventually([&] { return l_started.load(); }));
+  p_go.Open();
+  ASSERT_TRUE(p.Wait().ok());
+  EXPECT_TRUE(p.value());
+  ASSERT_TRUE(q.Wait().ok());
+  ASSERT_TRUE(y_submitted.load());
+  const bool ran = Eventually([&] { return y.done(); });
+  EXPECT_TRUE(ran) << "a queued job was left with no token to run it";
+  if (!ran) {
+    EXPECT_TRUE(y.Cancel());  // Lets Shutdown finish.
+  }
+  EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+}
+
 TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config()
