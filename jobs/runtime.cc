@@ -1749,11 +1749,24 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
       (record->counter != nullptr &&
        JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
        record->counter->cancelled())) {
-    Finish(record, jobs_internal::kCancelled,
-           absl::CancelledError(
-               absl::StrCat(JobName(record), " cancelled before it started")),
-           nullptr);
-    return;
+    // Back from kRunning to kCancelling, unless a JobRef::Cancel() found
+    // the job claimed and told its caller that it runs (kRunPromisedBit):
+    // then it runs, and sees the cancellation in cancel_requested().
+    // (Finished as cancelled from kRunning, such a job made Cancel()
+    // return false for a job that never ran:
+    // RuntimeCancelTest.CancelReturnsFalseOnlyForAJobThatRuns.)
+    uint32_t s = record->state.load(std::memory_order_acquire);
+    while ((s & jobs_internal::kRunPromisedBit) == 0) {
+      if (record->state.compare_exchange_weak(
+              s, (s & ~kStateMask) | jobs_internal::kCancelling,
+              std::memory_order_seq_cst, std::memory_order_acquire)) {
+        Finish(record, jobs_internal::kCancelled,
+               absl::CancelledError(absl::StrCat(
+                   JobName(record), " cancelled before it started")),
+               nullptr);
+        return;
+      }
+    }
   }
   RunInfo info;
   info.record = record;
@@ -1941,8 +1954,18 @@ bool JobRef::Cancel() {
     r->runtime->Finish(r, jobs_internal::kCancelled, std::move(why), nullptr);
     return true;
   }
-  // Lost the claim: true if another cancellation won it.
-  const uint32_t state = r->state.load(std::memory_order_acquire) & kStateMask;
+  // Lost the claim: true if another cancellation won it. A job claimed to
+  // run may still be cancelled by its claimer (its counter or the runtime
+  // was cancelled: Execute): the mark holds it to running, so that false
+  // means "it runs or ran".
+  uint32_t s = r->state.load(std::memory_order_acquire);
+  while ((s & kStateMask) == jobs_internal::kRunning &&
+         (s & jobs_internal::kRunPromisedBit) == 0 &&
+         !r->state.compare_exchange_weak(s, s | jobs_internal::kRunPromisedBit,
+                                         std::memory_order_seq_cst,
+                                         std::memory_order_acquire)) {
+  }
+  const uint32_t state = s & kStateMask;
   return state == jobs_internal::kCancelling ||
          state == jobs_internal::kCancelled;
 }

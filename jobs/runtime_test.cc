@@ -966,6 +966,61 @@ TEST(RuntimeCancelTest, CancellingARunningJobSignalsItAndItsChildren) {
   EXPECT_EQ(children_saw.load(), 2);
 }
 
+// Regression (found by runtime_model_test): a job that its worker claimed
+// and then cancelled (its counter was cancelled, or a kCancel Shutdown
+// began) was kRunning for a moment, and a JobRef::Cancel() in that moment
+// returned false, "it already runs or ran", for a job that never ran (its
+// value() is then a fatal error). Here the worker cancels a counter's jobs
+// one after another while this thread cancels their handles from the other
+// end: where the two meet, Cancel() found jobs in that moment. Now such a
+// job runs (and sees cancel_requested()): false means it runs.
+TEST(RuntimeCancelTest, CancelReturnsFalseOnlyForAJobThatRuns) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  constexpr int kJobs = 2000;
+  std::atomic<int> ran{0};
+  int returned_false = 0;
+  int false_but_cancelled = 0;
+  for (int round = 0; round < 20; ++round) {
+    Gate gate;
+    std::atomic<bool> blocking{false};
+    auto blocker = rt->Submit([&] {
+      blocking = true;
+      gate.Pass();
+    });
+    ASSERT_TRUE(Eventually([&] { return blocking.load(); }));
+    JobCounter counter;
+    std::vector<JobHandle<bool>> handles;
+    for (int i = 0; i < kJobs; ++i) {
+      handles.push_back(rt->Submit(
+          [&ran](JobContext& ctx) {
+            ran++;
+            return ctx.cancel_requested();
+          },
+          SubmitOptions().with_counter(&counter)));
+    }
+    counter.Cancel();
+    gate.Open();
+    for (int i = kJobs - 1; i >= 0; --i) {
+      if (!handles[i].Cancel()) {
+        ++returned_false;
+        if (absl::IsCancelled(handles[i].Wait())) {
+          ++false_but_cancelled;
+        } else {
+          EXPECT_TRUE(handles[i].Wait().ok());
+          EXPECT_TRUE(handles[i].value());  // It saw the cancellation.
+        }
+      }
+    }
+    EXPECT_TRUE(absl::IsCancelled(counter.Wait()));
+    EXPECT_TRUE(blocker.Wait().ok());
+  }
+  EXPECT_EQ(false_but_cancelled, 0)
+      << "Cancel() returned false for jobs that never ran";
+  EXPECT_EQ(ran.load(), returned_false);  // Only those, and all of them.
+}
+
 TEST(RuntimeCancelTest, CancellationStorm) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));

@@ -8,9 +8,10 @@
 // posted to a node) -> kRunning -> kDone | kFailed; or kWaiting/kQueued ->
 // kCancelling -> kCancelled. Exactly one thread wins the kQueued -> kRunning
 // claim: the node's token, another node's thief, or a waiter running the job
-// inline. Bit kWaiterBit marks a thread asleep on the state word (C++20
-// atomic::wait), so finishing a job only makes a system call when somebody
-// sleeps on it.
+// inline; it may still cancel the job (kRunning -> kCancelling) if its
+// counter or the runtime was cancelled, unless kRunPromisedBit is set. Bit
+// kWaiterBit marks a thread asleep on the state word (C++20 atomic::wait),
+// so finishing a job only makes a system call when somebody sleeps on it.
 #ifndef JOBS_INTERNAL_JOB_RECORD_H_
 #define JOBS_INTERNAL_JOB_RECORD_H_
 
@@ -34,7 +35,8 @@ enum JobState : uint32_t {
   kWaiting = 0,
   kQueued = 1,
   kRunning = 2,
-  // Claimed by a cancellation (from kWaiting or kQueued), not final yet:
+  // Claimed by a cancellation (from kWaiting or kQueued, or from kRunning
+  // by the claimer: see kRunPromisedBit), not final yet:
   // Finish still writes the status and then moves it to kCancelled. (Made
   // final by the claim itself, a waiter could read the status before it
   // was written: a TSan run saw Wait() return OK for a cancelled job.)
@@ -45,6 +47,9 @@ enum JobState : uint32_t {
 };
 inline constexpr uint32_t kStateMask = 0xff;
 inline constexpr uint32_t kWaiterBit = 0x100;
+// Set by a JobRef::Cancel that found the job kRunning and returned false
+// ("it runs"): the claimer may no longer cancel it.
+inline constexpr uint32_t kRunPromisedBit = 0x200;
 
 inline bool IsFinal(uint32_t word) { return (word & kStateMask) >= kDone; }
 
