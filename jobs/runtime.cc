@@ -57,6 +57,10 @@ struct alignas(64) WorkerSlot {
   // failed, cancelled): per slot so that finishing a job touches no shared
   // counter. Release: Shutdown's acquire sums see the jobs' effects.
   std::atomic<uint64_t> finished[3] = {};
+  // ...of which the thread has done every step of the finish: counted
+  // after the counter, the frame, the handle and the successors, for
+  // Shutdown (`finished` is counted before them, for stats()). Release.
+  std::atomic<uint64_t> settled{0};
   // Jobs this slot's thread submitted, per target node: single-writer
   // counters, so that submitting from a worker touches no shared line.
   // Release stores, for Shutdown's acquire sums.
@@ -1256,6 +1260,16 @@ ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Runtime::CountFinished(
   }
 }
 
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline void Runtime::CountSettled(
+    WorkerSlot* here) {
+  if (here != nullptr) {
+    here->settled.store(here->settled.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_release);
+  } else {
+    settled_elsewhere_.fetch_add(1, std::memory_order_release);
+  }
+}
+
 void Runtime::LeaveFrame(bool failed, const absl::Status& status) {
   FrameState& frame = *frame_;
   if (failed) {
@@ -1353,6 +1367,7 @@ void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
   CountFinished(slot, state);
   if (header.counter != nullptr) header.counter->Finish(&status, exception);
   if (header.in_frame) LeaveFrame(true, status);
+  CountSettled(slot);
 }
 
 void Runtime::RunDirect(const DirectHeader& header, void* fn,
@@ -1383,6 +1398,7 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
   CountFinished(slot, jobs_internal::kDone);
   if (header.counter != nullptr) header.counter->FinishOk();
   if (header.in_frame) LeaveFrameOk();
+  CountSettled(slot);
 }
 
 void Runtime::Schedule(JobRecord* record) {
@@ -1818,8 +1834,9 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   record->status = std::move(status);
   record->exception = std::move(exception);
   // Counted before the state turns final, so a waiter's stats() include
-  // the job it waited for.
-  CountFinished(CurrentSlot(), state);
+  // the job it waited for; settled at the end, for Shutdown.
+  WorkerSlot* const here = CurrentSlot();
+  CountFinished(here, state);
   // Release: the result, status and everything the job wrote become
   // visible to whoever sees the final state.
   // seq_cst: see OutsideHelpers.
@@ -1864,6 +1881,7 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
                             record->exception);
   }
   if (record->in_frame) LeaveFrame(failed, record->status);
+  CountSettled(here);
 }
 
 bool Runtime::TryRunInline(JobRecord* record) {
@@ -2367,21 +2385,31 @@ absl::Status Runtime::Shutdown(ShutdownMode mode) {
     }
   }
   // Every accepted job finishes (runs, fails or is cancelled): wait until
-  // the finished count catches up with the submitted one. Rare: polls.
-  // Finished first: a job counts its continuations as submitted before it
-  // counts itself finished, and the acquire that sees it finished sees
-  // them too. If every job finished by the first read was all that had
+  // the settled count catches up with the submitted one. Rare: polls.
+  // Settled, not finished: a job counts itself finished before it releases
+  // its handle, successors, counter and frame, and a job run outside the
+  // tokens drained below (inline by a waiting thread, or a Spawn's direct
+  // task) could still be doing so when the counts met (a counter's
+  // pending() was 1 after Shutdown returned:
+  // RuntimeShutdownTest.NoJobIsStillFinishingWhenShutdownReturns).
+  // Settled first: a job counts its continuations as submitted before it
+  // counts itself settled, and the acquire that sees it settled sees
+  // them too. If every job settled by the first read was all that had
   // been submitted by the second, nothing was left running to submit
   // more. (Read the other way round, a job that submitted its
   // continuation between the two reads and then finished made the counts
   // meet with the continuation pending: found in the 2- and 4-node
   // guests.)
   for (int spins = 0;; ++spins) {
-    uint64_t finished = 0;
-    for (const uint64_t f : FinishedCounts()) finished += f;
+    uint64_t settled = settled_elsewhere_.load(std::memory_order_acquire);
+    for (const auto& node : nodes_) {
+      for (const auto& slot : node->slots) {
+        settled += slot->settled.load(std::memory_order_acquire);
+      }
+    }
     uint64_t submitted = 0;
     for (int k = 0; k < num_nodes(); ++k) submitted += SubmittedTo(k);
-    if (finished >= submitted) break;
+    if (settled >= submitted) break;
     if (spins < 64) {
       std::this_thread::yield();
     } else {

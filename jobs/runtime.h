@@ -811,6 +811,10 @@ class Runtime {
   // waiter's stats() include the job.
   void CountFinished(jobs_internal::WorkerSlot* here,
                      jobs_internal::JobState state);
+  // Counts a job whose finish is complete (counter, frame, final state,
+  // successors all done), on `here` as CountFinished: what Shutdown waits
+  // for.
+  void CountSettled(jobs_internal::WorkerSlot* here);
   // What every job and fork child sets up and tears down on its slot
   // (runtime.cc).
   class JobScope;
@@ -893,6 +897,7 @@ class Runtime {
   // Jobs finished on threads outside the worker slots (a Cancel() from
   // the application, for one), by final state; the slots keep their own.
   alignas(64) std::atomic<uint64_t> finished_elsewhere_[3] = {};
+  std::atomic<uint64_t> settled_elsewhere_{0};  // See CountSettled.
   uint64_t start_tsc_ = 0;
 
   // Serializes StartTrace; the rings are filled once, on first use.

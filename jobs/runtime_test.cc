@@ -1066,6 +1066,47 @@ TEST(RuntimeShutdownTest, FinishRunsEverythingPending) {
   EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());  // Idempotent.
 }
 
+// Regression (found by runtime_model_test): a job counts itself finished
+// (for stats()) before it releases its successors, its counter and its
+// frame, and Shutdown waited for the finished count alone. Tokens are
+// drained before it returns, but a job run elsewhere (inline by a waiting
+// thread, or a Spawn's direct task) could still be doing so: "no job is
+// left", with a counter's pending() still 1. Here this thread, helping in
+// its wait (kHelp), runs J inline; J's 50,000 cancelled successors, each
+// finished already, make its release of them long, and Shutdown, on another
+// thread, meanwhile finds as many jobs finished as submitted.
+TEST(RuntimeShutdownTest, NoJobIsStillFinishingWhenShutdownReturns) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_outside_wait(OutsideWaitPolicy::kHelp));
+  std::atomic<bool> blocking{false}, j_ran{false};
+  // Holds the only worker until J has run, so that J runs here.
+  ASSERT_TRUE(rt->Spawn([&] {
+                  blocking = true;
+                  while (!j_ran.load()) std::this_thread::yield();
+                }).ok());
+  ASSERT_TRUE(Eventually([&] { return blocking.load(); }));
+  JobCounter counter;
+  auto j =
+      rt->Submit([&] { j_ran = true; }, SubmitOptions().with_counter(&counter));
+  for (int i = 0; i < 50000; ++i) {
+    // Its record stays on J's list of successors until J lets it go.
+    ASSERT_TRUE(rt->Submit([] {}, SubmitOptions().after(j)).Cancel());
+  }
+  int64_t pending_after_shutdown = -1;
+  std::thread shutdown([&] {
+    while (!j_ran.load()) std::this_thread::yield();
+    EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+    pending_after_shutdown = counter.pending();
+  });
+  EXPECT_TRUE(j.Wait().ok());  // Runs J here.
+  shutdown.join();
+  EXPECT_EQ(pending_after_shutdown, 0)
+      << "Shutdown returned while a job was still finishing";
+  EXPECT_TRUE(counter.Wait().ok());
+}
+
 TEST(RuntimeShutdownTest, CancelDropsPendingJobsAndNeverHangs) {
   auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
