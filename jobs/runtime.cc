@@ -58,8 +58,9 @@ struct alignas(64) WorkerSlot {
   // counter. Release: Shutdown's acquire sums see the jobs' effects.
   std::atomic<uint64_t> finished[3] = {};
   // ...of which the thread has done every step of the finish: counted
-  // after the counter, the frame, the handle and the successors, for
-  // Shutdown (`finished` is counted before them, for stats()). Release.
+  // after the counter, the frame, the handle and the successors (and a
+  // direct job's function, destroyed), for Shutdown (`finished` is counted
+  // before them, for stats()). Release.
   std::atomic<uint64_t> settled{0};
   // Jobs this slot's thread submitted, per target node: single-writer
   // counters, so that submitting from a worker touches no shared line.
@@ -1354,11 +1355,13 @@ void Runtime::RefuseDirect(const DirectHeader& header, WorkerSlot* slot) {
 }
 
 void Runtime::AbandonDirect(const DirectHeader& header) {
-  FailDirect(header, CurrentSlot(), jobs_internal::kFailed,
+  WorkerSlot* const slot = CurrentSlot();
+  FailDirect(header, slot, jobs_internal::kFailed,
              absl::UnknownError(
                  absl::StrCat(JobName(header.id, header.name),
                               ": storing its function threw; it never ran")),
              std::current_exception());
+  CountSettled(slot);  // No task, no function left to destroy.
 }
 
 void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
@@ -1367,11 +1370,10 @@ void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
   CountFinished(slot, state);
   if (header.counter != nullptr) header.counter->Finish(&status, exception);
   if (header.in_frame) LeaveFrame(true, status);
-  CountSettled(slot);
 }
 
-void Runtime::RunDirect(const DirectHeader& header, void* fn,
-                        void (*call)(void* fn, JobContext& ctx)) {
+WorkerSlot* Runtime::RunDirect(const DirectHeader& header, void* fn,
+                               void (*call)(void* fn, JobContext& ctx)) {
   WorkerSlot* slot = CurrentSlot();
   if (ABSL_PREDICT_FALSE(
           slot == nullptr || cancel_all_.load(std::memory_order_acquire) ||
@@ -1379,7 +1381,7 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
            JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
            header.counter->cancelled()))) {
     RefuseDirect(header, slot);
-    return;
+    return slot;
   }
   RunInfo info;
   info.counter = header.counter;
@@ -1393,13 +1395,20 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
       ABSL_PREDICT_FALSE(failure != nullptr)) {
     FailDirect(header, slot, jobs_internal::kFailed, failure->status,
                failure->exception);
-    return;
+    return slot;
   }
   CountFinished(slot, jobs_internal::kDone);
   if (header.counter != nullptr) header.counter->FinishOk();
   if (header.in_frame) LeaveFrameOk();
-  CountSettled(slot);
+  // Not settled yet: the task still destroys the function (SettleDirect).
+  return slot;
 }
+
+// After the direct task destroyed the job's function: before, a job
+// counted settled in RunDirect, and Shutdown could return while what it
+// captured was still being destroyed on a worker (found in review:
+// RuntimeShutdownTest.ASpawnedFunctionIsDestroyedBeforeShutdownReturns).
+void Runtime::SettleDirect(WorkerSlot* slot) { CountSettled(slot); }
 
 void Runtime::Schedule(JobRecord* record) {
   // A failed predecessor cancels the job straight from kWaiting: once

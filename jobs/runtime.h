@@ -764,9 +764,15 @@ class Runtime {
   };
   DirectTarget PrepareDirect(const SubmitOptions& options,
                              jobs_internal::DirectHeader* header);
-  // Runs a direct job on the calling worker and accounts for it.
-  void RunDirect(const jobs_internal::DirectHeader& header, void* fn,
-                 void (*call)(void* fn, JobContext& ctx));
+  // Runs a direct job on the calling worker and accounts for it, all but
+  // the settled count: returns the slot that SettleDirect counts it on,
+  // once its task has destroyed the function.
+  jobs_internal::WorkerSlot* RunDirect(
+      const jobs_internal::DirectHeader& header, void* fn,
+      void (*call)(void* fn, JobContext& ctx));
+  // The last step of a direct job that ran (or was refused), after its
+  // function was destroyed: counted settled on `slot`, for Shutdown.
+  void SettleDirect(jobs_internal::WorkerSlot* slot);
   // A direct job that does not run (cancelled, or no worker slot): its
   // accounting, off the hot path.
   void RefuseDirect(const jobs_internal::DirectHeader& header,
@@ -781,7 +787,8 @@ class Runtime {
   // stored (its copy threw): accounted as failed, off the hot path.
   void AbandonDirect(const jobs_internal::DirectHeader& header);
   // A direct job that did not run to completion, in `state`: its
-  // accounting (finished count, counter, frame), with its failure.
+  // accounting (finished count, counter, frame), with its failure; not
+  // the settled count (SettleDirect, or AbandonDirect's own).
   void FailDirect(const jobs_internal::DirectHeader& header,
                   jobs_internal::WorkerSlot* slot,
                   jobs_internal::JobState state, const absl::Status& status,
@@ -812,8 +819,8 @@ class Runtime {
   void CountFinished(jobs_internal::WorkerSlot* here,
                      jobs_internal::JobState state);
   // Counts a job whose finish is complete (counter, frame, final state,
-  // successors all done), on `here` as CountFinished: what Shutdown waits
-  // for.
+  // successors all done; a direct job's function destroyed: SettleDirect),
+  // on `here` as CountFinished: what Shutdown waits for.
   void CountSettled(jobs_internal::WorkerSlot* here);
   // What every job and fork child sets up and tears down on its slot
   // (runtime.cc).
@@ -977,8 +984,12 @@ class DirectTask final : public tbb::detail::d1::task {
 
   task* execute(tbb::detail::d1::execution_data& ed) override {
     TsanAcquire(this);  // Everything the spawner wrote, the task included.
-    header_.runtime->RunDirect(header_, &fn_, &Call);
+    Runtime* const runtime = header_.runtime;
+    WorkerSlot* const slot = runtime->RunDirect(header_, &fn_, &Call);
+    // Settled only once the function (and what it captured) is destroyed:
+    // Shutdown may return, and the runtime go, as soon as it is counted.
     Finalize(ed);
+    runtime->SettleDirect(slot);
     return nullptr;
   }
   // Only when the context is cancelled, which the runtime never does; run

@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -1105,6 +1106,41 @@ TEST(RuntimeShutdownTest, NoJobIsStillFinishingWhenShutdownReturns) {
   EXPECT_EQ(pending_after_shutdown, 0)
       << "Shutdown returned while a job was still finishing";
   EXPECT_TRUE(counter.Wait().ok());
+}
+
+// Found in review: a Spawn's direct task counted itself settled in
+// RunDirect, before TBB's task destroyed the function (and what it
+// captured), and Shutdown, which waits for the settled count, returned
+// while the destructor still ran on a worker: job code after "no job
+// runs after Shutdown returns". (A job run by a token is destroyed with its
+// record, before Shutdown's drain of the tokens ends.)
+TEST(RuntimeShutdownTest, ASpawnedFunctionIsDestroyedBeforeShutdownReturns) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  // Slow to destroy; only the copy that the job holds (moved-from ones do
+  // nothing).
+  struct SlowToDestroy {
+    std::atomic<bool>* destroyed;
+    explicit SlowToDestroy(std::atomic<bool>* d) : destroyed(d) {}
+    SlowToDestroy(SlowToDestroy&& other) noexcept
+        : destroyed(std::exchange(other.destroyed, nullptr)) {}
+    SlowToDestroy(const SlowToDestroy&) = delete;
+    ~SlowToDestroy() {
+      if (destroyed == nullptr) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      destroyed->store(true);
+    }
+  };
+  std::atomic<bool> ran{false}, destroyed{false};
+  // From this thread, no predecessors, kStrict: the direct path (one TBB
+  // task in the node's arena).
+  ASSERT_TRUE(rt->Spawn([guard = SlowToDestroy(&destroyed), &ran] {
+                  ran = true;
+                }).ok());
+  ASSERT_TRUE(Eventually([&] { return ran.load(); }));
+  EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
+  EXPECT_TRUE(destroyed.load())
+      << "Shutdown returned while a job's function was still being destroyed";
 }
 
 TEST(RuntimeShutdownTest, CancelDropsPendingJobsAndNeverHangs) {
