@@ -1361,7 +1361,6 @@ void Runtime::AbandonDirect(const DirectHeader& header) {
                  absl::StrCat(JobName(header.id, header.name),
                               ": storing its function threw; it never ran")),
              std::current_exception());
-  CountSettled(slot);  // No task, no function left to destroy.
 }
 
 void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
@@ -1370,18 +1369,27 @@ void Runtime::FailDirect(const DirectHeader& header, WorkerSlot* slot,
   CountFinished(slot, state);
   if (header.counter != nullptr) header.counter->Finish(&status, exception);
   if (header.in_frame) LeaveFrame(true, status);
+  CountSettled(slot);
 }
 
-WorkerSlot* Runtime::RunDirect(const DirectHeader& header, void* fn,
-                               void (*call)(void* fn, JobContext& ctx)) {
+void Runtime::RunDirect(const DirectHeader& header, void* fn,
+                        void (*call)(void* fn, JobContext& ctx),
+                        void (*destroy)(void* fn)) {
   WorkerSlot* slot = CurrentSlot();
+  // The function, and what it captured, is destroyed before the job is
+  // accounted for, as a record's (TypedJob::Invoke) and as TBB's own
+  // tasks do: a Wait on its counter, EndFrame and Shutdown return only
+  // after the captures' destructors (before, they could still run on a
+  // worker after Shutdown returned:
+  // RuntimeShutdownTest.ASpawnedFunctionIsDestroyedBeforeShutdownReturns).
   if (ABSL_PREDICT_FALSE(
           slot == nullptr || cancel_all_.load(std::memory_order_acquire) ||
           (header.counter != nullptr &&
            JobCounter::any_cancelled_.load(std::memory_order_acquire) &&
            header.counter->cancelled()))) {
+    if (destroy != nullptr) destroy(fn);
     RefuseDirect(header, slot);
-    return slot;
+    return;
   }
   RunInfo info;
   info.counter = header.counter;
@@ -1391,24 +1399,18 @@ WorkerSlot* Runtime::RunDirect(const DirectHeader& header, void* fn,
   // As Finish: the finished count first (a waiter's stats() include the
   // job), then the counter, then the frame (after which EndFrame may
   // reset the arenas; nothing here touches them).
-  if (std::unique_ptr<JobFailure> failure = RunJob(slot, info, fn, call);
-      ABSL_PREDICT_FALSE(failure != nullptr)) {
+  std::unique_ptr<JobFailure> failure = RunJob(slot, info, fn, call);
+  if (destroy != nullptr) destroy(fn);
+  if (ABSL_PREDICT_FALSE(failure != nullptr)) {
     FailDirect(header, slot, jobs_internal::kFailed, failure->status,
                failure->exception);
-    return slot;
+    return;
   }
   CountFinished(slot, jobs_internal::kDone);
   if (header.counter != nullptr) header.counter->FinishOk();
   if (header.in_frame) LeaveFrameOk();
-  // Not settled yet: the task still destroys the function (SettleDirect).
-  return slot;
+  CountSettled(slot);
 }
-
-// After the direct task destroyed the job's function: before, a job
-// counted settled in RunDirect, and Shutdown could return while what it
-// captured was still being destroyed on a worker (found in review:
-// RuntimeShutdownTest.ASpawnedFunctionIsDestroyedBeforeShutdownReturns).
-void Runtime::SettleDirect(WorkerSlot* slot) { CountSettled(slot); }
 
 void Runtime::Schedule(JobRecord* record) {
   // A failed predecessor cancels the job straight from kWaiting: once

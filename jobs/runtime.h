@@ -658,7 +658,13 @@ class Runtime {
   // Both store a copy (or a move) of `f`. If that throws, the exception
   // leaves Submit or Spawn and the memory taken for the job is freed; a
   // job Spawn had already accepted counts as failed (its counter and frame
-  // see the failure, so their waits still end).
+  // see the failure, so their waits still end). A job that runs destroys
+  // the stored copy, and what it captured, when it returns and before it
+  // counts as finished: once a handle's, a counter's or EndFrame's wait
+  // returns, no destructor of its captures is still running. (A job
+  // cancelled before it started: Spawn's copy goes before it counts as
+  // cancelled, Submit's with the job's record, when its handles and the
+  // runtime let go of it.)
   template <typename F>
   absl::Status Spawn(F&& f, const SubmitOptions& options = {});
 
@@ -764,15 +770,12 @@ class Runtime {
   };
   DirectTarget PrepareDirect(const SubmitOptions& options,
                              jobs_internal::DirectHeader* header);
-  // Runs a direct job on the calling worker and accounts for it, all but
-  // the settled count: returns the slot that SettleDirect counts it on,
-  // once its task has destroyed the function.
-  jobs_internal::WorkerSlot* RunDirect(
-      const jobs_internal::DirectHeader& header, void* fn,
-      void (*call)(void* fn, JobContext& ctx));
-  // The last step of a direct job that ran (or was refused), after its
-  // function was destroyed: counted settled on `slot`, for Shutdown.
-  void SettleDirect(jobs_internal::WorkerSlot* slot);
+  // Runs a direct job on the calling worker (or refuses it), destroys its
+  // function with `destroy` (null: trivially destructible), then accounts
+  // for it.
+  void RunDirect(const jobs_internal::DirectHeader& header, void* fn,
+                 void (*call)(void* fn, JobContext& ctx),
+                 void (*destroy)(void* fn));
   // A direct job that does not run (cancelled, or no worker slot): its
   // accounting, off the hot path.
   void RefuseDirect(const jobs_internal::DirectHeader& header,
@@ -787,8 +790,8 @@ class Runtime {
   // stored (its copy threw): accounted as failed, off the hot path.
   void AbandonDirect(const jobs_internal::DirectHeader& header);
   // A direct job that did not run to completion, in `state`: its
-  // accounting (finished count, counter, frame), with its failure; not
-  // the settled count (SettleDirect, or AbandonDirect's own).
+  // accounting (finished count, counter, frame, settled), with its
+  // failure.
   void FailDirect(const jobs_internal::DirectHeader& header,
                   jobs_internal::WorkerSlot* slot,
                   jobs_internal::JobState state, const absl::Status& status,
@@ -819,7 +822,7 @@ class Runtime {
   void CountFinished(jobs_internal::WorkerSlot* here,
                      jobs_internal::JobState state);
   // Counts a job whose finish is complete (counter, frame, final state,
-  // successors all done; a direct job's function destroyed: SettleDirect),
+  // successors all done; a job's function destroyed),
   // on `here` as CountFinished: what Shutdown waits for.
   void CountSettled(jobs_internal::WorkerSlot* here);
   // What every job and fork child sets up and tears down on its slot
@@ -984,12 +987,13 @@ class DirectTask final : public tbb::detail::d1::task {
 
   task* execute(tbb::detail::d1::execution_data& ed) override {
     TsanAcquire(this);  // Everything the spawner wrote, the task included.
-    Runtime* const runtime = header_.runtime;
-    WorkerSlot* const slot = runtime->RunDirect(header_, &fn_, &Call);
-    // Settled only once the function (and what it captured) is destroyed:
-    // Shutdown may return, and the runtime go, as soon as it is counted.
+    // RunDirect destroys the function before it accounts for the job: a
+    // wait, EndFrame or Shutdown may end, and the runtime go, once it is
+    // counted. Only the task's memory is left to free.
+    header_.runtime->RunDirect(
+        header_, &fn_, &Call,
+        std::is_trivially_destructible_v<F> ? nullptr : &DestroyFn);
     Finalize(ed);
-    runtime->SettleDirect(slot);
     return nullptr;
   }
   // Only when the context is cancelled, which the runtime never does; run
@@ -1007,10 +1011,13 @@ class DirectTask final : public tbb::detail::d1::task {
       f();
     }
   }
+  static void DestroyFn(void* fn) { static_cast<F*>(fn)->~F(); }
   template <typename G>
   DirectTask(G&& fn, const DirectHeader& header,
              tbb::detail::d1::small_object_pool* pool)
       : fn_(std::forward<G>(fn)), header_(header), pool_(pool) {}
+  // Leaves fn_ alone: RunDirect destroyed it (DestroyFn).
+  ~DirectTask() override {}
 
   // The task, its memory freed again if copying or moving the function
   // throws (the exception goes on to Runtime::Spawn).
@@ -1071,7 +1078,9 @@ class DirectTask final : public tbb::detail::d1::task {
 #endif
   }
 
-  F fn_;
+  union {
+    F fn_;  // Constructed by the constructor, destroyed by RunDirect.
+  };
   DirectHeader header_;
   tbb::detail::d1::small_object_pool* pool_;
 };

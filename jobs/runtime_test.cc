@@ -1114,23 +1114,24 @@ TEST(RuntimeShutdownTest, NoJobIsStillFinishingWhenShutdownReturns) {
 // while the destructor still ran on a worker: job code after "no job
 // runs after Shutdown returns". (A job run by a token is destroyed with its
 // record, before Shutdown's drain of the tokens ends.)
+// A job's capture that is slow to destroy; only the copy that the job
+// holds sets `destroyed` (moved-from ones do nothing).
+struct SlowToDestroy {
+  std::atomic<bool>* destroyed;
+  explicit SlowToDestroy(std::atomic<bool>* d) : destroyed(d) {}
+  SlowToDestroy(SlowToDestroy&& other) noexcept
+      : destroyed(std::exchange(other.destroyed, nullptr)) {}
+  SlowToDestroy(const SlowToDestroy&) = delete;
+  ~SlowToDestroy() {
+    if (destroyed == nullptr) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    destroyed->store(true);
+  }
+};
+
 TEST(RuntimeShutdownTest, ASpawnedFunctionIsDestroyedBeforeShutdownReturns) {
   auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
-  // Slow to destroy; only the copy that the job holds (moved-from ones do
-  // nothing).
-  struct SlowToDestroy {
-    std::atomic<bool>* destroyed;
-    explicit SlowToDestroy(std::atomic<bool>* d) : destroyed(d) {}
-    SlowToDestroy(SlowToDestroy&& other) noexcept
-        : destroyed(std::exchange(other.destroyed, nullptr)) {}
-    SlowToDestroy(const SlowToDestroy&) = delete;
-    ~SlowToDestroy() {
-      if (destroyed == nullptr) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      destroyed->store(true);
-    }
-  };
   std::atomic<bool> ran{false}, destroyed{false};
   // From this thread, no predecessors, kStrict: the direct path (one TBB
   // task in the node's arena).
@@ -1141,6 +1142,42 @@ TEST(RuntimeShutdownTest, ASpawnedFunctionIsDestroyedBeforeShutdownReturns) {
   EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok());
   EXPECT_TRUE(destroyed.load())
       << "Shutdown returned while a job's function was still being destroyed";
+}
+
+// A wait on a spawned job's counter, and EndFrame, return only once its
+// function and what it captured are destroyed, as for a submitted job and
+// for TBB's own tasks (the captures may refer to what the waiter then
+// frees). Spawn from outside and from inside a job: both direct paths.
+TEST(RuntimeWaitTest, WaitsReturnAfterASpawnedFunctionIsDestroyed) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  for (const bool inside : {false, true}) {
+    SCOPED_TRACE(inside ? "spawned by a job" : "spawned from outside");
+    std::atomic<bool> destroyed{false};
+    JobCounter counter;
+    auto spawn = [&] {
+      return rt->Spawn([guard = SlowToDestroy(&destroyed)] {},
+                       SubmitOptions().with_counter(&counter));
+    };
+    if (inside) {
+      JobCounter outer;
+      ASSERT_TRUE(rt->Spawn([&] { ASSERT_TRUE(spawn().ok()); },
+                            SubmitOptions().with_counter(&outer))
+                      .ok());
+      ASSERT_TRUE(outer.Wait().ok());
+    } else {
+      ASSERT_TRUE(spawn().ok());
+    }
+    ASSERT_TRUE(counter.Wait().ok());
+    EXPECT_TRUE(destroyed.load())
+        << "the counter's wait returned before the function was destroyed";
+  }
+  std::atomic<bool> destroyed{false};
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  ASSERT_TRUE(rt->Spawn([guard = SlowToDestroy(&destroyed)] {}).ok());
+  ASSERT_TRUE(rt->EndFrame().ok());
+  EXPECT_TRUE(destroyed.load())
+      << "EndFrame returned before the frame job's function was destroyed";
 }
 
 TEST(RuntimeShutdownTest, CancelDropsPendingJobsAndNeverHangs) {
