@@ -64,6 +64,7 @@
 #include <oneapi/tbb/detail/_small_object_pool.h>
 #include <oneapi/tbb/detail/_task.h>
 #include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
 
@@ -1320,8 +1321,11 @@ void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
   using Fn = std::remove_reference_t<F>;
   jobs_internal::TsanRelease(this);
   auto body = [&] {
+    // simple_partitioner: split down to the grain, as promised above
+    // (auto_partitioner stops early: chunks of 4 items for grain 1).
     tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, grain),
-                      jobs_internal::ChunkBody<Fn>{runtime_, this, &f});
+                      jobs_internal::ChunkBody<Fn>{runtime_, this, &f},
+                      tbb::simple_partitioner());
   };
 #if defined(FRAMEALLOC_JOBS_TSAN)
   try {

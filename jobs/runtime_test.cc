@@ -1787,6 +1787,34 @@ TEST(RuntimeParallelTest, ParallelForInsideACancelledJobSeesItAndSkips) {
   EXPECT_TRUE(absl::StrContains(s.message(), "calling job")) << s;
 }
 
+// Regression (parallel_model_test): ParallelFor's chunks were TBB's
+// auto_partitioner's, which stops splitting a range long before it is down
+// to the grain (chunks of 2-5 items for grain 1), although the header
+// promises chunks of at most about `grain` items.
+TEST(RuntimeParallelTest, ChunksAreNeverLargerThanTheGrain) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  for (const size_t grain : {size_t{1}, size_t{3}, size_t{16}}) {
+    std::atomic<size_t> largest{0};
+    auto note = [&largest](size_t b, size_t e) {
+      size_t seen = largest.load();
+      while (e - b > seen && !largest.compare_exchange_weak(seen, e - b)) {
+      }
+    };
+    ASSERT_TRUE(
+        rt->ParallelFor(rt->Partition(400), grain,
+                        [&](JobContext&, size_t b, size_t e) { note(b, e); })
+            .ok());
+    auto job = rt->Submit([&](JobContext& ctx) {
+      ctx.ParallelFor(0, 400, grain,
+                      [&](JobContext&, size_t b, size_t e) { note(b, e); });
+    });
+    ASSERT_TRUE(job.Wait().ok());
+    EXPECT_LE(largest.load(), grain);
+  }
+}
+
 // Regression (review): Create stepped by batch_size, which wrapped for a
 // batch_size near SIZE_MAX: 52 batches over 100 items, reaching 50 items
 // past a node's segment.
