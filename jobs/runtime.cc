@@ -2012,8 +2012,21 @@ absl::Status JobCounter::Wait() {
   if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
                                  tbb::task_arena::not_initialized) {
     // Inside a job: help run its children instead of blocking the worker,
-    // then wait for what other threads counted here.
-    HelpUntilZero();
+    // then wait for what other threads counted here. Except when every
+    // job counted here went to other nodes of this job's runtime: there
+    // are no children of this node to help with, and a worker asleep in
+    // TBB's wait (oneTBB 2021.8) could starve another node's arena of
+    // threads for good: on two nodes of one worker each, jobs enqueued to
+    // node 1 while node 0's worker waited there never ran, nor did any
+    // submitted to node 1 later
+    // (RuntimeParallelTest.AJobWaitingOnAnIdleNodesJobsFinishes; the same
+    // in a plain oneTBB program). Sleeping on the count as an outside
+    // thread does leaves TBB's threads to the other arenas.
+    if (tls_slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
+        (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
+            0) {
+      HelpUntilZero();
+    }
     WaitUntilZero(pending_, wake_);
   } else {
     Runtime* runtime = home_runtime_.load(std::memory_order_relaxed);

@@ -444,6 +444,14 @@ class JobCounter {
     if (home_node_.load(std::memory_order_relaxed) != node) {
       home_node_.store(node, std::memory_order_relaxed);
     }
+    if (const uint64_t bit = NodeBit(node);
+        (nodes_.load(std::memory_order_relaxed) & bit) == 0) {
+      nodes_.fetch_or(bit, std::memory_order_relaxed);
+    }
+  }
+  // The bit of `node` in nodes_ (nodes from 63 on share the last).
+  static uint64_t NodeBit(int node) {
+    return uint64_t{1} << (node < 63 ? node : 63);
   }
 
   // The count of unfinished jobs, plus kHelperBit while jobs wait in
@@ -474,6 +482,11 @@ class JobCounter {
   // shared by the jobs of several runtimes names the last one's).
   std::atomic<Runtime*> home_runtime_{nullptr};
   std::atomic<int> home_node_{0};
+  // Every node a job counted here was ever submitted to (NodeBit; never
+  // cleared, so that a job submitted while a Wait returns cannot be
+  // missed): a Wait inside a job whose jobs all went to other nodes sleeps
+  // instead of waiting in TBB (see Wait).
+  std::atomic<uint64_t> nodes_{0};
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> failed_{false};
   // Set once any counter was ever cancelled, so that running a job reads
