@@ -67,6 +67,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "jobs/internal/model_harness.h"
 #include "jobs/parallel.h"
 #include "jobs/runtime.h"
 #include "numa/topology.h"
@@ -74,6 +75,9 @@
 namespace framealloc {
 namespace jobs {
 namespace {
+
+using model_harness::TopologyOf;
+using model_harness::Watchdog;
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define FRAMEALLOC_PMODEL_SANITIZED 1
@@ -97,69 +101,6 @@ bool CrossNodeWaits() {
 }
 
 constexpr int kIterations = kSanitized ? 1000 : 2000;
-
-int HangSeconds() {
-  static const int seconds = [] {
-    int s = kSanitized ? 120 : 60;
-    if (const char* env = std::getenv("PARALLEL_MODEL_HANG_SECONDS")) {
-      (void)absl::SimpleAtoi(env, &s);
-    }
-    return s;
-  }();
-  return seconds;
-}
-
-// Aborts the process when an iteration runs past its deadline, naming the
-// seed and what it was doing.
-class Watchdog {
- public:
-  static Watchdog& Get() {
-    static Watchdog* dog = new Watchdog();
-    return *dog;
-  }
-  void Arm(uint64_t seed) {
-    seed_.store(seed);
-    phase_.store("start");
-    deadline_.store(Now() + HangSeconds());
-  }
-  void Phase(const char* phase) { phase_.store(phase); }
-  void Disarm() { deadline_.store(0); }
-  // Called before the abort, to say what was left unfinished.
-  void SetDump(void (*dump)(void*), void* context) {
-    dump_context_.store(context);
-    dump_.store(dump);
-  }
-
- private:
-  Watchdog() {
-    std::thread([this] {
-      for (;;) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        const int64_t deadline = deadline_.load();
-        if (deadline != 0 && Now() > deadline) {
-          const unsigned long long seed = seed_.load();
-          std::fprintf(stderr,
-                       "parallel_model_test: seed %llu hung for %d s in '%s'; "
-                       "rerun it with PARALLEL_MODEL_SEEDS=%llu\n",
-                       seed, HangSeconds(), phase_.load(), seed);
-          if (auto* dump = dump_.load()) dump(dump_context_.load());
-          std::fflush(stderr);
-          std::abort();
-        }
-      }
-    }).detach();
-  }
-  static int64_t Now() {
-    return std::chrono::duration_cast<std::chrono::seconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-  std::atomic<int64_t> deadline_{0};
-  std::atomic<uint64_t> seed_{0};
-  std::atomic<const char*> phase_{""};
-  std::atomic<void (*)(void*)> dump_{nullptr};
-  std::atomic<void*> dump_context_{nullptr};
-};
 
 class Rng {
  public:
@@ -1082,32 +1023,11 @@ class Iteration {
   std::vector<std::string> violations_;
 };
 
-std::vector<uint64_t> Seeds() {
-  std::vector<uint64_t> seeds;
-  if (const char* env = std::getenv("PARALLEL_MODEL_SEEDS");
-      env != nullptr && *env != '\0') {
-    for (absl::string_view part : absl::StrSplit(env, ',')) {
-      uint64_t seed = 0;
-      if (absl::SimpleAtoi(part, &seed)) seeds.push_back(seed);
-    }
-    return seeds;
-  }
-  for (int i = 0; i < kIterations; ++i) {
-    seeds.push_back(0xDA7A0000 + static_cast<uint64_t>(i) * 7919);
-  }
-  return seeds;
-}
-
-const numa::Topology& TopologyOf(int nodes) {
-  static const numa::Topology* one =
-      numa::Topology::FromSynthetic("pack:1 [numa] core:2 pu:1")->release();
-  static const numa::Topology* two =
-      numa::Topology::FromSynthetic("pack:2 [numa] core:2 pu:1")->release();
-  return nodes == 1 ? *one : *two;
-}
-
 TEST(ParallelModelTest, RandomProgramsMatchTheModel) {
-  const std::vector<uint64_t> seeds = Seeds();
+  Watchdog::Get().Configure("parallel_model_test", "PARALLEL_MODEL",
+                            kSanitized ? 120 : 60);
+  const std::vector<uint64_t> seeds =
+      model_harness::Seeds("PARALLEL_MODEL", kIterations, 0xDA7A0000);
   ASSERT_FALSE(seeds.empty());
   int failures = 0;
   for (const uint64_t seed : seeds) {

@@ -23,7 +23,7 @@
 // Every outcome is then checked against what jobs/runtime.h promises
 // (CheckModel): final states, values, exceptions, cancellation causes,
 // counters, frames, statistics (per worker slot), Shutdown. A watchdog
-// aborts a hung iteration (after HangSeconds()), printing its seed.
+// aborts a hung iteration (after Watchdog::seconds()), printing its seed.
 //
 // Seeds: a fixed list of kIterations; RUNTIME_MODEL_SEEDS=a,b,c runs those
 // instead; RUNTIME_MODEL_ITERATIONS=n and RUNTIME_MODEL_FIRST_SEED=s make
@@ -59,12 +59,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "jobs/internal/model_harness.h"
 #include "jobs/runtime.h"
 #include "numa/topology.h"
 
 namespace framealloc {
 namespace jobs {
 namespace {
+
+using model_harness::TopologyOf;
+using model_harness::Watchdog;
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define FRAMEALLOC_MODEL_SANITIZED 1
@@ -82,16 +86,6 @@ constexpr bool kSanitized = false;
 constexpr int kIterations = kSanitized ? 500 : 1500;
 constexpr int kMinJobs = 20;
 constexpr int kMaxJobs = 200;
-int HangSeconds() {
-  static const int seconds = [] {
-    int s = kSanitized ? 120 : 60;
-    if (const char* env = std::getenv("RUNTIME_MODEL_HANG_SECONDS")) {
-      (void)absl::SimpleAtoi(env, &s);
-    }
-    return s;
-  }();
-  return seconds;
-}
 constexpr int kMaxNodes = 2;
 constexpr int kMaxSlots = 3;  // 2 workers + the outside slot (kHelp).
 
@@ -137,67 +131,6 @@ void PrintSeedOnCrash() {
     sigaction(sig, &action, &previous_actions[sig]);
   }
 }
-
-// ---- The watchdog ---------------------------------------------------------
-
-// Aborts the process when an iteration runs past its deadline, naming the
-// seed: a hang (a lost job, a wait that never returns) fails fast and
-// reproducibly instead of timing the whole test out.
-class Watchdog {
- public:
-  static Watchdog& Get() {
-    static Watchdog* watchdog = new Watchdog();
-    return *watchdog;
-  }
-  void Arm(uint64_t seed) {
-    seed_.store(seed, std::memory_order_relaxed);
-    crash_seed.store(seed, std::memory_order_relaxed);
-    phase_.store("start", std::memory_order_relaxed);
-    deadline_.store(NowNs() + int64_t{HangSeconds()} * 1000000000,
-                    std::memory_order_release);
-  }
-  void Phase(const char* phase) {
-    phase_.store(phase, std::memory_order_relaxed);
-  }
-  void Disarm() { deadline_.store(0, std::memory_order_release); }
-  // Called before the abort, to say what was left unfinished.
-  void SetDump(void (*dump)(void*), void* context) {
-    dump_context_.store(context, std::memory_order_relaxed);
-    dump_.store(dump, std::memory_order_release);
-  }
-
- private:
-  Watchdog() {
-    std::thread([this] {
-      for (;;) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        const int64_t deadline = deadline_.load(std::memory_order_acquire);
-        if (deadline != 0 && NowNs() > deadline) {
-          const unsigned long long seed = seed_.load();
-          std::fprintf(stderr,
-                       "runtime_model_test: seed %llu hung for %d s in phase "
-                       "'%s'; rerun it with RUNTIME_MODEL_SEEDS=%llu\n",
-                       seed, HangSeconds(), phase_.load(), seed);
-          if (auto* dump = dump_.load(std::memory_order_acquire)) {
-            dump(dump_context_.load(std::memory_order_relaxed));
-          }
-          std::fflush(stderr);
-          std::abort();
-        }
-      }
-    }).detach();
-  }
-  static int64_t NowNs() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-  std::atomic<int64_t> deadline_{0};
-  std::atomic<uint64_t> seed_{0};
-  std::atomic<const char*> phase_{""};
-  std::atomic<void (*)(void*)> dump_{nullptr};
-  std::atomic<void*> dump_context_{nullptr};
-};
 
 // ---- The program ----------------------------------------------------------
 
@@ -1528,40 +1461,11 @@ void Iteration::CheckModel() {
   }
 }
 
-std::vector<uint64_t> Seeds() {
-  std::vector<uint64_t> seeds;
-  if (const char* env = std::getenv("RUNTIME_MODEL_SEEDS");
-      env != nullptr && *env != '\0') {
-    for (absl::string_view part : absl::StrSplit(env, ',')) {
-      uint64_t seed = 0;
-      if (absl::SimpleAtoi(part, &seed)) seeds.push_back(seed);
-    }
-    return seeds;
-  }
-  int iterations = kIterations;
-  if (const char* env = std::getenv("RUNTIME_MODEL_ITERATIONS")) {
-    (void)absl::SimpleAtoi(env, &iterations);
-  }
-  uint64_t first = 0x5EED0000;
-  if (const char* env = std::getenv("RUNTIME_MODEL_FIRST_SEED")) {
-    (void)absl::SimpleAtoi(env, &first);
-  }
-  for (int i = 0; i < iterations; ++i) {
-    seeds.push_back(first + static_cast<uint64_t>(i) * 7919);
-  }
-  return seeds;
-}
-
-const numa::Topology& TopologyOf(int nodes) {
-  static const numa::Topology* one =
-      numa::Topology::FromSynthetic("pack:1 [numa] core:2 pu:1")->release();
-  static const numa::Topology* two =
-      numa::Topology::FromSynthetic("pack:2 [numa] core:2 pu:1")->release();
-  return nodes == 1 ? *one : *two;
-}
-
 TEST(RuntimeModelTest, RandomProgramsMatchTheModel) {
-  const std::vector<uint64_t> seeds = Seeds();
+  Watchdog::Get().Configure("runtime_model_test", "RUNTIME_MODEL",
+                            kSanitized ? 120 : 60);
+  const std::vector<uint64_t> seeds =
+      model_harness::Seeds("RUNTIME_MODEL", kIterations, 0x5EED0000);
   ASSERT_FALSE(seeds.empty());
   PrintSeedOnCrash();
   int failures = 0;
@@ -1570,6 +1474,7 @@ TEST(RuntimeModelTest, RandomProgramsMatchTheModel) {
     if (std::getenv("RUNTIME_MODEL_VERBOSE") != nullptr) {
       std::fprintf(stderr, "%s\n", plan.Describe().c_str());
     }
+    crash_seed.store(seed, std::memory_order_relaxed);
     Watchdog::Get().Arm(seed);
     std::vector<std::string> violations;
     {
