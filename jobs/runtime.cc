@@ -1516,6 +1516,29 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
   }
 }
 
+// A job that waits in TBB (JobCounter::HelpUntilZero) on jobs of other
+// nodes must not fall asleep there: in oneTBB 2021.8, a worker asleep in a
+// nested wait of one arena while the jobs it waits for sit in another
+// arena's queue can leave that arena with no thread for good (on two
+// nodes of one worker each, within a few hundred rounds: the plain oneTBB
+// program of docs/jobs.md hangs the same way). A waiter sleeps there only
+// when its arena looks empty; this task, enqueued with no isolated region,
+// is one the waiting job's region cannot take, so the arena does not look
+// empty while it waits: the waiter keeps looking for work (yielding)
+// instead. A worker at the top of its stack runs it as a no-op (the
+// drain of Shutdown included).
+void Runtime::PostKeepAwake(int node_index) {
+  Node& node = *nodes_[node_index];
+  struct KeepAwake {
+    Node* node;
+    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
+      Node* n = node;
+      TsanRelease(n);  // For Shutdown's drain.
+    }
+  };
+  node.arena.enqueue(node.group.defer(KeepAwake{&node}));
+}
+
 void Runtime::RunToken(int node_index, JobRecord* record) {
   WorkerSlot* slot = CurrentSlot();
   Node& node = *nodes_[node_index];
@@ -2012,19 +2035,28 @@ absl::Status JobCounter::Wait() {
   if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
                                  tbb::task_arena::not_initialized) {
     // Inside a job: help run its children instead of blocking the worker,
-    // then wait for what other threads counted here. Except when every
-    // job counted here went to other nodes of this job's runtime: there
-    // are no children of this node to help with, and a worker asleep in
-    // TBB's wait (oneTBB 2021.8) could starve another node's arena of
-    // threads for good: on two nodes of one worker each, jobs enqueued to
-    // node 1 while node 0's worker waited there never ran, nor did any
-    // submitted to node 1 later
-    // (RuntimeParallelTest.AJobWaitingOnAnIdleNodesJobsFinishes; the same
-    // in a plain oneTBB program). Sleeping on the count as an outside
-    // thread does leaves TBB's threads to the other arenas.
-    if (tls_slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
-        (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
-            0) {
+    // then wait for what other threads counted here. A worker asleep in
+    // TBB's wait (oneTBB 2021.8) for jobs queued on another node's arena
+    // can starve that arena of threads for good: on two nodes of one
+    // worker each, jobs enqueued to node 1 while node 0's worker waited
+    // there never ran, nor did any submitted to node 1 later
+    // (RuntimeParallelTest.AJobWaitingOnAnIdleNodesJobsFinishes and
+    // ...OnLocalAndRemoteJobsFinishes; the same in a plain oneTBB
+    // program). So when every job counted here went to other nodes of
+    // this job's runtime, there are no children of this node to help
+    // with, and the job sleeps on the count as an outside thread does.
+    // When some went to this node and some elsewhere (or the counter's
+    // jobs are another runtime's), it helps, with a task in its arena
+    // that keeps it from falling asleep there (PostKeepAwake).
+    Runtime* runtime = tls_slot->runtime;
+    const uint64_t local = NodeBit(tls_slot->node);
+    const uint64_t nodes = nodes_.load(std::memory_order_relaxed);
+    const bool ours = runtime == home_runtime_.load(std::memory_order_relaxed);
+    if (!ours || (nodes & local) != 0) {
+      if ((!ours || (nodes & ~local) != 0) &&
+          (pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
+        runtime->PostKeepAwake(tls_slot->node);
+      }
       HelpUntilZero();
     }
     WaitUntilZero(pending_, wake_);
