@@ -2,6 +2,7 @@
 #include "integration/renderer/render_scenario.h"
 
 #include <cmath>
+#include <exception>
 #include <string>
 #include <utility>
 
@@ -101,38 +102,63 @@ absl::Status RenderSimulation::RunFrame(const sim::FrameEnv& env,
   // recording jobs on a runtime; afterwards on one thread.
   std::optional<absl::StatusOr<GpuResult>> gpu;
   jobs::JobHandle<absl::StatusOr<GpuResult>> gpu_job;
+  // Why the GPU job did not read frame - 1 (refused, cancelled, threw).
+  absl::Status gpu_failed;
   if (consume && exec.runtime() != nullptr) {
-    gpu_job =
-        exec.runtime()->Submit([&r, frame] { return r.Consume(frame - 1); },
-                               jobs::SubmitOptions().named("gpu"));
+    // Submit throws only what storing the job throws (an error handler
+    // that throws on out-of-memory): that too must not leave the frame
+    // begun and never submitted.
+    try {
+      gpu_job = exec.runtime()->Submit(
+          [&r, frame] { return r.Consume(frame - 1); },
+          jobs::SubmitOptions().on(gpu_affinity_).named("gpu"));
+    } catch (const std::exception& e) {
+      gpu_failed = absl::UnknownError(
+          absl::StrCat("render: submitting the GPU job threw: ", e.what()));
+    } catch (...) {
+      gpu_failed = absl::UnknownError(
+          "render: submitting the GPU job threw a non-std exception");
+    }
   }
   s = r.Record(exec, scene_, *frustum);
   if (gpu_job.valid()) {
-    absl::Status waited = gpu_job.Wait();
-    if (!waited.ok()) return waited;
-    gpu.emplace(std::move(gpu_job.value()));
-  } else if (consume) {
+    gpu_failed = gpu_job.Wait();
+    if (gpu_failed.ok()) gpu.emplace(std::move(gpu_job.value()));
+  }
+  if (consume && !gpu.has_value()) {
+    // The sequential variants; or the GPU job did not run. Returning
+    // without reading frame - 1 would lose it and leave its slot in flight
+    // for good (BeginFrame(frame + 1) needs that slot): read it here, after
+    // the recording, as the sequential variants do.
     gpu.emplace(r.Consume(frame - 1));
   }
+  // The GPU's reading counts whether or not this frame's recording worked.
+  absl::Status gpu_status = gpu_failed;
+  if (gpu.has_value()) {
+    if (gpu->ok()) {
+      const GpuResult& g = **gpu;
+      const uint64_t fold[3] = {g.frame, g.draws, g.digest};
+      digest_ = sim::HashBytes(fold, sizeof(fold), digest_);
+      draws_ += g.draws;
+    } else if (gpu_status.ok()) {
+      gpu_status = gpu->status();
+    }
+  }
+  // A failed recording abandoned its frame (FrameRenderer::Record).
   if (!s.ok()) return s;
   last_ = RenderFrameStats();
-  if (gpu.has_value()) {
-    if (!gpu->ok()) return gpu->status();
-    const GpuResult& g = **gpu;
-    const uint64_t fold[3] = {g.frame, g.draws, g.digest};
-    digest_ = sim::HashBytes(fold, sizeof(fold), digest_);
-    draws_ += g.draws;
-    last_.gpu = g;
-  }
+  if (gpu.has_value() && gpu->ok()) last_.gpu = **gpu;
   const int slot = static_cast<int>(frame % 2);
   last_.recorded = r.slot_stats(slot);
   last_.slot_bytes[0] = r.slot_arena_bytes(slot);
   last_.slot_bytes[1] = r.slot_arena_bytes(1 - slot);
   own_.allocations = static_cast<int64_t>(r.slot_arena_allocations(slot));
   own_.bytes = r.slot_arena_requested_bytes(slot);
+  // Submitted even when the GPU failed: returning first left the frame
+  // "being recorded", and every later BeginFrame refused.
   if (s = r.Submit(); !s.ok()) return s;
   previous_submitted_ = true;
-  return absl::OkStatus();
+  return gpu_status;
 }
 
 uint64_t RenderSimulation::StateHash() const {

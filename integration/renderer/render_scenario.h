@@ -22,7 +22,13 @@
 // environment that does not match the variant; Step: the same, a variant
 // other than Init's, renderer misuse, job failures. A Step whose recording
 // failed (a job threw: Unknown) skips its frame; the next Step records the
-// frame after it.
+// frame after it. A Step whose GPU job did not run (the runtime refused it,
+// e.g. a GPU node it does not have, or cancelled it at shutdown) returns
+// that job's status, but loses nothing: the GPU reads the previous frame on
+// the calling thread instead, the frame just recorded is submitted, and the
+// next Step goes on as if the job had run. Once the runtime is shut down,
+// every Step fails with FailedPrecondition (no frame opens on it, and its
+// first job is refused) and changes nothing.
 //
 // Example:
 //   auto scenario = framealloc::integration::RenderScenario().create();
@@ -41,6 +47,7 @@
 #include "integration/ecs/frame_memory.h"
 #include "integration/renderer/frame_renderer.h"
 #include "integration/renderer/renderer.h"
+#include "jobs/runtime.h"
 
 namespace framealloc::integration {
 
@@ -80,6 +87,9 @@ class RenderSimulation final : public sim::Scenario {
   // The renderer of the arena variants (null otherwise), for tests.
   FrameRenderer<ArenaMemory>* arena_renderer() { return arena_.get(); }
   FrameRenderer<HeapMemory>* heap_renderer() { return heap_.get(); }
+  // Where the runtime variants' GPU job runs (any node by default). A node
+  // the runtime does not have gets every GPU job refused (see Errors).
+  void set_gpu_affinity(jobs::Affinity affinity) { gpu_affinity_ = affinity; }
 
  private:
   template <typename Mem>
@@ -90,6 +100,7 @@ class RenderSimulation final : public sim::Scenario {
   SceneObjects scene_;
   std::unique_ptr<FrameRenderer<HeapMemory>> heap_;
   std::unique_ptr<FrameRenderer<ArenaMemory>> arena_;
+  jobs::Affinity gpu_affinity_;
   uint64_t frame_ = 0;
   // Frame frame_ - 1 was submitted (not abandoned): the GPU reads it next.
   bool previous_submitted_ = false;

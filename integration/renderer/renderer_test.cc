@@ -637,5 +637,81 @@ TEST(RenderScenarioTest, RuntimeVariantsStepOnlyInsideAFrame) {
   }
 }
 
+// Regression (review): a GPU job the runtime refused made Step return
+// before Submit: the frame stayed "being recorded" and the one before it in
+// flight, unread, so every later Step failed ("Submit it first").
+TEST(RenderScenarioTest, ARefusedGpuJobLosesNothingAndStepsOn) {
+  constexpr size_t kSize = 3000;
+  constexpr int kFrames = 6;
+  const DriveResult reference = Drive(Variant::kHeap, nullptr, kSize, kFrames);
+  ASSERT_EQ(reference.gpu_digests.size(), kFrames - 1u);
+  std::unique_ptr<numa::Topology> unused;
+  auto rt = MakeRuntime(2, false, &unused);
+  for (const Variant v : {Variant::kRuntimeHeap, Variant::kRuntimeArena}) {
+    RenderSimulation s;
+    const sim::FrameEnv env{v, rt.get(), nullptr};
+    ASSERT_TRUE(s.Init({.seed = 11, .size = kSize}, env).ok());
+    for (int f = 0; f < kFrames; ++f) {
+      // Frames 1-3: the runtime refuses every GPU job (it has no node 7);
+      // the recording jobs run as usual.
+      const bool refused = f >= 1 && f <= 3;
+      s.set_gpu_affinity(refused ? jobs::Affinity::Node(7)
+                                 : jobs::Affinity::Any());
+      ASSERT_TRUE(rt->BeginFrame().ok());
+      const absl::Status step = s.Step(env);
+      ASSERT_TRUE(rt->EndFrame().ok());
+      if (refused) {
+        EXPECT_EQ(step.code(), absl::StatusCode::kInvalidArgument) << step;
+        EXPECT_NE(step.message().find("node 7 does not exist"),
+                  std::string::npos)
+            << step;
+      } else {
+        EXPECT_TRUE(step.ok()) << "frame " << f << ": " << step;
+      }
+      // Nothing lost: frame f was recorded and submitted, and the GPU read
+      // frame f - 1 (on the calling thread when its job was refused).
+      EXPECT_EQ(s.last_frame().recorded.frame, static_cast<uint64_t>(f));
+      if (f > 0) {
+        ASSERT_TRUE(s.last_frame().gpu.has_value()) << "frame " << f;
+        EXPECT_EQ(s.last_frame().gpu->frame, f - 1u);
+        EXPECT_EQ(s.last_frame().gpu->digest, reference.gpu_digests[f - 1]);
+      }
+    }
+    EXPECT_EQ(s.StateHash(), reference.hash) << sim::VariantName(v);
+  }
+}
+
+// A shut-down runtime fails every Step, clearly, and changes nothing: on a
+// new runtime the scenario goes on where it was.
+TEST(RenderScenarioTest, AShutDownRuntimeFailsEveryStepAndChangesNothing) {
+  constexpr size_t kSize = 3000;
+  const DriveResult reference = Drive(Variant::kHeap, nullptr, kSize, 3);
+  std::unique_ptr<numa::Topology> unused;
+  auto rt = MakeRuntime(1, false, &unused);
+  RenderSimulation s;
+  const sim::FrameEnv env{Variant::kRuntimeArena, rt.get(), nullptr};
+  ASSERT_TRUE(s.Init({.seed = 11, .size = kSize}, env).ok());
+  ASSERT_TRUE(rt->BeginFrame().ok());
+  ASSERT_TRUE(s.Step(env).ok());
+  ASSERT_TRUE(rt->EndFrame().ok());
+  ASSERT_TRUE(rt->Shutdown(jobs::ShutdownMode::kFinish).ok());
+  // No frame can open on it, and a Step outside a frame is refused.
+  EXPECT_EQ(rt->BeginFrame().code(), absl::StatusCode::kFailedPrecondition);
+  for (int i = 0; i < 3; ++i) {
+    const absl::Status step = s.Step(env);
+    EXPECT_EQ(step.code(), absl::StatusCode::kFailedPrecondition) << step;
+  }
+  auto again = MakeRuntime(1, false, &unused);
+  const sim::FrameEnv env2{Variant::kRuntimeArena, again.get(), nullptr};
+  for (uint64_t f = 1; f < 3; ++f) {
+    ASSERT_TRUE(again->BeginFrame().ok());
+    const absl::Status step = s.Step(env2);
+    EXPECT_TRUE(step.ok()) << "frame " << f << ": " << step;
+    ASSERT_TRUE(again->EndFrame().ok());
+    EXPECT_EQ(s.last_frame().recorded.frame, f);
+  }
+  EXPECT_EQ(s.StateHash(), reference.hash);
+}
+
 }  // namespace
 }  // namespace framealloc::integration::render
