@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <exception>
 #include <fstream>
+#include <memory>
 #include <new>
 #include <string>
 #include <thread>
@@ -372,12 +373,29 @@ void Server::Route() {
   // without limit. Only POST /aggregate takes a body, through its bounded
   // reader; elsewhere a chunked or compressed body is refused unread, and
   // anywhere a body that has neither length nor chunking (it would be read
-  // until the client closes). cpp-httplib keeps such a connection open:
-  // what is left of the body then reads as malformed requests (400s).
+  // until the client closes). What is left of such a body must not be read
+  // as the connection's next requests (400s, or a pipelined request never
+  // answered once the rest sat in cpp-httplib's read buffer): the
+  // connection is closed after the refusal. cpp-httplib 0.11 closes a
+  // connection only when the request asked for it or writing the response
+  // failed; a "Connection: close" set on the response is sent but not
+  // honoured. So the refusal's body goes out through a content provider
+  // that writes it whole and then reports failure: the response is
+  // complete on the wire, write_response returns false, and cpp-httplib
+  // shuts the socket down and closes it. (Not for HEAD: no body is written
+  // for it, so such a connection stays open.)
   http_.set_pre_routing_handler([this](Req req, httplib::Response& res) {
     const auto refuse = [this, &res](int status, absl::string_view message) {
       res.status = status;
-      res.set_content(ErrorBody(status, message), "application/json");
+      res.set_header("Connection", "close");
+      auto body =
+          std::make_shared<const std::string>(ErrorBody(status, message));
+      res.set_content_provider(
+          body->size(), "application/json",
+          [body](size_t offset, size_t length, httplib::DataSink& sink) {
+            sink.write(body->data() + offset, length);
+            return false;  // Written whole: now close the connection.
+          });
       Count(status);
       return httplib::Server::HandlerResponse::Handled;
     };
@@ -406,7 +424,9 @@ void Server::Route() {
   // Statuses cpp-httplib sets itself (404, 413, 400 for an unparsable
   // request) get a body that says why.
   http_.set_error_handler([this](Req req, httplib::Response& res) {
-    if (!res.body.empty()) return;  // Ours: counted already.
+    // Ours: counted already (a refusal above has its body in a provider and
+    // is the only response that says "Connection: close" at this point).
+    if (!res.body.empty() || res.has_header("Connection")) return;
     Count(res.status);
     std::string message;
     switch (res.status) {
