@@ -112,6 +112,13 @@ struct Config {
   ShutdownMode shutdown = ShutdownMode::kFinish;
   // How threads outside the runtime wait for its jobs.
   OutsideWaitPolicy outside_wait = OutsideWaitPolicy::kSleep;
+  // Where the runtime's own bookkeeping (job records, dependency edges)
+  // takes its pool pages; not owned, must outlive the runtime. nullptr:
+  // SystemMemorySource::Default(). A refusal there is a fatal out-of-memory
+  // report (alloc/error.h): with a throwing handler, the exception leaves
+  // Submit or Spawn and the job is not submitted. For tests that make the
+  // runtime's own allocations fail, and hosts that account for them.
+  MemorySource* record_source = nullptr;
 
   Config& set_topology(const numa::Topology* t) {
     topology = t;
@@ -159,6 +166,10 @@ struct Config {
   }
   Config& set_outside_wait(OutsideWaitPolicy p) {
     outside_wait = p;
+    return *this;
+  }
+  Config& set_record_source(MemorySource* s) {
+    record_source = s;
     return *this;
   }
 

@@ -822,7 +822,8 @@ absl::Status Runtime::Init() {
                                              .set_config(config_.alloc));
   if (!memory.ok()) return memory.status();
   memory_ = *std::move(memory);
-  control_ = std::make_unique<SmartAlloc>(AllocConfig());
+  control_ = std::make_unique<SmartAlloc>(
+      AllocConfig().set_source(config_.record_source));
 
   // Raise TBB's thread limit before any arena asks for its workers.
   int planned = 0;
@@ -997,6 +998,38 @@ void* Runtime::AllocateRecord(size_t size, size_t alignment) {
   return control_->pool_allocate(size, alignment);
 }
 
+Successor* Runtime::AllocateEdges(JobRecord* record, int n) {
+  Successor* edges = nullptr;
+#if defined(__cpp_exceptions)
+  try {
+#endif
+    for (int i = 0; i < n; ++i) {
+      auto* edge = static_cast<Successor*>(
+          AllocateRecord(sizeof(Successor), alignof(Successor)));
+      edge->next = edges;
+      edges = edge;
+    }
+#if defined(__cpp_exceptions)
+  } catch (...) {
+    // The handler of the pool's fatal out-of-memory report threw. Nothing
+    // is counted or linked yet, and nobody else knows the record: freeing
+    // it and the edges taken so far leaves no trace of the submission.
+    FreeEdges(edges);
+    record->destroy(record);
+    throw;
+  }
+#endif
+  return edges;
+}
+
+void Runtime::FreeEdges(Successor* edges) {
+  while (edges != nullptr) {
+    Successor* next = edges->next;
+    control_->pool_deallocate(edges, sizeof(Successor), alignof(Successor));
+    edges = next;
+  }
+}
+
 void Runtime::Release(JobRecord* record) {
   // The last reference (a Spawn's record, a handle already dropped) needs
   // no locked decrement: references are only ever copied from one that is
@@ -1098,6 +1131,19 @@ bool JobContext::cancel_requested() const {
 absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   record->runtime = this;
   record->name = options.name;
+  // Edges past the record's inline ones come from the pool, whose fatal
+  // report may throw (a throwing error handler): they are taken first,
+  // before the job is counted anywhere (counter, frame, node, statistics)
+  // or linked into a predecessor, so that a throw leaves nothing to undo.
+  Successor* spare_edges = nullptr;
+  if (options.predecessors.size() >
+      static_cast<size_t>(JobRecord::kInlineEdges)) [[unlikely]] {
+    int pool_edges = -JobRecord::kInlineEdges;
+    for (const JobRef& pred : options.predecessors) {
+      if (pred.valid()) ++pool_edges;
+    }
+    if (pool_edges > 0) spare_edges = AllocateEdges(record, pool_edges);
+  }
   WorkerSlot* here = CurrentSlot();
   if (here != nullptr) {
     record->id = here->TakeId(next_id_);
@@ -1144,6 +1190,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   }
   if (!refused.ok()) {
     // Never runs: finished at once with the reason, nothing counted.
+    FreeEdges(spare_edges);
     if (counted) {
       nodes_[node]->withdrawn.fetch_add(1, std::memory_order_release);
     }
@@ -1170,10 +1217,13 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
     if (!pred.valid()) continue;
     JobRecord* p = pred.record_;
     record->unmet.fetch_add(1, std::memory_order_relaxed);
-    auto* edge = edges < JobRecord::kInlineEdges
-                     ? &record->inline_edges[edges]
-                     : static_cast<Successor*>(AllocateRecord(
-                           sizeof(Successor), alignof(Successor)));
+    Successor* edge;
+    if (edges < JobRecord::kInlineEdges) {
+      edge = &record->inline_edges[edges];
+    } else {
+      edge = spare_edges;  // One per valid predecessor past the inline ones.
+      spare_edges = spare_edges->next;
+    }
     ++edges;
     edge->job = record;
     Successor* head = p->successors.load(std::memory_order_acquire);

@@ -672,7 +672,12 @@ class Runtime {
   // Both store a copy (or a move) of `f`. If that throws, the exception
   // leaves Submit or Spawn and the memory taken for the job is freed; a
   // job Spawn had already accepted counts as failed (its counter and frame
-  // see the failure, so their waits still end). A job that runs destroys
+  // see the failure, so their waits still end). A job with more than two
+  // predecessors takes an edge per further one from the runtime's pool
+  // (Config::record_source) before it is counted anywhere: if the
+  // out-of-memory report's handler throws there, the exception leaves
+  // Submit or Spawn, the job and its edges are freed, and no counter,
+  // frame or statistic has seen it. A job that runs destroys
   // the stored copy, and what it captured, when it returns and before it
   // counts as finished: once a handle's, a counter's or EndFrame's wait
   // returns, no destructor of its captures is still running. (A job
@@ -768,6 +773,12 @@ class Runtime {
   absl::Status Init();
 
   void* AllocateRecord(size_t size, size_t alignment);
+  // The `n` pool edges a job past its inline ones needs, chained through
+  // `next`. If an allocation's fatal report throws, frees what it took
+  // and `record` (never published), and lets the exception go on.
+  jobs_internal::Successor* AllocateEdges(jobs_internal::JobRecord* record,
+                                          int n);
+  void FreeEdges(jobs_internal::Successor* edges);
   template <typename F>
   friend class jobs_internal::DirectTask;
   // Spawn's direct path: a job with no predecessors and no handle becomes

@@ -26,6 +26,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "alloc/error.h"
+#include "alloc/internal/test_util.h"
 #include "gtest/gtest.h"
 #include "jobs/parallel.h"
 #include "numa/topology.h"
@@ -727,6 +728,86 @@ void ExpectFinishesOrExit(const JobRef& job, const char* what) {
       std::_Exit(1);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// Runs `call` on another thread and waits up to 20 s for it to return;
+// past that it is stuck (and destroying the runtime would hang too): the
+// test reports and leaves.
+void ExpectReturnsOrExit(const std::function<void()>& call, const char* what) {
+  std::atomic<bool> returned{false};
+  std::thread t([&call, &returned] {
+    call();
+    returned.store(true, std::memory_order_release);
+  });
+  if (!Eventually(
+          [&returned] { return returned.load(std::memory_order_acquire); })) {
+    std::fprintf(stderr, "FAILED: %s never returned (20 s)\n", what);
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+  t.join();
+}
+
+void ThrowingHandler(const ErrorReport& report, void*) {
+  throw std::runtime_error(report.message);
+}
+
+// Regression (review): Enqueue counted a job (its counter, its frame, the
+// submitted count) and linked its first two edges into its predecessors
+// before it allocated the edges past the record's inline ones. When that
+// allocation's fatal report threw (a throwing error handler), the exception
+// left with every count taken and the record leaked: the counter's Wait,
+// EndFrame and Shutdown waited for a job that would never run. The edges
+// are now allocated before anything is counted or linked, and a failure
+// there frees the record: the exception goes on, and nothing is left.
+TEST(RuntimeExceptionTest, AThrowingEdgeAllocationLeavesNoCountTaken) {
+  for (const bool spawn : {false, true}) {
+    SCOPED_TRACE(spawn ? "Spawn" : "Submit");
+    alloc_internal::FailingSource source;
+    auto rt = MakeRuntime(Config()
+                              .set_workers_per_node(2)
+                              .set_pinning(PinningPolicy::kNone)
+                              .set_record_source(&source));
+    ASSERT_NE(rt, nullptr);
+    ScopedErrorHandler throwing(&ThrowingHandler, nullptr);
+    // The records' pool page is taken here; no edge has been allocated.
+    ASSERT_TRUE(rt->Submit([] {}).Wait().ok());
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    Gate gate;
+    JobHandle<void> a = rt->Submit([&gate] { gate.Pass(); });
+    JobHandle<void> b = rt->Submit([&gate] { gate.Pass(); });
+    JobHandle<void> c = rt->Submit([&gate] { gate.Pass(); });
+    std::atomic<int> ran{0};
+    JobCounter counter;
+    // A third predecessor needs an edge from the pool, whose first page
+    // the source now refuses: a fatal out-of-memory report, which throws.
+    source.FailNext(-1);
+    const SubmitOptions options =
+        SubmitOptions().with_counter(&counter).after(a, b, c);
+    if (spawn) {
+      EXPECT_THROW((void)rt->Spawn([&ran] { ++ran; }, options),
+                   std::runtime_error);
+    } else {
+      EXPECT_THROW((void)rt->Submit([&ran] { ++ran; }, options),
+                   std::runtime_error);
+    }
+    EXPECT_GT(source.injected_faults(), 0);
+    source.StopFailing();
+    EXPECT_EQ(counter.pending(), 0);
+    gate.Open();
+    ExpectFinishesOrExit(c, "the predecessors");
+    ExpectReturnsOrExit([&counter] { EXPECT_TRUE(counter.Wait().ok()); },
+                        "JobCounter::Wait");
+    ExpectReturnsOrExit([&rt] { EXPECT_TRUE(rt->EndFrame().ok()); },
+                        "EndFrame");
+    ExpectReturnsOrExit(
+        [&rt] { EXPECT_TRUE(rt->Shutdown(ShutdownMode::kFinish).ok()); },
+        "Shutdown");
+    const RuntimeStats stats = rt->stats();
+    EXPECT_EQ(stats.jobs_submitted, 4u);  // The warm-up job and a, b, c.
+    EXPECT_EQ(stats.jobs_completed, 4u);
+    EXPECT_EQ(ran.load(), 0);
   }
 }
 
