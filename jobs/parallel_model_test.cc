@@ -610,13 +610,10 @@ class Iteration {
     const CallSpec& c = plan_.calls[call];
     const bool cancel_possible = c.cancel_at != SIZE_MAX || c.cancel_handle;
     if (plan_.calls[call].valid) {
-      // What it spawns: every non-empty range but the caller's first on
-      // its own node.
-      bool mine = ctx == nullptr;
+      // What it spawns: every non-empty range not on the calling job's
+      // node (those the caller runs itself).
       for (const NodeRange& nr : r.used.ranges()) {
-        if (nr.empty()) continue;
-        if (!mine && nr.node == ctx->node()) {
-          mine = true;
+        if (nr.empty() || (ctx != nullptr && nr.node == ctx->node())) {
           continue;
         }
         expected_submitted_.fetch_add(1);

@@ -2393,11 +2393,15 @@ absl::Status Runtime::ParallelForImpl(
     counter.Cancel();
     skipped.store(true, std::memory_order_relaxed);
   };
-  const NodeRange* mine = nullptr;
+  // The caller's node's ranges run on the calling worker (below), so that
+  // the counter holds only other nodes' jobs: the wait then sleeps outside
+  // TBB (JobCounter::Wait) instead of spinning there beside a no-op task.
+  const int own_node = caller != nullptr ? here->node : -1;
+  bool own_ranges = false;
   for (const NodeRange& r : partition.ranges()) {
     if (r.empty()) continue;
-    if (caller != nullptr && r.node == here->node && mine == nullptr) {
-      mine = &r;  // Run below by the caller itself.
+    if (r.node == own_node) {
+      own_ranges = true;  // Run below by the caller itself.
       continue;
     }
     absl::Status s = Spawn(
@@ -2417,27 +2421,30 @@ absl::Status Runtime::ParallelForImpl(
       return s;
     }
   }
-  if (mine != nullptr) {
-    // The caller's node's range, on the calling worker with the caller's
-    // own context (as Fork's last function): its chunks are the caller's
-    // children, stolen by the node's other workers, and the failure goes
-    // into the counter at the time it happens.
+  // The caller's node's ranges, one after another, on the calling worker
+  // with the caller's own context (as Fork's last function): their chunks
+  // are the caller's children, stolen by the node's other workers, and a
+  // failure goes into the counter at the time it happens (each range runs
+  // whatever the others did, as the spawned ones do).
+  for (const NodeRange& r : partition.ranges()) {
+    if (!own_ranges) break;
+    if (r.empty() || r.node != own_node) continue;
     counter.Add();
     if (cancelled()) {
       skip();
       counter.FinishOk();
+      continue;
+    }
+    std::unique_ptr<JobFailure> failure;
+    try {
+      caller->ParallelFor(r.begin, r.end, grain, body);
+    } catch (...) {
+      failure = CaughtFailure(caller->job_id_, "parallel_for");
+    }
+    if (failure != nullptr) {
+      counter.Finish(&failure->status, failure->exception);
     } else {
-      std::unique_ptr<JobFailure> failure;
-      try {
-        caller->ParallelFor(mine->begin, mine->end, grain, body);
-      } catch (...) {
-        failure = CaughtFailure(caller->job_id_, "parallel_for");
-      }
-      if (failure != nullptr) {
-        counter.Finish(&failure->status, failure->exception);
-      } else {
-        counter.FinishOk();
-      }
+      counter.FinishOk();
     }
   }
   absl::Status status = counter.Wait();

@@ -715,13 +715,13 @@ class Runtime {
   // NodePartition::Check. Inside a job (or a fork child), the ranges are
   // part of the calling job: their cancel_requested() is true once the
   // caller's is, and a node's range that has not started by then is
-  // skipped (the call then returns Cancelled). The caller's node's range
-  // runs on the calling worker, as the caller's own ctx.ParallelFor would
-  // (the node's other workers take chunks of it), and the other nodes'
-  // ranges are waited for: a cross-node wait, which can deadlock when every
-  // worker of two nodes waits on the other at once (docs/jobs.md, "Waiting
-  // inside a job"); call it from the frame loop, or give the nodes spare
-  // workers.
+  // skipped (the call then returns Cancelled). The caller's node's ranges
+  // run on the calling worker, one after another, as the caller's own
+  // ctx.ParallelFor would (the node's other workers take chunks of them),
+  // and the other nodes' ranges are waited for: a cross-node wait, which can
+  // deadlock when every worker of two nodes waits on the other at once
+  // (docs/jobs.md, "Waiting inside a job"); call it from the frame loop, or
+  // give the nodes spare workers.
   template <typename F>
   absl::Status ParallelFor(const NodePartition& partition, size_t grain, F&& f);
   // Items 0..n-1 split by Partition(n).

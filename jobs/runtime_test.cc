@@ -1807,6 +1807,42 @@ bool SpinUntil(const Pred& done) {
 // Regression (review): called inside a job, Runtime::ParallelFor returned
 // the failure of the caller's own node's range even when another node's
 // range had failed first.
+// Inside a job, every range on the caller's node runs on the calling
+// worker, so that the wait holds only other nodes' jobs (and sleeps outside
+// TBB): one job submitted for node 1's range, none for node 0's two.
+TEST(RuntimeParallelTest, ParallelForInsideAJobRunsAllOfItsNodesRangesItself) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kStrict));
+  std::vector<std::atomic<int>> seen(30);
+  std::atomic<int> misplaced{0};
+  auto job = rt->Submit(
+      [&](JobContext& caller) {
+        const std::thread::id me = std::this_thread::get_id();
+        return rt->ParallelFor(
+            NodePartition({{0, 0, 10}, {1, 10, 20}, {0, 20, 30}}), 4,
+            [&, me](JobContext& ctx, size_t b, size_t e) {
+              const bool on_caller = std::this_thread::get_id() == me;
+              if (ctx.node() != (b < 10 || b >= 20 ? 0 : 1) ||
+                  on_caller != (ctx.node() == caller.node())) {
+                misplaced.fetch_add(1);
+              }
+              for (size_t i = b; i < e; ++i) seen[i].fetch_add(1);
+            });
+      },
+      SubmitOptions().on_node(0));
+  ASSERT_TRUE(job.Wait().ok()) << job.status();
+  EXPECT_TRUE(job.value().ok()) << job.value();
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i].load(), 1) << i;
+  EXPECT_EQ(misplaced.load(), 0);
+  const RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.jobs_submitted, 2u);  // The caller and node 1's range.
+  EXPECT_EQ(stats.nodes[0].jobs_submitted, 1u);
+  EXPECT_EQ(stats.nodes[1].jobs_submitted, 1u);
+}
+
 TEST(RuntimeParallelTest, ParallelForInsideAJobReturnsTheFirstFailure) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(
