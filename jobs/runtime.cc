@@ -2095,15 +2095,19 @@ absl::Status JobCounter::Wait() {
     // program). So when every job counted here went to other nodes of
     // this job's runtime, there are no children of this node to help
     // with, and the job sleeps on the count as an outside thread does.
-    // When some went to this node and some elsewhere (or the counter's
-    // jobs are another runtime's), it helps, with a task in its arena
-    // that keeps it from falling asleep there (PostKeepAwake).
+    // When some went to this node (or the counter's jobs are another
+    // runtime's), it helps, with a task in its arena that keeps it from
+    // falling asleep there (PostKeepAwake). Also when none went elsewhere
+    // yet, if the runtime has other nodes: the bits are read once, and a
+    // job it runs while it helps (or another thread) may count jobs on
+    // other nodes here later
+    // (RuntimeParallelTest.AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes).
     Runtime* runtime = tls_slot->runtime;
     const uint64_t local = NodeBit(tls_slot->node);
     const uint64_t nodes = nodes_.load(std::memory_order_relaxed);
     const bool ours = runtime == home_runtime_.load(std::memory_order_relaxed);
     if (!ours || (nodes & local) != 0) {
-      if ((!ours || (nodes & ~local) != 0) &&
+      if ((!ours || runtime->num_nodes() > 1) &&
           (pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
         runtime->PostKeepAwake(tls_slot->node);
       }

@@ -866,7 +866,8 @@ class Runtime {
   void PostToken(int node, jobs_internal::JobRecord* record);
   void RunToken(int node, jobs_internal::JobRecord* record);
   // Enqueues a task that does nothing to `node`'s arena, for a job about
-  // to wait there on jobs of other nodes (see JobCounter::Wait).
+  // to wait there on jobs that are, or may become, other nodes' (see
+  // JobCounter::Wait).
   void PostKeepAwake(int node);
   void RunQueuedToken(Node& node, jobs_internal::WorkerSlot* slot,
                       jobs_internal::JobRecord* own);

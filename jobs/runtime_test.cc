@@ -2004,6 +2004,62 @@ TEST(RuntimeParallelTest, AJobWaitingOnLocalAndRemoteJobsFinishes) {
   JobWaitsOnRemoteJobs(/*local=*/1);
 }
 
+// Regression (review): JobCounter::Wait read the counter's nodes once,
+// when it began. A local job the waiter runs while it helps may then count
+// jobs on node 1 with the same counter: the waiter, having seen only its
+// own node, posted no keep-awake task, fell asleep in TBB's wait with node
+// 1's jobs queued, and node 1's arena got no thread again (hung in each of
+// six runs, at iterations 578-10,875). Polled every 500 us: the hang
+// needs the host's threads idle between iterations (at 20 us none in
+// 100,000).
+TEST(RuntimeParallelTest, AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_node_workers({1, 1})
+                            .set_stealing(StealPolicy::kStrict));
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  const int kIterations = 2000;
+#else
+  const int kIterations = InNumaGuest() ? 1000 : 20000;
+#endif
+  for (int i = 0; i < kIterations; ++i) {
+    auto first = rt->Submit([] {}, SubmitOptions().on_node(1));
+    std::atomic<int> ran{0};
+    auto job = rt->Submit(
+        [&rt, &ran](JobContext&) {
+          JobCounter counter;
+          (void)rt->Spawn(
+              [&rt, &ran, &counter] {
+                for (int k = 0; k < 2; ++k) {
+                  (void)rt->Spawn(
+                      [&ran] { ran.fetch_add(1); },
+                      SubmitOptions().on_node(1).with_counter(&counter));
+                }
+                ran.fetch_add(1);
+              },
+              SubmitOptions().on_node(0).with_counter(&counter));
+          return counter.Wait();
+        },
+        SubmitOptions().on_node(0));
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!job.done() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    if (!job.done()) {
+      // The runtime cannot be destroyed with the job stuck: report and stop.
+      std::fprintf(stderr, "iteration %d hung:\n%s\n", i,
+                   rt->stats().ToText().c_str());
+      std::fflush(stderr);
+      std::abort();
+    }
+    ASSERT_TRUE(job.Wait().ok());
+    ASSERT_TRUE(first.Wait().ok());
+    ASSERT_EQ(ran.load(), 3);
+  }
+}
+
 // Regression (review): Create stepped by batch_size, which wrapped for a
 // batch_size near SIZE_MAX: 52 batches over 100 items, reaching 50 items
 // past a node's segment.
