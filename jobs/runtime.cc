@@ -2091,27 +2091,17 @@ absl::Status JobCounter::Wait() {
     // worker each, jobs enqueued to node 1 while node 0's worker waited
     // there never ran, nor did any submitted to node 1 later
     // (RuntimeParallelTest.AJobWaitingOnAnIdleNodesJobsFinishes and
-    // ...OnLocalAndRemoteJobsFinishes; the same in a plain oneTBB
-    // program). So when every job counted here went to other nodes of
-    // this job's runtime, there are no children of this node to help
-    // with, and the job sleeps on the count as an outside thread does.
-    // When some went to this node (or the counter's jobs are another
-    // runtime's), it helps, with a task in its arena that keeps it from
-    // falling asleep there (PostKeepAwake). Also when none went elsewhere
-    // yet, if the runtime has other nodes: the bits are read once, and a
-    // job it runs while it helps (or another thread) may count jobs on
-    // other nodes here later
-    // (RuntimeParallelTest.AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes).
-    Runtime* runtime = tls_slot->runtime;
-    const uint64_t local = NodeBit(tls_slot->node);
-    const uint64_t nodes = nodes_.load(std::memory_order_relaxed);
-    const bool ours = runtime == home_runtime_.load(std::memory_order_relaxed);
-    if (!ours || (nodes & local) != 0) {
-      if ((!ours || runtime->num_nodes() > 1) &&
-          (pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
-        runtime->PostKeepAwake(tls_slot->node);
-      }
-      HelpUntilZero();
+    // ...OnLocalAndRemoteJobsFinishes; //jobs:tbb_starvation_repro). So
+    // when every job counted here went to other nodes of this job's
+    // runtime, there are no children of this node to help with, and the
+    // job sleeps on the count as an outside thread does. Otherwise it
+    // helps, with a no-op task in its arena while jobs of other nodes are
+    // counted here, which keeps it from falling asleep in TBB
+    // (HelpUntilZero).
+    if (tls_slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
+        (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
+            0) {
+      HelpUntilZero(tls_slot);
     }
     WaitUntilZero(pending_, wake_);
   } else {
@@ -2167,11 +2157,16 @@ void JobCounter::ReachedZero(int64_t left) {
   // they are still waiting below, so the counter outlives this.
   WakeIfZero(left, pending_, wake_);
   if ((left & kHelperBit) == 0) return;
+  ReleaseHelpers();
+}
+
+void JobCounter::ReleaseHelpers() {
   // Jobs wait in HelpUntilZero and cannot return before their
   // wait_contexts are released: the counter is alive until the first
   // release. Take them all (a helper that registers later sees the count
   // at zero, or a count that rose again, by itself), then release them
-  // without touching the counter again.
+  // without touching the counter again. A released helper whose count is
+  // not zero registers again.
   Helper* helpers;
   {
     alloc_internal::MutexLock lock(&helpers_mu_);
@@ -2188,7 +2183,8 @@ void JobCounter::ReachedZero(int64_t left) {
   }
 }
 
-void JobCounter::HelpUntilZero() {
+void JobCounter::HelpUntilZero(WorkerSlot* slot) {
+  bool kept_awake = false;  // The no-op task is posted (once a wait).
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     tbb::detail::d1::wait_context done(1);
     Helper me{&done, nullptr};
@@ -2197,7 +2193,7 @@ void JobCounter::HelpUntilZero() {
       // The bit is set in the same step that reads the count: a finisher
       // that brings it to zero later sees it and releases `done`.
       const int64_t before =
-          pending_.fetch_or(kHelperBit, std::memory_order_acq_rel);
+          pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
       if ((before & kCountMask) == 0) {
         // Finished meanwhile: not registered; the bit stays only if other
         // helpers wait (their finisher has not come yet).
@@ -2208,6 +2204,20 @@ void JobCounter::HelpUntilZero() {
       }
       me.next = helpers_;
       helpers_ = &me;
+    }
+    // Jobs of other nodes counted here: keep this worker from falling
+    // asleep in TBB's wait while they are queued there (PostKeepAwake).
+    // Looked at after registering (seq_cst, as NoteSubmission's bit and
+    // its look at kHelperBit): a job counted on another node later, by a
+    // child this wait runs or by another thread, releases this helper,
+    // which then looks again
+    // (RuntimeParallelTest.AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes).
+    if (!kept_awake &&
+        (slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
+         (nodes_.load(std::memory_order_seq_cst) & ~NodeBit(slot->node)) !=
+             0)) {
+      slot->runtime->PostKeepAwake(slot->node);
+      kept_awake = true;
     }
     // Runs this job's region's tasks (its children) until a finisher
     // releases `done`.

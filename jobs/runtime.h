@@ -431,9 +431,13 @@ class JobCounter {
   // The decrement of a finishing job left `left` (count bits zero): wakes
   // a sleeping waiter and a helping job.
   void ReachedZero(int64_t left);
-  // Wait() from inside a job: runs the node's tasks of this job's isolated
-  // region (its own children among them) until the count drops to zero.
-  void HelpUntilZero();
+  // Wait() from inside a job on `slot`: runs the node's tasks of this
+  // job's isolated region (its own children among them) until the count
+  // drops to zero, with a no-op task in the node's arena while jobs of
+  // other nodes (or runtimes) are counted here (see Wait).
+  void HelpUntilZero(jobs_internal::WorkerSlot* slot);
+  // Releases every job waiting in HelpUntilZero, to look again.
+  void ReleaseHelpers();
   // A job counted here was submitted to `node` of `runtime`: where Wait()
   // from outside may help (OutsideWaitPolicy). Stores only on a change (the
   // line is the count's, which Add just wrote).
@@ -446,7 +450,14 @@ class JobCounter {
     }
     if (const uint64_t bit = NodeBit(node);
         (nodes_.load(std::memory_order_relaxed) & bit) == 0) {
-      nodes_.fetch_or(bit, std::memory_order_relaxed);
+      // A node new to this counter: a job helping in HelpUntilZero may
+      // have decided it needs no no-op task before it was counted here.
+      // seq_cst with the helper's registration and its look at nodes_:
+      // either it sees this bit or this sees its kHelperBit.
+      nodes_.fetch_or(bit, std::memory_order_seq_cst);
+      if ((pending_.load(std::memory_order_seq_cst) & kHelperBit) != 0) {
+        ReleaseHelpers();
+      }
     }
   }
   // The bit of `node` in nodes_ (nodes from 63 on share the last).
