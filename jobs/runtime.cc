@@ -2160,6 +2160,17 @@ void JobCounter::ReachedZero(int64_t left) {
   ReleaseHelpers();
 }
 
+void JobCounter::NoteNewNode(uint64_t bit) {
+  // A job helping in HelpUntilZero may have decided it needs no no-op task
+  // before this job was counted. seq_cst with the helper's registration
+  // and its look at nodes_: either it sees this bit or this sees its
+  // kHelperBit, and releases it to look again.
+  nodes_.fetch_or(bit, std::memory_order_seq_cst);
+  if ((pending_.load(std::memory_order_seq_cst) & kHelperBit) != 0) {
+    ReleaseHelpers();
+  }
+}
+
 void JobCounter::ReleaseHelpers() {
   // Jobs wait in HelpUntilZero and cannot return before their
   // wait_contexts are released: the counter is alive until the first

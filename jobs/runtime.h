@@ -438,6 +438,9 @@ class JobCounter {
   void HelpUntilZero(jobs_internal::WorkerSlot* slot);
   // Releases every job waiting in HelpUntilZero, to look again.
   void ReleaseHelpers();
+  // NoteSubmission's rare path: a job was counted on a node new to this
+  // counter (`bit` of nodes_).
+  [[gnu::cold, gnu::noinline]] void NoteNewNode(uint64_t bit);
   // A job counted here was submitted to `node` of `runtime`: where Wait()
   // from outside may help (OutsideWaitPolicy). Stores only on a change (the
   // line is the count's, which Add just wrote).
@@ -449,15 +452,8 @@ class JobCounter {
       home_node_.store(node, std::memory_order_relaxed);
     }
     if (const uint64_t bit = NodeBit(node);
-        (nodes_.load(std::memory_order_relaxed) & bit) == 0) {
-      // A node new to this counter: a job helping in HelpUntilZero may
-      // have decided it needs no no-op task before it was counted here.
-      // seq_cst with the helper's registration and its look at nodes_:
-      // either it sees this bit or this sees its kHelperBit.
-      nodes_.fetch_or(bit, std::memory_order_seq_cst);
-      if ((pending_.load(std::memory_order_seq_cst) & kHelperBit) != 0) {
-        ReleaseHelpers();
-      }
+        (nodes_.load(std::memory_order_relaxed) & bit) == 0) [[unlikely]] {
+      NoteNewNode(bit);
     }
   }
   // The bit of `node` in nodes_ (nodes from 63 on share the last).
