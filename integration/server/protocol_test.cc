@@ -28,10 +28,9 @@ namespace framealloc {
 namespace server {
 namespace {
 
-// Sends `raw` (optionally half-closing), returns everything read until the
-// peer closes or `timeout_s` passes ("<timeout>" appended then).
-std::string Exchange(int port, const std::string& raw, bool half_close,
-                     int timeout_s = 20) {
+// A socket connected to `port` on the loopback interface, whose reads
+// time out after `timeout_s`; -1 if the connection failed.
+int ConnectLoopback(int port, int timeout_s) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -39,10 +38,19 @@ std::string Exchange(int port, const std::string& raw, bool half_close,
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return "<connect failed>";
+    return -1;
   }
   timeval tv{timeout_s, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Sends `raw` (optionally half-closing), returns everything read until the
+// peer closes or `timeout_s` passes ("<timeout>" appended then).
+std::string Exchange(int port, const std::string& raw, bool half_close,
+                     int timeout_s = 20) {
+  const int fd = ConnectLoopback(port, timeout_s);
+  if (fd < 0) return "<connect failed>";
   size_t sent = 0;
   while (sent < raw.size()) {
     ssize_t n = send(fd, raw.data() + sent, raw.size() - sent, MSG_NOSIGNAL);
@@ -196,17 +204,8 @@ TEST_P(ProtocolTest, CompressedBodiesAreBoundedAfterInflating) {
 // data of ours unread: also a close) or "<timeout>" after `timeout_s`.
 std::string Converse(int port, const std::vector<std::string>& parts,
                      int pause_ms, int timeout_s) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "<connect failed>";
-  }
-  timeval tv{timeout_s, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const int fd = ConnectLoopback(port, timeout_s);
+  if (fd < 0) return "<connect failed>";
   bool sending = true;
   for (size_t i = 0; i < parts.size() && sending; ++i) {
     if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
