@@ -83,18 +83,7 @@ namespace {
 using model_harness::TopologyOf;
 using model_harness::Watchdog;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define FRAMEALLOC_PMODEL_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define FRAMEALLOC_PMODEL_SANITIZED 1
-#endif
-#endif
-#if defined(FRAMEALLOC_PMODEL_SANITIZED)
-constexpr bool kSanitized = true;  // Several times slower: fewer programs.
-#else
-constexpr bool kSanitized = false;
-#endif
+using model_harness::kSanitized;
 
 bool CrossNodeWaits() {
   static const bool on = [] {
@@ -1030,43 +1019,8 @@ TEST(ParallelModelTest, RandomProgramsMatchTheModel) {
   const std::vector<uint64_t> seeds =
       model_harness::Seeds("PARALLEL_MODEL", kIterations, 0xDA7A0000);
   ASSERT_FALSE(seeds.empty());
-  int failures = 0;
-  for (const uint64_t seed : seeds) {
-    const Plan plan = BuildPlan(seed);
-    if (std::getenv("PARALLEL_MODEL_VERBOSE") != nullptr) {
-      std::fprintf(stderr, "%s\n", plan.Describe().c_str());
-    }
-    Watchdog::Get().Arm(seed);
-    std::vector<std::string> violations;
-    {
-      Config config;
-      config.set_topology(&TopologyOf(plan.nodes))
-          .set_node_workers(plan.workers)
-          .set_stealing(plan.stealing)
-          .set_outside_wait(plan.outside);
-      auto created = Runtime::Create(config);
-      ASSERT_TRUE(created.ok()) << created.status();
-      std::unique_ptr<Runtime> rt = *std::move(created);
-      {
-        Iteration it(plan, rt.get());
-        Watchdog::Get().SetDump(&Iteration::Dump, &it);
-        it.Run();
-        Watchdog::Get().SetDump(nullptr, nullptr);
-        violations = it.violations();
-        it.DropHandles();
-      }
-      Watchdog::Get().Phase("destroying the runtime");
-      rt.reset();
-    }
-    Watchdog::Get().Disarm();
-    if (!violations.empty()) {
-      ++failures;
-      ADD_FAILURE() << plan.Describe()
-                    << "\nrerun it with PARALLEL_MODEL_SEEDS=" << seed << "\n  "
-                    << absl::StrJoin(violations, "\n  ");
-      if (failures >= 3) break;
-    }
-  }
+  model_harness::RunPrograms<Iteration>(
+      "PARALLEL_MODEL", seeds, BuildPlan, [](Iteration&) {}, [](uint64_t) {});
   std::printf(
       "%zu programs; calls: %llu outside, %llu in jobs, %llu ctx.ParallelFor, "
       "%llu BatchProcessor (%llu via a fork child); OK %llu, Unknown %llu, "

@@ -70,18 +70,7 @@ namespace {
 using model_harness::TopologyOf;
 using model_harness::Watchdog;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define FRAMEALLOC_MODEL_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define FRAMEALLOC_MODEL_SANITIZED 1
-#endif
-#endif
-#if defined(FRAMEALLOC_MODEL_SANITIZED)
-constexpr bool kSanitized = true;  // Several times slower: fewer programs.
-#else
-constexpr bool kSanitized = false;
-#endif
+using model_harness::kSanitized;
 
 constexpr int kIterations = kSanitized ? 500 : 1500;
 constexpr int kMinJobs = 20;
@@ -1468,46 +1457,14 @@ TEST(RuntimeModelTest, RandomProgramsMatchTheModel) {
       model_harness::Seeds("RUNTIME_MODEL", kIterations, 0x5EED0000);
   ASSERT_FALSE(seeds.empty());
   PrintSeedOnCrash();
-  int failures = 0;
-  for (const uint64_t seed : seeds) {
-    const Plan plan = PlanBuilder(seed).Build();
-    if (std::getenv("RUNTIME_MODEL_VERBOSE") != nullptr) {
-      std::fprintf(stderr, "%s\n", plan.Describe().c_str());
-    }
-    crash_seed.store(seed, std::memory_order_relaxed);
-    Watchdog::Get().Arm(seed);
-    std::vector<std::string> violations;
-    {
-      Config config;
-      config.set_topology(&TopologyOf(plan.nodes))
-          .set_node_workers(plan.workers)
-          .set_stealing(plan.stealing)
-          .set_outside_wait(plan.outside);
-      auto created = Runtime::Create(config);
-      ASSERT_TRUE(created.ok()) << created.status();
-      std::unique_ptr<Runtime> rt = *std::move(created);
-      {
-        Iteration it(plan, rt.get());
-        Watchdog::Get().SetDump(&Iteration::Dump, &it);
-        it.Run();
+  model_harness::RunPrograms<Iteration>(
+      "RUNTIME_MODEL", seeds,
+      [](uint64_t seed) { return PlanBuilder(seed).Build(); },
+      [](Iteration& it) {
         Watchdog::Get().Phase("checking");
         it.CheckModel();
-        violations = it.violations();
-        it.DropHandles();
-        Watchdog::Get().SetDump(nullptr, nullptr);
-      }
-      Watchdog::Get().Phase("destroying the runtime");
-      rt.reset();
-    }
-    Watchdog::Get().Disarm();
-    if (!violations.empty()) {
-      ++failures;
-      ADD_FAILURE() << plan.Describe()
-                    << "\nrerun it with RUNTIME_MODEL_SEEDS=" << seed << "\n  "
-                    << absl::StrJoin(violations, "\n  ");
-      if (failures >= 3) break;
-    }
-  }
+      },
+      [](uint64_t seed) { crash_seed.store(seed, std::memory_order_relaxed); });
   std::printf("%zu programs\n", seeds.size());
 }
 

@@ -17,13 +17,31 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "gtest/gtest.h"
+#include "jobs/config.h"
+#include "jobs/runtime.h"
 #include "numa/topology.h"
 
 namespace framealloc {
 namespace jobs {
 namespace model_harness {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define FRAMEALLOC_MODEL_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define FRAMEALLOC_MODEL_SANITIZED 1
+#endif
+#endif
+// Built with ASan or TSan: several times slower, so fewer programs.
+#if defined(FRAMEALLOC_MODEL_SANITIZED)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
 
 // The environment variable `prefix`_`name` (e.g. RUNTIME_MODEL_SEEDS), null
 // if unset.
@@ -139,6 +157,58 @@ class Watchdog {
   std::atomic<void (*)(void*)> dump_{nullptr};
   std::atomic<void*> dump_context_{nullptr};
 };
+
+// The loop both model tests run: for each seed, builds its plan
+// (build(seed)), creates the runtime the plan asks for (plan.nodes,
+// .workers, .stealing, .outside), runs an Iteration(plan, runtime) under the
+// watchdog (Run, then after_run(iteration), then DropHandles), destroys the
+// runtime and fails the test with the plan, the violations and the
+// variable that reruns the seed; it stops after three failing seeds.
+// `prefix`_VERBOSE=1 prints each plan. before(seed) runs first (a crash
+// handler's note of the seed, say).
+template <typename Iteration, typename Build, typename AfterRun,
+          typename Before>
+void RunPrograms(const char* prefix, const std::vector<uint64_t>& seeds,
+                 Build build, AfterRun after_run, Before before) {
+  const bool verbose = Env(prefix, "VERBOSE") != nullptr;
+  int failures = 0;
+  for (const uint64_t seed : seeds) {
+    const auto plan = build(seed);
+    if (verbose) std::fprintf(stderr, "%s\n", plan.Describe().c_str());
+    before(seed);
+    Watchdog::Get().Arm(seed);
+    std::vector<std::string> violations;
+    {
+      Config config;
+      config.set_topology(&TopologyOf(plan.nodes))
+          .set_node_workers(plan.workers)
+          .set_stealing(plan.stealing)
+          .set_outside_wait(plan.outside);
+      auto created = Runtime::Create(config);
+      ASSERT_TRUE(created.ok()) << created.status();
+      std::unique_ptr<Runtime> rt = *std::move(created);
+      {
+        Iteration it(plan, rt.get());
+        Watchdog::Get().SetDump(&Iteration::Dump, &it);
+        it.Run();
+        after_run(it);
+        violations = it.violations();
+        it.DropHandles();
+        Watchdog::Get().SetDump(nullptr, nullptr);
+      }
+      Watchdog::Get().Phase("destroying the runtime");
+      rt.reset();
+    }
+    Watchdog::Get().Disarm();
+    if (!violations.empty()) {
+      ++failures;
+      ADD_FAILURE() << plan.Describe() << "\nrerun it with " << prefix
+                    << "_SEEDS=" << seed << "\n  "
+                    << absl::StrJoin(violations, "\n  ");
+      if (failures >= 3) break;
+    }
+  }
+}
 
 }  // namespace model_harness
 }  // namespace jobs
