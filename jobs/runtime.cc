@@ -2422,13 +2422,9 @@ absl::Status Runtime::ParallelForImpl(
   // the counter holds only other nodes' jobs: the wait then sleeps outside
   // TBB (JobCounter::Wait) instead of spinning there beside a no-op task.
   const int own_node = caller != nullptr ? here->node : -1;
-  bool own_ranges = false;
   for (const NodeRange& r : partition.ranges()) {
     if (r.empty()) continue;
-    if (r.node == own_node) {
-      own_ranges = true;  // Run below by the caller itself.
-      continue;
-    }
+    if (r.node == own_node) continue;  // Run below by the caller itself.
     absl::Status s = Spawn(
         [body, r, grain, caller, cancelled, skip](JobContext& ctx) {
           if (cancelled()) {
@@ -2452,7 +2448,6 @@ absl::Status Runtime::ParallelForImpl(
   // failure goes into the counter at the time it happens (each range runs
   // whatever the others did, as the spawned ones do).
   for (const NodeRange& r : partition.ranges()) {
-    if (!own_ranges) break;
     if (r.empty() || r.node != own_node) continue;
     counter.Add();
     if (cancelled()) {
