@@ -170,13 +170,11 @@ class FrameRenderer {
       const Mem keep = Keep(slot, lane.lane);
       const size_t begin = b * kBlock, end = std::min(objects_, begin + kBlock);
       auto visible = temp.template MakeVec<uint32_t>();
-      visible.reserve(end - begin);
-      for (size_t i = begin; i < end; ++i) {
-        if (frustum.IntersectsSphere({scene.x[i], scene.y[i], scene.z[i]},
-                                     scene.radius[i])) {
-          visible.push_back(static_cast<uint32_t>(i));
-        }
-      }
+      visible.resize(end - begin);
+      visible.resize(frustum.CullSpheres(
+          scene.x.data() + begin, scene.y.data() + begin,
+          scene.z.data() + begin, scene.radius.data() + begin, end - begin,
+          static_cast<uint32_t>(begin), visible.data()));
       // Built in locals and moved into the per-block tables at the end: the
       // tables' neighbouring entries share cache lines with blocks other
       // workers record at the same time, and a push_back through the table

@@ -124,6 +124,46 @@ absl::StatusOr<Frustum> Frustum::FromCamera(const Camera& camera) {
   return fr;
 }
 
+size_t Frustum::CullSpheres(const float* x, const float* y, const float* z,
+                            const float* radius, size_t n, uint32_t first,
+                            uint32_t* out) const {
+  // The planes in locals: `out` may not alias them, so the compiler keeps
+  // them in registers instead of reloading them after every store.
+  float nx[6], ny[6], nz[6], d[6];
+  for (int k = 0; k < 6; ++k) {
+    nx[k] = planes_[k].nx;
+    ny[k] = planes_[k].ny;
+    nz[k] = planes_[k].nz;
+    d[k] = planes_[k].d;
+  }
+  constexpr size_t kChunk = 256;
+  size_t count = 0;
+  for (size_t base = 0; base < n; base += kChunk) {
+    const size_t m = std::min(kChunk, n - base);
+    // Pass 1, vectorized: a flag per sphere. `!(distance < -r)` is
+    // IntersectsSphere's test exactly (a NaN distance passes in both), and
+    // each distance is computed in the same order as Plane::Distance.
+    uint8_t inside[kChunk];
+    for (size_t i = 0; i < m; ++i) {
+      const float cx = x[base + i], cy = y[base + i], cz = z[base + i];
+      const float neg_r = -radius[base + i];
+      bool in = true;
+      for (int k = 0; k < 6; ++k) {
+        const float dist = nx[k] * cx + ny[k] * cy + nz[k] * cz + d[k];
+        in &= !(dist < neg_r);
+      }
+      inside[i] = in;
+    }
+    // Pass 2, branch-free compaction: every index is written, and only
+    // those inside advance the count.
+    for (size_t i = 0; i < m; ++i) {
+      out[count] = first + static_cast<uint32_t>(base + i);
+      count += inside[i];
+    }
+  }
+  return count;
+}
+
 float Frustum::Depth01(const Vec3& c) const {
   const float d = (Dot(Sub(c, eye_), forward_) - near_) / (far_ - near_);
   return std::clamp(d, 0.0f, 1.0f);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -110,6 +111,55 @@ TEST(CullingTest, MatchesBruteForce) {
     // A real cull: some objects in view, many out.
     EXPECT_GT(inside, 1000u);
     EXPECT_LT(inside, checked * 3 / 4);
+  }
+}
+
+// The batched cull answers as the per-sphere test does, sphere for sphere,
+// in order: over whole scenes and over lengths that end inside its chunk of
+// 256, with spheres on the planes, NaN centres and radii, and empty input.
+TEST(CullingTest, CullSpheresMatchesIntersectsSphere) {
+  absl::StatusOr<SceneObjects> scene = MakeScene(20000, 5, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  // A few awkward spheres: on the eye, huge, zero-sized, NaN.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float odd[][4] = {
+      {0, 0, 0, 0},     {0, 0, 0, 1e30f},   {5, 5, -50, 0},    {nan, 0, -10, 1},
+      {0, 0, -10, nan}, {0, nan, nan, nan}, {1e30f, 0, -10, 1}};
+  for (const auto& o : odd) {
+    scene->x.push_back(o[0]);
+    scene->y.push_back(o[1]);
+    scene->z.push_back(o[2]);
+    scene->radius.push_back(o[3]);
+  }
+  const size_t n_all = scene->x.size();
+  for (uint64_t frame : {0u, 40u, 200u}) {
+    const Camera cam = RenderSimulation::CameraAt(frame);
+    absl::StatusOr<Frustum> fr = Frustum::FromCamera(cam);
+    ASSERT_TRUE(fr.ok());
+    for (size_t first : {size_t{0}, size_t{1}, size_t{300}, n_all - 7}) {
+      for (size_t n : {size_t{0}, size_t{1}, size_t{255}, size_t{256},
+                       size_t{257}, n_all - first}) {
+        if (first + n > n_all) continue;
+        std::vector<uint32_t> expected;
+        for (size_t i = first; i < first + n; ++i) {
+          if (fr->IntersectsSphere({scene->x[i], scene->y[i], scene->z[i]},
+                                   scene->radius[i])) {
+            expected.push_back(static_cast<uint32_t>(i));
+          }
+        }
+        std::vector<uint32_t> got(n + 1, 0xdeadbeefu);
+        const size_t count = fr->CullSpheres(
+            scene->x.data() + first, scene->y.data() + first,
+            scene->z.data() + first, scene->radius.data() + first, n,
+            static_cast<uint32_t>(first), got.data());
+        ASSERT_EQ(count, expected.size())
+            << "frame " << frame << " first " << first << " n " << n;
+        EXPECT_EQ(got[n], 0xdeadbeefu) << "wrote past n = " << n;
+        got.resize(count);
+        EXPECT_EQ(got, expected)
+            << "frame " << frame << " first " << first << " n " << n;
+      }
+    }
   }
 }
 
