@@ -1577,6 +1577,20 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
 // empty while it waits: the waiter keeps looking for work (yielding)
 // instead. A worker at the top of its stack runs it as a no-op (the
 // drain of Shutdown included).
+// A worker inside a job that blocks outside TBB (JobCounter::Wait on jobs
+// all on other nodes, JobRef::Wait on another node's job) cannot starve
+// anything by itself, but another worker of its node may be waiting for it
+// in TBB: a Fork or ParallelFor whose child it runs, or a JobCounter of
+// this node's jobs (which posts no keep-awake task). Asleep there, that
+// worker starves the other node's arena just as above, and the jobs this
+// one waits for never run (RuntimeParallelTest.AForkWhoseChildWaitsOn*:
+// hung in every run of 20,000 iterations). The same task, posted by the
+// blocking worker, keeps its node's waiters looking for work until a
+// worker at the top of its stack runs it.
+void Runtime::KeepNodeAwake(WorkerSlot* slot) {
+  slot->runtime->PostKeepAwake(slot->node);
+}
+
 void Runtime::PostKeepAwake(int node_index) {
   Node& node = *nodes_[node_index];
   struct KeepAwake {
@@ -2017,6 +2031,15 @@ absl::Status JobRef::Wait() const {
     s = r->state.load(std::memory_order_acquire);
   }
   if (!jobs_internal::IsFinal(s)) {
+    // A job about to block outside TBB on another node's (or another
+    // runtime's) job: as JobCounter::Wait's remote path.
+    WorkerSlot* here = tls_slot;
+    if (here != nullptr &&
+        tbb::this_task_arena::current_thread_index() !=
+            tbb::task_arena::not_initialized &&
+        (here->runtime != r->runtime || here->node != r->node)) {
+      Runtime::KeepNodeAwake(here);
+    }
     SpinUntil([r, &s] {
       s = r->state.load(std::memory_order_acquire);
       return jobs_internal::IsFinal(s);
@@ -2102,6 +2125,12 @@ absl::Status JobCounter::Wait() {
         (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
             0) {
       HelpUntilZero(tls_slot);
+    } else if ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
+      // This worker is about to block outside TBB on another node's jobs:
+      // another worker of its node may be waiting for it in TBB (a Fork,
+      // a counter of local jobs), and must not fall asleep there either
+      // (Runtime::KeepNodeAwake).
+      Runtime::KeepNodeAwake(tls_slot);
     }
     WaitUntilZero(pending_, wake_);
   } else {

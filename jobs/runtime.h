@@ -876,6 +876,10 @@ class Runtime {
   // to wait there on jobs that are, or may become, other nodes' (see
   // JobCounter::Wait).
   void PostKeepAwake(int node);
+  // The same task, for `slot`'s node, from a job of that slot about to
+  // block outside TBB on another node's (or runtime's) work: a worker of
+  // its node waiting for it in TBB must not fall asleep there.
+  static void KeepNodeAwake(jobs_internal::WorkerSlot* slot);
   void RunQueuedToken(Node& node, jobs_internal::WorkerSlot* slot,
                       jobs_internal::JobRecord* own);
   void RunThief(int node, int victim);

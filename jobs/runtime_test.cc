@@ -2060,6 +2060,111 @@ TEST(RuntimeParallelTest, AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes) {
   }
 }
 
+// How a job on node 0 waits for its node-0 child (OuterWait), and how
+// that child waits for two jobs it sent to node 1 (InnerWait).
+enum class OuterWait { kFork, kCounter };
+enum class InnerWait { kCounter, kHandle };
+
+// Regression: node 0 has two workers; a job there waits for a child of its
+// own node, which the other worker takes (the job spins 50 us first, so it
+// nearly always does) and which waits, outside TBB, for jobs it sent to
+// node 1. The job's own wait is TBB's: a Fork, or a JobCounter of local
+// jobs only, which needs no keep-awake task of its own. Asleep there, it
+// starved node 1's arena as in AJobWaitingOnAnIdleNodesJobsFinishes: the
+// fork hung in 3 of 3 runs (iterations 265, 1,032 and 9,411). A job that
+// blocks outside TBB on unfinished work now first posts the no-op task to
+// its node's arena (JobCounter::Wait's remote path, JobRef::Wait), which
+// keeps a worker of that node that waits in TBB from falling asleep.
+void LocalChildWaitsOnRemoteJobs(OuterWait outer, InnerWait inner) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_node_workers({2, 1})
+                            .set_stealing(StealPolicy::kStrict));
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  const int kIterations = 1000;
+#else
+  const int kIterations = InNumaGuest() ? 1000 : 20000;
+#endif
+  std::atomic<int> taken{0};  // Children that ran on the other worker.
+  for (int i = 0; i < kIterations; ++i) {
+    auto first = rt->Submit([] {}, SubmitOptions().on_node(1));
+    std::atomic<int> ran{0};
+    // The child: sends two jobs to node 1 and waits for them.
+    auto child = [&rt, &ran, &taken, inner](JobContext& ctx, int parent) {
+      if (ctx.worker() != parent) taken.fetch_add(1);
+      absl::Status s;
+      if (inner == InnerWait::kCounter) {
+        JobCounter counter;
+        for (int k = 0; k < 2; ++k) {
+          s.Update(
+              rt->Spawn([&ran] { ran.fetch_add(1); },
+                        SubmitOptions().on_node(1).with_counter(&counter)));
+        }
+        s.Update(counter.Wait());
+      } else {
+        auto a = rt->Submit([&ran] { ran.fetch_add(1); },
+                            SubmitOptions().on_node(1));
+        auto b = rt->Submit([&ran] { ran.fetch_add(1); },
+                            SubmitOptions().on_node(1));
+        s.Update(a.Wait());
+        s.Update(b.Wait());
+      }
+      return s;
+    };
+    auto spin = [] {
+      const auto until =
+          std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+    };
+    auto job = rt->Submit(
+        [&rt, &ran, &child, &spin, outer](JobContext& ctx) {
+          const int parent = ctx.worker();
+          absl::Status s;
+          if (outer == OuterWait::kFork) {
+            ctx.Fork([&](JobContext& c) { s = child(c, parent); },
+                     [&](JobContext&) {
+                       spin();
+                       ran.fetch_add(1);
+                     });
+          } else {
+            JobCounter counter;
+            s.Update(rt->Spawn(
+                [&](JobContext& c) {
+                  absl::Status cs = child(c, parent);
+                  if (!cs.ok()) throw std::runtime_error(cs.ToString());
+                },
+                SubmitOptions().on_node(0).with_counter(&counter)));
+            spin();
+            ran.fetch_add(1);
+            s.Update(counter.Wait());
+          }
+          return s;
+        },
+        SubmitOptions().on_node(0));
+    FinishesOrAbort(*rt, job, i, std::chrono::microseconds(500));
+    ASSERT_TRUE(job.Wait().ok()) << job.Wait();
+    ASSERT_TRUE(first.Wait().ok());
+    ASSERT_EQ(ran.load(), 3);
+  }
+  // The case under test: the other worker took the child (not the job's
+  // own worker, inside its wait) in most iterations.
+  EXPECT_GT(taken.load(), kIterations / 2);
+}
+
+TEST(RuntimeParallelTest, AForkWhoseChildWaitsOnRemoteJobsFinishes) {
+  LocalChildWaitsOnRemoteJobs(OuterWait::kFork, InnerWait::kCounter);
+}
+
+TEST(RuntimeParallelTest, AForkWhoseChildWaitsOnRemoteHandlesFinishes) {
+  LocalChildWaitsOnRemoteJobs(OuterWait::kFork, InnerWait::kHandle);
+}
+
+TEST(RuntimeParallelTest, AJobWaitingOnALocalJobThatWaitsOnRemoteJobsFinishes) {
+  LocalChildWaitsOnRemoteJobs(OuterWait::kCounter, InnerWait::kCounter);
+}
+
 // Regression (review): Create stepped by batch_size, which wrapped for a
 // batch_size near SIZE_MAX: 52 batches over 100 items, reaching 50 items
 // past a node's segment.
