@@ -14,6 +14,17 @@
 // isolated region cannot take (Runtime::PostKeepAwake's remedy); --futex
 // waits outside TBB instead (the remedy when every job waited for is
 // remote). Exits 0 when every round finished, 1 at the first that hung.
+//
+// --sibling is the same starvation one step removed: arena 0 has two
+// workers, and the task forks a child that the other worker takes (after
+// the task spins 50 us) and that waits on a futex for arena 1's tasks,
+// while the task waits for the child in TBB. With --poll_us=500, 3 runs of
+// 3 hung (rounds 5,504, 7,063 and 15,850); with --keep_awake (the child
+// posts the task before it blocks: Runtime::KeepNodeAwake's remedy) none
+// of 3 (20,000 rounds each, the child taken by the other worker in
+// 83-90% of them).
+//
+//   ./bazelw run -c opt //jobs:tbb_starvation_repro -- --sibling --poll_us=500
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -32,6 +43,11 @@ ABSL_FLAG(bool, keep_awake, false,
           "enqueue a task the waiter cannot take to its arena first");
 ABSL_FLAG(bool, futex, false, "wait on an atomic outside TBB instead");
 ABSL_FLAG(int, hang_ms, 5000, "a round not done after this long hung");
+ABSL_FLAG(int, poll_us, 200, "how often the main thread looks at a round");
+ABSL_FLAG(bool, sibling, false,
+          "arena 0 has two workers; the task forks a child (taken by the "
+          "other worker after a 50 us spin) that waits on a futex for arena "
+          "1's tasks while the task waits for it in TBB");
 
 namespace {
 namespace d1 = tbb::detail::d1;
@@ -42,18 +58,49 @@ int main(int argc, char** argv) {
   const int rounds = absl::GetFlag(FLAGS_rounds);
   const bool keep_awake = absl::GetFlag(FLAGS_keep_awake);
   const bool futex = absl::GetFlag(FLAGS_futex);
-  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 3);
+  const bool sibling = absl::GetFlag(FLAGS_sibling);
+  tbb::global_control threads(tbb::global_control::max_allowed_parallelism,
+                              sibling ? 4 : 3);
   tbb::task_arena a0, a1;
-  a0.initialize(/*max_concurrency=*/2, /*reserved_for_masters=*/1);
+  a0.initialize(/*max_concurrency=*/sibling ? 3 : 2,
+                /*reserved_for_masters=*/1);
   a1.initialize(2, 1);
   tbb::task_group_context context0(tbb::task_group_context::isolated);
   tbb::task_group_context context1(tbb::task_group_context::isolated);
   tbb::task_group g0(context0), g1(context1);
+  std::atomic<int> taken{0};  // --sibling: children run by the other worker.
   for (int round = 0; round < rounds; ++round) {
     std::atomic<bool> first{false}, done{false};
     a1.enqueue(g1.defer([&first] { first = true; }));
     a0.enqueue(g0.defer([&] {
       tbb::this_task_arena::isolate([&] {
+        if (sibling) {
+          // The waiting task's wait is on its own arena's work (a child),
+          // and that child blocks outside TBB on arena 1.
+          tbb::task_group fork;
+          const int forker = tbb::this_task_arena::current_thread_index();
+          fork.run([&, forker] {
+            if (tbb::this_task_arena::current_thread_index() != forker) {
+              taken.fetch_add(1, std::memory_order_relaxed);
+            }
+            if (keep_awake) a0.enqueue(g0.defer([] {}));
+            std::atomic<int> left{2};
+            for (int k = 0; k < 2; ++k) {
+              a1.enqueue(g1.defer([&left] {
+                if (left.fetch_sub(1) == 1) left.notify_all();
+              }));
+            }
+            for (int now = left.load(); now != 0; now = left.load()) {
+              left.wait(now);
+            }
+          });
+          const auto until =
+              std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+          while (std::chrono::steady_clock::now() < until) {
+          }
+          fork.wait();
+          return;
+        }
         if (keep_awake) a0.enqueue(g0.defer([] {}));
         if (futex) {
           std::atomic<int> left{2};
@@ -80,7 +127,8 @@ int main(int argc, char** argv) {
         std::chrono::steady_clock::now() +
         std::chrono::milliseconds(absl::GetFlag(FLAGS_hang_ms));
     while (!(done && first) && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      std::this_thread::sleep_for(
+          std::chrono::microseconds(absl::GetFlag(FLAGS_poll_us)));
     }
     if (!(done && first)) {
       std::printf(
@@ -93,6 +141,9 @@ int main(int argc, char** argv) {
   }
   a0.execute([&g0] { g0.wait(); });
   a1.execute([&g1] { g1.wait(); });
-  std::printf("%d rounds, none hung\n", rounds);
+  std::printf("%d rounds, none hung", rounds);
+  if (sibling)
+    std::printf(" (child taken by the other worker in %d)", taken.load());
+  std::printf("\n");
   return 0;
 }
