@@ -39,6 +39,13 @@
 // JobCounter::Wait help: the waiting worker runs the job's own children
 // (a one-worker node can wait on the jobs it spawned); a handle's Wait runs
 // an unstarted job of its own node inline; any other wait blocks the worker.
+// A wait on jobs of another node first posts a no-op task to the waiter's
+// node, so that no worker of that node sleeps in TBB's wait meanwhile: in
+// oneTBB 2021.8 that can starve the other node's arena of threads for
+// good (docs/jobs.md, "Waiting inside a job"). A job with predecessors is
+// made ready by whoever finishes the last of them, outside the waiter's
+// isolated region: a wait inside a job on such a job (its handle, or a
+// counter that counts it) needs another worker of its node to run it.
 //
 // Cost. A Spawn with no predecessors (no handle) is one TBB task and no
 // record: spawned into the worker's deque when a worker spawns it onto its

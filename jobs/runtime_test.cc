@@ -2150,8 +2150,11 @@ void LocalChildWaitsOnRemoteJobs(OuterWait outer, InnerWait inner) {
   }
   // The case under test: the other worker took the child (not the job's
   // own worker, inside its wait): 90-97% of the iterations in plain
-  // builds, about 30% under ASan.
-  EXPECT_GT(taken.load(), kIterations / 10);
+  // builds, about 30% under ASan. Not checked in the qemu guests, whose
+  // emulated CPUs may not wake the other worker within the 50 us spin.
+  if (!InNumaGuest()) {
+    EXPECT_GT(taken.load(), kIterations / 10);
+  }
 }
 
 TEST(RuntimeParallelTest, AForkWhoseChildWaitsOnRemoteJobsFinishes) {
