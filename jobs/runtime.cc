@@ -1482,6 +1482,12 @@ void Runtime::Schedule(JobRecord* record) {
     Release(record);  // Cancelled while it waited; already finished.
     return;
   }
+  // A JobRef::Wait asleep on it: a job of its node may run it inline now
+  // (see JobRef::Wait). A waiter that sets the bit after the transition
+  // sees kQueued by itself.
+  if ((record->state.load(std::memory_order_acquire) & kWaiterBit) != 0) {
+    record->state.notify_all();
+  }
   PostToken(record->node, record);
 }
 
@@ -2030,22 +2036,34 @@ absl::Status JobRef::Wait() const {
       })) {
     s = r->state.load(std::memory_order_acquire);
   }
+  // A job of this node that waited for predecessors turns kQueued when
+  // the last of them finishes, on whatever thread finished it: outside
+  // this wait's isolated region, so the token posted for it is not one a
+  // wait here could run. A job of its node waiting on it runs it inline
+  // then (Schedule wakes it); on a node of one worker nothing else would
+  // (RuntimeWaitTest.AWaitInsideAJobRunsItsJobOnceARemotePredecessorFinishes).
+  bool inline_here = false;
   if (!jobs_internal::IsFinal(s)) {
-    // A job about to block outside TBB on another node's (or another
-    // runtime's) job: as JobCounter::Wait's remote path.
     WorkerSlot* here = tls_slot;
-    if (here != nullptr &&
-        tbb::this_task_arena::current_thread_index() !=
-            tbb::task_arena::not_initialized &&
-        (here->runtime != r->runtime || here->node != r->node)) {
-      Runtime::KeepNodeAwake(here);
+    if (here != nullptr && tbb::this_task_arena::current_thread_index() !=
+                               tbb::task_arena::not_initialized) {
+      inline_here = here->runtime == r->runtime && here->node == r->node;
+      // A job about to block outside TBB on another node's (or another
+      // runtime's) job: as JobCounter::Wait's remote path.
+      if (!inline_here) Runtime::KeepNodeAwake(here);
     }
-    SpinUntil([r, &s] {
+    SpinUntil([r, &s, inline_here] {
       s = r->state.load(std::memory_order_acquire);
-      return jobs_internal::IsFinal(s);
+      return jobs_internal::IsFinal(s) ||
+             (inline_here && (s & kStateMask) == jobs_internal::kQueued);
     });
   }
   while (!jobs_internal::IsFinal(s)) {
+    if (inline_here && (s & kStateMask) == jobs_internal::kQueued &&
+        r->runtime->TryRunInline(r)) {
+      s = r->state.load(std::memory_order_acquire);
+      continue;
+    }
     if ((s & kWaiterBit) == 0) {
       if (!r->state.compare_exchange_weak(s, s | kWaiterBit,
                                           std::memory_order_acq_rel,

@@ -44,8 +44,9 @@
 // oneTBB 2021.8 that can starve the other node's arena of threads for
 // good (docs/jobs.md, "Waiting inside a job"). A job with predecessors is
 // made ready by whoever finishes the last of them, outside the waiter's
-// isolated region: a wait inside a job on such a job (its handle, or a
-// counter that counts it) needs another worker of its node to run it.
+// isolated region: its handle's Wait inside a job of its node runs it
+// inline once it is ready, but a counter that counts it needs another
+// worker of its node to run it.
 //
 // Cost. A Spawn with no predecessors (no handle) is one TBB task and no
 // record: spawned into the worker's deque when a worker spawns it onto its
@@ -331,7 +332,8 @@ class JobRef {
   // Cancelled if it was cancelled (or a predecessor failed); Unknown with
   // the exception's text if it threw (exception() holds it); the
   // submission's error (InvalidArgument, FailedPrecondition) if it was
-  // refused. Inside a job of the same node an unstarted job runs inline.
+  // refused. Inside a job of the same node an unstarted job runs inline,
+  // also one that becomes ready (its predecessors done) during the wait.
   absl::Status Wait() const;
   // The job's status once done() (Wait's result); Unavailable before.
   absl::Status status() const;

@@ -69,6 +69,18 @@ int main(int argc, char** argv) {
   tbb::task_group_context context1(tbb::task_group_context::isolated);
   tbb::task_group g0(context0), g1(context1);
   std::atomic<int> taken{0};  // --sibling: children run by the other worker.
+  // Enqueues two tasks to arena 1 and waits for them on a futex.
+  auto wait_on_arena1_outside_tbb = [&a1, &g1] {
+    std::atomic<int> left{2};
+    for (int k = 0; k < 2; ++k) {
+      a1.enqueue(g1.defer([&left] {
+        if (left.fetch_sub(1) == 1) left.notify_all();
+      }));
+    }
+    for (int now = left.load(); now != 0; now = left.load()) {
+      left.wait(now);
+    }
+  };
   for (int round = 0; round < rounds; ++round) {
     std::atomic<bool> first{false}, done{false};
     a1.enqueue(g1.defer([&first] { first = true; }));
@@ -84,15 +96,7 @@ int main(int argc, char** argv) {
               taken.fetch_add(1, std::memory_order_relaxed);
             }
             if (keep_awake) a0.enqueue(g0.defer([] {}));
-            std::atomic<int> left{2};
-            for (int k = 0; k < 2; ++k) {
-              a1.enqueue(g1.defer([&left] {
-                if (left.fetch_sub(1) == 1) left.notify_all();
-              }));
-            }
-            for (int now = left.load(); now != 0; now = left.load()) {
-              left.wait(now);
-            }
+            wait_on_arena1_outside_tbb();
           });
           const auto until =
               std::chrono::steady_clock::now() + std::chrono::microseconds(50);
@@ -103,15 +107,7 @@ int main(int argc, char** argv) {
         }
         if (keep_awake) a0.enqueue(g0.defer([] {}));
         if (futex) {
-          std::atomic<int> left{2};
-          for (int k = 0; k < 2; ++k) {
-            a1.enqueue(g1.defer([&left] {
-              if (left.fetch_sub(1) == 1) left.notify_all();
-            }));
-          }
-          for (int now = left.load(); now != 0; now = left.load()) {
-            left.wait(now);
-          }
+          wait_on_arena1_outside_tbb();
           return;
         }
         d1::wait_context left(2);
