@@ -2158,11 +2158,16 @@ void LocalChildWaitsOnRemoteJobs(OuterWait outer, InnerWait inner) {
     ASSERT_EQ(ran.load(), 3);
   }
   // The case under test: the other worker took the child (not the job's
-  // own worker, inside its wait). Not checked in the qemu guests, whose
-  // emulated CPUs may not wake the other worker within the spin.
+  // own worker, inside its wait). Checked in plain builds on the host
+  // only: under TSan the other worker woke within the spin in 78 of 1,000
+  // iterations in one CI run, and the qemu guests' emulated CPUs are
+  // slower still. (The plain build is the regression guard: its 20,000
+  // iterations hung in every run without Runtime::KeepNodeAwake.)
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
   if (!InNumaGuest()) {
     EXPECT_GT(taken.load(), kIterations / 10);
   }
+#endif
 }
 
 TEST(RuntimeParallelTest, AForkWhoseChildWaitsOnRemoteJobsFinishes) {
