@@ -1583,6 +1583,18 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
 // empty while it waits: the waiter keeps looking for work (yielding)
 // instead. A worker at the top of its stack runs it as a no-op (the
 // drain of Shutdown included).
+void Runtime::PostKeepAwake(int node_index) {
+  Node& node = *nodes_[node_index];
+  struct KeepAwake {
+    Node* node;
+    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
+      Node* n = node;
+      TsanRelease(n);  // For Shutdown's drain.
+    }
+  };
+  node.arena.enqueue(node.group.defer(KeepAwake{&node}));
+}
+
 // A worker inside a job that blocks outside TBB (JobCounter::Wait on jobs
 // all on other nodes, JobRef::Wait on another node's job) cannot starve
 // anything by itself, but another worker of its node may be waiting for it
@@ -1595,18 +1607,6 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
 // worker at the top of its stack runs it.
 void Runtime::KeepNodeAwake(WorkerSlot* slot) {
   slot->runtime->PostKeepAwake(slot->node);
-}
-
-void Runtime::PostKeepAwake(int node_index) {
-  Node& node = *nodes_[node_index];
-  struct KeepAwake {
-    Node* node;
-    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
-      Node* n = node;
-      TsanRelease(n);  // For Shutdown's drain.
-    }
-  };
-  node.arena.enqueue(node.group.defer(KeepAwake{&node}));
 }
 
 void Runtime::RunToken(int node_index, JobRecord* record) {
