@@ -1976,6 +1976,34 @@ void FinishesOrAbort(Runtime& rt, const JobRef& job, int iteration,
   }
 }
 
+// The loop of the cross-node wait tests below: a runtime of two synthetic
+// nodes with `workers` workers each and strict affinity; `iterations`
+// times, a job submitted to node 1 first (node 1 must run it as well),
+// then `body(runtime, ctx, ran)` as a job on node 0, which must finish
+// (FinishesOrAbort, polled every `poll`) with OK, with the first job done
+// and `ran` at `expected`.
+template <typename Body>
+void CrossNodeWaitRounds(std::vector<int> workers, int iterations,
+                         std::chrono::microseconds poll, int expected,
+                         const Body& body) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_node_workers(std::move(workers))
+                            .set_stealing(StealPolicy::kStrict));
+  for (int i = 0; i < iterations; ++i) {
+    auto first = rt->Submit([] {}, SubmitOptions().on_node(1));
+    std::atomic<int> ran{0};
+    auto job = rt->Submit(
+        [&rt, &ran, &body](JobContext& ctx) { return body(*rt, ctx, ran); },
+        SubmitOptions().on_node(0));
+    FinishesOrAbort(*rt, job, i, poll);
+    ASSERT_TRUE(job.Wait().ok()) << job.Wait();
+    ASSERT_TRUE(first.Wait().ok());
+    ASSERT_EQ(ran.load(), expected);
+  }
+}
+
 // Regression (parallel_model_test): under kStrict, on two nodes of one
 // worker each, a job on node 0 that spawned two empty jobs onto node 1 and
 // waited on their counter sometimes never finished although node 1 was
@@ -1987,32 +2015,18 @@ void FinishesOrAbort(Runtime& rt, const JobRef& job, int iteration,
 // (Runtime::PostKeepAwake). Runs `local` jobs on node 0 and two on node 1
 // under one counter, waited on by a job on node 0, many times.
 void JobWaitsOnRemoteJobs(int local) {
-  auto topology = TwoNodes();
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_node_workers({1, 1})
-                            .set_stealing(StealPolicy::kStrict));
   // Hung at 40-1,300 plain.
-  const int kIterations = StressIterations(3000, 300, 600);
-  for (int i = 0; i < kIterations; ++i) {
-    auto first = rt->Submit([] {}, SubmitOptions().on_node(1));
-    std::atomic<int> ran{0};
-    auto job = rt->Submit(
-        [&rt, &ran, local](JobContext&) {
-          JobCounter counter;
-          for (int k = 0; k < 2 + local; ++k) {
-            (void)rt->Spawn(
-                [&ran] { ran.fetch_add(1); },
-                SubmitOptions().on_node(k < 2 ? 1 : 0).with_counter(&counter));
-          }
-          return counter.Wait();
-        },
-        SubmitOptions().on_node(0));
-    FinishesOrAbort(*rt, job, i, std::chrono::milliseconds(1));
-    ASSERT_TRUE(job.Wait().ok());
-    ASSERT_TRUE(first.Wait().ok());
-    ASSERT_EQ(ran.load(), 2 + local);
-  }
+  CrossNodeWaitRounds(
+      {1, 1}, StressIterations(3000, 300, 600), std::chrono::milliseconds(1),
+      2 + local, [local](Runtime& rt, JobContext&, std::atomic<int>& ran) {
+        JobCounter counter;
+        for (int k = 0; k < 2 + local; ++k) {
+          (void)rt.Spawn(
+              [&ran] { ran.fetch_add(1); },
+              SubmitOptions().on_node(k < 2 ? 1 : 0).with_counter(&counter));
+        }
+        return counter.Wait();
+      });
 }
 
 TEST(RuntimeParallelTest, AJobWaitingOnAnIdleNodesJobsFinishes) {
@@ -2035,36 +2049,23 @@ TEST(RuntimeParallelTest, AJobWaitingOnLocalAndRemoteJobsFinishes) {
 // needs the host's threads idle between iterations (at 20 us none in
 // 100,000).
 TEST(RuntimeParallelTest, AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes) {
-  auto topology = TwoNodes();
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_node_workers({1, 1})
-                            .set_stealing(StealPolicy::kStrict));
-  const int kIterations = StressIterations(20000, 1000, 2000);
-  for (int i = 0; i < kIterations; ++i) {
-    auto first = rt->Submit([] {}, SubmitOptions().on_node(1));
-    std::atomic<int> ran{0};
-    auto job = rt->Submit(
-        [&rt, &ran](JobContext&) {
-          JobCounter counter;
-          (void)rt->Spawn(
-              [&rt, &ran, &counter] {
-                for (int k = 0; k < 2; ++k) {
-                  (void)rt->Spawn(
-                      [&ran] { ran.fetch_add(1); },
-                      SubmitOptions().on_node(1).with_counter(&counter));
-                }
-                ran.fetch_add(1);
-              },
-              SubmitOptions().on_node(0).with_counter(&counter));
-          return counter.Wait();
-        },
-        SubmitOptions().on_node(0));
-    FinishesOrAbort(*rt, job, i, std::chrono::microseconds(500));
-    ASSERT_TRUE(job.Wait().ok());
-    ASSERT_TRUE(first.Wait().ok());
-    ASSERT_EQ(ran.load(), 3);
-  }
+  CrossNodeWaitRounds(
+      {1, 1}, StressIterations(20000, 1000, 2000),
+      std::chrono::microseconds(500), 3,
+      [](Runtime& rt, JobContext&, std::atomic<int>& ran) {
+        JobCounter counter;
+        (void)rt.Spawn(
+            [&rt, &ran, &counter] {
+              for (int k = 0; k < 2; ++k) {
+                (void)rt.Spawn(
+                    [&ran] { ran.fetch_add(1); },
+                    SubmitOptions().on_node(1).with_counter(&counter));
+              }
+              ran.fetch_add(1);
+            },
+            SubmitOptions().on_node(0).with_counter(&counter));
+        return counter.Wait();
+      });
 }
 
 // How a job on node 0 waits for its node-0 child (OuterWait), and how
@@ -2084,79 +2085,64 @@ enum class InnerWait { kCounter, kHandle };
 // task to its node's arena (JobCounter::Wait's remote path, JobRef::Wait),
 // which keeps a worker of that node that waits in TBB from falling asleep.
 void LocalChildWaitsOnRemoteJobs(OuterWait outer, InnerWait inner) {
-  auto topology = TwoNodes();
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_node_workers({2, 1})
-                            .set_stealing(StealPolicy::kStrict));
   const int kIterations = StressIterations(20000, 1000, 1000);
   std::atomic<int> taken{0};  // Children that ran on the other worker.
-  for (int i = 0; i < kIterations; ++i) {
-    auto first = rt->Submit([] {}, SubmitOptions().on_node(1));
-    std::atomic<int> ran{0};
-    std::atomic<bool> started{false};
-    // The child: sends two jobs to node 1 and waits for them.
-    auto child = [&rt, &ran, &taken, &started, inner](JobContext& ctx,
-                                                      int parent) {
-      started.store(true);
-      if (ctx.worker() != parent) taken.fetch_add(1);
-      absl::Status s;
-      if (inner == InnerWait::kCounter) {
-        JobCounter counter;
-        for (int k = 0; k < 2; ++k) {
-          s.Update(
-              rt->Spawn([&ran] { ran.fetch_add(1); },
-                        SubmitOptions().on_node(1).with_counter(&counter)));
-        }
-        s.Update(counter.Wait());
-      } else {
-        auto a = rt->Submit([&ran] { ran.fetch_add(1); },
-                            SubmitOptions().on_node(1));
-        auto b = rt->Submit([&ran] { ran.fetch_add(1); },
-                            SubmitOptions().on_node(1));
-        s.Update(a.Wait());
-        s.Update(b.Wait());
-      }
-      return s;
-    };
-    // Gives the other worker time to take the child (a fixed 50 us was
-    // too short on a loaded host: 3.7% of the iterations in one CI run).
-    auto spin = [&started] {
-      const auto until =
-          std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
-      while (!started.load() && std::chrono::steady_clock::now() < until) {
-      }
-    };
-    auto job = rt->Submit(
-        [&rt, &ran, &child, &spin, outer](JobContext& ctx) {
-          const int parent = ctx.worker();
+  CrossNodeWaitRounds(
+      {2, 1}, kIterations, std::chrono::microseconds(500), 3,
+      [&taken, outer, inner](Runtime& rt, JobContext& ctx,
+                             std::atomic<int>& ran) {
+        const int parent = ctx.worker();
+        std::atomic<bool> started{false};
+        // The child: sends two jobs to node 1 and waits for them.
+        auto child = [&](JobContext& c) {
+          started.store(true);
+          if (c.worker() != parent) taken.fetch_add(1);
           absl::Status s;
-          if (outer == OuterWait::kFork) {
-            ctx.Fork([&](JobContext& c) { s = child(c, parent); },
-                     [&](JobContext&) {
-                       spin();
-                       ran.fetch_add(1);
-                     });
-          } else {
+          if (inner == InnerWait::kCounter) {
             JobCounter counter;
-            s.Update(rt->Spawn(
-                [&](JobContext& c) {
-                  absl::Status cs = child(c, parent);
-                  if (!cs.ok()) throw std::runtime_error(cs.ToString());
-                },
-                SubmitOptions().on_node(0).with_counter(&counter)));
-            spin();
-            ran.fetch_add(1);
+            for (int k = 0; k < 2; ++k) {
+              s.Update(
+                  rt.Spawn([&ran] { ran.fetch_add(1); },
+                           SubmitOptions().on_node(1).with_counter(&counter)));
+            }
             s.Update(counter.Wait());
+          } else {
+            auto a = rt.Submit([&ran] { ran.fetch_add(1); },
+                               SubmitOptions().on_node(1));
+            auto b = rt.Submit([&ran] { ran.fetch_add(1); },
+                               SubmitOptions().on_node(1));
+            s.Update(a.Wait());
+            s.Update(b.Wait());
           }
           return s;
-        },
-        SubmitOptions().on_node(0));
-    FinishesOrAbort(*rt, job, i, std::chrono::microseconds(500));
-    ASSERT_TRUE(job.Wait().ok()) << job.Wait();
-    ASSERT_TRUE(first.Wait().ok());
-    ASSERT_EQ(ran.load(), 3);
-  }
+        };
+        // Gives the other worker time to take the child (a fixed 50 us was
+        // too short on a loaded host: 3.7% of the iterations in one CI
+        // run), then counts this job's own part.
+        auto spin_then_count = [&] {
+          const auto until =
+              std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+          while (!started.load() && std::chrono::steady_clock::now() < until) {
+          }
+          ran.fetch_add(1);
+        };
+        absl::Status s;
+        if (outer == OuterWait::kFork) {
+          ctx.Fork([&](JobContext& c) { s = child(c); },
+                   [&](JobContext&) { spin_then_count(); });
+        } else {
+          JobCounter counter;
+          s.Update(rt.Spawn(
+              [&](JobContext& c) {
+                absl::Status cs = child(c);
+                if (!cs.ok()) throw std::runtime_error(cs.ToString());
+              },
+              SubmitOptions().on_node(0).with_counter(&counter)));
+          spin_then_count();
+          s.Update(counter.Wait());
+        }
+        return s;
+      });
   // The case under test: the other worker took the child (not the job's
   // own worker, inside its wait). Checked in plain builds on the host
   // only: under TSan the other worker woke within the spin in 78 of 1,000
