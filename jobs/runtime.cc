@@ -305,11 +305,25 @@ std::string JobName(const JobRecord* record) {
   return JobName(record->id, record->name);
 }
 
+// While Schedule lists a job on its counter (kListingBit), a claim or a
+// cancellation waits: a few instructions, never a token's (tokens are
+// posted after).
+void WaitWhileListing(JobRecord* record, uint32_t& s) {
+  while ((s & jobs_internal::kListingBit) != 0) {
+    _mm_pause();
+    s = record->state.load(std::memory_order_acquire);
+  }
+}
+
 // seq_cst (the same instruction as acq_rel on x86), for PostToken's check
 // against Uncount (see there); so is Transition's.
 bool Claim(JobRecord* record) {
   uint32_t s = record->state.load(std::memory_order_acquire);
   while ((s & kStateMask) == jobs_internal::kQueued) {
+    if (ABSL_PREDICT_FALSE((s & jobs_internal::kListingBit) != 0)) {
+      WaitWhileListing(record, s);
+      continue;
+    }
     if (record->state.compare_exchange_weak(
             s, (s & ~kStateMask) | jobs_internal::kRunning,
             std::memory_order_seq_cst, std::memory_order_acquire)) {
@@ -323,6 +337,10 @@ bool Claim(JobRecord* record) {
 bool Transition(JobRecord* record, uint32_t from, uint32_t to) {
   uint32_t s = record->state.load(std::memory_order_acquire);
   while ((s & kStateMask) == from) {
+    if (ABSL_PREDICT_FALSE((s & jobs_internal::kListingBit) != 0)) {
+      WaitWhileListing(record, s);
+      continue;
+    }
     if (record->state.compare_exchange_weak(s, (s & ~kStateMask) | to,
                                             std::memory_order_seq_cst,
                                             std::memory_order_acquire)) {
@@ -1249,6 +1267,10 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
       record->unmet.fetch_sub(1, std::memory_order_relaxed);
     }
   }
+  if (edges > 0 && options.counter != nullptr &&
+      !options.counter->declared_.load(std::memory_order_relaxed)) {
+    options.counter->NoteDeclared();
+  }
   if (options.predecessors.empty()) {
     // Nothing else can reach the record before it is scheduled (its handle
     // is made after this returns): no locked operations needed. Release:
@@ -1478,15 +1500,36 @@ void Runtime::Schedule(JobRecord* record) {
     Release(record);  // Or cancelled while it waited: already finished.
     return;
   }
-  if (!Transition(record, jobs_internal::kWaiting, jobs_internal::kQueued)) {
+  JobCounter* const counter = record->counter;
+  if (!Transition(record, jobs_internal::kWaiting,
+                  counter == nullptr
+                      ? jobs_internal::kQueued
+                      : jobs_internal::kQueued | jobs_internal::kListingBit |
+                            jobs_internal::kListedBit)) {
     Release(record);  // Cancelled while it waited; already finished.
     return;
   }
-  // A JobRef::Wait asleep on it: a job of its node may run it inline now
-  // (see JobRef::Wait). A waiter that sets the bit after the transition
-  // sees kQueued by itself.
-  if ((record->state.load(std::memory_order_acquire) & kWaiterBit) != 0) {
+  // This thread may be outside the isolated region of a job that waits on
+  // the counter, whose wait could then not take the token: the counter
+  // lists the job, and such a wait runs it inline (JobCounter::NoteReady,
+  // RuntimeWaitTest.ACounterOfALocalJobAfterARemoteOneFinishesInsideAJob).
+  // kListingBit keeps the job from finishing, and the counter alive, until
+  // it is cleared.
+  uint32_t state;
+  if (counter != nullptr) {
+    counter->NoteReady(record);
+    state = record->state.fetch_and(~jobs_internal::kListingBit,
+                                    std::memory_order_seq_cst);
+  } else {
+    state = record->state.load(std::memory_order_seq_cst);
+  }
+  // A JobRef::Wait asleep on it, or helping in TBB while it waited for its
+  // predecessors: a job of its node may run it inline now (see
+  // JobRef::Wait). A waiter that sets the bit after the transition sees
+  // kQueued by itself.
+  if ((state & kWaiterBit) != 0) {
     record->state.notify_all();
+    OutsideHelpers::ReleaseAll();
   }
   PostToken(record->node, record);
 }
@@ -1957,6 +2000,8 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
     record->state.notify_all();
     OutsideHelpers::ReleaseAll();
   }
+  // Before the counter counts it finished (its owner may destroy it then).
+  if (previous & jobs_internal::kListedBit) record->counter->Unlist(record);
   const bool failed = state != jobs_internal::kDone;
   Successor* edge =
       record->successors.exchange(kClosedList, std::memory_order_acq_rel);
@@ -2047,10 +2092,39 @@ absl::Status JobRef::Wait() const {
     WorkerSlot* here = tls_slot;
     if (here != nullptr && tbb::this_task_arena::current_thread_index() !=
                                tbb::task_arena::not_initialized) {
+      // Inside a job, on a job still waiting for its predecessors: one may
+      // lie in this job's isolated region (submitted by it to its own
+      // node), where only this worker may run it. So help in TBB until the
+      // job is ready, with the no-op task posted (the predecessors may be
+      // on other nodes: KeepNodeAwake). kWaiterBit makes Schedule and
+      // Finish release the helper (before, on a node of one worker, such a
+      // wait slept and hung at once:
+      // RuntimeWaitTest.AHandleOfALocalJobAfterALocalOneFinishesInsideAJob).
+      bool kept_awake = false;
+      while ((s & kStateMask) == jobs_internal::kWaiting) {
+        OutsideHelpers::Entry entry;
+        OutsideHelpers::Register(&entry);
+        s = r->state.load(std::memory_order_seq_cst);
+        while ((s & kStateMask) == jobs_internal::kWaiting &&
+               (s & kWaiterBit) == 0 &&
+               !r->state.compare_exchange_weak(s, s | kWaiterBit,
+                                               std::memory_order_seq_cst)) {
+        }
+        if ((s & kStateMask) != jobs_internal::kWaiting) {
+          OutsideHelpers::Drop(&entry);
+          break;
+        }
+        if (!kept_awake) {
+          Runtime::KeepNodeAwake(here);
+          kept_awake = true;
+        }
+        OutsideHelpers::RunJobsUntilReleased(&entry);
+        s = r->state.load(std::memory_order_acquire);
+      }
       inline_here = here->runtime == r->runtime && here->node == r->node;
       // A job about to block outside TBB on another node's (or another
       // runtime's) job: as JobCounter::Wait's remote path.
-      if (!inline_here) Runtime::KeepNodeAwake(here);
+      if (!inline_here && !kept_awake) Runtime::KeepNodeAwake(here);
     }
     SpinUntil([r, &s, inline_here] {
       s = r->state.load(std::memory_order_acquire);
@@ -2138,10 +2212,14 @@ absl::Status JobCounter::Wait() {
     // job sleeps on the count as an outside thread does. Otherwise it
     // helps, with a no-op task in its arena while jobs of other nodes are
     // counted here, which keeps it from falling asleep in TBB
-    // (HelpUntilZero).
+    // (HelpUntilZero). So it does, with the no-op task, once a job with
+    // predecessors was counted here (NoteDeclared): a predecessor may lie
+    // in this job's isolated region, where only this worker may run it,
+    // even when the counted job is on another node.
     if (tls_slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
         (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
-            0) {
+            0 ||
+        declared_.load(std::memory_order_acquire)) {
       HelpUntilZero(tls_slot);
     } else if ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
       // This worker is about to block outside TBB on another node's jobs:
@@ -2228,12 +2306,21 @@ void JobCounter::ReleaseHelpers() {
   Helper* helpers;
   {
     alloc_internal::MutexLock lock(&helpers_mu_);
-    helpers = helpers_;
-    helpers_ = nullptr;
-    if (helpers != nullptr) {
-      pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-    }
+    helpers = TakeHelpersLocked();
   }
+  ReleaseTaken(helpers);
+}
+
+JobCounter::Helper* JobCounter::TakeHelpersLocked() {
+  Helper* helpers = helpers_;
+  helpers_ = nullptr;
+  if (helpers != nullptr) {
+    pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+  }
+  return helpers;
+}
+
+void JobCounter::ReleaseTaken(Helper* helpers) {
   while (helpers != nullptr) {
     Helper* next = helpers->next;  // Read before the release: its stack.
     helpers->done->release();
@@ -2241,27 +2328,113 @@ void JobCounter::ReleaseHelpers() {
   }
 }
 
+void JobCounter::NoteDeclared() {
+  // As NoteNewNode: a helper that decided before this that it needs no
+  // no-op task is released to look again.
+  declared_.store(true, std::memory_order_seq_cst);
+  if ((pending_.load(std::memory_order_seq_cst) & kHelperBit) != 0) {
+    ReleaseHelpers();
+  }
+}
+
+void JobCounter::NoteReady(JobRecord* record) {
+  Helper* helpers;
+  {
+    alloc_internal::MutexLock lock(&helpers_mu_);
+    record->prev_ready = nullptr;
+    record->next_ready = ready_;
+    if (ready_ != nullptr) ready_->prev_ready = record;
+    ready_ = record;
+    record->on_ready_list = true;
+    helpers = TakeHelpersLocked();
+  }
+  // The job cannot finish before Schedule clears kListingBit, so the
+  // counter (and the helpers, still waiting for it) outlive this.
+  ReleaseTaken(helpers);
+}
+
+namespace {
+
+// Takes `record` off a counter's list of ready jobs.
+void UnlinkReady(JobRecord*& head, JobRecord* record) {
+  if (record->prev_ready != nullptr) {
+    record->prev_ready->next_ready = record->next_ready;
+  } else {
+    head = record->next_ready;
+  }
+  if (record->next_ready != nullptr) {
+    record->next_ready->prev_ready = record->prev_ready;
+  }
+  record->next_ready = nullptr;
+  record->prev_ready = nullptr;
+  record->on_ready_list = false;
+}
+
+}  // namespace
+
+void JobCounter::Unlist(JobRecord* record) {
+  alloc_internal::MutexLock lock(&helpers_mu_);
+  if (record->on_ready_list) UnlinkReady(ready_, record);
+}
+
+JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
+  JobRecord* runnable = nullptr;
+  for (JobRecord* r = ready_; r != nullptr;) {
+    JobRecord* next = r->next_ready;
+    // Alive: listed, so its Finish has not passed Unlist yet.
+    if ((r->state.load(std::memory_order_acquire) & kStateMask) ==
+            jobs_internal::kQueued &&
+        r->runtime == slot->runtime && r->node == slot->node) {
+      UnlinkReady(ready_, r);
+      r->refs.fetch_add(1, std::memory_order_relaxed);
+      r->next_ready = runnable;
+      runnable = r;
+    }
+    r = next;
+  }
+  return runnable;
+}
+
 void JobCounter::HelpUntilZero(WorkerSlot* slot) {
   bool kept_awake = false;  // The no-op task is posted (once a wait).
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     tbb::detail::d1::wait_context done(1);
     Helper me{&done, nullptr};
+    JobRecord* runnable = nullptr;
     {
       alloc_internal::MutexLock lock(&helpers_mu_);
-      // The bit is set in the same step that reads the count: a finisher
-      // that brings it to zero later sees it and releases `done`.
-      const int64_t before =
-          pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
-      if ((before & kCountMask) == 0) {
-        // Finished meanwhile: not registered; the bit stays only if other
-        // helpers wait (their finisher has not come yet).
-        if (helpers_ == nullptr) {
-          pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+      // Jobs of this node that Schedule made ready, maybe outside this
+      // job's isolated region, where this wait could not take their
+      // tokens: run them here. NoteReady lists them under this lock and
+      // then releases the helpers registered by then.
+      if (ready_ != nullptr) runnable = TakeRunnableLocked(slot);
+      if (runnable == nullptr) {
+        // The bit is set in the same step that reads the count: a finisher
+        // that brings it to zero later sees it and releases `done`.
+        const int64_t before =
+            pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
+        if ((before & kCountMask) == 0) {
+          // Finished meanwhile: not registered; the bit stays only if
+          // other helpers wait (their finisher has not come yet).
+          if (helpers_ == nullptr) {
+            pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+          }
+          return;
         }
-        return;
+        me.next = helpers_;
+        helpers_ = &me;
       }
-      me.next = helpers_;
-      helpers_ = &me;
+    }
+    if (runnable != nullptr) {
+      // Those taken by their tokens meanwhile are only released.
+      while (runnable != nullptr) {
+        JobRecord* next = runnable->next_ready;
+        runnable->next_ready = nullptr;
+        (void)runnable->runtime->TryRunInline(runnable);
+        Runtime::Release(runnable);
+        runnable = next;
+      }
+      continue;
     }
     // Jobs of other nodes counted here: keep this worker from falling
     // asleep in TBB's wait while they are queued there (PostKeepAwake).
@@ -2270,10 +2443,12 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
     // child this wait runs or by another thread, releases this helper,
     // which then looks again
     // (RuntimeParallelTest.AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes).
+    // So with jobs that have predecessors (NoteDeclared): those may be on
+    // any node.
     if (!kept_awake &&
         (slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
-         (nodes_.load(std::memory_order_seq_cst) & ~NodeBit(slot->node)) !=
-             0)) {
+         (nodes_.load(std::memory_order_seq_cst) & ~NodeBit(slot->node)) != 0 ||
+         declared_.load(std::memory_order_seq_cst))) {
       slot->runtime->PostKeepAwake(slot->node);
       kept_awake = true;
     }

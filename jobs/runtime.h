@@ -43,10 +43,11 @@
 // node, so that no worker of that node sleeps in TBB's wait meanwhile: in
 // oneTBB 2021.8 that can starve the other node's arena of threads for
 // good (docs/jobs.md, "Waiting inside a job"). A job with predecessors is
-// made ready by whoever finishes the last of them, outside the waiter's
-// isolated region: its handle's Wait inside a job of its node runs it
-// inline once it is ready, but a counter that counts it needs another
-// worker of its node to run it.
+// made ready by whoever finishes the last of them, often outside the
+// waiter's isolated region: a wait inside a job on it (its handle, or a
+// counter that counts it) helps in TBB while it waits for its
+// predecessors, and runs it inline once it is ready if it is of the
+// waiter's node, so a node of one worker can wait on declared jobs too.
 //
 // Cost. A Spawn with no predecessors (no handle) is one TBB task and no
 // record: spawned into the worker's deque when a worker spawns it onto its
@@ -334,6 +335,9 @@ class JobRef {
   // submission's error (InvalidArgument, FailedPrecondition) if it was
   // refused. Inside a job of the same node an unstarted job runs inline,
   // also one that becomes ready (its predecessors done) during the wait.
+  // Inside any job, while the job still waits for its predecessors, the
+  // worker runs its own job's children meanwhile (one of them may be a
+  // predecessor), with the node kept awake (Runtime::KeepNodeAwake).
   absl::Status Wait() const;
   // The job's status once done() (Wait's result); Unavailable before.
   absl::Status status() const;
@@ -409,7 +413,9 @@ class JobCounter {
   // Inside a job, the worker helps: it runs the jobs this job spawned
   // (and nothing unrelated) until the count reaches zero; jobs counted
   // here by other threads it waits for. Several jobs may wait on one
-  // counter, each helping with its own. Outside a job it spins for up to
+  // counter, each helping with its own. Counted jobs with predecessors
+  // (SubmitOptions::after) that the waiter's node must run are run inline
+  // once ready, wherever they were made ready. Outside a job it spins for up to
   // 50 us, then sleeps until the count reaches zero. The counter may be
   // destroyed as soon as the last Wait returns.
   absl::Status Wait();
@@ -447,6 +453,33 @@ class JobCounter {
   void HelpUntilZero(jobs_internal::WorkerSlot* slot);
   // Releases every job waiting in HelpUntilZero, to look again.
   void ReleaseHelpers();
+  struct Helper;
+  // Takes every job waiting in HelpUntilZero off the list (clearing
+  // kHelperBit), for ReleaseTaken after the lock.
+  Helper* TakeHelpersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
+  // Releases helpers taken off the list; touches nothing of the counter.
+  static void ReleaseTaken(Helper* helpers);
+  // A job with predecessors (SubmitOptions::after) was counted here: from
+  // now on a Wait inside a job helps in TBB, with the no-op task (see
+  // Wait), since what it waits for may lie in its own isolated region or
+  // on another node. Never cleared, as nodes_.
+  [[gnu::cold, gnu::noinline]] void NoteDeclared();
+  // Runtime::Schedule made `record`, counted here, ready (kQueued, with
+  // kListingBit held so that it cannot finish meanwhile): lists it for the
+  // jobs waiting in HelpUntilZero, which run those of their node inline
+  // (Schedule may run outside their isolated region, so they could not
+  // take its token), and releases them to look. It stays listed until it
+  // finishes (Unlist) or a waiter takes it.
+  void NoteReady(jobs_internal::JobRecord* record);
+  // Runtime::Finish of a listed job (kListedBit), before the job is
+  // counted as finished here: takes it off the list if it is still there.
+  void Unlist(jobs_internal::JobRecord* record);
+  // Takes the listed jobs that `slot`'s worker can run inline (of its
+  // runtime and node, not started) off the list, each with a reference,
+  // chained by next_ready.
+  jobs_internal::JobRecord* TakeRunnableLocked(
+      const jobs_internal::WorkerSlot* slot)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
   // NoteSubmission's rare path: a job was counted on a node new to this
   // counter (`bit` of nodes_).
   [[gnu::cold, gnu::noinline]] void NoteNewNode(uint64_t bit);
@@ -491,6 +524,12 @@ class JobCounter {
   // kHelperBit; kHelperBit is set exactly while helpers_ is not empty.
   alloc_internal::Mutex helpers_mu_;
   Helper* helpers_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
+  // Jobs counted here that Schedule made ready and that have neither
+  // finished nor been taken by a waiter (NoteReady), chained by
+  // JobRecord::next_ready and prev_ready.
+  jobs_internal::JobRecord* ready_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
+  // See NoteDeclared.
+  std::atomic<bool> declared_{false};
   std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
   // The runtime and node of the last job counted here (NoteSubmission);
   // cleared by a Wait that saw the count at zero. A runtime outlives the

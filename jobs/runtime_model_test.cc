@@ -148,7 +148,10 @@ struct JobSpec {
   int fork = 0;                // Functions given to ctx.Fork (0: none).
   std::vector<int> children;   // Continuations, in submission order.
   std::vector<int> local;      // Children it waits for.
-  std::vector<int> cancels;    // Top-level jobs it cancels.
+  // Waits on its children's handles from the last submitted to the first
+  // (a later one may be declared after an earlier one that has not run).
+  bool wait_last_first = false;
+  std::vector<int> cancels;  // Top-level jobs it cancels.
   bool cancel_counter = false;
   std::vector<int> needs;  // Top-level: jobs its subtree names (published
                            // before it is submitted).
@@ -361,6 +364,15 @@ class PlanBuilder {
         }
       }
       if (up.counter >= 0 && rng_.Chance(0.7)) s.counter = up.counter;
+    } else if (local) {
+      // Declared after earlier children of the same wait: the parent's wait
+      // must run them in its region, and the declared ones once ready,
+      // also on a node of one worker.
+      for (int sibling : plan_.jobs[parent].local) {
+        if (plan_.jobs[sibling].submit && rng_.Chance(0.3)) {
+          s.preds.push_back(sibling);
+        }
+      }
     }
     // A Spawn outside frames and before the last round needs a counter: the
     // round's end waits for every job through its handle or counter.
@@ -393,6 +405,7 @@ class PlanBuilder {
               MakeJob(r, owner, id, s.root, mode, depth + 1, own_counters);
           plan_.jobs[id].local.push_back(child);
         }
+        plan_.jobs[id].wait_last_first = rng_.Chance(0.5);
       }
     }
     if (kind == Kind::kTop) {
@@ -832,7 +845,9 @@ int64_t Body(Iteration& it, int id, JobContext& ctx) {
     for (int c : s.local) it.SubmitJob(c, &ctx, by_handle ? nullptr : &local);
     absl::Status status;
     if (by_handle) {
-      for (int c : s.local) {
+      std::vector<int> order = s.local;
+      if (s.wait_last_first) std::reverse(order.begin(), order.end());
+      for (int c : order) {
         absl::Status one = it.runs_[c].handle.Wait();
         if (!it.runs_[c].handle.done()) {
           it.Violation(c, "Wait() inside a job returned before done()");
@@ -1273,9 +1288,11 @@ void Iteration::CheckModel() {
     const JobSpec& s = plan_.jobs[parent];
     const bool by_handle = plan_.jobs[s.local[0]].kind == Kind::kLocalHandle;
     if (by_handle) {
-      // The first non-OK status among the children, in order.
+      // The first non-OK status among the children, in the order waited.
       absl::StatusCode expected = absl::StatusCode::kOk;
-      for (int c : s.local) {
+      std::vector<int> order = s.local;
+      if (s.wait_last_first) std::reverse(order.begin(), order.end());
+      for (int c : order) {
         const absl::StatusCode code = runs_[c].handle.status().code();
         if (code != absl::StatusCode::kOk) {
           expected = code;

@@ -2210,6 +2210,88 @@ TEST(RuntimeWaitTest, AWaitInsideAJobRunsItsJobOnceARemotePredecessorFinishes) {
   EXPECT_GE(rt->stats().nodes[0].worker_stats[0].jobs_inline, 200u);
 }
 
+// Waits inside a job on jobs declared with after(), on a node of one
+// worker. The waiting job (node 0) submits a chain of jobs, each declared
+// after the one before, onto the nodes in `chain`, and waits on the last
+// through a counter or its handle. A declared job is made ready by
+// whoever finishes its last predecessor, often outside the waiting job's
+// isolated region; and a predecessor the waiting job submitted to its own
+// node lies in that region, where only the waiting worker can run it.
+// Before, each of these shapes hung on the first iteration or nearly so;
+// the wait now helps in its region while declared jobs are pending, and
+// runs a counted job of its node inline once it is ready.
+enum class DeclaredWait { kCounter, kHandle };
+
+void WaitOnADeclaredChain(std::vector<int> chain, DeclaredWait wait) {
+  const int n = static_cast<int>(chain.size());
+  CrossNodeWaitRounds(
+      {1, 1}, StressIterations(2000, 200, 300), std::chrono::microseconds(200),
+      n, [&chain, n, wait](Runtime& rt, JobContext&, std::atomic<int>& ran) {
+        static std::atomic<int> round{0};
+        const bool slow_first = round.fetch_add(1) % 4 != 0;
+        JobCounter counter;
+        std::vector<JobHandle<int>> jobs;
+        for (int k = 0; k < n; ++k) {
+          SubmitOptions options = SubmitOptions().on_node(chain[k]);
+          if (k > 0) options.after(jobs.back());
+          if (k + 1 == n && wait == DeclaredWait::kCounter) {
+            options.with_counter(&counter);
+          }
+          jobs.push_back(rt.Submit(
+              [&ran, k, slow_first] {
+                // Mostly finished after the wait begins, sometimes before.
+                if (k == 0 && slow_first) {
+                  std::this_thread::sleep_for(std::chrono::microseconds(50));
+                }
+                return ran.fetch_add(1);
+              },
+              options));
+        }
+        absl::Status s = wait == DeclaredWait::kCounter ? counter.Wait()
+                                                        : jobs.back().Wait();
+        if (!s.ok()) return s;
+        for (int k = 0; k < n; ++k) {
+          if (!jobs[k].done() || !jobs[k].Wait().ok() || jobs[k].value() != k) {
+            return absl::InternalError(
+                absl::StrCat("job ", k, " of the chain ran out of order"));
+          }
+        }
+        return absl::OkStatus();
+      });
+}
+
+TEST(RuntimeWaitTest, ACounterOfALocalJobAfterARemoteOneFinishesInsideAJob) {
+  WaitOnADeclaredChain({1, 0}, DeclaredWait::kCounter);
+}
+
+TEST(RuntimeWaitTest, AHandleOfALocalJobAfterALocalOneFinishesInsideAJob) {
+  WaitOnADeclaredChain({0, 0}, DeclaredWait::kHandle);
+}
+
+TEST(RuntimeWaitTest, ACounterOfALocalJobAfterALocalOneFinishesInsideAJob) {
+  WaitOnADeclaredChain({0, 0}, DeclaredWait::kCounter);
+}
+
+TEST(RuntimeWaitTest, ACounterOfARemoteJobAfterALocalOneFinishesInsideAJob) {
+  WaitOnADeclaredChain({0, 1}, DeclaredWait::kCounter);
+}
+
+TEST(RuntimeWaitTest, AHandleOfARemoteJobAfterALocalOneFinishesInsideAJob) {
+  WaitOnADeclaredChain({0, 1}, DeclaredWait::kHandle);
+}
+
+TEST(RuntimeWaitTest, ACounterOfAChainThatLeavesAndComesBackFinishes) {
+  WaitOnADeclaredChain({0, 1, 0}, DeclaredWait::kCounter);
+}
+
+TEST(RuntimeWaitTest, AHandleOfAChainThatLeavesAndComesBackFinishes) {
+  WaitOnADeclaredChain({0, 1, 0}, DeclaredWait::kHandle);
+}
+
+TEST(RuntimeWaitTest, ACounterOfAChainThatComesBackFromAnotherNodeFinishes) {
+  WaitOnADeclaredChain({1, 1, 0}, DeclaredWait::kCounter);
+}
+
 // Regression (review): Create stepped by batch_size, which wrapped for a
 // batch_size near SIZE_MAX: 52 batches over 100 items, reaching 50 items
 // past a node's segment.

@@ -9,7 +9,9 @@
 // kCancelling -> kCancelled. Exactly one thread wins the kQueued -> kRunning
 // claim: the node's token, another node's thief, or a waiter running the job
 // inline; it may still cancel the job (kRunning -> kCancelling) if its
-// counter or the runtime was cancelled, unless kRunPromisedBit is set. Bit
+// counter or the runtime was cancelled, unless kRunPromisedBit is set. A
+// job made ready by Schedule with a counter is kQueued | kListingBit, not
+// to be claimed, until Schedule has listed it on the counter. Bit
 // kWaiterBit marks a thread asleep on the state word (C++20 atomic::wait),
 // so finishing a job only makes a system call when somebody sleeps on it.
 #ifndef JOBS_INTERNAL_JOB_RECORD_H_
@@ -50,6 +52,16 @@ inline constexpr uint32_t kWaiterBit = 0x100;
 // Set by a JobRef::Cancel that found the job kRunning and returned false
 // ("it runs"): the claimer may no longer cancel it.
 inline constexpr uint32_t kRunPromisedBit = 0x200;
+
+// Set by Schedule from the job's turn to kQueued until it has listed the
+// job on its counter (JobCounter::NoteReady): until then nobody may claim
+// or cancel it (Claim and Transition wait, a few instructions), so that it
+// cannot finish, and its counter's owner destroy the counter, while
+// Schedule still uses the counter.
+inline constexpr uint32_t kListingBit = 0x400;
+// Set with kListingBit and kept to the end: the job was listed on its
+// counter, and Finish takes it off the list if a waiter has not.
+inline constexpr uint32_t kListedBit = 0x800;
 
 inline bool IsFinal(uint32_t word) { return (word & kStateMask) >= kDone; }
 
@@ -111,6 +123,14 @@ struct JobRecord {
   std::exception_ptr exception;
   // The result, set by invoke (null for void jobs and until it returns).
   void* result_ptr = nullptr;
+
+  // Its place on its counter's list of jobs made ready by Schedule
+  // (JobCounter::NoteReady), where it stays until it finishes or a waiter
+  // takes it to run. Guarded by the counter's helpers_mu_ (next_ready also
+  // chains the jobs a waiter took, on its own).
+  JobRecord* next_ready = nullptr;
+  JobRecord* prev_ready = nullptr;
+  bool on_ready_list = false;
 };
 
 // Gives a record's memory back to `runtime` (TypedJob::Destroy). `runtime`
