@@ -204,8 +204,22 @@ double SecondsPerTick() {
   return seconds_per_tick;
 }
 
-void FreeRecord(Runtime* runtime, void* record, size_t size, size_t alignment) {
-  runtime->control_->pool_deallocate(record, size, alignment);
+// Pools of destroyed runtimes whose records were still referenced
+// (Runtime::~Runtime): kept for the process's life, reachable (so that
+// LeakSanitizer does not count them), since a handle may be dropped at any
+// time.
+void KeepOrphanedPool(std::unique_ptr<SmartAlloc> pool) {
+  struct Kept {
+    alloc_internal::Mutex mu;
+    std::vector<std::unique_ptr<SmartAlloc>> pools ABSL_GUARDED_BY(mu);
+  };
+  static Kept* kept = new Kept();
+  alloc_internal::MutexLock lock(&kept->mu);
+  kept->pools.push_back(std::move(pool));
+}
+
+void FreeRecord(SmartAlloc* pool, void* record, size_t size, size_t alignment) {
+  pool->pool_deallocate(record, size, alignment);
 }
 
 [[noreturn]] void FailedValueAccess(const JobRecord* record) {
@@ -305,9 +319,10 @@ std::string JobName(const JobRecord* record) {
   return JobName(record->id, record->name);
 }
 
-// While Schedule lists a job on its counter (kListingBit), a claim or a
-// cancellation waits: a few instructions, never a token's (tokens are
-// posted after).
+// While Schedule lists a job on its counter (kListingBit: a lock of the
+// counter's helpers_mu_ and the release of the helpers that can run it), a
+// claim or a cancellation of that job waits; never a token's (tokens are
+// posted after), only an inline runner's or a canceller's.
 void WaitWhileListing(JobRecord* record, uint32_t& s) {
   while ((s & jobs_internal::kListingBit) != 0) {
     _mm_pause();
@@ -439,8 +454,9 @@ void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
 // kWaiterBit set) also releases every registered one. A released helper
 // looks at what it waits for and registers again if that has not
 // happened. Process-wide, because a counter does not know its runtime;
-// there are few (one per node arena at most), and the finishers look at
-// the count only on the paths that wake a sleeper.
+// there are few (one per node arena at most, and the jobs waiting inside
+// JobRef::Wait on a job that waits for its predecessors), and the
+// finishers look at the count only on the paths that wake a sleeper.
 //
 // A release from any thread reaches the helper: in oneTBB 2021.8 (this
 // project's), wait_context::release notifies the process-wide market's
@@ -945,6 +961,25 @@ Runtime::~Runtime() {
   }
   if (registered_parallelism_ > 0) {
     Parallelism::Get().Remove(registered_parallelism_);
+  }
+  // Handles (JobRef, JobHandle) may outlive the runtime: their jobs are
+  // final now, but their records stay in control_'s pool until the last
+  // reference goes. Then the pool is kept, reachable and never freed, and
+  // the misuse reported (RuntimeShutdownTest.HandlesMayOutliveTheRuntime).
+  // (No pool: Create failed before it was made.)
+  if (control_ == nullptr) return;
+  const KindStats records = control_->stats().pool;
+  if (records.allocations > records.frees) {
+    ReportErrorAndContinue(Report(
+        ErrorKind::kMisuse, "jobs::Runtime",
+        absl::StrCat("destroyed while ", records.allocations - records.frees,
+                     " job record(s) are still referenced (a JobHandle or "
+                     "JobRef held past the runtime); they stay valid, and "
+                     "their pool (",
+                     records.live_bytes(),
+                     " bytes live) is kept until the process exits. Drop "
+                     "handles before the runtime they came from.")));
+    jobs_internal::KeepOrphanedPool(std::move(control_));
   }
 }
 
@@ -2124,7 +2159,9 @@ absl::Status JobRef::Wait() const {
       inline_here = here->runtime == r->runtime && here->node == r->node;
       // A job about to block outside TBB on another node's (or another
       // runtime's) job: as JobCounter::Wait's remote path.
-      if (!inline_here && !kept_awake) Runtime::KeepNodeAwake(here);
+      // (Again if it was posted while the wait helped: a worker at the top
+      // of its stack may have run it since.)
+      if (!inline_here) Runtime::KeepNodeAwake(here);
     }
     SpinUntil([r, &s, inline_here] {
       s = r->state.load(std::memory_order_acquire);
@@ -2320,6 +2357,25 @@ JobCounter::Helper* JobCounter::TakeHelpersLocked() {
   return helpers;
 }
 
+JobCounter::Helper* JobCounter::TakeHelpersOfLocked(const Runtime* runtime,
+                                                    int node) {
+  Helper* taken = nullptr;
+  for (Helper** link = &helpers_; *link != nullptr;) {
+    Helper* h = *link;
+    if (h->runtime != runtime || h->node != node) {
+      link = &h->next;
+      continue;
+    }
+    *link = h->next;
+    h->next = taken;
+    taken = h;
+  }
+  if (taken != nullptr && helpers_ == nullptr) {
+    pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+  }
+  return taken;
+}
+
 void JobCounter::ReleaseTaken(Helper* helpers) {
   while (helpers != nullptr) {
     Helper* next = helpers->next;  // Read before the release: its stack.
@@ -2346,7 +2402,7 @@ void JobCounter::NoteReady(JobRecord* record) {
     if (ready_ != nullptr) ready_->prev_ready = record;
     ready_ = record;
     record->on_ready_list = true;
-    helpers = TakeHelpersLocked();
+    helpers = TakeHelpersOfLocked(record->runtime, record->node);
   }
   // The job cannot finish before Schedule clears kListingBit, so the
   // counter (and the helpers, still waiting for it) outlive this.
@@ -2382,9 +2438,10 @@ JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
   for (JobRecord* r = ready_; r != nullptr;) {
     JobRecord* next = r->next_ready;
     // Alive: listed, so its Finish has not passed Unlist yet.
-    if ((r->state.load(std::memory_order_acquire) & kStateMask) ==
-            jobs_internal::kQueued &&
-        r->runtime == slot->runtime && r->node == slot->node) {
+    if ((r->state.load(std::memory_order_acquire) & kStateMask) !=
+        jobs_internal::kQueued) {
+      UnlinkReady(ready_, r);  // Claimed by its token, or cancelled.
+    } else if (r->runtime == slot->runtime && r->node == slot->node) {
       UnlinkReady(ready_, r);
       r->refs.fetch_add(1, std::memory_order_relaxed);
       r->next_ready = runnable;
@@ -2399,7 +2456,7 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
   bool kept_awake = false;  // The no-op task is posted (once a wait).
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     tbb::detail::d1::wait_context done(1);
-    Helper me{&done, nullptr};
+    Helper me{&done, nullptr, slot->runtime, slot->node};
     JobRecord* runnable = nullptr;
     {
       alloc_internal::MutexLock lock(&helpers_mu_);

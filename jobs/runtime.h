@@ -47,7 +47,9 @@
 // waiter's isolated region: a wait inside a job on it (its handle, or a
 // counter that counts it) helps in TBB while it waits for its
 // predecessors, and runs it inline once it is ready if it is of the
-// waiter's node, so a node of one worker can wait on declared jobs too.
+// waiter's node, so a node of one worker can wait on declared jobs too;
+// but not on a job of its node that the wait does not name, made ready by
+// another node between the waiter and what it waits for (docs/jobs.md).
 //
 // Cost. A Spawn with no predecessors (no handle) is one TBB task and no
 // record: spawned into the worker's deque when a worker spawns it onto its
@@ -311,7 +313,10 @@ class JobContext {
 class JobCounter;
 
 // An untyped, counted reference to a submitted job: enough to wait on it,
-// cancel it, or name it as a predecessor. Copyable; cheap.
+// cancel it, or name it as a predecessor. Copyable; cheap. Drop references
+// before their runtime; one that outlives it still works (its job is
+// final), but the runtime's destructor reports the misuse and keeps its
+// record pool for the rest of the process.
 class JobRef {
  public:
   JobRef() = default;
@@ -457,6 +462,10 @@ class JobCounter {
   // Takes every job waiting in HelpUntilZero off the list (clearing
   // kHelperBit), for ReleaseTaken after the lock.
   Helper* TakeHelpersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
+  // Takes those of `runtime`'s `node` only (kHelperBit stays while others
+  // wait).
+  Helper* TakeHelpersOfLocked(const Runtime* runtime, int node)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
   // Releases helpers taken off the list; touches nothing of the counter.
   static void ReleaseTaken(Helper* helpers);
   // A job with predecessors (SubmitOptions::after) was counted here: from
@@ -476,7 +485,7 @@ class JobCounter {
   void Unlist(jobs_internal::JobRecord* record);
   // Takes the listed jobs that `slot`'s worker can run inline (of its
   // runtime and node, not started) off the list, each with a reference,
-  // chained by next_ready.
+  // chained by next_ready; drops those that have started from the list.
   jobs_internal::JobRecord* TakeRunnableLocked(
       const jobs_internal::WorkerSlot* slot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
@@ -519,6 +528,10 @@ class JobCounter {
   struct Helper {
     tbb::detail::d1::wait_context* done;
     Helper* next;
+    // The waiting job's worker: NoteReady releases only the helpers that
+    // can run the job it lists.
+    const Runtime* runtime;
+    int node;
   };
   // Taken only to register a helper and by the finisher that finds
   // kHelperBit; kHelperBit is set exactly while helpers_ is not empty.
@@ -911,8 +924,6 @@ class Runtime {
   std::unique_ptr<JobFailure> RunJob(jobs_internal::WorkerSlot* slot,
                                      const RunInfo& info, void* fn,
                                      void (*call)(void* fn, JobContext& ctx));
-  friend void jobs_internal::FreeRecord(Runtime* runtime, void* record,
-                                        size_t size, size_t alignment);
   // Fills the common fields, applies the options and schedules. Returns
   // the submission error (the record is then finished with it).
   absl::Status Enqueue(jobs_internal::JobRecord* record,
@@ -1038,9 +1049,9 @@ void TypedJob<F, R>::Invoke(JobRecord* self, JobContext& ctx) {
 template <typename F, typename R>
 void TypedJob<F, R>::Destroy(JobRecord* self) {
   auto* job = static_cast<TypedJob*>(self);
-  Runtime* runtime = job->runtime;
+  SmartAlloc* pool = job->pool;
   job->~TypedJob();
-  FreeRecord(runtime, self, sizeof(TypedJob), alignof(TypedJob));
+  FreeRecord(pool, self, sizeof(TypedJob), alignof(TypedJob));
 }
 
 // A direct job: the user's function and its header in one TBB task,
@@ -1216,10 +1227,12 @@ Runtime::NewRecord(F&& f, int refs) {
 #if defined(__cpp_exceptions)
   } catch (...) {
     job->~Job();
-    jobs_internal::FreeRecord(this, memory, sizeof(Job), alignof(Job));
+    jobs_internal::FreeRecord(control_.get(), memory, sizeof(Job),
+                              alignof(Job));
     throw;
   }
 #endif
+  job->pool = control_.get();
   job->invoke = &Job::Invoke;
   job->destroy = &Job::Destroy;
   job->refs.store(refs, std::memory_order_relaxed);

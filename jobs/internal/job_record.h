@@ -13,7 +13,9 @@
 // job made ready by Schedule with a counter is kQueued | kListingBit, not
 // to be claimed, until Schedule has listed it on the counter. Bit
 // kWaiterBit marks a thread asleep on the state word (C++20 atomic::wait),
-// so finishing a job only makes a system call when somebody sleeps on it.
+// or helping in TBB until the job turns ready or final (OutsideHelpers in
+// runtime.cc), so finishing a job only makes a system call, or releases
+// helpers, when somebody waits on it.
 #ifndef JOBS_INTERNAL_JOB_RECORD_H_
 #define JOBS_INTERNAL_JOB_RECORD_H_
 
@@ -25,6 +27,9 @@
 #include "absl/status/status.h"
 
 namespace framealloc {
+
+class SmartAlloc;
+
 namespace jobs {
 
 class JobContext;
@@ -54,10 +59,10 @@ inline constexpr uint32_t kWaiterBit = 0x100;
 inline constexpr uint32_t kRunPromisedBit = 0x200;
 
 // Set by Schedule from the job's turn to kQueued until it has listed the
-// job on its counter (JobCounter::NoteReady): until then nobody may claim
-// or cancel it (Claim and Transition wait, a few instructions), so that it
-// cannot finish, and its counter's owner destroy the counter, while
-// Schedule still uses the counter.
+// job on its counter (JobCounter::NoteReady: a lock and a release of the
+// helpers): until then nobody may claim or cancel it (Claim and Transition
+// wait), so that it cannot finish, and its counter's owner destroy the
+// counter, while Schedule still uses the counter.
 inline constexpr uint32_t kListingBit = 0x400;
 // Set with kListingBit and kept to the end: the job was listed on its
 // counter, and Finish takes it off the list if a waiter has not.
@@ -111,6 +116,9 @@ struct JobRecord {
   }
 
   Runtime* runtime = nullptr;
+  // The pool the record came from (the runtime's), which outlives the
+  // runtime while records are alive (Runtime::~Runtime).
+  SmartAlloc* pool = nullptr;
   JobCounter* counter = nullptr;  // Not owned; may be null.
   const char* name = nullptr;     // Static string or null.
   uint64_t id = 0;
@@ -133,9 +141,8 @@ struct JobRecord {
   bool on_ready_list = false;
 };
 
-// Gives a record's memory back to `runtime` (TypedJob::Destroy). `runtime`
-// may be null for a record that was never submitted.
-void FreeRecord(Runtime* runtime, void* record, size_t size, size_t alignment);
+// Gives a record's memory back to `pool` (its JobRecord::pool).
+void FreeRecord(SmartAlloc* pool, void* record, size_t size, size_t alignment);
 
 }  // namespace jobs_internal
 }  // namespace jobs
