@@ -90,6 +90,7 @@ class EcsSimulation final : public sim::Scenario {
     std::optional<typename Mem::template Vec<uint32_t>> visible;
     std::optional<typename Mem::template Vec<ContactEvent>> contacts;
     double world_sum = 0;  // Sum of world translations, in position order.
+    uint64_t digest = 0;   // Of the counts, world_sum and the visible list.
   };
   // Lays the transforms out by tree group (HierarchyOrder::GroupedSlotOrder)
   // and the motion components in the same entity order, then updates the
