@@ -963,20 +963,27 @@ Runtime::~Runtime() {
     Parallelism::Get().Remove(registered_parallelism_);
   }
   // Handles (JobRef, JobHandle) may outlive the runtime: their jobs are
-  // final now, but their records stay in control_'s pool until the last
-  // reference goes. Then the pool is kept, reachable and never freed, and
-  // the misuse reported (RuntimeShutdownTest.HandlesMayOutliveTheRuntime).
+  // final now, but their records stay in control_ until the last reference
+  // goes (large ones in its tracked heap, past the pools' largest class).
+  // Then the pool is kept, reachable and never freed, and the misuse
+  // reported (RuntimeShutdownTest.HandlesMayOutliveTheRuntime). Minimal
+  // builds count no frees (statistics are compiled out), so they cannot
+  // tell, and free the pool as before: there, drop handles first.
   // (No pool: Create failed before it was made.)
-  if (control_ == nullptr) return;
-  const KindStats records = control_->stats().pool;
-  if (records.allocations > records.frees) {
+  if (kMinimalBuild || control_ == nullptr) return;
+  const AllocStats stats = control_->stats();
+  auto left = [](const KindStats& k) {
+    return k.allocations > k.frees ? k.allocations - k.frees : 0;
+  };
+  const uint64_t live = left(stats.pool) + left(stats.heap);
+  if (live > 0) {
     ReportErrorAndContinue(Report(
         ErrorKind::kMisuse, "jobs::Runtime",
-        absl::StrCat("destroyed while ", records.allocations - records.frees,
+        absl::StrCat("destroyed while ", live,
                      " job record(s) are still referenced (a JobHandle or "
                      "JobRef held past the runtime); they stay valid, and "
                      "their pool (",
-                     records.live_bytes(),
+                     stats.pool.live_bytes() + stats.heap.live_bytes(),
                      " bytes live) is kept until the process exits. Drop "
                      "handles before the runtime they came from.")));
     jobs_internal::KeepOrphanedPool(std::move(control_));

@@ -314,9 +314,11 @@ class JobCounter;
 
 // An untyped, counted reference to a submitted job: enough to wait on it,
 // cancel it, or name it as a predecessor. Copyable; cheap. Drop references
-// before their runtime; one that outlives it still works (its job is
-// final), but the runtime's destructor reports the misuse and keeps its
-// record pool for the rest of the process.
+// before their runtime: the runtime's destructor reports one that outlives
+// it as a misuse (the default error handler aborts); with a handler that
+// returns, it keeps working (its job is final) and the runtime keeps its
+// record pool for the rest of the process (not in --config=minimal builds;
+// docs/jobs.md).
 class JobRef {
  public:
   JobRef() = default;
