@@ -597,24 +597,30 @@ void HelpOutsideUntilZero(std::atomic<int64_t>& count,
   }
 }
 
-// JobRef::Wait's loop for a thread that helps inside a node's arena: sets
-// kWaiterBit as a sleeper would, and runs the arena's jobs until the job
-// turns final.
-void HelpOutsideUntilFinal(JobRecord* record) {
+// JobRef::Wait's loop for a thread that runs a node's tasks while it
+// waits (an outside helper in the arena, or a job in its own isolated
+// region): sets kWaiterBit as a sleeper would, so that Schedule and Finish
+// release it, and runs the tasks until `done(state)`. Returns that state.
+template <typename Done>
+uint32_t HelpUntilState(JobRecord* record, const Done& done) {
   for (;;) {
     OutsideHelpers::Entry entry;
     OutsideHelpers::Register(&entry);
     uint32_t s = record->state.load(std::memory_order_seq_cst);
-    while (!jobs_internal::IsFinal(s) && (s & kWaiterBit) == 0 &&
+    while (!done(s) && (s & kWaiterBit) == 0 &&
            !record->state.compare_exchange_weak(s, s | kWaiterBit,
                                                 std::memory_order_seq_cst)) {
     }
-    if (jobs_internal::IsFinal(s)) {
+    if (done(s)) {
       OutsideHelpers::Drop(&entry);
-      return;
+      return s;
     }
     OutsideHelpers::RunJobsUntilReleased(&entry);
   }
+}
+
+void HelpOutsideUntilFinal(JobRecord* record) {
+  HelpUntilState(record, [](uint32_t s) { return jobs_internal::IsFinal(s); });
 }
 
 }  // namespace
@@ -2142,26 +2148,11 @@ absl::Status JobRef::Wait() const {
       // Finish release the helper (before, on a node of one worker, such a
       // wait slept and hung at once:
       // RuntimeWaitTest.AHandleOfALocalJobAfterALocalOneFinishesInsideAJob).
-      bool kept_awake = false;
-      while ((s & kStateMask) == jobs_internal::kWaiting) {
-        OutsideHelpers::Entry entry;
-        OutsideHelpers::Register(&entry);
-        s = r->state.load(std::memory_order_seq_cst);
-        while ((s & kStateMask) == jobs_internal::kWaiting &&
-               (s & kWaiterBit) == 0 &&
-               !r->state.compare_exchange_weak(s, s | kWaiterBit,
-                                               std::memory_order_seq_cst)) {
-        }
-        if ((s & kStateMask) != jobs_internal::kWaiting) {
-          OutsideHelpers::Drop(&entry);
-          break;
-        }
-        if (!kept_awake) {
-          Runtime::KeepNodeAwake(here);
-          kept_awake = true;
-        }
-        OutsideHelpers::RunJobsUntilReleased(&entry);
-        s = r->state.load(std::memory_order_acquire);
+      if ((s & kStateMask) == jobs_internal::kWaiting) {
+        Runtime::KeepNodeAwake(here);
+        s = HelpUntilState(r, [](uint32_t state) {
+          return (state & kStateMask) != jobs_internal::kWaiting;
+        });
       }
       inline_here = here->runtime == r->runtime && here->node == r->node;
       // A job about to block outside TBB on another node's (or another
