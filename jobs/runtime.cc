@@ -15,6 +15,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "alloc/error.h"
@@ -26,6 +27,7 @@ namespace framealloc {
 namespace jobs {
 
 using jobs_internal::DirectHeader;
+using jobs_internal::ExtraEdge;
 using jobs_internal::JobRecord;
 using jobs_internal::JobState;
 using jobs_internal::kClosedList;
@@ -1064,35 +1066,37 @@ void* Runtime::AllocateRecord(size_t size, size_t alignment) {
   return control_->pool_allocate(size, alignment);
 }
 
-Successor* Runtime::AllocateEdges(JobRecord* record, int n) {
-  Successor* edges = nullptr;
+void Runtime::AllocateEdges(JobRecord* record, int n) {
 #if defined(__cpp_exceptions)
   try {
 #endif
     for (int i = 0; i < n; ++i) {
-      auto* edge = static_cast<Successor*>(
-          AllocateRecord(sizeof(Successor), alignof(Successor)));
-      edge->next = edges;
-      edges = edge;
+      auto* edge = new (AllocateRecord(sizeof(ExtraEdge), alignof(ExtraEdge)))
+          ExtraEdge();
+      edge->sibling = record->extra_edges;
+      record->extra_edges = edge;
     }
 #if defined(__cpp_exceptions)
   } catch (...) {
     // The handler of the pool's fatal out-of-memory report threw. Nothing
     // is counted or linked yet, and nobody else knows the record: freeing
     // it and the edges taken so far leaves no trace of the submission.
-    FreeEdges(edges);
+    FreeExtraEdges(record);
     record->destroy(record);
     throw;
   }
 #endif
-  return edges;
 }
 
-void Runtime::FreeEdges(Successor* edges) {
-  while (edges != nullptr) {
-    Successor* next = edges->next;
-    control_->pool_deallocate(edges, sizeof(Successor), alignof(Successor));
-    edges = next;
+void Runtime::FreeExtraEdges(JobRecord* record) {
+  ExtraEdge* edge = record->extra_edges;
+  record->extra_edges = nullptr;
+  while (edge != nullptr) {
+    ExtraEdge* next = edge->sibling;
+    edge->~ExtraEdge();
+    jobs_internal::FreeRecord(record->pool, edge, sizeof(ExtraEdge),
+                              alignof(ExtraEdge));
+    edge = next;
   }
 }
 
@@ -1103,6 +1107,9 @@ void Runtime::Release(JobRecord* record) {
   // holders' releases happened before.
   if (record->refs.load(std::memory_order_acquire) == 1 ||
       record->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    if (record->extra_edges != nullptr) [[unlikely]] {
+      FreeExtraEdges(record);
+    }
     record->destroy(record);
   }
 }
@@ -1201,15 +1208,16 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   // report may throw (a throwing error handler): they are taken first,
   // before the job is counted anywhere (counter, frame, node, statistics)
   // or linked into a predecessor, so that a throw leaves nothing to undo.
-  Successor* spare_edges = nullptr;
+  // (They belong to the record from here on: freed with it.)
   if (options.predecessors.size() >
       static_cast<size_t>(JobRecord::kInlineEdges)) [[unlikely]] {
     int pool_edges = -JobRecord::kInlineEdges;
     for (const JobRef& pred : options.predecessors) {
       if (pred.valid()) ++pool_edges;
     }
-    if (pool_edges > 0) spare_edges = AllocateEdges(record, pool_edges);
+    if (pool_edges > 0) AllocateEdges(record, pool_edges);
   }
+  ExtraEdge* spare_edges = record->extra_edges;
   WorkerSlot* here = CurrentSlot();
   if (here != nullptr) {
     record->id = here->TakeId(next_id_);
@@ -1256,7 +1264,6 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
   }
   if (!refused.ok()) {
     // Never runs: finished at once with the reason, nothing counted.
-    FreeEdges(spare_edges);
     if (counted) {
       nodes_[node]->withdrawn.fetch_add(1, std::memory_order_release);
     }
@@ -1283,15 +1290,22 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
     if (!pred.valid()) continue;
     JobRecord* p = pred.record_;
     record->unmet.fetch_add(1, std::memory_order_relaxed);
+    // The predecessor's name (see JobRecord::inline_from): set before the
+    // edge is linked (its Finish clears it), cleared if it is not.
     Successor* edge;
+    std::atomic<JobRecord*>* from;
     if (edges < JobRecord::kInlineEdges) {
       edge = &record->inline_edges[edges];
+      from = &record->inline_from[edges];
     } else {
-      edge = spare_edges;  // One per valid predecessor past the inline ones.
-      spare_edges = spare_edges->next;
+      // One per valid predecessor past the inline ones.
+      from = &spare_edges->from;
+      edge = spare_edges;
+      spare_edges = spare_edges->sibling;
     }
     ++edges;
     edge->job = record;
+    from->store(p, std::memory_order_relaxed);
     Successor* head = p->successors.load(std::memory_order_acquire);
     bool linked = false;
     while (head != kClosedList) {
@@ -1305,9 +1319,7 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
     }
     if (!linked) {
       // Already finished: its state is final and visible (acquire above).
-      if (!record->IsInlineEdge(edge)) {
-        control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
-      }
+      from->store(nullptr, std::memory_order_relaxed);
       if ((p->state.load(std::memory_order_acquire) & kStateMask) !=
           jobs_internal::kDone) {
         record->predecessor_failed.store(true, std::memory_order_relaxed);
@@ -2053,11 +2065,18 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   const bool failed = state != jobs_internal::kDone;
   Successor* edge =
       record->successors.exchange(kClosedList, std::memory_order_acq_rel);
+  const bool had_successors = edge != nullptr;
   while (edge != nullptr) {
     Successor* next = edge->next;
     JobRecord* successor = edge->job;
-    if (!successor->IsInlineEdge(edge)) {
-      control_->pool_deallocate(edge, sizeof(Successor), alignof(Successor));
+    // No longer its unfinished predecessor (FindStranded). seq_cst: with
+    // the look at stranded_walkers_ below.
+    if (successor->IsInlineEdge(edge)) {
+      successor->inline_from[edge - &successor->inline_edges[0]].store(
+          nullptr, std::memory_order_seq_cst);
+    } else {
+      static_cast<ExtraEdge*>(edge)->from.store(nullptr,
+                                                std::memory_order_seq_cst);
     }
     if (failed) {
       successor->predecessor_failed.store(true, std::memory_order_relaxed);
@@ -2080,6 +2099,14 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
     }
     edge = next;
   }
+  // A wait that walks predecessors (FindStranded) may have read this
+  // record's name before it was cleared: it holds walk_mu_ while it uses
+  // the record, which must outlive that (it may be freed once this
+  // returns). A walker that comes later reads the cleared names.
+  if (had_successors && stranded_walkers_.load(std::memory_order_seq_cst) != 0)
+      [[unlikely]] {
+    alloc_internal::MutexLock lock(&walk_mu_);
+  }
   if (record->counter != nullptr) {
     record->counter->Finish(failed ? &record->status : nullptr,
                             record->exception);
@@ -2094,6 +2121,84 @@ bool Runtime::TryRunInline(JobRecord* record) {
   if (!Claim(record)) return false;
   Execute(record, slot, /*stolen=*/false, /*inline_run=*/true);
   return true;
+}
+
+void Runtime::FindStranded(JobRecord* target, int node,
+                           std::vector<JobRecord*>* ready) {
+  // seq_cst, with Finish's clearing of the names and its look at the count:
+  // a Finish that does not see this walker cleared its names before the
+  // walker reads them.
+  stranded_walkers_.fetch_add(1, std::memory_order_seq_cst);
+  {
+    alloc_internal::MutexLock lock(&walk_mu_);
+    absl::flat_hash_set<JobRecord*> seen;
+    std::vector<JobRecord*> pending = {target};
+    seen.insert(target);
+    auto visit = [&](JobRecord* pred) {
+      if (pred != nullptr && seen.insert(pred).second) pending.push_back(pred);
+    };
+    while (!pending.empty()) {
+      JobRecord* job = pending.back();
+      pending.pop_back();
+      uint32_t s = job->state.load(std::memory_order_seq_cst);
+      if (job != target && job->node == node) {
+        // Asleep on predecessors: Schedule releases this helper when it
+        // turns ready (the bit, as a handle's waiter sets it).
+        while ((s & kStateMask) == jobs_internal::kWaiting &&
+               (s & kWaiterBit) == 0 &&
+               !job->state.compare_exchange_weak(s, s | kWaiterBit,
+                                                 std::memory_order_seq_cst)) {
+        }
+        if ((s & kStateMask) == jobs_internal::kQueued) {
+          job->refs.fetch_add(1, std::memory_order_relaxed);  // Alive here.
+          ready->push_back(job);
+          continue;
+        }
+      }
+      // Only a job still waiting has predecessors left to run; a name
+      // read here is a live record until walk_mu_ is unlocked.
+      if ((s & kStateMask) != jobs_internal::kWaiting) continue;
+      for (auto& from : job->inline_from) {
+        visit(from.load(std::memory_order_seq_cst));
+      }
+      for (jobs_internal::ExtraEdge* edge = job->extra_edges; edge != nullptr;
+           edge = edge->sibling) {
+        visit(edge->from.load(std::memory_order_seq_cst));
+      }
+    }
+  }
+  stranded_walkers_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+uint32_t Runtime::HelpUntilReady(JobRecord* target, WorkerSlot* here) {
+  std::vector<JobRecord*> ready;
+  for (;;) {
+    OutsideHelpers::Entry entry;
+    OutsideHelpers::Register(&entry);
+    uint32_t s = target->state.load(std::memory_order_seq_cst);
+    while ((s & kStateMask) == jobs_internal::kWaiting &&
+           (s & kWaiterBit) == 0 &&
+           !target->state.compare_exchange_weak(s, s | kWaiterBit,
+                                                std::memory_order_seq_cst)) {
+    }
+    if ((s & kStateMask) != jobs_internal::kWaiting) {
+      OutsideHelpers::Drop(&entry);
+      return s;
+    }
+    // Registered first: a predecessor that turns ready after the walk set
+    // its bit releases the entry.
+    FindStranded(target, here->node, &ready);
+    if (ready.empty()) {
+      OutsideHelpers::RunJobsUntilReleased(&entry);
+      continue;
+    }
+    OutsideHelpers::Drop(&entry);
+    for (JobRecord* job : ready) {
+      (void)TryRunInline(job);  // Unless its token, or a waiter, took it.
+      Release(job);
+    }
+    ready.clear();
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -2150,9 +2255,19 @@ absl::Status JobRef::Wait() const {
       // RuntimeWaitTest.AHandleOfALocalJobAfterALocalOneFinishesInsideAJob).
       if ((s & kStateMask) == jobs_internal::kWaiting) {
         Runtime::KeepNodeAwake(here);
-        s = HelpUntilState(r, [](uint32_t state) {
-          return (state & kStateMask) != jobs_internal::kWaiting;
-        });
+        if (here->runtime == r->runtime) {
+          // Also runs the ready jobs of this node among its predecessors
+          // whose tokens lie outside this job's region (before, a job of
+          // this node in the middle of a chain, made ready by another
+          // node's worker and not the one waited on, was never run on a
+          // node of one worker: the wait hung;
+          // RuntimeWaitTest.AHandleOfAChainThatComesBackFromAnotherNodeFinishes).
+          s = r->runtime->HelpUntilReady(r, here);
+        } else {
+          s = HelpUntilState(r, [](uint32_t state) {
+            return (state & kStateMask) != jobs_internal::kWaiting;
+          });
+        }
       }
       inline_here = here->runtime == r->runtime && here->node == r->node;
       // A job about to block outside TBB on another node's (or another

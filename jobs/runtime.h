@@ -843,12 +843,14 @@ class Runtime {
   absl::Status Init();
 
   void* AllocateRecord(size_t size, size_t alignment);
-  // The `n` pool edges a job past its inline ones needs, chained through
-  // `next`. If an allocation's fatal report throws, frees what it took
-  // and `record` (never published), and lets the exception go on.
-  jobs_internal::Successor* AllocateEdges(jobs_internal::JobRecord* record,
-                                          int n);
-  void FreeEdges(jobs_internal::Successor* edges);
+  // The `n` pool edges a job past its inline ones needs, onto the
+  // record's `extra_edges`. If an allocation's fatal report throws, frees
+  // what it took and `record` (never published), and lets the exception
+  // go on.
+  void AllocateEdges(jobs_internal::JobRecord* record, int n);
+  // Frees the record's pool edges (into its own pool: the runtime may be
+  // gone).
+  static void FreeExtraEdges(jobs_internal::JobRecord* record);
   template <typename F>
   friend class jobs_internal::DirectTask;
   // Spawn's direct path: a job with no predecessors and no handle becomes
@@ -957,6 +959,22 @@ class Runtime {
               absl::Status status, std::exception_ptr exception,
               jobs_internal::JobRecord** bypass = nullptr);
   bool TryRunInline(jobs_internal::JobRecord* record);
+  // JobRef::Wait inside a job of this runtime (on worker slot `here`) on
+  // `target`, a job of this runtime still waiting for its predecessors:
+  // helps in the job's isolated region until the target is no longer
+  // kWaiting, and runs inline every job of its node among the target's
+  // unfinished predecessors, direct or not, that is ready but whose token
+  // lies outside that region (made ready by another thread, or submitted
+  // by one), which on a node of one worker nothing else would run.
+  // Returns the target's state.
+  uint32_t HelpUntilReady(jobs_internal::JobRecord* target,
+                          jobs_internal::WorkerSlot* here);
+  // HelpUntilReady's look at the predecessors of `target`, under
+  // walk_mu_: sets kWaiterBit on those of `node` still waiting (so that
+  // Schedule releases the helper when they turn ready) and returns, each
+  // with a reference, those of `node` that are ready.
+  void FindStranded(jobs_internal::JobRecord* target, int node,
+                    std::vector<jobs_internal::JobRecord*>* ready);
   absl::Status ParallelForImpl(
       const NodePartition& partition, size_t grain,
       absl::FunctionRef<void(JobContext&, size_t, size_t)> body);
@@ -1002,6 +1020,9 @@ class Runtime {
   alignas(64) std::atomic<bool> accepting_{true};
   std::atomic<bool> cancel_all_{false};
   std::atomic<bool> trace_on_{false};
+  // Threads in FindStranded now (or about to be): a Finish that clears a
+  // predecessor's name then waits for them on walk_mu_.
+  std::atomic<int> stranded_walkers_{0};
   alignas(64) std::atomic<uint64_t> next_id_{1};
   std::atomic<uint32_t> next_any_{0};
   std::atomic<uint64_t> refused_{0};
@@ -1017,6 +1038,10 @@ class Runtime {
 
   alloc_internal::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+
+  // Held by FindStranded while it reads records through predecessor names
+  // (JobRecord::inline_from).
+  alloc_internal::Mutex walk_mu_;
 };
 
 // ---------------------------------------------------------------------------

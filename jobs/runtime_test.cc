@@ -2374,10 +2374,115 @@ TEST(RuntimeWaitTest, ACounterOfAChainThatComesBackFromAnotherNodeFinishes) {
 }
 
 // A job of the waiter's node in the middle of the chain, made ready by node
-// 1's worker: the wait must name it (here, count it) to run it. (Waiting on
-// the last job alone hangs: docs/jobs.md, "Not covered".)
+// 1's worker. A counter's wait must name it (here, count it) to run it:
+// counting the last job alone hangs (docs/jobs.md, "Not covered").
 TEST(RuntimeWaitTest, ACounterOfEveryJobOfAChainThatComesBackFinishes) {
   WaitOnADeclaredChain({1, 0, 0}, DeclaredWait::kCounterOfAll);
+}
+
+// A handle's wait finds it among the predecessors of the job it waits on
+// and runs it (Runtime::FindStranded); before, this hung at iteration 0.
+TEST(RuntimeWaitTest, AHandleOfAChainThatComesBackFromAnotherNodeFinishes) {
+  WaitOnADeclaredChain({1, 0, 0}, DeclaredWait::kHandle);
+}
+
+TEST(RuntimeWaitTest, AHandleOfALongChainThatCrossesNodesFinishes) {
+  WaitOnADeclaredChain({1, 0, 0, 1, 0, 1, 1, 0, 0}, DeclaredWait::kHandle);
+}
+
+// As above, through a job of more predecessors than a record keeps inline
+// (their edges come from the pool): the waited-for job `last` (node 0)
+// comes after two remote jobs and `local_b`, which comes after `local_a`
+// (node 0), which comes after a remote job. Node 1's worker makes
+// `local_a` ready outside the waiting job's region; the wait finds it
+// through `last`'s third edge and runs it, then `local_b`.
+TEST(RuntimeWaitTest, AWaitFindsAStrandedJobThroughAPoolEdge) {
+  CrossNodeWaitRounds(
+      {1, 1}, StressIterations(2000, 200, 300), std::chrono::microseconds(200),
+      6, [](Runtime& rt, JobContext&, std::atomic<int>& ran) {
+        auto remote = [&rt, &ran] {
+          return rt.Submit([&ran] { ran.fetch_add(1); },
+                           SubmitOptions().on_node(1));
+        };
+        auto r0 = remote();
+        auto r1 = remote();
+        auto r2 = remote();
+        std::atomic<int> order{0};
+        auto local_a = rt.Submit(
+            [&ran, &order] {
+              ran.fetch_add(1);
+              return order.fetch_add(1);
+            },
+            SubmitOptions().on_node(0).after(r0));
+        auto local_b = rt.Submit(
+            [&ran, &order] {
+              ran.fetch_add(1);
+              return order.fetch_add(1);
+            },
+            SubmitOptions().on_node(0).after(local_a));
+        auto last = rt.Submit(
+            [&ran, &order] {
+              ran.fetch_add(1);
+              return order.fetch_add(1);
+            },
+            SubmitOptions().on_node(0).after(r1).after(r2).after(local_b));
+        absl::Status s = last.Wait();
+        if (!s.ok()) return s;
+        if (!local_a.done() || !local_b.done() || local_a.value() != 0 ||
+            local_b.value() != 1 || last.value() != 2) {
+          return absl::InternalError("the local jobs ran out of order");
+        }
+        return absl::OkStatus();
+      });
+}
+
+// The walk of the predecessors (Runtime::FindStranded) while they finish
+// and are cancelled under it: the remote head of the chain {1, 0, 0}
+// cancels the middle job (node 0, still waiting for it) in every other
+// round, after the wait on the last job has begun, or not. The last job is
+// then cancelled too, and the wait returns its status. Run under ASan and
+// TSan in CI, for the lifetime of the records the walk reads.
+TEST(RuntimeWaitTest, AWaitOnAChainWhoseMiddleIsCancelledFinishes) {
+  CrossNodeWaitRounds(
+      {1, 1}, StressIterations(2000, 200, 300), std::chrono::microseconds(200),
+      1, [](Runtime& rt, JobContext&, std::atomic<int>& ran) {
+        static std::atomic<int> round{0};
+        const int r = round.fetch_add(1);
+        const bool cancel = r % 2 == 0;
+        std::atomic<bool> published{false};
+        JobHandle<int> middle;
+        auto head = rt.Submit(
+            [&ran, &published, &middle, cancel, r] {
+              while (!published.load(std::memory_order_acquire)) {
+                std::this_thread::yield();
+              }
+              if (r % 4 < 2) {
+                std::this_thread::sleep_for(std::chrono::microseconds(20));
+              }
+              if (cancel) (void)middle.Cancel();
+              ran.fetch_add(1);
+            },
+            SubmitOptions().on_node(1));
+        middle =
+            rt.Submit([] { return 1; }, SubmitOptions().on_node(0).after(head));
+        auto last = rt.Submit([] { return 2; },
+                              SubmitOptions().on_node(0).after(middle));
+        published.store(true, std::memory_order_release);
+        absl::Status s = last.Wait();
+        if (!head.Wait().ok()) return absl::InternalError("the head failed");
+        if (cancel) {
+          if (!absl::IsCancelled(s) || !absl::IsCancelled(middle.Wait())) {
+            return absl::InternalError(absl::StrCat(
+                "a cancelled middle job; the last job's wait said ",
+                s.ToString(), ", the middle's ", middle.Wait().ToString()));
+          }
+          return absl::OkStatus();
+        }
+        if (!s.ok() || last.value() != 2 || middle.value() != 1) {
+          return absl::InternalError(s.ToString());
+        }
+        return absl::OkStatus();
+      });
 }
 
 // Regression (review): Create stepped by batch_size, which wrapped for a

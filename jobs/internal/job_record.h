@@ -81,6 +81,15 @@ struct Successor {
 // The successor list once the job has finished: nothing may be added.
 inline Successor* const kClosedList = reinterpret_cast<Successor*>(1);
 
+// An edge past a job's inline ones, taken from the pool at submission and
+// owned by the job it leads to (freed with its record): it also names the
+// predecessor, until that one finishes, and chains the job's other pool
+// edges.
+struct ExtraEdge : Successor {
+  std::atomic<JobRecord*> from{nullptr};
+  ExtraEdge* sibling = nullptr;
+};
+
 struct JobRecord {
   // Runs the function with `ctx` and stores the result. May throw: the
   // runtime catches and records the exception.
@@ -144,6 +153,15 @@ struct JobRecord {
   // chain of jobs_benchmark 1.45x slower (116-128 ns a job against 80-83,
   // three alternated runs each, 27 Nov).
   SmartAlloc* pool = nullptr;
+
+  // The job's unfinished predecessors, for a wait inside a job that looks
+  // for the ones it must run itself (Runtime::FindStranded): inline_from[k]
+  // names the predecessor whose list holds inline_edges[k], the pool edges
+  // name theirs, each cleared (seq_cst) by that predecessor's Finish. A
+  // non-null name read under the runtime's walk_mu_ is a live record: a
+  // Finish that clears a name waits for the walkers (Runtime::Finish).
+  std::atomic<JobRecord*> inline_from[kInlineEdges] = {};
+  ExtraEdge* extra_edges = nullptr;  // Owned; chained by `sibling`.
 };
 
 // Gives a record's memory back to `pool` (its JobRecord::pool).
