@@ -1327,9 +1327,15 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
       record->unmet.fetch_sub(1, std::memory_order_relaxed);
     }
   }
-  if (edges > 0 && options.counter != nullptr &&
-      !options.counter->declared_.load(std::memory_order_relaxed)) {
-    options.counter->NoteDeclared();
+  if (edges > 0 && options.counter != nullptr) {
+    if (!options.counter->declared_.load(std::memory_order_relaxed)) {
+      options.counter->NoteDeclared();
+    }
+    // Nobody else can touch the state yet: its predecessors cannot make
+    // it ready before the decrement below.
+    record->state.store(jobs_internal::kWaiting | jobs_internal::kListedBit,
+                        std::memory_order_relaxed);
+    options.counter->NoteWaiting(record);
   }
   if (options.predecessors.empty()) {
     // Nothing else can reach the record before it is scheduled (its handle
@@ -2123,7 +2129,7 @@ bool Runtime::TryRunInline(JobRecord* record) {
   return true;
 }
 
-void Runtime::FindStranded(JobRecord* target, int node,
+void Runtime::FindStranded(absl::Span<JobRecord* const> targets, int node,
                            std::vector<JobRecord*>* ready) {
   // seq_cst, with Finish's clearing of the names and its look at the count:
   // a Finish that does not see this walker cleared its names before the
@@ -2131,17 +2137,19 @@ void Runtime::FindStranded(JobRecord* target, int node,
   stranded_walkers_.fetch_add(1, std::memory_order_seq_cst);
   {
     alloc_internal::MutexLock lock(&walk_mu_);
-    absl::flat_hash_set<JobRecord*> seen;
-    std::vector<JobRecord*> pending = {target};
-    seen.insert(target);
+    absl::flat_hash_set<JobRecord*> seen(targets.begin(), targets.end());
+    std::vector<JobRecord*> pending(targets.begin(), targets.end());
     auto visit = [&](JobRecord* pred) {
       if (pred != nullptr && seen.insert(pred).second) pending.push_back(pred);
     };
+    const size_t first_pred = pending.size();  // Targets are looked at first.
+    size_t looked_at = 0;
     while (!pending.empty()) {
       JobRecord* job = pending.back();
       pending.pop_back();
+      const bool target = looked_at++ < first_pred;
       uint32_t s = job->state.load(std::memory_order_seq_cst);
-      if (job != target && job->node == node) {
+      if (!target && job->node == node) {
         // Asleep on predecessors: Schedule releases this helper when it
         // turns ready (the bit, as a handle's waiter sets it).
         while ((s & kStateMask) == jobs_internal::kWaiting &&
@@ -2161,7 +2169,7 @@ void Runtime::FindStranded(JobRecord* target, int node,
       for (auto& from : job->inline_from) {
         visit(from.load(std::memory_order_seq_cst));
       }
-      for (jobs_internal::ExtraEdge* edge = job->extra_edges; edge != nullptr;
+      for (ExtraEdge* edge = job->extra_edges; edge != nullptr;
            edge = edge->sibling) {
         visit(edge->from.load(std::memory_order_seq_cst));
       }
@@ -2170,11 +2178,11 @@ void Runtime::FindStranded(JobRecord* target, int node,
   stranded_walkers_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-uint32_t Runtime::HelpUntilReady(JobRecord* target, WorkerSlot* here) {
-  std::vector<JobRecord*> ready;
-  for (;;) {
-    OutsideHelpers::Entry entry;
-    OutsideHelpers::Register(&entry);
+void Runtime::HelpWhileWaiting(absl::Span<JobRecord* const> targets,
+                               WorkerSlot* here) {
+  OutsideHelpers::Entry entry;
+  OutsideHelpers::Register(&entry);
+  for (JobRecord* target : targets) {
     uint32_t s = target->state.load(std::memory_order_seq_cst);
     while ((s & kStateMask) == jobs_internal::kWaiting &&
            (s & kWaiterBit) == 0 &&
@@ -2183,21 +2191,29 @@ uint32_t Runtime::HelpUntilReady(JobRecord* target, WorkerSlot* here) {
     }
     if ((s & kStateMask) != jobs_internal::kWaiting) {
       OutsideHelpers::Drop(&entry);
-      return s;
+      return;
     }
-    // Registered first: a predecessor that turns ready after the walk set
-    // its bit releases the entry.
-    FindStranded(target, here->node, &ready);
-    if (ready.empty()) {
-      OutsideHelpers::RunJobsUntilReleased(&entry);
-      continue;
-    }
-    OutsideHelpers::Drop(&entry);
-    for (JobRecord* job : ready) {
-      (void)TryRunInline(job);  // Unless its token, or a waiter, took it.
-      Release(job);
-    }
-    ready.clear();
+  }
+  // Registered first: a predecessor that turns ready after the walk set
+  // its bit releases the entry.
+  std::vector<JobRecord*> ready;
+  FindStranded(targets, here->node, &ready);
+  if (ready.empty()) {
+    OutsideHelpers::RunJobsUntilReleased(&entry);
+    return;
+  }
+  OutsideHelpers::Drop(&entry);
+  for (JobRecord* job : ready) {
+    (void)TryRunInline(job);  // Unless its token, or a waiter, took it.
+    Release(job);
+  }
+}
+
+uint32_t Runtime::HelpUntilReady(JobRecord* target, WorkerSlot* here) {
+  for (;;) {
+    const uint32_t s = target->state.load(std::memory_order_acquire);
+    if ((s & kStateMask) != jobs_internal::kWaiting) return s;
+    HelpWhileWaiting({&target, 1}, here);
   }
 }
 
@@ -2506,25 +2522,18 @@ void JobCounter::NoteDeclared() {
   }
 }
 
-void JobCounter::NoteReady(JobRecord* record) {
-  Helper* helpers;
-  {
-    alloc_internal::MutexLock lock(&helpers_mu_);
-    record->prev_ready = nullptr;
-    record->next_ready = ready_;
-    if (ready_ != nullptr) ready_->prev_ready = record;
-    ready_ = record;
-    record->on_ready_list = true;
-    helpers = TakeHelpersOfLocked(record->runtime, record->node);
-  }
-  // The job cannot finish before Schedule clears kListingBit, so the
-  // counter (and the helpers, still waiting for it) outlive this.
-  ReleaseTaken(helpers);
-}
-
 namespace {
 
-// Takes `record` off a counter's list of ready jobs.
+// Puts `record` at the head of one of a counter's lists.
+void LinkListed(JobRecord*& head, JobRecord* record, uint8_t list) {
+  record->prev_ready = nullptr;
+  record->next_ready = head;
+  if (head != nullptr) head->prev_ready = record;
+  head = record;
+  record->on_list = list;
+}
+
+// Takes `record` off the counter's list `head`.
 void UnlinkReady(JobRecord*& head, JobRecord* record) {
   if (record->prev_ready != nullptr) {
     record->prev_ready->next_ready = record->next_ready;
@@ -2536,14 +2545,64 @@ void UnlinkReady(JobRecord*& head, JobRecord* record) {
   }
   record->next_ready = nullptr;
   record->prev_ready = nullptr;
-  record->on_ready_list = false;
+  record->on_list = jobs_internal::kNotListed;
 }
 
 }  // namespace
 
+void JobCounter::NoteWaiting(JobRecord* record) {
+  Helper* helpers;
+  {
+    alloc_internal::MutexLock lock(&helpers_mu_);
+    LinkListed(waiting_, record, jobs_internal::kOnWaitingList);
+    helpers = TakeHelpersLocked();
+  }
+  // The job cannot be ready, let alone finish, before its Enqueue returns:
+  // the counter outlives this. Helpers that wait for other jobs of this
+  // counter to turn ready (HelpWhileWaiting) are released too, to look at
+  // this one's predecessors.
+  ReleaseTaken(helpers);
+  OutsideHelpers::ReleaseAll();
+}
+
+void JobCounter::NoteReady(JobRecord* record) {
+  Helper* helpers;
+  {
+    alloc_internal::MutexLock lock(&helpers_mu_);
+    if (record->on_list == jobs_internal::kOnWaitingList) {
+      UnlinkReady(waiting_, record);
+    }
+    LinkListed(ready_, record, jobs_internal::kOnReadyList);
+    helpers = TakeHelpersOfLocked(record->runtime, record->node);
+  }
+  // The job cannot finish before Schedule clears kListingBit, so the
+  // counter (and the helpers, still waiting for it) outlive this.
+  ReleaseTaken(helpers);
+}
+
 void JobCounter::Unlist(JobRecord* record) {
   alloc_internal::MutexLock lock(&helpers_mu_);
-  if (record->on_ready_list) UnlinkReady(ready_, record);
+  if (record->on_list == jobs_internal::kOnReadyList) {
+    UnlinkReady(ready_, record);
+  } else if (record->on_list == jobs_internal::kOnWaitingList) {
+    UnlinkReady(waiting_, record);
+  }
+}
+
+void JobCounter::TakeWaitingLocked(const Runtime* runtime,
+                                   std::vector<JobRecord*>* waiting) {
+  for (JobRecord* r = waiting_; r != nullptr;) {
+    JobRecord* next = r->next_ready;
+    // Alive: listed, so its Finish has not passed Unlist yet.
+    if ((r->state.load(std::memory_order_acquire) & kStateMask) !=
+        jobs_internal::kWaiting) {
+      UnlinkReady(waiting_, r);
+    } else if (r->runtime == runtime) {
+      r->refs.fetch_add(1, std::memory_order_relaxed);
+      waiting->push_back(r);
+    }
+    r = next;
+  }
 }
 
 JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
@@ -2566,11 +2625,13 @@ JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
 }
 
 void JobCounter::HelpUntilZero(WorkerSlot* slot) {
-  bool kept_awake = false;  // The no-op task is posted (once a wait).
+  bool kept_awake = false;          // The no-op task is posted (once a wait).
+  std::vector<JobRecord*> waiting;  // See TakeWaitingLocked.
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     tbb::detail::d1::wait_context done(1);
     Helper me{&done, nullptr, slot->runtime, slot->node};
     JobRecord* runnable = nullptr;
+    waiting.clear();
     {
       alloc_internal::MutexLock lock(&helpers_mu_);
       // Jobs of this node that Schedule made ready, maybe outside this
@@ -2578,7 +2639,13 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
       // tokens: run them here. NoteReady lists them under this lock and
       // then releases the helpers registered by then.
       if (ready_ != nullptr) runnable = TakeRunnableLocked(slot);
-      if (runnable == nullptr) {
+      // Else counted jobs that wait for predecessors, one of which may be
+      // a job of this node made ready outside this job's region, and not
+      // counted here: look for those among their predecessors.
+      if (runnable == nullptr && waiting_ != nullptr) {
+        TakeWaitingLocked(slot->runtime, &waiting);
+      }
+      if (runnable == nullptr && waiting.empty()) {
         // The bit is set in the same step that reads the count: a finisher
         // that brings it to zero later sees it and releases `done`.
         const int64_t before =
@@ -2604,6 +2671,18 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
         Runtime::Release(runnable);
         runnable = next;
       }
+      continue;
+    }
+    if (!waiting.empty()) {
+      // (Their predecessors may be on other nodes: the no-op task.)
+      if (!kept_awake) {
+        slot->runtime->PostKeepAwake(slot->node);
+        kept_awake = true;
+      }
+      // Back when one of them turns ready (then listed as ready) or
+      // final, or after running a stranded predecessor.
+      slot->runtime->HelpWhileWaiting(absl::MakeConstSpan(waiting), slot);
+      for (JobRecord* job : waiting) Runtime::Release(job);
       continue;
     }
     // Jobs of other nodes counted here: keep this worker from falling

@@ -98,6 +98,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "alloc/frame_arena.h"
 #include "alloc/internal/mutex.h"
 #include "alloc/smart_alloc.h"
@@ -475,16 +476,28 @@ class JobCounter {
   // Wait), since what it waits for may lie in its own isolated region or
   // on another node. Never cleared, as nodes_.
   [[gnu::cold, gnu::noinline]] void NoteDeclared();
+  // Runtime::Enqueue counted `record`, which has predecessors (kListedBit
+  // set), here: lists it as waiting, for the jobs waiting in HelpUntilZero,
+  // which look among its predecessors for jobs of their node that only
+  // they can run (Runtime::HelpWhileWaiting), and releases them to look.
+  void NoteWaiting(jobs_internal::JobRecord* record);
   // Runtime::Schedule made `record`, counted here, ready (kQueued, with
-  // kListingBit held so that it cannot finish meanwhile): lists it for the
-  // jobs waiting in HelpUntilZero, which run those of their node inline
-  // (Schedule may run outside their isolated region, so they could not
-  // take its token), and releases them to look. It stays listed until it
-  // finishes (Unlist) or a waiter takes it.
+  // kListingBit held so that it cannot finish meanwhile): moves it to the
+  // ready list for the jobs waiting in HelpUntilZero, which run those of
+  // their node inline (Schedule may run outside their isolated region, so
+  // they could not take its token), and releases them to look. It stays
+  // listed until it finishes (Unlist) or a waiter takes it.
   void NoteReady(jobs_internal::JobRecord* record);
   // Runtime::Finish of a listed job (kListedBit), before the job is
-  // counted as finished here: takes it off the list if it is still there.
+  // counted as finished here: takes it off its list if it is still there.
   void Unlist(jobs_internal::JobRecord* record);
+  // Collects, each with a reference, the jobs of `runtime` on the waiting
+  // list that still wait for predecessors, and drops from it those that
+  // no longer do (made ready without Schedule: a successor run next by the
+  // worker that finished its predecessor).
+  void TakeWaitingLocked(const Runtime* runtime,
+                         std::vector<jobs_internal::JobRecord*>* waiting)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
   // Takes the listed jobs that `slot`'s worker can run inline (of its
   // runtime and node, not started) off the list, each with a reference,
   // chained by next_ready; drops those that have started from the list.
@@ -543,6 +556,9 @@ class JobCounter {
   // finished nor been taken by a waiter (NoteReady), chained by
   // JobRecord::next_ready and prev_ready.
   jobs_internal::JobRecord* ready_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
+  // Jobs counted here that wait for predecessors (NoteWaiting), chained
+  // as ready_.
+  jobs_internal::JobRecord* waiting_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
   // See NoteDeclared.
   std::atomic<bool> declared_{false};
   std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
@@ -969,12 +985,21 @@ class Runtime {
   // Returns the target's state.
   uint32_t HelpUntilReady(jobs_internal::JobRecord* target,
                           jobs_internal::WorkerSlot* here);
-  // HelpUntilReady's look at the predecessors of `target`, under
-  // walk_mu_: sets kWaiterBit on those of `node` still waiting (so that
-  // Schedule releases the helper when they turn ready) and returns, each
-  // with a reference, those of `node` that are ready.
-  void FindStranded(jobs_internal::JobRecord* target, int node,
-                    std::vector<jobs_internal::JobRecord*>* ready);
+  // One round of HelpUntilReady, for any number of `targets` (jobs of this
+  // runtime the caller holds references to; a JobCounter's waiting jobs):
+  // returns at once if one of them no longer waits for its predecessors
+  // (seen after registering as a helper and setting their kWaiterBit);
+  // else runs the ready jobs FindStranded finds, if any, or else helps in
+  // TBB until a target, or a predecessor of this node that was still
+  // waiting, turns ready (or final), or another wake-up releases it.
+  void HelpWhileWaiting(absl::Span<jobs_internal::JobRecord* const> targets,
+                        jobs_internal::WorkerSlot* here);
+  // HelpWhileWaiting's look at the unfinished predecessors of `targets`,
+  // under walk_mu_: sets kWaiterBit on those of `node` still waiting (so
+  // that Schedule releases the helper when they turn ready) and returns,
+  // each with a reference, those of `node` that are ready.
+  void FindStranded(absl::Span<jobs_internal::JobRecord* const> targets,
+                    int node, std::vector<jobs_internal::JobRecord*>* ready);
   absl::Status ParallelForImpl(
       const NodePartition& partition, size_t grain,
       absl::FunctionRef<void(JobContext&, size_t, size_t)> body);

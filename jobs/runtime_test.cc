@@ -2373,21 +2373,33 @@ TEST(RuntimeWaitTest, ACounterOfAChainThatComesBackFromAnotherNodeFinishes) {
   WaitOnADeclaredChain({1, 1, 0}, DeclaredWait::kCounter);
 }
 
-// A job of the waiter's node in the middle of the chain, made ready by node
-// 1's worker. A counter's wait must name it (here, count it) to run it:
-// counting the last job alone hangs (docs/jobs.md, "Not covered").
 TEST(RuntimeWaitTest, ACounterOfEveryJobOfAChainThatComesBackFinishes) {
   WaitOnADeclaredChain({1, 0, 0}, DeclaredWait::kCounterOfAll);
 }
 
-// A handle's wait finds it among the predecessors of the job it waits on
-// and runs it (Runtime::FindStranded); before, this hung at iteration 0.
+// A job of the waiter's node in the middle of the chain, made ready by node
+// 1's worker, that the wait does not name: the wait finds it among the
+// predecessors of the job it waits on (a handle's, or a counter's jobs
+// that wait for predecessors) and runs it (Runtime::FindStranded). Before,
+// these hung at iteration 0 or 1.
 TEST(RuntimeWaitTest, AHandleOfAChainThatComesBackFromAnotherNodeFinishes) {
   WaitOnADeclaredChain({1, 0, 0}, DeclaredWait::kHandle);
 }
 
+TEST(RuntimeWaitTest, ACounterOfTheLastJobOfAChainThatComesBackFinishes) {
+  WaitOnADeclaredChain({1, 0, 0}, DeclaredWait::kCounter);
+}
+
 TEST(RuntimeWaitTest, AHandleOfALongChainThatCrossesNodesFinishes) {
   WaitOnADeclaredChain({1, 0, 0, 1, 0, 1, 1, 0, 0}, DeclaredWait::kHandle);
+}
+
+TEST(RuntimeWaitTest, ACounterOfTheLastJobOfALongChainFinishes) {
+  WaitOnADeclaredChain({1, 0, 0, 1, 0, 1, 1, 0, 0}, DeclaredWait::kCounter);
+}
+
+TEST(RuntimeWaitTest, ACounterOfALongChainEndingRemotelyFinishes) {
+  WaitOnADeclaredChain({1, 0, 0, 1, 0, 1, 1, 0, 1}, DeclaredWait::kCounter);
 }
 
 // As above, through a job of more predecessors than a record keeps inline

@@ -70,6 +70,11 @@ inline constexpr uint32_t kListedBit = 0x800;
 
 inline bool IsFinal(uint32_t word) { return (word & kStateMask) >= kDone; }
 
+// JobRecord::on_list.
+inline constexpr uint8_t kNotListed = 0;
+inline constexpr uint8_t kOnWaitingList = 1;
+inline constexpr uint8_t kOnReadyList = 2;
+
 struct JobRecord;
 
 // One edge "when this finishes, tell `job`".
@@ -138,13 +143,15 @@ struct JobRecord {
   // The result, set by invoke (null for void jobs and until it returns).
   void* result_ptr = nullptr;
 
-  // Its place on its counter's list of jobs made ready by Schedule
-  // (JobCounter::NoteReady), where it stays until it finishes or a waiter
-  // takes it to run. Guarded by the counter's helpers_mu_ (next_ready also
+  // Its place on one of its counter's lists: a job with predecessors is
+  // on the waiting list from its submission (JobCounter::NoteWaiting), on
+  // the ready list once Schedule made it ready (JobCounter::NoteReady),
+  // until it finishes or a waiter takes it (or, on the waiting list, sees
+  // it started). Guarded by the counter's helpers_mu_ (next_ready also
   // chains the jobs a waiter took, on its own).
   JobRecord* next_ready = nullptr;
   JobRecord* prev_ready = nullptr;
-  bool on_ready_list = false;
+  uint8_t on_list = 0;  // kNotListed, kOnWaitingList or kOnReadyList.
 
   // The pool the record came from (the runtime's), which outlives the
   // runtime while records are alive (Runtime::~Runtime). Last, with the
