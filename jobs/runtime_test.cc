@@ -2448,6 +2448,40 @@ TEST(RuntimeWaitTest, AWaitFindsAStrandedJobThroughAPoolEdge) {
       });
 }
 
+// A predecessor of the waiter's node that another thread submitted: its
+// token lies outside the waiting job's region from the start. The job on
+// node 0 (one worker) has a thread outside the runtime submit `outside` to
+// node 0, declares `last` after it, and waits on `last` (by its handle,
+// or by a counter of it alone): the wait finds `outside` and runs it.
+void WaitOnAJobAfterOneSubmittedFromOutside(bool by_counter) {
+  CrossNodeWaitRounds(
+      {1, 1}, StressIterations(2000, 200, 300), std::chrono::microseconds(200),
+      1, [by_counter](Runtime& rt, JobContext&, std::atomic<int>& ran) {
+        JobHandle<void> outside;
+        std::thread submitter([&] {
+          outside = rt.Submit([&ran] { ran.fetch_add(1); },
+                              SubmitOptions().on_node(0));
+        });
+        submitter.join();
+        JobCounter counter;
+        SubmitOptions options = SubmitOptions().on_node(0).after(outside);
+        if (by_counter) options.with_counter(&counter);
+        auto last = rt.Submit([&outside] { return outside.done(); }, options);
+        absl::Status s = by_counter ? counter.Wait() : last.Wait();
+        if (!s.ok()) return s;
+        if (!last.value()) return absl::InternalError("ran before `outside`");
+        return absl::OkStatus();
+      });
+}
+
+TEST(RuntimeWaitTest, AHandleWaitRunsAPredecessorSubmittedFromOutside) {
+  WaitOnAJobAfterOneSubmittedFromOutside(/*by_counter=*/false);
+}
+
+TEST(RuntimeWaitTest, ACounterWaitRunsAPredecessorSubmittedFromOutside) {
+  WaitOnAJobAfterOneSubmittedFromOutside(/*by_counter=*/true);
+}
+
 // The walk of the predecessors (Runtime::FindStranded) while they finish
 // and are cancelled under it: the remote head of the chain {1, 0, 0}
 // cancels the middle job (node 0, still waiting for it) in every other
