@@ -48,8 +48,8 @@
 // counter that counts it) helps in TBB while it waits for its
 // predecessors, and runs it inline once it is ready if it is of the
 // waiter's node, so a node of one worker can wait on declared jobs too;
-// but not on a job of its node that the wait does not name, made ready by
-// another node between the waiter and what it waits for (docs/jobs.md).
+// meanwhile it also runs the ready jobs of its node among their unfinished
+// predecessors, whose tokens may lie outside its region (docs/jobs.md).
 //
 // Cost. A Spawn with no predecessors (no handle) is one TBB task and no
 // record: spawned into the worker's deque when a worker spawns it onto its
