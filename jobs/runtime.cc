@@ -2133,55 +2133,82 @@ void Runtime::FindStranded(absl::Span<JobRecord* const> targets, int node,
                            std::vector<JobRecord*>* ready) {
   // seq_cst, with Finish's clearing of the names and its look at the count:
   // a Finish that does not see this walker cleared its names before the
-  // walker reads them.
+  // walker reads them. Counted back after the unlock, also if the walk
+  // throws (bad_alloc).
   stranded_walkers_.fetch_add(1, std::memory_order_seq_cst);
-  {
-    alloc_internal::MutexLock lock(&walk_mu_);
-    absl::flat_hash_set<JobRecord*> seen(targets.begin(), targets.end());
-    std::vector<JobRecord*> pending(targets.begin(), targets.end());
+  struct Leave {
+    std::atomic<int>& walkers;
+    ~Leave() { walkers.fetch_sub(1, std::memory_order_seq_cst); }
+  } leave{stranded_walkers_};
+  alloc_internal::MutexLock lock(&walk_mu_);
+  absl::flat_hash_set<JobRecord*> seen(targets.begin(), targets.end());
+  std::vector<JobRecord*> pending;
+  // Queues the predecessors `job` still waits for; a name read here is a
+  // live record until walk_mu_ is unlocked.
+  auto expand = [&](JobRecord* job) {
     auto visit = [&](JobRecord* pred) {
       if (pred != nullptr && seen.insert(pred).second) pending.push_back(pred);
     };
-    const size_t first_pred = pending.size();  // Targets are looked at first.
-    size_t looked_at = 0;
-    while (!pending.empty()) {
-      JobRecord* job = pending.back();
-      pending.pop_back();
-      const bool target = looked_at++ < first_pred;
-      uint32_t s = job->state.load(std::memory_order_seq_cst);
-      if (!target && job->node == node) {
-        // Asleep on predecessors: Schedule releases this helper when it
-        // turns ready (the bit, as a handle's waiter sets it).
-        while ((s & kStateMask) == jobs_internal::kWaiting &&
-               (s & kWaiterBit) == 0 &&
-               !job->state.compare_exchange_weak(s, s | kWaiterBit,
-                                                 std::memory_order_seq_cst)) {
-        }
-        if ((s & kStateMask) == jobs_internal::kQueued) {
-          job->refs.fetch_add(1, std::memory_order_relaxed);  // Alive here.
-          ready->push_back(job);
-          continue;
-        }
-      }
-      // Only a job still waiting has predecessors left to run; a name
-      // read here is a live record until walk_mu_ is unlocked.
-      if ((s & kStateMask) != jobs_internal::kWaiting) continue;
-      for (auto& from : job->inline_from) {
-        visit(from.load(std::memory_order_seq_cst));
-      }
-      for (ExtraEdge* edge = job->extra_edges; edge != nullptr;
-           edge = edge->sibling) {
-        visit(edge->from.load(std::memory_order_seq_cst));
-      }
+    for (auto& from : job->inline_from) {
+      visit(from.load(std::memory_order_seq_cst));
+    }
+    for (ExtraEdge* edge = job->extra_edges; edge != nullptr;
+         edge = edge->sibling) {
+      visit(edge->from.load(std::memory_order_seq_cst));
+    }
+  };
+  // The targets themselves are the caller's to watch: only what they wait
+  // for is looked at.
+  for (JobRecord* target : targets) {
+    if ((target->state.load(std::memory_order_seq_cst) & kStateMask) ==
+        jobs_internal::kWaiting) {
+      expand(target);
     }
   }
-  stranded_walkers_.fetch_sub(1, std::memory_order_seq_cst);
+  while (!pending.empty()) {
+    JobRecord* job = pending.back();
+    pending.pop_back();
+    uint32_t s = job->state.load(std::memory_order_seq_cst);
+    if (job->node == node) {
+      // Asleep on predecessors: Schedule releases this helper when it
+      // turns ready (the bit, as a handle's waiter sets it).
+      while ((s & kStateMask) == jobs_internal::kWaiting &&
+             (s & kWaiterBit) == 0 &&
+             !job->state.compare_exchange_weak(s, s | kWaiterBit,
+                                               std::memory_order_seq_cst)) {
+      }
+      if ((s & kStateMask) == jobs_internal::kQueued) {
+        ready->push_back(job);  // First: if it throws, no reference is owed.
+        job->refs.fetch_add(1, std::memory_order_relaxed);  // Alive here.
+        continue;
+      }
+    }
+    // Only a job still waiting has predecessors left to run.
+    if ((s & kStateMask) == jobs_internal::kWaiting) expand(job);
+  }
 }
 
 void Runtime::HelpWhileWaiting(absl::Span<JobRecord* const> targets,
-                               WorkerSlot* here) {
+                               WorkerSlot* here,
+                               const std::atomic<uint64_t>* generation,
+                               uint64_t seen) {
   OutsideHelpers::Entry entry;
   OutsideHelpers::Register(&entry);
+  std::vector<JobRecord*> ready;
+  // Unregisters and lets go of the jobs found, also if the walk throws.
+  struct Cleanup {
+    OutsideHelpers::Entry* entry;
+    std::vector<JobRecord*>& ready;
+    ~Cleanup() {
+      if (entry != nullptr) OutsideHelpers::Drop(entry);
+      for (JobRecord* job : ready) Release(job);
+    }
+  } cleanup{&entry, ready};
+  // Looked at after registering: a change after this releases the entry.
+  if (generation != nullptr &&
+      generation->load(std::memory_order_seq_cst) != seen) {
+    return;
+  }
   for (JobRecord* target : targets) {
     uint32_t s = target->state.load(std::memory_order_seq_cst);
     while ((s & kStateMask) == jobs_internal::kWaiting &&
@@ -2189,23 +2216,20 @@ void Runtime::HelpWhileWaiting(absl::Span<JobRecord* const> targets,
            !target->state.compare_exchange_weak(s, s | kWaiterBit,
                                                 std::memory_order_seq_cst)) {
     }
-    if ((s & kStateMask) != jobs_internal::kWaiting) {
-      OutsideHelpers::Drop(&entry);
-      return;
-    }
+    if ((s & kStateMask) != jobs_internal::kWaiting) return;
   }
   // Registered first: a predecessor that turns ready after the walk set
   // its bit releases the entry.
-  std::vector<JobRecord*> ready;
   FindStranded(targets, here->node, &ready);
   if (ready.empty()) {
+    cleanup.entry = nullptr;
     OutsideHelpers::RunJobsUntilReleased(&entry);
     return;
   }
+  cleanup.entry = nullptr;
   OutsideHelpers::Drop(&entry);
   for (JobRecord* job : ready) {
     (void)TryRunInline(job);  // Unless its token, or a waiter, took it.
-    Release(job);
   }
 }
 
@@ -2555,14 +2579,21 @@ void JobCounter::NoteWaiting(JobRecord* record) {
   {
     alloc_internal::MutexLock lock(&helpers_mu_);
     LinkListed(waiting_, record, jobs_internal::kOnWaitingList);
+    waiting_generation_.fetch_add(1, std::memory_order_seq_cst);
     helpers = TakeHelpersLocked();
   }
   // The job cannot be ready, let alone finish, before its Enqueue returns:
-  // the counter outlives this. Helpers that wait for other jobs of this
-  // counter to turn ready (HelpWhileWaiting) are released too, to look at
-  // this one's predecessors.
+  // the counter outlives this. Jobs that wait in HelpWhileWaiting for
+  // other jobs of this counter are released too, to look at this one's
+  // predecessors: each counts itself in walking_ before it takes its
+  // snapshot of the list, and looks at the generation again after it
+  // registers (seq_cst on both sides: either it sees the new generation,
+  // or this sees it counted, and ReleaseAll finds it registered or it sees
+  // the generation).
   ReleaseTaken(helpers);
-  OutsideHelpers::ReleaseAll();
+  if (walking_.load(std::memory_order_seq_cst) != 0) {
+    OutsideHelpers::ReleaseAll();
+  }
 }
 
 void JobCounter::NoteReady(JobRecord* record) {
@@ -2598,8 +2629,8 @@ void JobCounter::TakeWaitingLocked(const Runtime* runtime,
         jobs_internal::kWaiting) {
       UnlinkReady(waiting_, r);
     } else if (r->runtime == runtime) {
+      waiting->push_back(r);  // First: if it throws, no reference is owed.
       r->refs.fetch_add(1, std::memory_order_relaxed);
-      waiting->push_back(r);
     }
     r = next;
   }
@@ -2627,11 +2658,28 @@ JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
 void JobCounter::HelpUntilZero(WorkerSlot* slot) {
   bool kept_awake = false;          // The no-op task is posted (once a wait).
   std::vector<JobRecord*> waiting;  // See TakeWaitingLocked.
+  // Lets go of them, also if a walk throws (bad_alloc).
+  struct Waiting {
+    std::vector<JobRecord*>& jobs;
+    void Release() {
+      for (JobRecord* job : jobs) Runtime::Release(job);
+      jobs.clear();
+    }
+    ~Waiting() { Release(); }
+  } held{waiting};
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     tbb::detail::d1::wait_context done(1);
     Helper me{&done, nullptr, slot->runtime, slot->node};
     JobRecord* runnable = nullptr;
-    waiting.clear();
+    uint64_t generation = 0;
+    // Counted before the snapshot of the waiting list (see NoteWaiting).
+    struct Walking {
+      std::atomic<int>& walking;
+      explicit Walking(std::atomic<int>& w) : walking(w) {
+        walking.fetch_add(1, std::memory_order_seq_cst);
+      }
+      ~Walking() { walking.fetch_sub(1, std::memory_order_seq_cst); }
+    } walking{walking_};
     {
       alloc_internal::MutexLock lock(&helpers_mu_);
       // Jobs of this node that Schedule made ready, maybe outside this
@@ -2643,6 +2691,7 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
       // a job of this node made ready outside this job's region, and not
       // counted here: look for those among their predecessors.
       if (runnable == nullptr && waiting_ != nullptr) {
+        generation = waiting_generation_.load(std::memory_order_relaxed);
         TakeWaitingLocked(slot->runtime, &waiting);
       }
       if (runnable == nullptr && waiting.empty()) {
@@ -2681,8 +2730,9 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
       }
       // Back when one of them turns ready (then listed as ready) or
       // final, or after running a stranded predecessor.
-      slot->runtime->HelpWhileWaiting(absl::MakeConstSpan(waiting), slot);
-      for (JobRecord* job : waiting) Runtime::Release(job);
+      slot->runtime->HelpWhileWaiting(absl::MakeConstSpan(waiting), slot,
+                                      &waiting_generation_, generation);
+      held.Release();
       continue;
     }
     // Jobs of other nodes counted here: keep this worker from falling

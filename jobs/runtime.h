@@ -559,6 +559,11 @@ class JobCounter {
   // Jobs counted here that wait for predecessors (NoteWaiting), chained
   // as ready_.
   jobs_internal::JobRecord* waiting_ ABSL_GUARDED_BY(helpers_mu_) = nullptr;
+  // Bumped by NoteWaiting (under helpers_mu_); jobs in HelpUntilZero
+  // walking from a snapshot of waiting_ (counted in walking_) look again
+  // when it changes.
+  std::atomic<uint64_t> waiting_generation_{0};
+  std::atomic<int> walking_{0};
   // See NoteDeclared.
   std::atomic<bool> declared_{false};
   std::atomic<uint32_t> wake_{0};  // Bumped when the count reaches zero.
@@ -992,8 +997,12 @@ class Runtime {
   // else runs the ready jobs FindStranded finds, if any, or else helps in
   // TBB until a target, or a predecessor of this node that was still
   // waiting, turns ready (or final), or another wake-up releases it.
+  // With `generation`, returns at once also if it no longer holds `seen`
+  // once the helper is registered (JobCounter::NoteWaiting).
   void HelpWhileWaiting(absl::Span<jobs_internal::JobRecord* const> targets,
-                        jobs_internal::WorkerSlot* here);
+                        jobs_internal::WorkerSlot* here,
+                        const std::atomic<uint64_t>* generation = nullptr,
+                        uint64_t seen = 0);
   // HelpWhileWaiting's look at the unfinished predecessors of `targets`,
   // under walk_mu_: sets kWaiterBit on those of `node` still waiting (so
   // that Schedule releases the helper when they turn ready) and returns,
@@ -1045,9 +1054,6 @@ class Runtime {
   alignas(64) std::atomic<bool> accepting_{true};
   std::atomic<bool> cancel_all_{false};
   std::atomic<bool> trace_on_{false};
-  // Threads in FindStranded now (or about to be): a Finish that clears a
-  // predecessor's name then waits for them on walk_mu_.
-  std::atomic<int> stranded_walkers_{0};
   alignas(64) std::atomic<uint64_t> next_id_{1};
   std::atomic<uint32_t> next_any_{0};
   std::atomic<uint64_t> refused_{0};
@@ -1067,6 +1073,11 @@ class Runtime {
   // Held by FindStranded while it reads records through predecessor names
   // (JobRecord::inline_from).
   alloc_internal::Mutex walk_mu_;
+  // Threads in FindStranded now (or about to be): a Finish that clears a
+  // predecessor's name then waits for them on walk_mu_. Read by every
+  // Finish of a job with successors, written by walks only: a line of its
+  // own, away from the flags every job reads.
+  alignas(64) std::atomic<int> stranded_walkers_{0};
 };
 
 // ---------------------------------------------------------------------------
