@@ -151,6 +151,10 @@ struct JobSpec {
   // Waits on its children's handles from the last submitted to the first
   // (a later one may be declared after an earlier one that has not run).
   bool wait_last_first = false;
+  // kLocalCounter children: only the last is counted; the job waits on the
+  // counter, then on the others' handles (the counter's wait must run
+  // the uncounted ones of its node that the last one comes after).
+  bool count_last_only = false;
   std::vector<int> cancels;  // Top-level jobs it cancels.
   bool cancel_counter = false;
   std::vector<int> needs;  // Top-level: jobs its subtree names (published
@@ -334,7 +338,16 @@ class PlanBuilder {
     const bool local =
         kind == Kind::kLocalCounter || kind == Kind::kLocalHandle;
     s.submit = kind == Kind::kLocalHandle || rng_.Chance(0.65);
-    if (local || rng_.Chance(0.3)) {
+    if (local && plan_.nodes > 1 && plan_.stealing == StealPolicy::kStrict &&
+        plan_.jobs[parent].node == 0 && rng_.Chance(0.35)) {
+      // A child that a job of node 0 waits for, on node 1: chains of them
+      // leave the parent's node and come back (a wait inside a job runs
+      // the ones of its node that another node made ready). Only from node
+      // 0 to node 1, so that no two workers wait on each other's nodes (a
+      // bounded pool's deadlock, docs/jobs.md), and not under kWhenIdle,
+      // where waits across nodes can deadlock too.
+      s.node = 1;
+    } else if (local || rng_.Chance(0.3)) {
       s.node = -1;
     } else if (rng_.Chance(0.03)) {
       s.node = plan_.nodes + 1;  // Refused: no such node.
@@ -406,6 +419,10 @@ class PlanBuilder {
           plan_.jobs[id].local.push_back(child);
         }
         plan_.jobs[id].wait_last_first = rng_.Chance(0.5);
+        if (mode == Kind::kLocalCounter && rng_.Chance(0.4)) {
+          plan_.jobs[id].count_last_only = true;
+          for (int c : plan_.jobs[id].local) plan_.jobs[c].submit = true;
+        }
       }
     }
     if (kind == Kind::kTop) {
@@ -842,7 +859,11 @@ int64_t Body(Iteration& it, int id, JobContext& ctx) {
   if (!s.local.empty()) {
     const bool by_handle = plan.jobs[s.local[0]].kind == Kind::kLocalHandle;
     JobCounter local;
-    for (int c : s.local) it.SubmitJob(c, &ctx, by_handle ? nullptr : &local);
+    for (int c : s.local) {
+      const bool counted =
+          !by_handle && (!s.count_last_only || c == s.local.back());
+      it.SubmitJob(c, &ctx, counted ? &local : nullptr);
+    }
     absl::Status status;
     if (by_handle) {
       std::vector<int> order = s.local;
@@ -858,6 +879,15 @@ int64_t Body(Iteration& it, int id, JobContext& ctx) {
       status = local.Wait();
       if (local.pending() != 0) {
         it.Violation(id, "a local counter's Wait returned with jobs pending");
+      }
+      if (s.count_last_only) {
+        for (int c : s.local) {
+          if (c == s.local.back()) continue;
+          (void)it.runs_[c].handle.Wait();
+          if (!it.runs_[c].handle.done()) {
+            it.Violation(c, "Wait() inside a job returned before done()");
+          }
+        }
       }
     }
     std::lock_guard<std::mutex> lock(it.mu_);
@@ -1307,6 +1337,7 @@ void Iteration::CheckModel() {
     } else {
       bool any_failed = false, any_threw = false, any_cancelled = false;
       for (int c : s.local) {
+        if (s.count_last_only && c != s.local.back()) continue;  // Uncounted.
         any_failed |=
             out[c] == Outcome::kThrew || out[c] == Outcome::kCancelled;
         any_threw |= out[c] == Outcome::kThrew;
