@@ -115,6 +115,16 @@ struct FrameArenaStats {
 
 class FrameArena;
 
+// A type whose objects frame memory may destroy when the frame ends
+// (FrameArena::Create, CreateArray and DestroyAtReset; SmartAlloc::
+// frame_alloc, frame_array, frame_box; and their Try/try_ forms): its
+// destructor must not throw. A throw inside Reset could only leave the frame
+// half ended (the older registrations not run, the memory not released) or end
+// the program; so a type whose destructor may throw (`noexcept(false)`) does
+// not compile there instead.
+template <typename T>
+concept FrameDestructible = std::is_nothrow_destructible_v<T>;
+
 // A point in an arena to rewind to. Marks nest like a stack: only the most
 // recent open mark may be rewound, and rewinding closes it.
 class ArenaMark {
@@ -176,13 +186,13 @@ class FrameArena {
 
   // Constructs a T in the arena. If T is not trivially destructible its
   // destructor runs at Reset() (or a rewind past it), in reverse order of
-  // construction. Never null.
-  template <typename T, typename... Args>
+  // construction; it must not throw (FrameDestructible). Never null.
+  template <FrameDestructible T, typename... Args>
   T* Create(Args&&... args) {
     return Construct<T, true>(std::forward<Args>(args)...);
   }
   // As Create, or nullptr when the arena cannot allocate.
-  template <typename T, typename... Args>
+  template <FrameDestructible T, typename... Args>
   T* TryCreate(Args&&... args) {
     return Construct<T, false>(std::forward<Args>(args)...);
   }
@@ -190,11 +200,11 @@ class FrameArena {
   // Batch allocation: `n` value-initialized Ts in one call, destroyed
   // together (in reverse order) at Reset(). `n * sizeof(T)` overflow is a
   // fatal error here and an empty span from TryCreateArray.
-  template <typename T>
+  template <FrameDestructible T>
   std::span<T> CreateArray(size_t n) {
     return ConstructArray<T, true>(n);
   }
-  template <typename T>
+  template <FrameDestructible T>
   std::span<T> TryCreateArray(size_t n) {
     return ConstructArray<T, false>(n);
   }
@@ -223,9 +233,9 @@ class FrameArena {
   // resets or rewinds past this call, in reverse order with every other
   // registered destructor. For objects the caller constructed in memory
   // from this arena. Never fails (the record's memory comes from the
-  // arena: a fatal error if it cannot). The destructors must not throw: one
-  // that does leaves the rest of its registration's objects undestroyed.
-  template <typename T>
+  // arena: a fatal error if it cannot). T's destructor must not throw
+  // (FrameDestructible).
+  template <FrameDestructible T>
   void DestroyAtReset(T* objects, size_t count = 1) {
     static_assert(!std::is_trivially_destructible_v<T>,
                   "nothing to run for a trivially destructible type");
@@ -270,7 +280,7 @@ class FrameArena {
   // REQUIRES: `reserved` came from this arena's ReserveDestructor since
   // its last Reset, no mark taken since the reservation is still open, and
   // each reservation is registered at most once.
-  template <typename T>
+  template <FrameDestructible T>
   void DestroyAtReset(Destructor* reserved, T* objects, size_t count) {
     static_assert(!std::is_trivially_destructible_v<T>,
                   "nothing to run for a trivially destructible type");

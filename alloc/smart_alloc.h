@@ -461,23 +461,24 @@ class SmartAlloc {
   // ---- Frame memory ---------------------------------------------------------
 
   // A T constructed in the calling thread's frame memory; its destructor
-  // (if any) runs when the frame's memory is released. Never null.
-  template <typename T, typename... Args>
+  // (if any; it must not throw: FrameDestructible) runs when the frame's
+  // memory is released. Never null.
+  template <FrameDestructible T, typename... Args>
   T* frame_alloc(Args&&... args) {
     return ConstructInFrame<T, /*kFatal=*/true>(std::forward<Args>(args)...);
   }
   // As frame_alloc, or nullptr when a budget refuses or memory runs out.
-  template <typename T, typename... Args>
+  template <FrameDestructible T, typename... Args>
   T* try_frame_alloc(Args&&... args) {
     return ConstructInFrame<T, /*kFatal=*/false>(std::forward<Args>(args)...);
   }
   // `n` value-initialized Ts in frame memory (batch allocation), destroyed
   // together when the frame's memory is released.
-  template <typename T>
+  template <FrameDestructible T>
   std::span<T> frame_array(size_t n) {
     return ConstructArrayInFrame<T, /*kFatal=*/true>(n);
   }
-  template <typename T>
+  template <FrameDestructible T>
   std::span<T> try_frame_array(size_t n) {
     return ConstructArrayInFrame<T, /*kFatal=*/false>(n);
   }
@@ -491,7 +492,7 @@ class SmartAlloc {
     return FrameAllocate(local(), size, alignment, /*fatal=*/false);
   }
   // An owning handle to a T in frame memory (see FrameBox).
-  template <typename T, typename... Args>
+  template <FrameDestructible T, typename... Args>
   FrameBox<T> frame_box(Args&&... args) {
     using Slot = typename FrameBox<T>::Slot;
     return FrameBox<T>(frame_alloc<Slot>(std::forward<Args>(args)...));

@@ -94,6 +94,74 @@ class SmartAllocTest : public ::testing::Test {
       std::make_unique<SmartAlloc>(AllocConfig().set_source(&source_));
 };
 
+// Frame memory destroys its objects when the frame ends, where a throwing
+// destructor could not be reported: a type whose destructor may throw does
+// not compile in any of the calls that register one (FrameDestructible),
+// checked here at compile time; trivially destructible and noexcept ones
+// do.
+struct MayThrowOnDestroy {
+  ~MayThrowOnDestroy() noexcept(false) {}
+};
+template <typename T>
+concept CanFrameAlloc = requires(SmartAlloc& a) {
+  a.frame_alloc<T>();
+};
+template <typename T>
+concept CanTryFrameAlloc = requires(SmartAlloc& a) {
+  a.try_frame_alloc<T>();
+};
+template <typename T>
+concept CanFrameArray = requires(SmartAlloc& a) {
+  a.frame_array<T>(1);
+};
+template <typename T>
+concept CanTryFrameArray = requires(SmartAlloc& a) {
+  a.try_frame_array<T>(1);
+};
+template <typename T>
+concept CanFrameBox = requires(SmartAlloc& a) {
+  a.frame_box<T>();
+};
+template <typename T>
+concept CanDestroyAtReset = requires(FrameArena& arena, T* p) {
+  arena.DestroyAtReset(p);
+};
+template <typename T>
+concept CanCreate = requires(FrameArena& arena) {
+  arena.Create<T>();
+  arena.TryCreate<T>();
+};
+template <typename T>
+concept CanCreateArray = requires(FrameArena& arena) {
+  arena.CreateArray<T>(1);
+  arena.TryCreateArray<T>(1);
+};
+template <typename T>
+concept FrameMemoryAccepts = CanCreate<T> || CanCreateArray<T> ||
+    CanFrameAlloc<T> || CanTryFrameAlloc<T> || CanFrameArray<T> ||
+    CanTryFrameArray<T> || CanFrameBox<T> || CanDestroyAtReset<T>;
+template <typename T>
+concept FrameMemoryAcceptsAll = CanCreate<T> && CanCreateArray<T> &&
+    CanFrameAlloc<T> && CanTryFrameAlloc<T> && CanFrameArray<T> &&
+    CanTryFrameArray<T> && CanFrameBox<T> && CanDestroyAtReset<T>;
+static_assert(!FrameDestructible<MayThrowOnDestroy>);
+static_assert(!FrameMemoryAccepts<MayThrowOnDestroy>);
+static_assert(FrameMemoryAcceptsAll<std::string>);
+static_assert(FrameDestructible<int>);
+
+TEST_F(SmartAllocTest, FrameMemoryTakesTypesWhoseDestructorDoesNotThrow) {
+  // The checks above are the test; this shows a noexcept destructor runs.
+  struct Counted {
+    int* destroyed;
+    ~Counted() noexcept { ++*destroyed; }
+  };
+  int destroyed = 0;
+  static_assert(FrameDestructible<Counted>);
+  alloc().frame_alloc<Counted>(&destroyed);
+  alloc().end_frame();
+  EXPECT_EQ(destroyed, 1);
+}
+
 using SmartAllocDeathTest = SmartAllocTest;
 
 TEST_F(SmartAllocTest, FrameAllocConstructsAndEndFrameDestroys) {
