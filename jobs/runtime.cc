@@ -989,8 +989,9 @@ Runtime::~Runtime() {
         ErrorKind::kMisuse, "jobs::Runtime",
         absl::StrCat("destroyed while ", live,
                      " job record(s) are still referenced (a JobHandle or "
-                     "JobRef held past the runtime); they stay valid, and "
-                     "their pool (",
+                     "JobRef held past the runtime; a job of more than two "
+                     "predecessors counts its extra edges too); they stay "
+                     "valid, and their pool (",
                      stats.pool.live_bytes() + stats.heap.live_bytes(),
                      " bytes live) is kept until the process exits. Drop "
                      "handles before the runtime they came from.")));
