@@ -603,16 +603,32 @@ void HelpOutsideUntilZero(std::atomic<int64_t>& count,
 // waits (an outside helper in the arena, or a job in its own isolated
 // region): sets kWaiterBit as a sleeper would, so that Schedule and Finish
 // release it, and runs the tasks until `done(state)`. Returns that state.
+// Sets kWaiterBit on `record` unless, or until, `stop(state)` holds (or
+// the bit is set already); returns the state it saw last. seq_cst: see
+// OutsideHelpers.
+template <typename Stop>
+uint32_t SetWaiterBitUnless(JobRecord* record, const Stop& stop) {
+  uint32_t s = record->state.load(std::memory_order_seq_cst);
+  while (!stop(s) && (s & kWaiterBit) == 0 &&
+         !record->state.compare_exchange_weak(s, s | kWaiterBit,
+                                              std::memory_order_seq_cst)) {
+  }
+  return s;
+}
+
+// SetWaiterBitUnless for a job that still waits for its predecessors.
+uint32_t SetWaiterBitWhileWaiting(JobRecord* record) {
+  return SetWaiterBitUnless(record, [](uint32_t s) {
+    return (s & kStateMask) != jobs_internal::kWaiting;
+  });
+}
+
 template <typename Done>
 uint32_t HelpUntilState(JobRecord* record, const Done& done) {
   for (;;) {
     OutsideHelpers::Entry entry;
     OutsideHelpers::Register(&entry);
-    uint32_t s = record->state.load(std::memory_order_seq_cst);
-    while (!done(s) && (s & kWaiterBit) == 0 &&
-           !record->state.compare_exchange_weak(s, s | kWaiterBit,
-                                                std::memory_order_seq_cst)) {
-    }
+    const uint32_t s = SetWaiterBitUnless(record, done);
     if (done(s)) {
       OutsideHelpers::Drop(&entry);
       return s;
@@ -2169,20 +2185,18 @@ void Runtime::FindStranded(absl::Span<JobRecord* const> targets, int node,
   while (!pending.empty()) {
     JobRecord* job = pending.back();
     pending.pop_back();
-    uint32_t s = job->state.load(std::memory_order_seq_cst);
+    uint32_t s;
     if (job->node == node) {
       // Asleep on predecessors: Schedule releases this helper when it
       // turns ready (the bit, as a handle's waiter sets it).
-      while ((s & kStateMask) == jobs_internal::kWaiting &&
-             (s & kWaiterBit) == 0 &&
-             !job->state.compare_exchange_weak(s, s | kWaiterBit,
-                                               std::memory_order_seq_cst)) {
-      }
+      s = SetWaiterBitWhileWaiting(job);
       if ((s & kStateMask) == jobs_internal::kQueued) {
         ready->push_back(job);  // First: if it throws, no reference is owed.
         job->refs.fetch_add(1, std::memory_order_relaxed);  // Alive here.
         continue;
       }
+    } else {
+      s = job->state.load(std::memory_order_seq_cst);
     }
     // Only a job still waiting has predecessors left to run.
     if ((s & kStateMask) == jobs_internal::kWaiting) expand(job);
@@ -2211,13 +2225,10 @@ void Runtime::HelpWhileWaiting(absl::Span<JobRecord* const> targets,
     return;
   }
   for (JobRecord* target : targets) {
-    uint32_t s = target->state.load(std::memory_order_seq_cst);
-    while ((s & kStateMask) == jobs_internal::kWaiting &&
-           (s & kWaiterBit) == 0 &&
-           !target->state.compare_exchange_weak(s, s | kWaiterBit,
-                                                std::memory_order_seq_cst)) {
+    if ((SetWaiterBitWhileWaiting(target) & kStateMask) !=
+        jobs_internal::kWaiting) {
+      return;
     }
-    if ((s & kStateMask) != jobs_internal::kWaiting) return;
   }
   // Registered first: a predecessor that turns ready after the walk set
   // its bit releases the entry.
