@@ -43,10 +43,12 @@ enum class StealPolicy {
   // A job submitted to node k prefers node k; a node with no work of its
   // own takes queued jobs of a node that has more than it can run. Such
   // jobs see the thief's node in their context (its arena, its memory) and
-  // are counted in WorkerStats::jobs_stolen. A stolen job that waits on
-  // its home node's work holds a worker of the thief's node: jobs that
-  // wait across nodes can deadlock here (docs/jobs.md, "Waiting inside a
-  // job"); keep them under kStrict.
+  // are counted in WorkerStats::jobs_stolen. On more than one node, a job
+  // that waits (on a counter, a handle, or a job's declared predecessors)
+  // also runs the jobs it waits for that no worker has taken, whatever
+  // their node, as stolen jobs: a waiting worker is an idle one, and jobs
+  // of different nodes that wait on each other's nodes do not deadlock
+  // for want of a free worker (docs/jobs.md, "Waiting inside a job").
   kWhenIdle,
 };
 

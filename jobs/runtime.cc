@@ -940,6 +940,8 @@ absl::Status Runtime::Init() {
     total_workers_ += workers;
     nodes_.push_back(std::move(node));
   }
+  steal_while_waiting_ =
+      config_.stealing == StealPolicy::kWhenIdle && nodes_.size() > 1;
   {
     alloc_internal::MutexLock lock(&frame_->mu);
     frame_->history.reserve(config_.frame_history);
@@ -1359,7 +1361,20 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
     // is made after this returns): no locked operations needed. Release:
     // the claim's acquire in RunToken sees the whole record.
     record->unmet.store(0, std::memory_order_relaxed);
-    record->state.store(jobs_internal::kQueued, std::memory_order_release);
+    if (steal_while_waiting_ && options.counter != nullptr) {
+      // Listed as ready on its counter, as Schedule lists the jobs it makes
+      // ready: a job that waits on the counter, on any node, runs it if no
+      // worker has taken it (RunsInline). kListingBit, as there: a waiter
+      // that takes it off the list meanwhile may claim it only afterwards.
+      record->state.store(jobs_internal::kQueued | jobs_internal::kListingBit |
+                              jobs_internal::kListedBit,
+                          std::memory_order_relaxed);
+      options.counter->NoteReady(record);
+      record->state.fetch_and(~jobs_internal::kListingBit,
+                              std::memory_order_seq_cst);
+    } else {
+      record->state.store(jobs_internal::kQueued, std::memory_order_release);
+    }
     PostToken(node, record);
   } else if (record->unmet.fetch_sub(1, std::memory_order_acq_rel) == 1) {
     Schedule(record);
@@ -2138,15 +2153,23 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
   CountSettled(here);
 }
 
+bool Runtime::RunsInline(const JobRecord* record,
+                         const WorkerSlot* slot) const {
+  return record->runtime == slot->runtime &&
+         (record->node == slot->node || steal_while_waiting_);
+}
+
 bool Runtime::TryRunInline(JobRecord* record) {
   WorkerSlot* slot = CurrentSlot();
-  if (slot == nullptr || record->node != slot->node) return false;
+  if (slot == nullptr || !RunsInline(record, slot)) return false;
   if (!Claim(record)) return false;
-  Execute(record, slot, /*stolen=*/false, /*inline_run=*/true);
+  Execute(record, slot, /*stolen=*/record->node != slot->node,
+          /*inline_run=*/true);
   return true;
 }
 
-void Runtime::FindStranded(absl::Span<JobRecord* const> targets, int node,
+void Runtime::FindStranded(absl::Span<JobRecord* const> targets,
+                           const WorkerSlot* here,
                            std::vector<JobRecord*>* ready) {
   // seq_cst, with Finish's clearing of the names and its look at the count:
   // a Finish that does not see this walker cleared its names before the
@@ -2186,7 +2209,7 @@ void Runtime::FindStranded(absl::Span<JobRecord* const> targets, int node,
     JobRecord* job = pending.back();
     pending.pop_back();
     uint32_t s;
-    if (job->node == node) {
+    if (RunsInline(job, here)) {
       // Asleep on predecessors: Schedule releases this helper when it
       // turns ready (the bit, as a handle's waiter sets it).
       s = SetWaiterBitWhileWaiting(job);
@@ -2232,7 +2255,7 @@ void Runtime::HelpWhileWaiting(absl::Span<JobRecord* const> targets,
   }
   // Registered first: a predecessor that turns ready after the walk set
   // its bit releases the entry.
-  FindStranded(targets, here->node, &ready);
+  FindStranded(targets, here, &ready);
   if (ready.empty()) {
     cleanup.entry = nullptr;
     OutsideHelpers::RunJobsUntilReleased(&entry);
@@ -2321,12 +2344,16 @@ absl::Status JobRef::Wait() const {
           });
         }
       }
-      inline_here = here->runtime == r->runtime && here->node == r->node;
+      // Under kWhenIdle over several nodes, also a job of another node
+      // (RunsInline): it may have no worker left to run it.
+      inline_here = here->runtime->RunsInline(r, here);
       // A job about to block outside TBB on another node's (or another
       // runtime's) job: as JobCounter::Wait's remote path.
       // (Again if it was posted while the wait helped: a worker at the top
       // of its stack may have run it since.)
-      if (!inline_here) Runtime::KeepNodeAwake(here);
+      if (here->runtime != r->runtime || here->node != r->node) {
+        Runtime::KeepNodeAwake(here);
+      }
     }
     SpinUntil([r, &s, inline_here] {
       s = r->state.load(std::memory_order_acquire);
@@ -2418,10 +2445,16 @@ absl::Status JobCounter::Wait() {
     // predecessors was counted here (NoteDeclared): a predecessor may lie
     // in this job's isolated region, where only this worker may run it,
     // even when the counted job is on another node.
-    if (tls_slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
+    // Under kWhenIdle over several nodes it helps too: the counted jobs
+    // are listed (Runtime::Enqueue), and it runs those that no worker has
+    // taken, whatever their node; their nodes' workers may all be waiting,
+    // perhaps on this one's node (Runtime::RunsInline).
+    Runtime* const here = tls_slot->runtime;
+    if (here != home_runtime_.load(std::memory_order_relaxed) ||
         (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
             0 ||
-        declared_.load(std::memory_order_acquire)) {
+        declared_.load(std::memory_order_acquire) ||
+        here->steal_while_waiting_) {
       HelpUntilZero(tls_slot);
     } else if ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
       // This worker is about to block outside TBB on another node's jobs:
@@ -2527,7 +2560,7 @@ JobCounter::Helper* JobCounter::TakeHelpersOfLocked(const Runtime* runtime,
   Helper* taken = nullptr;
   for (Helper** link = &helpers_; *link != nullptr;) {
     Helper* h = *link;
-    if (h->runtime != runtime || h->node != node) {
+    if (h->runtime != runtime || (node >= 0 && h->node != node)) {
       link = &h->next;
       continue;
     }
@@ -2616,7 +2649,9 @@ void JobCounter::NoteReady(JobRecord* record) {
       UnlinkReady(waiting_, record);
     }
     LinkListed(ready_, record, jobs_internal::kOnReadyList);
-    helpers = TakeHelpersOfLocked(record->runtime, record->node);
+    helpers = TakeHelpersOfLocked(
+        record->runtime,
+        record->runtime->steal_while_waiting_ ? -1 : record->node);
   }
   // The job cannot finish before Schedule clears kListingBit, so the
   // counter (and the helpers, still waiting for it) outlive this.
@@ -2656,7 +2691,7 @@ JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
     if ((r->state.load(std::memory_order_acquire) & kStateMask) !=
         jobs_internal::kQueued) {
       UnlinkReady(ready_, r);  // Claimed by its token, or cancelled.
-    } else if (r->runtime == slot->runtime && r->node == slot->node) {
+    } else if (slot->runtime->RunsInline(r, slot)) {
       UnlinkReady(ready_, r);
       r->refs.fetch_add(1, std::memory_order_relaxed);
       r->next_ready = runnable;

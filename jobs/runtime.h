@@ -465,8 +465,8 @@ class JobCounter {
   // Takes every job waiting in HelpUntilZero off the list (clearing
   // kHelperBit), for ReleaseTaken after the lock.
   Helper* TakeHelpersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
-  // Takes those of `runtime`'s `node` only (kHelperBit stays while others
-  // wait).
+  // Takes those of `runtime`'s `node` only, or of any of its nodes if
+  // `node` is -1 (kHelperBit stays while others wait).
   Helper* TakeHelpersOfLocked(const Runtime* runtime, int node)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
   // Releases helpers taken off the list; touches nothing of the counter.
@@ -486,7 +486,9 @@ class JobCounter {
   // ready list for the jobs waiting in HelpUntilZero, which run those of
   // their node inline (Schedule may run outside their isolated region, so
   // they could not take its token), and releases them to look. It stays
-  // listed until it finishes (Unlist) or a waiter takes it.
+  // listed until it finishes (Unlist) or a waiter takes it. Under
+  // kWhenIdle over several nodes Runtime::Enqueue lists every counted job
+  // so, and the waiters of every node look (Runtime::RunsInline).
   void NoteReady(jobs_internal::JobRecord* record);
   // Runtime::Finish of a listed job (kListedBit), before the job is
   // counted as finished here: takes it off its list if it is still there.
@@ -498,8 +500,8 @@ class JobCounter {
   void TakeWaitingLocked(const Runtime* runtime,
                          std::vector<jobs_internal::JobRecord*>* waiting)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
-  // Takes the listed jobs that `slot`'s worker can run inline (of its
-  // runtime and node, not started) off the list, each with a reference,
+  // Takes the listed jobs that `slot`'s worker can run inline (not
+  // started; Runtime::RunsInline) off the list, each with a reference,
   // chained by next_ready; drops those that have started from the list.
   jobs_internal::JobRecord* TakeRunnableLocked(
       const jobs_internal::WorkerSlot* slot)
@@ -809,10 +811,11 @@ class Runtime {
   // skipped (the call then returns Cancelled). The caller's node's ranges
   // run on the calling worker, one after another, as the caller's own
   // ctx.ParallelFor would (the node's other workers take chunks of them),
-  // and the other nodes' ranges are waited for: a cross-node wait, which can
-  // deadlock when every worker of two nodes waits on the other at once
-  // (docs/jobs.md, "Waiting inside a job"); call it from the frame loop, or
-  // give the nodes spare workers.
+  // and the other nodes' ranges are waited for: a cross-node wait. Under
+  // kStrict it can deadlock when every worker of two nodes waits on the
+  // other at once (docs/jobs.md, "Waiting inside a job"): call it from the
+  // frame loop, or give the nodes spare workers. Under kWhenIdle the
+  // caller runs the ranges that no worker of their node has taken.
   template <typename F>
   absl::Status ParallelFor(const NodePartition& partition, size_t grain, F&& f);
   // Items 0..n-1 split by Partition(n).
@@ -979,7 +982,17 @@ class Runtime {
   void Finish(jobs_internal::JobRecord* record, jobs_internal::JobState state,
               absl::Status status, std::exception_ptr exception,
               jobs_internal::JobRecord** bypass = nullptr);
+  // Runs `record` on the calling worker if it may (RunsInline) and nobody
+  // has claimed it; true if it ran here.
   bool TryRunInline(jobs_internal::JobRecord* record);
+  // Whether a job waiting on worker `slot` may run `record` inline: a job
+  // of this runtime and of the slot's node; under kWhenIdle over several
+  // nodes, of any node (it then runs as stolen, with the slot's context):
+  // a waiting worker is an idle one, and the job it waits for may
+  // otherwise have no worker left to run it (its node's all wait, perhaps
+  // on this one: RuntimeStealTest.JobsWaitingOnEachOthersNodes*).
+  bool RunsInline(const jobs_internal::JobRecord* record,
+                  const jobs_internal::WorkerSlot* slot) const;
   // JobRef::Wait inside a job of this runtime (on worker slot `here`) on
   // `target`, a job of this runtime still waiting for its predecessors:
   // helps in the job's isolated region until the target is no longer
@@ -1004,11 +1017,13 @@ class Runtime {
                         const std::atomic<uint64_t>* generation = nullptr,
                         uint64_t seen = 0);
   // HelpWhileWaiting's look at the unfinished predecessors of `targets`,
-  // under walk_mu_: sets kWaiterBit on those of `node` still waiting (so
-  // that Schedule releases the helper when they turn ready) and returns,
-  // each with a reference, those of `node` that are ready.
+  // under walk_mu_: sets kWaiterBit on those that the worker in `here`
+  // could run (RunsInline) still waiting (so that Schedule releases the
+  // helper when they turn ready) and returns, each with a reference, those
+  // of them that are ready.
   void FindStranded(absl::Span<jobs_internal::JobRecord* const> targets,
-                    int node, std::vector<jobs_internal::JobRecord*>* ready);
+                    const jobs_internal::WorkerSlot* here,
+                    std::vector<jobs_internal::JobRecord*>* ready);
   absl::Status ParallelForImpl(
       const NodePartition& partition, size_t grain,
       absl::FunctionRef<void(JobContext&, size_t, size_t)> body);
@@ -1047,6 +1062,10 @@ class Runtime {
   // the arenas before it frees the nodes.
   std::atomic<int> outside_helpers_{0};
   bool pinned_ = false;
+  // StealPolicy::kWhenIdle over more than one node: a job that waits runs
+  // the jobs it waits for that have not started, whatever their node
+  // (stolen), as an idle node's thief would (see RunsInline). Set by Init.
+  bool steal_while_waiting_ = false;
   int registered_parallelism_ = 0;  // Workers added to TBB's limit.
 
   // Read by every job, written almost never: a cache line of their own,

@@ -344,9 +344,15 @@ class PlanBuilder {
       // leave the parent's node and come back (a wait inside a job runs
       // the ones of its node that another node made ready). Only from node
       // 0 to node 1, so that no two workers wait on each other's nodes (a
-      // bounded pool's deadlock, docs/jobs.md), and not under kWhenIdle,
-      // where waits across nodes can deadlock too.
+      // bounded pool's deadlock, docs/jobs.md).
       s.node = 1;
+    } else if (local && plan_.nodes > 1 &&
+               plan_.stealing == StealPolicy::kWhenIdle && rng_.Chance(0.35)) {
+      // Under kWhenIdle, on either node: a job that waits runs the jobs it
+      // waits for that no worker has taken, whatever their node (as
+      // stolen), so that waits between the nodes in both directions finish
+      // (RuntimeStealTest.JobsWaitingOnEachOthersNodes*).
+      s.node = rng_.Uniform(0, plan_.nodes - 1);
     } else if (local || rng_.Chance(0.3)) {
       s.node = -1;
     } else if (rng_.Chance(0.03)) {

@@ -2227,10 +2227,12 @@ void LocalChildWaitsOnRemoteJobs(OuterWait outer, InnerWait inner) {
   // only: under TSan the other worker woke within the spin in 78 of 1,000
   // iterations in one CI run, and the qemu guests' emulated CPUs are
   // slower still. (The plain build is the regression guard: its 20,000
-  // iterations hung in every run without Runtime::KeepNodeAwake.)
+  // iterations hung in every run without Runtime::KeepNodeAwake.) At
+  // least 2%: with the whole suite running beside it on two cores, the
+  // other worker took 7.6% of the children in one run (27 Nov).
 #if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
   if (!InNumaGuest()) {
-    EXPECT_GT(taken.load(), kIterations / 10);
+    EXPECT_GT(taken.load(), kIterations / 50);
   }
 #endif
 }
@@ -2873,6 +2875,216 @@ TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {
   if (first_stolen_start.load() != INT64_MAX) {
     EXPECT_GE(first_stolen_start.load(), last_own_end.load());
   }
+}
+
+// Regression: under kWhenIdle over several nodes a job that waited on
+// jobs of another node slept until that node's workers ran them. With every
+// worker of that node waiting in turn on jobs of the first node, nothing
+// ran them: here a job on each of two one-worker nodes waits on a child it
+// submitted to the other node. Now a waiting job runs the jobs it waits for
+// that no worker has taken, whatever their node, as stolen jobs (node 1's
+// worker waits inside its own job's isolated region, so it cannot take
+// node 0's child's token, and the other way round: a child runs on its
+// parent's worker, or on its own node's once that node's parent is done).
+enum class WaitOn { kCounter, kHandle };
+
+void RunJobsWaitingOnEachOthersNodes(WaitOn wait_on) {
+  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  int stolen = 0;
+  for (int iteration = 0; iteration < 20; ++iteration) {
+    SCOPED_TRACE(iteration);
+    std::atomic<int> started{0};
+    struct Seen {
+      std::atomic<int> node{-1};
+      std::atomic<bool> stolen{false};
+    };
+    Seen seen[2];
+    auto parent = [&](int home) {
+      return [&, home](JobContext& ctx) {
+        // Both parents hold their node's only worker before either child
+        // is submitted.
+        started++;
+        while (started.load() < 2) std::this_thread::yield();
+        const int other = 1 - home;
+        auto child = [&seen, home](JobContext& c) {
+          seen[home].node = c.node();
+          seen[home].stolen = c.stolen();
+        };
+        if (wait_on == WaitOn::kCounter) {
+          JobCounter counter;
+          if (!ctx.runtime()
+                   .Spawn(child,
+                          SubmitOptions().on_node(other).with_counter(&counter))
+                   .ok()) {
+            return false;
+          }
+          return counter.Wait().ok();
+        }
+        auto handle =
+            ctx.runtime().Submit(child, SubmitOptions().on_node(other));
+        return handle.Wait().ok();
+      };
+    };
+    auto a = rt->Submit(parent(0), SubmitOptions().on_node(0));
+    auto b = rt->Submit(parent(1), SubmitOptions().on_node(1));
+    ASSERT_TRUE(Eventually([&] { return a.done() && b.done(); }))
+        << "jobs waiting on each other's nodes hung";
+    ASSERT_TRUE(a.Wait().ok());
+    ASSERT_TRUE(b.Wait().ok());
+    EXPECT_TRUE(a.value());
+    EXPECT_TRUE(b.value());
+    int stolen_here = 0;
+    for (int home : {0, 1}) {
+      SCOPED_TRACE(home);
+      // Run by its parent's worker, as a stolen job; or by its own node's
+      // worker once that node's parent had finished.
+      if (seen[home].stolen.load()) {
+        EXPECT_EQ(seen[home].node.load(), home);
+        ++stolen_here;
+      } else {
+        EXPECT_EQ(seen[home].node.load(), 1 - home);
+      }
+    }
+    // Not both on their own nodes: each node's worker was held by a parent
+    // until that parent's child had run.
+    EXPECT_GE(stolen_here, 1);
+    stolen += stolen_here;
+  }
+  RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.jobs_failed, 0u);
+  EXPECT_EQ(stats.nodes[0].jobs_stolen + stats.nodes[1].jobs_stolen,
+            static_cast<uint64_t>(stolen));
+}
+
+TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesByCounterFinish) {
+  RunJobsWaitingOnEachOthersNodes(WaitOn::kCounter);
+}
+
+TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesByHandleFinish) {
+  RunJobsWaitingOnEachOthersNodes(WaitOn::kHandle);
+}
+
+// The same through a declared dependency: each parent waits on a child of
+// its own node that runs after a job it submitted to the other node. The
+// wait walks the child's predecessors (Runtime::FindStranded) and, under
+// kWhenIdle, runs the other node's job too.
+TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesThroughAPredecessorFinish) {
+  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  for (int iteration = 0; iteration < 20; ++iteration) {
+    SCOPED_TRACE(iteration);
+    std::atomic<int> started{0};
+    std::atomic<int> remote_ran{0};
+    auto parent = [&](int home) {
+      return [&, home](JobContext& ctx) {
+        started++;
+        while (started.load() < 2) std::this_thread::yield();
+        auto remote = ctx.runtime().Submit([&remote_ran] { remote_ran++; },
+                                           SubmitOptions().on_node(1 - home));
+        auto local = ctx.runtime().Submit(
+            [] {}, SubmitOptions().on_node(home).after(remote));
+        return local.Wait().ok() && remote.done();
+      };
+    };
+    auto a = rt->Submit(parent(0), SubmitOptions().on_node(0));
+    auto b = rt->Submit(parent(1), SubmitOptions().on_node(1));
+    ASSERT_TRUE(Eventually([&] { return a.done() && b.done(); }))
+        << "jobs waiting on each other's nodes hung";
+    ASSERT_TRUE(a.Wait().ok());
+    ASSERT_TRUE(b.Wait().ok());
+    EXPECT_TRUE(a.value());
+    EXPECT_TRUE(b.value());
+    EXPECT_EQ(remote_ran.load(), 2);
+  }
+  EXPECT_EQ(rt->stats().jobs_failed, 0u);
+}
+
+// A job of node 0 waits on a counter of a job it sent to node 1, which
+// submits a job back to node 0 and waits for it. Node 0's only worker is
+// in the first wait, whose isolated region the job sent back is not part
+// of: under kStrict that is a cycle (docs/jobs.md, "Not covered"). Under
+// kWhenIdle the job on node 1 runs it itself, as stolen (or the first
+// wait ran that job inline, and it runs its own node's job inline).
+TEST(RuntimeStealTest, AWaitedForJobThatComesBackToTheWaitersNodeFinishes) {
+  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(1)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  for (int iteration = 0; iteration < 20; ++iteration) {
+    SCOPED_TRACE(iteration);
+    std::atomic<int> back_ran{0};
+    auto a = rt->Submit(
+        [&back_ran](JobContext& ctx) {
+          JobCounter counter;
+          absl::Status s = ctx.runtime().Spawn(
+              [&back_ran](JobContext& c) {
+                auto back = c.runtime().Submit([&back_ran] { back_ran++; },
+                                               SubmitOptions().on_node(0));
+                EXPECT_TRUE(back.Wait().ok());
+              },
+              SubmitOptions().on_node(1).with_counter(&counter));
+          return s.ok() && counter.Wait().ok();
+        },
+        SubmitOptions().on_node(0));
+    ASSERT_TRUE(Eventually([&] { return a.done(); }))
+        << "a wait on work that came back to the waiter's node hung";
+    ASSERT_TRUE(a.Wait().ok());
+    EXPECT_TRUE(a.value());
+    EXPECT_EQ(back_ran.load(), 1);
+  }
+  EXPECT_EQ(rt->stats().jobs_failed, 0u);
+}
+
+// The case a review hung on (docs/jobs.md): six jobs on node 0 of two nodes
+// of two workers, each calling Runtime::ParallelFor across both nodes.
+// Node 1's workers steal some of them, which then wait on their ranges of
+// node 0 while node 0's workers wait on their ranges of node 1.
+TEST(RuntimeStealTest, ParallelForsAcrossNodesFromStolenJobsFinish) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(2)
+                            .set_stealing(StealPolicy::kWhenIdle));
+  constexpr size_t kItems = 4096;
+  const NodePartition part = rt->Partition(kItems);
+  for (int iteration = 0; iteration < 30; ++iteration) {
+    SCOPED_TRACE(iteration);
+    std::array<std::atomic<int64_t>, 6> sums{};
+    JobCounter jobs;
+    for (size_t j = 0; j < sums.size(); ++j) {
+      ASSERT_TRUE(rt->Spawn(
+                        [&, j](JobContext& ctx) {
+                          absl::Status s = ctx.runtime().ParallelFor(
+                              part, 256,
+                              [&, j](JobContext&, size_t b, size_t e) {
+                                int64_t sum = 0;
+                                for (size_t i = b; i < e; ++i) sum += i;
+                                sums[j] += sum;
+                                // Long enough for the other node to steal.
+                                std::this_thread::sleep_for(
+                                    std::chrono::microseconds(50));
+                              });
+                          EXPECT_TRUE(s.ok()) << s;
+                        },
+                        SubmitOptions().on_node(0).with_counter(&jobs))
+                      .ok());
+    }
+    ASSERT_TRUE(Eventually([&] { return jobs.pending() == 0; }))
+        << "ParallelFors across nodes hung";
+    ASSERT_TRUE(jobs.Wait().ok());
+    for (const auto& sum : sums) {
+      EXPECT_EQ(sum.load(), static_cast<int64_t>(kItems * (kItems - 1) / 2));
+    }
+  }
+  EXPECT_EQ(rt->stats().jobs_failed, 0u);
 }
 
 // ---- Soak
