@@ -1361,11 +1361,14 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
     // is made after this returns): no locked operations needed. Release:
     // the claim's acquire in RunToken sees the whole record.
     record->unmet.store(0, std::memory_order_relaxed);
-    if (steal_while_waiting_ && options.counter != nullptr) {
+    if (steal_while_waiting_ && options.counter != nullptr &&
+        (here == nullptr || node != here->node)) {
       // Listed as ready on its counter, as Schedule lists the jobs it makes
       // ready: a job that waits on the counter, on any node, runs it if no
       // worker has taken it (RunsInline). kListingBit, as there: a waiter
       // that takes it off the list meanwhile may claim it only afterwards.
+      // (A job's submissions to its own node are not: their tokens lie in
+      // its isolated region, where its wait helps in TBB; JobCounter::Wait.)
       record->state.store(jobs_internal::kQueued | jobs_internal::kListingBit |
                               jobs_internal::kListedBit,
                           std::memory_order_relaxed);
@@ -1582,7 +1585,7 @@ void Runtime::RunDirect(const DirectHeader& header, void* fn,
   CountSettled(slot);
 }
 
-void Runtime::Schedule(JobRecord* record) {
+void Runtime::Schedule(JobRecord* record, bool by_finish) {
   // A failed predecessor cancels the job straight from kWaiting: once
   // kQueued, a Wait() on its handle could claim it and run it inline.
   // (The predecessors' stores are seen: each made it before the decrement
@@ -1629,7 +1632,7 @@ void Runtime::Schedule(JobRecord* record) {
     record->state.notify_all();
     OutsideHelpers::ReleaseAll();
   }
-  PostToken(record->node, record);
+  PostToken(record->node, record, by_finish);
 }
 
 struct Runtime::ThiefTask {
@@ -1649,7 +1652,7 @@ struct Runtime::ThiefTask {
 // kWhenIdle to the node's queue, and the token takes a reference of its own
 // (see RunToken). A token with no record (kWhenIdle: RunQueuedToken) runs
 // the first job in the queue that nobody has claimed.
-void Runtime::PostToken(int node_index, JobRecord* record) {
+void Runtime::PostToken(int node_index, JobRecord* record, bool by_finish) {
   Node& node = *nodes_[node_index];
   if (config_.stealing == StealPolicy::kWhenIdle && record != nullptr) {
     record->refs.fetch_add(1, std::memory_order_relaxed);  // The token's.
@@ -1703,12 +1706,16 @@ void Runtime::PostToken(int node_index, JobRecord* record) {
     }
   } token{this, node_index, record};
   WorkerSlot* here = CurrentSlot();
-  if (record != nullptr && here != nullptr && here->node == node_index) {
+  if (record != nullptr && here != nullptr && here->node == node_index &&
+      !(by_finish && here->depth > 0)) {
     node.group.run(token);  // Local deque: LIFO here, stolen FIFO.
   } else {
     // Enqueued tasks carry no isolated region: a token with no record,
     // posted from inside a job's wait, must not stay in that wait's region,
-    // where it would run nothing (RunQueuedToken).
+    // where it would run nothing (RunQueuedToken); nor a job that a job
+    // run inside a wait made ready, which the wait would run nested,
+    // though it is not the waiting job's (a successor that waits on the
+    // waiting job then waited on its own stack for good).
     node.arena.enqueue(node.group.defer(token));
   }
 }
@@ -1758,9 +1765,14 @@ void Runtime::RunToken(int node_index, JobRecord* record) {
     return;
   }
   if (record != nullptr) {
-    // Strict affinity: a job's ready successor on this node runs next here.
+    // Strict affinity: a job's ready successor on this node runs next here,
+    // at the top of the worker's stack only. Inside a wait (a job's child
+    // whose token the wait took) the successor is not the waiting job's:
+    // its token goes outside the wait's region (PostToken).
     JobRecord* next = nullptr;
-    if (Claim(record)) Execute(record, slot, /*stolen=*/false, false, &next);
+    JobRecord** const bypass =
+        slot != nullptr && slot->depth == 0 ? &next : nullptr;
+    if (Claim(record)) Execute(record, slot, /*stolen=*/false, false, bypass);
     Release(record);
     while (next != nullptr) {
       JobRecord* r = next;
@@ -2132,7 +2144,7 @@ void Runtime::Finish(JobRecord* record, JobState state, absl::Status status,
           Release(successor);  // Cancelled while it waited.
         }
       } else {
-        Schedule(successor);
+        Schedule(successor, /*by_finish=*/true);
       }
     }
     edge = next;
@@ -2445,17 +2457,18 @@ absl::Status JobCounter::Wait() {
     // predecessors was counted here (NoteDeclared): a predecessor may lie
     // in this job's isolated region, where only this worker may run it,
     // even when the counted job is on another node.
-    // Under kWhenIdle over several nodes it helps too: the counted jobs
-    // are listed (Runtime::Enqueue), and it runs those that no worker has
-    // taken, whatever their node; their nodes' workers may all be waiting,
-    // perhaps on this one's node (Runtime::RunsInline).
+    // Under kWhenIdle over several nodes the counted jobs are listed
+    // (Runtime::Enqueue), and it runs those that no worker has taken,
+    // whatever their node: their nodes' workers may all be waiting,
+    // perhaps on this one's node (Runtime::RunsInline; StealUntilZero).
     Runtime* const here = tls_slot->runtime;
     if (here != home_runtime_.load(std::memory_order_relaxed) ||
         (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
             0 ||
-        declared_.load(std::memory_order_acquire) ||
-        here->steal_while_waiting_) {
+        declared_.load(std::memory_order_acquire)) {
       HelpUntilZero(tls_slot);
+    } else if (here->steal_while_waiting_) {
+      StealUntilZero(tls_slot);
     } else if ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
       // This worker is about to block outside TBB on another node's jobs:
       // another worker of its node may be waiting for it in TBB (a Fork,
@@ -2577,7 +2590,15 @@ JobCounter::Helper* JobCounter::TakeHelpersOfLocked(const Runtime* runtime,
 void JobCounter::ReleaseTaken(Helper* helpers) {
   while (helpers != nullptr) {
     Helper* next = helpers->next;  // Read before the release: its stack.
-    helpers->done->release();
+    if (helpers->done != nullptr) {
+      helpers->done->release();
+    } else {
+      // The sleeper may return, and its word go, once it sees the store:
+      // the notify only names the address (as WakeIfZero's).
+      std::atomic<uint32_t>* woken = helpers->woken;
+      woken->store(1, std::memory_order_release);
+      woken->notify_one();
+    }
     helpers = next;
   }
 }
@@ -2801,6 +2822,80 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
     // Runs this job's region's tasks (its children) until a finisher
     // releases `done`.
     RunTasksUntilReleased(done);
+  }
+}
+
+void JobCounter::StealUntilZero(WorkerSlot* slot) {
+  bool kept_awake = false;  // The no-op task is posted (once a wait).
+  while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
+    // A job with predecessors was counted since (those need the walk), or
+    // a job of this node (its token may lie in this job's region): help in
+    // TBB. (Both release this helper: NoteDeclared, NoteNewNode.)
+    if (declared_.load(std::memory_order_seq_cst) ||
+        (nodes_.load(std::memory_order_seq_cst) & NodeBit(slot->node)) != 0) {
+      HelpUntilZero(slot);
+      return;
+    }
+    std::atomic<uint32_t> woken{0};
+    Helper me{nullptr, nullptr, slot->runtime, slot->node, &woken};
+    JobRecord* runnable = nullptr;
+    bool help_instead = false;
+    {
+      alloc_internal::MutexLock lock(&helpers_mu_);
+      if (ready_ != nullptr) runnable = TakeRunnableLocked(slot);
+      if (runnable == nullptr && waiting_ != nullptr) {
+        help_instead = true;  // NoteWaiting came before this lock.
+      } else if (runnable == nullptr) {
+        // As HelpUntilZero: registered in the step that reads the count;
+        // NoteReady, NoteWaiting, NoteNewNode and the decrement to zero
+        // release it.
+        const int64_t before =
+            pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
+        if ((before & kCountMask) == 0) {
+          if (helpers_ == nullptr) {
+            pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+          }
+          return;
+        }
+        // seq_cst, after the bit, as NoteNewNode's bit and its look at
+        // kHelperBit: a job of this node counted meanwhile is seen here,
+        // or NoteNewNode sees the bit and releases this helper.
+        if ((nodes_.load(std::memory_order_seq_cst) & NodeBit(slot->node)) !=
+            0) {
+          if (helpers_ == nullptr) {
+            pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+          }
+          help_instead = true;
+        } else {
+          me.next = helpers_;
+          helpers_ = &me;
+        }
+      }
+    }
+    if (help_instead) {
+      HelpUntilZero(slot);
+      return;
+    }
+    if (runnable != nullptr) {
+      // Those taken by their tokens meanwhile are only released.
+      while (runnable != nullptr) {
+        JobRecord* next = runnable->next_ready;
+        runnable->next_ready = nullptr;
+        (void)runnable->runtime->TryRunInline(runnable);
+        Runtime::Release(runnable);
+        runnable = next;
+      }
+      continue;
+    }
+    // About to block outside TBB: another worker of this node may be
+    // waiting for this job in TBB (Runtime::KeepNodeAwake).
+    if (!kept_awake) {
+      Runtime::KeepNodeAwake(slot);
+      kept_awake = true;
+    }
+    while (woken.load(std::memory_order_acquire) == 0) {
+      woken.wait(0, std::memory_order_acquire);
+    }
   }
 }
 

@@ -459,6 +459,15 @@ class JobCounter {
   // drops to zero, with a no-op task in the node's arena while jobs of
   // other nodes (or runtimes) are counted here (see Wait).
   void HelpUntilZero(jobs_internal::WorkerSlot* slot);
+  // Wait() from inside a job on `slot` of a runtime that steals when idle
+  // over several nodes (Runtime::steal_while_waiting_), with every counted
+  // job on other nodes and none with predecessors: such jobs are listed
+  // here when they are submitted, so the job runs those that no worker has
+  // taken, and sleeps (outside TBB, where it could starve another node's
+  // arena) until a job is listed or the count drops to zero. Turns to
+  // HelpUntilZero if a job of its node, or one with predecessors, is
+  // counted meanwhile.
+  void StealUntilZero(jobs_internal::WorkerSlot* slot);
   // Releases every job waiting in HelpUntilZero, to look again.
   void ReleaseHelpers();
   struct Helper;
@@ -487,8 +496,9 @@ class JobCounter {
   // their node inline (Schedule may run outside their isolated region, so
   // they could not take its token), and releases them to look. It stays
   // listed until it finishes (Unlist) or a waiter takes it. Under
-  // kWhenIdle over several nodes Runtime::Enqueue lists every counted job
-  // so, and the waiters of every node look (Runtime::RunsInline).
+  // kWhenIdle over several nodes Runtime::Enqueue lists so every counted
+  // job it submits (but a job's submissions to its own node), and the
+  // waiters of every node look (Runtime::RunsInline).
   void NoteReady(jobs_internal::JobRecord* record);
   // Runtime::Finish of a listed job (kListedBit), before the job is
   // counted as finished here: takes it off its list if it is still there.
@@ -541,14 +551,17 @@ class JobCounter {
   static constexpr int64_t kHelperBit = int64_t{1} << 62;
   static constexpr int64_t kCountMask = jobs_internal::kSleeperBit - 1;
   std::atomic<int64_t> pending_{0};
-  // A job waiting in HelpUntilZero (on its stack).
+  // A job waiting in HelpUntilZero or StealUntilZero (on its stack).
   struct Helper {
+    // Released by ReleaseTaken: `done` (HelpUntilZero, which waits in TBB)
+    // or else `woken` (StealUntilZero, asleep on it).
     tbb::detail::d1::wait_context* done;
     Helper* next;
     // The waiting job's worker: NoteReady releases only the helpers that
     // can run the job it lists.
     const Runtime* runtime;
     int node;
+    std::atomic<uint32_t>* woken = nullptr;
   };
   // Taken only to register a helper and by the finisher that finds
   // kHelperBit; kHelperBit is set exactly while helpers_ is not empty.
@@ -956,8 +969,22 @@ class Runtime {
   // the submission error (the record is then finished with it).
   absl::Status Enqueue(jobs_internal::JobRecord* record,
                        const SubmitOptions& options);
-  void Schedule(jobs_internal::JobRecord* record);
-  void PostToken(int node, jobs_internal::JobRecord* record);
+  // Makes `record`, whose last predecessor finished, ready: lists it on
+  // its counter and posts its token (or finishes it as cancelled if a
+  // predecessor failed). `by_finish`: called by that predecessor's Finish
+  // (see PostToken), not by the submission itself.
+  void Schedule(jobs_internal::JobRecord* record, bool by_finish = false);
+  // Posts a token for `record` (none: under kWhenIdle, a turn to run the
+  // node's oldest queued job) to `node`'s arena. A worker of that node
+  // spawns it into its own deque, inside the isolated region of the job it
+  // runs, if any: a job's own submissions, which its waits may run. Every
+  // other token is enqueued, outside every region; so are the tokens of
+  // jobs that a Finish makes ready (`by_finish`) while the worker is
+  // inside a job (a wait running a job nested in its own): they are not
+  // the children of the job that waits, which must not run them nested
+  // (RuntimeWaitTest.ASuccessorOfAChildRunInsideAWaitIsNotNestedInIt).
+  void PostToken(int node, jobs_internal::JobRecord* record,
+                 bool by_finish = false);
   void RunToken(int node, jobs_internal::JobRecord* record);
   // Enqueues a task that does nothing to `node`'s arena, for a job about
   // to wait there on jobs that are, or may become, other nodes' (see

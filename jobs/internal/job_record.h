@@ -10,8 +10,9 @@
 // claim: the node's token, another node's thief, or a waiter running the job
 // inline; it may still cancel the job (kRunning -> kCancelling) if its
 // counter or the runtime was cancelled, unless kRunPromisedBit is set. A
-// job made ready by Schedule with a counter is kQueued | kListingBit, not
-// to be claimed, until Schedule has listed it on the counter. Bit
+// job made ready by Schedule with a counter (and, under kWhenIdle on more
+// than one node, every counted job Enqueue submits) is kQueued |
+// kListingBit, not to be claimed, until it is listed on the counter. Bit
 // kWaiterBit marks a thread asleep on the state word (C++20 atomic::wait),
 // or helping in TBB until the job turns ready or final (OutsideHelpers in
 // runtime.cc), so finishing a job only makes a system call, or releases
@@ -58,11 +59,12 @@ inline constexpr uint32_t kWaiterBit = 0x100;
 // ("it runs"): the claimer may no longer cancel it.
 inline constexpr uint32_t kRunPromisedBit = 0x200;
 
-// Set by Schedule from the job's turn to kQueued until it has listed the
-// job on its counter (JobCounter::NoteReady: a lock and a release of the
-// helpers): until then nobody may claim or cancel it (Claim and Transition
-// wait), so that it cannot finish, and its counter's owner destroy the
-// counter, while Schedule still uses the counter.
+// Set by Schedule (or, under kWhenIdle on more than one node, Enqueue)
+// from the job's turn to kQueued until it has listed the job on its
+// counter (JobCounter::NoteReady: a lock and a release of the helpers):
+// until then nobody may claim or cancel it (Claim and Transition wait), so
+// that it cannot finish, and its counter's owner destroy the counter,
+// while the lister still uses the counter.
 inline constexpr uint32_t kListingBit = 0x400;
 // Set with kListingBit and kept to the end: the job was listed on its
 // counter, and Finish takes it off the list if a waiter has not.
