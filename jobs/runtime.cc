@@ -1361,14 +1361,16 @@ absl::Status Runtime::Enqueue(JobRecord* record, const SubmitOptions& options) {
     // is made after this returns): no locked operations needed. Release:
     // the claim's acquire in RunToken sees the whole record.
     record->unmet.store(0, std::memory_order_relaxed);
-    if (steal_while_waiting_ && options.counter != nullptr &&
-        (here == nullptr || node != here->node)) {
+    if (steal_while_waiting_ && options.counter != nullptr) {
       // Listed as ready on its counter, as Schedule lists the jobs it makes
       // ready: a job that waits on the counter, on any node, runs it if no
       // worker has taken it (RunsInline). kListingBit, as there: a waiter
       // that takes it off the list meanwhile may claim it only afterwards.
-      // (A job's submissions to its own node are not: their tokens lie in
-      // its isolated region, where its wait helps in TBB; JobCounter::Wait.)
+      // Also a job's submission to its own node, whose token lies in the
+      // submitter's isolated region: the job that waits may be another
+      // (one that runs the submitter nested in its wait, say), or the
+      // submitter asleep in StealUntilZero (a review found both hangs when
+      // those were not listed).
       record->state.store(jobs_internal::kQueued | jobs_internal::kListingBit |
                               jobs_internal::kListedBit,
                           std::memory_order_relaxed);
@@ -2723,6 +2725,35 @@ JobRecord* JobCounter::TakeRunnableLocked(const WorkerSlot* slot) {
   return runnable;
 }
 
+bool JobCounter::ArmHelperLocked() {
+  // The bit is set in the same step that reads the count: a finisher that
+  // brings it to zero later sees it and releases the helpers.
+  const int64_t before =
+      pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
+  if ((before & kCountMask) != 0) return true;
+  DropHelperBitLocked();
+  return false;
+}
+
+void JobCounter::DropHelperBitLocked() {
+  // The bit stays only if other helpers wait (their finisher has not come
+  // yet).
+  if (helpers_ == nullptr) {
+    pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
+  }
+}
+
+void JobCounter::RunTaken(JobRecord* runnable) {
+  // Those taken by their tokens meanwhile are only released.
+  while (runnable != nullptr) {
+    JobRecord* next = runnable->next_ready;
+    runnable->next_ready = nullptr;
+    (void)runnable->runtime->TryRunInline(runnable);
+    Runtime::Release(runnable);
+    runnable = next;
+  }
+}
+
 void JobCounter::HelpUntilZero(WorkerSlot* slot) {
   bool kept_awake = false;          // The no-op task is posted (once a wait).
   std::vector<JobRecord*> waiting;  // See TakeWaitingLocked.
@@ -2763,31 +2794,13 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
         TakeWaitingLocked(slot->runtime, &waiting);
       }
       if (runnable == nullptr && waiting.empty()) {
-        // The bit is set in the same step that reads the count: a finisher
-        // that brings it to zero later sees it and releases `done`.
-        const int64_t before =
-            pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
-        if ((before & kCountMask) == 0) {
-          // Finished meanwhile: not registered; the bit stays only if
-          // other helpers wait (their finisher has not come yet).
-          if (helpers_ == nullptr) {
-            pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-          }
-          return;
-        }
+        if (!ArmHelperLocked()) return;  // Finished meanwhile.
         me.next = helpers_;
         helpers_ = &me;
       }
     }
     if (runnable != nullptr) {
-      // Those taken by their tokens meanwhile are only released.
-      while (runnable != nullptr) {
-        JobRecord* next = runnable->next_ready;
-        runnable->next_ready = nullptr;
-        (void)runnable->runtime->TryRunInline(runnable);
-        Runtime::Release(runnable);
-        runnable = next;
-      }
+      RunTaken(runnable);
       continue;
     }
     if (!waiting.empty()) {
@@ -2826,7 +2839,7 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
 }
 
 void JobCounter::StealUntilZero(WorkerSlot* slot) {
-  bool kept_awake = false;  // The no-op task is posted (once a wait).
+  bool kept_awake = false;  // The no-op task is posted since the last run.
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     // A job with predecessors was counted since (those need the walk), or
     // a job of this node (its token may lie in this job's region): help in
@@ -2846,25 +2859,15 @@ void JobCounter::StealUntilZero(WorkerSlot* slot) {
       if (runnable == nullptr && waiting_ != nullptr) {
         help_instead = true;  // NoteWaiting came before this lock.
       } else if (runnable == nullptr) {
-        // As HelpUntilZero: registered in the step that reads the count;
-        // NoteReady, NoteWaiting, NoteNewNode and the decrement to zero
-        // release it.
-        const int64_t before =
-            pending_.fetch_or(kHelperBit, std::memory_order_seq_cst);
-        if ((before & kCountMask) == 0) {
-          if (helpers_ == nullptr) {
-            pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-          }
-          return;
-        }
+        // As HelpUntilZero; NoteReady, NoteWaiting, NoteNewNode and the
+        // decrement to zero release it.
+        if (!ArmHelperLocked()) return;  // Finished meanwhile.
         // seq_cst, after the bit, as NoteNewNode's bit and its look at
         // kHelperBit: a job of this node counted meanwhile is seen here,
         // or NoteNewNode sees the bit and releases this helper.
         if ((nodes_.load(std::memory_order_seq_cst) & NodeBit(slot->node)) !=
             0) {
-          if (helpers_ == nullptr) {
-            pending_.fetch_and(~kHelperBit, std::memory_order_acq_rel);
-          }
+          DropHelperBitLocked();
           help_instead = true;
         } else {
           me.next = helpers_;
@@ -2877,18 +2880,14 @@ void JobCounter::StealUntilZero(WorkerSlot* slot) {
       return;
     }
     if (runnable != nullptr) {
-      // Those taken by their tokens meanwhile are only released.
-      while (runnable != nullptr) {
-        JobRecord* next = runnable->next_ready;
-        runnable->next_ready = nullptr;
-        (void)runnable->runtime->TryRunInline(runnable);
-        Runtime::Release(runnable);
-        runnable = next;
-      }
+      RunTaken(runnable);
+      kept_awake = false;
       continue;
     }
     // About to block outside TBB: another worker of this node may be
-    // waiting for this job in TBB (Runtime::KeepNodeAwake).
+    // waiting for this job in TBB (Runtime::KeepNodeAwake). Again after
+    // running jobs: a worker at the top of its stack may have run the task
+    // meanwhile (as JobRef::Wait).
     if (!kept_awake) {
       Runtime::KeepNodeAwake(slot);
       kept_awake = true;

@@ -461,8 +461,8 @@ class JobCounter {
   void HelpUntilZero(jobs_internal::WorkerSlot* slot);
   // Wait() from inside a job on `slot` of a runtime that steals when idle
   // over several nodes (Runtime::steal_while_waiting_), with every counted
-  // job on other nodes and none with predecessors: such jobs are listed
-  // here when they are submitted, so the job runs those that no worker has
+  // job on other nodes and none with predecessors: every counted job is
+  // listed here when it is submitted, so the job runs those that no worker has
   // taken, and sleeps (outside TBB, where it could starve another node's
   // arena) until a job is listed or the count drops to zero. Turns to
   // HelpUntilZero if a job of its node, or one with predecessors, is
@@ -497,8 +497,8 @@ class JobCounter {
   // they could not take its token), and releases them to look. It stays
   // listed until it finishes (Unlist) or a waiter takes it. Under
   // kWhenIdle over several nodes Runtime::Enqueue lists so every counted
-  // job it submits (but a job's submissions to its own node), and the
-  // waiters of every node look (Runtime::RunsInline).
+  // job it submits, and the waiters of every node look
+  // (Runtime::RunsInline).
   void NoteReady(jobs_internal::JobRecord* record);
   // Runtime::Finish of a listed job (kListedBit), before the job is
   // counted as finished here: takes it off its list if it is still there.
@@ -516,6 +516,16 @@ class JobCounter {
   jobs_internal::JobRecord* TakeRunnableLocked(
       const jobs_internal::WorkerSlot* slot)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
+  // Before a helper registers: sets kHelperBit in the step that reads the
+  // count. False if the count was zero (the wait is over; the bit is taken
+  // back unless other helpers are registered).
+  bool ArmHelperLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
+  // Takes kHelperBit back, unless helpers are registered.
+  void DropHelperBitLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(helpers_mu_);
+  // Runs inline, on the calling worker, the jobs TakeRunnableLocked took
+  // (those that a token or another waiter claimed first are skipped), and
+  // drops the references it took.
+  static void RunTaken(jobs_internal::JobRecord* runnable);
   // NoteSubmission's rare path: a job was counted on a node new to this
   // counter (`bit` of nodes_).
   [[gnu::cold, gnu::noinline]] void NoteNewNode(uint64_t bit);

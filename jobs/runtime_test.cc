@@ -2888,6 +2888,17 @@ TEST(RuntimeStealTest, ANodeStealsOnlyOnceItsOwnQueueIsEmpty) {
 // parent's worker, or on its own node's once that node's parent is done).
 enum class WaitOn { kCounter, kHandle };
 
+// A runtime of two synthetic nodes of one worker each under `policy`;
+// `topology` keeps the topology, which must outlive it.
+std::unique_ptr<Runtime> OneWorkerPerNode(
+    StealPolicy policy, std::unique_ptr<numa::Topology>& topology) {
+  topology = Synthetic("pack:2 [numa] core:1 pu:1");
+  return MakeRuntime(Config()
+                         .set_topology(topology.get())
+                         .set_workers_per_node(1)
+                         .set_stealing(policy));
+}
+
 // Counts this job in `arrived` and waits until `n` jobs have, for at most
 // 200 ms; true if they all did. Under kWhenIdle a node with nothing queued
 // may steal a job meant for the other node, so a barrier for "both jobs
@@ -2903,12 +2914,20 @@ bool MeetOrGoOn(std::atomic<int>& arrived, int n) {
   return true;
 }
 
+// Two jobs that wait on each other's nodes finish (a hang fails the test
+// after 20 s) and return true.
+void ExpectBothReturnTrue(const JobHandle<bool>& a, const JobHandle<bool>& b) {
+  ASSERT_TRUE(Eventually([&] { return a.done() && b.done(); }))
+      << "jobs waiting on each other's nodes hung";
+  ASSERT_TRUE(a.Wait().ok());
+  ASSERT_TRUE(b.Wait().ok());
+  EXPECT_TRUE(a.value());
+  EXPECT_TRUE(b.value());
+}
+
 void RunJobsWaitingOnEachOthersNodes(WaitOn wait_on) {
-  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_workers_per_node(1)
-                            .set_stealing(StealPolicy::kWhenIdle));
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = OneWorkerPerNode(StealPolicy::kWhenIdle, topology);
   int stolen = 0;
   int met = 0;
   for (int iteration = 0; iteration < 20; ++iteration) {
@@ -2950,12 +2969,7 @@ void RunJobsWaitingOnEachOthersNodes(WaitOn wait_on) {
     };
     auto a = rt->Submit(parent(0), SubmitOptions().on_node(0));
     auto b = rt->Submit(parent(1), SubmitOptions().on_node(1));
-    ASSERT_TRUE(Eventually([&] { return a.done() && b.done(); }))
-        << "jobs waiting on each other's nodes hung";
-    ASSERT_TRUE(a.Wait().ok());
-    ASSERT_TRUE(b.Wait().ok());
-    EXPECT_TRUE(a.value());
-    EXPECT_TRUE(b.value());
+    ASSERT_NO_FATAL_FAILURE(ExpectBothReturnTrue(a, b));
     int stolen_here = 0;
     for (int p : {0, 1}) {
       SCOPED_TRACE(p);
@@ -3000,11 +3014,8 @@ TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesByHandleFinish) {
 // wait walks the child's predecessors (Runtime::FindStranded) and, under
 // kWhenIdle, runs the other node's job too.
 TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesThroughAPredecessorFinish) {
-  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_workers_per_node(1)
-                            .set_stealing(StealPolicy::kWhenIdle));
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = OneWorkerPerNode(StealPolicy::kWhenIdle, topology);
   for (int iteration = 0; iteration < 20; ++iteration) {
     SCOPED_TRACE(iteration);
     std::atomic<int> started{0};
@@ -3020,12 +3031,7 @@ TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesThroughAPredecessorFinish) {
     };
     auto a = rt->Submit(parent, SubmitOptions().on_node(0));
     auto b = rt->Submit(parent, SubmitOptions().on_node(1));
-    ASSERT_TRUE(Eventually([&] { return a.done() && b.done(); }))
-        << "jobs waiting on each other's nodes hung";
-    ASSERT_TRUE(a.Wait().ok());
-    ASSERT_TRUE(b.Wait().ok());
-    EXPECT_TRUE(a.value());
-    EXPECT_TRUE(b.value());
+    ASSERT_NO_FATAL_FAILURE(ExpectBothReturnTrue(a, b));
     EXPECT_EQ(remote_ran.load(), 2);
   }
   EXPECT_EQ(rt->stats().jobs_failed, 0u);
@@ -3038,11 +3044,8 @@ TEST(RuntimeStealTest, JobsWaitingOnEachOthersNodesThroughAPredecessorFinish) {
 // kWhenIdle the job on node 1 runs it itself, as stolen (or the first
 // wait ran that job inline, and it runs its own node's job inline).
 TEST(RuntimeStealTest, AWaitedForJobThatComesBackToTheWaitersNodeFinishes) {
-  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_workers_per_node(1)
-                            .set_stealing(StealPolicy::kWhenIdle));
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = OneWorkerPerNode(StealPolicy::kWhenIdle, topology);
   for (int iteration = 0; iteration < 20; ++iteration) {
     SCOPED_TRACE(iteration);
     std::atomic<int> back_ran{0};
@@ -3083,11 +3086,8 @@ TEST(RuntimeStealTest, AWaitedForJobThatComesBackToTheWaitersNodeFinishes) {
 // that walks, then helps in its region), where S's token would be.
 void RunASuccessorOfAJobRunInsideAWait(StealPolicy policy) {
   const bool steal = policy == StealPolicy::kWhenIdle;
-  auto topology = Synthetic("pack:2 [numa] core:1 pu:1");
-  auto rt = MakeRuntime(Config()
-                            .set_topology(topology.get())
-                            .set_workers_per_node(1)
-                            .set_stealing(policy));
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = OneWorkerPerNode(policy, topology);
   for (int iteration = 0; iteration < 20; ++iteration) {
     SCOPED_TRACE(iteration);
     std::atomic<bool> child_ready{false}, successor_submitted{false};
