@@ -40,7 +40,7 @@
 // asleep in TBB's wait for jobs queued on another node's arena left that
 // arena with no thread (oneTBB 2021.8). JobCounter::Wait now sleeps outside
 // TBB when all its jobs are remote, and when some are local keeps its
-// arena from looking empty while it helps (Runtime::PostKeepAwake;
+// arena from looking empty while it helps (Runtime::AwakeHold;
 // RuntimeParallelTest.AJobWaitingOnAnIdleNodesJobsFinishes and
 // ...OnLocalAndRemoteJobsFinishes). PARALLEL_MODEL_CROSS_NODE_WAITS=0
 // leaves them out.

@@ -757,6 +757,10 @@ struct Runtime::Node {
   // ...of which were then refused: an outside submission is counted before
   // it looks at accepting_ (see CountOutsideSubmission).
   std::atomic<uint64_t> withdrawn{0};
+  // The jobs of this node that keep it awake now (AwakeHold), and whether
+  // the keep-awake task is queued or running (one at a time).
+  alignas(64) std::atomic<int> awake_holds{0};
+  std::atomic<bool> awake_posted{false};
 };
 
 struct Runtime::FrameState {
@@ -1728,35 +1732,79 @@ void Runtime::PostToken(int node_index, JobRecord* record, bool by_finish) {
 // arena's queue can leave that arena with no thread for good (on two
 // nodes of one worker each, within a few hundred rounds: the plain oneTBB
 // program of docs/jobs.md hangs the same way). A waiter sleeps there only
-// when its arena looks empty; this task, enqueued with no isolated region,
-// is one the waiting job's region cannot take, so the arena does not look
-// empty while it waits: the waiter keeps looking for work (yielding)
-// instead. A worker at the top of its stack runs it as a no-op (the
-// drain of Shutdown included).
-void Runtime::PostKeepAwake(int node_index) {
-  Node& node = *nodes_[node_index];
-  struct KeepAwake {
-    Node* node;
-    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
-      Node* n = node;
-      TsanRelease(n);  // For Shutdown's drain.
-    }
-  };
-  node.arena.enqueue(node.group.defer(KeepAwake{&node}));
-}
-
+// when its arena looks empty; the keep-awake task, enqueued with no
+// isolated region, is one the waiting job's region cannot take, so the
+// arena does not look empty while it is queued: the waiter keeps looking
+// for work (yielding) instead.
 // A worker inside a job that blocks outside TBB (JobCounter::Wait on jobs
 // all on other nodes, JobRef::Wait on another node's job) cannot starve
 // anything by itself, but another worker of its node may be waiting for it
 // in TBB: a Fork or ParallelFor whose child it runs, or a JobCounter of
-// this node's jobs (which posts no keep-awake task). Asleep there, that
-// worker starves the other node's arena just as above, and the jobs this
-// one waits for never run (RuntimeParallelTest.AForkWhoseChildWaitsOn*:
-// hung in every run of 20,000 iterations). The same task, posted by the
-// blocking worker, keeps its node's waiters looking for work until a
-// worker at the top of its stack runs it.
-void Runtime::KeepNodeAwake(WorkerSlot* slot) {
-  slot->runtime->PostKeepAwake(slot->node);
+// this node's jobs (which takes no hold itself). Asleep there, that worker
+// starves the other node's arena just as above, and the jobs this one
+// waits for never run (RuntimeParallelTest.AForkWhoseChildWaitsOn*: hung
+// in every run of 20,000 iterations). So the blocking job holds its node
+// awake too.
+// A worker at the top of its stack (or an outside thread helping) takes
+// the task: while any hold lasts it enqueues itself again before it
+// returns, so that the arena never looks empty for long. (It once ran as
+// a no-op, and the waiter could then sleep: RUNTIME_MODEL_SEEDS=22574150
+// hung about once in 200 runs so, a job of a node of two workers asleep in
+// HelpUntilZero on a job declared on the other node, which never ran.)
+class Runtime::AwakeHold {
+ public:
+  AwakeHold() = default;
+  AwakeHold(const AwakeHold&) = delete;
+  AwakeHold& operator=(const AwakeHold&) = delete;
+  ~AwakeHold() {
+    if (node_ != nullptr) {
+      node_->awake_holds.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+  // Holds `slot`'s node awake until destroyed; once.
+  void Take(WorkerSlot* slot) {
+    if (node_ != nullptr) return;
+    node_ = slot->runtime->nodes_[slot->node].get();
+    node_->awake_holds.fetch_add(1, std::memory_order_seq_cst);
+    if (!node_->awake_posted.exchange(true, std::memory_order_seq_cst)) {
+      slot->runtime->PostKeepAwake(slot->node);
+    }
+  }
+
+ private:
+  Node* node_ = nullptr;
+};
+
+void Runtime::PostKeepAwake(int node_index) {
+  Node& node = *nodes_[node_index];
+  struct KeepAwake {
+    Node* node;
+    int round;  // Consecutive runs while held.
+    FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
+      Node* n = node;
+      const int r = round;
+      if (n->awake_holds.load(std::memory_order_seq_cst) > 0) {
+        // In the queue again before this worker lets it go, then a pause:
+        // this worker has nothing else to do but keep it queued.
+        n->arena.enqueue(n->group.defer(KeepAwake{n, r + 1}));
+        if (r < 64) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+      } else {
+        // The last hold is gone: stop, unless a hold came after the look
+        // and saw the task still posted (then one of the two posts it).
+        n->awake_posted.store(false, std::memory_order_seq_cst);
+        if (n->awake_holds.load(std::memory_order_seq_cst) > 0 &&
+            !n->awake_posted.exchange(true, std::memory_order_seq_cst)) {
+          n->arena.enqueue(n->group.defer(KeepAwake{n, 0}));
+        }
+      }
+      TsanRelease(n);  // For Shutdown's drain.
+    }
+  };
+  node.arena.enqueue(node.group.defer(KeepAwake{&node, 0}));
 }
 
 void Runtime::RunToken(int node_index, JobRecord* record) {
@@ -2330,6 +2378,7 @@ absl::Status JobRef::Wait() const {
   // then (Schedule wakes it); on a node of one worker nothing else would
   // (RuntimeWaitTest.AWaitInsideAJobRunsItsJobOnceARemotePredecessorFinishes).
   bool inline_here = false;
+  Runtime::AwakeHold awake;  // Until the wait ends.
   if (!jobs_internal::IsFinal(s)) {
     WorkerSlot* here = tls_slot;
     if (here != nullptr && tbb::this_task_arena::current_thread_index() !=
@@ -2337,13 +2386,13 @@ absl::Status JobRef::Wait() const {
       // Inside a job, on a job still waiting for its predecessors: one may
       // lie in this job's isolated region (submitted by it to its own
       // node), where only this worker may run it. So help in TBB until the
-      // job is ready, with the no-op task posted (the predecessors may be
-      // on other nodes: KeepNodeAwake). kWaiterBit makes Schedule and
+      // job is ready, with the node held awake (the predecessors may be
+      // on other nodes: AwakeHold). kWaiterBit makes Schedule and
       // Finish release the helper (before, on a node of one worker, such a
       // wait slept and hung at once:
       // RuntimeWaitTest.AHandleOfALocalJobAfterALocalOneFinishesInsideAJob).
       if ((s & kStateMask) == jobs_internal::kWaiting) {
-        Runtime::KeepNodeAwake(here);
+        awake.Take(here);
         if (here->runtime == r->runtime) {
           // Also runs the ready jobs of this node among its predecessors
           // whose tokens lie outside this job's region (before, a job of
@@ -2363,10 +2412,8 @@ absl::Status JobRef::Wait() const {
       inline_here = here->runtime->RunsInline(r, here);
       // A job about to block outside TBB on another node's (or another
       // runtime's) job: as JobCounter::Wait's remote path.
-      // (Again if it was posted while the wait helped: a worker at the top
-      // of its stack may have run it since.)
       if (here->runtime != r->runtime || here->node != r->node) {
-        Runtime::KeepNodeAwake(here);
+        awake.Take(here);
       }
     }
     SpinUntil([r, &s, inline_here] {
@@ -2453,9 +2500,9 @@ absl::Status JobCounter::Wait() {
     // when every job counted here went to other nodes of this job's
     // runtime, there are no children of this node to help with, and the
     // job sleeps on the count as an outside thread does. Otherwise it
-    // helps, with a no-op task in its arena while jobs of other nodes are
+    // helps, with a task kept in its arena while jobs of other nodes are
     // counted here, which keeps it from falling asleep in TBB
-    // (HelpUntilZero). So it does, with the no-op task, once a job with
+    // (HelpUntilZero, AwakeHold). So it does, held awake, once a job with
     // predecessors was counted here (NoteDeclared): a predecessor may lie
     // in this job's isolated region, where only this worker may run it,
     // even when the counted job is on another node.
@@ -2464,6 +2511,7 @@ absl::Status JobCounter::Wait() {
     // whatever their node: their nodes' workers may all be waiting,
     // perhaps on this one's node (Runtime::RunsInline; StealUntilZero).
     Runtime* const here = tls_slot->runtime;
+    Runtime::AwakeHold awake;  // Until WaitUntilZero returns.
     if (here != home_runtime_.load(std::memory_order_relaxed) ||
         (nodes_.load(std::memory_order_relaxed) & NodeBit(tls_slot->node)) !=
             0 ||
@@ -2475,8 +2523,8 @@ absl::Status JobCounter::Wait() {
       // This worker is about to block outside TBB on another node's jobs:
       // another worker of its node may be waiting for it in TBB (a Fork,
       // a counter of local jobs), and must not fall asleep there either
-      // (Runtime::KeepNodeAwake).
-      Runtime::KeepNodeAwake(tls_slot);
+      // (Runtime::AwakeHold).
+      awake.Take(tls_slot);
     }
     WaitUntilZero(pending_, wake_);
   } else {
@@ -2536,7 +2584,7 @@ void JobCounter::ReachedZero(int64_t left) {
 }
 
 void JobCounter::NoteNewNode(uint64_t bit) {
-  // A job helping in HelpUntilZero may have decided it needs no no-op task
+  // A job helping in HelpUntilZero may have decided it needs no hold
   // before this job was counted. seq_cst with the helper's registration
   // and its look at nodes_: either it sees this bit or this sees its
   // kHelperBit, and releases it to look again.
@@ -2607,7 +2655,7 @@ void JobCounter::ReleaseTaken(Helper* helpers) {
 
 void JobCounter::NoteDeclared() {
   // As NoteNewNode: a helper that decided before this that it needs no
-  // no-op task is released to look again.
+  // hold is released to look again.
   declared_.store(true, std::memory_order_seq_cst);
   if ((pending_.load(std::memory_order_seq_cst) & kHelperBit) != 0) {
     ReleaseHelpers();
@@ -2755,7 +2803,7 @@ void JobCounter::RunTaken(JobRecord* runnable) {
 }
 
 void JobCounter::HelpUntilZero(WorkerSlot* slot) {
-  bool kept_awake = false;          // The no-op task is posted (once a wait).
+  Runtime::AwakeHold awake;         // Taken once jobs of other nodes count.
   std::vector<JobRecord*> waiting;  // See TakeWaitingLocked.
   // Lets go of them, also if a walk throws (bad_alloc).
   struct Waiting {
@@ -2804,11 +2852,8 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
       continue;
     }
     if (!waiting.empty()) {
-      // (Their predecessors may be on other nodes: the no-op task.)
-      if (!kept_awake) {
-        slot->runtime->PostKeepAwake(slot->node);
-        kept_awake = true;
-      }
+      // (Their predecessors may be on other nodes: AwakeHold.)
+      awake.Take(slot);
       // Back when one of them turns ready (then listed as ready) or
       // final, or after running a stranded predecessor.
       slot->runtime->HelpWhileWaiting(absl::MakeConstSpan(waiting), slot,
@@ -2817,7 +2862,7 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
       continue;
     }
     // Jobs of other nodes counted here: keep this worker from falling
-    // asleep in TBB's wait while they are queued there (PostKeepAwake).
+    // asleep in TBB's wait while they are queued there (AwakeHold).
     // Looked at after registering (seq_cst, as NoteSubmission's bit and
     // its look at kHelperBit): a job counted on another node later, by a
     // child this wait runs or by another thread, releases this helper,
@@ -2825,12 +2870,10 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
     // (RuntimeParallelTest.AJobWaitingOnALocalJobThatSpawnsRemoteJobsFinishes).
     // So with jobs that have predecessors (NoteDeclared): those may be on
     // any node.
-    if (!kept_awake &&
-        (slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
-         (nodes_.load(std::memory_order_seq_cst) & ~NodeBit(slot->node)) != 0 ||
-         declared_.load(std::memory_order_seq_cst))) {
-      slot->runtime->PostKeepAwake(slot->node);
-      kept_awake = true;
+    if (slot->runtime != home_runtime_.load(std::memory_order_relaxed) ||
+        (nodes_.load(std::memory_order_seq_cst) & ~NodeBit(slot->node)) != 0 ||
+        declared_.load(std::memory_order_seq_cst)) {
+      awake.Take(slot);
     }
     // Runs this job's region's tasks (its children) until a finisher
     // releases `done`.
@@ -2839,7 +2882,7 @@ void JobCounter::HelpUntilZero(WorkerSlot* slot) {
 }
 
 void JobCounter::StealUntilZero(WorkerSlot* slot) {
-  bool kept_awake = false;  // The no-op task is posted since the last run.
+  Runtime::AwakeHold awake;  // Taken before it first blocks.
   while ((pending_.load(std::memory_order_acquire) & kCountMask) != 0) {
     // A job with predecessors was counted since (those need the walk), or
     // a job of this node (its token may lie in this job's region): help in
@@ -2881,17 +2924,11 @@ void JobCounter::StealUntilZero(WorkerSlot* slot) {
     }
     if (runnable != nullptr) {
       RunTaken(runnable);
-      kept_awake = false;
       continue;
     }
     // About to block outside TBB: another worker of this node may be
-    // waiting for this job in TBB (Runtime::KeepNodeAwake). Again after
-    // running jobs: a worker at the top of its stack may have run the task
-    // meanwhile (as JobRef::Wait).
-    if (!kept_awake) {
-      Runtime::KeepNodeAwake(slot);
-      kept_awake = true;
-    }
+    // waiting for this job in TBB (Runtime::AwakeHold).
+    awake.Take(slot);
     while (woken.load(std::memory_order_acquire) == 0) {
       woken.wait(0, std::memory_order_acquire);
     }
@@ -3082,7 +3119,7 @@ absl::Status Runtime::ParallelForImpl(
   };
   // The caller's node's ranges run on the calling worker (below), so that
   // the counter holds only other nodes' jobs: the wait then sleeps outside
-  // TBB (JobCounter::Wait) instead of spinning there beside a no-op task.
+  // TBB (JobCounter::Wait) instead of spinning there, held awake.
   const int own_node = caller != nullptr ? here->node : -1;
   for (const NodeRange& r : partition.ranges()) {
     if (r.empty()) continue;

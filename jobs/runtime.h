@@ -39,8 +39,9 @@
 // JobCounter::Wait help: the waiting worker runs the job's own children
 // (a one-worker node can wait on the jobs it spawned); a handle's Wait runs
 // an unstarted job of its own node inline; any other wait blocks the worker.
-// A wait on jobs of another node first posts a no-op task to the waiter's
-// node, so that no worker of that node sleeps in TBB's wait meanwhile: in
+// A wait on jobs of another node keeps a task queued on the waiter's node
+// while it lasts (Runtime::AwakeHold), so that no worker of that node
+// sleeps in TBB's wait meanwhile: in
 // oneTBB 2021.8 that can starve the other node's arena of threads for
 // good (docs/jobs.md, "Waiting inside a job"). A job with predecessors is
 // made ready by whoever finishes the last of them, often outside the
@@ -345,7 +346,7 @@ class JobRef {
   // also one that becomes ready (its predecessors done) during the wait.
   // Inside any job, while the job still waits for its predecessors, the
   // worker runs its own job's children meanwhile (one of them may be a
-  // predecessor), with the node kept awake (Runtime::KeepNodeAwake).
+  // predecessor), with the node kept awake (Runtime::AwakeHold).
   absl::Status Wait() const;
   // The job's status once done() (Wait's result); Unavailable before.
   absl::Status status() const;
@@ -456,8 +457,8 @@ class JobCounter {
   void ReachedZero(int64_t left);
   // Wait() from inside a job on `slot`: runs the node's tasks of this
   // job's isolated region (its own children among them) until the count
-  // drops to zero, with a no-op task in the node's arena while jobs of
-  // other nodes (or runtimes) are counted here (see Wait).
+  // drops to zero, with the node held awake (Runtime::AwakeHold) once jobs
+  // of other nodes (or runtimes) are counted here (see Wait).
   void HelpUntilZero(jobs_internal::WorkerSlot* slot);
   // Wait() from inside a job on `slot` of a runtime that steals when idle
   // over several nodes (Runtime::steal_while_waiting_), with every counted
@@ -481,7 +482,7 @@ class JobCounter {
   // Releases helpers taken off the list; touches nothing of the counter.
   static void ReleaseTaken(Helper* helpers);
   // A job with predecessors (SubmitOptions::after) was counted here: from
-  // now on a Wait inside a job helps in TBB, with the no-op task (see
+  // now on a Wait inside a job helps in TBB, with the node held awake (see
   // Wait), since what it waits for may lie in its own isolated region or
   // on another node. Never cleared, as nodes_.
   [[gnu::cold, gnu::noinline]] void NoteDeclared();
@@ -996,14 +997,15 @@ class Runtime {
   void PostToken(int node, jobs_internal::JobRecord* record,
                  bool by_finish = false);
   void RunToken(int node, jobs_internal::JobRecord* record);
-  // Enqueues a task that does nothing to `node`'s arena, for a job about
-  // to wait there on jobs that are, or may become, other nodes' (see
-  // JobCounter::Wait).
+  // Keeps a node's arena from looking empty while it lives: a job about to
+  // wait in TBB on jobs that are, or may become, other nodes' (see
+  // JobCounter::Wait), or to block outside TBB on another node's (or
+  // runtime's) work, while a worker of its node may wait for it in TBB.
+  // oneTBB 2021.8 can starve another node's arena of threads for good
+  // while a worker sleeps in a nested wait of an arena that looks empty.
+  class AwakeHold;
+  // Enqueues the node's keep-awake task (see AwakeHold).
   void PostKeepAwake(int node);
-  // The same task, for `slot`'s node, from a job of that slot about to
-  // block outside TBB on another node's (or runtime's) work: a worker of
-  // its node waiting for it in TBB must not fall asleep there.
-  static void KeepNodeAwake(jobs_internal::WorkerSlot* slot);
   void RunQueuedToken(Node& node, jobs_internal::WorkerSlot* slot,
                       jobs_internal::JobRecord* own);
   void RunThief(int node, int victim);

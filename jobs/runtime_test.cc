@@ -2091,7 +2091,7 @@ void CrossNodeWaitRounds(std::vector<int> workers, int iterations,
 // submitted from outside later (a plain oneTBB program does the same).
 // JobCounter::Wait now sleeps outside TBB when all its jobs are remote, and
 // keeps itself from sleeping in TBB when it helps with local ones
-// (Runtime::PostKeepAwake). Runs `local` jobs on node 0 and two on node 1
+// (Runtime::AwakeHold). Runs `local` jobs on node 0 and two on node 1
 // under one counter, waited on by a job on node 0, many times.
 void JobWaitsOnRemoteJobs(int local) {
   // Hung at 40-1,300 plain.
@@ -2227,9 +2227,10 @@ void LocalChildWaitsOnRemoteJobs(OuterWait outer, InnerWait inner) {
   // only: under TSan the other worker woke within the spin in 78 of 1,000
   // iterations in one CI run, and the qemu guests' emulated CPUs are
   // slower still. (The plain build is the regression guard: its 20,000
-  // iterations hung in every run without Runtime::KeepNodeAwake.) At
-  // least 2%: with the whole suite running beside it on two cores, the
-  // other worker took 7.6% of the children in one run (27 Nov).
+  // iterations hung in every run without the blocking child's hold,
+  // Runtime::AwakeHold.) At least 2%: with the whole suite running beside
+  // it on two cores, the other worker took 7.6% of the children in one run
+  // (27 Nov).
 #if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
   if (!InNumaGuest()) {
     EXPECT_GT(taken.load(), kIterations / 50);

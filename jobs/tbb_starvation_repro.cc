@@ -11,16 +11,17 @@
 //   ./bazelw run -c opt //jobs:tbb_starvation_repro -- --keep_awake  # not
 //
 // --keep_awake enqueues to arena 0, before the wait, a task the waiter's
-// isolated region cannot take (Runtime::PostKeepAwake's remedy); --futex
-// waits outside TBB instead (the remedy when every job waited for is
-// remote). Exits 0 when every round finished, 1 at the first that hung.
+// isolated region cannot take (the remedy of Runtime::AwakeHold, whose task
+// stays queued while the wait lasts); --futex waits outside TBB instead
+// (the remedy when every job waited for is remote). Exits 0 when every
+// round finished, 1 at the first that hung.
 //
 // --sibling is the same starvation one step removed: arena 0 has two
 // workers, and the task forks a child that the other worker takes (after
 // the task spins 50 us) and that waits on a futex for arena 1's tasks,
 // while the task waits for the child in TBB. With --poll_us=500, 3 runs of
 // 3 hung (rounds 5,504, 7,063 and 15,850); with --keep_awake (the child
-// posts the task before it blocks: Runtime::KeepNodeAwake's remedy) none
+// posts the task before it blocks: Runtime::AwakeHold again) none
 // of 3 (20,000 rounds each, the child taken by the other worker in
 // 83-90% of them).
 //

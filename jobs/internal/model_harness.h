@@ -49,9 +49,10 @@ inline const char* Env(const char* prefix, const char* name) {
   return std::getenv((std::string(prefix) + "_" + name).c_str());
 }
 
-// The seeds to run: `prefix`_SEEDS=a,b,c if set; otherwise `iterations`
-// (or `prefix`_ITERATIONS) seeds from `first` (or `prefix`_FIRST_SEED),
-// 7919 apart.
+// The seeds to run: `prefix`_SEEDS=a,b,c if set, the list run
+// `prefix`_REPEAT=n times over if that is set too (a program that hangs
+// now and then); otherwise `iterations` (or `prefix`_ITERATIONS) seeds from
+// `first` (or `prefix`_FIRST_SEED), 7919 apart.
 inline std::vector<uint64_t> Seeds(const char* prefix, int iterations,
                                    uint64_t first) {
   std::vector<uint64_t> seeds;
@@ -59,6 +60,14 @@ inline std::vector<uint64_t> Seeds(const char* prefix, int iterations,
     for (absl::string_view part : absl::StrSplit(env, ',')) {
       uint64_t seed = 0;
       if (absl::SimpleAtoi(part, &seed)) seeds.push_back(seed);
+    }
+    int repeat = 1;
+    if (const char* times = Env(prefix, "REPEAT")) {
+      (void)absl::SimpleAtoi(times, &repeat);
+    }
+    const size_t listed = seeds.size();
+    for (int round = 1; round < repeat; ++round) {
+      for (size_t i = 0; i < listed; ++i) seeds.push_back(seeds[i]);
     }
     return seeds;
   }
