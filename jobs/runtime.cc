@@ -2575,12 +2575,54 @@ void JobCounter::Finish(const absl::Status* status,
   FinishOk();
 }
 
-void JobCounter::ReachedZero(int64_t left) {
-  // A thread sleeping in Wait() (WaitUntilZero). With helping jobs too,
-  // they are still waiting below, so the counter outlives this.
-  WakeIfZero(left, pending_, wake_);
-  if ((left & kHelperBit) == 0) return;
-  ReleaseHelpers();
+void JobCounter::FinishLast() {
+  constexpr int64_t kWaiterBits = kHelperBit | kSleeperBit;
+  for (;;) {
+    int64_t v = pending_.load(std::memory_order_acquire);
+    if ((v & kCountMask) != 1 || (v & kWaiterBits) == 0) {
+      // Counted again, or the waiters went, meanwhile: as FinishOk.
+      if (pending_.compare_exchange_weak(v, v - 1, std::memory_order_acq_rel,
+                                         std::memory_order_relaxed)) {
+        return;
+      }
+      continue;
+    }
+    Helper* helpers = nullptr;
+    if ((v & kHelperBit) == 0) {
+      // Sleepers only: a sleeper returns only after the bump of wake_
+      // below, when this step cleared its bit (WaitUntilZero).
+      if (!pending_.compare_exchange_strong(v, (v - 1) & ~kWaiterBits,
+                                            std::memory_order_acq_rel,
+                                            std::memory_order_relaxed)) {
+        continue;
+      }
+    } else {
+      alloc_internal::MutexLock lock(&helpers_mu_);
+      // Under the lock the bit is set exactly while helpers are listed,
+      // and a listed helper returns only once released: by this thread,
+      // after its last touch of the counter (ReleaseTaken).
+      v = pending_.load(std::memory_order_acquire);
+      if ((v & kCountMask) != 1 || (v & kHelperBit) == 0 ||
+          !pending_.compare_exchange_strong(v, (v - 1) & ~kWaiterBits,
+                                            std::memory_order_acq_rel,
+                                            std::memory_order_relaxed)) {
+        continue;  // Looks again, with the lock let go.
+      }
+      helpers = helpers_;
+      helpers_ = nullptr;
+    }
+    if (auto* hook = jobs_internal::counter_zero_test_hook.load(
+            std::memory_order_acquire)) {
+      hook();
+    }
+    if ((v & kSleeperBit) != 0) {
+      wake_.fetch_add(1, std::memory_order_seq_cst);
+      wake_.notify_all();
+      OutsideHelpers::ReleaseAll();
+    }
+    ReleaseTaken(helpers);
+    return;
+  }
 }
 
 void JobCounter::NoteNewNode(uint64_t bit) {

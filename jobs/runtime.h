@@ -408,6 +408,11 @@ namespace jobs_internal {
 // A count a thread may sleep on (JobCounter, the open frame's jobs) has
 // this bit set while one does; see WaitUntilZero in runtime.cc.
 inline constexpr int64_t kSleeperBit = int64_t{1} << 61;
+// Tests only: when set, called by the finisher whose decrement brought a
+// JobCounter to zero with a waiter registered, after that decrement and
+// before it wakes the waiters (JobCounter::FinishLast; not on the hot
+// path).
+inline std::atomic<void (*)()> counter_zero_test_hook{nullptr};
 }  // namespace jobs_internal
 
 class JobCounter {
@@ -444,17 +449,32 @@ class JobCounter {
  private:
   friend class Runtime;
   void Add() { pending_.fetch_add(1, std::memory_order_relaxed); }
-  // A counted job ran to completion: the hot path, one locked decrement.
+  // A counted job ran to completion: the hot path, one compare-exchange.
+  // The decrement is the finisher's last touch of the counter, which may
+  // be destroyed once its count is zero, unless it is the decrement to
+  // zero with a waiter registered (FinishLast).
   void FinishOk() {
-    const int64_t left = pending_.fetch_sub(1, std::memory_order_acq_rel) - 1;
-    if ((left & kCountMask) == 0) ReachedZero(left);
+    int64_t v = pending_.load(std::memory_order_relaxed);
+    do {
+      if ((v & kCountMask) == 1 &&
+          (v & (kHelperBit | jobs_internal::kSleeperBit)) != 0) {
+        FinishLast();
+        return;
+      }
+    } while (!pending_.compare_exchange_weak(
+        v, v - 1, std::memory_order_acq_rel, std::memory_order_relaxed));
   }
   // A counted job finished; `status` is its failure (null if it ran to
   // completion).
   void Finish(const absl::Status* status, const std::exception_ptr& exception);
-  // The decrement of a finishing job left `left` (count bits zero): wakes
-  // a sleeping waiter and a helping job.
-  void ReachedZero(int64_t left);
+  // The decrement to zero with waiters registered (kSleeperBit,
+  // kHelperBit): clears their bits in the same step, under helpers_mu_
+  // with helpers (taking them off the list), then wakes them. A waiter
+  // released by anyone else cannot see zero and return before that: a
+  // finisher that touched the counter after a plain decrement to zero
+  // could meet it destroyed (a waiter released by a new job's NoteReady,
+  // which then ran that job and saw zero).
+  [[gnu::noinline]] void FinishLast();
   // Wait() from inside a job on `slot`: runs the node's tasks of this
   // job's isolated region (its own children among them) until the count
   // drops to zero, with the node held awake (Runtime::AwakeHold) once jobs

@@ -3203,6 +3203,183 @@ TEST(RuntimeStealTest, ParallelForsAcrossNodesFromStolenJobsFinish) {
   EXPECT_EQ(rt->stats().jobs_failed, 0u);
 }
 
+// The finisher whose decrement brings a counter to zero while a job waits
+// on it still has to wake that job; the job's wait must not return before
+// (its owner may then destroy the counter). Once, a job counted on the
+// counter meanwhile took the waiter off the counter's list and woke it;
+// the waiter ran that job, saw zero and returned while the finisher was
+// still on its way to the counter's lock: a use after free for an owner
+// that destroyed the counter. The hook pauses the finisher just after its
+// decrement to zero.
+std::atomic<bool> zero_hook_armed{false};
+std::atomic<bool> zero_hook_paused{false};
+std::atomic<bool> zero_hook_resume{false};
+std::atomic<bool> zero_hook_on_waiter{false};
+thread_local bool waiting_on_counter = false;
+
+void PauseTheFinisherAtZero() {
+  if (!zero_hook_armed.exchange(false)) return;
+  zero_hook_on_waiter = waiting_on_counter;
+  zero_hook_paused = true;
+  while (!zero_hook_resume.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+TEST(RuntimeStealTest, AWaitReturnsOnlyAfterTheFinisherThatReachedZeroWokeIt) {
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = OneWorkerPerNode(StealPolicy::kWhenIdle, topology);
+  jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
+  struct Unhook {
+    ~Unhook() {
+      zero_hook_armed = false;
+      zero_hook_resume = true;
+      jobs_internal::counter_zero_test_hook = nullptr;
+    }
+  } unhook;
+  int checked = 0;
+  for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
+    SCOPED_TRACE(iteration);
+    zero_hook_paused = false;
+    zero_hook_resume = false;
+    zero_hook_on_waiter = false;
+    zero_hook_armed = true;
+    JobCounter counter;
+    std::atomic<bool> returned{false};
+    // A job of node 0 waits (StealUntilZero, registered on the counter)
+    // on a job that node 1's worker took and finishes 20 ms later.
+    auto waiter = rt->Submit(
+        [&](JobContext& ctx) {
+          if (!ctx.runtime()
+                   .Spawn(
+                       [] {
+                         std::this_thread::sleep_for(
+                             std::chrono::milliseconds(20));
+                       },
+                       SubmitOptions().on_node(1).with_counter(&counter))
+                   .ok()) {
+            return false;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          waiting_on_counter = true;
+          const bool ok = counter.Wait().ok();
+          waiting_on_counter = false;
+          returned = true;
+          return ok;
+        },
+        SubmitOptions().on_node(0));
+    ASSERT_TRUE(
+        Eventually([&] { return zero_hook_paused.load() || waiter.done(); }));
+    zero_hook_armed = false;
+    const bool paused = zero_hook_paused.load();
+    if (!paused || zero_hook_on_waiter) {
+      // The job reached zero with no waiter registered, or the waiter ran
+      // it itself: not the case under test.
+      zero_hook_resume = true;
+      ASSERT_TRUE(waiter.Wait().ok());
+      continue;
+    }
+    // Node 1's worker is paused after the decrement to zero. A job
+    // counted now is listed on the counter (kWhenIdle) and waits for a
+    // worker: the wait must not take it and return meanwhile.
+    ASSERT_TRUE(
+        rt->Spawn([] {}, SubmitOptions().on_node(1).with_counter(&counter))
+            .ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_FALSE(returned.load())
+        << "the wait returned before the finisher that brought its count "
+           "to zero had woken it";
+    zero_hook_resume = true;
+    ASSERT_TRUE(waiter.Wait().ok());
+    EXPECT_TRUE(waiter.value());
+    EXPECT_EQ(counter.pending(), 0);
+    ++checked;
+  }
+  EXPECT_GT(checked, 0) << "the finisher never reached zero with the "
+                           "waiter registered";
+}
+
+// The same for a thread outside the runtime asleep on the counter (or
+// helping in the node's arena, kHelp): a second zero crossing (a job
+// counted and finished while the first finisher was on its way) must not
+// wake it in the first finisher's place.
+void RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(
+    OutsideWaitPolicy policy) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(2)
+                            .set_outside_wait(policy));
+  jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
+  struct Unhook {
+    ~Unhook() {
+      zero_hook_armed = false;
+      zero_hook_resume = true;
+      jobs_internal::counter_zero_test_hook = nullptr;
+    }
+  } unhook;
+  int checked = 0;
+  for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
+    SCOPED_TRACE(iteration);
+    zero_hook_paused = false;
+    zero_hook_resume = false;
+    zero_hook_on_waiter = false;
+    zero_hook_armed = true;
+    JobCounter counter;
+    std::atomic<bool> returned{false};
+    std::atomic<bool> second_ran{false};
+    ASSERT_TRUE(rt->Spawn(
+                      [] {
+                        std::this_thread::sleep_for(
+                            std::chrono::milliseconds(20));
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
+    std::jthread outside([&] {  // Joined also when an assertion fails.
+      waiting_on_counter = true;
+      EXPECT_TRUE(counter.Wait().ok());
+      returned = true;
+    });
+    struct Resume {  // Before the join, if an assertion returns early.
+      ~Resume() { zero_hook_resume = true; }
+    } resume_first;
+    ASSERT_TRUE(
+        Eventually([&] { return zero_hook_paused.load() || returned.load(); }));
+    zero_hook_armed = false;
+    if (!zero_hook_paused.load() || zero_hook_on_waiter) {
+      // Reached zero before the thread slept, or ran by the thread itself
+      // (kHelp): not the case under test.
+      zero_hook_resume = true;
+      outside.join();
+      continue;
+    }
+    // A worker is paused after the decrement to zero; the other runs a
+    // job counted now, whose finish brings the count to zero again.
+    ASSERT_TRUE(rt->Spawn([&] { second_ran = true; },
+                          SubmitOptions().with_counter(&counter))
+                    .ok());
+    ASSERT_TRUE(Eventually([&] { return second_ran.load(); }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_FALSE(returned.load())
+        << "the wait returned before the finisher that brought its count "
+           "to zero had woken it";
+    zero_hook_resume = true;
+    outside.join();
+    EXPECT_EQ(counter.pending(), 0);
+    ++checked;
+  }
+  EXPECT_GT(checked, 0) << "the finisher never reached zero with the "
+                           "thread asleep";
+}
+
+TEST(RuntimeWaitTest, AnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt) {
+  RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(OutsideWaitPolicy::kSleep);
+}
+
+TEST(RuntimeWaitTest, AnOutsideHelpingWaitReturnsOnlyAfterTheFinisherWokeIt) {
+  RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(OutsideWaitPolicy::kHelp);
+}
+
 // ---- Soak
 // ------------------------------------------------------------------------
 
