@@ -555,6 +555,86 @@ class OutsideHelpers {
   }
 };
 
+// Workers that run a node's keep-awake task while a hold on the node lasts
+// (Runtime::AwakeHold): each helps with the arena's spawned tasks in a
+// nested wait, which steals from the other workers' deques but takes no
+// enqueued task, until released: by the node's last hold as it goes, and
+// every 50 us by a ticker thread (one for the process, started with the
+// first helper), so that the worker also takes the enqueued ones (tokens
+// of jobs submitted from elsewhere) at the top of its stack.
+class AwakeHelpers {
+ public:
+  struct Entry {
+    tbb::detail::d1::wait_context done{1};
+    const void* node = nullptr;
+    Entry* next = nullptr;
+  };
+
+  // Registers `entry` and runs the arena's spawned tasks until released.
+  static void HelpUntilReleased(Entry* entry) {
+    Registry& r = Get();
+    {
+      alloc_internal::MutexLock lock(&r.mu);
+      if (!r.ticking) {
+        r.ticking = true;
+        std::thread(&Tick).detach();
+      }
+      entry->next = r.head;
+      r.head = entry;
+    }
+    if (r.count.fetch_add(1, std::memory_order_seq_cst) == 0) {
+      r.count.notify_one();
+    }
+    RunTasksUntilReleased(entry->done);
+  }
+
+  // Releases the helpers of `node` (every helper if null).
+  static void Release(const void* node) {
+    Registry& r = Get();
+    if (r.count.load(std::memory_order_seq_cst) == 0) return;
+    Entry* taken = nullptr;
+    {
+      alloc_internal::MutexLock lock(&r.mu);
+      for (Entry** link = &r.head; *link != nullptr;) {
+        Entry* e = *link;
+        if (node != nullptr && e->node != node) {
+          link = &e->next;
+          continue;
+        }
+        *link = e->next;
+        e->next = taken;
+        taken = e;
+        r.count.fetch_sub(1, std::memory_order_seq_cst);
+      }
+    }
+    while (taken != nullptr) {
+      Entry* next = taken->next;  // Read first: the release frees it.
+      taken->done.release();
+      taken = next;
+    }
+  }
+
+ private:
+  struct Registry {
+    alloc_internal::Mutex mu;
+    Entry* head ABSL_GUARDED_BY(mu) = nullptr;
+    bool ticking ABSL_GUARDED_BY(mu) = false;
+    std::atomic<int> count{0};
+  };
+  static Registry& Get() {
+    static Registry* registry = new Registry();  // Never freed: the ticker.
+    return *registry;
+  }
+  [[noreturn]] static void Tick() {
+    Registry& r = Get();
+    for (;;) {
+      r.count.wait(0, std::memory_order_acquire);
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      Release(nullptr);
+    }
+  }
+};
+
 // Called with the value a decrement left in `count`: if it reached zero
 // while a waiter sleeps, clears the bit and wakes the waiter. The bump is
 // the last touch of `count` and `wake` (notify_all only names the
@@ -1745,29 +1825,44 @@ void Runtime::PostToken(int node_index, JobRecord* record, bool by_finish) {
 // waits for never run (RuntimeParallelTest.AForkWhoseChildWaitsOn*: hung
 // in every run of 20,000 iterations). So the blocking job holds its node
 // awake too.
-// A worker at the top of its stack (or an outside thread helping) takes
-// the task: while any hold lasts it enqueues itself again before it
-// returns, so that the arena never looks empty for long. (It once ran as
-// a no-op, and the waiter could then sleep: RUNTIME_MODEL_SEEDS=22574150
-// hung about once in 200 runs so, a job of a node of two workers asleep in
-// HelpUntilZero on a job declared on the other node, which never ran.)
+// A worker at the top of its stack takes the task (enqueued tasks come
+// before stealing there; nested waits take none). While any hold lasts it
+// enqueues the task again, so that the arena never looks empty for long,
+// and then helps with the node's spawned tasks in a nested wait
+// (AwakeHelpers) until the holds end or the ticker sends it back to the
+// top of its stack for the enqueued ones. (The task once ran as a no-op,
+// and the waiter could then sleep: RUNTIME_MODEL_SEEDS=22574150 hung
+// about once in 200 runs so, a job of a node of two workers asleep in
+// HelpUntilZero on a job declared on the other node, which never ran. A
+// first version that re-enqueued the task and returned kept the node's
+// idle workers from ever stealing, since they took the task again first:
+// a job's own local submissions, waited for by another node's job, never
+// ran while the job blocked; found in review.)
 class Runtime::AwakeHold {
  public:
   AwakeHold() = default;
   AwakeHold(const AwakeHold&) = delete;
   AwakeHold& operator=(const AwakeHold&) = delete;
   ~AwakeHold() {
-    if (node_ != nullptr) {
-      node_->awake_holds.fetch_sub(1, std::memory_order_seq_cst);
+    if (node_ != nullptr &&
+        node_->awake_holds.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+      AwakeHelpers::Release(node_);  // Back to the top of their stacks.
     }
   }
   // Holds `slot`'s node awake until destroyed; once.
   void Take(WorkerSlot* slot) {
     if (node_ != nullptr) return;
-    node_ = slot->runtime->nodes_[slot->node].get();
-    node_->awake_holds.fetch_add(1, std::memory_order_seq_cst);
-    if (!node_->awake_posted.exchange(true, std::memory_order_seq_cst)) {
-      slot->runtime->PostKeepAwake(slot->node);
+    Node* node = slot->runtime->nodes_[slot->node].get();
+    node->awake_holds.fetch_add(1, std::memory_order_seq_cst);
+    node_ = node;
+    if (!node->awake_posted.exchange(true, std::memory_order_seq_cst)) {
+      try {
+        slot->runtime->PostKeepAwake(slot->node);
+      } catch (...) {
+        // Not posted (bad_alloc): the next hold tries again.
+        node->awake_posted.store(false, std::memory_order_seq_cst);
+        throw;
+      }
     }
   }
 
@@ -1779,18 +1874,30 @@ void Runtime::PostKeepAwake(int node_index) {
   Node& node = *nodes_[node_index];
   struct KeepAwake {
     Node* node;
-    int round;  // Consecutive runs while held.
+    // Posts the task again; false if that failed (bad_alloc: the holds go
+    // on without it, as before they had one).
+    static bool Repost(Node* n) {
+      try {
+        n->arena.enqueue(n->group.defer(KeepAwake{n}));
+        return true;
+      } catch (...) {
+        n->awake_posted.store(false, std::memory_order_seq_cst);
+        return false;
+      }
+    }
     FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
       Node* n = node;
-      const int r = round;
       if (n->awake_holds.load(std::memory_order_seq_cst) > 0) {
-        // In the queue again before this worker lets it go, then a pause:
-        // this worker has nothing else to do but keep it queued.
-        n->arena.enqueue(n->group.defer(KeepAwake{n, r + 1}));
-        if (r < 64) {
-          std::this_thread::yield();
-        } else {
-          std::this_thread::sleep_for(std::chrono::microseconds(20));
+        // In the queue again before this worker lets it go; meanwhile the
+        // worker steals the node's spawned tasks (an enqueued task comes
+        // before them at the top of its stack, and this one always would),
+        // until the ticker or the last hold releases it.
+        if (Repost(n)) {
+          AwakeHelpers::Entry entry;
+          entry.node = n;
+          AwakeHelpers::HelpUntilReleased(&entry);
+          // (A hold that went before the entry was listed released
+          // nothing: the ticker does, within 50 us.)
         }
       } else {
         // The last hold is gone: stop, unless a hold came after the look
@@ -1798,13 +1905,13 @@ void Runtime::PostKeepAwake(int node_index) {
         n->awake_posted.store(false, std::memory_order_seq_cst);
         if (n->awake_holds.load(std::memory_order_seq_cst) > 0 &&
             !n->awake_posted.exchange(true, std::memory_order_seq_cst)) {
-          n->arena.enqueue(n->group.defer(KeepAwake{n, 0}));
+          (void)Repost(n);
         }
       }
       TsanRelease(n);  // For Shutdown's drain.
     }
   };
-  node.arena.enqueue(node.group.defer(KeepAwake{&node, 0}));
+  node.arena.enqueue(node.group.defer(KeepAwake{&node}));
 }
 
 void Runtime::RunToken(int node_index, JobRecord* record) {

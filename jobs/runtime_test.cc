@@ -111,6 +111,17 @@ bool Eventually(Pred pred) {
   return true;
 }
 
+// True once `pred` holds, false if it still does not after `limit`.
+template <typename Pred>
+bool Within(std::chrono::steady_clock::duration limit, Pred pred) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
 // ---- Configuration --------------------------------------------------------
 
 TEST(RuntimeConfigTest, RejectsNegativeWorkers) {
@@ -2248,6 +2259,62 @@ TEST(RuntimeParallelTest, AForkWhoseChildWaitsOnRemoteHandlesFinishes) {
 
 TEST(RuntimeParallelTest, AJobWaitingOnALocalJobThatWaitsOnRemoteJobsFinishes) {
   LocalChildWaitsOnRemoteJobs(OuterWait::kCounter, InnerWait::kCounter);
+}
+
+// A job that blocks on another node's work holds its node awake (the
+// keep-awake task stays queued while it waits); the node's idle worker
+// must still steal the tasks the job spawned, here the second branch of a
+// Fork, which the other node's job waits for. A first version of the held
+// task kept the idle worker taking it again forever (an enqueued task
+// comes before stealing at the top of a worker's stack): it hung at the
+// first iteration. X keeps the other worker busy until the branch is
+// spawned and the wait has begun.
+TEST(RuntimeParallelTest, AnIdleWorkerOfANodeHeldAwakeStillStealsItsTasks) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_node_workers({2, 1})
+                            .set_stealing(StealPolicy::kStrict));
+  for (int iteration = 0; iteration < 20; ++iteration) {
+    SCOPED_TRACE(iteration);
+    std::atomic<bool> holding{false};
+    std::atomic<bool> branch_ran{false};
+    std::atomic<bool> remote_saw_branch{false};
+    auto busy = rt->Submit(
+        [&] {
+          (void)Within(std::chrono::milliseconds(200),
+                       [&] { return holding.load(); });
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        },
+        SubmitOptions().on_node(0));
+    auto forker = rt->Submit(
+        [&](JobContext& ctx) {
+          ctx.Fork(
+              // Spawned: the other worker's to steal.
+              [&](JobContext&) { branch_ran = true; },
+              // Run here: waits on node 1, which waits for the first.
+              [&](JobContext& c) {
+                JobCounter remote;
+                ASSERT_TRUE(
+                    c.runtime()
+                        .Spawn(
+                            [&] {
+                              remote_saw_branch =
+                                  Within(std::chrono::seconds(2),
+                                         [&] { return branch_ran.load(); });
+                            },
+                            SubmitOptions().on_node(1).with_counter(&remote))
+                        .ok());
+                holding = true;
+                EXPECT_TRUE(remote.Wait().ok());
+              });
+        },
+        SubmitOptions().on_node(0));
+    ASSERT_TRUE(forker.Wait().ok());
+    ASSERT_TRUE(busy.Wait().ok());
+    EXPECT_TRUE(remote_saw_branch.load())
+        << "the branch did not run while the other branch waited";
+  }
 }
 
 // Regression: a job on a node of one worker submitted a job to node 1 and

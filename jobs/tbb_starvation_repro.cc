@@ -45,6 +45,9 @@ ABSL_FLAG(bool, keep_awake, false,
 ABSL_FLAG(bool, futex, false, "wait on an atomic outside TBB instead");
 ABSL_FLAG(int, hang_ms, 5000, "a round not done after this long hung");
 ABSL_FLAG(int, poll_us, 200, "how often the main thread looks at a round");
+ABSL_FLAG(int, extra_threads, 0,
+          "raise max_allowed_parallelism by this many threads beyond the "
+          "arenas' slots");
 ABSL_FLAG(bool, sibling, false,
           "arena 0 has two workers; the task forks a child (taken by the "
           "other worker after a 50 us spin) that waits on a futex for arena "
@@ -61,7 +64,8 @@ int main(int argc, char** argv) {
   const bool futex = absl::GetFlag(FLAGS_futex);
   const bool sibling = absl::GetFlag(FLAGS_sibling);
   tbb::global_control threads(tbb::global_control::max_allowed_parallelism,
-                              sibling ? 4 : 3);
+                              (sibling ? 4 : 3) +
+                                  absl::GetFlag(FLAGS_extra_threads));
   tbb::task_arena a0, a1;
   a0.initialize(/*max_concurrency=*/sibling ? 3 : 2,
                 /*reserved_for_masters=*/1);
