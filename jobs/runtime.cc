@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <fstream>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "absl/container/flat_hash_set.h"
@@ -558,12 +559,31 @@ class OutsideHelpers {
 // Workers that run a node's keep-awake task while a hold on the node lasts
 // (Runtime::AwakeHold): each helps with the arena's spawned tasks in a
 // nested wait, which steals from the other workers' deques but takes no
-// enqueued task, until released: by the node's last hold as it goes, and
-// every 50 us by a ticker thread (one for the process, started with the
-// first helper), so that the worker also takes the enqueued ones (tokens
-// of jobs submitted from elsewhere) at the top of its stack.
+// enqueued task, until released: by the node's last hold as it goes, by a
+// token enqueued to the node (Runtime::PostToken), and every 50 us (plus
+// the timer's slack) by a ticker thread, so that the worker also takes
+// the enqueued tasks at the top of its stack. The ticker is one for the
+// process, started by the first Runtime::Init (on the thread that creates
+// the runtime, whose CPU binding it inherits, not a pinned worker's), and
+// asleep while no worker helps so.
 class AwakeHelpers {
  public:
+  // Starts the ticker once; false if the thread could not be created.
+  static bool StartTicker() {
+    Registry& r = Get();
+    alloc_internal::MutexLock lock(&r.mu);
+    if (r.ticking) return true;
+    try {
+      std::thread(&Tick).detach();
+    } catch (const std::system_error&) {
+      return false;
+    }
+    r.ticking = true;
+    return true;
+  }
+
+  static bool any() { return Get().count.load(std::memory_order_seq_cst) != 0; }
+
   struct Entry {
     tbb::detail::d1::wait_context done{1};
     const void* node = nullptr;
@@ -575,10 +595,6 @@ class AwakeHelpers {
     Registry& r = Get();
     {
       alloc_internal::MutexLock lock(&r.mu);
-      if (!r.ticking) {
-        r.ticking = true;
-        std::thread(&Tick).detach();
-      }
       entry->next = r.head;
       r.head = entry;
     }
@@ -975,6 +991,10 @@ absl::Status Runtime::Init() {
     planned += w != 0 ? w
                       : std::max<int>(
                             1, static_cast<int>(topology_->node(k).pus.size()));
+  }
+  if (!AwakeHelpers::StartTicker()) {
+    return absl::ResourceExhaustedError(
+        "jobs::Runtime: could not start the keep-awake ticker thread");
   }
   Parallelism::Get().Add(planned);
   registered_parallelism_ = planned;
@@ -1803,6 +1823,9 @@ void Runtime::PostToken(int node_index, JobRecord* record, bool by_finish) {
     // though it is not the waiting job's (a successor that waits on the
     // waiting job then waited on its own stack for good).
     node.arena.enqueue(node.group.defer(token));
+    // Workers helping in a nested wait while the node is held awake take
+    // no enqueued task: send them back to the top of their stacks.
+    if (AwakeHelpers::any()) AwakeHelpers::Release(&node);
   }
 }
 
@@ -1826,9 +1849,11 @@ void Runtime::PostToken(int node_index, JobRecord* record, bool by_finish) {
 // in every run of 20,000 iterations). So the blocking job holds its node
 // awake too.
 // A worker at the top of its stack takes the task (enqueued tasks come
-// before stealing there; nested waits take none). While any hold lasts it
-// enqueues the task again, so that the arena never looks empty for long,
-// and then helps with the node's spawned tasks in a nested wait
+// before stealing there; nested waits take none), or an outside thread
+// helping in the arena (kHelp), whose first level there is a top level
+// too (its own wait then ends at the next release, within the tick). While any
+// hold lasts it enqueues the task again, so that the arena never looks empty
+// for long, and then helps with the node's spawned tasks in a nested wait
 // (AwakeHelpers) until the holds end or the ticker sends it back to the
 // top of its stack for the enqueued ones. (The task once ran as a no-op,
 // and the waiter could then sleep: RUNTIME_MODEL_SEEDS=22574150 hung
@@ -1885,6 +1910,9 @@ void Runtime::PostKeepAwake(int node_index) {
         return false;
       }
     }
+    // Nothing throws out of it (TBB would cancel the node's group): Repost
+    // catches, and the nested wait's own context is never cancelled (the
+    // stolen tasks' exceptions go to theirs).
     FRAMEALLOC_JOBS_NO_TSAN void operator()() const {
       Node* n = node;
       if (n->awake_holds.load(std::memory_order_seq_cst) > 0) {
@@ -1897,7 +1925,7 @@ void Runtime::PostKeepAwake(int node_index) {
           entry.node = n;
           AwakeHelpers::HelpUntilReleased(&entry);
           // (A hold that went before the entry was listed released
-          // nothing: the ticker does, within 50 us.)
+          // nothing: the ticker does, within a tick.)
         }
       } else {
         // The last hold is gone: stop, unless a hold came after the look

@@ -469,11 +469,13 @@ class JobCounter {
   void Finish(const absl::Status* status, const std::exception_ptr& exception);
   // The decrement to zero with waiters registered (kSleeperBit,
   // kHelperBit): clears their bits in the same step, under helpers_mu_
-  // with helpers (taking them off the list), then wakes them. A waiter
-  // released by anyone else cannot see zero and return before that: a
-  // finisher that touched the counter after a plain decrement to zero
-  // could meet it destroyed (a waiter released by a new job's NoteReady,
-  // which then ran that job and saw zero).
+  // with helpers (taking them off the list), then wakes them: only this
+  // finisher wakes the waiters it found. Before, a finisher that touched
+  // the counter after a plain decrement to zero could meet it destroyed (a
+  // waiter woken by a new job's NoteReady ran that job, saw zero and
+  // returned). Still open: two threads asleep on a counter reused while
+  // they wait, woken by an earlier crossing's bump before the finisher of
+  // a later one bumped (docs/reliability.md, defect 34).
   [[gnu::noinline]] void FinishLast();
   // Wait() from inside a job on `slot`: runs the node's tasks of this
   // job's isolated region (its own children among them) until the count

@@ -26,9 +26,10 @@
 // aborts a hung iteration (after Watchdog::seconds()), printing its seed.
 //
 // Seeds: a fixed list of kIterations; RUNTIME_MODEL_SEEDS=a,b,c runs those
-// instead; RUNTIME_MODEL_ITERATIONS=n and RUNTIME_MODEL_FIRST_SEED=s make
-// the list n long from s (to explore); RUNTIME_MODEL_HANG_SECONDS=t sets the
-// watchdog; RUNTIME_MODEL_VERBOSE=1 prints each program's shape and stats.
+// instead (RUNTIME_MODEL_REPEAT=n times over); RUNTIME_MODEL_ITERATIONS=n
+// and RUNTIME_MODEL_FIRST_SEED=s make the list n long from s (to explore);
+// RUNTIME_MODEL_HANG_SECONDS=t sets the watchdog; RUNTIME_MODEL_VERBOSE=1
+// prints each program's shape and stats.
 // A failure prints its seed and the program's shape; a hang or crash, its
 // seed (and, for a hang, the jobs left unfinished).
 #include <signal.h>

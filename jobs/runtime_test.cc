@@ -2973,13 +2973,8 @@ std::unique_ptr<Runtime> OneWorkerPerNode(
 // are running, one on each node" could wait for good (both on one worker).
 bool MeetOrGoOn(std::atomic<int>& arrived, int n) {
   arrived++;
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-  while (arrived.load() < n) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-  return true;
+  return Within(std::chrono::milliseconds(200),
+                [&] { return arrived.load() >= n; });
 }
 
 // Two jobs that wait on each other's nodes finish (a hang fails the test

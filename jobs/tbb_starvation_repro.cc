@@ -26,6 +26,10 @@
 // 83-90% of them).
 //
 //   ./bazelw run -c opt //jobs:tbb_starvation_repro -- --sibling --poll_us=500
+//
+// --extra_threads=n raises max_allowed_parallelism by n threads beyond the
+// arenas' slots: with 2, 2 runs of 3 still hung (rounds 5,491 and 6,779;
+// 27 Nov), so the starvation is not a shortage of worker threads.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
