@@ -327,8 +327,14 @@ std::string JobName(const JobRecord* record) {
 // claim or a cancellation of that job waits; never a token's (tokens are
 // posted after), only an inline runner's or a canceller's.
 void WaitWhileListing(JobRecord* record, uint32_t& s) {
-  while ((s & jobs_internal::kListingBit) != 0) {
-    _mm_pause();
+  // The lister holds the bit for a lock and a list insertion; past a short
+  // spin it is likely preempted (more threads than cores): yield to it.
+  for (int spins = 0; (s & jobs_internal::kListingBit) != 0; ++spins) {
+    if (spins < 64) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
     s = record->state.load(std::memory_order_acquire);
   }
 }
@@ -424,6 +430,18 @@ bool Disarm(std::atomic<int64_t>& count, int64_t before) {
   return false;
 }
 
+// The count once no finisher is still waking sleepers in it (a JobCounter's
+// kBumpingBit alone: that finisher takes the bit off next, and a waiter
+// that armed for it would only make it wake the sleepers again).
+int64_t SettledCount(const std::atomic<int64_t>& count) {
+  int64_t now = count.load(std::memory_order_acquire);
+  while ((now & kCountBits) == jobs_internal::kBumpingBit) {
+    std::this_thread::yield();
+    now = count.load(std::memory_order_acquire);
+  }
+  return now;
+}
+
 // Waits until the count bits of `count` are zero. Returns only after the
 // count was seen at zero, and, if this waiter had set kSleeperBit, after
 // the decrement that reached zero has made its last touch (the bump of
@@ -445,7 +463,7 @@ void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
     }
     // A bump for an earlier zero crossing (jobs were added since) wakes
     // this waiter too: sleep again unless the count is zero now.
-    if ((count.load(std::memory_order_acquire) & kCountBits) == 0) return;
+    if ((SettledCount(count) & kCountBits) == 0) return;
   }
 }
 
@@ -677,7 +695,7 @@ void HelpOutsideUntilZero(std::atomic<int64_t>& count,
     OutsideHelpers::Register(&entry);
     if (!armed || wake.load(std::memory_order_seq_cst) != seen) {
       // First time round, or the count crossed zero since we armed.
-      if (armed && (count.load(std::memory_order_acquire) & kCountBits) == 0) {
+      if (armed && (SettledCount(count) & kCountBits) == 0) {
         OutsideHelpers::Drop(&entry);
         return;
       }
@@ -2712,21 +2730,30 @@ void JobCounter::Finish(const absl::Status* status,
 
 void JobCounter::FinishLast() {
   constexpr int64_t kWaiterBits = kHelperBit | kSleeperBit;
+  // What this finisher takes off the count: its job, then (after waking
+  // sleepers) kBumpingBit.
+  int64_t unit = 1;
   for (;;) {
     int64_t v = pending_.load(std::memory_order_acquire);
-    if ((v & kCountMask) != 1 || (v & kWaiterBits) == 0) {
-      // Counted again, or the waiters went, meanwhile: as FinishOk.
-      if (pending_.compare_exchange_weak(v, v - 1, std::memory_order_acq_rel,
+    if ((v & kCountMask) != unit || (v & kWaiterBits) == 0) {
+      // Counted again, or no waiter (left): as FinishOk.
+      if (pending_.compare_exchange_weak(v, v - unit, std::memory_order_acq_rel,
                                          std::memory_order_relaxed)) {
         return;
       }
       continue;
     }
+    // To zero with waiters: their bits go in the same step, and with
+    // sleepers kBumpingBit comes on until they are woken.
+    const auto next = [unit](int64_t from) {
+      return ((from - unit) & ~kWaiterBits) |
+             ((from & kSleeperBit) != 0 ? jobs_internal::kBumpingBit : 0);
+    };
     Helper* helpers = nullptr;
     if ((v & kHelperBit) == 0) {
-      // Sleepers only: a sleeper returns only after the bump of wake_
-      // below, when this step cleared its bit (WaitUntilZero).
-      if (!pending_.compare_exchange_strong(v, (v - 1) & ~kWaiterBits,
+      // Sleepers only: a sleeper returns only once the count is zero,
+      // after the bump of wake_ below (WaitUntilZero).
+      if (!pending_.compare_exchange_strong(v, next(v),
                                             std::memory_order_acq_rel,
                                             std::memory_order_relaxed)) {
         continue;
@@ -2737,8 +2764,8 @@ void JobCounter::FinishLast() {
       // and a listed helper returns only once released: by this thread,
       // after its last touch of the counter (ReleaseTaken).
       v = pending_.load(std::memory_order_acquire);
-      if ((v & kCountMask) != 1 || (v & kHelperBit) == 0 ||
-          !pending_.compare_exchange_strong(v, (v - 1) & ~kWaiterBits,
+      if ((v & kCountMask) != unit || (v & kHelperBit) == 0 ||
+          !pending_.compare_exchange_strong(v, next(v),
                                             std::memory_order_acq_rel,
                                             std::memory_order_relaxed)) {
         continue;  // Looks again, with the lock let go.
@@ -2750,13 +2777,18 @@ void JobCounter::FinishLast() {
             std::memory_order_acquire)) {
       hook();
     }
-    if ((v & kSleeperBit) != 0) {
-      wake_.fetch_add(1, std::memory_order_seq_cst);
-      wake_.notify_all();
-      OutsideHelpers::ReleaseAll();
+    if ((v & kSleeperBit) == 0) {
+      ReleaseTaken(helpers);
+      return;
     }
+    wake_.fetch_add(1, std::memory_order_seq_cst);
+    wake_.notify_all();
+    OutsideHelpers::ReleaseAll();
+    // The helpers taken may go on now: they see kBumpingBit and wait (and
+    // register again), as the sleepers do. Then the bit comes off, the
+    // same way as the job did.
     ReleaseTaken(helpers);
-    return;
+    unit = jobs_internal::kBumpingBit;
   }
 }
 

@@ -408,6 +408,10 @@ namespace jobs_internal {
 // A count a thread may sleep on (JobCounter, the open frame's jobs) has
 // this bit set while one does; see WaitUntilZero in runtime.cc.
 inline constexpr int64_t kSleeperBit = int64_t{1} << 61;
+// A JobCounter's count has this bit (among the count bits, so that no
+// waiter sees zero meanwhile) while the finisher that brought it to zero
+// wakes the sleepers it found (JobCounter::FinishLast).
+inline constexpr int64_t kBumpingBit = int64_t{1} << 60;
 // Tests only: when set, called by the finisher whose decrement brought a
 // JobCounter to zero with a waiter registered, after that decrement and
 // before it wakes the waiters (JobCounter::FinishLast; not on the hot
@@ -439,7 +443,7 @@ class JobCounter {
   void Cancel();
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
   int64_t pending() const {
-    return pending_.load(std::memory_order_acquire) & kCountMask;
+    return pending_.load(std::memory_order_acquire) & kJobMask;
   }
   // The first exception a counted job threw, or null.
   std::exception_ptr exception() const;
@@ -473,9 +477,10 @@ class JobCounter {
   // finisher wakes the waiters it found. Before, a finisher that touched
   // the counter after a plain decrement to zero could meet it destroyed (a
   // waiter woken by a new job's NoteReady ran that job, saw zero and
-  // returned). Still open: two threads asleep on a counter reused while
-  // they wait, woken by an earlier crossing's bump before the finisher of
-  // a later one bumped (docs/reliability.md, defect 34).
+  // returned). Sleepers found are woken with kBumpingBit set in the count,
+  // which the finisher takes off last (the same way, should a sleeper have
+  // armed meanwhile): a sleeper woken by an earlier crossing's bump cannot
+  // see zero while a later crossing's finisher still has to bump.
   [[gnu::noinline]] void FinishLast();
   // Wait() from inside a job on `slot`: runs the node's tasks of this
   // job's isolated region (its own children among them) until the count
@@ -583,6 +588,7 @@ class JobCounter {
   // every job.
   static constexpr int64_t kHelperBit = int64_t{1} << 62;
   static constexpr int64_t kCountMask = jobs_internal::kSleeperBit - 1;
+  static constexpr int64_t kJobMask = jobs_internal::kBumpingBit - 1;
   std::atomic<int64_t> pending_{0};
   // A job waiting in HelpUntilZero or StealUntilZero (on its stack).
   struct Helper {

@@ -3434,6 +3434,88 @@ void RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(
                            "thread asleep";
 }
 
+// Two threads asleep on one counter that is reused while they wait: the
+// first crossing's finisher is paused after its decrement to zero; a job
+// counted then, and a second thread asleep for it, must not let either
+// thread return when that job's finish brings the count to zero again
+// (before, the second crossing's bump woke both, and the first finisher
+// then bumped a counter that could be gone; found in review).
+TEST(RuntimeWaitTest, TwoSleepersReturnOnlyAfterEveryFinisherWokeThem) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_workers_per_node(2)
+                            .set_outside_wait(OutsideWaitPolicy::kSleep));
+  jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
+  struct Unhook {
+    ~Unhook() {
+      zero_hook_armed = false;
+      zero_hook_resume = true;
+      jobs_internal::counter_zero_test_hook = nullptr;
+    }
+  } unhook;
+  int checked = 0;
+  for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
+    SCOPED_TRACE(iteration);
+    zero_hook_paused = false;
+    zero_hook_resume = false;
+    zero_hook_armed = true;
+    JobCounter counter;
+    std::atomic<int> returned{0};
+    std::atomic<bool> second_waiting{false};
+    std::atomic<bool> second_job_done{false};
+    ASSERT_TRUE(rt->Spawn(
+                      [] {
+                        std::this_thread::sleep_for(
+                            std::chrono::milliseconds(20));
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
+    std::jthread first([&] {  // Joined also when an assertion fails.
+      EXPECT_TRUE(counter.Wait().ok());
+      returned++;
+    });
+    std::jthread second;
+    struct Resume {  // Before the joins, if an assertion returns early.
+      ~Resume() { zero_hook_resume = true; }
+    } resume_first;
+    ASSERT_TRUE(Eventually(
+        [&] { return zero_hook_paused.load() || returned.load() > 0; }));
+    zero_hook_armed = false;
+    if (!zero_hook_paused.load()) continue;  // Finished before it slept.
+    // The other worker runs a job counted now, once the second thread
+    // sleeps for it (its 50 us spin is long over after 5 ms).
+    ASSERT_TRUE(rt->Spawn(
+                      [&] {
+                        (void)Within(std::chrono::seconds(2),
+                                     [&] { return second_waiting.load(); });
+                        std::this_thread::sleep_for(
+                            std::chrono::milliseconds(5));
+                        second_job_done = true;
+                      },
+                      SubmitOptions().with_counter(&counter))
+                    .ok());
+    second = std::jthread([&] {
+      second_waiting = true;
+      EXPECT_TRUE(counter.Wait().ok());
+      returned++;
+    });
+    ASSERT_TRUE(Eventually([&] { return second_job_done.load(); }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(returned.load(), 0)
+        << "a wait returned before the finisher that brought the count to "
+           "zero first had woken it";
+    zero_hook_resume = true;
+    first.join();
+    second.join();
+    EXPECT_EQ(returned.load(), 2);
+    EXPECT_EQ(counter.pending(), 0);
+    ++checked;
+  }
+  EXPECT_GT(checked, 0) << "the finisher never reached zero with the "
+                           "first thread asleep";
+}
+
 TEST(RuntimeWaitTest, AnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt) {
   RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(OutsideWaitPolicy::kSleep);
 }
