@@ -444,8 +444,9 @@ int64_t SettledCount(const std::atomic<int64_t>& count) {
 
 // Waits until the count bits of `count` are zero. Returns only after the
 // count was seen at zero, and, if this waiter had set kSleeperBit, after
-// the decrement that reached zero has made its last touch (the bump of
-// `wake`): the caller may then destroy both.
+// the decrement that reached zero has made its last touch (for a frame
+// the bump of `wake`; for a JobCounter the step that takes kBumpingBit off
+// after the bump): the caller may then destroy both.
 void WaitUntilZero(std::atomic<int64_t>& count, std::atomic<uint32_t>& wake) {
   if (SpinUntil([&count] {
         return (count.load(std::memory_order_acquire) & kCountBits) == 0;
@@ -496,6 +497,18 @@ void RunTasksUntilReleased(tbb::detail::d1::wait_context& done) {
   tbb::task_group_context context(tbb::task_group_context::isolated);
   tbb::detail::d1::wait(done, context);
   done.reserve(0);
+}
+
+// Releases each of a list of waiters taken off a registry (OutsideHelpers,
+// AwakeHelpers): `next` is read first, since the release lets the waiter
+// return and its entry (on its stack) go.
+template <typename Entry>
+void ReleaseEach(Entry* list) {
+  while (list != nullptr) {
+    Entry* next = list->next;
+    list->done.release();
+    list = next;
+  }
 }
 
 class OutsideHelpers {
@@ -555,11 +568,7 @@ class OutsideHelpers {
         r.count.fetch_sub(1, std::memory_order_seq_cst);
       }
     }
-    while (list != nullptr) {
-      Entry* next = list->next;  // Read first: the release frees it.
-      list->done.release();
-      list = next;
-    }
+    ReleaseEach(list);
   }
 
  private:
@@ -641,11 +650,7 @@ class AwakeHelpers {
         r.count.fetch_sub(1, std::memory_order_seq_cst);
       }
     }
-    while (taken != nullptr) {
-      Entry* next = taken->next;  // Read first: the release frees it.
-      taken->done.release();
-      taken = next;
-    }
+    ReleaseEach(taken);
   }
 
  private:
@@ -2744,7 +2749,10 @@ void JobCounter::FinishLast() {
       continue;
     }
     // To zero with waiters: their bits go in the same step, and with
-    // sleepers kBumpingBit comes on until they are woken.
+    // sleepers kBumpingBit comes on until they are woken. (With helpers
+    // only, the count is zero after this step, and a waiter that does not
+    // help may return before ReleaseTaken: the helpers taken are in Wait()
+    // still, so that Wait is not the counter's last.)
     const auto next = [unit](int64_t from) {
       return ((from - unit) & ~kWaiterBits) |
              ((from & kSleeperBit) != 0 ? jobs_internal::kBumpingBit : 0);

@@ -414,8 +414,8 @@ inline constexpr int64_t kSleeperBit = int64_t{1} << 61;
 inline constexpr int64_t kBumpingBit = int64_t{1} << 60;
 // Tests only: when set, called by the finisher whose decrement brought a
 // JobCounter to zero with a waiter registered, after that decrement and
-// before it wakes the waiters (JobCounter::FinishLast; not on the hot
-// path).
+// before it wakes the waiters (JobCounter::FinishLast, once per round of
+// it; not on the hot path).
 inline std::atomic<void (*)()> counter_zero_test_hook{nullptr};
 }  // namespace jobs_internal
 
@@ -585,7 +585,9 @@ class JobCounter {
   // jobs_internal::kSleeperBit while a thread sleeps in Wait() (see
   // WaitUntilZero in runtime.cc): it sleeps on wake_, which changes only
   // when the count reaches zero, not on the count, which changes with
-  // every job.
+  // every job. jobs_internal::kBumpingBit, counted as part of the count,
+  // while the finisher that brought it to zero wakes sleepers
+  // (FinishLast).
   static constexpr int64_t kHelperBit = int64_t{1} << 62;
   static constexpr int64_t kCountMask = jobs_internal::kSleeperBit - 1;
   static constexpr int64_t kJobMask = jobs_internal::kBumpingBit - 1;

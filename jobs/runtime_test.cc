@@ -3288,24 +3288,35 @@ void PauseTheFinisherAtZero() {
   }
 }
 
-TEST(RuntimeStealTest, AWaitReturnsOnlyAfterTheFinisherThatReachedZeroWokeIt) {
-  std::unique_ptr<numa::Topology> topology;
-  auto rt = OneWorkerPerNode(StealPolicy::kWhenIdle, topology);
-  jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
-  struct Unhook {
-    ~Unhook() {
-      zero_hook_armed = false;
-      zero_hook_resume = true;
-      jobs_internal::counter_zero_test_hook = nullptr;
-    }
-  } unhook;
-  int checked = 0;
-  for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
-    SCOPED_TRACE(iteration);
+// Installs PauseTheFinisherAtZero for one test; Arm() before each try.
+class ZeroHookScope {
+ public:
+  ZeroHookScope() {
+    jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
+  }
+  ZeroHookScope(const ZeroHookScope&) = delete;
+  ZeroHookScope& operator=(const ZeroHookScope&) = delete;
+  ~ZeroHookScope() {
+    zero_hook_armed = false;
+    zero_hook_resume = true;
+    jobs_internal::counter_zero_test_hook = nullptr;
+  }
+  static void Arm() {
     zero_hook_paused = false;
     zero_hook_resume = false;
     zero_hook_on_waiter = false;
     zero_hook_armed = true;
+  }
+};
+
+TEST(RuntimeStealTest, AWaitReturnsOnlyAfterTheFinisherThatReachedZeroWokeIt) {
+  std::unique_ptr<numa::Topology> topology;
+  auto rt = OneWorkerPerNode(StealPolicy::kWhenIdle, topology);
+  ZeroHookScope hook;
+  int checked = 0;
+  for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
+    SCOPED_TRACE(iteration);
+    ZeroHookScope::Arm();
     JobCounter counter;
     std::atomic<bool> returned{false};
     // A job of node 0 waits (StealUntilZero, registered on the counter)
@@ -3372,21 +3383,11 @@ void RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(
                             .set_topology(topology.get())
                             .set_workers_per_node(2)
                             .set_outside_wait(policy));
-  jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
-  struct Unhook {
-    ~Unhook() {
-      zero_hook_armed = false;
-      zero_hook_resume = true;
-      jobs_internal::counter_zero_test_hook = nullptr;
-    }
-  } unhook;
+  ZeroHookScope hook;
   int checked = 0;
   for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
     SCOPED_TRACE(iteration);
-    zero_hook_paused = false;
-    zero_hook_resume = false;
-    zero_hook_on_waiter = false;
-    zero_hook_armed = true;
+    ZeroHookScope::Arm();
     JobCounter counter;
     std::atomic<bool> returned{false};
     std::atomic<bool> second_ran{false};
@@ -3446,20 +3447,11 @@ TEST(RuntimeWaitTest, TwoSleepersReturnOnlyAfterEveryFinisherWokeThem) {
                             .set_topology(topology.get())
                             .set_workers_per_node(2)
                             .set_outside_wait(OutsideWaitPolicy::kSleep));
-  jobs_internal::counter_zero_test_hook = &PauseTheFinisherAtZero;
-  struct Unhook {
-    ~Unhook() {
-      zero_hook_armed = false;
-      zero_hook_resume = true;
-      jobs_internal::counter_zero_test_hook = nullptr;
-    }
-  } unhook;
+  ZeroHookScope hook;
   int checked = 0;
   for (int iteration = 0; iteration < 20 && checked < 3; ++iteration) {
     SCOPED_TRACE(iteration);
-    zero_hook_paused = false;
-    zero_hook_resume = false;
-    zero_hook_armed = true;
+    ZeroHookScope::Arm();
     JobCounter counter;
     std::atomic<int> returned{0};
     std::atomic<bool> second_waiting{false};
