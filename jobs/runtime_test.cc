@@ -3289,6 +3289,15 @@ void PauseTheFinisherAtZero() {
 }
 
 // Installs PauseTheFinisherAtZero for one test; Arm() before each try.
+// A job counted on `counter` that finishes 20 ms from now, on `options`'
+// node.
+absl::Status SpawnJobDoneIn20Ms(Runtime& rt, JobCounter& counter,
+                                SubmitOptions options = SubmitOptions()) {
+  return rt.Spawn(
+      [] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); },
+      options.with_counter(&counter));
+}
+
 class ZeroHookScope {
  public:
   ZeroHookScope() {
@@ -3323,13 +3332,8 @@ TEST(RuntimeStealTest, AWaitReturnsOnlyAfterTheFinisherThatReachedZeroWokeIt) {
     // on a job that node 1's worker took and finishes 20 ms later.
     auto waiter = rt->Submit(
         [&](JobContext& ctx) {
-          if (!ctx.runtime()
-                   .Spawn(
-                       [] {
-                         std::this_thread::sleep_for(
-                             std::chrono::milliseconds(20));
-                       },
-                       SubmitOptions().on_node(1).with_counter(&counter))
+          if (!SpawnJobDoneIn20Ms(ctx.runtime(), counter,
+                                  SubmitOptions().on_node(1))
                    .ok()) {
             return false;
           }
@@ -3391,13 +3395,7 @@ void RunAnOutsideWaitReturnsOnlyAfterTheFinisherWokeIt(
     JobCounter counter;
     std::atomic<bool> returned{false};
     std::atomic<bool> second_ran{false};
-    ASSERT_TRUE(rt->Spawn(
-                      [] {
-                        std::this_thread::sleep_for(
-                            std::chrono::milliseconds(20));
-                      },
-                      SubmitOptions().with_counter(&counter))
-                    .ok());
+    ASSERT_TRUE(SpawnJobDoneIn20Ms(*rt, counter).ok());
     std::jthread outside([&] {  // Joined also when an assertion fails.
       waiting_on_counter = true;
       EXPECT_TRUE(counter.Wait().ok());
@@ -3456,13 +3454,7 @@ TEST(RuntimeWaitTest, TwoSleepersReturnOnlyAfterEveryFinisherWokeThem) {
     std::atomic<int> returned{0};
     std::atomic<bool> second_waiting{false};
     std::atomic<bool> second_job_done{false};
-    ASSERT_TRUE(rt->Spawn(
-                      [] {
-                        std::this_thread::sleep_for(
-                            std::chrono::milliseconds(20));
-                      },
-                      SubmitOptions().with_counter(&counter))
-                    .ok());
+    ASSERT_TRUE(SpawnJobDoneIn20Ms(*rt, counter).ok());
     std::jthread first([&] {  // Joined also when an assertion fails.
       EXPECT_TRUE(counter.Wait().ok());
       returned++;
