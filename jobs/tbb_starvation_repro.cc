@@ -67,9 +67,9 @@ int main(int argc, char** argv) {
   const bool keep_awake = absl::GetFlag(FLAGS_keep_awake);
   const bool futex = absl::GetFlag(FLAGS_futex);
   const bool sibling = absl::GetFlag(FLAGS_sibling);
-  tbb::global_control threads(tbb::global_control::max_allowed_parallelism,
-                              (sibling ? 4 : 3) +
-                                  absl::GetFlag(FLAGS_extra_threads));
+  tbb::global_control threads(
+      tbb::global_control::max_allowed_parallelism,
+      (sibling ? 4 : 3) + absl::GetFlag(FLAGS_extra_threads));
   tbb::task_arena a0, a1;
   a0.initialize(/*max_concurrency=*/sibling ? 3 : 2,
                 /*reserved_for_masters=*/1);
