@@ -2232,6 +2232,10 @@ void Runtime::Execute(JobRecord* record, WorkerSlot* slot, bool stolen,
            nullptr);
     return;
   }
+  if (auto* hook =
+          jobs_internal::claimed_test_hook.load(std::memory_order_acquire)) {
+    hook();
+  }
   // (JobRef::Cancel wins or loses by the claim itself: not checked here.)
   if (cancel_all_.load(std::memory_order_acquire) ||
       (record->counter != nullptr &&

@@ -417,6 +417,11 @@ inline constexpr int64_t kBumpingBit = int64_t{1} << 60;
 // before it wakes the waiters (JobCounter::FinishLast, once per round of
 // it; not on the hot path).
 inline std::atomic<void (*)()> counter_zero_test_hook{nullptr};
+// Tests only: when set, called by the thread that claimed a submitted job
+// (a job record: Submit, or Spawn with predecessors) to run it, after the
+// claim and before it looks at the runtime's and the counter's
+// cancellation (Runtime::Execute; not on Spawn's direct path).
+inline std::atomic<void (*)()> claimed_test_hook{nullptr};
 }  // namespace jobs_internal
 
 class JobCounter {

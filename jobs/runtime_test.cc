@@ -1125,6 +1125,100 @@ TEST(RuntimeCancelTest, CancelReturnsFalseOnlyForAJobThatRuns) {
   EXPECT_EQ(ran.load(), returned_false);  // Only those, and all of them.
 }
 
+// Pauses the first claimer of a job record after it is armed, between its
+// claim and its look at the cancellations (jobs_internal::claimed_test_hook),
+// until released.
+std::atomic<bool> claim_hook_armed{false};
+std::atomic<bool> claim_hook_paused{false};
+std::atomic<bool> claim_hook_resume{false};
+
+void PauseTheClaimer() {
+  if (!claim_hook_armed.exchange(false)) return;
+  claim_hook_paused = true;
+  while (!claim_hook_resume.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+class ClaimHookScope {
+ public:
+  ClaimHookScope() {
+    claim_hook_paused = false;
+    claim_hook_resume = false;
+    claim_hook_armed = true;
+    jobs_internal::claimed_test_hook = &PauseTheClaimer;
+  }
+  ClaimHookScope(const ClaimHookScope&) = delete;
+  ClaimHookScope& operator=(const ClaimHookScope&) = delete;
+  ~ClaimHookScope() {
+    Resume();
+    jobs_internal::claimed_test_hook = nullptr;
+  }
+  static bool Paused() {
+    return Eventually([] { return claim_hook_paused.load(); });
+  }
+  static void Resume() {
+    claim_hook_armed = false;
+    claim_hook_resume = true;
+  }
+};
+
+// The race CancelReturnsFalseOnlyForAJobThatRuns samples, made certain: a
+// worker has claimed the job and not yet seen that its counter was
+// cancelled when JobRef::Cancel() comes. Cancel() returns false, "it runs
+// or ran", so the job must run (seeing the cancellation), not be cancelled
+// by its claimer afterwards.
+TEST(RuntimeCancelTest,
+     AJobWhoseCancelReturnedFalseRunsThoughItsCounterWasCancelled) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  JobCounter counter;
+  std::atomic<int> ran{0};
+  JobHandle<bool> handle;
+  {
+    ClaimHookScope hook;
+    handle = rt->Submit(
+        [&ran](JobContext& ctx) {
+          ran++;
+          return ctx.cancel_requested();
+        },
+        SubmitOptions().with_counter(&counter));
+    ASSERT_TRUE(ClaimHookScope::Paused());
+    counter.Cancel();
+    EXPECT_FALSE(handle.Cancel()) << "the job was claimed: it runs";
+    ClaimHookScope::Resume();
+    EXPECT_TRUE(handle.Wait().ok()) << handle.Wait();
+  }
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_TRUE(handle.value()) << "it saw its cancellation";
+  // Its one job ran to completion: no failure to report.
+  EXPECT_TRUE(counter.Wait().ok());
+}
+
+// The same pause with no JobRef::Cancel(): the claimer sees the cancelled
+// counter and cancels the job, which never runs.
+TEST(RuntimeCancelTest, AClaimedJobOfACancelledCounterIsCancelledBeforeItRuns) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(1));
+  JobCounter counter;
+  std::atomic<int> ran{0};
+  JobHandle<void> handle;
+  {
+    ClaimHookScope hook;
+    handle =
+        rt->Submit([&ran] { ran++; }, SubmitOptions().with_counter(&counter));
+    ASSERT_TRUE(ClaimHookScope::Paused());
+    counter.Cancel();
+    ClaimHookScope::Resume();
+    EXPECT_TRUE(absl::IsCancelled(handle.Wait())) << handle.Wait();
+  }
+  EXPECT_EQ(ran.load(), 0);
+  EXPECT_TRUE(absl::IsCancelled(counter.Wait()));
+  EXPECT_TRUE(handle.Cancel()) << "cancelled: true, as for its canceller";
+}
+
 TEST(RuntimeCancelTest, CancellationStorm) {
   auto topology = TwoNodes();
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
