@@ -247,6 +247,31 @@ TEST_F(FrameArenaTest, RetainedChunksServeTheNextFrameWithoutTheCache) {
   EXPECT_EQ(after.releases, before.releases);
 }
 
+// Regression (review): a kept chunk was taken again only if its size
+// equalled the nominal chunk size, but the cache hands out whole size
+// classes (100 KiB is 104 KiB): with such chunk sizes every frame went to
+// the cache, and the kept chunks piled up to retain_bytes unused.
+TEST_F(FrameArenaTest, RetainedChunksAreReusedWhateverTheChunkSize) {
+  FrameArena arena(&cache_, FrameArenaOptions()
+                                .set_initial_chunk_size(100 << 10)
+                                .set_max_chunk_size(400 << 10)
+                                .set_retain_bytes(4 << 20));
+  auto frame = [&] {
+    for (int i = 0; i < 600; ++i) arena.Allocate(1000);
+    arena.Reset();
+  };
+  for (int f = 0; f < 3; ++f) frame();
+  const ChunkCacheStats before = cache_.stats();
+  for (int f = 0; f < 20; ++f) frame();
+  const ChunkCacheStats after = cache_.stats();
+  EXPECT_EQ(after.hits + after.misses, before.hits + before.misses);
+  EXPECT_EQ(after.releases, before.releases);
+  // 600 KB a frame: 100 + 200 + 400 KiB chunks (104, 208, 416 KiB
+  // classes), the first kept as the current one.
+  EXPECT_EQ(arena.stats().spare_chunks, 2u);
+  EXPECT_LE(arena.stats().spare_bytes, size_t{1} << 20);
+}
+
 TEST_F(FrameArenaTest, RetainBytesBoundsWhatIsKept) {
   FrameArena arena(&cache_, FrameArenaOptions().set_retain_bytes(2 * k64K));
   for (int i = 0; i < 400; ++i) arena.Allocate(1000);

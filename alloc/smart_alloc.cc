@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -66,16 +67,37 @@ void AppendKind(std::string* out, absl::string_view name, const KindStats& k) {
 
 }  // namespace
 
+namespace {
+// Where the calling thread is in its exit. Trivially destructible, so it
+// stays readable while the thread's other thread_locals (and, on the main
+// thread, the statics after main returns) are destroyed: calls into a
+// SmartAlloc may come from any of those destructors.
+enum class ThreadPhase : uint8_t {
+  kRunning,  // Its ThreadExitHook is alive (or not built yet).
+  kExiting,  // The hook's destructor is handing its states back.
+  kGone,     // The hook is destroyed: its list must not be touched.
+};
+thread_local ThreadPhase thread_phase = ThreadPhase::kRunning;
+}  // namespace
+
 // Hands a thread's states back to their instances when the thread exits.
 class ThreadExitHook {
  public:
   ~ThreadExitHook() {
-    LiveInstances& live = Live();
-    for (const auto& [id, state] : states) {
-      MutexLock lock(&live.mu);
-      auto it = live.by_id.find(id);
-      if (it != live.by_id.end()) it->second->RetireThreadFromExit(state);
+    thread_phase = ThreadPhase::kExiting;
+    alloc_internal::last_thread_state = {};
+    // A state's retirement runs user code (its frames' destructors, the
+    // error handler for a canary): a call it makes into an instance this
+    // thread has no state in any more gets a new one, listed here and
+    // handed back in the next round.
+    while (!states.empty()) {
+      const auto batch = std::move(states);
+      states.clear();
+      for (const auto& [id, state] : batch) {
+        SmartAlloc::RetireAtThreadExit(id, state);
+      }
     }
+    thread_phase = ThreadPhase::kGone;
     alloc_internal::last_thread_state = {};
   }
   absl::InlinedVector<std::pair<uint64_t, ThreadState*>, 4> states;
@@ -217,14 +239,41 @@ absl::StatusOr<std::unique_ptr<SmartAlloc>> SmartAlloc::Create(
 }
 
 SmartAlloc::~SmartAlloc() {
+  LiveInstances& live = Live();
   {
-    LiveInstances& live = Live();
     MutexLock lock(&live.mu);
     live.by_id.erase(id_);
   }
-  {
-    MutexLock lock(&threads_mu_);
-    while (!threads_.empty()) RetireThread(threads_.back());
+  // Threads that found this instance before the erase may still be handing
+  // their states back (RetireAtThreadExit); no new one can start.
+  for (;;) {
+    {
+      MutexLock lock(&live.mu);
+      if (exits_in_progress_ == 0) break;
+    }
+    std::this_thread::yield();
+  }
+  if (alloc_internal::last_thread_state.instance == id_) {
+    alloc_internal::last_thread_state = {};
+  }
+  // The other threads' states first, this thread's last: frees that the
+  // retired frames' destructors make here go to this thread's state, which
+  // must still be there (or is made anew, and retired in turn).
+  const std::thread::id self = std::this_thread::get_id();
+  for (;;) {
+    ThreadState* next = nullptr;
+    {
+      MutexLock lock(&threads_mu_);
+      for (ThreadState* ts : threads_) {
+        if (ts->thread != self) {
+          next = ts;
+          break;
+        }
+      }
+      if (next == nullptr && !threads_.empty()) next = threads_.back();
+    }
+    if (next == nullptr) break;
+    RetireThread(next, next->thread == self);
   }
   if (alloc_internal::last_thread_state.instance == id_) {
     alloc_internal::last_thread_state = {};
@@ -234,10 +283,26 @@ SmartAlloc::~SmartAlloc() {
 }
 
 ThreadState& SmartAlloc::LocalSlow() {
-  for (const auto& [id, state] : thread_exit_hook.states) {
-    if (id == id_) {
-      alloc_internal::last_thread_state = {id_, state};
-      return *state;
+  const ThreadPhase phase = thread_phase;
+  if (phase != ThreadPhase::kGone) {
+    for (const auto& [id, state] : thread_exit_hook.states) {
+      if (id == id_) {
+        alloc_internal::last_thread_state = {id_, state};
+        return *state;
+      }
+    }
+  } else {
+    // Past this thread's exit hook (a thread_local built before the hook,
+    // or a static destructor after main returned): its state there, if it
+    // had one, is gone. Such calls share one late state per thread, which
+    // the instance hands back when it is destroyed.
+    const std::thread::id self = std::this_thread::get_id();
+    MutexLock lock(&threads_mu_);
+    for (ThreadState* ts : threads_) {
+      if (ts->late && ts->thread == self) {
+        alloc_internal::last_thread_state = {id_, ts};
+        return *ts;
+      }
     }
   }
   uint64_t serial;
@@ -246,9 +311,14 @@ ThreadState& SmartAlloc::LocalSlow() {
     serial = next_thread_serial_++;
   }
   auto* state = new ThreadState(this, serial);
+  state->late = phase == ThreadPhase::kGone;
   {
     MutexLock lock(&threads_mu_);
     threads_.push_back(state);
+  }
+  if (state->late) {
+    alloc_internal::last_thread_state = {id_, state};
+    return *state;
   }
   auto& states = thread_exit_hook.states;
   if (states.size() >= 8) {
@@ -267,17 +337,49 @@ ThreadState& SmartAlloc::LocalSlow() {
   return *state;
 }
 
-void SmartAlloc::RetireThreadFromExit(ThreadState* ts) {
-  MutexLock lock(&threads_mu_);
-  RetireThread(ts);
+void SmartAlloc::RetireAtThreadExit(uint64_t id, ThreadState* ts) {
+  SmartAlloc* instance;
+  {
+    LiveInstances& live = Live();
+    MutexLock lock(&live.mu);
+    auto it = live.by_id.find(id);
+    if (it == live.by_id.end()) return;  // Its destructor retired `ts`.
+    instance = it->second;
+    ++instance->exits_in_progress_;  // Its destructor waits for this.
+  }
+  instance->RetireThread(ts, /*own_thread=*/true);
+  LiveInstances& live = Live();
+  MutexLock lock(&live.mu);
+  --instance->exits_in_progress_;  // The last touch of the instance.
 }
 
-void SmartAlloc::RetireThread(ThreadState* ts) {
-  auto it = std::find(threads_.begin(), threads_.end(), ts);
-  if (it == threads_.end()) return;
-  threads_.erase(it);
+void SmartAlloc::RetireThread(ThreadState* ts, bool own_thread) {
+  // The thread's frame memory goes now: its guards are checked (a report
+  // calls the error handler) and its pending destructors run. That is user
+  // code, so no lock of the library is held, and the state is still listed
+  // and counted: frees those destructors make on its own thread land in it
+  // and are counted below (on another thread, in that thread's state).
+  alloc_internal::LastThreadState& last = alloc_internal::last_thread_state;
+  if (own_thread) last = {id_, ts};
   for (int slot = 0; slot < static_cast<int>(ts->arenas.size()); ++slot) {
-    CheckFrameGuards(*ts, slot);  // The thread's frame memory goes now.
+    CheckFrameGuards(*ts, slot);
+    ts->arenas[slot]->Reset();
+  }
+  if (last.state == ts) last = {};
+  {
+    MutexLock lock(&threads_mu_);
+    auto it = std::find(threads_.begin(), threads_.end(), ts);
+    if (it != threads_.end()) threads_.erase(it);
+    FoldRetired(*ts);
+  }
+  // Flushes the pool cache to the global lists and returns every chunk
+  // (ThreadCache::Flush may report a misuse: no lock held here either).
+  delete ts;
+}
+
+void SmartAlloc::FoldRetired(const ThreadState& state) {
+  const ThreadState* ts = &state;
+  for (int slot = 0; slot < static_cast<int>(ts->arenas.size()); ++slot) {
     for (const auto& [tag, bytes] : ts->slot_charges[slot]) {
       budgets_.Release(tag, bytes);
     }
@@ -295,8 +397,6 @@ void SmartAlloc::RetireThread(ThreadState* ts) {
     Accumulate(&retired_heap_, k);
   }
   ++exited_threads_;
-  // Flushes the pool cache to the global lists and returns every chunk.
-  delete ts;
 }
 
 // ---------------------------------------------------------------------------
@@ -874,7 +974,10 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
     }
     h = *header;
   }
-  header->magic = 0;  // A second free of the same block is caught above.
+  // A second free of the same block is caught above while the freed
+  // memory keeps this (only track_allocations is sure: heap_free's
+  // comment in smart_alloc.h).
+  header->magic = 0;
   char* user = static_cast<char*>(p);
   if (guard_layout_) {
     CheckCanaries("SmartAlloc::heap_free", AllocKind::kHeap, user, h.size,

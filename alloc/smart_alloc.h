@@ -47,6 +47,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -85,10 +86,16 @@ struct AllocConfig {
   ChunkCacheOptions cache;
   PoolOptions pool;
   // Live bytes (frame + pool + heap) across all threads; 0 = no limit.
+  // Frame bytes count from their allocation until their frame's memory is
+  // released (end_frame of the slot, or the thread's exit), whatever
+  // rewinds happen in between: an ArenaScope or mark on frame_arena()
+  // gives the memory back to the arena but not its charge. For a scratch
+  // loop within a frame under a tight budget, use new_scoped_arena().
   size_t global_budget = 0;
   // Budgets by tag path; each covers the tag's subtree.
   std::vector<std::pair<std::string, TagBudget>> tag_budgets;
-  // Frame bytes one thread may allocate in one frame; 0 = no limit.
+  // Frame bytes one thread may allocate in one frame (rewinds give none
+  // back, as for global_budget); 0 = no limit.
   size_t frame_budget = 0;
   // 1, 2 or 3: memory allocated in frame N stays valid until frame
   // N + frames_in_flight - 1 ends (pipelined renderers read frame N - 1
@@ -267,6 +274,11 @@ struct alignas(64) ThreadState {
 
   SmartAlloc* const owner;
   const uint64_t serial;
+  // The thread it belongs to.
+  const std::thread::id thread = std::this_thread::get_id();
+  // Made for calls after the thread's exit hook ran (SmartAlloc::LocalSlow):
+  // not in the hook's list; the instance hands it back when destroyed.
+  bool late = false;
   PoolManager::ThreadCache pool_cache;
   absl::InlinedVector<std::unique_ptr<FrameArena>, 3> arenas;
   int slot = 0;  // arenas[slot] takes this frame's memory.
@@ -504,12 +516,14 @@ class SmartAlloc {
 
   // The calling thread's current frame arena, for code that wants the
   // building block directly (allocations through it bypass budgets, tags
-  // and SmartAlloc's counters).
+  // and SmartAlloc's counters; a rewind of it releases memory, not the
+  // budget charges of frame_alloc calls, see AllocConfig::global_budget).
   FrameArena& frame_arena() { return local().arena(); }
 
   // A new arena not tied to frames (a request, a level load), drawing chunks
   // from this instance's cache; everything it holds is released when it is
-  // destroyed. Not thread-safe itself: one owner at a time.
+  // destroyed, which must happen before this SmartAlloc is destroyed (its
+  // cache goes with it). Not thread-safe itself: one owner at a time.
   std::unique_ptr<FrameArena> new_scoped_arena();
 
   // ---- Pools and heap -------------------------------------------------------
@@ -568,7 +582,11 @@ class SmartAlloc {
     return HeapAllocate(size, alignment, /*fatal=*/false);
   }
   // Frees heap_alloc memory. A pointer heap_alloc never returned is
-  // reported as a misuse (when its header is readable) and ignored.
+  // reported as a misuse (when its header is readable) and ignored. A
+  // double free is caught for sure only with DebugOptions::track_allocations
+  // (or under ASan): without it the check reads the block's header in
+  // memory already freed, and if the heap has handed that address out
+  // again, the second free frees the new block.
   void heap_free(void* p);
 
   // Gives completely free pool pages back to the chunk cache. Returns bytes.
@@ -795,10 +813,16 @@ class SmartAlloc {
   void ReleaseSlot(alloc_internal::ThreadState& ts, int slot);
   void PushTag(absl::string_view name);
   void PopTag();
-  // Folds a thread's state into the totals and deletes it.
-  void RetireThread(alloc_internal::ThreadState* ts)
+  // Hands a thread's state back: runs its frames' pending destructors and
+  // checks their guards (no lock held: user code), then folds its counters
+  // into the totals and deletes it. `own_thread`: called on the thread the
+  // state belongs to. REQUIRES: no other thread retires `ts`.
+  void RetireThread(alloc_internal::ThreadState* ts, bool own_thread)
+      ABSL_LOCKS_EXCLUDED(threads_mu_);
+  void FoldRetired(const alloc_internal::ThreadState& ts)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(threads_mu_);
-  void RetireThreadFromExit(alloc_internal::ThreadState* ts);
+  // At thread exit: retires `ts` in instance `id` if it is still alive.
+  static void RetireAtThreadExit(uint64_t id, alloc_internal::ThreadState* ts);
 
   const AllocConfig config_;
   const uint64_t id_;  // Unique per instance in the process; never reused.
@@ -820,6 +844,10 @@ class SmartAlloc {
   std::atomic<bool> tracing_{false};
   std::atomic<uint64_t> frame_number_{0};
 
+  // Threads handing their states back at exit (RetireAtThreadExit), which
+  // the destructor waits for. Guarded by the process-wide list of live
+  // instances' mutex (smart_alloc.cc), which outlives every instance.
+  int exits_in_progress_ = 0;
   mutable alloc_internal::Mutex threads_mu_;
   std::vector<alloc_internal::ThreadState*> threads_
       ABSL_GUARDED_BY(threads_mu_);

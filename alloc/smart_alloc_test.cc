@@ -482,6 +482,126 @@ TEST_F(SmartAllocTest, ThreadOutlivingItsInstanceExitsCleanly) {
   t.join();
 }
 
+// Frees pool memory when destroyed: frame memory that owns pool memory.
+struct OwnsPoolBlock {
+  OwnsPoolBlock(SmartAlloc* a, int* p) : alloc(a), block(p) {}
+  OwnsPoolBlock(const OwnsPoolBlock&) = delete;
+  OwnsPoolBlock& operator=(const OwnsPoolBlock&) = delete;
+  ~OwnsPoolBlock() { alloc->pool_free(block); }
+  SmartAlloc* alloc;
+  int* block;
+};
+
+// Regression (review): a thread's retirement ran its frames' pending
+// destructors after its counters were folded into the totals, so the frees
+// they made were lost from the statistics (pool frees 0, live bytes 4 for
+// good).
+TEST_F(SmartAllocTest, FrameDestructorsRunAtThreadExitAreCounted) {
+  Make(AllocConfig().set_frames_in_flight(2));
+  std::thread t([&] {
+    alloc().frame_alloc<OwnsPoolBlock>(&alloc(), alloc().pool_alloc<int>(1));
+    alloc().end_frame();  // Still in flight when the thread exits.
+  });
+  t.join();
+  const AllocStats s = alloc().stats();
+  EXPECT_EQ(s.pool.allocations, 1u);
+  EXPECT_EQ(s.pool.frees, 1u);
+  EXPECT_EQ(s.pool.live_bytes(), 0);
+  EXPECT_EQ(s.live_threads, 0u);
+}
+
+// Regression (review): the destructor retired the destroying thread's own
+// state before the others', and then an idle worker's frame destructor
+// freed into it (a use after free); with no state of its own there, the
+// free deadlocked on the instance's lock, which the destructor held.
+TEST_F(SmartAllocTest,
+       DestroyingTheInstanceRunsAnotherThreadsFrameDestructors) {
+  for (const bool destroyer_has_state : {true, false}) {
+    Make(AllocConfig().set_frames_in_flight(2));
+    std::atomic<int> phase{0};
+    std::thread worker([&] {
+      alloc().frame_alloc<OwnsPoolBlock>(&alloc(), alloc().pool_alloc<int>(7));
+      phase = 1;
+      while (phase.load() != 2) std::this_thread::yield();
+    });
+    while (phase.load() != 1) std::this_thread::yield();
+    if (destroyer_has_state) alloc().frame_allocate(16);
+    CountingSource* source = &source_;
+    alloc_.reset();  // Runs the worker's frame destructor here.
+    EXPECT_EQ(source->stats().bytes_outstanding, 0u) << destroyer_has_state;
+    phase = 2;
+    worker.join();
+  }
+  Make();  // For TearDown.
+}
+
+// Regression (review): an error handler that read the statistics during a
+// canary report at thread exit deadlocked (the report ran under the
+// instance's lock).
+TEST_F(SmartAllocTest, AReportAtThreadExitMayReadTheStatistics) {
+  Make(AllocConfig().set_debug(DebugOptions().set_canaries(true)));
+  struct Context {
+    SmartAlloc* alloc;
+    std::atomic<int> reports{0};
+    uint64_t live_threads = 99;
+  } context{&alloc()};
+  ScopedErrorHandler handler(
+      [](const ErrorReport&, void* c) {
+        auto* ctx = static_cast<Context*>(c);
+        ctx->live_threads = ctx->alloc->stats().live_threads;
+        ctx->reports++;
+      },
+      &context);
+  std::thread t([&] {
+    char* p = static_cast<char*>(alloc().frame_allocate(16));
+    std::memset(p, 0, 17);  // One byte into the canary.
+  });
+  t.join();
+  EXPECT_EQ(context.reports.load(), 1);
+  EXPECT_EQ(context.live_threads, 1u);  // Still listed while it is checked.
+  EXPECT_EQ(alloc().stats().live_threads, 0u);
+}
+
+// A thread_local built before the thread first used the instance is
+// destroyed after the instance's state on the thread was handed back.
+struct LateHolder {
+  PoolBox<int> box;
+};
+thread_local LateHolder late_holder;
+
+// Regression (review): a call into a SmartAlloc after the thread's exit
+// hook had run (here the destructor of such a thread_local; on the main
+// thread, a static destructor after main returns) found the handed-back
+// state in the destroyed hook's list: a use after free.
+TEST_F(SmartAllocTest, CallsAfterTheThreadsExitHookGetAStateOfTheirOwn) {
+  std::thread t([&] {
+    LateHolder& holder = late_holder;  // Built before the hook.
+    holder.box = alloc().pool_box<int>(1);
+    EXPECT_EQ(*holder.box, 1);
+  });  // The hook goes first, then the holder frees its box.
+  t.join();
+  AllocStats s = alloc().stats();
+  EXPECT_EQ(s.pool.allocations, 1u);
+  EXPECT_EQ(s.pool.frees, 1u);
+  EXPECT_EQ(s.pool.live_bytes(), 0);
+  // The late free's state stays until the instance goes.
+  EXPECT_EQ(s.live_threads, 1u);
+}
+
+// The same on the main thread, in a child process: a global holding pool
+// memory of a global SmartAlloc, destroyed after main returns.
+TEST(SmartAllocExitTest, AStaticDestructorAfterMainMayFreePoolMemory) {
+  EXPECT_EXIT(
+      {
+        static std::unique_ptr<SmartAlloc> alloc =
+            std::make_unique<SmartAlloc>();
+        static PoolBox<int> box;  // Destroyed before `alloc`.
+        box = alloc->pool_box<int>(3);
+        std::exit(*box == 3 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 TEST_F(SmartAllocTest, PoolAllocAndBox) {
   Tracked::alive = 0;
   Tracked* t = alloc().pool_alloc<Tracked>(3);

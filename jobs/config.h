@@ -105,10 +105,13 @@ struct Config {
   // shape the per-worker frame arenas. Its `source` must be null.
   AllocConfig alloc;
   // Record every job's start and end from the start (see
-  // Runtime::StartTrace). Events kept per worker, oldest dropped first.
+  // Runtime::StartTrace). Events kept per worker, oldest dropped first:
+  // 1..kMaxTraceEventsPerWorker, 40 bytes each, allocated for every worker
+  // slot when tracing first starts.
   bool trace = false;
   size_t trace_events_per_worker = size_t{1} << 16;
-  // Frames whose timings Runtime::frame_history() keeps.
+  // Frames whose timings Runtime::frame_history() keeps, oldest dropped
+  // first: 0..kMaxFrameHistory (0: none).
   size_t frame_history = 256;
   // What the destructor does with pending jobs.
   ShutdownMode shutdown = ShutdownMode::kFinish;
@@ -182,6 +185,12 @@ struct Config {
 
 // The largest number of workers one node may have.
 inline constexpr int kMaxWorkersPerNode = 256;
+// The most frames Config::frame_history may keep: over four hours at 60
+// frames a second, 64 MiB of timings.
+inline constexpr size_t kMaxFrameHistory = size_t{1} << 20;
+// The most events Config::trace_events_per_worker may keep: 160 MiB per
+// worker slot.
+inline constexpr size_t kMaxTraceEventsPerWorker = size_t{1} << 22;
 
 }  // namespace jobs
 }  // namespace framealloc

@@ -3,9 +3,10 @@
 //
 // For: large per-item data (particles, bodies, entities) that a Runtime
 // processes every frame. A NodeArray<T> holds n items split by a
-// NodePartition into one contiguous segment per node, each segment in
-// memory from that node's NodeMemorySource and first touched by a job on
-// that node; several NodeArrays with one partition form a
+// NodePartition into one contiguous segment per range (one per node for
+// Runtime::Partition; a partition may give a node several ranges), each
+// segment in memory from its node's NodeMemorySource and first touched by
+// a job on that node; several NodeArrays with one partition form a
 // structure-of-arrays whose columns share home nodes. Runtime::ParallelFor
 // over the same partition, or a BatchProcessor over one array, runs every
 // item's work on its home node.
@@ -13,6 +14,9 @@
 // that need constructors and destructors (items are value-initialized
 // memory: trivially copyable, trivially destructible types only).
 //
+// Lifetimes: a NodeArray must not outlive its Runtime (it gives its
+// memory back to the runtime's node sources), nor a BatchProcessor its
+// NodeArray (it keeps pointers into it).
 // Thread safety: a NodeArray is a plain container (jobs may write disjoint
 // items concurrently). Errors: Create returns InvalidArgument for a
 // partition that does not fit the runtime, ResourceExhausted when a node's
@@ -114,21 +118,20 @@ class NodeArray {
     if (begin == end) return {};
     return absl::Span<T>(Locate(begin), end - begin);
   }
-  // Node k's segment (empty if it holds no items).
+  // Node k's segment: its first non-empty range's items (empty if it holds
+  // no items). A partition that gives node k several ranges has a segment
+  // for each; span() reaches every one.
   absl::Span<T> segment(int k) {
-    for (Segment& s : segments_) {
-      if (s.range.node == k && !s.range.empty()) {
-        return absl::Span<T>(static_cast<T*>(s.block.data), s.range.size());
-      }
-    }
-    return {};
+    const Segment* s = FirstSegmentOf(k);
+    return s == nullptr
+               ? absl::Span<T>()
+               : absl::Span<T>(static_cast<T*>(s->block.data), s->range.size());
   }
-  // The block behind node k's segment (numa::PageNodes checks placement).
+  // The block behind segment(k) (numa::PageNodes checks placement); empty
+  // when segment(k) is.
   Block block(int k) const {
-    for (const Segment& s : segments_) {
-      if (s.range.node == k) return s.block;
-    }
-    return Block();
+    const Segment* s = FirstSegmentOf(k);
+    return s == nullptr ? Block() : s->block;
   }
 
  private:
@@ -139,6 +142,12 @@ class NodeArray {
   NodeArray(Runtime* runtime, NodePartition partition)
       : runtime_(runtime), partition_(std::move(partition)) {}
 
+  const Segment* FirstSegmentOf(int k) const {
+    for (const Segment& s : segments_) {
+      if (s.range.node == k && !s.range.empty()) return &s;
+    }
+    return nullptr;
+  }
   T* Locate(size_t i) const {
     for (const Segment& s : segments_) {
       if (i >= s.range.begin && i < s.range.end) {

@@ -844,6 +844,7 @@ struct Runtime::Node {
   int index = 0;
   int workers = 0;
   std::vector<int> pus;
+  bool pinned = false;  // Its workers are bound to `pus`.
   SmartAlloc* alloc = nullptr;
   tbb::task_arena arena;
   // The tokens' group, with a context of its own. A default (bound)
@@ -937,9 +938,16 @@ absl::Status Config::Validate() const {
                        kMaxWorkersPerNode, ", got ", node_workers[i]));
     }
   }
-  if (trace_events_per_worker == 0) {
+  if (trace_events_per_worker == 0 ||
+      trace_events_per_worker > kMaxTraceEventsPerWorker) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Config::trace_events_per_worker must be in 1..",
+        kMaxTraceEventsPerWorker, ", got ", trace_events_per_worker));
+  }
+  if (frame_history > kMaxFrameHistory) {
     return absl::InvalidArgumentError(
-        "Config::trace_events_per_worker must be at least 1");
+        absl::StrCat("Config::frame_history must be in 0..", kMaxFrameHistory,
+                     ", got ", frame_history));
   }
   if (alloc.source != nullptr) {
     return absl::InvalidArgumentError(
@@ -987,6 +995,15 @@ absl::Status Runtime::Init() {
                                         : "not this machine",
             "); use kAuto or kNone"));
       }
+      for (int k = 0; k < nodes; ++k) {
+        if (topology_->node(k).pus.empty()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "PinningPolicy::kNode: node ", k,
+              " has no PU to pin its workers to (memory only, or its PUs are "
+              "outside this process's CPU set); use kAuto, which leaves that "
+              "node's workers unpinned, or kNone"));
+        }
+      }
       pinned_ = true;
       break;
     case PinningPolicy::kAuto:
@@ -1032,6 +1049,10 @@ absl::Status Runtime::Init() {
       workers = std::max<int>(1, static_cast<int>(node->pus.size()));
     }
     node->workers = workers;
+    // A node without PUs (memory only, or its PUs outside this process's
+    // CPU set: hwloc keeps such a node with an empty cpuset) has nowhere to
+    // pin its workers: under kAuto they float (kNode refused it above).
+    node->pinned = pinned_ && !node->pus.empty();
     node->alloc = &memory_->node(k);
     auto add_slot = [&](int index) {
       auto slot = std::make_unique<WorkerSlot>();
@@ -1062,7 +1083,7 @@ absl::Status Runtime::Init() {
     // its wait (OutsideWaitPolicy::kHelp) and Shutdown's drain do.
     node->arena.initialize(workers + 1, /*reserved_for_masters=*/1);
     node->observer = std::make_unique<NodeObserver>(
-        node->arena, std::move(raw_slots), topology_, k, pinned_);
+        node->arena, std::move(raw_slots), topology_, k, node->pinned);
     node->observer->observe(true);
     total_workers_ += workers;
     nodes_.push_back(std::move(node));
@@ -1071,7 +1092,9 @@ absl::Status Runtime::Init() {
       config_.stealing == StealPolicy::kWhenIdle && nodes_.size() > 1;
   {
     alloc_internal::MutexLock lock(&frame_->mu);
-    frame_->history.reserve(config_.frame_history);
+    // Grown as frames end beyond this: a long history costs only what it
+    // holds.
+    frame_->history.reserve(std::min<size_t>(config_.frame_history, 1024));
   }
   {
     alloc_internal::MutexLock lock(&trace_mu_);
@@ -1146,6 +1169,13 @@ Runtime::~Runtime() {
 
 int Runtime::num_nodes() const { return static_cast<int>(nodes_.size()); }
 int Runtime::workers(int node) const { return nodes_[node]->workers; }
+
+bool Runtime::pinned() const {
+  return std::all_of(nodes_.begin(), nodes_.end(),
+                     [](const auto& node) { return node->pinned; });
+}
+
+bool Runtime::node_pinned(int node) const { return nodes_[node]->pinned; }
 
 int Runtime::slots(int node) const {
   return static_cast<int>(nodes_[node]->slots.size());
@@ -3510,12 +3540,13 @@ RuntimeStats Runtime::stats() const {
   const uint64_t now = Ticks();
   const double spt = jobs_internal::SecondsPerTick();
   s.uptime_seconds = static_cast<double>(now - start_tsc_) * spt;
-  s.pinned = pinned_;
+  s.pinned = pinned();
   for (const auto& node : nodes_) {
     NodeStats n;
     n.node = node->index;
     n.workers = node->workers;
     n.pus = node->pus;
+    n.pinned = node->pinned;
     n.jobs_submitted = SubmittedTo(node->index);
     for (const auto& slot : node->slots) {
       WorkerStats w;
@@ -3605,11 +3636,12 @@ std::string RuntimeStats::ToJson() const {
     const NodeStats& n = nodes[i];
     absl::StrAppendFormat(
         &out,
-        "%s{\"node\":%d,\"workers\":%d,\"jobs_submitted\":%d,\"jobs_run\":%d,"
-        "\"jobs_stolen\":%d,\"busy_seconds\":%.6f,\"idle_seconds\":%.6f,"
-        "\"worker_stats\":[",
-        i ? "," : "", n.node, n.workers, n.jobs_submitted, n.jobs_run,
-        n.jobs_stolen, n.busy_seconds, n.idle_seconds);
+        "%s{\"node\":%d,\"workers\":%d,\"pinned\":%s,\"jobs_submitted\":%d,"
+        "\"jobs_run\":%d,\"jobs_stolen\":%d,\"busy_seconds\":%.6f,"
+        "\"idle_seconds\":%.6f,\"worker_stats\":[",
+        i ? "," : "", n.node, n.workers, n.pinned ? "true" : "false",
+        n.jobs_submitted, n.jobs_run, n.jobs_stolen, n.busy_seconds,
+        n.idle_seconds);
     for (size_t j = 0; j < n.worker_stats.size(); ++j) {
       const WorkerStats& w = n.worker_stats[j];
       absl::StrAppendFormat(
@@ -3633,10 +3665,11 @@ std::string RuntimeStats::ToText() const {
       frames, uptime_seconds, pinned ? "pinned" : "not pinned");
   for (const NodeStats& n : nodes) {
     absl::StrAppendFormat(&out,
-                          "node %d: %d workers, %d submitted, %d run, %d "
+                          "node %d: %d workers%s, %d submitted, %d run, %d "
                           "stolen, busy %.3f s, idle %.3f s\n",
-                          n.node, n.workers, n.jobs_submitted, n.jobs_run,
-                          n.jobs_stolen, n.busy_seconds, n.idle_seconds);
+                          n.node, n.workers, n.pinned ? " (pinned)" : "",
+                          n.jobs_submitted, n.jobs_run, n.jobs_stolen,
+                          n.busy_seconds, n.idle_seconds);
     for (const WorkerStats& w : n.worker_stats) {
       absl::StrAppendFormat(
           &out, "  %s %d: %d run (%d stolen, %d inline), busy %.3f s\n",

@@ -265,8 +265,9 @@ class JobContext {
   // node and returns when all have finished; the calling worker runs
   // children itself while it waits, isolated from unrelated jobs. The last
   // function runs on the calling worker with this very context. An
-  // exception thrown by a function is rethrown here once every child has
-  // finished (one of them, if several throw; the others are dropped).
+  // exception thrown by a function cancels the children that have not
+  // started (they never run) and is rethrown here once the running ones
+  // have finished (one of them, if several throw; the others are dropped).
   template <typename... Fs>
   void Fork(Fs&&... fs);
 
@@ -275,7 +276,7 @@ class JobContext {
   // larger than the grain: chunks of grain/2 to grain, smaller when the
   // whole range is), in parallel on this node's workers, each chunk with
   // the context of the worker that runs it. Returns when all are done;
-  // exceptions as Fork.
+  // exceptions as Fork (the chunks not yet started are skipped).
   template <typename F>
   void ParallelFor(size_t begin, size_t end, size_t grain, F&& f);
 
@@ -741,6 +742,7 @@ struct NodeStats {
   int node = 0;
   int workers = 0;
   std::vector<int> pus;         // OS indexes of the node's PUs.
+  bool pinned = false;          // Runtime::node_pinned(node).
   uint64_t jobs_submitted = 0;  // Submitted with this node's affinity.
   uint64_t jobs_run = 0;
   uint64_t jobs_stolen = 0;  // Taken by this node from another node.
@@ -754,13 +756,18 @@ struct NodeStats {
 // One frame, from BeginFrame to the end of EndFrame.
 struct FrameTiming {
   uint64_t frame = 0;
-  double seconds = 0;              // BeginFrame to EndFrame's return.
-  double wait_seconds = 0;         // EndFrame waiting for the frame's jobs.
-  double reset_seconds = 0;        // EndFrame resetting the worker arenas.
-  uint64_t jobs = 0;               // Jobs submitted in the frame.
-  uint64_t failed_jobs = 0;        // ...that failed or were cancelled.
-  uint64_t arena_bytes = 0;        // Bytes the jobs took from worker arenas.
-  uint64_t arena_allocations = 0;  // Allocations they made there.
+  double seconds = 0;        // BeginFrame to EndFrame's return.
+  double wait_seconds = 0;   // EndFrame waiting for the frame's jobs.
+  double reset_seconds = 0;  // EndFrame resetting the worker arenas.
+  uint64_t jobs = 0;         // Jobs submitted in the frame.
+  uint64_t failed_jobs = 0;  // ...that failed or were cancelled.
+  // The sum over the worker arenas of the most bytes each held at once in
+  // the frame (FrameArenaStats::frame_peak_bytes_used: padding included;
+  // memory rewound and taken again counts once).
+  uint64_t arena_bytes = 0;
+  // Allocations the worker arenas held at the frame's end, before the
+  // reset (FrameArenaStats::allocations: a rewind lowers it).
+  uint64_t arena_allocations = 0;
 };
 
 struct RuntimeStats {
@@ -772,7 +779,7 @@ struct RuntimeStats {
   uint64_t jobs_refused = 0;  // Submissions that were not accepted.
   uint64_t frames = 0;
   double uptime_seconds = 0;
-  bool pinned = false;
+  bool pinned = false;  // Runtime::pinned(): every node's workers are.
   std::string ToJson() const;
   std::string ToText() const;
 };
@@ -800,8 +807,14 @@ class Runtime {
   // tables with this.
   int slots(int node) const;
   int total_workers() const { return total_workers_; }
-  // Workers are bound to their node's PUs.
-  bool pinned() const { return pinned_; }
+  // Every worker is bound to its node's PUs (PinningPolicy::kNode, or
+  // kAuto on this machine, and every node has PUs).
+  bool pinned() const;
+  // Node `node`'s workers are bound to its PUs. False for every node when
+  // the runtime does not pin, and under kAuto for a node without PUs (a
+  // memory-only node, or one whose PUs are outside this process's CPU set),
+  // whose workers float. REQUIRES: 0 <= node < num_nodes().
+  bool node_pinned(int node) const;
   // The per-node SmartAllocs (NumaAlloc: node(k), on_node(k), stats()).
   numa::NumaAlloc& memory() { return *memory_; }
   // `n` items split over the nodes in proportion to their workers.
@@ -1135,6 +1148,8 @@ class Runtime {
   // Threads inside HelpOutside now: the destructor waits for them to leave
   // the arenas before it frees the nodes.
   std::atomic<int> outside_helpers_{0};
+  // The runtime pins workers (kNode, or kAuto on this machine); a node
+  // without PUs still does not (Node::pinned).
   bool pinned_ = false;
   // StealPolicy::kWhenIdle over more than one node: a job that waits runs
   // the jobs it waits for that have not started, whatever their node

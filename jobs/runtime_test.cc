@@ -6,6 +6,7 @@
 #include "jobs/runtime.h"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <array>
 #include <atomic>
@@ -161,6 +162,138 @@ TEST(RuntimeConfigTest, AutoPinningOnSyntheticTopologyPinsNothing) {
   EXPECT_EQ(rt->num_nodes(), 2);
   EXPECT_EQ(rt->workers(0), 2);
   EXPECT_EQ(rt->total_workers(), 4);
+}
+
+// Regression (review): a history or trace ring too large for the address
+// space threw std::length_error out of Create (or, with tracing off, out of
+// the first StartTrace) instead of being refused.
+TEST(RuntimeConfigTest, RejectsHistoriesAndTraceRingsBeyondTheirBounds) {
+  auto topology = TwoNodes();
+  for (bool trace : {true, false}) {
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = absl::UnknownError("");
+    EXPECT_NO_THROW(
+        rt = Runtime::Create(Config()
+                                 .set_topology(topology.get())
+                                 .set_trace(trace)
+                                 .set_trace_events_per_worker(SIZE_MAX)));
+    EXPECT_EQ(rt.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(
+        absl::StrContains(rt.status().message(), "trace_events_per_worker"))
+        << rt.status();
+  }
+  for (size_t history : {SIZE_MAX, kMaxFrameHistory + 1}) {
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = absl::UnknownError("");
+    EXPECT_NO_THROW(
+        rt = Runtime::Create(
+            Config().set_topology(topology.get()).set_frame_history(history)));
+    EXPECT_EQ(rt.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(rt.status().message(), "frame_history"))
+        << rt.status();
+  }
+  // The bounds themselves are accepted; a long history costs only the
+  // frames it holds.
+  auto rt = MakeRuntime(Config()
+                            .set_topology(topology.get())
+                            .set_frame_history(kMaxFrameHistory)
+                            .set_trace_events_per_worker(4));
+  ASSERT_NE(rt, nullptr);
+  rt->StartTrace();
+  for (int f = 0; f < 3; ++f) {
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    ASSERT_TRUE(rt->Spawn([] {}).ok());
+    ASSERT_TRUE(rt->EndFrame().ok());
+  }
+  const std::vector<FrameTiming> history = rt->frame_history();
+  ASSERT_EQ(history.size(), 3u);
+  EXPECT_EQ(history[0].frame, 0u);
+  EXPECT_EQ(history[2].frame, 2u);
+}
+
+// Two packages of one PU each, node 1's PU outside the process's CPU set
+// (allowed_cpuset 0x1): what hwloc reports inside a container limited to
+// one socket (`docker run --cpuset-cpus`) with every node's memory allowed.
+// hwloc keeps node 1, with no PU.
+constexpr char kSecondNodeWithoutPus[] =
+    R"(<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE topology SYSTEM "hwloc2.dtd">
+<topology version="2.0">
+  <object type="Machine" os_index="0" cpuset="0x00000003" complete_cpuset="0x00000003" allowed_cpuset="0x00000001" nodeset="0x00000003" complete_nodeset="0x00000003" allowed_nodeset="0x00000003" gp_index="1">
+    <object type="Package" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="2">
+      <object type="NUMANode" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="3" local_memory="1073741824"/>
+      <object type="Core" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="4">
+        <object type="PU" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="5"/>
+      </object>
+    </object>
+    <object type="Package" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="6">
+      <object type="NUMANode" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="7" local_memory="1073741824"/>
+      <object type="Core" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="8">
+        <object type="PU" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="9"/>
+      </object>
+    </object>
+  </object>
+</topology>
+)";
+
+// Regression (review): the runtime pinned every node's workers, a node
+// without PUs included; its first worker's binding failed, and the report
+// ("it runs unpinned") aborted the process under the default handler.
+// kNode promised FailedPrecondition and gave OK.
+TEST(RuntimeConfigTest, ANodeWithoutPusRunsItsWorkersUnpinned) {
+  const std::string path = absl::StrCat(
+      ::testing::TempDir(), "/second_node_without_pus_", getpid(), ".xml");
+  {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(kSecondNodeWithoutPus, f);
+    std::fclose(f);
+  }
+  // Discovered from XML as this machine (HWLOC_THISSYSTEM), so that the
+  // runtime pins: binding acts on PU 0, which every machine has.
+  setenv("HWLOC_XMLFILE", path.c_str(), 1);
+  setenv("HWLOC_THISSYSTEM", "1", 1);
+  auto topology = numa::Topology::Discover();
+  unsetenv("HWLOC_XMLFILE");
+  unsetenv("HWLOC_THISSYSTEM");
+  std::remove(path.c_str());
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  ASSERT_EQ((*topology)->num_nodes(), 2);
+  ASSERT_TRUE((*topology)->node(1).pus.empty());
+  if (!(*topology)->is_this_system() ||
+      !(*topology)->support().thread_binding) {
+    GTEST_SKIP() << "hwloc cannot bind threads here";
+  }
+
+  auto strict = Runtime::Create(
+      Config().set_topology(topology->get()).set_pinning(PinningPolicy::kNode));
+  EXPECT_EQ(strict.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(strict.status().message(), "node 1"))
+      << strict.status();
+
+  alloc_internal::ErrorRecorder recorder;
+  auto rt = MakeRuntime(Config().set_topology(topology->get()));
+  ASSERT_NE(rt, nullptr);
+  EXPECT_TRUE(rt->node_pinned(0));
+  EXPECT_FALSE(rt->node_pinned(1));
+  EXPECT_FALSE(rt->pinned());
+  EXPECT_EQ(rt->workers(1), 1);
+  JobCounter counter;
+  std::atomic<int> on_node[2] = {0, 0};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(rt->Spawn([&](JobContext& ctx) { on_node[ctx.node()]++; },
+                          SubmitOptions().on_node(i % 2).with_counter(&counter))
+                    .ok());
+  }
+  ASSERT_TRUE(counter.Wait().ok());
+  EXPECT_EQ(on_node[0].load(), 10);
+  EXPECT_EQ(on_node[1].load(), 10);
+  EXPECT_EQ(recorder.count(), 0u);
+  const RuntimeStats stats = rt->stats();
+  EXPECT_FALSE(stats.pinned);
+  EXPECT_TRUE(stats.nodes[0].pinned);
+  EXPECT_FALSE(stats.nodes[1].pinned);
+  EXPECT_TRUE(absl::StrContains(stats.ToJson(),
+                                "\"node\":1,\"workers\":1,\"pinned\":false"))
+      << stats.ToJson();
 }
 
 TEST(RuntimeConfigTest, RejectsAnAllocatorSource) {
@@ -965,6 +1098,25 @@ TEST(RuntimeExceptionTest, ForkRethrowsAChildsException) {
   });
   absl::Status s = h.Wait();
   EXPECT_TRUE(absl::StrContains(s.message(), "child failed")) << s;
+}
+
+// A function's exception cancels the Fork's children that have not
+// started: on one worker, the last function runs (and throws) before any
+// child can, so none of them ever runs. (Regression (review): the header
+// promised that every child finished first.)
+TEST(RuntimeExceptionTest, AThrowingForkSkipsTheChildrenNotYetStarted) {
+  auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  std::atomic<int> ran{0};
+  auto h = rt->Submit([&](JobContext& ctx) {
+    ctx.Fork([&](JobContext&) { ran++; }, [&](JobContext&) { ran++; },
+             [](JobContext&) { throw std::runtime_error("last failed"); });
+  });
+  const absl::Status s = h.Wait();
+  EXPECT_TRUE(absl::StrContains(s.message(), "last failed")) << s;
+  EXPECT_EQ(ran.load(), 0);
+  // The node runs later jobs as before.
+  EXPECT_TRUE(rt->Submit([] {}).Wait().ok());
 }
 
 // Regression (review): when a child and the last function both threw, the
@@ -1950,6 +2102,26 @@ TEST(RuntimeParallelTest, NodeArrayRejectsAPartitionForOtherNodes) {
   auto rt = MakeRuntime(Config().set_topology(topology.get()));
   auto bad = NodeArray<int>::Create(*rt, NodePartition({{5, 0, 10}}));
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Regression (review): with a node's first range empty, segment(k) gave
+// its next range's items but block(k) the empty range's (no) block, so a
+// placement check of block(k) found nothing to check.
+TEST(RuntimeParallelTest, SegmentAndBlockAnswerForTheSameRange) {
+  auto topology = TwoNodes();
+  auto rt = MakeRuntime(Config().set_topology(topology.get()));
+  auto array = NodeArray<int>::Create(
+      *rt, NodePartition({{0, 0, 0}, {1, 0, 4}, {0, 4, 8}}));
+  ASSERT_TRUE(array.ok()) << array.status();
+  for (int k = 0; k < 2; ++k) {
+    const absl::Span<int> segment = array->segment(k);
+    const Block block = array->block(k);
+    ASSERT_EQ(segment.size(), 4u) << k;
+    EXPECT_EQ(block.data, static_cast<void*>(segment.data())) << k;
+    EXPECT_GE(block.size, segment.size() * sizeof(int)) << k;
+  }
+  EXPECT_EQ(array->segment(0).data(), &(*array)[4]);
+  EXPECT_EQ(array->segment(1).data(), &(*array)[0]);
 }
 
 // Regression (review): overlapping or unordered ranges were accepted; an
