@@ -26,10 +26,14 @@ namespace jobs {
 enum class PinningPolicy {
   // Pin when the topology is this machine's (Topology::is_this_system()
   // and thread binding is supported); otherwise jobs still run on their
-  // logical node, nothing is bound, and Runtime::pinned() says so.
+  // logical node, nothing is bound, and Runtime::pinned() says so. A node
+  // without PUs (memory only, or its PUs outside the process's CPU set)
+  // has its workers unpinned (Runtime::node_pinned). A worker whose
+  // binding fails anyway runs unpinned, counted in NodeStats::pin_failures.
   kAuto,
   // Always pin; Runtime::Create fails with FailedPrecondition where the
-  // topology cannot bind threads (synthetic, XML, no binding support).
+  // topology cannot bind threads (synthetic, XML, no binding support) or
+  // a node has no PU to bind to.
   kNode,
   // Never pin: workers float over the machine (a thread pool next to
   // others that are pinned, or a container without sched_setaffinity).

@@ -791,13 +791,16 @@ class NodeObserver final : public tbb::task_scheduler_observer {
       absl::Status bound = numa::BindThreadToNode(*topology_, node_);
       if (previous.ok() && bound.ok()) {
         jobs_internal::tls_saved_binding = *std::move(previous);
-      } else if (!bound.ok() &&
-                 !failure_reported_.exchange(true, std::memory_order_relaxed)) {
-        ReportErrorAndContinue(
-            Report(ErrorKind::kMisuse, "jobs::Runtime",
-                   absl::StrCat("cannot pin a worker to node ", node_, ": ",
-                                bound.ToString(),
-                                "; it runs unpinned (reported once)")));
+      } else if (!bound.ok()) {
+        // Not the caller's misuse, and the worker runs all the same
+        // (unpinned): counted in NodeStats::pin_failures, not reported to
+        // the error handler (whose default aborts). Create refuses the
+        // cases it can see (a node without PUs under kNode); this is what
+        // only the first binding shows (the process's CPU set narrowed
+        // since, a container's seccomp profile).
+        pin_failures_.fetch_add(1, std::memory_order_relaxed);
+        alloc_internal::MutexLock lock(&pin_error_mu_);
+        if (pin_error_.empty()) pin_error_ = bound.ToString();
       }
     }
     TsanRelease(this);  // For the destructor, after observe(false).
@@ -833,11 +836,21 @@ class NodeObserver final : public tbb::task_scheduler_observer {
   const numa::Topology* const topology_;
   const int node_;
   const bool pin_;
-  std::atomic<bool> failure_reported_{false};
+  std::atomic<uint64_t> pin_failures_{0};
+  mutable alloc_internal::Mutex pin_error_mu_;
+  std::string pin_error_ ABSL_GUARDED_BY(pin_error_mu_);  // The first.
 
  public:
   // Threads inside the arena now (entries minus exits).
   std::atomic<int> inside_{0};
+
+  uint64_t pin_failures() const {
+    return pin_failures_.load(std::memory_order_relaxed);
+  }
+  std::string pin_error() const {
+    alloc_internal::MutexLock lock(&pin_error_mu_);
+    return pin_error_;
+  }
 };
 
 struct Runtime::Node {
@@ -3547,6 +3560,8 @@ RuntimeStats Runtime::stats() const {
     n.workers = node->workers;
     n.pus = node->pus;
     n.pinned = node->pinned;
+    n.pin_failures = node->observer->pin_failures();
+    if (n.pin_failures > 0) n.pin_error = node->observer->pin_error();
     n.jobs_submitted = SubmittedTo(node->index);
     for (const auto& slot : node->slots) {
       WorkerStats w;
@@ -3636,12 +3651,13 @@ std::string RuntimeStats::ToJson() const {
     const NodeStats& n = nodes[i];
     absl::StrAppendFormat(
         &out,
-        "%s{\"node\":%d,\"workers\":%d,\"pinned\":%s,\"jobs_submitted\":%d,"
+        "%s{\"node\":%d,\"workers\":%d,\"pinned\":%s,\"pin_failures\":%d,"
+        "\"jobs_submitted\":%d,"
         "\"jobs_run\":%d,\"jobs_stolen\":%d,\"busy_seconds\":%.6f,"
         "\"idle_seconds\":%.6f,\"worker_stats\":[",
         i ? "," : "", n.node, n.workers, n.pinned ? "true" : "false",
-        n.jobs_submitted, n.jobs_run, n.jobs_stolen, n.busy_seconds,
-        n.idle_seconds);
+        n.pin_failures, n.jobs_submitted, n.jobs_run, n.jobs_stolen,
+        n.busy_seconds, n.idle_seconds);
     for (size_t j = 0; j < n.worker_stats.size(); ++j) {
       const WorkerStats& w = n.worker_stats[j];
       absl::StrAppendFormat(
@@ -3670,6 +3686,12 @@ std::string RuntimeStats::ToText() const {
                           n.node, n.workers, n.pinned ? " (pinned)" : "",
                           n.jobs_submitted, n.jobs_run, n.jobs_stolen,
                           n.busy_seconds, n.idle_seconds);
+    if (n.pin_failures > 0) {
+      absl::StrAppendFormat(&out,
+                            "  %d worker entries could not be pinned (they "
+                            "ran unpinned); first: %s\n",
+                            n.pin_failures, n.pin_error);
+    }
     for (const WorkerStats& w : n.worker_stats) {
       absl::StrAppendFormat(
           &out, "  %s %d: %d run (%d stolen, %d inline), busy %.3f s\n",

@@ -741,8 +741,12 @@ struct WorkerStats {
 struct NodeStats {
   int node = 0;
   int workers = 0;
-  std::vector<int> pus;         // OS indexes of the node's PUs.
-  bool pinned = false;          // Runtime::node_pinned(node).
+  std::vector<int> pus;  // OS indexes of the node's PUs.
+  bool pinned = false;   // Runtime::node_pinned(node).
+  // Worker entries whose binding to the node failed (the thread then runs
+  // unpinned; the runtime goes on), and the first failure's reason.
+  uint64_t pin_failures = 0;
+  std::string pin_error;
   uint64_t jobs_submitted = 0;  // Submitted with this node's affinity.
   uint64_t jobs_run = 0;
   uint64_t jobs_stolen = 0;  // Taken by this node from another node.

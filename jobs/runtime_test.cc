@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "alloc/error.h"
 #include "alloc/internal/test_util.h"
 #include "gtest/gtest.h"
@@ -209,52 +210,67 @@ TEST(RuntimeConfigTest, RejectsHistoriesAndTraceRingsBeyondTheirBounds) {
   EXPECT_EQ(history[2].frame, 2u);
 }
 
-// Two packages of one PU each, node 1's PU outside the process's CPU set
-// (allowed_cpuset 0x1): what hwloc reports inside a container limited to
-// one socket (`docker run --cpuset-cpus`) with every node's memory allowed.
-// hwloc keeps node 1, with no PU.
-constexpr char kSecondNodeWithoutPus[] =
-    R"(<?xml version="1.0" encoding="UTF-8"?>
+// Two packages of one PU each, in hwloc's XML: PU 0 on node 0 and PU
+// `second_pu` on node 1, written as hwloc bitmaps (`cpuset`, ...), and the
+// PUs the process may use (`allowed`).
+std::string TwoPackagesXml(const char* second_pu_index, const char* second,
+                           const char* both, const char* allowed) {
+  std::string xml = R"(<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE topology SYSTEM "hwloc2.dtd">
 <topology version="2.0">
-  <object type="Machine" os_index="0" cpuset="0x00000003" complete_cpuset="0x00000003" allowed_cpuset="0x00000001" nodeset="0x00000003" complete_nodeset="0x00000003" allowed_nodeset="0x00000003" gp_index="1">
+  <object type="Machine" os_index="0" cpuset="BOTH" complete_cpuset="BOTH" allowed_cpuset="ALLOWED" nodeset="0x00000003" complete_nodeset="0x00000003" allowed_nodeset="0x00000003" gp_index="1">
     <object type="Package" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="2">
       <object type="NUMANode" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="3" local_memory="1073741824"/>
       <object type="Core" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="4">
         <object type="PU" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="5"/>
       </object>
     </object>
-    <object type="Package" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="6">
-      <object type="NUMANode" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="7" local_memory="1073741824"/>
-      <object type="Core" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="8">
-        <object type="PU" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="9"/>
+    <object type="Package" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="6">
+      <object type="NUMANode" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="7" local_memory="1073741824"/>
+      <object type="Core" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="8">
+        <object type="PU" os_index="INDEX" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="9"/>
       </object>
     </object>
   </object>
 </topology>
 )";
+  return absl::StrReplaceAll(xml, {{"BOTH", both},
+                                   {"ALLOWED", allowed},
+                                   {"SECOND", second},
+                                   {"INDEX", second_pu_index}});
+}
 
-// Regression (review): the runtime pinned every node's workers, a node
-// without PUs included; its first worker's binding failed, and the report
-// ("it runs unpinned") aborted the process under the default handler.
-// kNode promised FailedPrecondition and gave OK.
-TEST(RuntimeConfigTest, ANodeWithoutPusRunsItsWorkersUnpinned) {
-  const std::string path = absl::StrCat(
-      ::testing::TempDir(), "/second_node_without_pus_", getpid(), ".xml");
-  {
-    std::FILE* f = std::fopen(path.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    std::fputs(kSecondNodeWithoutPus, f);
-    std::fclose(f);
-  }
-  // Discovered from XML as this machine (HWLOC_THISSYSTEM), so that the
-  // runtime pins: binding acts on PU 0, which every machine has.
+// The topology `xml` describes, discovered as this machine's
+// (HWLOC_THISSYSTEM), so that a runtime on it pins: binding to PU 0 acts
+// on the real machine, which always has one.
+absl::StatusOr<std::unique_ptr<numa::Topology>> DiscoverFromXml(
+    const std::string& xml) {
+  static std::atomic<int> files{0};
+  const std::string path = absl::StrCat(::testing::TempDir(), "/topology_",
+                                        getpid(), "_", files++, ".xml");
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) return absl::InternalError("cannot write " + path);
+  std::fputs(xml.c_str(), f);
+  std::fclose(f);
   setenv("HWLOC_XMLFILE", path.c_str(), 1);
   setenv("HWLOC_THISSYSTEM", "1", 1);
   auto topology = numa::Topology::Discover();
   unsetenv("HWLOC_XMLFILE");
   unsetenv("HWLOC_THISSYSTEM");
   std::remove(path.c_str());
+  return topology;
+}
+
+// Regression (review): the runtime pinned every node's workers, a node
+// without PUs included; its first worker's binding failed, and the report
+// ("it runs unpinned") aborted the process under the default handler.
+// kNode promised FailedPrecondition and gave OK. The topology: node 1's PU
+// outside the process's CPU set (allowed_cpuset 0x1), what hwloc reports
+// inside a container limited to one socket (`docker run --cpuset-cpus`)
+// with every node's memory allowed: it keeps node 1, with no PU.
+TEST(RuntimeConfigTest, ANodeWithoutPusRunsItsWorkersUnpinned) {
+  auto topology = DiscoverFromXml(
+      TwoPackagesXml("1", "0x00000002", "0x00000003", "0x00000001"));
   ASSERT_TRUE(topology.ok()) << topology.status();
   ASSERT_EQ((*topology)->num_nodes(), 2);
   ASSERT_TRUE((*topology)->node(1).pus.empty());
@@ -294,6 +310,40 @@ TEST(RuntimeConfigTest, ANodeWithoutPusRunsItsWorkersUnpinned) {
   EXPECT_TRUE(absl::StrContains(stats.ToJson(),
                                 "\"node\":1,\"workers\":1,\"pinned\":false"))
       << stats.ToJson();
+}
+
+// A worker whose binding fails (here: node 1's PU 62 is allowed by the
+// topology but absent from this machine) runs unpinned and is counted,
+// with no report to the error handler (whose default aborts).
+TEST(RuntimeConfigTest, AWorkerThatCannotBePinnedRunsAndIsCounted) {
+  if (sysconf(_SC_NPROCESSORS_CONF) > 62) GTEST_SKIP() << "PU 62 exists";
+  auto topology = DiscoverFromXml(TwoPackagesXml("62", "0x40000000,0x00000000",
+                                                 "0x40000000,0x00000001",
+                                                 "0x40000000,0x00000001"));
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  ASSERT_EQ((*topology)->num_nodes(), 2);
+  ASSERT_EQ((*topology)->node(1).pus, std::vector<int>{62});
+  if (!(*topology)->is_this_system() ||
+      !(*topology)->support().thread_binding) {
+    GTEST_SKIP() << "hwloc cannot bind threads here";
+  }
+  alloc_internal::ErrorRecorder recorder;
+  auto rt = MakeRuntime(Config().set_topology(topology->get()));
+  ASSERT_NE(rt, nullptr);
+  for (int node = 0; node < 2; ++node) {
+    auto h = rt->Submit([](JobContext& ctx) { return ctx.node(); },
+                        SubmitOptions().on_node(node));
+    ASSERT_TRUE(h.Wait().ok());
+    EXPECT_EQ(h.value(), node);
+  }
+  EXPECT_EQ(recorder.count(), 0u);
+  const RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.nodes[0].pin_failures, 0u);
+  EXPECT_GE(stats.nodes[1].pin_failures, 1u);  // Once per entry.
+  EXPECT_FALSE(stats.nodes[1].pin_error.empty());
+  EXPECT_TRUE(absl::StrContains(stats.ToText(), "could not be pinned"))
+      << stats.ToText();
+  EXPECT_TRUE(absl::StrContains(stats.ToJson(), "\"pin_failures\":0,"));
 }
 
 TEST(RuntimeConfigTest, RejectsAnAllocatorSource) {
