@@ -108,6 +108,10 @@ absl::StatusOr<Block> ChunkCache::Acquire(size_t size, size_t alignment) {
     ++(populated ? stats_.populated_blocks : stats_.populate_failures);
   }
   ++stats_.misses;
+  // Rounded up by the source (to its page size): filed under its class
+  // when released, or a later Acquire of the class would never find it
+  // (before: a source with 64 KiB pages never had a block reused).
+  if (block->size != cls) rounded_[block->data] = cls;
   NoteInUseLocked(*block);
   return block;
 }
@@ -129,14 +133,17 @@ void ChunkCache::Release(const Block& block) {
     --stats_.in_use_blocks;
     stats_.in_use_bytes -= block.size;
     keep = stats_.cached_bytes + block.size <= options_.max_cached_bytes;
+    auto rounded = rounded_.find(block.data);
+    const size_t cls = rounded == rounded_.end() ? block.size : rounded->second;
     if (keep) {
       // Idle memory is poisoned: a use after release is an ASan report.
       FRAMEALLOC_POISON(block.data, block.size);
-      idle_[block.size].push_back(block);
+      idle_[cls].push_back(block);
       ++stats_.cached_blocks;
       stats_.cached_bytes += block.size;
     } else {
       ++stats_.returned_to_source;
+      if (rounded != rounded_.end()) rounded_.erase(rounded);
     }
   }
   if (!keep) source_->Deallocate(block);
@@ -188,6 +195,7 @@ size_t ChunkCache::TrimLocked(size_t keep_bytes) {
       trimmed += block.size;
       // Shadow memory outlives the mapping: unpoison before giving it back.
       FRAMEALLOC_UNPOISON(block.data, block.size);
+      rounded_.erase(block.data);
       source_->Deallocate(block);
     }
     if (stats_.cached_bytes <= keep_bytes) break;

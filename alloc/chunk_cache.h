@@ -112,8 +112,11 @@ class ChunkCache {
   // their own class.
   static size_t SizeClass(size_t size);
 
-  // A block of at least `size` bytes (exactly SizeClass(size)) aligned to
-  // `alignment`, from the cache when it holds one, else from the source.
+  // A block of at least `size` bytes aligned to `alignment`, from the
+  // cache when it holds one of SizeClass(size), else from the source: of
+  // exactly SizeClass(size) bytes, unless the source rounds it up further
+  // (to its page size: 64 KiB pages on some kernels), and then it is
+  // filed under its class all the same when released.
   // Errors: as MemorySource::Allocate.
   absl::StatusOr<Block> Acquire(size_t size, size_t alignment);
 
@@ -146,6 +149,9 @@ class ChunkCache {
   // a workload uses have been seen, a steady Acquire/Release cycle (an
   // arena's frames) makes no heap allocation here.
   absl::flat_hash_map<size_t, std::vector<Block>> idle_ ABSL_GUARDED_BY(mu_);
+  // The class of each block (idle or in use) that the source made larger
+  // than its class, by address: Release files it under that class.
+  absl::flat_hash_map<const void*, size_t> rounded_ ABSL_GUARDED_BY(mu_);
   // Peak in-use bytes of each of the last trim_window_epochs epochs: a
   // ring, sized once at construction.
   std::vector<size_t> epoch_peaks_ ABSL_GUARDED_BY(mu_);

@@ -111,6 +111,33 @@ TEST(ChunkCacheTest, BadAlignmentsAreRefusedOnAHitToo) {
   cache.Release(*block);
 }
 
+// Regression (review): released blocks were filed by their size and
+// looked up by their class, so a source that rounds blocks up (64 KiB
+// pages) never had one found again: every chunk came from the source.
+// Now a rounded block is filed under the class it was acquired for.
+TEST(ChunkCacheTest, BlocksASourceRoundedUpAreFoundAgain) {
+  alloc_internal::RoundingSource source(64 << 10);
+  ChunkCache cache(&source);
+  ASSERT_EQ(ChunkCache::SizeClass(100 << 10), size_t{104} << 10);
+  absl::StatusOr<Block> first = cache.Acquire(100 << 10, 64);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->size, size_t{128} << 10);  // Rounded by the source.
+  cache.Release(*first);
+  absl::StatusOr<Block> again = cache.Acquire(100 << 10, 64);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->data, first->data);
+  EXPECT_EQ(cache.stats().hits, 1u);
+  EXPECT_EQ(source.allocate_calls(), 1);
+  cache.Release(*again);
+  // Filed under its class (104 KiB): a 40 KiB request does not take it.
+  absl::StatusOr<Block> small = cache.Acquire(40 << 10, 64);
+  ASSERT_TRUE(small.ok());
+  EXPECT_NE(small->data, first->data);
+  EXPECT_EQ(small->size, size_t{64} << 10);
+  cache.Release(*small);
+  EXPECT_EQ(cache.stats().hits, 1u);
+}
+
 TEST(ChunkCacheTest, SizeClasses) {
   EXPECT_EQ(ChunkCache::SizeClass(1), 4096u);
   EXPECT_EQ(ChunkCache::SizeClass(4096), 4096u);

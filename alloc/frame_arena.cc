@@ -159,12 +159,13 @@ void* FrameArena::AllocateSlow(size_t size, size_t alignment, bool fatal) {
     return block->data;
   }
   absl::StatusOr<Block> chunk;
-  // The cache hands out whole size classes (a 100 KiB chunk is 104 KiB):
-  // a kept chunk is the one the cache would give (before, the nominal size
-  // was compared, and for sizes that are not their own class the kept
-  // chunks were never taken again).
+  // The cache hands out whole size classes (a 100 KiB chunk is 104 KiB),
+  // and a source may round them up again (to 64 KiB pages): the smallest
+  // kept chunk (the back) serves if it holds the class (before, it had to
+  // equal the nominal size, and for sizes that are not their own class the
+  // kept chunks were never taken again).
   if (!spare_chunks_.empty() &&
-      spare_chunks_.back().size == ChunkCache::SizeClass(next_chunk)) {
+      spare_chunks_.back().size >= ChunkCache::SizeClass(next_chunk)) {
     chunk = spare_chunks_.back();  // Kept from an earlier frame.
     spare_chunks_.pop_back();
   } else {

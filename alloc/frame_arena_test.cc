@@ -272,6 +272,34 @@ TEST_F(FrameArenaTest, RetainedChunksAreReusedWhateverTheChunkSize) {
   EXPECT_LE(arena.stats().spare_bytes, size_t{1} << 20);
 }
 
+// The same with a source that rounds blocks up to 64 KiB pages (a 104 KiB
+// class comes back as 128 KiB): kept chunks and idle blocks serve all the
+// same (review of the fix above).
+TEST(FrameArenaRoundingTest, RetainedChunksServeWhenTheSourceRoundsUp) {
+  alloc_internal::RoundingSource source(64 << 10);
+  ChunkCache cache(&source);
+  {
+    FrameArena arena(&cache, FrameArenaOptions()
+                                 .set_initial_chunk_size(100 << 10)
+                                 .set_max_chunk_size(400 << 10)
+                                 .set_retain_bytes(4 << 20));
+    auto frame = [&] {
+      for (int i = 0; i < 600; ++i) arena.Allocate(1000);
+      arena.Reset();
+    };
+    for (int f = 0; f < 3; ++f) frame();
+    const int calls = source.allocate_calls();
+    const ChunkCacheStats before = cache.stats();
+    for (int f = 0; f < 20; ++f) frame();
+    const ChunkCacheStats after = cache.stats();
+    EXPECT_EQ(after.hits + after.misses, before.hits + before.misses);
+    EXPECT_EQ(source.allocate_calls(), calls);
+    EXPECT_EQ(arena.stats().spare_chunks, 2u);
+    EXPECT_LE(arena.stats().spare_bytes, size_t{1} << 20);
+  }
+  EXPECT_EQ(cache.stats().in_use_blocks, 0u);
+}
+
 TEST_F(FrameArenaTest, RetainBytesBoundsWhatIsKept) {
   FrameArena arena(&cache_, FrameArenaOptions().set_retain_bytes(2 * k64K));
   for (int i = 0; i < 400; ++i) arena.Allocate(1000);

@@ -2,6 +2,8 @@
 // tags and statistics (see smart_alloc.h).
 #include "alloc/smart_alloc.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstring>
 #include <thread>
@@ -32,6 +34,10 @@ LiveInstances& Live() {
   static LiveInstances* live = new LiveInstances;
   return *live;
 }
+
+// The instance whose state this thread is handing back at its exit, if any
+// (SmartAlloc::RetireAtThreadExit).
+thread_local const SmartAlloc* retiring_at_exit = nullptr;
 
 // Tracked heap blocks carry this header just before the user pointer.
 struct HeapHeader {
@@ -67,45 +73,74 @@ void AppendKind(std::string* out, absl::string_view name, const KindStats& k) {
 
 }  // namespace
 
-namespace {
-// Where the calling thread is in its exit. Trivially destructible, so it
-// stays readable while the thread's other thread_locals (and, on the main
-// thread, the statics after main returns) are destroyed: calls into a
-// SmartAlloc may come from any of those destructors.
-enum class ThreadPhase : uint8_t {
-  kRunning,  // Its ThreadExitHook is alive (or not built yet).
-  kExiting,  // The hook's destructor is handing its states back.
-  kGone,     // The hook is destroyed: its list must not be touched.
-};
-thread_local ThreadPhase thread_phase = ThreadPhase::kRunning;
-}  // namespace
-
-// Hands a thread's states back to their instances when the thread exits.
+// A thread's states, one per instance it used, are the value of a pthread
+// key whose destructor hands them back when the thread exits. glibc runs
+// key destructors after the thread's C++ thread_local destructors, so
+// those (a PoolBox held in a thread_local, whatever its construction order)
+// still find their state. exit() runs none on the main thread: its states
+// stay valid for the static destructors after main returns, and go with
+// their instances. (Before, a thread_local hook handed them back, and calls
+// from destructors that ran after it used the freed states: defect 35.)
 class ThreadExitHook {
  public:
-  ~ThreadExitHook() {
-    thread_phase = ThreadPhase::kExiting;
-    alloc_internal::last_thread_state = {};
-    // A state's retirement runs user code (its frames' destructors, the
-    // error handler for a canary): a call it makes into an instance this
-    // thread has no state in any more gets a new one, listed here and
-    // handed back in the next round.
-    while (!states.empty()) {
-      const auto batch = std::move(states);
-      states.clear();
-      for (const auto& [id, state] : batch) {
-        SmartAlloc::RetireAtThreadExit(id, state);
+  using StateList = absl::InlinedVector<std::pair<uint64_t, ThreadState*>, 4>;
+
+  // The calling thread's list; created (and registered) if `create`.
+  static StateList* Get(bool create) {
+    const pthread_key_t key = Key();
+    auto* list = static_cast<StateList*>(pthread_getspecific(key));
+    if (list == nullptr && create) {
+      list = new StateList;
+      if (pthread_setspecific(key, list) != 0) {
+        delete list;
+        ReportFatalError({ErrorKind::kOutOfMemory, "SmartAlloc",
+                          "pthread_setspecific refused the thread's state "
+                          "list",
+                          0, 0, absl::ResourceExhaustedError("no memory")});
       }
     }
-    thread_phase = ThreadPhase::kGone;
-    alloc_internal::last_thread_state = {};
+    return list;
   }
-  absl::InlinedVector<std::pair<uint64_t, ThreadState*>, 4> states;
-};
 
-namespace {
-thread_local ThreadExitHook thread_exit_hook;
-}  // namespace
+  // The list HandBack is handing back on this thread (null otherwise):
+  // calls its user code makes still find the states not yet handed back.
+  static StateList* Exiting() { return exiting; }
+
+ private:
+  static pthread_key_t Key() {
+    static const pthread_key_t key = [] {
+      pthread_key_t k;
+      if (pthread_key_create(&k, &HandBack) != 0) {
+        ReportFatalError({ErrorKind::kOutOfMemory, "SmartAlloc",
+                          "pthread_key_create failed: no key for the "
+                          "threads' states",
+                          0, 0, absl::ResourceExhaustedError("no key")});
+      }
+      return k;
+    }();
+    return key;
+  }
+
+  // The key's destructor. A state's hand-back runs user code (its frames'
+  // destructors, the error handler for a canary); a call it makes into an
+  // instance this thread has no state in gets a new list, which glibc hands
+  // back in its next round of key destructors.
+  static void HandBack(void* value) {
+    auto* list = static_cast<StateList*>(value);
+    StateList* const outer = exiting;
+    exiting = list;
+    alloc_internal::last_thread_state = {};
+    for (auto& [id, state] : *list) {
+      SmartAlloc::RetireAtThreadExit(id, state);
+      state = nullptr;
+    }
+    exiting = outer;
+    alloc_internal::last_thread_state = {};
+    delete list;
+  }
+
+  static inline thread_local StateList* exiting = nullptr;
+};
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -239,6 +274,18 @@ absl::StatusOr<std::unique_ptr<SmartAlloc>> SmartAlloc::Create(
 }
 
 SmartAlloc::~SmartAlloc() {
+  if (retiring_at_exit == this) {
+    // A frame destructor run while this thread's state is handed back at
+    // its exit destroyed the instance: the hand-back up the stack still
+    // uses it, and waiting for it (as for other threads' exits) would wait
+    // for this very call.
+    ReportFatalError(
+        {ErrorKind::kMisuse, "SmartAlloc::~SmartAlloc",
+         "destroyed from a frame object's destructor while the thread's "
+         "state in it was handed back at thread exit; destroy the instance "
+         "elsewhere (the destructor cannot wait for its own caller)",
+         0, 0, absl::OkStatus()});
+  }
   LiveInstances& live = Live();
   {
     MutexLock lock(&live.mu);
@@ -283,25 +330,13 @@ SmartAlloc::~SmartAlloc() {
 }
 
 ThreadState& SmartAlloc::LocalSlow() {
-  const ThreadPhase phase = thread_phase;
-  if (phase != ThreadPhase::kGone) {
-    for (const auto& [id, state] : thread_exit_hook.states) {
-      if (id == id_) {
+  for (ThreadExitHook::StateList* list :
+       {ThreadExitHook::Exiting(), ThreadExitHook::Get(/*create=*/false)}) {
+    if (list == nullptr) continue;
+    for (const auto& [id, state] : *list) {
+      if (id == id_ && state != nullptr) {
         alloc_internal::last_thread_state = {id_, state};
         return *state;
-      }
-    }
-  } else {
-    // Past this thread's exit hook (a thread_local built before the hook,
-    // or a static destructor after main returned): its state there, if it
-    // had one, is gone. Such calls share one late state per thread, which
-    // the instance hands back when it is destroyed.
-    const std::thread::id self = std::this_thread::get_id();
-    MutexLock lock(&threads_mu_);
-    for (ThreadState* ts : threads_) {
-      if (ts->late && ts->thread == self) {
-        alloc_internal::last_thread_state = {id_, ts};
-        return *ts;
       }
     }
   }
@@ -311,16 +346,11 @@ ThreadState& SmartAlloc::LocalSlow() {
     serial = next_thread_serial_++;
   }
   auto* state = new ThreadState(this, serial);
-  state->late = phase == ThreadPhase::kGone;
   {
     MutexLock lock(&threads_mu_);
     threads_.push_back(state);
   }
-  if (state->late) {
-    alloc_internal::last_thread_state = {id_, state};
-    return *state;
-  }
-  auto& states = thread_exit_hook.states;
+  ThreadExitHook::StateList& states = *ThreadExitHook::Get(/*create=*/true);
   if (states.size() >= 8) {
     // Forget instances that died, so a long-lived thread that sees many
     // instances keeps a short list.
@@ -347,7 +377,10 @@ void SmartAlloc::RetireAtThreadExit(uint64_t id, ThreadState* ts) {
     instance = it->second;
     ++instance->exits_in_progress_;  // Its destructor waits for this.
   }
+  const SmartAlloc* const outer = retiring_at_exit;
+  retiring_at_exit = instance;
   instance->RetireThread(ts, /*own_thread=*/true);
+  retiring_at_exit = outer;
   LiveInstances& live = Live();
   MutexLock lock(&live.mu);
   --instance->exits_in_progress_;  // The last touch of the instance.
@@ -361,11 +394,35 @@ void SmartAlloc::RetireThread(ThreadState* ts, bool own_thread) {
   // and are counted below (on another thread, in that thread's state).
   alloc_internal::LastThreadState& last = alloc_internal::last_thread_state;
   if (own_thread) last = {id_, ts};
-  for (int slot = 0; slot < static_cast<int>(ts->arenas.size()); ++slot) {
+  const int slots = static_cast<int>(ts->arenas.size());
+  for (int slot = 0; slot < slots; ++slot) {
     CheckFrameGuards(*ts, slot);
     ts->arenas[slot]->Reset();
   }
+  // A destructor may have put frame objects into a slot already released:
+  // release again (a few rounds), so that none is left for `delete ts`.
+  for (int round = 0; round < 3; ++round) {
+    bool again = false;
+    for (int slot = 0; slot < slots; ++slot) {
+      if (ts->arenas[slot]->stats().allocations > 0) {
+        again = true;
+        ts->arenas[slot]->Reset();
+      }
+    }
+    if (!again) break;
+  }
   if (last.state == ts) last = {};
+  if (own_thread) {
+    // Whatever runs from here on (a frame object made in the last round's
+    // destructors, destroyed with its arena) must not find `ts`.
+    for (ThreadExitHook::StateList* list :
+         {ThreadExitHook::Exiting(), ThreadExitHook::Get(/*create=*/false)}) {
+      if (list == nullptr) continue;
+      for (auto& [id, state] : *list) {
+        if (state == ts) state = nullptr;
+      }
+    }
+  }
   {
     MutexLock lock(&threads_mu_);
     auto it = std::find(threads_.begin(), threads_.end(), ts);

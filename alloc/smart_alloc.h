@@ -276,9 +276,6 @@ struct alignas(64) ThreadState {
   const uint64_t serial;
   // The thread it belongs to.
   const std::thread::id thread = std::this_thread::get_id();
-  // Made for calls after the thread's exit hook ran (SmartAlloc::LocalSlow):
-  // not in the hook's list; the instance hands it back when destroyed.
-  bool late = false;
   PoolManager::ThreadCache pool_cache;
   absl::InlinedVector<std::unique_ptr<FrameArena>, 3> arenas;
   int slot = 0;  // arenas[slot] takes this frame's memory.

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -563,29 +564,106 @@ TEST_F(SmartAllocTest, AReportAtThreadExitMayReadTheStatistics) {
 }
 
 // A thread_local built before the thread first used the instance is
-// destroyed after the instance's state on the thread was handed back.
+// destroyed after the instance's first state on the thread was made.
 struct LateHolder {
   PoolBox<int> box;
 };
 thread_local LateHolder late_holder;
 
-// Regression (review): a call into a SmartAlloc after the thread's exit
-// hook had run (here the destructor of such a thread_local; on the main
-// thread, a static destructor after main returns) found the handed-back
-// state in the destroyed hook's list: a use after free.
-TEST_F(SmartAllocTest, CallsAfterTheThreadsExitHookGetAStateOfTheirOwn) {
+// Regression (review): a thread_local hook handed a thread's states back,
+// and a call into a SmartAlloc from a destructor that ran after it (here
+// such a thread_local's; on the main thread, a static destructor after
+// main returns) found the handed-back state in the destroyed hook's list:
+// a use after free. The states now go after every thread_local destructor
+// (a pthread key's destructor).
+TEST_F(SmartAllocTest, AThreadLocalDestroyedAtThreadExitMayStillFree) {
   std::thread t([&] {
-    LateHolder& holder = late_holder;  // Built before the hook.
+    LateHolder& holder = late_holder;  // Built before the state.
     holder.box = alloc().pool_box<int>(1);
     EXPECT_EQ(*holder.box, 1);
-  });  // The hook goes first, then the holder frees its box.
+  });  // The holder frees its box, then the state is handed back.
   t.join();
-  AllocStats s = alloc().stats();
+  const AllocStats s = alloc().stats();
   EXPECT_EQ(s.pool.allocations, 1u);
   EXPECT_EQ(s.pool.frees, 1u);
   EXPECT_EQ(s.pool.live_bytes(), 0);
-  // The late free's state stays until the instance goes.
-  EXPECT_EQ(s.live_threads, 1u);
+  EXPECT_EQ(s.live_threads, 0u);
+  EXPECT_EQ(s.exited_threads, 1u);
+}
+
+// Review of the fix above: its first form gave such late calls a state of
+// their own that only the instance's destruction handed back, so threads
+// that churned left one each behind.
+TEST_F(SmartAllocTest, ThreadChurnWithThreadLocalHoldersLeavesNoState) {
+  for (int wave = 0; wave < 20; ++wave) {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 10; ++i) {
+      threads.emplace_back([this, i] {
+        LateHolder& holder = late_holder;
+        holder.box = alloc().pool_box<int>(i);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+  const AllocStats s = alloc().stats();
+  EXPECT_EQ(s.pool.frees, 200u);
+  EXPECT_EQ(s.live_threads, 0u);
+  EXPECT_EQ(s.exited_threads, 200u);
+}
+
+// Holds its instance: the last reference may go with a frame object.
+struct KeepsAlive {
+  std::shared_ptr<SmartAlloc> alloc;
+};
+
+// Review: a frame object that held the last reference to its SmartAlloc,
+// still in flight at thread exit, destroyed the instance while the thread
+// handed its state back; the destructor waited for that hand-back, its own
+// caller, for ever. It is now a clear fatal report.
+TEST(SmartAllocHandBackDeathTest,
+     DestroyingTheInstanceFromItsHandBackIsReported) {
+  EXPECT_DEATH(
+      {
+        auto a =
+            std::make_shared<SmartAlloc>(AllocConfig().set_frames_in_flight(2));
+        std::thread t([a]() mutable {
+          a->frame_alloc<KeepsAlive>(KeepsAlive{a});
+          a->end_frame();
+          a.reset();
+        });
+        a.reset();
+        t.join();
+      },
+      "destroyed from a frame object's destructor");
+}
+
+// Frame objects whose destructors make more frame objects, the last of
+// them allocating again.
+struct AllocatesWhenDestroyed {
+  SmartAlloc* alloc;
+  ~AllocatesWhenDestroyed() { alloc->frame_allocate(32); }
+};
+struct MakesAnotherWhenDestroyed {
+  SmartAlloc* alloc;
+  ~MakesAnotherWhenDestroyed() {
+    alloc->frame_alloc<AllocatesWhenDestroyed>(AllocatesWhenDestroyed{alloc});
+  }
+};
+
+// Review: when the instance was destroyed, a frame destructor in a later
+// slot put a new frame object into a slot already released; it ran while
+// the state was deleted, and its call into the instance found that state
+// (ASan: heap-use-after-free in ChargeFrameBudgets).
+TEST_F(SmartAllocTest, FrameObjectsMadeWhileTheInstanceIsDestroyedAreReleased) {
+  Make(AllocConfig().set_frames_in_flight(2).set_global_budget(1 << 20));
+  alloc().end_frame();
+  alloc().frame_alloc<MakesAnotherWhenDestroyed>(
+      MakesAnotherWhenDestroyed{&alloc()});
+  alloc().end_frame();  // The object stays in flight in slot 1.
+  CountingSource* source = &source_;
+  alloc_.reset();
+  EXPECT_EQ(source->stats().bytes_outstanding, 0u);
+  Make();  // For TearDown.
 }
 
 // The same on the main thread, in a child process: a global holding pool

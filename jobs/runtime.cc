@@ -1341,9 +1341,11 @@ bool Runtime::HelpOutside(int node_index, absl::FunctionRef<void()> wait) {
     ~Uncount() { n.fetch_sub(1, std::memory_order_release); }
   } uncount{outside_helpers_};
   if (!accepting_.load(std::memory_order_seq_cst)) return false;
-  // Jobs keep their affinity: on a pinned runtime of several nodes, only
-  // a thread bound within the node runs the node's jobs.
-  if (num_nodes() > 1 && pinned_ && OutsideHelpNode() != node_index) {
+  // Jobs keep their affinity: on a runtime of several nodes, only a thread
+  // bound within a pinned node runs the node's jobs (a node without PUs,
+  // whose workers float, takes any helper).
+  if (num_nodes() > 1 && nodes_[node_index]->pinned &&
+      OutsideHelpNode() != node_index) {
     return false;
   }
   Node& node = *nodes_[node_index];

@@ -61,6 +61,32 @@ class CountingSource final : public MemorySource {
   std::atomic<int> refuse_after_{-1};
 };
 
+// Rounds every block up to a multiple of `granularity` bytes, as the mmap
+// and node sources round to the kernel's page size (64 KiB on some arm64
+// kernels), and counts the calls that reach it.
+class RoundingSource final : public MemorySource {
+ public:
+  explicit RoundingSource(size_t granularity) : granularity_(granularity) {}
+  absl::string_view name() const override { return "rounding"; }
+  int allocate_calls() const { return allocate_calls_.load(); }
+
+ protected:
+  absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override {
+    allocate_calls_.fetch_add(1);
+    const size_t rounded =
+        (size + granularity_ - 1) / granularity_ * granularity_;
+    return SystemMemorySource::Default().Allocate(rounded, alignment);
+  }
+  bool DoDeallocate(const Block& block) override {
+    SystemMemorySource::Default().Deallocate(block);
+    return true;
+  }
+
+ private:
+  const size_t granularity_;
+  std::atomic<int> allocate_calls_{0};
+};
+
 // Forwards to `next` and refuses chosen calls with ResourceExhausted, for
 // fault-injection sweeps: calls to Allocate that reach the source are
 // numbered from 1 (requests the base class rejects as invalid never reach
