@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <new>
 
@@ -56,6 +57,12 @@ inline void* Allocate(size_t size) {
 inline void* AllocateAligned(size_t size, std::align_val_t al) {
   Count(size);
   const size_t alignment = static_cast<size_t>(al);
+  // Rounding such a size up to the alignment wraps (to 0, and then a block
+  // of `alignment` bytes was returned): no block can be that large, so the
+  // request fails, as malloc(SIZE_MAX) does on the unaligned path.
+  if (size > SIZE_MAX - alignment) [[unlikely]] {
+    return nullptr;
+  }
   size_t rounded = (size + alignment - 1) / alignment * alignment;
   if (rounded == 0) rounded = alignment;
   return std::aligned_alloc(alignment, rounded);

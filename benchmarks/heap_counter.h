@@ -13,8 +13,10 @@
 //
 // Thread safety: ReadHeapCounts may be called from any thread; counts of
 // other threads are exact once those threads are quiescent (after the
-// frame's jobs finished). Errors: operator new throws std::bad_alloc when
-// malloc fails, as the standard one does.
+// frame's jobs finished). Errors: operator new throws std::bad_alloc (the
+// nothrow forms return nullptr) when malloc or aligned_alloc fails or the
+// size rounded up to the alignment would not fit in size_t, as the standard
+// one does.
 //
 // Example:
 //   sim::HeapCounts before = sim::ReadHeapCounts();

@@ -130,8 +130,10 @@ class Scenario {
  public:
   virtual ~Scenario() = default;
 
-  // Builds the initial state from config.seed. InvalidArgument for a size the
-  // scenario cannot run (the message names the limit).
+  // Builds the initial state from config.seed. Called again (any config or
+  // variant), it starts over: Init and N steps reach the state of a fresh
+  // object (scenarios_test checks every registered scenario). InvalidArgument
+  // for a size the scenario cannot run (the message names the limit).
   virtual absl::Status Init(const ScenarioConfig& config,
                             const FrameEnv& env) = 0;
 

@@ -495,6 +495,22 @@ int Main(const char* argv0) {
   std::string mimalloc_binary;
   if (flags.mimalloc && !child) {
     mimalloc_binary = FindMimallocBinary(argv0);
+    if (mimalloc_binary.empty() && flags.kinds.empty()) {
+      // Only mimalloc runs asked for, and none can run: as for
+      // "--scenario=,", nothing would run, and the outputs of an earlier
+      // run would be overwritten with empty ones. Refused before anything
+      // is written.
+      const std::string flag = absl::GetFlag(FLAGS_mimalloc_binary);
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--variants=", absl::GetFlag(FLAGS_variants),
+          " names only the mimalloc runs, and ",
+          flag.empty() ? "simulation_mimalloc was not found next to this "
+                         "binary or in its runfiles (build "
+                         "//benchmarks:simulation_mimalloc)"
+                       : absl::StrCat("--mimalloc_binary=", flag,
+                                      " is not an executable"),
+          ": nothing to run")));
+    }
     if (mimalloc_binary.empty()) {
       std::printf(
           "note: simulation_mimalloc not found (build "

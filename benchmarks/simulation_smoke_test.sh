@@ -4,8 +4,10 @@
 # states, the JSON and SVG files; every run in a process of its own (the
 # default) and all in one (--isolate=false), in rounds; the mimalloc child path
 # (pointed at this same binary, since the mimalloc build is not made in
-# sanitizer configurations); a synthetic two-node topology; a trace; and
-# that bad flags are refused with a message naming the flag.
+# sanitizer configurations); a synthetic two-node topology; a trace; that
+# bad flags are refused with a message naming the flag; and that a run with
+# nothing to run (only mimalloc, no mimalloc binary) is refused and leaves
+# the previous outputs alone.
 set -euo pipefail
 bin="benchmarks/simulation"
 tmp="${TEST_TMPDIR:-$(mktemp -d)}"
@@ -98,4 +100,22 @@ expect_error "workers: 1 is fewer than the 2 nodes" --size=100 --frames=1 \
   --variants=runtime-heap --topology='pack:2 [numa] core:1 pu:1' --workers=1
 expect_error "garbage" --topology=garbage --size=100 --frames=1 --variants=runtime-heap
 expect_error "size must be in" --size=4294967296 --frames=1 --variants=heap
+
+# Only mimalloc runs, and no mimalloc binary: refused (nothing would run)
+# before an earlier run's outputs are overwritten with empty ones.
+for isolate in true false; do
+  echo keep > "$tmp/m.json"
+  echo keep > "$tmp/m.svg"
+  if err=$("$bin" "${common[@]}" --variants=mimalloc --isolate=$isolate \
+      --mimalloc_binary=/nonexistent/simulation_mimalloc --scenario=particles \
+      --json="$tmp/m.json" --svg="$tmp/m.svg" 2>&1); then
+    echo "expected failure: --variants=mimalloc without its binary"; exit 1
+  fi
+  grep -q -- "--mimalloc_binary=/nonexistent/simulation_mimalloc is not an executable" \
+    <<<"$err" || { echo "no binary named in: $err"; exit 1; }
+  grep -q -- "--variants=mimalloc names only the mimalloc runs" <<<"$err" \
+    || { echo "no flag named in: $err"; exit 1; }
+  grep -qx keep "$tmp/m.json" || { echo "simulation.json overwritten"; exit 1; }
+  grep -qx keep "$tmp/m.svg" || { echo "simulation.svg overwritten"; exit 1; }
+done
 echo "PASS"

@@ -172,16 +172,19 @@ absl::Status ScopedThreadBinding::Restore() {
   return s;
 }
 
+// A destructor cannot unwind: the report goes through ReportErrorAndContinue,
+// which drops an exception the handler throws (alloc/error.h), where
+// ReportError let it reach this noexcept destructor and std::terminate.
 ScopedThreadBinding::~ScopedThreadBinding() {
   if (topology_ == nullptr) return;
   absl::Status s = Restore();
   if (!s.ok()) {
-    ReportError({ErrorKind::kMisuse,
-                 "ScopedThreadBinding::~ScopedThreadBinding",
-                 absl::StrCat("the previous thread binding [",
-                              absl::StrJoin(previous_, ","),
-                              "] was not restored: ", s.message()),
-                 0, 0, s});
+    ReportErrorAndContinue({ErrorKind::kMisuse,
+                            "ScopedThreadBinding::~ScopedThreadBinding",
+                            absl::StrCat("the previous thread binding [",
+                                         absl::StrJoin(previous_, ","),
+                                         "] was not restored: ", s.message()),
+                            0, 0, s});
   }
 }
 

@@ -45,9 +45,13 @@ absl::Status BindThreadToPu(const Topology& topology, int pu);
 // bind; it must be restored (destroyed, or Restore()d) on that same thread.
 // Movable; a moved-from object restores nothing. Not thread-safe (it
 // belongs to one thread, like the binding it changes). A restore that fails
-// in the destructor, or one attempted from another thread, is reported
-// through ReportError (alloc/error.h, ErrorKind::kMisuse) and leaves the
-// binding as it is.
+// in the destructor (the kernel refuses, or the object is destroyed on
+// another thread than the one it bound) is reported through
+// ReportErrorAndContinue (alloc/error.h, ErrorKind::kMisuse) and leaves the
+// binding as it is: an exception the handler throws is dropped, never
+// propagated out of the destructor; the default handler, as for every
+// report, prints and aborts, so a host that may destroy a binding elsewhere
+// installs a handler or calls Restore() and checks its Status.
 class ScopedThreadBinding {
  public:
   static absl::StatusOr<ScopedThreadBinding> ToNode(const Topology& topology,

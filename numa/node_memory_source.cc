@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -334,13 +335,37 @@ absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,
   if (block.empty() || block.size == 0) {
     return absl::InvalidArgumentError("PageNodes: the block is empty");
   }
+  // Checked before anything is reserved: a range that wraps the address
+  // space, or one of more than kPageNodesMaxPages pages, would make the
+  // reserve below throw std::bad_alloc (or the loop run for hours).
+  const uintptr_t data = reinterpret_cast<uintptr_t>(block.data);
+  uintptr_t end;
+  if (__builtin_add_overflow(data, block.size, &end)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PageNodes: the block of ", block.size, " bytes at 0x",
+                     absl::Hex(data), " wraps around the address space"));
+  }
+  const uintptr_t first = data & ~(page_size - 1);
+  const size_t pages = (end - first + page_size - 1) / page_size;
+  if (pages > kPageNodesMaxPages) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "PageNodes: the block of ", block.size, " bytes spans ", pages,
+        " pages, more than the ", kPageNodesMaxPages,
+        " one call looks up (kPageNodesMaxPages); ask for it in parts"));
+  }
   hwloc_topology_t topo = topology.hwloc();
-  const uintptr_t first =
-      reinterpret_cast<uintptr_t>(block.data) & ~(page_size - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(block.end());
-  hwloc_nodeset_t set = hwloc_bitmap_alloc();
   std::vector<int> nodes;
-  nodes.reserve((end - first) / page_size + 1);
+  try {
+    nodes.reserve(pages);  // push_back below never reallocates.
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "PageNodes: no memory for the result of ", pages, " pages"));
+  }
+  hwloc_nodeset_t set = hwloc_bitmap_alloc();
+  if (set == nullptr) {
+    return absl::ResourceExhaustedError(
+        "PageNodes: hwloc could not allocate a bitmap");
+  }
   for (uintptr_t page = first; page < end; page += page_size) {
     if (hwloc_get_area_memlocation(topo, reinterpret_cast<void*>(page),
                                    page_size, set,

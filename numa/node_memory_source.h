@@ -148,13 +148,24 @@ class NodeMemorySource final : public MemorySource {
   std::string last_fallback_reason_ ABSL_GUARDED_BY(mu_);
 };
 
+// The most pages one PageNodes call looks up: 2^20 (4 GiB of 4 KiB pages;
+// a 4 MiB result, and about a second of system calls). Larger ranges are
+// refused, not truncated: ask for them in parts.
+inline constexpr size_t kPageNodesMaxPages = size_t{1} << 20;
+
 // The logical node of every page of `block` (any memory: a block of any
-// source, or {pointer, size} of an object), in address order; -1 for a page
-// that is not resident yet (not touched: first-touch placement has not
-// happened), so touch pages before asking. Uses hwloc_get_area_memlocation
-// (move_pages(2) on Linux), one query per page. Errors: FailedPrecondition
-// on a topology that is not this system (hwloc would answer garbage) or
-// without page-location support; InvalidArgument for an empty block.
+// source, or {pointer, size} of an object), in address order. -1 means the
+// kernel placed no page there: either the page is mapped but not resident
+// yet (not touched: first-touch placement has not happened, so touch pages
+// before asking), or the address is not mapped at all (hwloc reports both
+// the same way; move_pages(2) answers -ENOENT and -EFAULT and hwloc drops
+// the difference). Uses hwloc_get_area_memlocation (move_pages(2) on
+// Linux), one query per page. Errors: FailedPrecondition on a topology that
+// is not this system (hwloc would answer garbage) or without page-location
+// support; InvalidArgument for an empty block, a block whose end wraps
+// around the address space, or one spanning more than kPageNodesMaxPages
+// pages; ResourceExhausted if the result cannot be allocated. Never
+// throws.
 absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,
                                            const Block& block);
 

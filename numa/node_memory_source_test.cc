@@ -304,6 +304,44 @@ TEST(NodeMemorySourceTest, UnboundPagesLandWhereFirstTouched) {
   EXPECT_EQ((*s)->node_stats().unbound_blocks, 1u);
 }
 
+// Regression: PageNodes reserved one entry per page before any check, so a
+// block of 2^46 bytes threw std::bad_alloc out of a Status-returning call
+// (a 64 GiB reserve) and a size whose end wraps made the page count wrap
+// too. Both are InvalidArgument now, before anything is reserved or asked.
+TEST(PageNodesTest, AHugeOrWrappingRangeIsInvalidArgument) {
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  if (!topo->support().page_location) GTEST_SKIP() << "no page location";
+  std::vector<char> v(4096, 1);
+  absl::StatusOr<std::vector<int>> huge =
+      PageNodes(*topo, Block{v.data(), size_t{1} << 46, 1});
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(huge.status().message(), HasSubstr("kPageNodesMaxPages"));
+  absl::StatusOr<std::vector<int>> wraps =
+      PageNodes(*topo, Block{v.data(), SIZE_MAX, 1});
+  EXPECT_EQ(wraps.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wraps.status().message(), HasSubstr("wraps"));
+  // A range within the bound is answered page by page; -1 stands both for
+  // a page not touched yet and for one not mapped at all.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  void* p = mmap(nullptr, 4 * page, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  std::memset(p, 1, 2 * page);  // Pages 0 and 1 touched, 2 and 3 not.
+  absl::StatusOr<std::vector<int>> four =
+      PageNodes(*topo, Block{p, 4 * page, 1});
+  ASSERT_TRUE(four.ok()) << four.status();
+  ASSERT_EQ(four->size(), 4u);
+  EXPECT_GE((*four)[0], 0);
+  EXPECT_GE((*four)[1], 0);
+  EXPECT_EQ((*four)[2], -1);  // Mapped, not touched yet.
+  ASSERT_EQ(munmap(static_cast<char*>(p) + 3 * page, page), 0);
+  four = PageNodes(*topo, Block{p, 4 * page, 1});
+  ASSERT_TRUE(four.ok()) << four.status();
+  EXPECT_EQ((*four)[3], -1);  // Not mapped at all: also -1 (documented).
+  munmap(p, 3 * page);
+}
+
 TEST(NodeMemorySourceTest, ConcurrentAllocationsAreCounted) {
   auto topo = Machine();
   ASSERT_NE(topo, nullptr);

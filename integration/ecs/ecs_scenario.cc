@@ -53,7 +53,17 @@ absl::Status EcsSimulation::Init(const sim::ScenarioConfig& config,
         absl::StrCat("ecs: ScenarioConfig.size = ", n, " entities is above ",
                      "the limit of ", kMaxEntities));
   }
-  Rng rng(config.seed);
+  // Built in a fresh object and moved in whole: a second Init starts over
+  // (entities, stores, order, frame counter, digests), and a failed one
+  // changes nothing.
+  EcsSimulation fresh;
+  if (absl::Status s = fresh.Build(n, config.seed); !s.ok()) return s;
+  *this = std::move(fresh);
+  return absl::OkStatus();
+}
+
+absl::Status EcsSimulation::Build(size_t n, uint64_t seed) {
+  Rng rng(seed);
   const size_t roots = std::max<size_t>(1, n / 32);
   entities_.reserve(n);
   for (size_t i = 0; i < n; ++i) {

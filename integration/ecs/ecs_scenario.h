@@ -20,6 +20,9 @@
 // block results are combined in block order; so StateHash() is identical
 // across variants and worker counts.
 // Thread safety: as sim::Scenario (Init/Step/StateHash from one thread).
+// Init starts over: called again (any seed, size or variant), it replaces
+// the whole state, frame counter and digests included, so Init and N steps
+// reach a fresh object's state; a failed Init changes nothing.
 // Errors: Init: InvalidArgument for a size above kMaxEntities or an
 // environment that does not match the variant; Step: the same for the
 // environment, and job failures.
@@ -92,6 +95,8 @@ class EcsSimulation final : public sim::Scenario {
     double world_sum = 0;  // Sum of world translations, in position order.
     uint64_t digest = 0;   // Of the counts, world_sum and the visible list.
   };
+  // The initial state of n entities from `seed`, into this (new) object.
+  absl::Status Build(size_t n, uint64_t seed);
   // Lays the transforms out by tree group (HierarchyOrder::GroupedSlotOrder)
   // and the motion components in the same entity order, then updates the
   // order: in Init, and in a frame whose hierarchy changed so that the

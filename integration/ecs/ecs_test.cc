@@ -737,7 +737,8 @@ TEST(FrameExecutorTest, ForRangeRunsEveryChunkOnceOnAnyLayout) {
     const FrameExecutor exec = FrameExecutor::OnRuntime(rt.get());
     constexpr size_t kItems = 1000;
     const jobs::NodePartition homes = exec.Partition(kItems);
-    for (size_t grain : {size_t{1}, size_t{7}, size_t{64}, size_t{5000}}) {
+    for (size_t grain : {size_t{1}, size_t{7}, size_t{64}, size_t{5000},
+                         SIZE_MAX - 5, SIZE_MAX}) {
       for (size_t begin : {size_t{0}, size_t{13}}) {
         std::vector<std::atomic<int>> hits(kItems);
         ASSERT_TRUE(exec.ForRange(homes, begin, kItems, grain,
@@ -758,6 +759,43 @@ TEST(FrameExecutorTest, ForRangeRunsEveryChunkOnceOnAnyLayout) {
         }
       }
     }
+  }
+}
+
+// Regression (review): the chunk count (len + grain - 1) / grain wrapped to
+// 0 for a grain near SIZE_MAX, so on a runtime nothing ran and the call
+// returned OK, where one thread ran every item. A grain of SIZE_MAX means
+// one chunk per node's share, on every executor; 0 is still refused.
+TEST(FrameExecutorTest, AHugeGrainRunsEveryItemOnEveryExecutor) {
+  auto two_nodes = numa::Topology::FromSynthetic("pack:2 [numa] core:2 pu:1");
+  ASSERT_TRUE(two_nodes.ok()) << two_nodes.status();
+  auto one_node = ExecutorRuntime(nullptr, 1);
+  auto two = ExecutorRuntime(two_nodes->get(), 1);
+  ASSERT_NE(one_node, nullptr);
+  ASSERT_NE(two, nullptr);
+  for (const FrameExecutor& exec : {FrameExecutor::Sequential(nullptr),
+                                    FrameExecutor::OnRuntime(one_node.get()),
+                                    FrameExecutor::OnRuntime(two.get())}) {
+    const int nodes =
+        exec.runtime() == nullptr ? 1 : exec.runtime()->num_nodes();
+    for (const size_t grain : {SIZE_MAX, SIZE_MAX - 5, SIZE_MAX - 99}) {
+      SCOPED_TRACE(testing::Message()
+                   << "grain " << grain << " nodes " << nodes << " runtime "
+                   << (exec.runtime() != nullptr));
+      constexpr size_t kItems = 100;
+      std::vector<std::atomic<int>> hits(kItems);
+      std::atomic<int> calls{0};
+      const absl::Status s =
+          exec.ForRange(kItems, grain, [&](const Lane&, size_t b, size_t e) {
+            calls.fetch_add(1);
+            for (size_t i = b; i < e; ++i) hits[i].fetch_add(1);
+          });
+      ASSERT_TRUE(s.ok()) << s;
+      for (size_t i = 0; i < kItems; ++i) EXPECT_EQ(hits[i].load(), 1) << i;
+      EXPECT_EQ(calls.load(), nodes);  // One chunk per node's share.
+    }
+    EXPECT_EQ(exec.ForRange(10, 0, [](const Lane&, size_t, size_t) {}).code(),
+              absl::StatusCode::kInvalidArgument);
   }
 }
 

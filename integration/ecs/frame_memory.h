@@ -222,8 +222,9 @@ class FrameExecutor {
   // Calls f(const Lane&, size_t begin, size_t end) over [begin, end): in one
   // call on one thread; on a runtime, each node's share of [begin, end) (its
   // range of `homes` intersected with [begin, end)) cut into chunks of
-  // `grain` items (the last may be shorter). Returns when all are done: OK
-  // or the first failure. REQUIRES: end <= homes.size().
+  // `grain` items (the last may be shorter; a grain of SIZE_MAX makes one
+  // chunk of each node's share). Returns when all are done: OK or the first
+  // failure; InvalidArgument for grain 0 or end > homes.size().
   //
   // On a runtime the chunks of a node's share are dealt in contiguous parts,
   // one per worker of the node, and one job per part runs on the node: it
@@ -333,7 +334,10 @@ class FrameExecutor {
     share.begin = std::max(r.begin, begin);
     share.end = std::min(r.end, end);
     if (share.begin >= share.end) return Share{};
-    share.chunks = (share.end - share.begin + grain - 1) / grain;
+    // Not (len + grain - 1) / grain: that wraps for a grain near SIZE_MAX
+    // (0 chunks: nothing would run, and the call would return OK).
+    const size_t len = share.end - share.begin;
+    share.chunks = len / grain + (len % grain != 0 ? 1 : 0);
     share.parts = std::min<size_t>(share.chunks, runtime_->workers(r.node));
     return share;
   }
@@ -383,8 +387,10 @@ class FrameExecutor {
       if (!parts[p].taken.exchange(true, std::memory_order_relaxed)) own = p;
     }
     auto run = [&](size_t chunk) {
+      // chunk * grain < limit - base (chunk < the share's chunks), so b <
+      // limit; b + grain may wrap for a huge grain, limit - b cannot.
       const size_t b = base + chunk * grain;
-      f(lane, b, std::min(limit, b + grain));
+      f(lane, b, b + std::min(grain, limit - b));
     };
     size_t chunk = 0;
     if (own < count) {

@@ -28,9 +28,12 @@
 // Errors: FailedPrecondition for calls out of order (recording into a slot
 // whose frame the GPU has not consumed, consuming a frame not submitted,
 // recording without BeginFrame), InvalidArgument for a scene whose size
-// changed or an executor with more lanes than the renderer was made for;
-// job failures (a job's exception is Unknown with its text) are passed on,
-// and a frame whose recording failed is abandoned (see Record).
+// changed, a scene column shorter than the others, a visible object whose
+// draw inputs are out of range (material, pass, uniform_floats,
+// vertex_count: see SceneObjects::DrawInputsValid) or an executor with more
+// lanes than the renderer was made for; job failures (a job's exception is
+// Unknown with its text) are passed on, and a frame whose recording failed
+// is abandoned (see Record).
 //
 // Example (one thread, arena memory):
 //   auto r = FrameRenderer<ArenaMemory>::Create(/*lanes=*/1, scene.size());
@@ -138,11 +141,21 @@ class FrameRenderer {
 
   // Culls, builds and sorts the current frame's draws. If a recording job
   // fails (a block's work threw, e.g. an out-of-memory report whose error
-  // handler throws or std::bad_alloc: Unknown with its text; or the
-  // executor refused a job), Record returns that failure and abandons the
-  // frame: its draws are dropped and its slot freed; Submit and Consume
-  // refuse it, and the next call is BeginFrame(frame + 1). Input errors
-  // (FailedPrecondition, InvalidArgument) leave the frame open to record.
+  // handler throws or std::bad_alloc: Unknown with its text; the executor
+  // refused a job; or the block met a visible object whose draw inputs are
+  // out of range: InvalidArgument naming the field, the object and the
+  // value, as SceneObjects::Validate does), Record returns that failure and
+  // abandons the frame: its draws are dropped and its slot freed; Submit and
+  // Consume refuse it, and the next call is BeginFrame(frame + 1). The
+  // errors found before any job (FailedPrecondition; InvalidArgument for a
+  // scene of another size, a column shorter than x or too many lanes) leave
+  // the frame open to record.
+  //
+  // The scene is not validated in full (SceneObjects::Validate is O(n), a
+  // few percent of a frame): its columns' lengths are checked here in O(1),
+  // and each visible object's draw inputs (a few compares per draw) before
+  // its draw is built. Objects out of view are not checked; a radius that is
+  // negative or NaN only culls its object.
   absl::Status Record(const FrameExecutor& exec, const SceneObjects& scene,
                       const Frustum& frustum) {
     if (!recording_) {
@@ -153,6 +166,10 @@ class FrameRenderer {
       return absl::InvalidArgumentError(
           absl::StrCat("FrameRenderer::Record: scene has ", scene.size(),
                        " objects; the renderer was made for ", objects_));
+    }
+    if (absl::Status s = scene.ValidateColumns(); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("FrameRenderer::Record: ", s.message()));
     }
     if (exec.lanes() > lanes_) {
       return absl::InvalidArgumentError(
@@ -186,6 +203,16 @@ class FrameRenderer {
       run.reserve(visible.size());
       BlockCounts counts;
       for (uint32_t i : visible) {
+        // Checked before use: a uniform_floats outside [16, 256] overruns
+        // the payload or WriteUniforms' stack buffer, and the others index
+        // past what the key and the payloads hold. The block stops; Record
+        // abandons the frame.
+        if (!scene.DrawInputsValid(i)) [[unlikely]] {
+          failures_[b] = absl::InvalidArgumentError(
+              absl::StrCat("FrameRenderer::Record: ",
+                           scene.ValidateDrawInputs(i).message()));
+          return;
+        }
         char label[kMaxLabel];
         const size_t label_size =
             FormatDrawLabel(i, scene.material[i], scene.pass[i], label);
@@ -216,7 +243,17 @@ class FrameRenderer {
       slot.owners[b].emplace(std::move(owners));
       runs_[b].emplace(std::move(run));
     });
+    // The first failed block's (the lowest bad visible object's): the same
+    // error whatever the executor and worker count.
+    absl::Status bad_object;
+    for (absl::Status& failure : failures_) {
+      if (!failure.ok()) [[unlikely]] {
+        if (bad_object.ok()) bad_object = std::move(failure);
+        failure = absl::OkStatus();
+      }
+    }
     if (!s.ok()) return Abandon(slot, s);
+    if (!bad_object.ok()) return Abandon(slot, bad_object);
 
     // 2. Merge the runs by key ranges: splitters from a sample of every
     //    run, then each range's pieces copied and sorted in parallel.
@@ -407,6 +444,7 @@ class FrameRenderer {
     const size_t blocks = (objects + kBlock - 1) / kBlock;
     runs_.resize(blocks);
     counts_.resize(blocks);
+    failures_.resize(blocks);
     for (Slot& slot : slots_) {
       slot.owners.resize(blocks);
       if constexpr (Mem::kUsesArena) {
@@ -475,6 +513,9 @@ class FrameRenderer {
   // Per block, within Record only: the sorted runs (frame temporaries).
   std::vector<std::optional<typename Mem::template Vec<Item>>> runs_;
   std::vector<BlockCounts> counts_;
+  // Per block, within Record only: why the block stopped (a visible object
+  // with bad draw inputs); OK otherwise.
+  std::vector<absl::Status> failures_;
   uint64_t next_frame_ = 0;
   uint64_t current_ = 0;
   bool recording_ = false;

@@ -47,19 +47,25 @@ absl::Status RenderSimulation::Init(const sim::ScenarioConfig& config,
       MakeScene(n, config.seed, kExtent, kHeight);
   if (!scene.ok()) return scene.status();
   if (absl::Status s = scene->Validate(); !s.ok()) return s;
-  scene_ = *std::move(scene);
+  // Built in a fresh object and moved in whole: a second Init starts over
+  // (scene, renderer of the new variant only, frame counter, digests), and
+  // a failed one changes nothing. The GPU affinity is a setting, kept.
+  RenderSimulation fresh;
+  fresh.gpu_affinity_ = gpu_affinity_;
+  fresh.scene_ = *std::move(scene);
   const int lanes = ExecutorFor(env).lanes();
   if (sim::UsesArena(env.variant)) {
     auto r = FrameRenderer<ArenaMemory>::Create(lanes, n);
     if (!r.ok()) return r.status();
-    arena_ = *std::move(r);
+    fresh.arena_ = *std::move(r);
   } else {
     auto r = FrameRenderer<HeapMemory>::Create(lanes, n);
     if (!r.ok()) return r.status();
-    heap_ = *std::move(r);
+    fresh.heap_ = *std::move(r);
   }
-  variant_ = env.variant;
-  initialized_ = true;
+  fresh.variant_ = env.variant;
+  fresh.initialized_ = true;
+  *this = std::move(fresh);
   return absl::OkStatus();
 }
 

@@ -17,6 +17,10 @@
 // Determinism: sort keys are unique (they hold the object id) and the GPU
 // reads in submitted order, so StateHash() (scene state plus the GPU's
 // digests of frames 0..N-2) is identical across variants and worker counts.
+// Init starts over: called again (any seed, size or variant), it replaces
+// the scene, the renderer (only the new variant's is kept), the frame
+// counter and the digests, so Init and N steps reach a fresh object's
+// state; a failed Init changes nothing.
 // Thread safety: as sim::Scenario.
 // Errors: Init: InvalidArgument for a size above kMaxObjects or an
 // environment that does not match the variant; Step: the same, a variant

@@ -195,7 +195,7 @@ float Frustum::Depth01(const Vec3& c) const {
   return std::clamp(d, 0.0f, 1.0f);
 }
 
-absl::Status SceneObjects::Validate() const {
+absl::Status SceneObjects::ValidateColumns() const {
   const size_t n = x.size();
   const std::pair<const char*, size_t> columns[] = {
       {"y", y.size()},
@@ -219,27 +219,37 @@ absl::Status SceneObjects::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "SceneObjects: ", n, " objects; the sort key holds ", kMaxObjects));
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (material[i] >= kMaxMaterials) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SceneObjects.material[", i, "] = ", material[i],
-                       " must be < ", kMaxMaterials));
-    }
-    if (static_cast<int>(pass[i]) >= kPassCount) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SceneObjects.pass[", i,
-                       "] = ", static_cast<int>(pass[i]), " is not a pass"));
-    }
-    if (uniform_floats[i] < 16 || uniform_floats[i] > kMaxUniformFloats) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "SceneObjects.uniform_floats[", i, "] = ", uniform_floats[i],
-          " must be in [16, ", kMaxUniformFloats, "]"));
-    }
-    if (vertex_count[i] > kMaxVertices) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SceneObjects.vertex_count[", i, "] = ", vertex_count[i],
-                       " is above ", kMaxVertices));
-    }
+  return absl::OkStatus();
+}
+
+absl::Status SceneObjects::ValidateDrawInputs(size_t i) const {
+  if (material[i] >= kMaxMaterials) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SceneObjects.material[", i, "] = ", material[i],
+                     " must be < ", kMaxMaterials));
+  }
+  if (static_cast<unsigned>(pass[i]) >= unsigned{kPassCount}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SceneObjects.pass[", i, "] = ", static_cast<int>(pass[i]),
+                     " is not a pass"));
+  }
+  if (uniform_floats[i] < 16 || uniform_floats[i] > kMaxUniformFloats) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SceneObjects.uniform_floats[", i, "] = ", uniform_floats[i],
+        " must be in [16, ", kMaxUniformFloats, "]"));
+  }
+  if (vertex_count[i] > kMaxVertices) {
+    return absl::InvalidArgumentError(absl::StrCat("SceneObjects.vertex_count[",
+                                                   i, "] = ", vertex_count[i],
+                                                   " is above ", kMaxVertices));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SceneObjects::Validate() const {
+  if (absl::Status s = ValidateColumns(); !s.ok()) return s;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (absl::Status s = ValidateDrawInputs(i); !s.ok()) return s;
     if (!(radius[i] >= 0) || !std::isfinite(radius[i])) {
       return absl::InvalidArgumentError(
           absl::StrCat("SceneObjects.radius[", i, "] = ", radius[i],

@@ -152,8 +152,28 @@ struct SceneObjects {
   // unequal length, more than kMaxObjects objects, a material >=
   // kMaxMaterials, a pass out of range, uniform_floats outside [16,
   // kMaxUniformFloats], vertex_count > kMaxVertices, a negative or
-  // non-finite radius.
+  // non-finite radius. O(n): once per scene, not per frame.
   absl::Status Validate() const;
+  // The O(1) part of Validate: InvalidArgument naming the first column whose
+  // length is not x's, or more than kMaxObjects objects.
+  absl::Status ValidateColumns() const;
+  // Whether object i's draw inputs are in range: material < kMaxMaterials,
+  // a pass, uniform_floats in [16, kMaxUniformFloats], vertex_count <=
+  // kMaxVertices. A few compares: FrameRenderer::Record checks every
+  // visible object with it before building its draw. REQUIRES: i < size(),
+  // ValidateColumns() is OK.
+  bool DrawInputsValid(size_t i) const {
+    // uniform_floats - 16 wraps below 16, so one compare checks both ends.
+    return material[i] < kMaxMaterials &&
+           static_cast<unsigned>(pass[i]) < unsigned{kPassCount} &&
+           static_cast<unsigned>(uniform_floats[i]) - 16u <=
+               unsigned{kMaxUniformFloats} - 16u &&
+           vertex_count[i] <= kMaxVertices;
+  }
+  // InvalidArgument naming object i's first bad draw input (the field, the
+  // object and the value, as Validate names it); OK when DrawInputsValid(i).
+  // REQUIRES: as DrawInputsValid.
+  absl::Status ValidateDrawInputs(size_t i) const;
   // Moves every object by its velocity for dt seconds, bouncing off the box
   // [-extent, extent] x [0, height] x [-extent, extent]; objects [begin, end).
   void Advance(size_t begin, size_t end, float dt, float extent, float height);

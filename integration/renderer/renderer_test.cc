@@ -11,9 +11,11 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "alloc/chunk_cache.h"
 #include "alloc/error.h"
 #include "alloc/frame_arena.h"
@@ -472,6 +474,150 @@ TEST(FrameRendererFailureTest, TheScenarioStepsOnAfterAFailedFrame) {
   EXPECT_EQ(s.last_frame().recorded.frame, 4u);
   ASSERT_TRUE(s.last_frame().gpu.has_value());
   EXPECT_EQ(s.last_frame().gpu->frame, 3u);
+}
+
+// One way to spoil an object's draw inputs, and the field it spoils.
+struct BadInput {
+  const char* field;
+  void (*spoil)(SceneObjects&, uint32_t);
+};
+const BadInput kBadInputs[] = {
+    {"uniform_floats",
+     [](SceneObjects& s, uint32_t i) { s.uniform_floats[i] = 0; }},
+    {"uniform_floats",
+     [](SceneObjects& s, uint32_t i) { s.uniform_floats[i] = 8; }},
+    {"uniform_floats",
+     [](SceneObjects& s, uint32_t i) { s.uniform_floats[i] = 15; }},
+    {"uniform_floats",
+     [](SceneObjects& s, uint32_t i) {
+       s.uniform_floats[i] = SceneObjects::kMaxUniformFloats + 1;
+     }},
+    {"uniform_floats",
+     [](SceneObjects& s, uint32_t i) { s.uniform_floats[i] = 65535; }},
+    {"vertex_count",
+     [](SceneObjects& s, uint32_t i) {
+       s.vertex_count[i] = SceneObjects::kMaxVertices + 1;
+     }},
+    {"material",
+     [](SceneObjects& s, uint32_t i) {
+       s.material[i] = static_cast<uint16_t>(kMaxMaterials);
+     }},
+    {"pass",
+     [](SceneObjects& s, uint32_t i) { s.pass[i] = static_cast<Pass>(2); }},
+};
+
+// Regression (review): Record used every visible object's uniform_floats,
+// vertex_count, material and pass unchecked; uniform_floats 0 was a SEGV
+// (a 2^64-byte memcpy), 1-15 wrote past the payload into the neighbouring
+// draw's frame memory with no report, above 256 overran WriteUniforms'
+// stack buffer. Now the block stops at the object and Record abandons the
+// frame with InvalidArgument naming the field and the object; the next
+// frame records as usual. Sequentially and on a runtime of two workers.
+TYPED_TEST(FrameRendererTest, ABadVisibleObjectFailsItsFrameNamingTheField) {
+  using Mem = TypeParam;
+  const SceneObjects good = *MakeScene(3000, 7, 100, 20);
+  const Frustum fr = *Frustum::FromCamera(RenderSimulation::CameraAt(0));
+  // Two visible objects in different blocks: the lower one is named.
+  std::vector<uint32_t> visible;
+  for (uint32_t i = 0; i < good.size(); ++i) {
+    if (fr.IntersectsSphere({good.x[i], good.y[i], good.z[i]},
+                            good.radius[i])) {
+      visible.push_back(i);
+    }
+  }
+  ASSERT_GT(visible.size(), 100u);
+  const uint32_t bad = visible[visible.size() / 2];
+  const uint32_t later = visible.back();
+  ASSERT_GT(later / FrameRenderer<Mem>::kBlock,
+            bad / FrameRenderer<Mem>::kBlock);
+
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  auto rt =
+      jobs::Runtime::Create(jobs::Config().set_workers_per_node(2).set_pinning(
+          jobs::PinningPolicy::kNone));
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  for (const FrameExecutor& exec : {FrameExecutor::Sequential(&arena),
+                                    FrameExecutor::OnRuntime(rt->get())}) {
+    const bool on_runtime = exec.runtime() != nullptr;
+    auto r = *FrameRenderer<Mem>::Create(exec.lanes(), good.size());
+    uint64_t frame = 0;
+    for (const BadInput& input : kBadInputs) {
+      SCOPED_TRACE(testing::Message()
+                   << input.field << " runtime " << on_runtime);
+      SceneObjects scene = good;
+      input.spoil(scene, bad);
+      input.spoil(scene, later);
+      ASSERT_EQ(scene.Validate().code(), absl::StatusCode::kInvalidArgument);
+      if (on_runtime) {
+        ASSERT_TRUE((*rt)->BeginFrame().ok());
+      }
+      ASSERT_TRUE(r->BeginFrame(frame, exec).ok());
+      const absl::Status failed = r->Record(exec, scene, fr);
+      EXPECT_EQ(failed.code(), absl::StatusCode::kInvalidArgument) << failed;
+      EXPECT_NE(failed.message().find(
+                    absl::StrCat("SceneObjects.", input.field, "[", bad, "]")),
+                std::string::npos)
+          << failed;
+      // The frame is abandoned, as for a failed job.
+      EXPECT_EQ(r->Submit().code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_EQ(r->slot_state(static_cast<int>(frame % 2)), SlotState::kFree);
+      EXPECT_TRUE(r->submitted(frame).empty());
+      // The next frame records the good scene: every visible object drawn.
+      ASSERT_TRUE(r->BeginFrame(frame + 1, exec).ok());
+      ASSERT_TRUE(r->Record(exec, good, fr).ok());
+      ASSERT_TRUE(r->Submit().ok());
+      absl::StatusOr<GpuResult> gpu = r->Consume(frame + 1);
+      ASSERT_TRUE(gpu.ok()) << gpu.status();
+      EXPECT_EQ(gpu->draws, visible.size());
+      if (on_runtime) {
+        ASSERT_TRUE((*rt)->EndFrame().ok());
+      }
+      arena.Reset();
+      frame += 2;
+    }
+  }
+}
+
+// A column shorter than x is refused before anything is read (O(1), every
+// frame): InvalidArgument naming the column, and the frame stays open.
+TYPED_TEST(FrameRendererTest, AShortColumnIsRefusedNamingIt) {
+  using Mem = TypeParam;
+  const SceneObjects good = *MakeScene(3000, 7, 100, 20);
+  const Frustum fr = *Frustum::FromCamera(RenderSimulation::CameraAt(0));
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const FrameExecutor exec = FrameExecutor::Sequential(&arena);
+  auto r = *FrameRenderer<Mem>::Create(1, good.size());
+  ASSERT_TRUE(r->BeginFrame(0, exec).ok());
+  const std::pair<const char*, void (*)(SceneObjects&)> shorten[] = {
+      {"y", [](SceneObjects& s) { s.y.pop_back(); }},
+      {"z", [](SceneObjects& s) { s.z.pop_back(); }},
+      {"radius", [](SceneObjects& s) { s.radius.pop_back(); }},
+      {"vx", [](SceneObjects& s) { s.vx.pop_back(); }},
+      {"vy", [](SceneObjects& s) { s.vy.pop_back(); }},
+      {"vz", [](SceneObjects& s) { s.vz.pop_back(); }},
+      {"material", [](SceneObjects& s) { s.material.clear(); }},
+      {"pass", [](SceneObjects& s) { s.pass.pop_back(); }},
+      {"uniform_floats", [](SceneObjects& s) { s.uniform_floats.clear(); }},
+      {"vertex_count", [](SceneObjects& s) { s.vertex_count.pop_back(); }},
+  };
+  for (const auto& [column, cut] : shorten) {
+    SceneObjects scene = good;
+    cut(scene);
+    scene.material.shrink_to_fit();
+    scene.uniform_floats.shrink_to_fit();
+    const absl::Status refused = r->Record(exec, scene, fr);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << column;
+    EXPECT_NE(
+        refused.message().find(absl::StrCat("SceneObjects.", column, " ")),
+        std::string::npos)
+        << refused;
+    EXPECT_EQ(r->slot_state(0), SlotState::kRecording) << column;
+  }
+  ASSERT_TRUE(r->Record(exec, good, fr).ok());
+  ASSERT_TRUE(r->Submit().ok());
+  EXPECT_GT(r->slot_stats(0).draws, 100u);
 }
 
 TEST(InputTest, BadCamerasAndScenesNameTheField) {

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "alloc/internal/json.h"
 #include "nlohmann/json.hpp"
 
@@ -341,14 +342,51 @@ class SplitMix64 {
   uint64_t state_;
 };
 
+// A plain decimal integer: one or more ASCII digits and nothing else (no
+// sign, no spaces, no second '=' or ';' that a lenient split would have cut
+// off). Range and overflow are the caller's (absl::SimpleAtoi).
+bool IsPlainDecimal(absl::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return c >= '0' && c <= '9';
+  });
+}
+
 absl::Status ParseInt(const std::string& name, const std::string& text,
                       int64_t lo, int64_t hi, int64_t* out) {
-  if (!absl::SimpleAtoi(text, out) || *out < lo || *out > hi) {
+  if (!IsPlainDecimal(text) || !absl::SimpleAtoi(text, out) || *out < lo ||
+      *out > hi) {
     return absl::InvalidArgumentError(
         absl::StrCat("query parameter '", name, "' must be an integer in ", lo,
                      "..", hi, ", got '", text, "'"));
   }
   return absl::OkStatus();
+}
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Undoes the query's form encoding: %XX is the byte XX, '+' a space. False
+// for a '%' not followed by two hex digits.
+bool PercentDecode(absl::string_view in, std::string* out) {
+  out->clear();
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out->push_back(' ');
+    } else if (in[i] != '%') {
+      out->push_back(in[i]);
+    } else {
+      const int hi = i + 1 < in.size() ? HexDigit(in[i + 1]) : -1;
+      const int lo = i + 2 < in.size() ? HexDigit(in[i + 2]) : -1;
+      if (hi < 0 || lo < 0) return false;
+      out->push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    }
+  }
+  return true;
 }
 
 }  // namespace
@@ -361,12 +399,39 @@ absl::StatusOr<std::string> Aggregate(absl::string_view body,
 }
 
 absl::StatusOr<SimulateParams> SimulateParams::FromQuery(
-    const std::multimap<std::string, std::string>& query) {
+    absl::string_view raw_query) {
+  // Split here, not by cpp-httplib: it splits a segment on every '=' and
+  // keeps the last piece, so "particles=abc=20" arrived as 20.
+  std::vector<std::pair<std::string, std::string>> query;
+  if (!raw_query.empty()) {
+    for (absl::string_view segment : absl::StrSplit(raw_query, '&')) {
+      const size_t eq = segment.find('=');
+      std::string name, value;
+      if (!PercentDecode(segment.substr(0, eq), &name)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("query parameter '", segment.substr(0, eq),
+                         "' is not well-formed percent-encoding"));
+      }
+      if (name.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a query parameter without a name ('", segment, "')"));
+      }
+      if (eq != absl::string_view::npos &&
+          !PercentDecode(segment.substr(eq + 1), &value)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("query parameter '", name, "' has a value ('",
+                         segment.substr(eq + 1),
+                         "') that is not well-formed percent-encoding"));
+      }
+      query.emplace_back(std::move(name), std::move(value));
+    }
+  }
   SimulateParams p;
   bool have_particles = false;
   for (auto it = query.begin(); it != query.end(); ++it) {
     const std::string& name = it->first;
-    if (query.count(name) > 1) {
+    if (std::count_if(query.begin(), query.end(),
+                      [&name](const auto& q) { return q.first == name; }) > 1) {
       return absl::InvalidArgumentError(
           absl::StrCat("query parameter '", name, "' is repeated"));
     }
@@ -379,7 +444,8 @@ absl::StatusOr<SimulateParams> SimulateParams::FromQuery(
       absl::Status s = ParseInt(name, it->second, 1, kMaxSteps, &p.steps);
       if (!s.ok()) return s;
     } else if (name == "seed") {
-      if (!absl::SimpleAtoi(it->second, &p.seed)) {
+      if (!IsPlainDecimal(it->second) ||
+          !absl::SimpleAtoi(it->second, &p.seed)) {
         return absl::InvalidArgumentError(absl::StrCat(
             "query parameter 'seed' must be an unsigned 64-bit integer, got '",
             it->second, "'"));

@@ -23,7 +23,6 @@
 #define INTEGRATION_SERVER_ENDPOINTS_H_
 
 #include <cstdint>
-#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -53,11 +52,15 @@ struct SimulateParams {
   static constexpr int64_t kMaxSteps = 1000;
   static constexpr int64_t kMaxWork = 20'000'000;
 
-  // From a query: particles (required), steps, seed. Unknown, repeated,
-  // non-integer or out-of-range parameters are InvalidArgument naming the
-  // parameter.
-  static absl::StatusOr<SimulateParams> FromQuery(
-      const std::multimap<std::string, std::string>& query);
+  // From the raw query string (what follows '?' in the request target,
+  // still percent-encoded): particles (required), steps, seed. Segments are
+  // split on '&', each on its first '=' only, then percent-decoded ('+' is a
+  // space). A value must be a plain decimal integer (ASCII digits only: no
+  // sign, spaces, second '=' or ';') in range. Unknown, repeated,
+  // malformed or out-of-range parameters are InvalidArgument naming the
+  // parameter; so are a segment without a name ("=5", or an empty one
+  // between two '&') and a broken percent escape.
+  static absl::StatusOr<SimulateParams> FromQuery(absl::string_view raw_query);
 };
 
 // Runs `steps` steps of a 2-D particle system in the unit box: a uniform

@@ -3,9 +3,12 @@
 #include "integration/server/endpoints.h"
 
 #include <map>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "alloc/chunk_cache.h"
+#include "alloc/error.h"
 #include "alloc/frame_arena.h"
 #include "alloc/internal/test_util.h"
 #include "alloc/memory_source.h"
@@ -268,31 +271,66 @@ TEST_F(EndpointsTest, SimulateOverBudgetNamesTheRequest) {
 }
 
 TEST(SimulateParamsTest, ParsesAndRejectsNamingTheParameter) {
-  auto ok = SimulateParams::FromQuery(
-      {{"particles", "10"}, {"steps", "3"}, {"seed", "99"}});
+  auto ok = SimulateParams::FromQuery("particles=10&steps=3&seed=99");
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->particles, 10);
   EXPECT_EQ(ok->steps, 3);
   EXPECT_EQ(ok->seed, 99u);
-  const std::vector<
-      std::pair<std::multimap<std::string, std::string>, std::string>>
-      bad = {
-          {{}, "'particles' is required"},
-          {{{"particles", "0"}},
-           "'particles' must be an integer in 1..1000000"},
-          {{{"particles", "x"}}, "got 'x'"},
-          {{{"particles", "10"}, {"steps", "1001"}}, "'steps'"},
-          {{{"particles", "10"}, {"seed", "-1"}}, "'seed'"},
-          {{{"particles", "10"}, {"color", "red"}}, "unknown query parameter"},
-          {{{"particles", "10"}, {"particles", "11"}}, "repeated"},
-          {{{"particles", "1000000"}, {"steps", "21"}}, "exceeds 20000000"},
-      };
+  // Percent-encoded digits and names are decoded first.
+  auto encoded = SimulateParams::FromQuery("%70articles=%31%30");
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  EXPECT_EQ(encoded->particles, 10);
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"", "'particles' is required"},
+      {"particles=0", "'particles' must be an integer in 1..1000000"},
+      {"particles=x", "got 'x'"},
+      {"particles=10&steps=1001", "'steps'"},
+      {"particles=10&seed=-1", "'seed'"},
+      {"particles=10&color=red", "unknown query parameter"},
+      {"particles=10&particles=11", "repeated"},
+      {"particles=1000000&steps=21", "exceeds 20000000"},
+  };
   for (const auto& [query, message] : bad) {
     auto r = SimulateParams::FromQuery(query);
-    ASSERT_FALSE(r.ok()) << message;
+    ASSERT_FALSE(r.ok()) << query;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(r.status().message().find(message), std::string::npos)
-        << r.status();
+        << query << ": " << r.status();
+  }
+}
+
+// Regression: the parameters came from cpp-httplib's parsed query, which
+// splits a segment on every '=' and keeps the last piece, so
+// "particles=abc=20" was served with 20 particles and "particles=5;steps=2"
+// with 2; absl::SimpleAtoi also took " 5 " and "+5". The raw query is split
+// here now, on the first '=', and a value must be plain decimal digits.
+TEST(SimulateParamsTest, AnythingButAPlainDecimalIntegerIsRefusedNamingIt) {
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"particles=abc=20", "'particles' must be an integer"},
+      {"particles=10=20", "'particles' must be an integer"},
+      {"particles=5;steps=2", "'particles' must be an integer"},
+      {"particles=5&steps=3=1", "'steps' must be an integer"},
+      {"particles=5&seed=1=2", "'seed'"},
+      {"particles=%205%20", "'particles' must be an integer"},
+      {"particles=+5", "'particles' must be an integer"},
+      {"particles=-0", "'particles' must be an integer"},
+      {"particles=", "'particles' must be an integer"},
+      {"particles", "'particles' must be an integer"},
+      {"particles=5&seed=+7", "'seed'"},
+      {"particles=0x10", "'particles' must be an integer"},
+      {"particles=99999999999999999999", "'particles' must be an integer"},
+      {"particles=%zz", "'particles' has a value"},
+      {"=5&particles=5", "without a name"},
+      {"particles=5&&steps=2", "without a name"},
+      {"particles=5&", "without a name"},
+  };
+  for (const auto& [query, message] : bad) {
+    auto r = SimulateParams::FromQuery(query);
+    ASSERT_FALSE(r.ok()) << query << " was accepted: particles=" << r->particles
+                         << " steps=" << r->steps;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(message), std::string::npos)
+        << query << ": " << r.status();
   }
 }
 
@@ -310,6 +348,39 @@ TEST_F(EndpointsTest, RequestArenaRefusesOverflowAndOverBudget) {
   EXPECT_EQ(request.used_bytes(), 4000u);
   EXPECT_TRUE(request.TryArray<int>(0).empty());
   EXPECT_EQ(request.refusals(), 3u);
+}
+
+// Regression: ~RequestArena and ~Scope reported a failed rewind (a mark the
+// handler left open) through ReportError, so a handler that throws, which
+// alloc/error.h allows, ended in std::terminate from those noexcept
+// destructors. They report through ReportErrorAndContinue now: the handler
+// sees each failure once, its exception is dropped, and the request ends.
+TEST_F(EndpointsTest, AFailedRewindInADestructorDropsAThrowingHandlersThrow) {
+  std::vector<std::string> where;
+  ArenaMark left_open;
+  {
+    ScopedErrorHandler handler(
+        [](const ErrorReport& report, void* context) {
+          static_cast<std::vector<std::string>*>(context)->emplace_back(
+              report.where);
+          throw std::runtime_error("a handler that throws");
+        },
+        &where);
+    RequestArena request(&arena_, 4096);
+    {
+      RequestArena::Scope scope(&request);
+      ASSERT_NE(request.TryAllocate(100), nullptr);
+      left_open = arena_.Mark();  // A handler's bug: a mark left open.
+    }  // ~Scope: the rewind is refused (a newer mark is open).
+  }    // ~RequestArena: refused too.
+  EXPECT_EQ(where, (std::vector<std::string>{"RequestArena::Scope::~Scope",
+                                             "RequestArena::~RequestArena"}));
+  // Put the fixture's arena back: the mark left open, then the two the
+  // destructors could not close (Reset reports them; recorded here).
+  EXPECT_TRUE(arena_.Rewind(left_open).ok());
+  alloc_internal::ErrorRecorder recorder;
+  arena_.Reset();
+  EXPECT_EQ(arena_.open_marks(), 0u);
 }
 
 }  // namespace

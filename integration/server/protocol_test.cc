@@ -307,6 +307,254 @@ TEST_P(ProtocolTest, ARefusedBodyClosesItsConnection) {
   EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
 }
 
+// Regression: any Transfer-Encoding counted as chunked in the pre-routing
+// check, while cpp-httplib treats a body as chunked only when the header is
+// exactly "chunked" (ignoring case). So "Transfer-Encoding: identity" (or
+// gzip, or "chunked, identity") with no Content-Length skipped the 411 and
+// cpp-httplib read the body until the client closed: the answer (a 400)
+// came after its 5 s read timeout, and a request pipelined behind the body
+// was swallowed. Any Transfer-Encoding other than "chunked" is now refused
+// unread at once with 501 and "Connection: close", on every route.
+TEST_P(ProtocolTest, ATransferEncodingOtherThanChunkedIsRefusedAtOnceWith501) {
+  auto server = StartServer(Options().set_keep_alive(100, 10));
+  ASSERT_NE(server, nullptr);
+  const std::string next = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const char* route : {"POST /aggregate", "GET /healthz"}) {
+    for (const char* te :
+         {"identity", "gzip", "chunked, identity", "gzip, chunked", "chunked2",
+          "chunked\r\nTransfer-Encoding: gzip"}) {
+      const std::string what = absl::StrCat(route, " with ", te);
+      const auto start = std::chrono::steady_clock::now();
+      const std::string out = Converse(
+          server->port(),
+          {absl::StrCat(route, " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ",
+                        te, "\r\n\r\n[1,2,3]", next)},
+          0, 3);
+      EXPECT_LT(std::chrono::steady_clock::now() - start,
+                std::chrono::seconds(2))
+          << what;
+      EXPECT_EQ(out.rfind("HTTP/1.1 501", 0), 0u) << what << ": " << out;
+      EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
+          << what << ": " << out;
+      EXPECT_NE(out.find("only 'chunked'"), std::string::npos)
+          << what << ": " << out;
+      // One answer, then the end of the stream: the pipelined request was
+      // neither answered nor left waiting.
+      EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
+          << what << ": " << out;
+      EXPECT_EQ(out.find("<timeout>"), std::string::npos)
+          << what << ": " << out;
+    }
+  }
+  // "chunked" in any case is chunked, as cpp-httplib reads it.
+  const std::string ok = Exchange(server->port(),
+                                  "POST /aggregate HTTP/1.1\r\nHost: x\r\n"
+                                  "Connection: close\r\n"
+                                  "Transfer-Encoding: ChUnKeD\r\n\r\n" +
+                                      Chunked("[1,2,3]"),
+                                  false, 5);
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
+  EXPECT_NE(ok.find("\"count\":3"), std::string::npos) << ok;
+}
+
+// Regression: /simulate took its parameters from cpp-httplib's parsed
+// query, which splits a segment on every '=' and keeps the last piece:
+// "particles=abc=20" was served with 20 particles, "particles=5;steps=2"
+// with 2 and "steps=3=1" with 1. The raw query is parsed by the server now;
+// anything but a plain decimal integer in range is a 400 naming the
+// parameter.
+TEST_P(ProtocolTest, AMalformedSimulateParameterIs400NamingIt) {
+  auto server = StartServer(Options());
+  ASSERT_NE(server, nullptr);
+  const struct {
+    const char* query;
+    const char* name;
+  } cases[] = {
+      {"particles=abc=20", "'particles'"},
+      {"particles=10=20", "'particles'"},
+      {"particles=5;steps=2", "'particles'"},
+      {"particles=5&steps=3=1", "'steps'"},
+      {"particles=%2B5", "'particles'"},
+      {"particles=%205%20", "'particles'"},
+      {"particles=5&seed=7=8", "'seed'"},
+  };
+  for (const auto& c : cases) {
+    const std::string out = Exchange(
+        server->port(),
+        absl::StrCat("GET /simulate?", c.query,
+                     " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        false, 5);
+    EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << c.query << ": " << out;
+    EXPECT_NE(out.find(c.name), std::string::npos) << c.query << ": " << out;
+  }
+  const std::string ok =
+      Exchange(server->port(),
+               "GET /simulate?particles=%3120&steps=2 HTTP/1.1\r\nHost: x\r\n"
+               "Connection: close\r\n\r\n",
+               false, 5);
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
+  EXPECT_NE(ok.find("\"particles\":120"), std::string::npos) << ok;
+}
+
+// A chunked POST /aggregate that never ends: the head, then a 4000-byte
+// chunk every 100 ms on a thread of its own, until the server closes (a
+// send fails), the object is destroyed, or 12 s have passed (so a server
+// that never answers fails the test instead of hanging it).
+class EndlessChunkedPost {
+ public:
+  explicit EndlessChunkedPost(int port)
+      : fd_(ConnectLoopback(port, /*timeout_s=*/8)) {
+    if (fd_ < 0) return;
+    Send(
+        "POST /aggregate HTTP/1.1\r\nHost: x\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n");
+    feeder_ = std::thread([this] {
+      const std::string chunk = "fa0\r\n" + std::string(4000, '1') + "\r\n";
+      for (int i = 0; i < 120 && !stop_.load(); ++i) {
+        if (!Send(chunk)) break;
+        sent_.fetch_add(chunk.size());
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
+  ~EndlessChunkedPost() {
+    stop_.store(true);
+    if (feeder_.joinable()) feeder_.join();
+    if (fd_ >= 0) close(fd_);
+  }
+  bool connected() const { return fd_ >= 0; }
+  size_t sent() const { return sent_.load(); }
+  // Everything read until the server closes ("<eof>" or "<reset>"
+  // appended) or the 8 s read timeout ("<timeout>").
+  std::string ReadAll() {
+    std::string out;
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = recv(fd_, buf, sizeof(buf), 0);
+      if (n == 0) return out + "<eof>";
+      if (n < 0) return out + (errno == ECONNRESET ? "<reset>" : "<timeout>");
+      out.append(buf, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  bool Send(const std::string& data) {
+    size_t at = 0;
+    while (at < data.size()) {
+      const ssize_t n =
+          send(fd_, data.data() + at, data.size() - at, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      at += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  const int fd_;
+  std::atomic<bool> stop_{false};
+  std::atomic<size_t> sent_{0};
+  std::thread feeder_;
+};
+
+// Regression: a body past the limit was read and dropped to its end, with
+// no bound on bytes or time (cpp-httplib's 5 s read timeout is per read):
+// a client that kept sending got no 413 until it stopped, and held its
+// worker meanwhile. The drain is bounded now (Server::kOverLimitDrainMillis,
+// OverLimitDrainBytes): the 413 comes about a second after the limit was
+// passed, with "Connection: close", and the connection is closed.
+TEST_P(ProtocolTest, AnOverLimitStreamIsAnsweredWithoutWaitingForItsEnd) {
+  auto server = StartServer(Options());
+  ASSERT_NE(server, nullptr);
+  EndlessChunkedPost post(server->port());
+  ASSERT_TRUE(post.connected());
+  const auto start = std::chrono::steady_clock::now();
+  const std::string out = post.ReadAll();  // Today: "<timeout>" after 8 s.
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(out.rfind("HTTP/1.1 413", 0), 0u) << out;
+  EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("was not read"), std::string::npos) << out;
+  EXPECT_EQ(out.find("<timeout>"), std::string::npos) << out;
+  EXPECT_LT(elapsed,
+            std::chrono::milliseconds(Server::kOverLimitDrainMillis + 2000));
+  // It read about a second's worth of the stream, not all of it.
+  EXPECT_LT(post.sent(), size_t{100} * 4006);
+  EXPECT_EQ(server->counters().status_4xx, 1u);
+}
+
+// A Content-Length over the limit was skipped by cpp-httplib by reading
+// the whole length: "Content-Length: 10000000000" held the connection until
+// the client had sent it all or stalled for a read timeout (5 s). A length
+// past what the drain allows is refused unread now; one that is not a
+// plain decimal number ("-1" was 2^64 - 1 bytes to skip) is a 400. Both
+// close the connection.
+TEST_P(ProtocolTest, AContentLengthPastTheDrainIsRefusedUnread) {
+  auto server = StartServer(Options());
+  ASSERT_NE(server, nullptr);
+  const struct {
+    const char* length;
+    const char* status;
+  } cases[] = {{"10000000000", "HTTP/1.1 413"},
+               {"-1", "HTTP/1.1 400"},
+               {"+5", "HTTP/1.1 400"},
+               {"5, 5", "HTTP/1.1 400"}};
+  for (const auto& c : cases) {
+    const auto start = std::chrono::steady_clock::now();
+    // The client sends a little of the body and waits: the answer must not
+    // wait for the rest.
+    const std::string out =
+        Converse(server->port(),
+                 {absl::StrCat("POST /aggregate HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Length: ",
+                               c.length, "\r\n\r\n[1,2,3")},
+                 0, 3);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2))
+        << c.length;
+    EXPECT_EQ(out.rfind(c.status, 0), 0u) << c.length << ": " << out;
+    EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
+        << c.length << ": " << out;
+    EXPECT_EQ(out.find("<timeout>"), std::string::npos)
+        << c.length << ": " << out;
+  }
+  // A length over the limit but within the drain is still read and
+  // dropped by cpp-httplib: a 413 that keeps the connection open.
+  const std::string body = Numbers(1000);  // About 2 KB: limit 1 KiB.
+  const std::string out =
+      Exchange(server->port(),
+               absl::StrCat("POST /aggregate HTTP/1.1\r\nHost: x\r\n"
+                            "Content-Length: ",
+                            body.size(), "\r\n\r\n", body),
+               false, 5);
+  EXPECT_EQ(out.rfind("HTTP/1.1 413", 0), 0u) << out;
+  EXPECT_NE(out.find("too large"), std::string::npos) << out;
+  EXPECT_EQ(out.find("Connection: close"), std::string::npos) << out;
+}
+
+// docs/server.md: a graceful stop lets requests in flight finish. Stop()
+// waited for an over-limit body to end, so while a client kept streaming
+// (here 4 KB every 100 ms) it did not return at all. It returns once the
+// bounded drain has answered 413: within kOverLimitDrainMillis plus the
+// keep-alive timeout, with a margin.
+TEST_P(ProtocolTest, StopReturnsWhileAClientKeepsStreamingPastTheLimit) {
+  auto server = StartServer(Options());
+  ASSERT_NE(server, nullptr);
+  EndlessChunkedPost post(server->port());
+  ASSERT_TRUE(post.connected());
+  while (post.sent() < 2 * 4006) {  // Past the 1 KiB limit.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(server->Stop().ok());
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(elapsed,
+            std::chrono::milliseconds(
+                Server::kOverLimitDrainMillis +
+                1000 * server->options().keep_alive_timeout_seconds + 1000))
+      << "Stop took "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count()
+      << " ms";
+  const std::string out = post.ReadAll();
+  EXPECT_EQ(out.rfind("HTTP/1.1 413", 0), 0u) << out;
+}
+
 // docs/server.md: "a known path with the wrong method -> 405 with Allow".
 TEST_P(ProtocolTest, OptionsOnKnownPathIs405) {
   auto server = StartServer(Options());

@@ -12,13 +12,16 @@ namespace server {
 namespace {
 
 // A rewind that fails means a mark was left open inside the request: a
-// bug in the handler, reported (the arena is left as it is).
+// bug in the handler, reported (the arena is left as it is). Called from
+// destructors only (~RequestArena, ~Scope), which cannot unwind: an
+// exception the handler throws is dropped (ReportErrorAndContinue), where
+// ReportError let it reach the noexcept destructor and std::terminate.
 void RewindOrReport(FrameArena* arena, const ArenaMark& mark,
                     const char* where) {
   absl::Status status = arena->Rewind(mark);
   if (!status.ok()) {
-    ReportError({ErrorKind::kMisuse, where, std::string(status.message()), 0, 0,
-                 status});
+    ReportErrorAndContinue({ErrorKind::kMisuse, where,
+                            std::string(status.message()), 0, 0, status});
   }
 }
 

@@ -57,7 +57,11 @@ class RequestArena {
   // open when this object is destroyed.
   RequestArena(FrameArena* arena, size_t budget_bytes);
   // Rewinds the arena to the mark: every chunk the request took beyond it
-  // returns to the cache, destructors registered since run.
+  // returns to the cache, destructors registered since run. If the rewind
+  // fails (a newer mark left open, against the REQUIRES above), the arena
+  // is left as it is and the misuse is reported through
+  // ReportErrorAndContinue (alloc/error.h): a throwing handler's exception
+  // is dropped. ~Scope does the same.
   ~RequestArena();
   RequestArena(const RequestArena&) = delete;
   RequestArena& operator=(const RequestArena&) = delete;

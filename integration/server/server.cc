@@ -16,6 +16,8 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "integration/server/endpoints.h"
@@ -295,22 +297,52 @@ void Server::Route() {
   // Content-Length by itself (set_payload_max_length); read this way a
   // chunked body, and a compressed one as it inflates, are bounded too. The
   // rest of a body past the limit is read and dropped, so the connection
-  // stays in step, and the answer is 413.
+  // stays in step, and the answer is 413; but that drain is bounded too
+  // (OverLimitDrainBytes, kOverLimitDrainMillis): it used to go on until
+  // the client ended its body, so a client that kept sending held the
+  // worker, and Stop(), for as long as it liked. Past the bound the reader
+  // is stopped, the 413 says "Connection: close" and the connection is
+  // closed.
   http_.Post("/aggregate", [this](Req req, httplib::Response& res,
                                   const httplib::ContentReader& reader) {
     std::string body;
     bool too_large = false;
+    bool cut_off = false;  // The drain's bound was reached.
     const size_t limit = options_.max_body_bytes;
+    const size_t drain_bytes = OverLimitDrainBytes(limit);
+    size_t dropped = 0;  // Bytes read past the limit.
+    std::chrono::steady_clock::time_point over_at;
     const bool read = reader([&](const char* data, size_t size) {
-      if (too_large) return true;
-      if (size > limit - body.size()) {
+      if (!too_large) {
+        if (size <= limit - body.size()) {
+          body.append(data, size);
+          return true;
+        }
         too_large = true;
+        over_at = std::chrono::steady_clock::now();
+        dropped = size - (limit - body.size());
         std::string().swap(body);
-        return true;
+      } else {
+        dropped += std::min(size, drain_bytes + 1);  // Saturates past it.
       }
-      body.append(data, size);
+      if (dropped > drain_bytes ||
+          std::chrono::steady_clock::now() - over_at >
+              std::chrono::milliseconds(kOverLimitDrainMillis)) {
+        cut_off = true;
+        return false;  // Stops cpp-httplib's reading.
+      }
       return true;
     });
+    // Cut off, or the client stopped sending mid-body (a read timed out):
+    // either way the connection is not in step, so it is closed.
+    if (cut_off || (too_large && !read)) {
+      RefuseAndClose(
+          res, 413,
+          absl::StrCat("request body too large: over --max_body_bytes (", limit,
+                       " bytes, after any decoding); the rest of it was not "
+                       "read"));
+      return;
+    }
     if (too_large || (!read && res.status == 413)) {
       res.status = 413;
       res.set_content(
@@ -336,7 +368,13 @@ void Server::Route() {
   http_.Get("/simulate", [this](Req req, httplib::Response& res) {
     Handle(req, res,
            [](Req r, RequestArena& request) -> absl::StatusOr<std::string> {
-             auto params = SimulateParams::FromQuery(r.params);
+             // The raw query, not r.params: cpp-httplib keeps the last
+             // '='-separated piece of a segment ("particles=abc=20" -> 20).
+             const absl::string_view target = r.target;
+             const size_t q = target.find('?');
+             auto params = SimulateParams::FromQuery(
+                 q == absl::string_view::npos ? absl::string_view()
+                                              : target.substr(q + 1));
              if (!params.ok()) return params.status();
              return Simulate(*params, request);
            });
@@ -376,29 +414,61 @@ void Server::Route() {
   // until the client closes). What is left of such a body must not be read
   // as the connection's next requests (400s, or a pipelined request never
   // answered once the rest sat in cpp-httplib's read buffer): the
-  // connection is closed after the refusal. cpp-httplib 0.11 closes a
-  // connection only when the request asked for it or writing the response
-  // failed; a "Connection: close" set on the response is sent but not
-  // honoured. So the refusal's body goes out through a content provider
-  // that writes it whole and then reports failure: the response is
-  // complete on the wire, write_response returns false, and cpp-httplib
-  // shuts the socket down and closes it. (Not for HEAD: no body is written
-  // for it, so such a connection stays open.)
+  // connection is closed after the refusal (RefuseAndClose).
+  //
+  // "Chunked" is decided as cpp-httplib decides it: the first
+  // Transfer-Encoding header equal to "chunked", ignoring case. Any other
+  // value (identity, gzip, "gzip, chunked", "chunked, identity") made
+  // cpp-httplib read the body until the client closed, and a request
+  // pipelined behind it was swallowed; it used to count as chunked here
+  // (any Transfer-Encoding did), which skipped the 411. Such a request is
+  // refused unread with 501 (RFC 9112 6.1: a transfer coding the server
+  // does not implement), on every route.
+  //
+  // A Content-Length past what the body reader would drain
+  // (max_body_bytes + OverLimitDrainBytes) is refused unread with 413:
+  // cpp-httplib skips an over-limit body by reading all of it, however
+  // long. A value that is not plain decimal digits is refused with 400
+  // (cpp-httplib reads it with strtoull: "-1" is 2^64 - 1 bytes to skip).
   http_.set_pre_routing_handler([this](Req req, httplib::Response& res) {
     const auto refuse = [this, &res](int status, absl::string_view message) {
-      res.status = status;
-      res.set_header("Connection", "close");
-      auto body =
-          std::make_shared<const std::string>(ErrorBody(status, message));
-      res.set_content_provider(
-          body->size(), "application/json",
-          [body](size_t offset, size_t length, httplib::DataSink& sink) {
-            sink.write(body->data() + offset, length);
-            return false;  // Written whole: now close the connection.
-          });
-      Count(status);
+      RefuseAndClose(res, status, message);
       return httplib::Server::HandlerResponse::Handled;
     };
+    if (req.has_header("Transfer-Encoding") &&
+        (req.get_header_value_count("Transfer-Encoding") != 1 ||
+         !absl::EqualsIgnoreCase(req.get_header_value("Transfer-Encoding"),
+                                 "chunked"))) {
+      return refuse(
+          501, absl::StrCat("Transfer-Encoding '",
+                            req.get_header_value("Transfer-Encoding"),
+                            req.get_header_value_count("Transfer-Encoding") > 1
+                                ? "' (in more than one header)"
+                                : "'",
+                            " is not supported: only 'chunked' is (or send a "
+                            "Content-Length)"));
+    }
+    const bool chunked = req.has_header("Transfer-Encoding");
+    if (!chunked && req.has_header("Content-Length")) {
+      const std::string value = req.get_header_value("Content-Length");
+      uint64_t length = 0;
+      if (req.get_header_value_count("Content-Length") != 1 || value.empty() ||
+          !std::all_of(value.begin(), value.end(),
+                       [](char c) { return c >= '0' && c <= '9'; }) ||
+          !absl::SimpleAtoi(value, &length)) {
+        return refuse(400, absl::StrCat("Content-Length must be one decimal "
+                                        "number of bytes, got '",
+                                        value, "'"));
+      }
+      const size_t limit = options_.max_body_bytes;
+      const size_t drain = OverLimitDrainBytes(limit);
+      if (length > limit && length - limit > drain) {
+        return refuse(
+            413, absl::StrCat("request body too large: Content-Length ", length,
+                              " is over --max_body_bytes (", limit,
+                              " bytes); the body was not read"));
+      }
+    }
     const bool takes_body = req.method == "POST" && req.path == "/aggregate";
     const std::string encoding = req.get_header_value("Content-Encoding");
     if (!takes_body && !encoding.empty() && encoding != "identity") {
@@ -406,7 +476,6 @@ void Server::Route() {
           415, absl::StrCat("Content-Encoding '", encoding, "' on ", req.method,
                             " ", req.path, ", which takes no body"));
     }
-    const bool chunked = req.has_header("Transfer-Encoding");
     if (!takes_body && chunked) {
       return refuse(411, absl::StrCat("a chunked body on ", req.method, " ",
                                       req.path, ", which takes no body"));
@@ -515,6 +584,31 @@ void Server::Handle(const httplib::Request& req, httplib::Response& res,
   }
   Count(res.status);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// cpp-httplib 0.11 closes a connection only when the request asked for it
+// or writing the response failed; a "Connection: close" set on the
+// response is sent but not honoured. So the refusal's body goes out through
+// a content provider that writes it whole and then reports failure: the
+// response is complete on the wire, write_response returns false, and
+// cpp-httplib shuts the socket down and closes it. (Not for HEAD: no body
+// is written for it, so such a connection stays open.)
+void Server::RefuseAndClose(httplib::Response& res, int status,
+                            absl::string_view message) {
+  res.status = status;
+  res.set_header("Connection", "close");
+  auto body = std::make_shared<const std::string>(ErrorBody(status, message));
+  res.set_content_provider(
+      body->size(), "application/json",
+      [body](size_t offset, size_t length, httplib::DataSink& sink) {
+        sink.write(body->data() + offset, length);
+        return false;  // Written whole: now close the connection.
+      });
+  Count(status);
+}
+
+size_t Server::OverLimitDrainBytes(size_t max_body_bytes) {
+  return std::max(max_body_bytes, kMinOverLimitDrainBytes);
 }
 
 // Counted when the response is decided, before cpp-httplib writes it: a

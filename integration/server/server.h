@@ -22,9 +22,13 @@
 //   GET  /healthz         "ok"
 // Bad input -> 400 (the body names the problem), unknown paths -> 404,
 // wrong methods -> 405 with Allow, bodies over max_body_bytes -> 413
-// (after decoding; chunked ones too), a POST without Content-Length or
-// chunking -> 411, a chunked or compressed body on a route that takes
-// none -> 411 / 415, a request over its memory budget -> 503.
+// (after decoding; chunked ones too; the rest of such a body is read for a
+// bounded time and amount only, see kOverLimitDrainMillis), a POST without
+// Content-Length or chunking -> 411, a chunked or compressed body on a
+// route that takes none -> 411 / 415, a Transfer-Encoding other than
+// "chunked" -> 501, a request over its memory budget -> 503. Request
+// headers are bounded per line only (cpp-httplib); see docs/server.md,
+// "Limits".
 //
 // Not for: TLS, streaming bodies, or long blocking work: a connection holds
 // its worker for as long as it stays open (see docs/server.md), so size
@@ -190,6 +194,22 @@ class Server {
  public:
   // The longest Stop() waits for accepted connections to reach a worker.
   static constexpr int kDrainSeconds = 5;
+  // A body past max_body_bytes is read on and dropped, so that a client
+  // that sends its whole body before reading gets a clean 413 on a
+  // connection still in step, but only for so long: at most
+  // OverLimitDrainBytes() more bytes (after decoding) and at most
+  // kOverLimitDrainMillis from the moment the limit was passed. Past
+  // either bound, the 413 goes out with "Connection: close" and the
+  // connection is closed, unread; a Content-Length that says the body goes
+  // past that bound is answered so at once. A client that never stops
+  // sending therefore holds its worker (and Stop()) for about a second,
+  // not for as long as it likes. (The bounds are checked as data arrives;
+  // a client that stalls instead is cut off by cpp-httplib's 5 s read
+  // timeout, and its 413 also closes the connection.)
+  static constexpr int kOverLimitDrainMillis = 1000;
+  static constexpr size_t kMinOverLimitDrainBytes = size_t{64} << 10;
+  // max(max_body_bytes, kMinOverLimitDrainBytes).
+  static size_t OverLimitDrainBytes(size_t max_body_bytes);
   // Builds the topology, the runtime (or the allocator of the kHttplib
   // mode), the routes, and binds the listening socket.
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options);
@@ -206,7 +226,11 @@ class Server {
   // a steady stream of new connections the wait ends there), then stops
   // accepting, lets every in-flight request finish and be answered, waits
   // for the connection tasks, and shuts the runtime down. Returns OK, or
-  // Internal if the accept loop failed. Idempotent.
+  // Internal if the accept loop failed. Idempotent. A request whose body
+  // runs past max_body_bytes holds it for at most kOverLimitDrainMillis
+  // after the limit; a client that sends slowly below the limits is not
+  // bounded (cpp-httplib's read timeout is per read; docs/server.md,
+  // "Limits").
   absl::Status Stop();
 
   // The bound port (the chosen one when ServerOptions::port was 0).
@@ -251,6 +275,12 @@ class Server {
                   const httplib::Request&, RequestArena&)>& work);
   // Counts a response with `status`.
   void Count(int status);
+  // Answers `status` with an error body naming `message` and
+  // "Connection: close", and has cpp-httplib close the connection once the
+  // answer is out (whatever of the request is left is never read; see
+  // server.cc for how). Counts it.
+  void RefuseAndClose(httplib::Response& res, int status,
+                      absl::string_view message);
 
   ServerOptions options_;
   std::unique_ptr<numa::Topology> topology_;
