@@ -4,6 +4,7 @@
 #include "alloc/frame_arena.h"
 
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -247,29 +248,38 @@ TEST_F(FrameArenaTest, RetainedChunksServeTheNextFrameWithoutTheCache) {
   EXPECT_EQ(after.releases, before.releases);
 }
 
-// Regression (review): a kept chunk was taken again only if its size
-// equalled the nominal chunk size, but the cache hands out whole size
-// classes (100 KiB is 104 KiB): with such chunk sizes every frame went to
-// the cache, and the kept chunks piled up to retain_bytes unused.
-TEST_F(FrameArenaTest, RetainedChunksAreReusedWhateverTheChunkSize) {
-  FrameArena arena(&cache_, FrameArenaOptions()
-                                .set_initial_chunk_size(100 << 10)
-                                .set_max_chunk_size(400 << 10)
-                                .set_retain_bytes(4 << 20));
+// Frames of 600 allocations of 1000 bytes on chunks of 100 to 400 KiB
+// (104, 208 and 416 KiB classes): after three to warm up, twenty more take
+// nothing from the cache (nor from the source: `source_calls`), and two
+// chunks are kept between frames (the first stays current).
+void ExpectSteadyFramesReuseKeptChunks(
+    ChunkCache* cache, const std::function<int()>& source_calls) {
+  FrameArena arena(cache, FrameArenaOptions()
+                              .set_initial_chunk_size(100 << 10)
+                              .set_max_chunk_size(400 << 10)
+                              .set_retain_bytes(4 << 20));
   auto frame = [&] {
     for (int i = 0; i < 600; ++i) arena.Allocate(1000);
     arena.Reset();
   };
   for (int f = 0; f < 3; ++f) frame();
-  const ChunkCacheStats before = cache_.stats();
+  const int calls = source_calls();
+  const ChunkCacheStats before = cache->stats();
   for (int f = 0; f < 20; ++f) frame();
-  const ChunkCacheStats after = cache_.stats();
+  const ChunkCacheStats after = cache->stats();
   EXPECT_EQ(after.hits + after.misses, before.hits + before.misses);
   EXPECT_EQ(after.releases, before.releases);
-  // 600 KB a frame: 100 + 200 + 400 KiB chunks (104, 208, 416 KiB
-  // classes), the first kept as the current one.
+  EXPECT_EQ(source_calls(), calls);
   EXPECT_EQ(arena.stats().spare_chunks, 2u);
   EXPECT_LE(arena.stats().spare_bytes, size_t{1} << 20);
+}
+
+// Regression (review): a kept chunk was taken again only if its size
+// equalled the nominal chunk size, but the cache hands out whole size
+// classes (100 KiB is 104 KiB): with such chunk sizes every frame went to
+// the cache, and the kept chunks piled up to retain_bytes unused.
+TEST_F(FrameArenaTest, RetainedChunksAreReusedWhateverTheChunkSize) {
+  ExpectSteadyFramesReuseKeptChunks(&cache_, [] { return 0; });
 }
 
 // The same with a source that rounds blocks up to 64 KiB pages (a 104 KiB
@@ -278,25 +288,8 @@ TEST_F(FrameArenaTest, RetainedChunksAreReusedWhateverTheChunkSize) {
 TEST(FrameArenaRoundingTest, RetainedChunksServeWhenTheSourceRoundsUp) {
   alloc_internal::RoundingSource source(64 << 10);
   ChunkCache cache(&source);
-  {
-    FrameArena arena(&cache, FrameArenaOptions()
-                                 .set_initial_chunk_size(100 << 10)
-                                 .set_max_chunk_size(400 << 10)
-                                 .set_retain_bytes(4 << 20));
-    auto frame = [&] {
-      for (int i = 0; i < 600; ++i) arena.Allocate(1000);
-      arena.Reset();
-    };
-    for (int f = 0; f < 3; ++f) frame();
-    const int calls = source.allocate_calls();
-    const ChunkCacheStats before = cache.stats();
-    for (int f = 0; f < 20; ++f) frame();
-    const ChunkCacheStats after = cache.stats();
-    EXPECT_EQ(after.hits + after.misses, before.hits + before.misses);
-    EXPECT_EQ(source.allocate_calls(), calls);
-    EXPECT_EQ(arena.stats().spare_chunks, 2u);
-    EXPECT_LE(arena.stats().spare_bytes, size_t{1} << 20);
-  }
+  ExpectSteadyFramesReuseKeptChunks(
+      &cache, [&source] { return source.allocate_calls(); });
   EXPECT_EQ(cache.stats().in_use_blocks, 0u);
 }
 

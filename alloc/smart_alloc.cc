@@ -123,20 +123,30 @@ class ThreadExitHook {
 
   // The key's destructor. A state's hand-back runs user code (its frames'
   // destructors, the error handler for a canary); a call it makes into an
-  // instance this thread has no state in gets a new list, which glibc hands
-  // back in its next round of key destructors.
+  // instance this thread has no state in gets a new state in a new list,
+  // handed back here in turn (not left to glibc's further rounds of key
+  // destructors: there are only PTHREAD_DESTRUCTOR_ITERATIONS, and a chain
+  // of such first calls longer than that left states behind).
   static void HandBack(void* value) {
-    auto* list = static_cast<StateList*>(value);
+    const pthread_key_t key = Key();
     StateList* const outer = exiting;
-    exiting = list;
-    alloc_internal::last_thread_state = {};
-    for (auto& [id, state] : *list) {
-      SmartAlloc::RetireAtThreadExit(id, state);
-      state = nullptr;
+    // Bounded: a frame object that makes itself anew in every hand-back
+    // would go on for ever; what is left then goes to glibc's next round.
+    for (int round = 0; value != nullptr && round < 64; ++round) {
+      auto* list = static_cast<StateList*>(value);
+      exiting = list;
+      alloc_internal::last_thread_state = {};
+      for (auto& [id, state] : *list) {
+        SmartAlloc::RetireAtThreadExit(id, state);
+        state = nullptr;
+      }
+      delete list;
+      value = pthread_getspecific(key);
+      if (value != nullptr) (void)pthread_setspecific(key, nullptr);
     }
+    if (value != nullptr) (void)pthread_setspecific(key, value);
     exiting = outer;
     alloc_internal::last_thread_state = {};
-    delete list;
   }
 
   static inline thread_local StateList* exiting = nullptr;
@@ -406,6 +416,7 @@ void SmartAlloc::RetireThread(ThreadState* ts, bool own_thread) {
     for (int slot = 0; slot < slots; ++slot) {
       if (ts->arenas[slot]->stats().allocations > 0) {
         again = true;
+        CheckFrameGuards(*ts, slot);
         ts->arenas[slot]->Reset();
       }
     }

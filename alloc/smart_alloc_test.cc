@@ -611,6 +611,48 @@ TEST_F(SmartAllocTest, ThreadChurnWithThreadLocalHoldersLeavesNoState) {
   EXPECT_EQ(s.exited_threads, 200u);
 }
 
+// A frame object that, destroyed, makes one in the next instance of a
+// chain: each hand-back at thread exit makes the thread's first state in
+// the next instance.
+struct ChainLink {
+  ChainLink(std::vector<std::unique_ptr<SmartAlloc>>* c, size_t n)
+      : chain(c), next(n) {}
+  ChainLink(const ChainLink&) = delete;
+  ChainLink& operator=(const ChainLink&) = delete;
+  ~ChainLink() {
+    if (next < chain->size()) {
+      (*chain)[next]->frame_alloc<ChainLink>(chain, next + 1);
+    }
+  }
+  std::vector<std::unique_ptr<SmartAlloc>>* chain;
+  size_t next;
+};
+
+// Review: a state made during the hand-back was left to glibc's further
+// rounds of key destructors, of which there are four: a chain of first
+// calls longer than that left a state behind in each exited thread.
+TEST(SmartAllocHandBackTest, AChainOfFirstCallsAtThreadExitIsHandedBackWhole) {
+  std::vector<std::unique_ptr<SmartAlloc>> chain;
+  for (int i = 0; i < 8; ++i) {
+    chain.push_back(
+        std::make_unique<SmartAlloc>(AllocConfig().set_frames_in_flight(2)));
+  }
+  constexpr int kThreads = 10;
+  for (int t = 0; t < kThreads; ++t) {
+    std::thread thread([&chain] {
+      chain[0]->frame_alloc<ChainLink>(&chain, 1);
+      chain[0]->end_frame();  // Still in flight at the thread's exit.
+    });
+    thread.join();
+  }
+  for (size_t i = 0; i < chain.size(); ++i) {
+    const AllocStats s = chain[i]->stats();
+    EXPECT_EQ(s.live_threads, 0u) << i;
+    EXPECT_EQ(s.exited_threads, static_cast<uint64_t>(kThreads)) << i;
+    EXPECT_EQ(chain[i]->chunk_cache().stats().in_use_bytes, 0u) << i;
+  }
+}
+
 // Holds its instance: the last reference may go with a frame object.
 struct KeepsAlive {
   std::shared_ptr<SmartAlloc> alloc;

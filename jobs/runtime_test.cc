@@ -27,11 +27,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "alloc/error.h"
 #include "alloc/internal/test_util.h"
 #include "gtest/gtest.h"
 #include "jobs/parallel.h"
+#include "numa/internal/test_topologies.h"
 #include "numa/topology.h"
 
 namespace framealloc {
@@ -210,36 +210,6 @@ TEST(RuntimeConfigTest, RejectsHistoriesAndTraceRingsBeyondTheirBounds) {
   EXPECT_EQ(history[2].frame, 2u);
 }
 
-// Two packages of one PU each, in hwloc's XML: PU 0 on node 0 and PU
-// `second_pu` on node 1, written as hwloc bitmaps (`cpuset`, ...), and the
-// PUs the process may use (`allowed`).
-std::string TwoPackagesXml(const char* second_pu_index, const char* second,
-                           const char* both, const char* allowed) {
-  std::string xml = R"(<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE topology SYSTEM "hwloc2.dtd">
-<topology version="2.0">
-  <object type="Machine" os_index="0" cpuset="BOTH" complete_cpuset="BOTH" allowed_cpuset="ALLOWED" nodeset="0x00000003" complete_nodeset="0x00000003" allowed_nodeset="0x00000003" gp_index="1">
-    <object type="Package" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="2">
-      <object type="NUMANode" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="3" local_memory="1073741824"/>
-      <object type="Core" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="4">
-        <object type="PU" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="5"/>
-      </object>
-    </object>
-    <object type="Package" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="6">
-      <object type="NUMANode" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="7" local_memory="1073741824"/>
-      <object type="Core" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="8">
-        <object type="PU" os_index="INDEX" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="9"/>
-      </object>
-    </object>
-  </object>
-</topology>
-)";
-  return absl::StrReplaceAll(xml, {{"BOTH", both},
-                                   {"ALLOWED", allowed},
-                                   {"SECOND", second},
-                                   {"INDEX", second_pu_index}});
-}
-
 // The topology `xml` describes, discovered as this machine's
 // (HWLOC_THISSYSTEM), so that a runtime on it pins: binding to PU 0 acts
 // on the real machine, which always has one.
@@ -269,8 +239,8 @@ absl::StatusOr<std::unique_ptr<numa::Topology>> DiscoverFromXml(
 // inside a container limited to one socket (`docker run --cpuset-cpus`)
 // with every node's memory allowed: it keeps node 1, with no PU.
 TEST(RuntimeConfigTest, ANodeWithoutPusRunsItsWorkersUnpinned) {
-  auto topology = DiscoverFromXml(
-      TwoPackagesXml("1", "0x00000002", "0x00000003", "0x00000001"));
+  auto topology = DiscoverFromXml(numa_internal::TwoPackagesXml(
+      "1", "0x00000002", "0x00000003", "0x00000001"));
   ASSERT_TRUE(topology.ok()) << topology.status();
   ASSERT_EQ((*topology)->num_nodes(), 2);
   ASSERT_TRUE((*topology)->node(1).pus.empty());
@@ -317,9 +287,9 @@ TEST(RuntimeConfigTest, ANodeWithoutPusRunsItsWorkersUnpinned) {
 // with no report to the error handler (whose default aborts).
 TEST(RuntimeConfigTest, AWorkerThatCannotBePinnedRunsAndIsCounted) {
   if (sysconf(_SC_NPROCESSORS_CONF) > 62) GTEST_SKIP() << "PU 62 exists";
-  auto topology = DiscoverFromXml(TwoPackagesXml("62", "0x40000000,0x00000000",
-                                                 "0x40000000,0x00000001",
-                                                 "0x40000000,0x00000001"));
+  auto topology = DiscoverFromXml(numa_internal::TwoPackagesXml(
+      "62", "0x40000000,0x00000000", "0x40000000,0x00000001",
+      "0x40000000,0x00000001"));
   ASSERT_TRUE(topology.ok()) << topology.status();
   ASSERT_EQ((*topology)->num_nodes(), 2);
   ASSERT_EQ((*topology)->node(1).pus, std::vector<int>{62});

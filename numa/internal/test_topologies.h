@@ -2,7 +2,9 @@
 //
 // For: tests only (testonly). An asymmetric two-node machine (node 0: one
 // PU and 1 GB; node 1: three PUs and 3 GB) with a latency matrix (10/21),
-// written as hwloc XML. Synthetic descriptions repeat every level the same
+// written as hwloc XML; and two one-PU packages whose second PU and CPU
+// set are chosen by the test (a PU the process may not use, or one the
+// machine lacks). Synthetic descriptions repeat every level the same
 // number of times, so asymmetric core counts need XML.
 // Not for: production code.
 #ifndef NUMA_INTERNAL_TEST_TOPOLOGIES_H_
@@ -11,6 +13,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+
+#include "absl/strings/str_replace.h"
 
 namespace framealloc {
 namespace numa_internal {
@@ -53,6 +57,37 @@ inline std::string WriteAsymmetricXml() {
       std::string(dir != nullptr ? dir : "/tmp") + "/asymmetric_topology.xml";
   std::ofstream(path) << kAsymmetricXml;
   return path;
+}
+
+// Two packages of one PU each, in hwloc's XML: PU 0 on node 0 and PU
+// `second_pu` on node 1, written as hwloc bitmaps (`cpuset`, ...), and the
+// PUs the process may use (`allowed`).
+inline std::string TwoPackagesXml(const char* second_pu_index,
+                                  const char* second, const char* both,
+                                  const char* allowed) {
+  std::string xml = R"(<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE topology SYSTEM "hwloc2.dtd">
+<topology version="2.0">
+  <object type="Machine" os_index="0" cpuset="BOTH" complete_cpuset="BOTH" allowed_cpuset="ALLOWED" nodeset="0x00000003" complete_nodeset="0x00000003" allowed_nodeset="0x00000003" gp_index="1">
+    <object type="Package" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="2">
+      <object type="NUMANode" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="3" local_memory="1073741824"/>
+      <object type="Core" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="4">
+        <object type="PU" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001" gp_index="5"/>
+      </object>
+    </object>
+    <object type="Package" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="6">
+      <object type="NUMANode" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="7" local_memory="1073741824"/>
+      <object type="Core" os_index="1" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="8">
+        <object type="PU" os_index="INDEX" cpuset="SECOND" complete_cpuset="SECOND" nodeset="0x00000002" complete_nodeset="0x00000002" gp_index="9"/>
+      </object>
+    </object>
+  </object>
+</topology>
+)";
+  return absl::StrReplaceAll(xml, {{"BOTH", both},
+                                   {"ALLOWED", allowed},
+                                   {"SECOND", second},
+                                   {"INDEX", second_pu_index}});
 }
 
 }  // namespace numa_internal
