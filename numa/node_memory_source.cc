@@ -346,7 +346,11 @@ absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,
                      absl::Hex(data), " wraps around the address space"));
   }
   const uintptr_t first = data & ~(page_size - 1);
-  const size_t pages = (end - first + page_size - 1) / page_size;
+  // Neither the page count nor the walk below may wrap: a block in the last
+  // page of the address space has end - first + page_size past 2^64, and
+  // a page address stepped past it wraps to 0 (the walk never ended).
+  const uintptr_t span = end - first;  // first <= data <= end.
+  const size_t pages = span / page_size + (span % page_size != 0 ? 1 : 0);
   if (pages > kPageNodesMaxPages) {
     return absl::InvalidArgumentError(absl::StrCat(
         "PageNodes: the block of ", block.size, " bytes spans ", pages,
@@ -366,7 +370,8 @@ absl::StatusOr<std::vector<int>> PageNodes(const Topology& topology,
     return absl::ResourceExhaustedError(
         "PageNodes: hwloc could not allocate a bitmap");
   }
-  for (uintptr_t page = first; page < end; page += page_size) {
+  for (size_t i = 0; i < pages; ++i) {
+    const uintptr_t page = first + i * page_size;  // i < pages: no wrap.
     if (hwloc_get_area_memlocation(topo, reinterpret_cast<void*>(page),
                                    page_size, set,
                                    HWLOC_MEMBIND_BYNODESET) != 0) {

@@ -3,7 +3,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -308,6 +310,50 @@ TEST(NodeMemorySourceTest, UnboundPagesLandWhereFirstTouched) {
 // block of 2^46 bytes threw std::bad_alloc out of a Status-returning call
 // (a 64 GiB reserve) and a size whose end wraps made the page count wrap
 // too. Both are InvalidArgument now, before anything is reserved or asked.
+// Regression: a block in the last page of the address space stepped its
+// page address past UINTPTR_MAX, back to 0, and the walk never ended (the
+// result grew until std::bad_alloc, which PageNodes must never throw); a
+// block whose page count wrapped to 0 did the same. Each call runs in a
+// child process with an alarm, so the old behaviour fails instead of
+// hanging the test.
+TEST(PageNodesDeathTest, ABlockAtTheEndOfTheAddressSpaceReturns) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  auto topo = Machine();
+  ASSERT_NE(topo, nullptr);
+  if (!topo->support().page_location) GTEST_SKIP() << "no page location";
+  const uintptr_t last_page = UINTPTR_MAX & ~uintptr_t{4095};
+  const struct {
+    uintptr_t data;
+    size_t size;
+  } cases[] = {
+      {last_page, 4095},       // Up to UINTPTR_MAX: one page.
+      {last_page + 4000, 95},  // Inside the last page.
+      {1, static_cast<size_t>(UINTPTR_MAX - 1)},  // The count used to wrap.
+  };
+  for (const auto& c : cases) {
+    EXPECT_EXIT(
+        {
+          alarm(20);  // The old walk: killed by SIGALRM.
+          try {
+            absl::StatusOr<std::vector<int>> r = PageNodes(
+                *topo, Block{reinterpret_cast<void*>(c.data), c.size, 1});
+            // One page, not mapped (-1); or a Status (too many pages, or
+            // hwloc cannot look the page up).
+            if (r.ok()) std::_Exit(r->size() == 1 && (*r)[0] == -1 ? 0 : 2);
+            const absl::StatusCode code = r.status().code();
+            std::_Exit(code == absl::StatusCode::kInvalidArgument ||
+                               code == absl::StatusCode::kFailedPrecondition
+                           ? 0
+                           : 3);
+          } catch (...) {
+            std::_Exit(4);
+          }
+        },
+        ::testing::ExitedWithCode(0), "")
+        << "block of " << c.size << " bytes at 0x" << std::hex << c.data;
+  }
+}
+
 TEST(PageNodesTest, AHugeOrWrappingRangeIsInvalidArgument) {
   auto topo = Machine();
   ASSERT_NE(topo, nullptr);

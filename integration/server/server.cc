@@ -2,6 +2,10 @@
 // statistics.
 #include "integration/server/server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,6 +14,7 @@
 #include <cstdio>
 #include <exception>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string>
@@ -87,6 +92,75 @@ uint64_t ResidentBytes() {
   uint64_t size = 0, resident = 0;
   if (!(statm >> size >> resident)) return 0;
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Set by the pre-routing handler when it refuses a HEAD request: the
+// refusal has no body, so RefuseAndClose cannot make cpp-httplib close the
+// connection; the logger (run on the same thread once the headers are out)
+// closes it instead (CloseConnectionOf).
+thread_local bool close_after_head_refusal = false;
+
+// The port of `addr` (IPv4 or IPv6), and its numeric address in `host`.
+int PortOf(const sockaddr_storage& addr, std::string* host) {
+  char text[INET6_ADDRSTRLEN] = "";
+  if (addr.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(addr);
+    if (host != nullptr) inet_ntop(AF_INET, &in.sin_addr, text, sizeof(text));
+    if (host != nullptr) *host = text;
+    return ntohs(in.sin_port);
+  }
+  if (addr.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(addr);
+    if (host != nullptr) {
+      inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof(text));
+      *host = text;
+    }
+    return ntohs(in6.sin6_port);
+  }
+  return -1;
+}
+
+// Closes the connection from `peer`:`peer_port` to `local_port` under
+// cpp-httplib's feet. cpp-httplib 0.11 gives a handler no socket and closes
+// a connection only when writing the response fails, which it never does
+// for HEAD (no body is written). So the socket is found by its addresses
+// among this process's descriptors, shut down (the answer already written
+// goes out, then FIN), and its descriptor replaced with /dev/null: the
+// connection's next read fails (ENOTSOCK), cpp-httplib ends the connection
+// and closes the descriptor, which is then ours. A shutdown alone is not
+// enough: Linux still returns data received before it, and a request in
+// it would be run. Only on the thread serving that connection (the
+// descriptor cannot be closed or reused meanwhile). Returns whether found.
+bool CloseConnectionOf(const std::string& peer, int peer_port, int local_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return false;
+  int found = -1;
+  while (const dirent* entry = readdir(dir)) {
+    int fd = -1;
+    if (!absl::SimpleAtoi(entry->d_name, &fd) || fd == dirfd(dir)) continue;
+    sockaddr_storage local{}, remote{};
+    socklen_t local_len = sizeof(local), remote_len = sizeof(remote);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &remote_len) !=
+            0) {
+      continue;
+    }
+    std::string host;
+    if (PortOf(local, nullptr) == local_port &&
+        PortOf(remote, &host) == peer_port && host == peer) {
+      found = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  if (found < 0) return false;
+  shutdown(found, SHUT_RDWR);
+  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_fd >= 0) {
+    dup3(null_fd, found, O_CLOEXEC);
+    close(null_fd);
+  }
+  return true;
 }
 
 }  // namespace
@@ -249,7 +323,17 @@ absl::Status Server::Init() {
   // TCP_NODELAY, Nagle's algorithm holds the body until the client's
   // delayed ACK (about 40 ms per keep-alive request on Linux).
   http_.set_tcp_nodelay(true);
-  http_.set_payload_max_length(options_.max_body_bytes);
+  // cpp-httplib reads a Content-Length body itself up to this length, and
+  // skips one past it by reading it whole (at 5 s per read, however long);
+  // so up to what the bounded reader of POST /aggregate drains, and the
+  // pre-routing handler refuses anything longer (and, on the routes that
+  // take no body, anything over max_body_bytes) unread.
+  const size_t limit = options_.max_body_bytes;
+  const size_t drain = OverLimitDrainBytes(limit);
+  http_.set_payload_max_length(limit > std::numeric_limits<size_t>::max() -
+                                           drain
+                                   ? std::numeric_limits<size_t>::max()
+                                   : limit + drain);
   http_.set_keep_alive_max_count(
       static_cast<size_t>(options_.keep_alive_max_count));
   http_.set_keep_alive_timeout(options_.keep_alive_timeout_seconds);
@@ -333,8 +417,11 @@ void Server::Route() {
       }
       return true;
     });
-    // Cut off, or the client stopped sending mid-body (a read timed out):
-    // either way the connection is not in step, so it is closed.
+    // Cut off, or the read failed (the client stopped sending mid-body and
+    // a read timed out, or the body was malformed): either way the
+    // connection is not in step, so it is closed. Every over-limit body,
+    // with a Content-Length or chunked, comes through here: cpp-httplib's
+    // payload limit is past the drain (Init), so it never skips one itself.
     if (cut_off || (too_large && !read)) {
       RefuseAndClose(
           res, 413,
@@ -343,7 +430,16 @@ void Server::Route() {
                        "read"));
       return;
     }
-    if (too_large || (!read && res.status == 413)) {
+    if (!read) {
+      RefuseAndClose(res,
+                     res.status == 413 || res.status == 415 ? res.status : 400,
+                     "the request body could not be read (it ended early, "
+                     "a read timed out, or it was malformed); the rest of it "
+                     "was not read");
+      return;
+    }
+    // Read to its end: the connection is in step and stays open.
+    if (too_large) {
       res.status = 413;
       res.set_content(
           ErrorBody(413, absl::StrCat("request body too large: over "
@@ -351,14 +447,6 @@ void Server::Route() {
                                       limit, " bytes, after any decoding)")),
           "application/json");
       Count(413);
-      return;
-    }
-    if (!read) {
-      const int status = res.status >= 400 ? res.status : 400;
-      res.status = status;
-      res.set_content(ErrorBody(status, "the request body could not be read"),
-                      "application/json");
-      Count(status);
       return;
     }
     Handle(req, res, [&body](Req, RequestArena& request) {
@@ -412,9 +500,16 @@ void Server::Route() {
   // reader; elsewhere a chunked or compressed body is refused unread, and
   // anywhere a body that has neither length nor chunking (it would be read
   // until the client closes). What is left of such a body must not be read
-  // as the connection's next requests (400s, or a pipelined request never
-  // answered once the rest sat in cpp-httplib's read buffer): the
-  // connection is closed after the refusal (RefuseAndClose).
+  // as the connection's next requests (they would be run: a request hidden
+  // in a body is request smuggling behind a proxy that keeps connections
+  // to this server alive): the connection is closed after the refusal
+  // (RefuseAndClose; for HEAD, CloseConnectionOf from the logger).
+  //
+  // cpp-httplib 0.11 reads a body only on POST, PUT, PATCH, DELETE (and
+  // PRI); on any other method (GET, HEAD, OPTIONS, ...) it leaves a body
+  // with a Content-Length on the connection and parses it as the next
+  // requests. Such a request is refused unread with 400, as is a chunked
+  // one (411 off POST /aggregate).
   //
   // "Chunked" is decided as cpp-httplib decides it: the first
   // Transfer-Encoding header equal to "chunked", ignoring case. Any other
@@ -423,16 +518,28 @@ void Server::Route() {
   // pipelined behind it was swallowed; it used to count as chunked here
   // (any Transfer-Encoding did), which skipped the 411. Such a request is
   // refused unread with 501 (RFC 9112 6.1: a transfer coding the server
-  // does not implement), on every route.
+  // does not implement), on every route. A Transfer-Encoding together with
+  // a Content-Length is refused with 400 (RFC 9112 6.1: the server must
+  // close such a connection; a front end that frames the body by its
+  // Content-Length would disagree with this server about where the next
+  // request starts).
   //
   // A Content-Length past what the body reader would drain
-  // (max_body_bytes + OverLimitDrainBytes) is refused unread with 413:
-  // cpp-httplib skips an over-limit body by reading all of it, however
-  // long. A value that is not plain decimal digits is refused with 400
-  // (cpp-httplib reads it with strtoull: "-1" is 2^64 - 1 bytes to skip).
+  // (max_body_bytes + OverLimitDrainBytes), or on a route that takes no
+  // body past max_body_bytes, is refused unread with 413. A value that is
+  // not plain decimal digits is refused with 400 (cpp-httplib reads it
+  // with strtoull: "-1" is 2^64 - 1 bytes to skip).
+  //
+  // Not covered: "Expect: 100-continue" is answered "100 Continue" by
+  // cpp-httplib before this handler runs, so a request refused here has
+  // been invited to send its body first (docs/server.md, "Limits").
   http_.set_pre_routing_handler([this](Req req, httplib::Response& res) {
-    const auto refuse = [this, &res](int status, absl::string_view message) {
+    close_after_head_refusal = false;
+    const auto refuse = [this, &req, &res](int status,
+                                           absl::string_view message) {
       RefuseAndClose(res, status, message);
+      // No body is written for HEAD, so RefuseAndClose cannot close it.
+      if (req.method == "HEAD") close_after_head_refusal = true;
       return httplib::Server::HandlerResponse::Handled;
     };
     if (req.has_header("Transfer-Encoding") &&
@@ -449,6 +556,14 @@ void Server::Route() {
                             "Content-Length)"));
     }
     const bool chunked = req.has_header("Transfer-Encoding");
+    if (chunked && req.has_header("Content-Length")) {
+      return refuse(400, "both Transfer-Encoding and Content-Length: send one");
+    }
+    const bool takes_body = req.method == "POST" && req.path == "/aggregate";
+    // The methods whose body cpp-httplib 0.11 reads (its expect_content).
+    const bool body_read = req.method == "POST" || req.method == "PUT" ||
+                           req.method == "PATCH" || req.method == "DELETE" ||
+                           req.method == "PRI";
     if (!chunked && req.has_header("Content-Length")) {
       const std::string value = req.get_header_value("Content-Length");
       uint64_t length = 0;
@@ -460,8 +575,14 @@ void Server::Route() {
                                         "number of bytes, got '",
                                         value, "'"));
       }
+      if (length > 0 && !body_read) {
+        return refuse(400, absl::StrCat("a body (Content-Length ", length,
+                                        ") on ", req.method, " ", req.path,
+                                        ", which takes none; it was not "
+                                        "read"));
+      }
       const size_t limit = options_.max_body_bytes;
-      const size_t drain = OverLimitDrainBytes(limit);
+      const size_t drain = takes_body ? OverLimitDrainBytes(limit) : 0;
       if (length > limit && length - limit > drain) {
         return refuse(
             413, absl::StrCat("request body too large: Content-Length ", length,
@@ -469,7 +590,6 @@ void Server::Route() {
                               " bytes); the body was not read"));
       }
     }
-    const bool takes_body = req.method == "POST" && req.path == "/aggregate";
     const std::string encoding = req.get_header_value("Content-Encoding");
     if (!takes_body && !encoding.empty() && encoding != "identity") {
       return refuse(
@@ -488,6 +608,12 @@ void Server::Route() {
                                       "body)"));
     }
     return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // Runs once a response is written, on the connection's thread.
+  http_.set_logger([this](Req req, const httplib::Response&) {
+    if (!close_after_head_refusal) return;
+    close_after_head_refusal = false;
+    CloseConnectionOf(req.remote_addr, req.remote_port, port_);
   });
 
   // Statuses cpp-httplib sets itself (404, 413, 400 for an unparsable
@@ -592,7 +718,8 @@ void Server::Handle(const httplib::Request& req, httplib::Response& res,
 // a content provider that writes it whole and then reports failure: the
 // response is complete on the wire, write_response returns false, and
 // cpp-httplib shuts the socket down and closes it. (Not for HEAD: no body
-// is written for it, so such a connection stays open.)
+// is written for it; the pre-routing handler has the logger close such a
+// connection, see CloseConnectionOf.)
 void Server::RefuseAndClose(httplib::Response& res, int status,
                             absl::string_view message) {
   res.status = status;
