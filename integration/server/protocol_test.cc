@@ -240,6 +240,20 @@ std::string Converse(int port, const std::vector<std::string>& parts,
   return out;
 }
 
+// Expects `out` (from Converse) to hold one answer that closes its
+// connection: "Connection: close", nothing after it (no answer to a request
+// sent behind the body, no 400 from the body's bytes), and the stream ended
+// by the server, not by the read timeout. `what` names the case.
+void ExpectTheOnlyAnswerClosesTheConnection(const std::string& out,
+                                            const absl::AlphaNum& what) {
+  EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
+      << what.Piece() << ": " << out;
+  EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
+      << what.Piece() << ": " << out;
+  EXPECT_EQ(out.find("<timeout>"), std::string::npos)
+      << what.Piece() << ": " << out;
+}
+
 // Regression (docs/server.md said so): a body refused unread (411 for a
 // chunked body on a route that takes none, 415 for a compressed one, 411 for
 // one with neither length nor chunking) was left on a connection cpp-httplib
@@ -288,17 +302,10 @@ TEST_P(ProtocolTest, ARefusedBodyClosesItsConnection) {
           split ? Converse(server->port(), {c.head, c.rest}, 200, 3)
                 : Converse(server->port(), {c.head + c.rest}, 0, 3);
       EXPECT_EQ(out.rfind(c.status, 0), 0u) << what << ": " << out;
-      EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
-          << what << ": " << out;
-      // The refusal's body arrives whole...
+      // The refusal's body arrives whole, and nothing after it.
       EXPECT_NE(out.find("\"status\":"), std::string::npos)
           << what << ": " << out;
-      // ...and nothing after it: no 400 from the body's bytes, no answer to
-      // the request behind it, and the server closed (no read timeout).
-      EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
-          << what << ": " << out;
-      EXPECT_EQ(out.find("<timeout>"), std::string::npos)
-          << what << ": " << out;
+      ExpectTheOnlyAnswerClosesTheConnection(out, what);
       EXPECT_EQ(server->counters().status_4xx, refused_before + 1) << what;
     }
   }
@@ -336,16 +343,10 @@ TEST_P(ProtocolTest, ATransferEncodingOtherThanChunkedIsRefusedAtOnceWith501) {
                 std::chrono::seconds(2))
           << what;
       EXPECT_EQ(out.rfind("HTTP/1.1 501", 0), 0u) << what << ": " << out;
-      EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
-          << what << ": " << out;
       EXPECT_NE(out.find("only 'chunked'"), std::string::npos)
           << what << ": " << out;
-      // One answer, then the end of the stream: the pipelined request was
-      // neither answered nor left waiting.
-      EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
-          << what << ": " << out;
-      EXPECT_EQ(out.find("<timeout>"), std::string::npos)
-          << what << ": " << out;
+      // The pipelined request was neither answered nor left waiting.
+      ExpectTheOnlyAnswerClosesTheConnection(out, what);
     }
   }
   // Transfer-Encoding with a Content-Length (RFC 9112 6.1: close; a front
@@ -361,12 +362,7 @@ TEST_P(ProtocolTest, ATransferEncodingOtherThanChunkedIsRefusedAtOnceWith501) {
                                Chunked("[1]"), next)},
                  0, 3);
     EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << length << ": " << out;
-    EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
-        << length << ": " << out;
-    EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
-        << length << ": " << out;
-    EXPECT_EQ(out.find("<timeout>"), std::string::npos)
-        << length << ": " << out;
+    ExpectTheOnlyAnswerClosesTheConnection(out, length);
   }
   // "chunked" in any case is chunked, as cpp-httplib reads it.
   const std::string ok = Exchange(server->port(),
@@ -601,12 +597,7 @@ TEST_P(ProtocolTest, AStalledContentLengthBodyClosesItsConnection) {
         /*pause_ms=*/7000, 15);
     EXPECT_EQ(out.rfind(length > 1024 ? "HTTP/1.1 413" : "HTTP/1.1 400", 0), 0u)
         << length << ": " << out;
-    EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
-        << length << ": " << out;
-    EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
-        << length << ": " << out;
-    EXPECT_EQ(out.find("<timeout>"), std::string::npos)
-        << length << ": " << out;
+    ExpectTheOnlyAnswerClosesTheConnection(out, length);
   }
 }
 
@@ -637,12 +628,7 @@ TEST_P(ProtocolTest, ABodyOnAMethodThatTakesNoneIsNeverRunAsARequest) {
             split ? Converse(server->port(), {head, body}, 200, 5)
                   : Converse(server->port(), {head + body}, 0, 5);
         EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << what << ": " << out;
-        EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
-            << what << ": " << out;
-        EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
-            << what << ": " << out;
-        EXPECT_EQ(out.find("<timeout>"), std::string::npos)
-            << what << ": " << out;
+        ExpectTheOnlyAnswerClosesTheConnection(out, what);
       }
     }
   }
@@ -659,12 +645,7 @@ TEST_P(ProtocolTest, ABodyOnAMethodThatTakesNoneIsNeverRunAsARequest) {
         out.rfind("HTTP/1.1 4", 0) == 0 || out.rfind("HTTP/1.1 5", 0) == 0,
         true)
         << header << ": " << out;
-    EXPECT_NE(out.find("Connection: close\r\n"), std::string::npos)
-        << header << ": " << out;
-    EXPECT_EQ(out.find("HTTP/1.1", 1), std::string::npos)
-        << header << ": " << out;
-    EXPECT_EQ(out.find("<timeout>"), std::string::npos)
-        << header << ": " << out;
+    ExpectTheOnlyAnswerClosesTheConnection(out, header);
   }
   // Nothing hidden was run, and a plain HEAD keeps its connection.
   EXPECT_EQ(server->counters().status_2xx, 0u);
