@@ -668,12 +668,17 @@ TEST(SmartAllocHandBackDeathTest,
       {
         auto a =
             std::make_shared<SmartAlloc>(AllocConfig().set_frames_in_flight(2));
-        std::thread t([a]() mutable {
+        std::atomic<bool> released{false};
+        std::thread t([a, &released]() mutable {
           a->frame_alloc<KeepsAlive>(KeepsAlive{a});
           a->end_frame();
           a.reset();
+          // The frame object must hold the last reference when this thread
+          // exits (else the instance goes on the main thread, unreported).
+          while (!released.load()) std::this_thread::yield();
         });
         a.reset();
+        released = true;
         t.join();
       },
       "destroyed from a frame object's destructor");
