@@ -39,6 +39,12 @@ void AppendJsonNumber(std::string* out, double v) {
   out->append(buffer, ec == std::errc() ? end : buffer);
 }
 
+bool IsPlainDecimal(absl::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return c >= '0' && c <= '9';
+  });
+}
+
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -341,15 +347,6 @@ class SplitMix64 {
  private:
   uint64_t state_;
 };
-
-// A plain decimal integer: one or more ASCII digits and nothing else (no
-// sign, no spaces, no second '=' or ';' that a lenient split would have cut
-// off). Range and overflow are the caller's (absl::SimpleAtoi).
-bool IsPlainDecimal(absl::string_view text) {
-  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
-    return c >= '0' && c <= '9';
-  });
-}
 
 absl::Status ParseInt(const std::string& name, const std::string& text,
                       int64_t lo, int64_t hi, int64_t* out) {

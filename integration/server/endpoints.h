@@ -63,6 +63,12 @@ struct SimulateParams {
   static absl::StatusOr<SimulateParams> FromQuery(absl::string_view raw_query);
 };
 
+// A plain decimal integer: one or more ASCII digits and nothing else (no
+// sign, no spaces, no second '=' or ';' that a lenient split would have cut
+// off). Range and overflow are the caller's (absl::SimpleAtoi). For query
+// parameters and the Content-Length header alike.
+bool IsPlainDecimal(absl::string_view text);
+
 // Runs `steps` steps of a 2-D particle system in the unit box: a uniform
 // grid rebuilt every step (counting sort of particles by cell), short-range
 // repulsion between neighbours, integration with reflecting walls. The

@@ -567,10 +567,8 @@ void Server::Route() {
     if (!chunked && req.has_header("Content-Length")) {
       const std::string value = req.get_header_value("Content-Length");
       uint64_t length = 0;
-      if (req.get_header_value_count("Content-Length") != 1 || value.empty() ||
-          !std::all_of(value.begin(), value.end(),
-                       [](char c) { return c >= '0' && c <= '9'; }) ||
-          !absl::SimpleAtoi(value, &length)) {
+      if (req.get_header_value_count("Content-Length") != 1 ||
+          !IsPlainDecimal(value) || !absl::SimpleAtoi(value, &length)) {
         return refuse(400, absl::StrCat("Content-Length must be one decimal "
                                         "number of bytes, got '",
                                         value, "'"));
