@@ -88,10 +88,15 @@ enum class OutsideWaitPolicy {
   kHelp,
 };
 
+// The policies' names as the statistics and errors print them ("?" for a
+// value outside the enum).
 absl::string_view PinningPolicyName(PinningPolicy p);
 absl::string_view OutsideWaitPolicyName(OutsideWaitPolicy p);
 absl::string_view StealPolicyName(StealPolicy p);
 
+// What Runtime::Create builds: the topology, workers, policies and memory.
+// Each field is checked by Validate() (and Create), which names the bad
+// field; the set_* functions chain.
 struct Config {
   // The machine's layout. Not owned; must outlive the runtime. Null: the
   // runtime discovers this machine's topology and owns it.

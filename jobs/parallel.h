@@ -41,6 +41,9 @@
 namespace framealloc {
 namespace jobs {
 
+// A column of trivially copyable T split by home node (a NodePartition):
+// each node's segment from that node's memory, zero-filled by a job there
+// (see the file comment). span(b, e) reaches items within one segment.
 template <typename T>
 class NodeArray {
   static_assert(std::is_trivially_copyable_v<T> &&

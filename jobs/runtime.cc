@@ -931,14 +931,52 @@ absl::string_view PinningPolicyName(PinningPolicy p) {
 }
 
 absl::string_view StealPolicyName(StealPolicy p) {
-  return p == StealPolicy::kStrict ? "strict" : "when-idle";
+  switch (p) {
+    case StealPolicy::kStrict:
+      return "strict";
+    case StealPolicy::kWhenIdle:
+      return "when-idle";
+  }
+  return "?";
 }
 
 absl::string_view OutsideWaitPolicyName(OutsideWaitPolicy p) {
-  return p == OutsideWaitPolicy::kSleep ? "sleep" : "help";
+  switch (p) {
+    case OutsideWaitPolicy::kSleep:
+      return "sleep";
+    case OutsideWaitPolicy::kHelp:
+      return "help";
+  }
+  return "?";
 }
 
+namespace {
+
+// InvalidArgument naming `field` when `value` is not one of the enum's
+// `count` enumerators (0..count-1): the runtime compares against single
+// enumerators, so another value would run as a default that its name
+// functions do not print.
+template <typename E>
+absl::Status CheckEnum(const char* field, E value, int count,
+                       const char* allowed) {
+  const int v = static_cast<int>(value);
+  if (v >= 0 && v < count) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("Config::", field, " must be ", allowed, ", got ", v));
+}
+
+}  // namespace
+
 absl::Status Config::Validate() const {
+  for (absl::Status s :
+       {CheckEnum("pinning", pinning, 3, "kAuto, kNode or kNone"),
+        CheckEnum("stealing", stealing, 2, "kStrict or kWhenIdle"),
+        CheckEnum("shutdown", shutdown, 2, "kFinish or kCancel"),
+        CheckEnum("outside_wait", outside_wait, 2, "kSleep or kHelp"),
+        CheckEnum("memory_policy", memory_policy, 3,
+                  "kNone, kAdvisory or kStrict")}) {
+    if (!s.ok()) return s;
+  }
   if (workers_per_node < 0 || workers_per_node > kMaxWorkersPerNode) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Config::workers_per_node must be in 0..", kMaxWorkersPerNode,
@@ -2228,6 +2266,11 @@ Runtime::CaughtFailure(uint64_t id, const char* name) {
   failure->exception = std::current_exception();
   try {
     std::rethrow_exception(failure->exception);
+  } catch (const NestedWorkCancelled& e) {
+    // Runtime::ParallelFor's own ranges in a fork child or chunk that an
+    // enclosing failure cancelled: not a failure of their own.
+    failure->status =
+        absl::CancelledError(absl::StrCat(JobName(id, name), ": ", e.what()));
   } catch (const std::exception& e) {
     failure->status = absl::UnknownError(
         absl::StrCat(JobName(id, name), " threw: ", e.what()));

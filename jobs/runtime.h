@@ -115,6 +115,22 @@ class Runtime;
 
 class JobContext;
 
+// Thrown by JobContext::Fork and JobContext::ParallelFor when TBB cancelled
+// them from outside: they ran inside a child of an enclosing Fork, or a
+// chunk of an enclosing ParallelFor, whose other part threw. Their
+// functions that had not started were skipped, so the code after the call
+// must not run on their results. The enclosing call rethrows the first
+// exception, not this one (TBB keeps the first of a cancelled group), so a
+// job normally never sees it unless it catches around a nested call.
+class NestedWorkCancelled : public std::exception {
+ public:
+  const char* what() const noexcept override {
+    return "framealloc::jobs: a nested Fork or ParallelFor was cancelled "
+           "because an enclosing one failed; its unstarted functions were "
+           "skipped";
+  }
+};
+
 namespace jobs_internal {
 struct WorkerSlot;
 template <typename Body>
@@ -268,6 +284,10 @@ class JobContext {
   // exception thrown by a function cancels the children that have not
   // started (they never run) and is rethrown here once the running ones
   // have finished (one of them, if several throw; the others are dropped).
+  // A Fork that runs in a child of an enclosing Fork, or in a chunk of an
+  // enclosing ParallelFor, is cancelled with it when another part of the
+  // enclosing call throws: its unstarted children are skipped and it
+  // throws NestedWorkCancelled once the running ones have finished.
   template <typename... Fs>
   void Fork(Fs&&... fs);
 
@@ -276,7 +296,8 @@ class JobContext {
   // larger than the grain: chunks of grain/2 to grain, smaller when the
   // whole range is), in parallel on this node's workers, each chunk with
   // the context of the worker that runs it. Returns when all are done;
-  // exceptions as Fork (the chunks not yet started are skipped).
+  // exceptions and cancellation by an enclosing call as Fork (the chunks
+  // not yet started are skipped; NestedWorkCancelled when cancelled).
   template <typename F>
   void ParallelFor(size_t begin, size_t end, size_t grain, F&& f);
 
@@ -1569,17 +1590,24 @@ void JobContext::Fork(Fs&&... fs) {
     };
     (dispatch(fs), ...);
     guard.armed = false;
+    tbb::task_group_status status;
 #if defined(FRAMEALLOC_JOBS_TSAN)
     try {
-      group.wait();
+      status = group.wait();
     } catch (...) {
       jobs_internal::TsanAcquire(this);  // A child's exception (see above).
       throw;
     }
 #else
-    group.wait();
+    status = group.wait();
 #endif
     jobs_internal::TsanAcquire(this);
+    // No child threw, yet the group was cancelled: only an enclosing
+    // group's failure does that (the runtime never cancels a job's own
+    // context), and children may have been skipped.
+    if (status == tbb::task_group_status::canceled) {
+      throw NestedWorkCancelled();
+    }
   };
   if (isolated_) {
     body();
@@ -1594,13 +1622,19 @@ void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
   if (begin >= end) return;
   if (grain == 0) grain = 1;
   using Fn = std::remove_reference_t<F>;
+  // Bound to the running task's context, as parallel_for's own would be:
+  // an enclosing Fork's or ParallelFor's failure cancels it too. Then
+  // chunks were skipped, and the caller must not go on as if they ran.
+  // (Made before the release below: chunks on other threads read it.)
+  tbb::task_group_context context(tbb::task_group_context::bound);
   jobs_internal::TsanRelease(this);
   auto body = [&] {
     // simple_partitioner: split down to the grain, as promised above
     // (auto_partitioner stops early: chunks of 4 items for grain 1).
     tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, grain),
                       jobs_internal::ChunkBody<Fn>{runtime_, this, &f},
-                      tbb::simple_partitioner());
+                      tbb::simple_partitioner(), context);
+    if (context.is_group_execution_cancelled()) throw NestedWorkCancelled();
   };
 #if defined(FRAMEALLOC_JOBS_TSAN)
   try {

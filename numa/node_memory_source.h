@@ -61,6 +61,8 @@
 namespace framealloc {
 namespace numa {
 
+// How a NodeMemorySource binds its blocks: none (first touch), advisory
+// (prefer the node) or strict (the node or nothing); see the file comment.
 enum class MemoryPolicy { kNone, kAdvisory, kStrict };
 
 // "none", "advisory" or "strict".
@@ -78,6 +80,8 @@ struct NodeMemorySourceStats {
   std::string last_fallback_reason;
 };
 
+// A MemorySource whose blocks are bound to one NUMA node under a
+// MemoryPolicy (see the file comment). Thread-safe.
 class NodeMemorySource final : public MemorySource {
  public:
   // A source for node `node` (logical index) of `topology`, which is not

@@ -51,6 +51,8 @@ namespace numa {
 // cannot tell. Called concurrently from any thread.
 using CurrentNodeFn = std::function<absl::StatusOr<int>()>;
 
+// How NumaAlloc::Create builds its nodes: the memory policy, each node's
+// SmartAlloc configuration, and the current-node function.
 struct NumaAllocOptions {
   // How each node's memory source binds its blocks.
   MemoryPolicy policy = MemoryPolicy::kAdvisory;
@@ -94,6 +96,8 @@ struct NumaNodeStats {
   AllocStats alloc;               // The node's SmartAlloc.
 };
 
+// NumaAlloc::stats(): one entry per node, in node order, and the routing
+// counters summed over the nodes.
 struct NumaAllocStats {
   std::vector<NumaNodeStats> nodes;
   // Sums over nodes.
@@ -101,6 +105,8 @@ struct NumaAllocStats {
   uint64_t remote_allocations = 0;
 };
 
+// One SmartAlloc per NUMA node of a Topology, each over its node's memory
+// (see the file comment). Thread-safe.
 class NumaAlloc {
  public:
   // One SmartAlloc per node of `topology` (not owned; must outlive this).

@@ -158,6 +158,7 @@ class Topology {
   bool distances_are_default_ = true;
 };
 
+// "discovered", "synthetic" or "xml".
 absl::string_view TopologySourceName(TopologySource source);
 
 }  // namespace numa

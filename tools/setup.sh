@@ -35,6 +35,8 @@ PACKAGES=(
   wrk                 # HTTP load generator (integration/server load test)
   libopenmpi-dev      # MPI (integration/mpi)
   openmpi-bin         # ...mpirun
+  linux-perf          # perf, for tools/allocator_share.sh
+  python3             # the example tests' output checks
 )
 
 log() { printf 'framealloc setup: %s\n' "$*" >&2; }

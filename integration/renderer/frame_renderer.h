@@ -82,6 +82,9 @@ struct GpuResult {
   uint64_t digest = 0;  // Over every draw in submitted order.
 };
 
+// A frame slot's life: free, being recorded (BeginFrame..Submit), submitted
+// (the GPU may read it), consumed (Consume done; freed at the slot's next
+// BeginFrame).
 enum class SlotState { kFree, kRecording, kSubmitted, kConsumed };
 
 template <typename Mem>

@@ -101,6 +101,8 @@ class Frustum {
   float near_ = 0, far_ = 0;
 };
 
+// The render pass of a draw: the sort key's top bit, so every opaque draw
+// comes before every transparent one.
 enum class Pass : uint8_t { kOpaque = 0, kTransparent = 1 };
 inline constexpr int kPassCount = 2;
 
