@@ -80,9 +80,14 @@ struct TagBudget {
   size_t limit_bytes = 0;  // A request that would exceed it is refused.
 };
 
+// Which budget an event is about: the global limit, a tag's budget, or a
+// thread's frame budget.
 enum class BudgetScope { kGlobal, kTag, kFrame };
+// A soft threshold crossed (the request is served), or a hard limit that
+// refused the request.
 enum class AllocEventKind { kBudgetWarning, kBudgetRefused };
 
+// "global", "tag", "frame"; "budget warning", "budget refused".
 absl::string_view BudgetScopeName(BudgetScope scope);
 absl::string_view AllocEventKindName(AllocEventKind kind);
 
@@ -103,6 +108,9 @@ struct AllocEvent {
 // dropped (with a line on stderr).
 using AllocEventCallback = std::function<void(const AllocEvent&)>;
 
+// The global limit and the per-tag budgets of one SmartAlloc: Charge takes a
+// request's bytes (or refuses it), Release gives them back, Emit reports an
+// event (see the file comment). Thread-safe.
 class BudgetManager {
  public:
   // `tag_budgets` by path. `registry` is not owned and must outlive this.

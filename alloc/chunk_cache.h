@@ -89,6 +89,9 @@ struct ChunkCacheStats {
   uint64_t populate_failures = 0;
 };
 
+// A cache of arena chunks between FrameArenas and a MemorySource, shared by
+// the arenas of one SmartAlloc (see the file comment: size classes, the
+// retained-bytes limit, committing). Thread-safe.
 class ChunkCache {
  public:
   // `source` is not owned and must outlive the cache.

@@ -47,7 +47,8 @@ inline constexpr uint64_t kCanary = 0xCA4A121ECA4A121Eull;
 inline constexpr size_t kCanarySize = sizeof(kCanary);
 
 // Which debug aids a SmartAlloc uses. Defaults: all on in a debug build
-// (--config=debug), all off otherwise.
+// (--config=debug) except profile_sites, which is always opt-in; all off
+// otherwise.
 struct DebugOptions {
   // Fresh memory filled with kFreshFill, released memory with kReleasedFill.
   bool fill_patterns = kDebugBuild;

@@ -146,6 +146,9 @@ class ArenaMark {
   size_t oversize_bytes_ = 0;
 };
 
+// A bump allocator over chained chunks, emptied at once by Reset() (see the
+// file comment: growth, marks and rewinds, destructors, out of memory). One
+// owner thread at a time.
 class FrameArena {
  public:
   // Default alignment of untyped Allocate calls: that of max_align_t, like

@@ -28,6 +28,8 @@
 
 namespace framealloc {
 
+// A std::pmr::memory_resource over one FrameArena: do_deallocate is a no-op,
+// the memory comes back at the arena's Reset().
 class FrameArenaResource final : public std::pmr::memory_resource {
  public:
   // REQUIRES: `arena` outlives the resource and every container using it.
@@ -50,6 +52,9 @@ class FrameArenaResource final : public std::pmr::memory_resource {
   FrameArena* const arena_;
 };
 
+// A std::pmr::memory_resource over the calling thread's frame memory of a
+// SmartAlloc (frame_alloc): valid as long as frame_alloc's memory is (the
+// frame's end, or later with AllocConfig::frames_in_flight).
 class FrameMemoryResource final : public std::pmr::memory_resource {
  public:
   explicit FrameMemoryResource(SmartAlloc* alloc) : alloc_(alloc) {}
@@ -71,6 +76,8 @@ class FrameMemoryResource final : public std::pmr::memory_resource {
   SmartAlloc* const alloc_;
 };
 
+// A std::pmr::memory_resource over a SmartAlloc's pools (pool_alloc and
+// pool_free): memory that lives across frames, freed one block at a time.
 class PoolMemoryResource final : public std::pmr::memory_resource {
  public:
   explicit PoolMemoryResource(SmartAlloc* alloc) : alloc_(alloc) {}

@@ -193,6 +193,9 @@ struct PoolClassStats {
 
 struct PoolStats;
 
+// Size-class pools (8 B to 4 KiB) with per-thread caches in front of global
+// lists (see the file comment). Allocate and Free from any thread; a block
+// may be freed by another thread than the one that allocated it.
 class PoolManager {
  public:
   // Size classes 0..9 hold blocks of 8 << class bytes: 8 B to 4 KiB.

@@ -5,6 +5,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <thread>
 
@@ -13,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "alloc/internal/bits.h"
 #include "alloc/internal/json.h"
+#include "alloc/internal/sanitizer.h"
 
 namespace framealloc {
 namespace {
@@ -39,15 +41,56 @@ LiveInstances& Live() {
 // (SmartAlloc::RetireAtThreadExit).
 thread_local const SmartAlloc* retiring_at_exit = nullptr;
 
-// Tracked heap blocks carry this header just before the user pointer.
+// Tracked heap blocks carry this header just before the user pointer (and
+// its front canary, when guarded). The magic comes last, next to the user's
+// bytes: an underflow reaches it before any other field, so the free sees
+// the damage instead of trusting a written-over tag or size.
 struct HeapHeader {
-  uint64_t magic;  // kHeapMagic ^ address of the user pointer.
+  TagId tag;
   size_t size;
   size_t alignment;  // Of the underlying allocation.
   size_t offset;     // From the underlying allocation to the user pointer.
-  TagId tag;
+  uint64_t magic;    // kHeapMagic ^ address of the user pointer.
 };
+static_assert(offsetof(HeapHeader, magic) + sizeof(uint64_t) ==
+                  sizeof(HeapHeader),
+              "the magic must be the header's last word");
 constexpr uint64_t kHeapMagic = 0x4652414d45484541ull;  // "FRAMEHEA"
+
+// The offset HeapAllocate puts between the underlying allocation (aligned
+// to `align`) and the user pointer.
+size_t HeapOffset(size_t align, bool guarded) {
+  size_t offset = sizeof(HeapHeader) + (guarded ? kCanarySize : 0);
+  alloc_internal::AlignUp(offset, align, &offset);
+  return offset;
+}
+
+// What is wrong with a header whose magic matched (a stray write that
+// missed the magic), or "" when every field is one HeapAllocate can write:
+// heap_free uses none of them before this says so.
+std::string HeapHeaderDamage(const HeapHeader& h, int tags, bool guarded) {
+  if (h.tag >= tags) {
+    return absl::StrCat("tag ", h.tag, " is not one of the ", tags,
+                        " tags of this instance");
+  }
+  if (!alloc_internal::IsPowerOfTwo(h.alignment) ||
+      h.alignment < alignof(HeapHeader) ||
+      h.alignment > MemorySource::kMaxBlockSize) {
+    return absl::StrCat("alignment ", h.alignment,
+                        " is not a power of two in [", alignof(HeapHeader),
+                        ", ", MemorySource::kMaxBlockSize, "]");
+  }
+  if (h.offset != HeapOffset(h.alignment, guarded)) {
+    return absl::StrCat("offset ", h.offset, " is not the ",
+                        HeapOffset(h.alignment, guarded),
+                        " its alignment gives");
+  }
+  if (h.size > MemorySource::kMaxBlockSize) {
+    return absl::StrCat("size ", h.size, " exceeds the largest block (",
+                        MemorySource::kMaxBlockSize, " bytes)");
+  }
+  return "";
+}
 
 // With canaries, one sits between the header and the user's bytes.
 HeapHeader* HeaderOf(void* p, bool guarded) {
@@ -487,11 +530,24 @@ void SmartAlloc::end_frame() {
   ThreadState& ts = local();
   const auto now = std::chrono::steady_clock::now();
   const FrameArenaStats arena = ts.arena().stats();
+  // The arena also counts its destructor registrations as allocations and
+  // canary guards as requested bytes (FrameArenaStats): the record counts
+  // the frame_* calls, from the counters stats().frame sums.
+  uint64_t allocations = 0, requested = 0;
+  if constexpr (!kMinimalBuild) {  // Counters compiled out: zeros.
+    const int tag_count = tags_.size();
+    for (int t = 0; t < tag_count; ++t) {
+      allocations += ts.tag_frame[t].allocations.Get();
+      requested += ts.tag_frame[t].bytes.Get();
+    }
+  }
   FrameRecord record;
   record.frame = ts.frame;
   record.bytes = arena.bytes_used;
-  record.requested = arena.bytes_requested;
-  record.allocations = arena.allocations;
+  record.requested = requested - ts.frame_requested_before;
+  record.allocations = allocations - ts.frame_allocations_before;
+  ts.frame_allocations_before = allocations;
+  ts.frame_requested_before = requested;
   record.peak_bytes = arena.frame_peak_bytes_used;
   record.chunks = arena.chunks;
   record.waste_bytes = arena.waste_bytes;
@@ -620,9 +676,14 @@ void SmartAlloc::ReleaseSlot(ThreadState& ts, int slot) {
     if (config_.debug.fill_patterns) {
       // Only memory the arena still holds: Reset() gave every chunk but the
       // first back to the cache, where another arena may own it already.
+      // Reset() also marked it released (under --config=valgrind memcheck
+      // calls it NOACCESS): the fill is the library's own write, so it opens
+      // the bytes for it and closes them again. (Other builds: no-ops.)
       for (const ThreadState::FrameGuard& g : ts.guards[slot]) {
         if (g.generation == generation && arena.Owns(g.user)) {
+          FRAMEALLOC_UNPOISON(g.user, g.size);
           std::memset(g.user, kReleasedFill, g.size);
+          FRAMEALLOC_POISON(g.user, g.size);
         }
       }
     }
@@ -685,6 +746,15 @@ void SmartAlloc::RefundFrame(ThreadState& ts, size_t bytes) {
 
 void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
                                     size_t alignment, bool fatal) {
+  if (ABSL_PREDICT_FALSE(!alloc_internal::IsPowerOfTwo(alignment) ||
+                         alignment > MemorySource::kMaxBlockSize ||
+                         size > MemorySource::kMaxBlockSize)) {
+    // No allocator can honour it: an invalid argument, not a budget matter.
+    // The arena refuses it as it does on the fast path (the same report, a
+    // failed Try* counted), before anything is charged.
+    return fatal ? ts.arena().Allocate(size, alignment)
+                 : ts.arena().TryAllocate(size, alignment);
+  }
   if (frame_budgets_ && !ChargeFrameBudgets(ts, size, fatal)) return nullptr;
   // Undoes the charge unless the arena serves the request. A destructor, so
   // that it also runs when the handler of a fatal report throws out of the
@@ -700,11 +770,11 @@ void* SmartAlloc::FrameAllocateSlow(ThreadState& ts, size_t size,
   } refund{this, &ts, size, frame_budgets_};
   FrameArena& arena = ts.arena();
   char* user;
-  if (guard_layout_ && alloc_internal::IsPowerOfTwo(alignment)) {
-    // [front guard: canary at its end][user bytes][canary]
+  if (guard_layout_) {
+    // [front guard: canary at its end][user bytes][canary]. No overflow:
+    // size and alignment are at most kMaxBlockSize (2^47).
     const size_t front = std::max(kCanarySize, alignment);
-    size_t total = SIZE_MAX;  // An overflow lets the arena refuse it.
-    if (size <= MemorySource::kMaxBlockSize) total = front + size + kCanarySize;
+    const size_t total = front + size + kCanarySize;
     char* raw = static_cast<char*>(
         fatal ? arena.Allocate(total, std::max(alignment, kCanarySize))
               : arena.TryAllocate(total, std::max(alignment, kCanarySize)));
@@ -785,6 +855,24 @@ void SmartAlloc::CheckCanaries(const char* where, AllocKind kind,
                                     overflow ? after : before),
                     stack.empty() ? "" : "; allocated at:\n", stack),
        size, 0, absl::OkStatus()});
+}
+
+void SmartAlloc::FrameArrayOverflow(size_t count, size_t size, size_t alignment,
+                                    bool fatal) {
+  if (!fatal) {
+    // The arena refuses it too, and counts the failed Try* as it does for
+    // every request it refuses.
+    (void)local().arena().TryAllocateN(count, size, alignment);
+    return;
+  }
+  const std::string what =
+      absl::StrCat(count, " * ", size, " overflows size_t");
+  ReportFatalError(
+      {ErrorKind::kInvalidArgument, "SmartAlloc::frame_array",
+       absl::StrCat("cannot allocate an array of ", count, " elements of ",
+                    size, " bytes under tag '", current_tag(), "' in frame ",
+                    frame_number(), ": ", what),
+       size, alignment, absl::InvalidArgumentError(what)});
 }
 
 void* SmartAlloc::Refused(const char* where, size_t size, size_t alignment,
@@ -963,8 +1051,7 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
   const size_t align = std::max(alignment, alignof(HeapHeader));
   // [header][front canary][user][rear canary]; canaries only when guarded.
   const size_t tail = guard_layout_ ? kCanarySize : 0;
-  size_t offset = sizeof(HeapHeader) + tail;
-  alloc_internal::AlignUp(offset, align, &offset);
+  const size_t offset = HeapOffset(align, guard_layout_);
   char* raw = static_cast<char*>(::operator new(
       offset + size + tail, std::align_val_t(align), std::nothrow));
   if (raw == nullptr) {
@@ -974,8 +1061,8 @@ void* SmartAlloc::HeapAllocate(size_t size, size_t alignment, bool fatal) {
   }
   char* user = raw + offset;
   *HeaderOf(user, guard_layout_) =
-      HeapHeader{kHeapMagic ^ reinterpret_cast<uintptr_t>(user), size, align,
-                 offset, ts.tag};
+      HeapHeader{ts.tag, size, align, offset,
+                 kHeapMagic ^ reinterpret_cast<uintptr_t>(user)};
   if (guard_layout_) WriteCanaries(user, size);
   if (ABSL_PREDICT_FALSE(slow_.load(std::memory_order_relaxed))) {
     OnDebugAlloc(ts, AllocKind::kHeap, user, size, alignment);
@@ -1017,8 +1104,7 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
     h.size = record->size;
     h.tag = record->tag;
     h.alignment = std::max(record->alignment, alignof(HeapHeader));
-    h.offset = sizeof(HeapHeader) + (guard_layout_ ? kCanarySize : 0);
-    alloc_internal::AlignUp(h.offset, h.alignment, &h.offset);
+    h.offset = HeapOffset(h.alignment, guard_layout_);
     frame = record->frame;
     site = record->site;
     if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
@@ -1032,15 +1118,45 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
            h.size, 0, absl::OkStatus()});
     }
   } else {
+    // Nothing in the header is used before it is known good: a damaged one
+    // (an underflow, a stray write) would free with a wrong size or
+    // alignment, or index the tag counters out of bounds. Such a block is
+    // reported and leaked: not freed, not counted, its charge kept.
     if (header->magic != (kHeapMagic ^ reinterpret_cast<uintptr_t>(p))) {
+      std::string underflow;
+      if (guard_layout_) {
+        uint64_t before;
+        std::memcpy(&before, static_cast<char*>(p) - kCanarySize, kCanarySize);
+        if (before != kCanary) {
+          underflow = absl::StrFormat(
+              "; the canary before it reads 0x%016x: a buffer underflow",
+              before);
+        }
+      }
       ReportErrorAndContinue(
           {ErrorKind::kMisuse, "SmartAlloc::heap_free",
-           "heap_free of a pointer heap_alloc never returned (or "
-           "freed twice, or its header was overwritten); ignored",
+           absl::StrCat("heap_free of a pointer heap_alloc never returned "
+                        "(or freed twice, or a corrupted heap header: "
+                        "written over before its start); ignored, so a "
+                        "block whose header was written over is leaked",
+                        underflow),
            0, 0, absl::OkStatus()});
       return;
     }
     h = *header;
+    if (const std::string damage =
+            HeapHeaderDamage(h, tags_.size(), guard_layout_);
+        !damage.empty()) {
+      ReportErrorAndContinue(
+          {ErrorKind::kMisuse, "SmartAlloc::heap_free",
+           absl::StrFormat("heap_free of %p: corrupted heap header (%s; its "
+                           "magic is intact: a stray write into it); the "
+                           "block is leaked (not freed, its budget charge "
+                           "kept)",
+                           p, damage),
+           0, 0, absl::OkStatus()});
+      return;
+    }
   }
   // A second free of the same block is caught above while the freed
   // memory keeps this (only track_allocations is sure: heap_free's

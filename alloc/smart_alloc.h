@@ -180,12 +180,19 @@ struct KindStats {
   }
 };
 
-// One finished frame of one thread.
+// One finished frame of one thread. `allocations` and `requested` count what
+// KindStats counts for frame memory: the frame_* calls (frame_alloc,
+// frame_array, frame_allocate, the frame adapters) and the bytes they asked
+// for, whatever a rewind gave back since; not the arena's own destructor
+// registrations, canary guards, or allocations made on frame_arena() directly.
+// The other figures are the arena's, which hold all of those.
 struct FrameRecord {
-  uint64_t frame = 0;      // The thread's frame number.
-  size_t bytes = 0;        // Frame arena bytes used (with padding).
-  size_t requested = 0;    // Frame arena bytes requested.
-  size_t allocations = 0;  // Frame allocations.
+  uint64_t frame = 0;  // The thread's frame number.
+  // Frame arena bytes used at the end: requests, padding, canary guards and
+  // destructor registrations.
+  size_t bytes = 0;
+  size_t requested = 0;    // Bytes the frame's frame_* calls asked for.
+  size_t allocations = 0;  // The frame's frame_* allocations.
   size_t peak_bytes = 0;   // Highest bytes used during the frame.
   size_t chunks = 0;       // Chunks the arena held at the end.
   size_t waste_bytes = 0;  // Padding and abandoned chunk tails.
@@ -284,6 +291,10 @@ struct alignas(64) ThreadState {
   bool in_frame = false;
   std::chrono::steady_clock::time_point frame_start;
   size_t frame_bytes = 0;  // Charged to the frame budget this frame.
+  // The frame counters summed over tags at the last end_frame: the next
+  // FrameRecord is the difference (read and written by the owner only).
+  uint64_t frame_allocations_before = 0;
+  uint64_t frame_requested_before = 0;
   TagId tag = TagRegistry::kRoot;
   absl::InlinedVector<TagId, 8> tag_stack;
   // Bytes charged to budgets per arena slot and tag, released when the
@@ -440,6 +451,10 @@ class PoolBox {
 template <typename T>
 class FrameAllocator;
 
+// The allocator: a frame arena per thread, pools, a tracked heap, budgets,
+// tags, statistics and debug aids over one MemorySource (see the file
+// comment). Created with Create(AllocConfig); every method may be called
+// from any thread.
 class SmartAlloc {
  public:
   // REQUIRES: config.Validate().ok() (a fatal error names the field
@@ -579,7 +594,11 @@ class SmartAlloc {
     return HeapAllocate(size, alignment, /*fatal=*/false);
   }
   // Frees heap_alloc memory. A pointer heap_alloc never returned is
-  // reported as a misuse (when its header is readable) and ignored. A
+  // reported as a misuse (when its header is readable) and ignored. So is,
+  // without track_allocations (whose record the free trusts instead), a
+  // block whose header was written over (an underflow, a stray write): no
+  // header field is used before it is checked, and such a block is leaked
+  // (not freed, its budget charge kept, not counted as freed). A
   // double free is caught for sure only with DebugOptions::track_allocations
   // (or under ASan): without it the check reads the block's header in
   // memory already freed, and if the heap has handed that address out
@@ -652,12 +671,6 @@ class SmartAlloc {
   }
   ABSL_ATTRIBUTE_NOINLINE alloc_internal::ThreadState& LocalSlow();
 
-  template <typename T>
-  static size_t ArrayBytes(size_t n) {
-    size_t bytes;
-    return __builtin_mul_overflow(n, sizeof(T), &bytes) ? SIZE_MAX : bytes;
-  }
-
   // Frame memory for `size` bytes: the arena's bump plus two counter adds,
   // unless budgets, debug aids or tracing are on (then out of line).
   // nullptr only when !fatal.
@@ -673,9 +686,15 @@ class SmartAlloc {
     if (ABSL_PREDICT_TRUE(p != nullptr)) CountFrame(ts, size);
     return p;
   }
+  // The slow path validates the request (an invalid one is the arena's
+  // invalid-argument refusal, never a budget's) before it charges budgets.
   ABSL_ATTRIBUTE_NOINLINE void* FrameAllocateSlow(
       alloc_internal::ThreadState& ts, size_t size, size_t alignment,
       bool fatal);
+  // frame_array's `count * size` overflowed: a fatal invalid-argument
+  // report naming it, or (try_) the arena's failed allocation counted.
+  ABSL_ATTRIBUTE_NOINLINE void FrameArrayOverflow(size_t count, size_t size,
+                                                  size_t alignment, bool fatal);
 
   // The destructor's registration is reserved before the object's memory,
   // so a try_ call that fails does so before constructing anything, and
@@ -698,16 +717,22 @@ class SmartAlloc {
   }
   // As ConstructInFrame; if a constructor throws, the elements already
   // constructed are destroyed (last first) before the exception leaves.
+  // An `n * sizeof(T)` that overflows is an invalid argument, reported as
+  // such before anything is reserved or charged to a budget.
   template <typename T, bool kFatal>
   std::span<T> ConstructArrayInFrame(size_t n) {
+    size_t bytes;
+    if (ABSL_PREDICT_FALSE(__builtin_mul_overflow(n, sizeof(T), &bytes))) {
+      FrameArrayOverflow(n, sizeof(T), alignof(T), kFatal);
+      return {};
+    }
     alloc_internal::ThreadState& ts = local();
     FrameArena::Destructor* record = nullptr;
     if constexpr (!std::is_trivially_destructible_v<T>) {
       record = ts.arena().ReserveDestructor<kFatal>();
       if (!kFatal && record == nullptr) return {};
     }
-    T* objects = static_cast<T*>(
-        FrameAllocate(ts, ArrayBytes<T>(n), alignof(T), kFatal));
+    T* objects = static_cast<T*>(FrameAllocate(ts, bytes, alignof(T), kFatal));
     if (!kFatal && objects == nullptr) return {};
     FrameArena::ConstructN(objects, n);
     if constexpr (!std::is_trivially_destructible_v<T>) {

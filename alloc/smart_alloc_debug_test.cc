@@ -232,6 +232,102 @@ TEST_F(SmartAllocDebugTest, HeapFreeOfAPoolBlockIsReportedAndTheBlockKept) {
   EXPECT_TRUE(alloc_.leaks(0).empty());
 }
 
+// Regression (found by a review of the alloc package): heap_free checked
+// only the header's magic and then trusted its tag, size, alignment and
+// offset. A 9-16 byte underflow, which the canary check reports (to a
+// handler that carries on, as docs/debugging.md allows), left the magic
+// intact and the tag 0x4141: the free wrote ts.tag_heap[0x4141], far out of
+// bounds (SIGSEGV). Such a block is now reported and left alone: not freed,
+// not counted, its budget charge kept. The magic now sits next to the
+// user's bytes, so an underflow reaches it before any other field.
+TEST(SmartAllocHeapHeaderTest,
+     AnUnderflowCaughtByTheCanaryDoesNotCrashTheFree) {
+  ErrorRecorder errors;
+  SmartAlloc alloc(AllocConfig().set_global_budget(1 << 20).set_debug(
+      DebugOptions().set_canaries(true)));
+  auto* p = static_cast<uint64_t*>(alloc.heap_alloc(64));
+  const uint64_t saved[2] = {p[-2], p[-1]};
+  p[-2] = 0x4141414141414141ull;
+  p[-1] = 0x4141414141414141ull;
+  alloc.heap_free(p);
+  ASSERT_EQ(errors.count(), 1u);
+  const ErrorReport report = errors.reports()[0];
+  EXPECT_EQ(report.where, "SmartAlloc::heap_free");
+  EXPECT_THAT(report.message, HasSubstr("corrupted heap header"));
+  EXPECT_THAT(report.message,
+              HasSubstr("the canary before it reads 0x4141414141414141: a "
+                        "buffer underflow"));
+  AllocStats stats = alloc.stats();
+  EXPECT_EQ(stats.heap.frees, 0u);  // Leaked, not freed with bogus values.
+  EXPECT_EQ(stats.heap.live_bytes(), 64);
+  EXPECT_EQ(stats.global_budget_used, 64u);
+  // The block was left as it was: with its header repaired, it frees.
+  p[-2] = saved[0];
+  p[-1] = saved[1];
+  alloc.heap_free(p);
+  EXPECT_EQ(errors.count(), 1u);
+  stats = alloc.stats();
+  EXPECT_EQ(stats.heap.frees, 1u);
+  EXPECT_EQ(stats.heap.live_bytes(), 0);
+  EXPECT_EQ(stats.global_budget_used, 0u);
+}
+
+// The same without debug aids, where nothing guards the header: an
+// underflow of 1-8 bytes wrote the tag (then at the user pointer - 8), went
+// unreported, and indexed the tag counters out of bounds.
+TEST(SmartAllocHeapHeaderTest, AnUnderflowWithoutDebugAidsIsReportedNotFreed) {
+  ErrorRecorder errors;
+  SmartAlloc alloc(AllocConfig().set_debug(DebugOptions()
+                                               .set_fill_patterns(false)
+                                               .set_canaries(false)
+                                               .set_track_allocations(false)
+                                               .set_stack_depth(0)));
+  auto* p = static_cast<uint64_t*>(alloc.heap_alloc(64));
+  const uint64_t saved = p[-1];
+  p[-1] = 0x4141414141414141ull;
+  alloc.heap_free(p);
+  ASSERT_EQ(errors.count(), 1u);
+  EXPECT_THAT(errors.reports()[0].message, HasSubstr("corrupted heap header"));
+  EXPECT_EQ(alloc.stats().heap.frees, 0u);
+  p[-1] = saved;
+  alloc.heap_free(p);
+  EXPECT_EQ(errors.count(), 1u);
+  EXPECT_EQ(alloc.stats().heap.frees, 1u);
+  EXPECT_EQ(alloc.stats().heap.live_bytes(), 0);
+}
+
+// A stray write into the header that leaves its magic (the word next to the
+// user's bytes) intact: every other word is validated before it is used.
+TEST(SmartAllocHeapHeaderTest, EveryHeaderFieldIsValidatedBeforeItIsUsed) {
+  ErrorRecorder errors;
+  SmartAlloc alloc(AllocConfig().set_global_budget(1 << 20).set_debug(
+      DebugOptions()
+          .set_fill_patterns(false)
+          .set_canaries(false)
+          .set_track_allocations(false)
+          .set_stack_depth(0)));
+  auto* p = static_cast<uint64_t*>(alloc.heap_alloc(64, 64));
+  // Words 2 to 5 below the user pointer: tag, size, alignment, offset.
+  for (int word = 2; word <= 5; ++word) {
+    SCOPED_TRACE(word);
+    const uint64_t saved = p[-word];
+    p[-word] = 0x4141414141414141ull;
+    alloc.heap_free(p);
+    ASSERT_EQ(errors.count(), static_cast<size_t>(word - 1));
+    EXPECT_THAT(errors.reports().back().message,
+                HasSubstr("corrupted heap header"));
+    EXPECT_THAT(errors.reports().back().message,
+                HasSubstr("the block is leaked"));
+    EXPECT_EQ(alloc.stats().heap.frees, 0u);
+    EXPECT_EQ(alloc.stats().global_budget_used, 64u);
+    p[-word] = saved;
+  }
+  alloc.heap_free(p);
+  EXPECT_EQ(errors.count(), 4u);
+  EXPECT_EQ(alloc.stats().heap.live_bytes(), 0);
+  EXPECT_EQ(alloc.stats().global_budget_used, 0u);
+}
+
 // Regression (review): stacks were kept only with profile_sites, so leak
 // and canary reports had none with stack_depth alone.
 TEST(SmartAllocStackTest, LeakReportsCarryStacksWithoutTheSiteProfiler) {

@@ -153,6 +153,7 @@ static_assert(FrameDestructible<int>);
 TEST_F(SmartAllocTest, FrameMemoryTakesTypesWhoseDestructorDoesNotThrow) {
   // The checks above are the test; this shows a noexcept destructor runs.
   struct Counted {
+    explicit Counted(int* d) : destroyed(d) {}  // (clang 14: no paren-init)
     int* destroyed;
     ~Counted() noexcept { ++*destroyed; }
   };
@@ -902,6 +903,80 @@ TEST_F(SmartAllocDeathTest, NeverNullPathReportsTheBudget) {
                "#1 refused 100 bytes: 0 of 64");
 }
 
+// Regression (found by a review of the alloc package): the frame path
+// charged the budgets before it looked at the request, and ArrayBytes
+// turned an overflowing n * sizeof(T) into SIZE_MAX, so with any budget set
+// an impossible request was refused as over budget: a kBudgetRefused
+// event, a refusal counted, and on a never-null call "budget exceeded"
+// instead of "invalid argument". It is now an invalid argument whatever the
+// budgets, charged nothing.
+TEST(SmartAllocBudgetTest, AnOverflowingArrayIsNotABudgetRefusal) {
+  std::vector<AllocEvent> events;
+  SmartAlloc alloc(
+      AllocConfig()
+          .set_global_budget(1 << 20)
+          .set_frame_budget(1 << 20)
+          .set_on_event([&](const AllocEvent& e) { events.push_back(e); }));
+  EXPECT_TRUE(alloc.try_frame_array<uint64_t>(SIZE_MAX / 4).empty());
+  EXPECT_TRUE(alloc.try_frame_array<std::string>(SIZE_MAX / 8).empty());
+  const AllocStats stats = alloc.stats();
+  EXPECT_EQ(stats.budget_refusals, 0u);
+  EXPECT_TRUE(events.empty());
+  EXPECT_EQ(stats.global_budget_used, 0u);
+  EXPECT_EQ(stats.frame.allocations, 0u);
+  // Refused by the arena, as without budgets; nothing reserved for it.
+  const FrameArenaStats arena = alloc.frame_arena().stats();
+  EXPECT_EQ(arena.failed_allocations, 2u);
+  EXPECT_EQ(arena.allocations, 0u);
+}
+
+TEST(SmartAllocBudgetTest, AnInvalidRequestIsNotABudgetRefusalOnAnyPath) {
+  std::vector<AllocEvent> events;
+  SmartAlloc alloc(
+      AllocConfig()
+          .set_global_budget(1 << 20)
+          .set_frame_budget(1 << 20)
+          .add_tag_budget("t", {.limit_bytes = 1 << 20})
+          .set_on_event([&](const AllocEvent& e) { events.push_back(e); }));
+  alloc.with_tag("t", [&] {
+    EXPECT_EQ(alloc.try_frame_allocate(SIZE_MAX), nullptr);
+    EXPECT_EQ(alloc.try_frame_allocate(MemorySource::kMaxBlockSize + 1),
+              nullptr);
+    EXPECT_EQ(alloc.try_frame_allocate(16, 3), nullptr);
+    EXPECT_EQ(alloc.try_frame_allocate(16, size_t{1} << 62), nullptr);
+    EXPECT_EQ(alloc.try_pool_allocate(SIZE_MAX), nullptr);
+    EXPECT_EQ(alloc.try_pool_allocate(16, 3), nullptr);
+    EXPECT_EQ(alloc.try_heap_alloc(SIZE_MAX), nullptr);
+    EXPECT_EQ(alloc.try_heap_alloc(16, 3), nullptr);
+  });
+  const AllocStats stats = alloc.stats();
+  EXPECT_EQ(stats.budget_refusals, 0u);
+  EXPECT_TRUE(events.empty());
+  EXPECT_EQ(stats.global_budget_used, 0u);
+  EXPECT_EQ(alloc.frame_arena().stats().failed_allocations, 4u);
+}
+
+TEST(SmartAllocBudgetDeathTest, AnOverflowingArrayIsAnInvalidArgument) {
+  EXPECT_DEATH(
+      {
+        SmartAlloc alloc(AllocConfig().set_global_budget(1 << 20));
+        (void)alloc.frame_array<uint64_t>(SIZE_MAX / 4);
+      },
+      "invalid argument in SmartAlloc::frame_array: cannot allocate an array "
+      "of 4611686018427387903 elements of 8 bytes under tag '' in frame 0: "
+      "4611686018427387903 \\* 8 overflows size_t");
+}
+
+TEST(SmartAllocBudgetDeathTest, AnImpossibleFrameRequestIsAnInvalidArgument) {
+  EXPECT_DEATH(
+      {
+        SmartAlloc alloc(AllocConfig().set_frame_budget(1 << 20));
+        (void)alloc.frame_allocate(SIZE_MAX);
+      },
+      "invalid argument in FrameArena::Allocate: cannot allocate "
+      "18446744073709551615 bytes.*exceeds the largest block");
+}
+
 TEST_F(SmartAllocTest, TagBudgetWarnsAndRefusesUnderItsSubtree) {
   std::vector<AllocEvent> events;
   Make(AllocConfig()
@@ -1042,6 +1117,47 @@ TEST_F(SmartAllocTest, HistoryRecordsEachFrameExactly) {
   }
   EXPECT_EQ(stats.threads[0].frame, 5u);
   EXPECT_EQ(stats.frame_number, 5u);
+}
+
+// Regression (found by a review of the alloc package): a frame's record
+// took its allocations and requested bytes from the arena, which also
+// counts its own destructor registrations (a 32-byte record per object
+// with a destructor) and, with canaries, the guard bytes: 10 strings read
+// as 20 allocations of 640 bytes. The record now counts what
+// stats().frame counts: the frame_* calls and the bytes they asked for.
+TEST(SmartAllocStatsTest, FrameRecordCountsTheFramesAllocations) {
+  SmartAlloc alloc(AllocConfig().set_frames_in_flight(2));
+  for (int i = 0; i < 10; ++i) alloc.frame_alloc<std::string>("x");
+  EXPECT_EQ(alloc.stats().frame.allocations, 10u);
+  alloc.end_frame();
+  alloc.frame_array<std::string>(3);
+  alloc.frame_allocate(100, 8);
+  alloc.end_frame();
+  alloc.end_frame();  // Nothing allocated.
+  const std::vector<FrameRecord> history = alloc.stats().threads.at(0).history;
+  ASSERT_EQ(history.size(), 3u);
+  EXPECT_EQ(history[0].allocations, 10u);
+  EXPECT_EQ(history[0].requested, 10 * sizeof(std::string));
+  EXPECT_EQ(history[1].allocations, 2u);
+  EXPECT_EQ(history[1].requested, 3 * sizeof(std::string) + 100);
+  EXPECT_EQ(history[2].allocations, 0u);
+  EXPECT_EQ(history[2].requested, 0u);
+  // The arena's own figures still count its registrations.
+  EXPECT_GE(history[0].bytes, 10 * (sizeof(std::string) + 32));
+}
+
+TEST(SmartAllocStatsTest, FrameRecordLeavesCanariesOutOfTheRequestedBytes) {
+  ErrorRecorder errors;
+  SmartAlloc alloc(AllocConfig().set_debug(DebugOptions().set_canaries(true)));
+  alloc.frame_allocate(100, 16);
+  alloc.frame_array<uint32_t>(10);
+  alloc.end_frame();
+  const FrameRecord r = alloc.stats().threads.at(0).history.at(0);
+  EXPECT_EQ(r.allocations, 2u);
+  EXPECT_EQ(r.requested, 140u);
+  EXPECT_EQ(alloc.stats().frame.bytes, 140u);
+  EXPECT_GE(r.bytes, 140u + 4 * kCanarySize);  // The guards use arena bytes.
+  EXPECT_EQ(errors.count(), 0u);
 }
 
 // Regression (review): a frame ended without begin_frame recorded the time

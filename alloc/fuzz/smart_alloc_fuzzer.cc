@@ -211,9 +211,9 @@ class Driver {
               a().pool_allocate(bad.size, bad.alignment);
             }
           } catch (const FatalReport& r) {
-            // A budget may see the size first and refuse it as exceeded.
-            threw = r.kind == ErrorKind::kInvalidArgument ||
-                    (budget_ != 0 && r.kind == ErrorKind::kBudgetExceeded);
+            // Never a budget refusal, whatever the budgets: the request is
+            // checked before anything is charged.
+            threw = r.kind == ErrorKind::kInvalidArgument;
           }
           handler_.Disarm();
           FUZZ_CHECK(threw,
