@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -38,6 +40,30 @@ std::string Thousands(double v) {
     out.push_back(digits[i]);
   }
   return out;
+}
+
+// JSON has no NaN or infinities (nlohmann writes them as null, which a
+// reader cannot tell from a missing value): a non-finite double is written
+// as the string "nan", "inf" or "-inf", which ReadDouble reads back.
+json Number(double v) {
+  if (std::isfinite(v)) return v;
+  if (std::isnan(v)) return "nan";
+  return v > 0 ? "inf" : "-inf";
+}
+
+// A double written by Number: a JSON number or one of its three strings.
+// InvalidArgument naming the field and the value otherwise.
+absl::StatusOr<double> ReadDouble(const json& j, const char* field) {
+  if (j.is_number()) return j.get<double>();
+  if (j.is_string()) {
+    const std::string s = j.get<std::string>();
+    if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
+    if (s == "inf") return std::numeric_limits<double>::infinity();
+    if (s == "-inf") return -std::numeric_limits<double>::infinity();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("run JSON: field '", field, "' is ", j.dump(),
+                   ", not a number or \"nan\", \"inf\" or \"-inf\""));
 }
 
 double PassGbps(const VariantRun& run, const FrameRecord& f) {
@@ -145,12 +171,12 @@ std::vector<PassBandwidth> Bandwidth(const ScenarioResult& result) {
 json RunToJson(const VariantRun& run) {
   json frames = json::array();
   for (const FrameRecord& f : run.frames) {
-    frames.push_back({{"ms", f.ms},
+    frames.push_back({{"ms", Number(f.ms)},
                       {"heap_allocations", f.heap_allocations},
                       {"heap_bytes", f.heap_bytes},
                       {"arena_allocations", f.arena_allocations},
                       {"arena_bytes", f.arena_bytes},
-                      {"pass_seconds", f.pass_seconds},
+                      {"pass_seconds", Number(f.pass_seconds)},
                       {"page_faults", f.page_faults}});
   }
   const std::vector<double> ms = run.FrameMs();
@@ -162,9 +188,9 @@ json RunToJson(const VariantRun& run) {
       {"warmup", run.warmup},
       {"state_hash", Hex(run.state_hash)},
       {"working_set_bytes", run.working_set_bytes},
-      {"median_ms", Median(ms)},
-      {"p99_ms", Percentile(ms, 0.99)},
-      {"mean_ms", Mean(ms)},
+      {"median_ms", Number(Median(ms))},
+      {"p99_ms", Number(Percentile(ms, 0.99))},
+      {"mean_ms", Number(Mean(ms))},
       {"heap_allocations_per_frame", MeanOf(run,
                                             [](const FrameRecord& f) {
                                               return static_cast<double>(
@@ -175,7 +201,7 @@ json RunToJson(const VariantRun& run) {
                                         return static_cast<double>(
                                             f.heap_bytes);
                                       })},
-      {"job_seconds", run.job_seconds},
+      {"job_seconds", Number(run.job_seconds)},
       {"page_faults_per_frame", MeanOf(run,
                                        [](const FrameRecord& f) {
                                          return static_cast<double>(
@@ -235,23 +261,31 @@ absl::StatusOr<VariantRun> RunFromJson(const json& j) {
   for (const json& f : j["frames"]) {
     if (!f.is_object()) return missing("frames[]");
     for (const char* field :
-         {"ms", "heap_allocations", "heap_bytes", "arena_allocations",
-          "arena_bytes", "pass_seconds", "page_faults"}) {
+         {"heap_allocations", "heap_bytes", "arena_allocations", "arena_bytes",
+          "page_faults"}) {
       if (!f.contains(field) || !f[field].is_number()) return missing(field);
     }
+    for (const char* field : {"ms", "pass_seconds"}) {
+      if (!f.contains(field)) return missing(field);
+    }
     FrameRecord r;
-    r.ms = f["ms"].get<double>();
+    absl::StatusOr<double> ms = ReadDouble(f["ms"], "ms");
+    if (!ms.ok()) return ms.status();
+    r.ms = *ms;
     r.heap_allocations = f["heap_allocations"].get<uint64_t>();
     r.heap_bytes = f["heap_bytes"].get<uint64_t>();
     r.arena_allocations = f["arena_allocations"].get<int64_t>();
     r.arena_bytes = f["arena_bytes"].get<uint64_t>();
-    r.pass_seconds = f["pass_seconds"].get<double>();
+    absl::StatusOr<double> pass = ReadDouble(f["pass_seconds"], "pass_seconds");
+    if (!pass.ok()) return pass.status();
+    r.pass_seconds = *pass;
     r.page_faults = f["page_faults"].get<uint64_t>();
     run.frames.push_back(r);
   }
   if (j.contains("job_seconds")) {
-    if (!j["job_seconds"].is_number()) return missing("job_seconds");
-    run.job_seconds = j["job_seconds"].get<double>();
+    absl::StatusOr<double> job = ReadDouble(j["job_seconds"], "job_seconds");
+    if (!job.ok()) return job.status();
+    run.job_seconds = *job;
   }
   if (j.contains("pass")) {
     const json& p = j["pass"];
@@ -281,28 +315,28 @@ json ScenarioToJson(const ScenarioResult& r) {
     ratios.push_back({{"name", q.name},
                       {"faster", q.faster},
                       {"slower", q.slower},
-                      {"median", q.median},
-                      {"p99", q.p99}});
+                      {"median", Number(q.median)},
+                      {"p99", Number(q.p99)}});
   }
   json scaling = nullptr;
   if (const std::optional<ScalingBreakdown> b = Scaling(r); b.has_value()) {
-    scaling = {{"speedup", b->speedup},
+    scaling = {{"speedup", Number(b->speedup)},
                {"workers_all", b->workers_all},
                {"workers_one", b->workers_one},
-               {"busy_all", b->busy_all},
-               {"busy_one", b->busy_one},
-               {"job_time_growth", b->job_time_growth}};
+               {"busy_all", Number(b->busy_all)},
+               {"busy_one", Number(b->busy_one)},
+               {"job_time_growth", Number(b->job_time_growth)}};
   }
   json bandwidth = json::array();
   for (const PassBandwidth& b : Bandwidth(r)) {
     bandwidth.push_back({{"run", b.run},
                          {"cold_triad", b.cold_triad},
                          {"threads", b.threads},
-                         {"median_gbps", b.median_gbps},
-                         {"best_gbps", b.best_gbps},
-                         {"triad_median_gbps", b.triad_median_gbps},
-                         {"triad_best_gbps", b.triad_best_gbps},
-                         {"percent_of_triad", b.percent_of_triad}});
+                         {"median_gbps", Number(b.median_gbps)},
+                         {"best_gbps", Number(b.best_gbps)},
+                         {"triad_median_gbps", Number(b.triad_median_gbps)},
+                         {"triad_best_gbps", Number(b.triad_best_gbps)},
+                         {"percent_of_triad", Number(b.percent_of_triad)}});
   }
   auto triad = [](const std::optional<TriadResult>& t) {
     if (!t.has_value()) return json(nullptr);
@@ -310,8 +344,8 @@ json ScenarioToJson(const ScenarioResult& r) {
                 {"cold", t->cold},
                 {"bytes_per_array", t->bytes_per_array},
                 {"repetitions", t->repetitions},
-                {"best_gbps", t->best_gbps},
-                {"median_gbps", t->median_gbps}};
+                {"best_gbps", Number(t->best_gbps)},
+                {"median_gbps", Number(t->median_gbps)}};
   };
   return {{"name", r.name},
           {"description", r.description},
@@ -462,7 +496,9 @@ std::string Escape(const std::string& s) {
   return out;
 }
 
-// One panel: a line per run of value(frame) against the frame index.
+// One panel: a line per run of value(frame) against the frame index. A
+// non-finite value has no point (the line joins its neighbours) and does
+// not set the scale; a value below 0 is drawn at 0 (the panel's bottom).
 void Panel(std::string& svg, double x0, double y0, double w, double h,
            const std::string& title, const std::string& unit,
            const std::vector<VariantRun>& runs,
@@ -471,7 +507,10 @@ void Panel(std::string& svg, double x0, double y0, double w, double h,
   size_t max_frames = 1;
   for (const VariantRun& run : runs) {
     max_frames = std::max(max_frames, run.frames.size());
-    for (const FrameRecord& f : run.frames) max_v = std::max(max_v, value(f));
+    for (const FrameRecord& f : run.frames) {
+      const double v = value(f);
+      if (std::isfinite(v)) max_v = std::max(max_v, v);
+    }
   }
   const double top = NiceCeil(max_v);
   absl::StrAppendFormat(&svg,
@@ -504,11 +543,13 @@ void Panel(std::string& svg, double x0, double y0, double w, double h,
     if (run.frames.empty()) continue;
     std::string points;
     for (size_t i = 0; i < run.frames.size(); ++i) {
+      const double v = value(run.frames[i]);
+      if (!std::isfinite(v)) continue;
       const double x =
           x0 + (max_frames > 1 ? w * static_cast<double>(i) /
                                      static_cast<double>(max_frames - 1)
                                : w / 2);
-      const double y = y0 + h - h * std::min(value(run.frames[i]) / top, 1.0);
+      const double y = y0 + h - h * std::clamp(v / top, 0.0, 1.0);
       absl::StrAppendFormat(&points, "%.1f,%.1f ", x, y);
     }
     absl::StrAppendFormat(&svg,

@@ -10,6 +10,10 @@
 // the faster one's, between runs at equal parallelism, so > 1 means the
 // first named run is faster.
 //
+// JSON has no NaN or infinity: every non-finite double is written as the
+// string "nan", "inf" or "-inf", and RunFromJson reads those back, so a run
+// crosses from a child process unchanged.
+//
 // Thread safety: plain functions on values. Errors: RunFromJson returns
 // InvalidArgument naming the missing or mistyped field.
 //
@@ -110,7 +114,9 @@ nlohmann::json ScenarioToJson(const ScenarioResult& result);
 std::string FormatScenario(const ScenarioResult& result);
 
 // A self-contained SVG: per scenario, frame time per frame and memory per
-// frame (heap + arena bytes) for every run.
+// frame (heap + arena bytes) for every run. A non-finite value is left out
+// of its line and of the scale; every point lies inside its panel (values
+// below 0 on the panel's bottom edge).
 std::string RenderSvg(const std::vector<ScenarioResult>& results);
 
 }  // namespace framealloc::sim

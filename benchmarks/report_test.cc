@@ -4,8 +4,12 @@
 #include "benchmarks/report.h"
 
 #include <cmath>
+#include <limits>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -119,6 +123,87 @@ TEST(RunJsonTest, PageFaultsSurviveTheRoundTripAndReachTheTable) {
   EXPECT_NE(text.find("faults/f"), std::string::npos) << text;
   // The row ends in the mean faults per frame.
   EXPECT_NE(text.find(" 2,000\n"), std::string::npos) << text;
+}
+
+// Regression (review): RunToJson wrote a NaN or infinite time as null (JSON
+// has neither), and RunFromJson refused the null as "field 'ms' missing or
+// mistyped": a child's run with such a frame was lost. They go as the
+// strings "nan", "inf" and "-inf" and come back as they were.
+TEST(RunJsonTest, NonFiniteValuesSurviveTheRoundTrip) {
+  const double inf = std::numeric_limits<double>::infinity();
+  VariantRun run = MakeRun("heap", 1, 5.0, 4, inf);
+  run.frames[0].ms = std::nan("");
+  run.frames[1].ms = inf;
+  run.frames[2].ms = -inf;
+  run.frames[3].pass_seconds = std::nan("");
+  const nlohmann::json j = RunToJson(run);
+  EXPECT_EQ(j["frames"][0]["ms"], "nan");
+  EXPECT_EQ(j["frames"][1]["ms"], "inf");
+  EXPECT_EQ(j["frames"][2]["ms"], "-inf");
+  EXPECT_EQ(j["job_seconds"], "inf");
+  // Through text, as from a child process.
+  absl::StatusOr<VariantRun> back =
+      RunFromJson(nlohmann::json::parse(j.dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->frames.size(), 4u);
+  EXPECT_TRUE(std::isnan(back->frames[0].ms));
+  EXPECT_EQ(back->frames[1].ms, inf);
+  EXPECT_EQ(back->frames[2].ms, -inf);
+  EXPECT_EQ(back->frames[3].ms, 5.0);
+  EXPECT_TRUE(std::isnan(back->frames[3].pass_seconds));
+  EXPECT_EQ(back->frames[0].pass_seconds, 0.0);
+  EXPECT_EQ(back->job_seconds, inf);
+  // Any other string is refused, naming the field and the value.
+  nlohmann::json other = j;
+  other["frames"][0]["ms"] = "soon";
+  const absl::Status s = RunFromJson(other).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("field 'ms' is \"soon\""), std::string::npos) << s;
+  other["frames"][0]["ms"] = nullptr;
+  EXPECT_EQ(RunFromJson(other).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The points of the index-th polyline of `svg`, as (x, y).
+std::vector<std::pair<double, double>> PolylinePoints(const std::string& svg,
+                                                      int index) {
+  size_t at = 0;
+  for (int i = 0; i <= index; ++i) {
+    at = svg.find("<polyline", at);
+    if (at == std::string::npos) return {};
+    ++at;
+  }
+  const size_t begin = svg.find("points='", at) + 8;
+  const size_t end = svg.find('\'', begin);
+  std::istringstream in(svg.substr(begin, end - begin));
+  std::vector<std::pair<double, double>> points;
+  double x = 0, y = 0;
+  char comma = 0;
+  while (in >> x >> comma >> y) points.emplace_back(x, y);
+  return points;
+}
+
+// Regression (review): RenderSvg wrote "nan" coordinates for a non-finite
+// frame time (an infinite one also set the scale to infinity, flattening
+// every other point onto the axis) and drew a negative value below its
+// panel. Non-finite values are left out, and every point lies in the panel.
+TEST(RenderSvgTest, NonFiniteValuesAreSkippedAndPointsStayInThePanel) {
+  ScenarioResult r;
+  r.name = "test";
+  r.runs.push_back(MakeRun("heap", 1, 10.0, 5, 0.0));
+  r.runs[0].frames[1].ms = std::nan("");
+  r.runs[0].frames[2].ms = std::numeric_limits<double>::infinity();
+  r.runs[0].frames[3].ms = -5.0;
+  const std::string svg = RenderSvg({r});
+  EXPECT_EQ(svg.find("nan"), std::string::npos) << svg;
+  EXPECT_EQ(svg.find("inf"), std::string::npos) << svg;
+  // The frame-time panel: x 70 to 450, y 80 (top, 10 ms) to 290 (0 ms).
+  const std::vector<std::pair<double, double>> points = PolylinePoints(svg, 0);
+  const std::vector<std::pair<double, double>> expected = {
+      {70.0, 80.0}, {355.0, 290.0}, {450.0, 80.0}};
+  EXPECT_EQ(points, expected) << svg;
+  // The memory panel still has a point per frame.
+  EXPECT_EQ(PolylinePoints(svg, 1).size(), 5u) << svg;
 }
 
 TEST(AppendRoundTest, JoinsTheFramesAndJobTimeOfTheSameRun) {

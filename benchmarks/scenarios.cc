@@ -28,10 +28,17 @@ std::vector<ScenarioInfo> RegisteredScenarios() {
 absl::StatusOr<std::vector<ScenarioInfo>> FindScenarios(
     absl::string_view list) {
   std::vector<ScenarioInfo> all = RegisteredScenarios();
-  if (list.empty() || list == "all") return all;
+  if (list.empty()) return all;
   absl::flat_hash_set<std::string> wanted;
+  bool every = false;
   for (absl::string_view name :
        absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    // "all" is a name like the others ("all,physics" is every scenario,
+    // once each), and the message below lists it among the known ones.
+    if (name == "all") {
+      every = true;
+      continue;
+    }
     bool known = false;
     for (const ScenarioInfo& info : all) known = known || info.name == name;
     if (!known) {
@@ -43,6 +50,7 @@ absl::StatusOr<std::vector<ScenarioInfo>> FindScenarios(
     }
     wanted.insert(std::string(name));
   }
+  if (every) return all;
   std::vector<ScenarioInfo> chosen;
   for (ScenarioInfo& info : all) {
     if (wanted.contains(info.name)) chosen.push_back(std::move(info));

@@ -26,9 +26,10 @@ namespace framealloc::sim {
 // Every scenario, in the order the suite runs them.
 std::vector<ScenarioInfo> RegisteredScenarios();
 
-// The scenarios named in a comma-separated list ("all" or "" for every
-// one), in registry order. InvalidArgument naming an unknown name and
-// listing the known ones.
+// The scenarios named in a comma-separated list, in registry order, each
+// once however often it is named; "all", alone or among other names
+// ("all,physics"), or an empty list selects every one. InvalidArgument
+// naming an unknown name and listing the known ones (and "all").
 absl::StatusOr<std::vector<ScenarioInfo>> FindScenarios(absl::string_view list);
 
 }  // namespace framealloc::sim

@@ -48,6 +48,34 @@ TEST(ScenariosTest, FindScenariosSelectsAndRejects) {
   EXPECT_NE(bad.status().message().find("nosuch"), absl::string_view::npos);
 }
 
+std::vector<std::string> Names(const std::vector<ScenarioInfo>& infos) {
+  std::vector<std::string> names;
+  for (const ScenarioInfo& info : infos) names.push_back(info.name);
+  return names;
+}
+
+// Regression (review): "all" among other names ("--scenario=all,physics")
+// was refused as "unknown scenario 'all' (known: ..., all)". It selects
+// every scenario, each once; a name given twice is run once; an unknown
+// name beside "all" is still refused.
+TEST(ScenariosTest, AllInAListSelectsEveryScenarioOnce) {
+  const std::vector<std::string> every = Names(RegisteredScenarios());
+  for (const char* list : {"all,physics", "physics,all", "all,all", "all,"}) {
+    absl::StatusOr<std::vector<ScenarioInfo>> chosen = FindScenarios(list);
+    ASSERT_TRUE(chosen.ok()) << list << ": " << chosen.status();
+    EXPECT_EQ(Names(*chosen), every) << list;
+  }
+  absl::StatusOr<std::vector<ScenarioInfo>> twice =
+      FindScenarios("ecs,physics,ecs");
+  ASSERT_TRUE(twice.ok()) << twice.status();
+  EXPECT_EQ(Names(*twice), (std::vector<std::string>{"physics", "ecs"}));
+  absl::StatusOr<std::vector<ScenarioInfo>> bad = FindScenarios("all,nosuch");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("unknown scenario 'nosuch'"),
+            absl::string_view::npos)
+      << bad.status();
+}
+
 TEST(ScenariosTest, EveryScenarioReachesTheSameStateInEveryVariant) {
   absl::StatusOr<std::unique_ptr<numa::Topology>> two_nodes =
       numa::Topology::FromSynthetic("pack:2 [numa] core:1 pu:1");

@@ -53,11 +53,13 @@
 #include "benchmarks/report.h"
 #include "benchmarks/scenarios.h"
 #include "benchmarks/suite.h"
+#include "jobs/config.h"
 #include "numa/topology.h"
 
 ABSL_FLAG(std::string, scenario, "all",
           "Scenarios to run, comma-separated (particles, physics, ecs, "
-          "render; those registered), or 'all'.");
+          "render; those registered; each runs once), or 'all' (alone or "
+          "in the list: every one).");
 ABSL_FLAG(int64_t, size, 0,
           "Element count for every selected scenario (particles, bodies, "
           "entities, draw items); 0: each scenario's default.");
@@ -69,8 +71,9 @@ ABSL_FLAG(double, budget, 1.0,
           "Seconds of measured frames for the first run of each scenario "
           "when --frames=0.");
 ABSL_FLAG(int, workers, 0,
-          "Workers of the runtime variants (split over the nodes); 0: one "
-          "per processing unit.");
+          "Workers of the runtime variants (split over the nodes as evenly "
+          "as possible: at least one and at most 256 per node); 0: one per "
+          "processing unit.");
 ABSL_FLAG(std::string, topology, "",
           "Synthetic hwloc topology for the runtime variants, e.g. "
           "'pack:2 [numa] core:1 pu:1' (2 logical nodes; nothing is bound); "
@@ -491,6 +494,19 @@ int Main(const char* argv0) {
                                : numa::Topology::FromSynthetic(flags.topology);
     if (!t.ok()) return Fail(t.status());
     topology = *std::move(t);
+  }
+  // --workers against the topology, before anything runs: the runtime
+  // refused a count it cannot lay out only when the first runtime run
+  // started, after the one-thread runs, without naming the flag.
+  if (flags.workers > 0) {
+    const int nodes = topology->num_nodes();
+    const int64_t most = int64_t{nodes} * jobs::kMaxWorkersPerNode;
+    if (flags.workers < nodes || flags.workers > most) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--workers must be in [", nodes, ", ", most, "] on this topology (",
+          nodes, " node(s), at least one and at most ",
+          jobs::kMaxWorkersPerNode, " workers each), got ", flags.workers)));
+    }
   }
   std::string mimalloc_binary;
   if (flags.mimalloc && !child) {

@@ -96,8 +96,17 @@ expect_error "unknown scenario 'nosuch'" --scenario=nosuch
 expect_error "--workers must be in" --workers=-1
 expect_error "--rounds must be in" --rounds=0
 expect_error "--child_progress is for child runs" --child_progress=x
-expect_error "workers: 1 is fewer than the 2 nodes" --size=100 --frames=1 \
-  --variants=runtime-heap --topology='pack:2 [numa] core:1 pu:1' --workers=1
+# --workers outside what the topology's nodes can hold (at least one, at
+# most jobs::kMaxWorkersPerNode = 256 each) is refused before any run,
+# naming the flag, the range and the value: the runtime refused it only at
+# the first runtime run, after the one-thread runs, without naming the flag.
+for workers in 1 513; do
+  expect_error "--workers must be in \[2, 512\] on this topology (2 node(s), at least one and at most 256 workers each), got $workers" \
+    --size=100 --frames=1 --topology='pack:2 [numa] core:1 pu:1' --workers=$workers
+  if grep -q "framealloc simulation suite" <<<"$err"; then
+    echo "runs started before --workers=$workers was refused: $err"; exit 1
+  fi
+done
 expect_error "garbage" --topology=garbage --size=100 --frames=1 --variants=runtime-heap
 expect_error "size must be in" --size=4294967296 --frames=1 --variants=heap
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "alloc/chunk_cache.h"
 #include "alloc/error.h"
 #include "alloc/frame_arena.h"
@@ -328,6 +329,174 @@ TEST(HierarchyTest, TreeGroupsAreRunsOfRootsOfAboutEqualSize) {
   EXPECT_FALSE(empty.grouped());
 }
 
+// World matrices of `tf` on one thread (heap memory), by order position.
+absl::Status WorldOnOneThread(const Transforms& tf, const HierarchyOrder& order,
+                              std::vector<Vec3>* translations) {
+  FrameColumn<Mat4, HeapMemory> world;
+  absl::Status s = ComputeWorldTransforms<HeapMemory>(
+      tf, order, FrameExecutor::Sequential(nullptr), &world);
+  if (!s.ok()) return s;
+  translations->clear();
+  for (size_t k = 0; k < world.size(); ++k) {
+    translations->push_back(world[k].Translation());
+  }
+  return absl::OkStatus();
+}
+
+// Regression (review): versions counted one object's changes, so a
+// Transforms rebuilt (tf = Transforms() and refilled) with as many changes,
+// or another object with as many, had the order's version, and Update kept
+// the old order: world matrices of the old hierarchy. Here a chain of three
+// rebuilt as three roots, then another object holding the chain again.
+TEST(HierarchyTest, UpdateRebuildsForATransformsRebuiltWithTheSameChanges) {
+  EntityRegistry registry;
+  const Entity a = registry.Create(), b = registry.Create(),
+               c = registry.Create();
+  Transforms tf;
+  ASSERT_TRUE(tf.Add(a, Child(Entity::Null(), {1, 0, 0})).ok());
+  ASSERT_TRUE(tf.Add(b, Child(a, {1, 0, 0})).ok());
+  ASSERT_TRUE(tf.Add(c, Child(b, {1, 0, 0})).ok());
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_EQ(order.levels(), 3u);
+
+  tf = Transforms();
+  for (const Entity e : {a, b, c}) {
+    ASSERT_TRUE(tf.Add(e, Child(Entity::Null(), {1, 0, 0})).ok());
+  }
+  ASSERT_TRUE(order.Update(tf).ok());
+  EXPECT_EQ(order.levels(), 1u);
+  std::vector<Vec3> world;
+  ASSERT_TRUE(WorldOnOneThread(tf, order, &world).ok());
+  const std::vector<Mat4> reference = ReferenceWorldTransforms(tf);
+  ASSERT_EQ(world.size(), 3u);
+  for (size_t k = 0; k < world.size(); ++k) {
+    EXPECT_EQ(world[k].x, 1.0f) << k;
+    EXPECT_EQ(world[k].x, reference[order.slot(k)].Translation().x) << k;
+  }
+
+  // Another object, with the chain's three changes: the chain's matrices.
+  Transforms chain;
+  ASSERT_TRUE(chain.Add(a, Child(Entity::Null(), {1, 0, 0})).ok());
+  ASSERT_TRUE(chain.Add(b, Child(a, {1, 0, 0})).ok());
+  ASSERT_TRUE(chain.Add(c, Child(b, {1, 0, 0})).ok());
+  ASSERT_TRUE(order.Update(chain).ok());
+  EXPECT_EQ(order.levels(), 3u);
+  ASSERT_TRUE(WorldOnOneThread(chain, order, &world).ok());
+  ASSERT_EQ(world.size(), 3u);
+  for (size_t k = 0; k < world.size(); ++k) {
+    EXPECT_EQ(world[k].x, static_cast<float>(k + 1)) << k;
+  }
+}
+
+// Regression (review), the same with another size: three roots rebuilt as
+// two adds and a SetParent (three changes again) kept the order of three,
+// and ComputeWorldTransforms read past the columns of two.
+TEST(HierarchyTest, UpdateRebuildsForATransformsRebuiltSmaller) {
+  EntityRegistry registry;
+  const Entity a = registry.Create(), b = registry.Create(),
+               c = registry.Create();
+  Transforms tf;
+  for (const Entity e : {a, b, c}) {
+    ASSERT_TRUE(tf.Add(e, Child(Entity::Null(), {1, 0, 0})).ok());
+  }
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_EQ(order.size(), 3u);
+
+  tf = Transforms();
+  ASSERT_TRUE(tf.Add(a, Child(Entity::Null(), {1, 0, 0})).ok());
+  ASSERT_TRUE(tf.Add(b, Child(Entity::Null(), {1, 0, 0})).ok());
+  ASSERT_TRUE(tf.SetParent(b, a).ok());
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_EQ(order.size(), 2u);
+  EXPECT_EQ(order.levels(), 2u);
+  std::vector<Vec3> world;
+  ASSERT_TRUE(WorldOnOneThread(tf, order, &world).ok());
+  ASSERT_EQ(world.size(), 2u);
+  EXPECT_EQ(world[*order.PositionOf(tf, a)].x, 1.0f);
+  EXPECT_EQ(world[*order.PositionOf(tf, b)].x, 2.0f);
+}
+
+// Regression (review): an order not updated since the transforms changed
+// was used as it was: read past the columns when it held more entities,
+// wrong matrices otherwise. ComputeWorldTransforms and PositionOf refuse it.
+TEST(HierarchyTest, AnOrderNotUpdatedSinceAChangeIsRefused) {
+  EntityRegistry registry;
+  const Entity a = registry.Create(), b = registry.Create(),
+               c = registry.Create();
+  Transforms tf;
+  for (const Entity e : {a, b, c}) {
+    ASSERT_TRUE(tf.Add(e, Child(Entity::Null(), {1, 0, 0})).ok());
+  }
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_TRUE(tf.Remove(c).ok());  // The order still holds three.
+  std::vector<Vec3> world;
+  absl::Status s = WorldOnOneThread(tf, order, &world);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("order holds 3 entities and the transforms 2"),
+            std::string::npos)
+      << s;
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_TRUE(WorldOnOneThread(tf, order, &world).ok());
+  EXPECT_EQ(world.size(), 2u);
+
+  // Same size, another parent: refused too, and PositionOf with it.
+  ASSERT_TRUE(tf.SetParent(b, a).ok());
+  s = WorldOnOneThread(tf, order, &world);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find(absl::StrCat(
+                "built for hierarchy version ", order.version(),
+                ", the transforms are at version ", tf.hierarchy_version())),
+            std::string::npos)
+      << s;
+  EXPECT_EQ(order.PositionOf(tf, b).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(order.Update(tf).ok());
+  ASSERT_TRUE(WorldOnOneThread(tf, order, &world).ok());
+  EXPECT_EQ(world[*order.PositionOf(tf, b)].x, 2.0f);
+}
+
+TEST(TransformsTest, HierarchyVersionsAreUniqueAcrossObjectsAndStates) {
+  EntityRegistry registry;
+  const Entity a = registry.Create(), b = registry.Create();
+  Transforms x, y;
+  EXPECT_NE(x.hierarchy_version(), y.hierarchy_version());
+  ASSERT_TRUE(x.Add(a, LocalTransform()).ok());
+  ASSERT_TRUE(y.Add(a, LocalTransform()).ok());
+  EXPECT_NE(x.hierarchy_version(), y.hierarchy_version());
+  // Every change is a new version; a refused one changes nothing.
+  uint64_t v = x.hierarchy_version();
+  EXPECT_FALSE(x.Add(a, LocalTransform()).ok());
+  EXPECT_EQ(x.hierarchy_version(), v);
+  ASSERT_TRUE(x.Add(b, LocalTransform()).ok());
+  EXPECT_NE(x.hierarchy_version(), v);
+  v = x.hierarchy_version();
+  ASSERT_TRUE(x.SetParent(b, a).ok());
+  EXPECT_NE(x.hierarchy_version(), v);
+  v = x.hierarchy_version();
+  const uint32_t swap[] = {1, 0};
+  ASSERT_TRUE(x.Reorder(swap).ok());
+  EXPECT_NE(x.hierarchy_version(), v);
+  // A copy holds the same hierarchy: the same version, and an order of one
+  // is up to date for the other.
+  Transforms copy = x;
+  EXPECT_EQ(copy.hierarchy_version(), x.hierarchy_version());
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(x).ok());
+  EXPECT_TRUE(order.IsUpToDate(copy));
+  // A move takes the version along; the source, now empty, gets a new one.
+  v = x.hierarchy_version();
+  Transforms moved = std::move(x);
+  EXPECT_EQ(moved.hierarchy_version(), v);
+  EXPECT_NE(x.hierarchy_version(), v);  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(x.size(), 0u);              // NOLINT(bugprone-use-after-move)
+  EXPECT_FALSE(order.IsUpToDate(x));
+  ASSERT_TRUE(order.Update(x).ok());
+  EXPECT_EQ(order.size(), 0u);
+}
+
 class Runtimes {
  public:
   // Workers on this machine, or two logical nodes of one worker each.
@@ -484,6 +653,51 @@ TEST(FrameComponentTest, WorldColumnLivesOnFrameMemoryForOneFrame) {
   // 2000 matrices (125 KiB) outgrow the first chunk: the chunk that held
   // them went back to the cache.
   EXPECT_FALSE(arena.Owns(data));
+}
+
+// Regression (review): FrameExecutor::Sequential's arena "may be null", but
+// ComputeWorldTransforms<ArenaMemory> on Sequential(nullptr) allocated the
+// world column through the null arena (SIGSEGV); a column of a type that
+// is not raw storage (a vector per segment) did the same through
+// ArenaMemory::From. Both are a FailedPrecondition now, the column empty.
+TEST(FrameComponentTest, ArenaMemoryWithoutAnArenaIsAFailedPrecondition) {
+  std::vector<Entity> e;
+  Transforms tf = MakeForest(100, 3, &e);
+  HierarchyOrder order;
+  ASSERT_TRUE(order.Update(tf).ok());
+  const FrameExecutor no_arena = FrameExecutor::Sequential(nullptr);
+  FrameColumn<Mat4, ArenaMemory> world;
+  absl::Status s =
+      ComputeWorldTransforms<ArenaMemory>(tf, order, no_arena, &world);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("100 items on frame memory"), std::string::npos)
+      << s;
+  EXPECT_NE(s.message().find("arena is null"), std::string::npos) << s;
+  EXPECT_EQ(world.size(), 0u);
+  FrameColumn<std::vector<int>, ArenaMemory> lists;
+  s = lists.Allocate(no_arena, 10);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(lists.size(), 0u);
+  EXPECT_FALSE(no_arena.has_arena());
+  // The heap needs no arena; an executor with one serves frame memory.
+  FrameColumn<Mat4, HeapMemory> heap_world;
+  EXPECT_TRUE(
+      ComputeWorldTransforms<HeapMemory>(tf, order, no_arena, &heap_world)
+          .ok());
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const FrameExecutor with_arena = FrameExecutor::Sequential(&arena);
+  EXPECT_TRUE(with_arena.has_arena());
+  ASSERT_TRUE(
+      ComputeWorldTransforms<ArenaMemory>(tf, order, with_arena, &world).ok());
+  EXPECT_EQ(world.size(), 100u);
+  EXPECT_TRUE(arena.Owns(world.segment_data(0)));
+  ASSERT_TRUE(lists.Allocate(with_arena, 10).ok());
+  EXPECT_EQ(lists.size(), 10u);
+  EXPECT_TRUE(lists[9].empty());
+  // Dropped before the arena they live in (declared after them) is.
+  lists.Release();
+  world.Release();
 }
 
 // The suite's driver, in small: one scenario run in one variant.

@@ -155,7 +155,8 @@ struct ArenaMemory {
 
   FrameArena* arena = nullptr;
 
-  // REQUIRES: lane.arena != nullptr.
+  // REQUIRES: lane.arena != nullptr (FrameExecutor::has_arena() for the
+  // executor running the body).
   static ArenaMemory From(const Lane& lane) { return ArenaMemory{lane.arena}; }
   String MakeString(const char* chars, size_t n) const {
     return String(chars, n, ArenaAllocator<char>(arena));
@@ -178,7 +179,11 @@ struct ArenaMemory {
 // Runs a frame's blocks on the calling thread or on a runtime's workers.
 class FrameExecutor {
  public:
-  // Bodies run on the calling thread with `arena` (may be null).
+  // Bodies run on the calling thread with `arena` as lane.arena. It may be
+  // null for code on HeapMemory only: frame memory (ArenaMemory) needs an
+  // arena, and FrameColumn<T, ArenaMemory>::Allocate (so
+  // ComputeWorldTransforms<ArenaMemory>) refuses an executor without one
+  // (has_arena()) with FailedPrecondition.
   static FrameExecutor Sequential(FrameArena* arena) {
     FrameExecutor e;
     e.arena_ = arena;
@@ -198,6 +203,10 @@ class FrameExecutor {
   }
 
   jobs::Runtime* runtime() const { return runtime_; }
+  // Whether every body gets a frame arena (lane.arena non-null): on a
+  // runtime always (each job's worker arena), on one thread when
+  // Sequential was given one.
+  bool has_arena() const { return runtime_ != nullptr || arena_ != nullptr; }
   // Lanes bodies may see: [0, lanes()).
   int lanes() const { return lanes_; }
 

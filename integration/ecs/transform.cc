@@ -2,7 +2,9 @@
 #include "integration/ecs/transform.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -12,7 +14,33 @@ namespace {
 
 std::string Name(Entity e) { return absl::StrCat(e.index, "v", e.generation); }
 
+// Hierarchy versions: every value handed out once per process. Relaxed:
+// only the uniqueness of the values matters (an atomic read-modify-write
+// gives each caller its own), not their order against other memory.
+std::atomic<uint64_t> next_hierarchy_version{1};
+
 }  // namespace
+
+uint64_t Transforms::NewHierarchyVersion() {
+  return next_hierarchy_version.fetch_add(1, std::memory_order_relaxed);
+}
+
+Transforms::Transforms(Transforms&& other) noexcept
+    : store_(std::move(other.store_)),
+      hierarchy_version_(other.hierarchy_version_) {
+  other.store_ = Store();  // Empty for certain, not "valid but unspecified".
+  other.hierarchy_version_ = NewHierarchyVersion();
+}
+
+Transforms& Transforms::operator=(Transforms&& other) noexcept {
+  if (this != &other) {
+    store_ = std::move(other.store_);
+    hierarchy_version_ = other.hierarchy_version_;
+    other.store_ = Store();
+    other.hierarchy_version_ = NewHierarchyVersion();
+  }
+  return *this;
+}
 
 Quat Quat::AxisAngle(float ax, float ay, float az, float radians) {
   const float h = radians * 0.5f;
@@ -109,10 +137,22 @@ absl::Status Transforms::Add(Entity e, const LocalTransform& t) {
                        " as an ancestor); parenting would make a cycle"));
     }
   }
-  return store_.Add(e, t.position, t.rotation, t.scale, t.parent);
+  absl::Status s = store_.Add(e, t.position, t.rotation, t.scale, t.parent);
+  if (s.ok()) hierarchy_version_ = NewHierarchyVersion();
+  return s;
 }
 
-absl::Status Transforms::Remove(Entity e) { return store_.Remove(e); }
+absl::Status Transforms::Remove(Entity e) {
+  absl::Status s = store_.Remove(e);
+  if (s.ok()) hierarchy_version_ = NewHierarchyVersion();
+  return s;
+}
+
+absl::Status Transforms::Reorder(std::span<const uint32_t> slots) {
+  absl::Status s = store_.Permute(slots);
+  if (s.ok()) hierarchy_version_ = NewHierarchyVersion();
+  return s;
+}
 
 absl::Status Transforms::SetParent(Entity child, Entity parent) {
   absl::StatusOr<size_t> slot = store_.IndexOf(child);
@@ -130,12 +170,12 @@ absl::Status Transforms::SetParent(Entity child, Entity parent) {
     }
   }
   store_.column<kParent>()[*slot] = parent;
-  ++parent_changes_;
+  hierarchy_version_ = NewHierarchyVersion();
   return absl::OkStatus();
 }
 
 absl::Status HierarchyOrder::Update(const Transforms& tf) {
-  if (tf.hierarchy_version() == version_) return absl::OkStatus();
+  if (IsUpToDate(tf)) return absl::OkStatus();
   const auto& store = tf.store();
   const size_t n = store.size();
   const auto parents = store.column<Transforms::kParent>();
@@ -261,9 +301,14 @@ absl::StatusOr<size_t> HierarchyOrder::PositionOf(const Transforms& tf,
                                                   Entity e) const {
   absl::StatusOr<size_t> slot = tf.store().IndexOf(e);
   if (!slot.ok()) return slot.status();
-  if (*slot >= position_of_slot_.size()) {
-    return absl::FailedPreconditionError(
-        "HierarchyOrder::PositionOf: order is out of date (call Update)");
+  // A stale order may hold the slot and still give a wrong position (an
+  // entity added at a lower depth shifts the deeper ones).
+  if (!IsUpToDate(tf) || *slot >= position_of_slot_.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "HierarchyOrder::PositionOf: the order is not up to date: built for "
+        "hierarchy version ",
+        version_, ", the transforms are at version ", tf.hierarchy_version(),
+        "; they must be equal (call Update(tf) first)"));
   }
   return static_cast<size_t>(position_of_slot_[*slot]);
 }

@@ -13,11 +13,15 @@
 // otherwise), and are gone when the frame's memory is released.
 // Not for: non-uniform scale or shear (TRS with a uniform scale only).
 //
-// Thread safety: Transforms and HierarchyOrder are single-threaded objects;
-// ComputeWorldTransforms runs jobs that only read them.
+// Thread safety: Transforms and HierarchyOrder are single-threaded objects
+// (different objects may be used on different threads: the counter their
+// versions come from is atomic); ComputeWorldTransforms runs jobs that only
+// read them.
 // Errors: SetParent/Add with an absent parent, a self-parent or a cycle:
-// InvalidArgument or NotFound naming the entities; executor failures are
-// returned.
+// InvalidArgument or NotFound naming the entities; ComputeWorldTransforms
+// with an order not up to date for the transforms, or with ArenaMemory on
+// an executor without a frame arena: FailedPrecondition; executor failures
+// are returned.
 //
 // Example:
 //   Transforms tf;
@@ -42,6 +46,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "integration/ecs/frame_memory.h"
 #include "integration/ecs/soa_store.h"
 
@@ -83,6 +88,17 @@ class Transforms {
   enum Column { kPosition = 0, kRotation = 1, kScale = 2, kParent = 3 };
   using Store = SoaStore<Vec3, Quat, float, Entity>;
 
+  // Empty, at a hierarchy version no other object or state has had.
+  Transforms() = default;
+  // A copy holds the same hierarchy, so it keeps the version: an order up to
+  // date for one is up to date for the other (until either changes).
+  Transforms(const Transforms&) = default;
+  Transforms& operator=(const Transforms&) = default;
+  // The target takes the source's store and version; the source is left
+  // empty, at a new version.
+  Transforms(Transforms&& other) noexcept;
+  Transforms& operator=(Transforms&& other) noexcept;
+
   // Adds `e`. InvalidArgument if t.parent is `e` itself or descends from
   // `e` (an entity removed and added again is still named by its old
   // children), NotFound if t.parent is not null and has no transform (add
@@ -99,9 +115,7 @@ class Transforms {
   // Reorders the dense slots (SoaStore::Permute): new slot j holds old slot
   // slots[j]. HierarchyOrder::GroupedSlotOrder gives the order that lays
   // each tree group out contiguously. InvalidArgument unless a permutation.
-  absl::Status Reorder(std::span<const uint32_t> slots) {
-    return store_.Permute(slots);
-  }
+  absl::Status Reorder(std::span<const uint32_t> slots);
 
   const Store& store() const { return store_; }
   // The columns, for systems that change local transforms in place (not
@@ -110,18 +124,24 @@ class Transforms {
   std::span<Quat> rotations() { return store_.column<kRotation>(); }
   std::span<float> scales() { return store_.column<kScale>(); }
   size_t size() const { return store_.size(); }
-  // Changes whenever the dense order or any parent changes.
-  uint64_t hierarchy_version() const {
-    return store_.version() + parent_changes_;
-  }
+  // Identifies the hierarchy (entities, dense order, parents): changes on
+  // every successful Add, Remove, SetParent and Reorder, and each new value
+  // is drawn from a process-wide counter, so two states (of this object or
+  // of any other, e.g. one rebuilt as `tf = Transforms()` and refilled)
+  // never share a version unless one is a copy of the other.
+  // HierarchyOrder::Update rebuilds on any other version than its own.
+  uint64_t hierarchy_version() const { return hierarchy_version_; }
 
  private:
+  // A version no object has had: the next value of the process-wide
+  // counter.
+  static uint64_t NewHierarchyVersion();
   // Whether walking up the parents from `from` meets `target` (`from`
   // itself included); a removed entity ends the walk.
   bool Reaches(Entity from, Entity target) const;
 
   Store store_;
-  uint64_t parent_changes_ = 0;
+  uint64_t hierarchy_version_ = NewHierarchyVersion();
 };
 
 // The entities of a Transforms sorted parent before child: by depth, then
@@ -140,9 +160,19 @@ class HierarchyOrder {
  public:
   static constexpr size_t kTreeGroups = 16;
 
-  // Rebuilds if `tf` changed since the last call (hierarchy_version()).
-  // Internal error if a cycle is found (Transforms prevents them).
+  // Rebuilds unless the order was last built for tf's hierarchy_version()
+  // (for `tf` in its current state, or a copy of it): a changed object, a
+  // rebuilt one, or another object is always rebuilt for. Internal error if
+  // a cycle is found (Transforms prevents them).
   absl::Status Update(const Transforms& tf);
+  // Whether the order was built for tf's current hierarchy (Update(tf) has
+  // nothing to do).
+  bool IsUpToDate(const Transforms& tf) const {
+    return version_ == tf.hierarchy_version();
+  }
+  // The Transforms::hierarchy_version() the order was last built for
+  // (UINT64_MAX, which no Transforms has, before the first Update).
+  uint64_t version() const { return version_; }
 
   size_t size() const { return slot_.size(); }
   // The dense slot of the entity at position k.
@@ -151,7 +181,9 @@ class HierarchyOrder {
   int32_t parent_position(size_t k) const { return parent_pos_[k]; }
   size_t levels() const { return level_begin_.size() - 1; }
   size_t level_begin(size_t d) const { return level_begin_[d]; }
-  // The position of `e`, or NotFound.
+  // The position of `e`, NotFound if `tf` has no `e`, or
+  // FailedPrecondition if the order is not up to date for `tf`
+  // (IsUpToDate; call Update(tf) first).
   absl::StatusOr<size_t> PositionOf(const Transforms& tf, Entity e) const;
 
   // Tree groups: min(kTreeGroups, roots) of them.
@@ -180,6 +212,7 @@ class HierarchyOrder {
   // Finds each position's tree group and whether the levels are grouped.
   void BuildTreeGroups();
 
+  // See version(). Versions count up from 1: none reaches UINT64_MAX.
   uint64_t version_ = UINT64_MAX;
   std::vector<uint32_t> slot_;
   std::vector<int32_t> parent_pos_;
@@ -204,9 +237,21 @@ class FrameColumn {
   // the heap (a std::vector), left unwritten on frame memory when T is
   // trivially copyable and destructible (the column is a frame buffer that
   // its producer writes in full before anything reads it: no zero fill, no
-  // initializer pass over it).
+  // initializer pass over it). Frame memory (ArenaMemory) needs an executor
+  // whose bodies get a frame arena (FrameExecutor::has_arena(): any runtime,
+  // or Sequential with a non-null arena): FailedPrecondition otherwise,
+  // with the column left empty. Executor failures are returned.
   absl::Status Allocate(const FrameExecutor& exec, size_t n) {
-    segments_.clear();
+    Release();
+    if constexpr (Mem::kUsesArena) {
+      if (!exec.has_arena()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "FrameColumn::Allocate: ", n,
+            " items on frame memory (ArenaMemory) need a frame arena, and the "
+            "executor's arena is null (FrameExecutor::Sequential(nullptr)); it "
+            "must be non-null (or a runtime's), or use HeapMemory"));
+      }
+    }
     homes_ = exec.Partition(n);
     for (const jobs::NodeRange& r : homes_.ranges()) {
       segments_.push_back(Segment{r.begin, r.end, nullptr, std::nullopt});
@@ -274,8 +319,12 @@ class FrameColumn {
 // otherwise, one job runs the levels in turn, each a
 // JobContext::ParallelFor in chunks of at least `grain`; on several nodes
 // each level is split by node in chunks of `grain`, from the calling
-// thread. InvalidArgument if grain is 0.
-// REQUIRES: order is up to date for tf.
+// thread. InvalidArgument if grain is 0. FailedPrecondition, before
+// anything is allocated, if `order` is not up to date for `tf`
+// (HierarchyOrder::IsUpToDate: its size differs from tf.size(), or tf
+// changed, was rebuilt or is another object since the order's last
+// Update(tf)), or if Mem is ArenaMemory and the executor has no frame arena
+// (FrameExecutor::Sequential(nullptr); see FrameColumn::Allocate).
 template <typename Mem>
 absl::Status ComputeWorldTransforms(const Transforms& tf,
                                     const HierarchyOrder& order,
@@ -285,6 +334,22 @@ absl::Status ComputeWorldTransforms(const Transforms& tf,
   if (grain == 0) {
     return absl::InvalidArgumentError(
         "ComputeWorldTransforms: grain must be >= 1");
+  }
+  // A stale order reads the columns at its own slots and parent positions:
+  // wrong matrices, or reads past tf's columns when the sizes differ.
+  if (order.size() != tf.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ComputeWorldTransforms: the order holds ", order.size(),
+        " entities and the transforms ", tf.size(),
+        "; they must be equal (call HierarchyOrder::Update(tf) first)"));
+  }
+  if (!order.IsUpToDate(tf)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ComputeWorldTransforms: the order is not up to date: built for "
+        "hierarchy version ",
+        order.version(), ", the transforms are at version ",
+        tf.hierarchy_version(),
+        "; they must be equal (call HierarchyOrder::Update(tf) first)"));
   }
   absl::Status s = world->Allocate(exec, order.size());
   if (!s.ok()) return s;

@@ -592,6 +592,62 @@ TEST(PhysicsConfigTest, BadConfigurationsNameTheField) {
   }
 }
 
+// Regression (review): Validate accepted any radius above 0; at 1e-8 the
+// inverse inertia 1 / (0.4 m r^2) overflowed float to infinity and the state
+// turned NaN while Step returned OK. Radii outside [kMinRadius, kMaxRadius]
+// (0.01 to 10) are refused, naming both fields, the range and the values;
+// at both ends of the range the bodies stay finite and above the floor.
+TEST(PhysicsConfigTest, RadiiOutsideTheirRangeAreRefused) {
+  struct Case {
+    float min_radius, max_radius;
+    const char* values;
+  };
+  const float nan = std::nanf("");
+  const Case cases[] = {
+      {1e-8f, 1e-8f, "got 1e-08 and 1e-08"},
+      {0.005f, 0.5f, "got 0.005 and 0.5"},
+      {0.4f, 1e13f, "got 0.4 and 1e+13"},
+      {0.4f, INFINITY, "got 0.4 and inf"},
+      {nan, 0.5f, "got nan and 0.5"},
+      {0.4f, nan, "got 0.4 and nan"},
+  };
+  for (const Case& c : cases) {
+    PhysicsConfig config =
+        PhysicsConfig().set_radii(c.min_radius, c.max_radius);
+    config.contact_margin = 0;  // Not the field refused.
+    auto world = PhysicsWorld::Create(config);
+    ASSERT_FALSE(world.ok()) << c.values;
+    EXPECT_EQ(world.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(world.status().message().find(
+                  "min_radius and max_radius must satisfy 0.01 <= min_radius "
+                  "<= max_radius <= 10"),
+              absl::string_view::npos)
+        << world.status();
+    EXPECT_NE(world.status().message().find(c.values), absl::string_view::npos)
+        << world.status();
+  }
+  for (const float r : {PhysicsConfig::kMinRadius, PhysicsConfig::kMaxRadius}) {
+    SCOPED_TRACE(testing::Message() << "radius " << r);
+    PhysicsConfig config = PhysicsConfig().set_bodies(300).set_radii(r, r);
+    config.contact_margin = std::min(config.contact_margin, r);
+    auto world = PhysicsWorld::Create(config);
+    ASSERT_TRUE(world.ok()) << world.status();
+    for (int f = 0; f < 60; ++f) {
+      ASSERT_TRUE((*world)->Step(StepOptions::Heap()).ok());
+    }
+    EXPECT_TRUE(std::isfinite((*world)->Energy()));
+    for (uint32_t i = 0; i < (*world)->size(); ++i) {
+      const Vec3 p = (*world)->position(i);
+      const Vec3 v = (*world)->velocity(i);
+      ASSERT_TRUE(std::isfinite(p.x) && std::isfinite(p.y) &&
+                  std::isfinite(p.z) && std::isfinite(v.x) &&
+                  std::isfinite(v.y) && std::isfinite(v.z))
+          << "body " << i;
+      EXPECT_GT(p.y, 0.0f) << "body " << i;  // Resting at most r/2 deep.
+    }
+  }
+}
+
 TEST(PhysicsConfigTest, ScenarioRejectsBadSizesAndMissingEnvironment) {
   sim::ScenarioInfo info = PhysicsScenario();
   EXPECT_EQ(info.name, "physics");

@@ -30,6 +30,8 @@ namespace {
 
 constexpr float kBounceThreshold = 0.5f;  // m/s: slower contacts do not bounce.
 constexpr float kPositionSlop = 0.005f;   // Penetration left uncorrected.
+// A sphere of the smallest radius rests at most half its radius deep.
+static_assert(PhysicsConfig::kMinRadius >= 2 * kPositionSlop);
 constexpr float kPositionBeta = 0.2f;  // Share of the rest corrected per frame.
 constexpr float kPi = 3.14159265358979f;
 // A slab job that has found nothing to run for this long also takes ready
@@ -921,11 +923,14 @@ absl::Status PhysicsConfig::Validate() const {
     return bad("friction", friction, "in [0, 10]");
   }
   if (slabs < 0 || slabs > 4096) return bad("slabs", slabs, "in 0..4096");
-  if (!(min_radius > 0.0f && min_radius <= max_radius && max_radius <= 10.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "PhysicsConfig.min_radius and max_radius must satisfy 0 < min_radius "
-        "<= max_radius <= 10, got ",
-        min_radius, " and ", max_radius));
+  // Not just 0 < min_radius: tiny spheres have an inverse inertia that
+  // overflows float (physics_world.h, kMinRadius).
+  if (!(min_radius >= kMinRadius && min_radius <= max_radius &&
+        max_radius <= kMaxRadius)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PhysicsConfig.min_radius and max_radius must satisfy ",
+                     kMinRadius, " <= min_radius <= max_radius <= ", kMaxRadius,
+                     ", got ", min_radius, " and ", max_radius));
   }
   if (!(contact_margin >= 0.0f && contact_margin <= max_radius)) {
     return bad("contact_margin", contact_margin, "in [0, max_radius]");

@@ -87,6 +87,17 @@ struct SolverBody;
 
 // The world's parameters. Fluent setters; Validate() names the bad field.
 struct PhysicsConfig {
+  // The radii Validate() accepts. The floor: the solver leaves 0.005 of
+  // penetration uncorrected, so a smaller sphere would rest with its centre
+  // near or under the floor; and far below it the derived values leave
+  // float's range (the inverse inertia 1 / (0.4 m r^2) of a density-1
+  // sphere is infinite below about 1.8e-8, and the simulation turns NaN).
+  // From 0.01 to 10, mass, inverse mass and inverse inertia are finite,
+  // nonzero and far from float's limits (mass 4.2e-6 to 4.2e3, inverse
+  // inertia 6.0e-6 to 6.0e9).
+  static constexpr float kMinRadius = 0.01f;
+  static constexpr float kMaxRadius = 10.0f;
+
   size_t bodies = 8192;
   uint64_t seed = 42;
   float dt = 1.0f / 60.0f;
@@ -153,8 +164,9 @@ struct PhysicsConfig {
 
   // InvalidArgument naming the field unless: 1 <= bodies <= 2^24; dt finite
   // in (0, 0.1]; iterations in 1..256; restitution in [0, 1]; friction in
-  // [0, 10]; slabs in 0..4096; 0 < min_radius <= max_radius <= 10;
-  // contact_margin in [0, max_radius]; damping in [0, 100]; gravity finite.
+  // [0, 10]; slabs in 0..4096; kMinRadius (0.01) <= min_radius <= max_radius
+  // <= kMaxRadius (10); contact_margin in [0, max_radius]; damping in
+  // [0, 100]; gravity finite.
   absl::Status Validate() const;
 };
 
@@ -230,9 +242,13 @@ class PhysicsWorld {
   // inside the step (std::bad_alloc from the heap, an arena's out-of-memory
   // report whose error handler throws) is caught in the same way: Step
   // returns Unknown with its text. Either way the failed frame's data is
-  // freed and the world can step again; bodies whose slab finished before
-  // the failure have moved (none has when the frame arena failed: every
-  // arena allocation comes before the first slab finishes).
+  // freed and the world can step again; bodies whose slab finished (phase
+  // 4) before the failure have moved, the others have not. Serially, no
+  // body has moved when the frame arena failed (every arena allocation, in
+  // phases 1 and 2, comes before the first slab finishes). On the runtime
+  // any slab may have finished by then: a slab's steps wait only for its
+  // neighbours', so slab 0 can finish before a distant slab's phase 2
+  // allocates, and some bodies may have moved.
   absl::Status Step(const StepOptions& options);
 
   // Kinetic (linear and rotational) plus potential energy (height above the
