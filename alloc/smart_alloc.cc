@@ -1135,11 +1135,12 @@ void SmartAlloc::HeapFree(void* p, bool untracked) {
       }
       ReportErrorAndContinue(
           {ErrorKind::kMisuse, "SmartAlloc::heap_free",
-           absl::StrCat("heap_free of a pointer heap_alloc never returned "
-                        "(or freed twice, or a corrupted heap header: "
-                        "written over before its start); ignored, so a "
-                        "block whose header was written over is leaked",
-                        underflow),
+           absl::StrFormat("heap_free of a pointer heap_alloc never "
+                           "returned (%p; or freed twice, or a corrupted "
+                           "heap header: written over before its start); "
+                           "ignored, so a block whose header was written "
+                           "over is leaked%s",
+                           p, underflow),
            0, 0, absl::OkStatus()});
       return;
     }

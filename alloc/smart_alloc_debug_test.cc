@@ -243,8 +243,14 @@ TEST_F(SmartAllocDebugTest, HeapFreeOfAPoolBlockIsReportedAndTheBlockKept) {
 TEST(SmartAllocHeapHeaderTest,
      AnUnderflowCaughtByTheCanaryDoesNotCrashTheFree) {
   ErrorRecorder errors;
+  // Untracked (the --config=debug default tracks, and a tracked free
+  // reports from its record instead of the header).
   SmartAlloc alloc(AllocConfig().set_global_budget(1 << 20).set_debug(
-      DebugOptions().set_canaries(true)));
+      DebugOptions()
+          .set_canaries(true)
+          .set_track_allocations(false)
+          .set_fill_patterns(false)
+          .set_stack_depth(0)));
   auto* p = static_cast<uint64_t*>(alloc.heap_alloc(64));
   const uint64_t saved[2] = {p[-2], p[-1]};
   p[-2] = 0x4141414141414141ull;

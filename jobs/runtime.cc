@@ -2382,6 +2382,7 @@ void Runtime::RunChild(const JobContext& parent, void* fn,
   scope.ctx.counter_ = parent.counter_;
   scope.ctx.stolen_ = parent.stolen_;
   scope.ctx.cancel_parent_ = parent.cancel_parent_;
+  scope.ctx.in_child_ = true;
   call(fn, scope.ctx);  // Exceptions go to the Fork/ParallelFor that waits.
 }
 

@@ -118,16 +118,17 @@ class JobContext;
 // Thrown by JobContext::Fork and JobContext::ParallelFor when TBB cancelled
 // them from outside: they ran inside a child of an enclosing Fork, or a
 // chunk of an enclosing ParallelFor, whose other part threw. Their
-// functions that had not started were skipped, so the code after the call
-// must not run on their results. The enclosing call rethrows the first
-// exception, not this one (TBB keeps the first of a cancelled group), so a
-// job normally never sees it unless it catches around a nested call.
+// functions that had not started by then may have been skipped, so the
+// code after the call must not run on their results. The enclosing call
+// rethrows the first exception, not this one (TBB keeps the first of a
+// cancelled group), so a job normally never sees it unless it catches around a
+// nested call.
 class NestedWorkCancelled : public std::exception {
  public:
   const char* what() const noexcept override {
     return "framealloc::jobs: a nested Fork or ParallelFor was cancelled "
-           "because an enclosing one failed; its unstarted functions were "
-           "skipped";
+           "because an enclosing one failed; its unstarted functions may "
+           "have been skipped";
   }
 };
 
@@ -332,6 +333,16 @@ class JobContext {
   // that run them, the region's tag, so nested forks need no region of
   // their own.
   bool isolated_ = false;
+  // A fork child or a ParallelFor chunk (Runtime::RunChild): its nested
+  // Fork and ParallelFor are bound to the enclosing group, whose failure
+  // cancels them. A job's own are isolated from whatever the thread is
+  // running: a job run inline by a wait inside another job's child must
+  // not be cancelled by that job's failure.
+  bool in_child_ = false;
+  tbb::task_group_context::kind_type NestedKind() const {
+    return in_child_ ? tbb::task_group_context::bound
+                     : tbb::task_group_context::isolated;
+  }
 };
 
 class JobCounter;
@@ -912,7 +923,10 @@ class Runtime {
   // kStrict it can deadlock when every worker of two nodes waits on the
   // other at once (docs/jobs.md, "Waiting inside a job"): call it from the
   // frame loop, or give the nodes spare workers. Under kWhenIdle the
-  // caller runs the ranges that no worker of their node has taken.
+  // caller runs the ranges that no worker of their node has taken. From a
+  // fork child or a chunk whose enclosing Fork or ParallelFor fails
+  // meanwhile, the caller's node's ranges are cancelled with it
+  // (NestedWorkCancelled): the call then returns Cancelled.
   template <typename F>
   absl::Status ParallelFor(const NodePartition& partition, size_t grain, F&& f);
   // Items 0..n-1 split by Partition(n).
@@ -1550,7 +1564,13 @@ void IsolateJob(JobContext& ctx, Body& body) {
 template <typename... Fs>
 void JobContext::Fork(Fs&&... fs) {
   static_assert(sizeof...(Fs) >= 1, "Fork needs at least one function");
-  tbb::task_group group;
+  // A child's fork is bound to its enclosing group (whose failure cancels
+  // it); a job's own is isolated (NestedKind). The traits are task_group's
+  // default ones.
+  tbb::task_group_context group_context(
+      NestedKind(), tbb::task_group_context::default_traits |
+                        tbb::task_group_context::concurrent_wait);
+  tbb::task_group group(group_context);
   auto body = [&] {
     // Every function but the last goes to the node's workers; the caller
     // runs the last, then helps with the rest in group.wait().
@@ -1603,8 +1623,8 @@ void JobContext::Fork(Fs&&... fs) {
 #endif
     jobs_internal::TsanAcquire(this);
     // No child threw, yet the group was cancelled: only an enclosing
-    // group's failure does that (the runtime never cancels a job's own
-    // context), and children may have been skipped.
+    // group's failure does that (in a child or chunk; a job's own group is
+    // isolated), and children may have been skipped.
     if (status == tbb::task_group_status::canceled) {
       throw NestedWorkCancelled();
     }
@@ -1622,11 +1642,12 @@ void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
   if (begin >= end) return;
   if (grain == 0) grain = 1;
   using Fn = std::remove_reference_t<F>;
-  // Bound to the running task's context, as parallel_for's own would be:
-  // an enclosing Fork's or ParallelFor's failure cancels it too. Then
-  // chunks were skipped, and the caller must not go on as if they ran.
-  // (Made before the release below: chunks on other threads read it.)
-  tbb::task_group_context context(tbb::task_group_context::bound);
+  // In a child or chunk, bound to the running task's context, as
+  // parallel_for's own would be: an enclosing Fork's or ParallelFor's
+  // failure cancels it too, chunks may then be skipped, and the caller must
+  // not go on as if they ran. A job's own is isolated (NestedKind). (Made
+  // before the release below: chunks on other threads read it.)
+  tbb::task_group_context context(NestedKind());
   jobs_internal::TsanRelease(this);
   auto body = [&] {
     // simple_partitioner: split down to the grain, as promised above

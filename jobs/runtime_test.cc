@@ -1350,6 +1350,52 @@ TEST(RuntimeExceptionTest,
   }
 }
 
+// Regression (review of the fix above): the nested groups were bound to
+// whatever task the thread was running. A job that a wait ran inline inside
+// another job's fork child had its Fork bound to that child's group, and
+// the other job's failure cancelled it: the inline job failed as
+// Cancelled, blamed for a job it had nothing to do with (before that fix,
+// it returned OK with its children skipped). A job's own groups are now
+// isolated.
+TEST(RuntimeExceptionTest, AJobRunInlineInACancelledChildIsNotCancelled) {
+  auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
+  auto rt = MakeRuntime(
+      Config().set_topology(topology.get()).set_workers_per_node(2));
+  std::atomic<bool> inner_fork_started{false}, inner_child_ran{false},
+      after_inner_fork{false};
+  absl::Status inner_status = absl::UnknownError("not waited");
+  auto outer = rt->Submit([&](JobContext& ctx) {
+    ctx.Fork(
+        [&](JobContext& child) {
+          // A job of this node that only this wait will run (the other
+          // worker is in the last function below): run inline here.
+          auto inner = child.runtime().Submit([&](JobContext& job) {
+            job.Fork([&](JobContext&) { inner_child_ran = true; },
+                     [&](JobContext&) {
+                       inner_fork_started = true;
+                       // Until the outer job's failure cancelled the group
+                       // of the child this job runs inside.
+                       EXPECT_TRUE(Eventually([] {
+                         return tbb::is_current_task_group_canceling();
+                       }));
+                     });
+            after_inner_fork = true;
+          });
+          inner_status = inner.Wait();
+        },
+        [&](JobContext&) {
+          EXPECT_TRUE(Eventually([&] { return inner_fork_started.load(); }));
+          throw std::runtime_error("outer");
+        });
+  });
+  const absl::Status s = outer.Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
+  EXPECT_TRUE(absl::StrContains(s.message(), "threw: outer")) << s;
+  EXPECT_TRUE(inner_status.ok()) << inner_status;
+  EXPECT_TRUE(inner_child_ran.load());
+  EXPECT_TRUE(after_inner_fork.load());
+}
+
 TEST(RuntimeCancelTest, ACancelledQueuedJobNeverRuns) {
   auto topology = Synthetic("pack:1 [numa] core:1 pu:1");
   auto rt = MakeRuntime(Config().set_topology(topology.get()));

@@ -179,6 +179,14 @@ class FrameRenderer {
           absl::StrCat("FrameRenderer::Record: the executor has ", exec.lanes(),
                        " lanes; the renderer was made for ", lanes_));
     }
+    if constexpr (Mem::kUsesArena) {
+      // The blocks' temporaries come from the lane's arena.
+      if (!exec.has_arena()) {
+        return absl::FailedPreconditionError(
+            "FrameRenderer<ArenaMemory>::Record: the executor has no frame "
+            "arena (FrameExecutor::Sequential(nullptr)); give it one");
+      }
+    }
     Slot& slot = slots_[current_ % kFramesInFlight];
     const uint64_t frame = current_;
     const size_t blocks = runs_.size();

@@ -365,6 +365,27 @@ TEST(FrameRendererMisuseTest, OutOfOrderCallsAreClearStatuses) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Regression (review): with frame memory, Record on an executor without an
+// arena took its blocks' temporaries from a null arena (SIGSEGV). It is
+// refused before any job, and the frame stays open to record.
+TEST(FrameRendererMisuseTest, ArenaMemoryWithoutAnArenaIsAFailedPrecondition) {
+  absl::StatusOr<SceneObjects> scene = MakeScene(100, 1, 100, 20);
+  ASSERT_TRUE(scene.ok());
+  auto r = *FrameRenderer<ArenaMemory>::Create(1, scene->size());
+  const Frustum fr = *Frustum::FromCamera(Camera());
+  const FrameExecutor none = FrameExecutor::Sequential(nullptr);
+  ASSERT_TRUE(r->BeginFrame(0, none).ok());
+  const absl::Status s = r->Record(none, *scene, fr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("no frame arena"), std::string::npos) << s;
+  ChunkCache cache(&SystemMemorySource::Default());
+  FrameArena arena(&cache);
+  const FrameExecutor exec = FrameExecutor::Sequential(&arena);
+  ASSERT_TRUE(r->Record(exec, *scene, fr).ok());
+  ASSERT_TRUE(r->Submit().ok());
+  EXPECT_EQ(r->Consume(0)->draws, r->submitted(0).size());
+}
+
 void ThrowingHandler(const ErrorReport& report, void*) {
   throw std::runtime_error(report.message);
 }
