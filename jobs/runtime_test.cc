@@ -1241,34 +1241,49 @@ TEST(RuntimeExceptionTest,
 // seen once in the 4-node guest, the nested call runs everything and may
 // return normally: the contract is only that it never returns normally
 // with work skipped.)
+// Until the group of the task this thread runs is cancelled.
+void AwaitCancellation() {
+  EXPECT_TRUE(
+      Eventually([] { return tbb::is_current_task_group_canceling(); }));
+}
+
+// Runs `nested` in chunk 1 of a two-chunk ctx.ParallelFor of a job whose
+// chunk 0 throws "sibling chunk" once `started` is set; the job's status.
+absl::Status RunBesideAThrowingChunk(
+    Runtime& rt, std::atomic<bool>& started,
+    const std::function<void(JobContext&)>& nested) {
+  auto h = rt.Submit([&](JobContext& ctx) {
+    ctx.ParallelFor(0, 2, 1, [&](JobContext& c, size_t b, size_t) {
+      if (b == 0) {
+        EXPECT_TRUE(Eventually([&] { return started.load(); }));
+        throw std::runtime_error("sibling chunk");
+      }
+      nested(c);
+    });
+  });
+  return h.Wait();
+}
+
 TEST(RuntimeExceptionTest, AForkCancelledByAnEnclosingFailureThrows) {
   auto topology = Synthetic("pack:1 [numa] core:2 pu:1");
   auto rt = MakeRuntime(
       Config().set_topology(topology.get()).set_workers_per_node(2));
   std::atomic<bool> fork_started{false}, child_ran{false}, after_fork{false},
       nested_cancelled{false};
-  auto h = rt->Submit([&](JobContext& ctx) {
-    ctx.ParallelFor(0, 2, 1, [&](JobContext& c, size_t b, size_t) {
-      if (b == 0) {
-        EXPECT_TRUE(Eventually([&] { return fork_started.load(); }));
-        throw std::runtime_error("sibling chunk");
-      }
-      try {
-        c.Fork([&](JobContext&) { child_ran = true; },
-               [&](JobContext&) {
-                 fork_started = true;
-                 // Until the sibling's exception cancelled the loop.
-                 EXPECT_TRUE(Eventually(
-                     [] { return tbb::is_current_task_group_canceling(); }));
-               });
-        after_fork = true;
-      } catch (const NestedWorkCancelled&) {
-        nested_cancelled = true;
-        throw;
-      }
-    });
-  });
-  const absl::Status s = h.Wait();
+  const absl::Status s =
+      RunBesideAThrowingChunk(*rt, fork_started, [&](JobContext& c) {
+        try {
+          c.Fork([&](JobContext&) { child_ran = true; },
+                 [&](JobContext&) {
+                   fork_started = true;
+                   AwaitCancellation();  // By the sibling's exception.
+                 });
+          after_fork = true;
+        } catch (const NestedWorkCancelled&) {
+          nested_cancelled = true;
+          throw;
+        }
+      });
   EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
   EXPECT_TRUE(absl::StrContains(s.message(), "threw: sibling chunk")) << s;
   EXPECT_TRUE(fork_started.load());
@@ -1284,28 +1299,19 @@ TEST(RuntimeExceptionTest, AParallelForCancelledByAnEnclosingFailureThrows) {
   std::atomic<bool> inner_started{false}, after_inner{false},
       nested_cancelled{false};
   std::atomic<int> items{0};
-  auto h = rt->Submit([&](JobContext& ctx) {
-    ctx.ParallelFor(0, 2, 1, [&](JobContext& c, size_t b, size_t) {
-      if (b == 0) {
-        EXPECT_TRUE(Eventually([&] { return inner_started.load(); }));
-        throw std::runtime_error("sibling chunk");
-      }
-      try {
-        c.ParallelFor(0, 64, 1, [&](JobContext&, size_t ib, size_t ie) {
-          if (!inner_started.exchange(true)) {
-            EXPECT_TRUE(Eventually(
-                [] { return tbb::is_current_task_group_canceling(); }));
-          }
-          items += static_cast<int>(ie - ib);
-        });
-        after_inner = true;
-      } catch (const NestedWorkCancelled&) {
-        nested_cancelled = true;
-        throw;
-      }
-    });
-  });
-  const absl::Status s = h.Wait();
+  const absl::Status s =
+      RunBesideAThrowingChunk(*rt, inner_started, [&](JobContext& c) {
+        try {
+          c.ParallelFor(0, 64, 1, [&](JobContext&, size_t b, size_t e) {
+            if (!inner_started.exchange(true)) AwaitCancellation();
+            items += static_cast<int>(e - b);
+          });
+          after_inner = true;
+        } catch (const NestedWorkCancelled&) {
+          nested_cancelled = true;
+          throw;
+        }
+      });
   EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
   EXPECT_TRUE(absl::StrContains(s.message(), "threw: sibling chunk")) << s;
   EXPECT_TRUE(!after_inner.load() || items.load() == 64) << items.load();
@@ -1323,14 +1329,12 @@ TEST(RuntimeExceptionTest,
   auto h = rt->Submit([&](JobContext& ctx) {
     ctx.Fork(
         [&](JobContext& c) {
-          inner = c.runtime().ParallelFor(
-              64, 1, [&](JobContext&, size_t b, size_t e) {
-                if (!ranges_started.exchange(true)) {
-                  EXPECT_TRUE(Eventually(
-                      [] { return tbb::is_current_task_group_canceling(); }));
-                }
-                items += static_cast<int>(e - b);
-              });
+          inner = c.runtime().ParallelFor(64, 1,
+                                          [&](JobContext&, size_t b, size_t e) {
+                                            if (!ranges_started.exchange(true))
+                                              AwaitCancellation();
+                                            items += static_cast<int>(e - b);
+                                          });
         },
         [&](JobContext&) {
           EXPECT_TRUE(Eventually([&] { return ranges_started.load(); }));
@@ -1373,11 +1377,9 @@ TEST(RuntimeExceptionTest, AJobRunInlineInACancelledChildIsNotCancelled) {
             job.Fork([&](JobContext&) { inner_child_ran = true; },
                      [&](JobContext&) {
                        inner_fork_started = true;
-                       // Until the outer job's failure cancelled the group
-                       // of the child this job runs inside.
-                       EXPECT_TRUE(Eventually([] {
-                         return tbb::is_current_task_group_canceling();
-                       }));
+                       // By the outer job's failure: the group of the
+                       // child this job runs inside.
+                       AwaitCancellation();
                      });
             after_inner_fork = true;
           });
