@@ -85,6 +85,15 @@ struct DebugOptions {
     profile_sites = on;
     return *this;
   }
+  // Everything off, in every build (a release build's defaults).
+  static DebugOptions None() {
+    return DebugOptions()
+        .set_fill_patterns(false)
+        .set_canaries(false)
+        .set_track_allocations(false)
+        .set_stack_depth(0)
+        .set_profile_sites(false);
+  }
   // Everything on, with stacks: what a bug hunt wants.
   static DebugOptions All() {
     return DebugOptions()

@@ -361,9 +361,11 @@ TEST(SmartAllocFaultTest, TryFrameAllocFailsWhenOnlyTheObjectFits) {
   ErrorRecorder errors;
   FortyBytes::destroyed = 0;
   {
-    SmartAlloc alloc(AllocConfig().set_source(&source).set_cache(
-        ChunkCacheOptions().set_populate(false)));
-    ASSERT_NE(alloc.frame_allocate(8, 8), nullptr);  // The first chunk.
+    SmartAlloc alloc(AllocConfig()
+                         .set_source(&source)
+                         .set_cache(ChunkCacheOptions().set_populate(false))
+                         .set_debug(DebugOptions::None()));  // No guards.
+    ASSERT_NE(alloc.frame_allocate(8, 8), nullptr);          // The first chunk.
     source.fail = true;
     size_t fit = 0;  // 8-byte allocations the chunk has room for.
     {
@@ -842,6 +844,7 @@ TEST_F(SmartAllocTest, CrossThreadFreesBalance) {
 }
 
 TEST_F(SmartAllocTest, HeapAllocIsTrackedAndForeignFreesReported) {
+  Make(AllocConfig().set_debug(DebugOptions::None()));  // Header checks.
   void* p = alloc().heap_alloc(100, 64);
   EXPECT_TRUE(IsAligned(p, 64));
   std::memset(p, 0, 100);
@@ -1007,7 +1010,8 @@ TEST_F(SmartAllocTest, TagBudgetWarnsAndRefusesUnderItsSubtree) {
 // charged for good.
 TEST_F(SmartAllocTest, PoolFreeWithTheWrongSizeReleasesWhatWasCharged) {
   ErrorRecorder errors;
-  Make(AllocConfig().set_global_budget(1 << 20));
+  Make(AllocConfig().set_global_budget(1 << 20).set_debug(
+      DebugOptions::None()));  // The header's size, not a tracked record.
   void* p = alloc().pool_allocate(24);
   ASSERT_EQ(PoolManager::ClassFor(20, alignof(std::max_align_t)),
             PoolManager::ClassFor(24, alignof(std::max_align_t)));
@@ -1025,7 +1029,8 @@ TEST_F(SmartAllocTest, PoolFreeWithTheWrongSizeReleasesWhatWasCharged) {
 TEST_F(SmartAllocTest, PoolFreesUnderAnotherTagCountWhereTheHeaderSays) {
   for (const bool budgets : {false, true}) {
     SCOPED_TRACE(budgets ? "budgets" : "fast path");
-    Make(budgets ? AllocConfig().set_global_budget(1 << 20) : AllocConfig());
+    Make((budgets ? AllocConfig().set_global_budget(1 << 20) : AllocConfig())
+             .set_debug(DebugOptions::None()));
     void* p = nullptr;
     alloc().with_tag("physics", [&] { p = alloc().pool_allocate(64); });
     alloc().pool_deallocate(p, 64);  // Untagged.
@@ -1093,7 +1098,8 @@ TEST_F(SmartAllocTest, BeginFrameTwiceIsReported) {
 }
 
 TEST_F(SmartAllocTest, HistoryRecordsEachFrameExactly) {
-  Make(AllocConfig().set_frame_history(3));
+  Make(AllocConfig().set_frame_history(3).set_debug(
+      DebugOptions::None()));  // Bytes without guards.
   for (int frame = 0; frame < 5; ++frame) {
     alloc().begin_frame();
     for (int i = 0; i <= frame; ++i) alloc().frame_allocate(100, 16);
@@ -1212,7 +1218,9 @@ TEST_F(SmartAllocTest, JsonSnapshotHasEverySection) {
 }
 
 TEST_F(SmartAllocTest, FrameReportCoversTagsThreadsBudgetsAndPools) {
-  Make(AllocConfig().add_tag_budget("render", {.limit_bytes = 1 << 20}));
+  Make(AllocConfig()
+           .add_tag_budget("render", {.limit_bytes = 1 << 20})
+           .set_debug(DebugOptions::None()));
   std::vector<void*> blocks;
   alloc().with_tag("render", [&] {
     alloc().frame_allocate(1000, 8);

@@ -139,8 +139,12 @@ TEST(GuestPlacementTest, TopologyIsTheGuestLayout) {
 TEST(GuestPlacementTest, EveryNodesSmartAllocMemoryIsOnThatNode) {
   auto topo = Machine();
   ASSERT_NE(topo, nullptr);
+  // No guards (a --config=debug default): each chunk is filled exactly.
   auto numa = NumaAlloc::Create(
-      topo.get(), NumaAllocOptions().set_policy(MemoryPolicy::kStrict));
+      topo.get(),
+      NumaAllocOptions()
+          .set_policy(MemoryPolicy::kStrict)
+          .set_config(AllocConfig().set_debug(DebugOptions::None())));
   ASSERT_TRUE(numa.ok()) << numa.status();
   struct Item {
     char bytes[200];
