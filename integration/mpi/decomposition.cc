@@ -16,20 +16,56 @@ namespace {
 
 bool PositiveFinite(double v) { return std::isfinite(v) && v > 0; }
 
-// A cell count along one side: cells at least `cutoff` wide.
-int CellsAlong(double length, double cutoff) {
-  const double n = std::floor(length / cutoff);
-  return n >= double{1 << 30} ? (1 << 30) : static_cast<int>(n);
+// Cell c of a side of `n` cells of width `width` (length / n, rounded) is
+// [c * width, (c + 1) * width), both products rounded: the boundaries
+// CellIndex maps by. The force kernel looks only at the neighbouring
+// cells, so particles two cells apart must be at least `cutoff` apart: for
+// x_j in cell c + 2 and x_i in cell c, x_j - x_i > (c + 2) * width -
+// (c + 1) * width (that subtraction is exact: Sterbenz), and if that gap is
+// at least `cutoff`, so is the rounded dx the kernel computes (rounding is
+// monotone), and so d^2 >= cutoff^2: no pair is missed.
+bool CellsWideEnough(double length, int n, double cutoff) {
+  const double width = length / n;
+  if (!(width >= cutoff)) return false;
+  // Each rounded product is within half an ulp of 2 * length of the exact
+  // one: a margin of one such ulp covers every gap at once.
+  const double ulp = std::nextafter(2 * length, HUGE_VAL) - 2 * length;
+  if (width - cutoff >= ulp) return true;
+  // Nearly exact multiples (20 / 1): check the gaps themselves. A grid too
+  // large to check is refused by Domain::Create anyway.
+  if (n > Domain::kMaxCells) return true;
+  for (int c = 0; c + 2 <= n; ++c) {
+    if ((c + 2) * width - (c + 1) * width < cutoff) return false;
+  }
+  return true;
 }
 
-// Index of the cell containing `v` on a side of `n` cells, `per_unit`
-// cells per unit of length; outside coordinates (and NaN) go to the nearest
-// edge cell.
-int CellIndex(double v, double per_unit, int n) {
-  const double c = std::floor(v * per_unit);
-  if (!(c >= 0)) return 0;
-  if (c >= n) return n - 1;
-  return static_cast<int>(c);
+// A cell count along one side: the most cells whose boundaries keep cells
+// two apart at least `cutoff` apart (see CellsWideEnough). floor(length /
+// cutoff) alone can round up (11.7 / 1.3 gives 9 cells of
+// 1.2999999999999998).
+int CellsAlong(double length, double cutoff) {
+  const double most = std::floor(length / cutoff);
+  if (most >= double{1 << 30}) return 1 << 30;
+  int n = static_cast<int>(most);
+  while (n > 1 && !CellsWideEnough(length, n, cutoff)) --n;
+  return std::max(n, 1);
+}
+
+// Index of the cell containing `v` on a side of `n` cells of width `width`
+// (boundaries c * width, see CellsWideEnough), `per_unit` = n / length for
+// the first guess; outside coordinates (and NaN) go to the nearest edge
+// cell.
+int CellIndex(double v, double per_unit, double width, int n) {
+  const double guess = std::floor(v * per_unit);
+  if (!(guess >= 0)) return 0;
+  if (guess >= n) return n - 1;
+  int c = static_cast<int>(guess);
+  // The guess is off by at most a cell where v is within rounding of a
+  // boundary; the boundaries decide.
+  while (c > 0 && v < c * width) --c;
+  while (c + 1 < n && v >= (c + 1) * width) ++c;
+  return c;
 }
 
 // SplitMix64: the initial state's generator, one stream per particle.
@@ -61,6 +97,20 @@ absl::StatusOr<Domain> Domain::Create(const DomainConfig& config) {
   if (!PositiveFinite(config.cutoff)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cutoff must be finite and positive, got ", config.cutoff));
+  }
+  // The kernel compares squared distances with cutoff^2; beyond this range
+  // a square underflows to 0 or overflows to infinity and forces silently
+  // vanish (cutoff 1e-200) or the box arithmetic breaks.
+  if (config.cutoff < kMinLength || config.cutoff > kMaxLength) {
+    return absl::InvalidArgumentError(absl::StrCat("cutoff must be in [",
+                                                   kMinLength, ", ", kMaxLength,
+                                                   "], got ", config.cutoff));
+  }
+  if (config.lx < kMinLength || config.lx > kMaxLength ||
+      config.ly < kMinLength || config.ly > kMaxLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("box must be in [", kMinLength, ", ", kMaxLength,
+                     "] in each direction, got ", config.lx, " x ", config.ly));
   }
   if (!PositiveFinite(config.dt)) {
     return absl::InvalidArgumentError(
@@ -104,13 +154,17 @@ Domain::Domain(const DomainConfig& config) : config_(config) {
   ny_ = CellsAlong(config.ly, config.cutoff);
   columns_per_unit_ = nx_ / config.lx;
   rows_per_unit_ = ny_ / config.ly;
+  column_width_ = config.lx / nx_;
+  row_height_ = config.ly / ny_;
 }
 
 int Domain::Column(double x) const {
-  return CellIndex(x, columns_per_unit_, nx_);
+  return CellIndex(x, columns_per_unit_, column_width_, nx_);
 }
 
-int Domain::Row(double y) const { return CellIndex(y, rows_per_unit_, ny_); }
+int Domain::Row(double y) const {
+  return CellIndex(y, rows_per_unit_, row_height_, ny_);
+}
 
 int Domain::ColumnBegin(int r) const {
   return static_cast<int>(static_cast<int64_t>(r) * nx_ / config_.ranks);
@@ -322,6 +376,27 @@ void Integrate(const Domain& domain, size_t begin, size_t end,
     particles.vx[i] = vx;
     particles.vy[i] = vy;
   }
+}
+
+absl::Status CheckInBox(const LocalParticles& particles, const Domain& domain) {
+  const double lx = domain.lx();
+  const double ly = domain.ly();
+  for (size_t i = 0; i < particles.size(); ++i) {
+    const double x = particles.x[i];
+    const double y = particles.y[i];
+    const double vx = particles.vx[i];
+    const double vy = particles.vy[i];
+    // Written so that NaN fails every comparison and is reported.
+    const bool inside = x >= 0 && x <= lx && y >= 0 && y <= ly;
+    if (!inside || !std::isfinite(vx) || !std::isfinite(vy)) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "particle ", particles.id[i], " at (", x, ", ", y,
+          ") with velocity (", vx, ", ", vy, ") left the box [0, ", lx,
+          "] x [0, ", ly,
+          "] or became infinite in one step: lower --dt or --stiffness"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckDestinations(const LocalParticles& particles,

@@ -25,8 +25,9 @@
 // they are given (ComputeForces and Integrate may run concurrently on
 // disjoint index ranges of the same data).
 // Errors: Domain::Create returns InvalidArgument naming the bad field;
-// CheckDestinations returns OutOfRange for a particle that moved further
-// than one slab in a frame.
+// CheckInBox returns OutOfRange for a particle a step left outside the box
+// (or made infinite); CheckDestinations returns OutOfRange for a particle
+// that moved further than one slab in a frame.
 //
 // Example (one rank, no MPI; the program adds the exchanges):
 //   auto domain = mpi::Domain::Create(mpi::DomainConfig()...).value();
@@ -84,16 +85,24 @@ struct DomainConfig {
 };
 
 // The box cut into a grid of cells (nx columns, ny rows, each side at
-// least `cutoff`) and the columns cut into one slab per rank.
+// least `cutoff`, with boundaries placed so that rounding never brings two
+// cells that are not neighbours within `cutoff` of each other) and the
+// columns cut into one slab per rank.
 class Domain {
  public:
   // InvalidArgument naming the field: sizes must be finite and positive,
-  // the box at least one cutoff in each direction, at most kMaxCells cells
+  // the box sides and the cutoff in [kMinLength, kMaxLength] (their
+  // squares stay normal doubles), the box at least one cutoff in each
+  // direction, at most kMaxCells cells
   // in all, and wide enough to give every rank a column (nx >= ranks).
   static absl::StatusOr<Domain> Create(const DomainConfig& config);
   // The largest grid (nx * ny): each frame a rank's grid takes 4 bytes per
   // cell of its columns, on frame memory.
   static constexpr double kMaxCells = double{1 << 26};
+  // The range of box sides and cutoff: squares (and sums of two) of
+  // lengths in it neither underflow nor overflow.
+  static constexpr double kMinLength = 1e-100;
+  static constexpr double kMaxLength = 1e100;
 
   const DomainConfig& config() const { return config_; }
   double lx() const { return config_.lx; }
@@ -120,6 +129,11 @@ class Domain {
   int ny_ = 1;
   double columns_per_unit_ = 1;  // nx / lx, the same on every rank.
   double rows_per_unit_ = 1;
+  // lx / nx and ly / ny: cell c spans [c * width, (c + 1) * width), and
+  // cells two apart are at least a cutoff apart (checked when nx, ny are
+  // chosen).
+  double column_width_ = 1;
+  double row_height_ = 1;
 };
 
 // A particle as a halo entry: what a neighbour needs to compute forces.
@@ -211,6 +225,14 @@ void ComputeForces(const Domain& domain, const PositionsView& all,
 // positions reflected at the walls.
 void Integrate(const Domain& domain, size_t begin, size_t end,
                LocalParticles& particles, const double* fx, const double* fy);
+
+// OK if every particle lies in the box ([0, lx] x [0, ly], finite) with a
+// finite velocity; OutOfRange naming the first particle that does not, its
+// position and velocity otherwise. Integrate reflects a particle at a wall
+// once per step: a step longer than the box (too large a dt, or forces too
+// large for it: stiffness) leaves it outside, or overflows to infinity or
+// NaN. Run after Integrate, before anything maps particles to cells.
+absl::Status CheckInBox(const LocalParticles& particles, const Domain& domain);
 
 // ---- Migration -------------------------------------------------------------
 

@@ -58,6 +58,13 @@ TEST(DomainTest, RejectsBadConfigNamingTheField) {
       // first frame aborted asking the arena for 1.6 TB.
       {DomainConfig().set_box(10, 10).set_cutoff(1e-5), "cutoff"},
       {DomainConfig().set_box(1e6, 1e6).set_cutoff(1), "box"},
+      // Regression (review): squares underflowing to 0 (cutoff^2 == 0: no
+      // force ever) or overflowing to infinity were accepted.
+      {DomainConfig().set_box(1e-199, 1e-199).set_cutoff(1e-200), "cutoff"},
+      {DomainConfig().set_box(10, 10).set_cutoff(1e-101), "cutoff"},
+      {DomainConfig().set_box(1e200, 1e200).set_cutoff(1e199), "cutoff"},
+      {DomainConfig().set_box(1e101, 1e101).set_cutoff(1e100), "box"},
+      {DomainConfig().set_box(1e-99, 1e-101).set_cutoff(1e-100), "box"},
   };
   for (const Case& c : cases) {
     absl::StatusOr<Domain> d = Domain::Create(c.config);
@@ -68,12 +75,61 @@ TEST(DomainTest, RejectsBadConfigNamingTheField) {
   }
 }
 
+TEST(DomainTest, AcceptsLengthsAtTheEdgesOfTheRange) {
+  EXPECT_TRUE(
+      Domain::Create(
+          DomainConfig().set_box(1e-99, 1e-99).set_cutoff(Domain::kMinLength))
+          .ok());
+  EXPECT_TRUE(
+      Domain::Create(
+          DomainConfig().set_box(Domain::kMaxLength, 1e99).set_cutoff(1e98))
+          .ok());
+}
+
+TEST(DomainTest, RangeErrorNamesTheValue) {
+  const absl::StatusOr<Domain> d =
+      Domain::Create(DomainConfig().set_box(1e-199, 1e-199).set_cutoff(1e-200));
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("cutoff must be in [1e-100, 1e+100], "
+                                      "got 1e-200"),
+            absl::string_view::npos)
+      << d.status();
+}
+
 TEST(DomainTest, CellsAreAtLeastOneCutoffWide) {
   const Domain d = MakeDomain(10.5, 7.9, 1.0, 2);
   EXPECT_EQ(d.nx(), 10);
   EXPECT_EQ(d.ny(), 7);
   EXPECT_GE(d.lx() / d.nx(), 1.0);
   EXPECT_GE(d.ly() / d.ny(), 1.0);
+}
+
+// Regression (review): nx = floor(lx / cutoff) can round up: 11.7 / 1.3
+// gave 9 cells of 1.2999999999999998, narrower than the cutoff.
+TEST(DomainTest, CellsAreAtLeastOneCutoffWideAfterRounding) {
+  struct Case {
+    double length, cutoff;
+  };
+  for (const Case& c : {Case{11.7, 1.3}, Case{13.6, 0.1}, Case{23.4, 1.3},
+                        Case{20.0, 1.0}, Case{1.0, 0.1}}) {
+    const Domain d = MakeDomain(c.length, c.length, c.cutoff, 1);
+    EXPECT_GE(d.lx() / d.nx(), c.cutoff) << c.length << " / " << c.cutoff;
+    EXPECT_GE(d.ly() / d.ny(), c.cutoff) << c.length << " / " << c.cutoff;
+    // Cells two apart are a cutoff apart: the first coordinate of each
+    // column is at least a cutoff past the last one of two columns before.
+    std::vector<double> first(d.nx(), HUGE_VAL), last(d.nx(), -HUGE_VAL);
+    for (int k = 0; k <= 20000; ++k) {
+      const double x = c.length * k / 20000;
+      const int col = d.Column(x);
+      first[col] = std::min(first[col], x);
+      last[col] = std::max(last[col], x);
+    }
+    for (int col = 2; col < d.nx(); ++col) {
+      EXPECT_GE(first[col] - last[col - 2], c.cutoff) << col;
+    }
+  }
+  // Exact multiples keep their cells.
+  EXPECT_EQ(MakeDomain(20, 20, 1.0, 1).nx(), 20);
 }
 
 TEST(DomainTest, EveryRankOwnsContiguousColumnsAndOwnerAgrees) {
@@ -243,6 +299,20 @@ TEST_F(ForceTest, PairForceIsTheSoftRepulsionAndVanishesAtTheCutoff) {
   EXPECT_EQ(f.at(3).second, 0.0);
 }
 
+// Regression (review): with cells narrower than the cutoff (11.7 / 1.3
+// gave 9 columns of 1.2999999999999998) the 3 x 3 stencil missed this
+// pair, 1.2999999999999998 apart, two columns apart.
+TEST_F(ForceTest, PairJustInsideTheCutoffIsFoundWhateverTheRounding) {
+  const Domain d = MakeDomain(11.7, 11.7, 1.3, 1);
+  const uint64_t ids[] = {1, 2};
+  const double xs[] = {5.199999999999999, 6.499999999999999};
+  const double ys[] = {5.0, 5.0};
+  ASSERT_LT(xs[1] - xs[0], 1.3);
+  const auto f = Forces(d, {ids, xs, ys, 2}, 2, 0, 2);
+  EXPECT_LT(f.at(1).first, 0.0);  // Pushed left, however slightly.
+  EXPECT_GT(f.at(2).first, 0.0);
+}
+
 // Random particles, dense enough for ~10 neighbours each.
 LocalParticles RandomParticles(const Domain& d, size_t n, uint64_t seed) {
   return InitialParticles(d, seed, n, 0);
@@ -346,6 +416,53 @@ TEST(IntegrateTest, StepsAndReflectsAtTheWalls) {
   EXPECT_DOUBLE_EQ(p.vx[1], 1.0);
   EXPECT_DOUBLE_EQ(p.y[1], 9.6);
   EXPECT_DOUBLE_EQ(p.vy[1], -1.0);
+}
+
+// Regression (review): a step longer than the box left particles outside
+// it (Integrate reflects once), and 1 or 2 ranks ran on with them.
+TEST(IntegrateTest, CheckInBoxNamesAParticleTheStepLeftOutside) {
+  const Domain d =
+      Domain::Create(DomainConfig().set_box(10, 10).set_cutoff(1).set_dt(0.5))
+          .value();
+  LocalParticles p;
+  p.Append({0, 5.0, 5.0, 0.0, 0.0});
+  p.Append({7, 1.0, 5.0, -30.0, 0.0});  // 15 to the left: -14, reflected 14.
+  const double fx[] = {0.0, 0.0};
+  const double fy[] = {0.0, 0.0};
+  ASSERT_TRUE(CheckInBox(p, d).ok());
+  Integrate(d, 0, 2, p, fx, fy);
+  ASSERT_GT(p.x[1], 10.0);
+  const absl::Status s = CheckInBox(p, d);
+  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(s.message().find("particle 7 at (14, 5)"), absl::string_view::npos)
+      << s;
+  EXPECT_NE(s.message().find("lower --dt or --stiffness"),
+            absl::string_view::npos)
+      << s;
+}
+
+TEST(IntegrateTest, CheckInBoxRejectsNonFiniteStateAndAcceptsTheWalls) {
+  const Domain d = MakeDomain(10, 10, 1.0, 1);
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const Migrant bad[] = {
+      {3, nan, 5.0, 0.0, 0.0}, {3, 5.0, nan, 0.0, 0.0},
+      {3, inf, 5.0, 0.0, 0.0}, {3, 5.0, -0.5, 0.0, 0.0},
+      {3, 5.0, 5.0, inf, 0.0}, {3, 5.0, 5.0, 0.0, nan},
+  };
+  for (const Migrant& m : bad) {
+    LocalParticles p;
+    p.Append({0, 1.0, 1.0, 0.0, 0.0});
+    p.Append(m);
+    const absl::Status s = CheckInBox(p, d);
+    EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange)
+        << m.x << " " << m.y << " " << m.vx << " " << m.vy;
+    EXPECT_NE(s.message().find("particle 3"), absl::string_view::npos) << s;
+  }
+  LocalParticles walls;
+  walls.Append({0, 0.0, 0.0, 1.0, -1.0});
+  walls.Append({1, 10.0, 10.0, 0.0, 0.0});
+  EXPECT_TRUE(CheckInBox(walls, d).ok());
 }
 
 TEST(StatsTest, SumsCountEnergyAndMomentum) {

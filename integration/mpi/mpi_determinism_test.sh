@@ -127,4 +127,27 @@ expect_error "--particles must be in" --ranks=1 --particles=0
 expect_error "fewer than the 2 ranks" --ranks=2 --box=1.5 --particles=10
 expect_error "--workers must be in" --ranks=1 --workers=-1
 expect_error "--ranks, --repeats and --max_ranks must be positive" --ranks=x
+# Regression (review): an --output rank 0 cannot create was found only
+# after the whole simulation; now it is refused before the first frame.
+if err=$("$launch" --ranks=2 --particles=2000 --frames=20 --box=20 \
+  --report_every=1 --output="$out/no/such/directory/x.state" 2>&1); then
+  echo "FAIL: an --output in a missing directory succeeded"
+  exit 1
+fi
+grep -qF -- "--output: cannot open $out/no/such/directory/x.state" <<<"$err" || {
+  echo "$err"
+  echo "FAIL: a bad --output was not named"
+  exit 1
+}
+if grep -E '^(frame [0-9]+:|RESULT|mpi_particles: [0-9]+ ranks)' <<<"$err"; then
+  echo "FAIL: a bad --output was refused only after the simulation ran"
+  exit 1
+fi
+# Regression (review): a time step longer than the box left 1509 of 2000
+# particles outside it, and 1 or 2 ranks exited 0 (4 ranks failed): now
+# every rank count stops in the frame it happens, naming the particle.
+for ranks in 1 2 4; do
+  expect_error "left the box [0, 20] x [0, 20] or became infinite in one step: lower --dt or --stiffness" \
+    --ranks=$ranks --particles=2000 --frames=20 --box=20 --dt=0.5 --workers=1
+done
 echo "PASS: 1, 2 and 4 ranks reached state $reference"

@@ -26,9 +26,10 @@
 // MPI (MPI_THREAD_FUNNELED).
 //
 // Errors: bad flags are reported by rank 0 (every rank sees the same flags
-// and exits with status 1); a particle that jumps over a slab, a failed job
-// or lost particles are reported by the rank that sees them, and every rank
-// stops after that frame with status 1.
+// and exits with status 1); a particle a step left outside the box or made
+// infinite (too large --dt or --stiffness), one that jumps over a slab, a
+// failed job or lost particles are reported by the rank that sees them,
+// and every rank stops after that frame with status 1.
 #include <mpi.h>
 #include <sched.h>
 #include <time.h>
@@ -255,17 +256,43 @@ struct Totals {
   uint64_t migrated = 0;
 };
 
-// Writes the sorted state as text (hex floats: exact bits, diffable), to a
-// temporary file renamed over `path` once complete: a failed write leaves
-// no truncated state behind.
-absl::Status WriteState(const std::string& path, const Options& o,
-                        const Domain& domain, std::span<const Migrant> state) {
-  const std::string temporary = absl::StrCat(path, ".tmp.", getpid());
+// The file WriteState writes before renaming it over `path`.
+std::string TemporaryPath(const std::string& path) {
+  return absl::StrCat(path, ".tmp.", getpid());
+}
+
+// Opens TemporaryPath(path) for writing, or InvalidArgument naming it.
+absl::StatusOr<std::FILE*> OpenTemporary(const std::string& path) {
+  const std::string temporary = TemporaryPath(path);
   std::FILE* f = std::fopen(temporary.c_str(), "w");
   if (f == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--output: cannot open ", temporary, ": ", std::strerror(errno)));
   }
+  return f;
+}
+
+// Whether WriteState will be able to create its file: checked by rank 0
+// before the frames run, so that a bad --output (a missing directory, no
+// permission) is refused up front, not after the whole simulation. Leaves
+// nothing behind.
+absl::Status CheckOutputWritable(const std::string& path) {
+  absl::StatusOr<std::FILE*> f = OpenTemporary(path);
+  if (!f.ok()) return f.status();
+  std::fclose(*f);
+  std::remove(TemporaryPath(path).c_str());
+  return absl::OkStatus();
+}
+
+// Writes the sorted state as text (hex floats: exact bits, diffable), to a
+// temporary file renamed over `path` once complete: a failed write leaves
+// no truncated state behind.
+absl::Status WriteState(const std::string& path, const Options& o,
+                        const Domain& domain, std::span<const Migrant> state) {
+  const std::string temporary = TemporaryPath(path);
+  absl::StatusOr<std::FILE*> opened = OpenTemporary(path);
+  if (!opened.ok()) return opened.status();
+  std::FILE* f = *opened;
   std::fprintf(
       f,
       "# mpi_particles final state: particles=%" PRId64 " seed=%" PRIu64
@@ -343,6 +370,16 @@ int Run(int rank, int ranks, int local_ranks) {
   }
   const Options& o = *options;
   const Domain domain = Domain::Create(o.domain).value();
+
+  // --output is rank 0's: it checks it can create the file now, and every
+  // rank stops before the first frame if not.
+  absl::Status output_ok;
+  if (rank == 0 && !o.output.empty()) output_ok = CheckOutputWritable(o.output);
+  if (!output_ok.ok()) {
+    std::fprintf(stderr, "mpi_particles: %s\n",
+                 std::string(output_ok.message()).c_str());
+  }
+  if (!AllRanksOk(output_ok.ok())) return 1;
 
   // The rank's runtime: its share of this host's cores. A rank whose
   // set-up fails says so, and every rank stops together.
@@ -473,8 +510,10 @@ int Run(int rank, int ranks, int local_ranks) {
     times.compute += now - t;
     t = now;
 
-    // 4. Migration to the neighbours; a particle that jumped further is an
-    // error.
+    // 4. Migration to the neighbours. A particle the step left outside the
+    // box (or made infinite), or that jumped further than a slab, is an
+    // error: the frame's Allreduce stops every rank, whatever their count.
+    if (failure.ok()) failure = CheckInBox(mine, domain);
     if (failure.ok()) failure = CheckDestinations(mine, domain, rank);
     std::span<Migrant> out_left, out_right, in_left, in_right;
     if (failure.ok() && left != MPI_PROC_NULL) {
