@@ -1564,14 +1564,7 @@ void IsolateJob(JobContext& ctx, Body& body) {
 template <typename... Fs>
 void JobContext::Fork(Fs&&... fs) {
   static_assert(sizeof...(Fs) >= 1, "Fork needs at least one function");
-  // A child's fork is bound to its enclosing group (whose failure cancels
-  // it); a job's own is isolated (NestedKind). The traits are task_group's
-  // default ones.
-  tbb::task_group_context group_context(
-      NestedKind(), tbb::task_group_context::default_traits |
-                        tbb::task_group_context::concurrent_wait);
-  tbb::task_group group(group_context);
-  auto body = [&] {
+  auto body = [&](tbb::task_group& group) {
     // Every function but the last goes to the node's workers; the caller
     // runs the last, then helps with the rest in group.wait().
     size_t index = 0;
@@ -1629,11 +1622,30 @@ void JobContext::Fork(Fs&&... fs) {
       throw NestedWorkCancelled();
     }
   };
-  if (isolated_) {
-    body();
+  auto run = [&](tbb::task_group& group) {
+    if (isolated_) {
+      body(group);
+    } else {
+      // The job's first fork: one isolated region for its whole fork tree.
+      auto region = [&] { body(group); };
+      jobs_internal::IsolateJob(*this, region);
+    }
+  };
+  if (in_child_) {
+    // A child's fork: task_group's own context, bound to the enclosing
+    // group, whose failure cancels it.
+    tbb::task_group group;
+    run(group);
   } else {
-    // The job's first fork: one isolated region for its whole fork tree.
-    jobs_internal::IsolateJob(*this, body);
+    // A job's own fork: isolated from whatever group the thread is running
+    // (NestedKind), with task_group's default traits. (Through a proxy
+    // context: one indirection, paid once per job, not per nested fork.)
+    tbb::task_group_context context(
+        tbb::task_group_context::isolated,
+        tbb::task_group_context::default_traits |
+            tbb::task_group_context::concurrent_wait);
+    tbb::task_group group(context);
+    run(group);
   }
 }
 
