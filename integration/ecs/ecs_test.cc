@@ -392,16 +392,28 @@ TEST(HierarchyTest, UpdateRebuildsForATransformsRebuiltWithTheSameChanges) {
 // Regression (review), the same with another size: three roots rebuilt as
 // two adds and a SetParent (three changes again) kept the order of three,
 // and ComputeWorldTransforms read past the columns of two.
-TEST(HierarchyTest, UpdateRebuildsForATransformsRebuiltSmaller) {
+// Three roots at x = 1, and an order built for them.
+struct ThreeRoots {
+  absl::Status Build() {
+    for (const Entity e : {a, b, c}) {
+      if (absl::Status s = tf.Add(e, Child(Entity::Null(), {1, 0, 0}));
+          !s.ok()) {
+        return s;
+      }
+    }
+    return order.Update(tf);
+  }
   EntityRegistry registry;
   const Entity a = registry.Create(), b = registry.Create(),
                c = registry.Create();
   Transforms tf;
-  for (const Entity e : {a, b, c}) {
-    ASSERT_TRUE(tf.Add(e, Child(Entity::Null(), {1, 0, 0})).ok());
-  }
   HierarchyOrder order;
-  ASSERT_TRUE(order.Update(tf).ok());
+};
+
+TEST(HierarchyTest, UpdateRebuildsForATransformsRebuiltSmaller) {
+  ThreeRoots roots;
+  ASSERT_TRUE(roots.Build().ok());
+  auto& [registry, a, b, c, tf, order] = roots;
   ASSERT_EQ(order.size(), 3u);
 
   tf = Transforms();
@@ -422,15 +434,9 @@ TEST(HierarchyTest, UpdateRebuildsForATransformsRebuiltSmaller) {
 // was used as it was: read past the columns when it held more entities,
 // wrong matrices otherwise. ComputeWorldTransforms and PositionOf refuse it.
 TEST(HierarchyTest, AnOrderNotUpdatedSinceAChangeIsRefused) {
-  EntityRegistry registry;
-  const Entity a = registry.Create(), b = registry.Create(),
-               c = registry.Create();
-  Transforms tf;
-  for (const Entity e : {a, b, c}) {
-    ASSERT_TRUE(tf.Add(e, Child(Entity::Null(), {1, 0, 0})).ok());
-  }
-  HierarchyOrder order;
-  ASSERT_TRUE(order.Update(tf).ok());
+  ThreeRoots roots;
+  ASSERT_TRUE(roots.Build().ok());
+  auto& [registry, a, b, c, tf, order] = roots;
   ASSERT_TRUE(tf.Remove(c).ok());  // The order still holds three.
   std::vector<Vec3> world;
   absl::Status s = WorldOnOneThread(tf, order, &world);
