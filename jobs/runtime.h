@@ -434,9 +434,6 @@ class JobHandle : public JobRef {
   explicit JobHandle(jobs_internal::JobRecord* adopted) : JobRef(adopted) {}
 };
 
-// Counts the unfinished jobs submitted with it (SubmitOptions::counter):
-// the light way to wait for a batch. Keeps the first failure. Not movable;
-// it must outlive its jobs: the destructor waits for them.
 namespace jobs_internal {
 // A count a thread may sleep on (JobCounter, the open frame's jobs) has
 // this bit set while one does; see WaitUntilZero in runtime.cc.
@@ -457,6 +454,9 @@ inline std::atomic<void (*)()> counter_zero_test_hook{nullptr};
 inline std::atomic<void (*)()> claimed_test_hook{nullptr};
 }  // namespace jobs_internal
 
+// Counts the unfinished jobs submitted with it (SubmitOptions::counter):
+// the light way to wait for a batch. Keeps the first failure. Not movable;
+// it must outlive its jobs: the destructor waits for them.
 class JobCounter {
  public:
   JobCounter() = default;
