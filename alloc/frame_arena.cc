@@ -3,6 +3,7 @@
 #include "alloc/frame_arena.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "absl/strings/str_cat.h"
 #include "alloc/error.h"
@@ -19,6 +20,14 @@ alignas(4096) char empty_arena_anchor[1];
 
 uintptr_t EmptyAnchor() {
   return reinterpret_cast<uintptr_t>(&empty_arena_anchor[0]);
+}
+
+// A fresh id for every arena, never 0 (a default ArenaMark's). Relaxed: an
+// arena's marks are only used with the arena itself, which its owner
+// publishes.
+uint64_t NextArenaId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -56,7 +65,8 @@ FrameArena::FrameArena(ChunkCache* cache, FrameArenaOptions options)
       end_(EmptyAnchor()),
       chunk_begin_(EmptyAnchor()),
       cache_(cache),
-      options_(options) {
+      options_(options),
+      id_(NextArenaId()) {
   if (absl::Status s = options_.Validate(); !s.ok()) {
     ReportFatalError({ErrorKind::kInvalidArgument, "FrameArena::FrameArena",
                       std::string(s.message()), 0, 0, s});
@@ -261,6 +271,7 @@ void FrameArena::ResetSlow() {
 ArenaMark FrameArena::Mark() {
   ArenaMark mark;
   mark.arena_ = this;
+  mark.arena_id_ = id_;
   mark.serial_ = next_mark_serial_++;
   mark.depth_ = marks_.size();
   mark.chunk_index_ = chunks_.size();
@@ -277,11 +288,12 @@ ArenaMark FrameArena::Mark() {
 }
 
 absl::Status FrameArena::Rewind(const ArenaMark& mark) {
-  if (mark.arena_ != this) {
+  if (mark.arena_ != this || mark.arena_id_ != id_) {
     return absl::FailedPreconditionError(
         mark.arena_ == nullptr
             ? "FrameArena::Rewind: the mark was never set (default-constructed)"
-            : "FrameArena::Rewind: the mark belongs to another arena");
+            : "FrameArena::Rewind: the mark belongs to another arena (perhaps "
+              "one destroyed since, at the same address)");
   }
   if (mark.depth_ >= marks_.size() || marks_[mark.depth_] != mark.serial_) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -134,6 +134,9 @@ class ArenaMark {
  private:
   friend class FrameArena;
   const FrameArena* arena_ = nullptr;
+  // The arena's id (FrameArena::id_): an arena built later at the same
+  // address has another, so a mark of a destroyed arena is foreign to it.
+  uint64_t arena_id_ = 0;
   uint64_t serial_ = 0;
   size_t depth_ = 0;
   size_t chunk_index_ = 0;
@@ -470,6 +473,8 @@ class FrameArena {
   absl::InlinedVector<Block, 4> oversize_;  // Blocks of their own.
   absl::InlinedVector<uint64_t, 8> marks_;  // Serials of open marks.
   uint64_t next_mark_serial_ = 1;
+  // Unique in the process (a global counter): see ArenaMark::arena_id_.
+  const uint64_t id_;
   size_t closed_bytes_used_ = 0;  // Used bytes of chunks before the current.
   size_t oversize_bytes_ = 0;
   size_t peak_bytes_used_ = 0;

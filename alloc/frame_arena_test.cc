@@ -460,6 +460,52 @@ TEST_F(FrameArenaTest, StaleAndForeignMarksAreRefused) {
   EXPECT_THAT(arena().Rewind(ArenaMark()).message(), HasSubstr("never set"));
 }
 
+// An arena built where a destroyed one stood has the same address: a mark
+// of the destroyed one is still foreign to it (before, its serial and
+// depth matched, Rewind returned OK, and the next allocation landed in a
+// chunk the other arena now used).
+TEST_F(FrameArenaTest, AMarkOfADestroyedArenaAtTheSameAddressIsRefused) {
+  alignas(FrameArena) unsigned char storage[sizeof(FrameArena)];
+  auto* first = new (storage) FrameArena(&cache_);
+  first->Allocate(16);
+  const ArenaMark stale = first->Mark();
+  ASSERT_TRUE(first->Rewind(stale).ok());  // Closed before it goes.
+  first->~FrameArena();                    // Its chunk goes back to the cache.
+
+  FrameArena other(&cache_);
+  char* theirs = static_cast<char*>(other.Allocate(16));  // That chunk.
+  auto* second = new (storage) FrameArena(&cache_);
+  second->Allocate(16);
+  const ArenaMark own = second->Mark();
+  const absl::Status status = second->Rewind(stale);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr("another arena"));
+  EXPECT_EQ(second->open_marks(), 1u);  // Nothing changed.
+  char* mine = static_cast<char*>(second->Allocate(16));
+  EXPECT_FALSE(other.Owns(mine));
+  EXPECT_TRUE(second->Owns(mine));
+  EXPECT_NE(mine, theirs + 16);
+  EXPECT_TRUE(second->Rewind(own).ok());
+  second->~FrameArena();
+}
+
+// The same with no chunk in the new arena (before: chunks_.back() on an
+// empty vector).
+TEST_F(FrameArenaTest, AStaleMarkIsRefusedByAnArenaWithNoChunk) {
+  alignas(FrameArena) unsigned char storage[sizeof(FrameArena)];
+  auto* first = new (storage) FrameArena(&cache_);
+  first->Allocate(16);
+  const ArenaMark stale = first->Mark();
+  ASSERT_TRUE(first->Rewind(stale).ok());  // Closed before it goes.
+  first->~FrameArena();
+  auto* second = new (storage) FrameArena(&cache_);
+  const ArenaMark own = second->Mark();
+  EXPECT_THAT(second->Rewind(stale).message(), HasSubstr("another arena"));
+  EXPECT_EQ(second->stats().bytes_used, 0u);
+  EXPECT_TRUE(second->Rewind(own).ok());
+  second->~FrameArena();
+}
+
 TEST_F(FrameArenaTest, ResetWithOpenMarkIsReportedAndDiscardsIt) {
   ErrorRecorder errors;
   ArenaMark mark = arena().Mark();

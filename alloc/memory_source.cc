@@ -29,6 +29,7 @@ absl::StatusOr<Block> MemorySource::Allocate(size_t size, size_t alignment) {
                      " is not a power of two in [1, ", kMaxBlockSize, "]"));
   } else {
     block = DoAllocate(size, alignment);
+    if (block.ok()) block = CheckServed(*std::move(block), size, alignment);
   }
   if (!block.ok()) {
     failures_.fetch_add(1, std::memory_order_relaxed);
@@ -45,11 +46,35 @@ absl::StatusOr<Block> MemorySource::Allocate(size_t size, size_t alignment) {
   return block;
 }
 
-void MemorySource::Deallocate(const Block& block) {
-  if (block.empty()) return;
-  if (!DoDeallocate(block)) return;  // Refused and reported: still out.
+absl::StatusOr<Block> MemorySource::CheckServed(const Block& block, size_t size,
+                                                size_t alignment) {
+  const char* broken = nullptr;
+  if (block.data == nullptr) {
+    broken = "a null block";
+  } else if (block.size < size) {
+    broken = "a block shorter than asked";
+  } else if (reinterpret_cast<uintptr_t>(block.data) % alignment != 0) {
+    broken = "a block not aligned as asked";
+  } else if (block.alignment != alignment) {
+    broken = "a block recording another alignment";
+  }
+  if (broken == nullptr) return block;
+  // Given back as served (a null one has nothing to give back), uncounted:
+  // it was never counted as allocated.
+  if (block.data != nullptr) (void)DoDeallocate(block);
+  return absl::InternalError(absl::StrCat(
+      name(), " source broke its contract: asked for ", size,
+      " bytes aligned to ", alignment, ", it returned ", broken, " (0x",
+      absl::Hex(reinterpret_cast<uintptr_t>(block.data)), ", ", block.size,
+      " bytes, alignment ", block.alignment, ")"));
+}
+
+bool MemorySource::Deallocate(const Block& block) {
+  if (block.empty()) return true;
+  if (!DoDeallocate(block)) return false;  // Refused and reported: still out.
   deallocations_.fetch_add(1, std::memory_order_relaxed);
   bytes_outstanding_.fetch_sub(block.size, std::memory_order_relaxed);
+  return true;
 }
 
 MemorySourceStats MemorySource::stats() const {
@@ -253,10 +278,11 @@ bool BackendMemorySource::DoDeallocate(const Block& block) {
   }
   if (from_backend) {
     backend_->Deallocate(block.data, block.size, block.alignment);
-  } else {
-    next_->Deallocate(block);  // It came from `next` on a fallback.
+    return true;
   }
-  return true;
+  // It came from `next` on a fallback; or it is no block of ours, which
+  // `next` reports if it can tell, and then it stays out here too.
+  return next_->Deallocate(block);
 }
 
 }  // namespace framealloc

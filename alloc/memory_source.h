@@ -80,13 +80,17 @@ class MemorySource {
   // Returns a block of at least `size` bytes aligned to `alignment`.
   // Errors: InvalidArgument if size is 0 or above kMaxBlockSize, or if
   // alignment is not a power of two or above kMaxBlockSize;
-  // ResourceExhausted when the source has no memory left.
+  // ResourceExhausted when the source has no memory left; Internal naming
+  // the source when its DoAllocate broke the contract below (a null, short
+  // or misaligned block, or another alignment), after giving the block
+  // back to it.
   absl::StatusOr<Block> Allocate(size_t size, size_t alignment);
 
   // Takes back a block. REQUIRES: `block` came from Allocate on this source
   // and was not released before. A block a source can tell is not its own
-  // is reported (ErrorKind::kMisuse), left alone, and kept out of stats().
-  void Deallocate(const Block& block);
+  // is reported (ErrorKind::kMisuse), left alone, and kept out of stats():
+  // then false (an empty block: true, nothing to do).
+  bool Deallocate(const Block& block);
 
   // A short name for reports ("system", "mmap", ...).
   virtual absl::string_view name() const = 0;
@@ -95,13 +99,20 @@ class MemorySource {
 
  protected:
   // Implementations: called with validated arguments (size > 0, alignment a
-  // power of two). Must return a block whose `alignment` equals the one asked.
+  // power of two). Must return a non-null block of at least `size` bytes,
+  // aligned to `alignment`, whose `alignment` equals the one asked
+  // (Allocate checks, and refuses a block that is not).
   virtual absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) = 0;
   // Releases the block: true; or false for a block it refused as not its
   // own (having reported the misuse), which Deallocate then does not count.
   virtual bool DoDeallocate(const Block& block) = 0;
 
  private:
+  // `block` (from DoAllocate) if it meets the contract above; otherwise
+  // gives it back and returns Internal.
+  absl::StatusOr<Block> CheckServed(const Block& block, size_t size,
+                                    size_t alignment);
+
   // Relaxed: these are counters; no other memory is published through them.
   std::atomic<uint64_t> allocations_{0};
   std::atomic<uint64_t> deallocations_{0};

@@ -7,7 +7,9 @@
 #include <memory>
 #include <vector>
 
+#include "alloc/chunk_cache.h"
 #include "alloc/error.h"
+#include "alloc/frame_arena.h"
 #include "alloc/internal/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -311,6 +313,103 @@ TEST(BackendMemorySourceTest, MisalignedAnswerIsAnErrorAndReturned) {
   EXPECT_EQ(block.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(block.status().message(), HasSubstr("not aligned to 16"));
   EXPECT_EQ(backend.deallocations, 1);
+}
+
+// A backend that never serves: every block comes from `next`.
+class FallBackAlways final : public AllocatorBackend {
+ public:
+  BackendResult Allocate(size_t, size_t) override {
+    return BackendResult::Fallback();
+  }
+  void Deallocate(void*, size_t, size_t) override { FAIL(); }
+};
+
+// A block that is neither the backend's nor `next`'s: `next` reports and
+// refuses it, and the chain keeps it out of its stats too (before, it
+// counted it as released: bytes_outstanding 0 with a block still out, and
+// a wrap at the real release).
+TEST(BackendMemorySourceTest, ABlockNextRefusesStaysOutOfTheChainsStats) {
+  FallBackAlways backend;
+  MmapMemorySource next;
+  BackendMemorySource chain(&backend, &next);
+  absl::StatusOr<Block> block = chain.Allocate(4096, 16);
+  ASSERT_TRUE(block.ok()) << block.status();
+  alloc_internal::ErrorRecorder errors;
+  alignas(64) char local[64];
+  EXPECT_FALSE(chain.Deallocate(Block{local + 1, 4096, 16}));
+  EXPECT_EQ(errors.count(), 1u);
+  EXPECT_EQ(chain.stats().deallocations, 0u);
+  EXPECT_EQ(chain.stats().bytes_outstanding, 4096u);
+  EXPECT_TRUE(chain.Deallocate(*block));
+  EXPECT_EQ(chain.stats().deallocations, 1u);
+  EXPECT_EQ(chain.stats().bytes_outstanding, 0u);
+  EXPECT_EQ(next.stats().bytes_outstanding, 0u);
+}
+
+// A user source that breaks DoAllocate's contract in one chosen way; it
+// gives back what it served.
+class BrokenSource final : public MemorySource {
+ public:
+  enum class Fault { kNull, kMisaligned, kShort, kOtherAlignment };
+  explicit BrokenSource(Fault fault) : fault_(fault) {}
+  absl::string_view name() const override { return "broken"; }
+  int given_back = 0;
+
+ protected:
+  absl::StatusOr<Block> DoAllocate(size_t size, size_t alignment) override {
+    if (fault_ == Fault::kNull) return Block{nullptr, size, alignment};
+    absl::StatusOr<Block> real =
+        SystemMemorySource::Default().Allocate(size + 64, alignment);
+    if (!real.ok()) return real.status();
+    real_ = *real;
+    switch (fault_) {
+      case Fault::kMisaligned:
+        return Block{real->begin() + 8, size, alignment};
+      case Fault::kShort:
+        return Block{real->data, size - 1, alignment};
+      default:
+        return Block{real->data, size, alignment * 2};
+    }
+  }
+  bool DoDeallocate(const Block&) override {
+    ++given_back;
+    SystemMemorySource::Default().Deallocate(real_);
+    return true;
+  }
+
+ private:
+  const Fault fault_;
+  Block real_;
+};
+
+TEST(MemorySourceTest, ABlockBreakingTheContractIsAnErrorAndGivenBack) {
+  using Fault = BrokenSource::Fault;
+  for (auto [fault, what] :
+       {std::pair{Fault::kNull, "a null block"},
+        std::pair{Fault::kMisaligned, "not aligned as asked"},
+        std::pair{Fault::kShort, "shorter than asked"},
+        std::pair{Fault::kOtherAlignment, "another alignment"}}) {
+    BrokenSource source(fault);
+    absl::StatusOr<Block> block = source.Allocate(256, 64);
+    EXPECT_EQ(block.status().code(), absl::StatusCode::kInternal) << what;
+    EXPECT_THAT(block.status().message(), HasSubstr(what));
+    EXPECT_THAT(block.status().message(), HasSubstr("broken source"));
+    EXPECT_EQ(source.given_back, fault == Fault::kNull ? 0 : 1) << what;
+    EXPECT_EQ(source.stats().failures, 1u);
+    EXPECT_EQ(source.stats().allocations, 0u);
+    EXPECT_EQ(source.stats().bytes_outstanding, 0u);
+  }
+}
+
+// What a misaligned user source meant for frame memory: a pointer 8 bytes
+// off an 8 KiB alignment and no report. Now a clean refusal.
+TEST(MemorySourceTest, AFrameArenaOnAMisalignedSourceRefusesCleanly) {
+  BrokenSource source(BrokenSource::Fault::kMisaligned);
+  ChunkCache cache(&source);
+  FrameArena arena(&cache);
+  EXPECT_EQ(arena.TryAllocate(64, 8192), nullptr);
+  EXPECT_EQ(arena.stats().failed_allocations, 1u);
+  EXPECT_EQ(source.stats().bytes_outstanding, 0u);
 }
 
 }  // namespace
