@@ -212,8 +212,21 @@ class BatchProcessor {
   // Runs f(JobContext&, absl::Span<T>) once per batch, on its home node
   // (StealPolicy::kWhenIdle may move a batch to an idle node: then
   // ctx.stolen()). Returns when all are done: OK or the first failure.
+  // InvalidArgument, with no batch run, if a batch's node is not one of
+  // `runtime`'s (another runtime than the array's, with fewer nodes); a
+  // submission refused later (a shutdown begun meanwhile) cancels the
+  // batches not yet started and returns the refusal.
   template <typename F>
   absl::Status ProcessAll(Runtime& runtime, F&& f, const char* name = nullptr) {
+    for (const Batch& batch : batches_) {
+      if (batch.node < 0 || batch.node >= runtime.num_nodes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "BatchProcessor::ProcessAll: batch at item ", batch.first,
+            " is homed on node ", batch.node, ", and the runtime has ",
+            runtime.num_nodes(),
+            " nodes (process an array with the runtime it was made on)"));
+      }
+    }
     JobCounter counter;
     for (const Batch& batch : batches_) {
       absl::Status s = runtime.Spawn(

@@ -178,6 +178,23 @@ struct alignas(64) WorkerSlot {
 // The slot the calling thread occupies in one of the runtimes' node
 // arenas, set by the node's observer when the thread enters the arena.
 thread_local WorkerSlot* tls_slot = nullptr;
+// The slots the calling thread held when it entered the node arenas it is
+// in, innermost last, each with the observer told of the entry. TBB tells
+// an arena's observers when a thread enters and leaves it, but not the
+// outer arena's when a nested entry (task_arena::execute from inside a
+// job: another runtime's Shutdown draining its arenas) returns: the exit
+// puts the outer slot back. (Before, it cleared it, and the worker ran the
+// rest of its stay as a thread outside its runtime: its jobs refused as
+// run by no slot, its waits asleep instead of helping.) Fixed size, so
+// the callbacks never allocate; entries nested deeper than this are not
+// kept, and their exits clear the slot as before.
+struct OuterSlot {
+  const void* observer;
+  WorkerSlot* slot;
+};
+inline constexpr int kMaxNestedArenas = 8;
+thread_local OuterSlot tls_outer_slots[kMaxNestedArenas];
+thread_local int tls_outer_depth = 0;
 // The binding a pinned worker had before it entered a node arena.
 thread_local std::vector<int> tls_saved_binding;
 
@@ -250,6 +267,9 @@ using jobs_internal::SlotAcquire;
 using jobs_internal::SlotRelease;
 using jobs_internal::Ticks;
 using jobs_internal::tls_slot;
+using jobs_internal::kMaxNestedArenas;
+using jobs_internal::tls_outer_depth;
+using jobs_internal::tls_outer_slots;
 using jobs_internal::TsanAcquire;
 using jobs_internal::TsanRelease;
 using jobs_internal::WorkerSlot;
@@ -782,6 +802,9 @@ class NodeObserver final : public tbb::task_scheduler_observer {
   void on_scheduler_entry(bool is_worker) override {
     TsanAcquire(this);
     inside_.fetch_add(1, std::memory_order_relaxed);
+    if (tls_outer_depth < kMaxNestedArenas) {
+      tls_outer_slots[tls_outer_depth++] = {this, tls_slot};
+    }
     // Only workers run jobs: a thread that joins with execute() (Shutdown
     // draining no-op tokens) gets no slot.
     tls_slot = is_worker ? SlotFor(tbb::this_task_arena::current_thread_index())
@@ -819,7 +842,16 @@ class NodeObserver final : public tbb::task_scheduler_observer {
 
   void on_scheduler_exit(bool is_worker) override {
     TsanAcquire(this);
+    // The slot the thread held before it entered this arena (the innermost
+    // entry of this observer; anything above it was left unbalanced).
     tls_slot = nullptr;
+    for (int i = tls_outer_depth - 1; i >= 0; --i) {
+      if (tls_outer_slots[i].observer == this) {
+        tls_slot = tls_outer_slots[i].slot;
+        tls_outer_depth = i;
+        break;
+      }
+    }
     if (pin_ && is_worker && !jobs_internal::tls_saved_binding.empty()) {
       // Give the thread back as it came: TBB may hand it to another arena
       // (another runtime, the application's own TBB code) next.
@@ -2607,12 +2639,39 @@ bool JobRef::done() const {
 
 uint64_t JobRef::id() const { return record_ ? record_->id : 0; }
 
+absl::Status Runtime::RefuseWaitOnItself(const char* where,
+                                         const JobRecord* record,
+                                         const JobCounter* counter) {
+  const WorkerSlot* here = tls_slot;
+  if (here == nullptr || here->current == nullptr) return absl::OkStatus();
+  const JobContext& job = *here->current;
+  if ((record == nullptr || job.record_ != record) &&
+      (counter == nullptr || job.counter_ != counter)) {
+    return absl::OkStatus();
+  }
+  absl::Status s = absl::FailedPreconditionError(absl::StrCat(
+      where, " called from inside ",
+      record != nullptr ? "the job it waits for (or a fork child of it)"
+                        : "a job counted by that counter (or a fork child of "
+                          "one)",
+      ": it would wait for itself"));
+  ReportError(Report(ErrorKind::kMisuse, where, std::string(s.message())));
+  return s;
+}
+
 absl::Status JobRef::Wait() const {
   JobRecord* r = record_;
   if (r == nullptr) {
     return absl::InvalidArgumentError("Wait() on an empty job reference");
   }
   uint32_t s = r->state.load(std::memory_order_acquire);
+  if (!jobs_internal::IsFinal(s)) {
+    if (absl::Status refused =
+            Runtime::RefuseWaitOnItself("jobs::JobRef::Wait", r, nullptr);
+        !refused.ok()) {
+      return refused;
+    }
+  }
   if (!jobs_internal::IsFinal(s) && r->runtime->TryRunInline(r)) {
     s = r->state.load(std::memory_order_acquire);
   }
@@ -2740,6 +2799,11 @@ JobCounter::~JobCounter() { (void)Wait(); }
 absl::Status JobCounter::Wait() {
   if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
                                  tbb::task_arena::not_initialized) {
+    if (absl::Status refused = Runtime::RefuseWaitOnItself(
+            "jobs::JobCounter::Wait", nullptr, this);
+        !refused.ok()) {
+      return refused;
+    }
     // Inside a job: help run its children instead of blocking the worker,
     // then wait for what other threads counted here. A worker asleep in
     // TBB's wait (oneTBB 2021.8) for jobs queued on another node's arena

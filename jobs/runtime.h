@@ -220,22 +220,28 @@ struct ChildTask {
 }  // namespace jobs_internal
 
 // Where a job should run: on a given node, or anywhere (the submitting
-// worker's node, or the nodes in turn for other threads).
+// worker's node, or the nodes in turn for other threads). Node(n) is node
+// n whatever n is: a node the runtime does not have, negative ones
+// included, is refused with InvalidArgument by Submit and Spawn (it never
+// means "any": a computed node of -1 does not lose its affinity quietly).
 class Affinity {
  public:
+  // What node() answers for Any().
   static constexpr int kAny = -1;
   constexpr Affinity() = default;
   static constexpr Affinity Any() { return Affinity(); }
   static constexpr Affinity Node(int node) { return Affinity(node); }
-  constexpr bool any() const { return node_ == kAny; }
+  constexpr bool any() const { return any_; }
+  // The node asked for; kAny for Any().
   constexpr int node() const { return node_; }
   friend constexpr bool operator==(Affinity a, Affinity b) {
-    return a.node_ == b.node_;
+    return a.any_ == b.any_ && a.node_ == b.node_;
   }
 
  private:
-  constexpr explicit Affinity(int node) : node_(node) {}
+  constexpr explicit Affinity(int node) : node_(node), any_(false) {}
   int node_ = kAny;
+  bool any_ = true;
 };
 
 // What a running job knows about where it runs: handed to the job, so it
@@ -884,7 +890,8 @@ class Runtime {
   // returns, no destructor of its captures is still running. (A job
   // cancelled before it started: Spawn's copy goes before it counts as
   // cancelled, Submit's with the job's record, when its handles and the
-  // runtime let go of it.)
+  // runtime let go of it.) So `f`'s type, and what it captures, must not
+  // throw from its destructor: Submit and Spawn do not compile otherwise.
   template <typename F>
   absl::Status Spawn(F&& f, const SubmitOptions& options = {});
 
@@ -1111,6 +1118,12 @@ class Runtime {
   // Runs `record` on the calling worker if it may (RunsInline) and nobody
   // has claimed it; true if it ran here.
   bool TryRunInline(jobs_internal::JobRecord* record);
+  // FailedPrecondition, reported as misuse, when the job running on the
+  // calling thread (a fork child: its parent) is `record`, or is counted
+  // by `counter`: its wait (`where`) would wait for itself. OK otherwise.
+  static absl::Status RefuseWaitOnItself(const char* where,
+                                         const jobs_internal::JobRecord* record,
+                                         const JobCounter* counter);
   // Whether a job waiting on worker `slot` may run `record` inline: a job
   // of this runtime and of the slot's node; under kWhenIdle over several
   // nodes, of any node (it then runs as stolen, with the slot's context):
@@ -1426,6 +1439,10 @@ jobs_internal::TypedJob<
     std::decay_t<F>, typename jobs_internal::ResultOf<std::decay_t<F>>::type>*
 Runtime::NewRecord(F&& f, int refs) {
   using Fn = std::decay_t<F>;
+  static_assert(std::is_nothrow_destructible_v<Fn>,
+                "a job function, and what it captures, must not throw from "
+                "its destructor (it is destroyed where no caller could "
+                "catch it: a worker, or the last handle's owner)");
   using Job =
       jobs_internal::TypedJob<Fn, typename jobs_internal::ResultOf<Fn>::type>;
   void* memory = AllocateRecord(sizeof(Job), alignof(Job));
@@ -1452,6 +1469,10 @@ Runtime::NewRecord(F&& f, int refs) {
 template <typename F>
 absl::Status Runtime::Spawn(F&& f, const SubmitOptions& options) {
   using Fn = std::decay_t<F>;
+  static_assert(std::is_nothrow_destructible_v<Fn>,
+                "a job function, and what it captures, must not throw from "
+                "its destructor (it is destroyed on a worker, where no "
+                "caller could catch it)");
   jobs_internal::DirectHeader header;
   if (const DirectTarget target = PrepareDirect(options, &header);
       target.context != nullptr) {
