@@ -261,6 +261,7 @@ void FrameArena::ResetSlow() {
   cursor_ = chunk_begin_;
   allocations_ = 0;
   bytes_requested_ = 0;
+  destructor_records_ = 0;
   closed_bytes_used_ = 0;
   oversize_bytes_ = 0;
   frame_peak_bytes_used_ = 0;
@@ -280,6 +281,7 @@ ArenaMark FrameArena::Mark() {
   mark.destructors_ = destructors_;
   mark.allocations_ = allocations_;
   mark.bytes_requested_ = bytes_requested_;
+  mark.destructor_records_ = destructor_records_;
   mark.closed_bytes_used_ = closed_bytes_used_;
   mark.oversize_bytes_ = oversize_bytes_;
   marks_.push_back(mark.serial_);
@@ -327,6 +329,7 @@ absl::Status FrameArena::Rewind(const ArenaMark& mark) {
   FRAMEALLOC_POISON(reinterpret_cast<void*>(cursor_), end_ - cursor_);
   allocations_ = mark.allocations_;
   bytes_requested_ = mark.bytes_requested_;
+  destructor_records_ = mark.destructor_records_;
   closed_bytes_used_ = mark.closed_bytes_used_;
   oversize_bytes_ = mark.oversize_bytes_;
   marks_.pop_back();
@@ -347,6 +350,7 @@ bool FrameArena::Owns(const void* p) const {
 FrameArenaStats FrameArena::stats() const {
   FrameArenaStats s;
   s.allocations = allocations_;
+  s.destructor_records = destructor_records_;
   s.bytes_requested = bytes_requested_;
   s.bytes_used = CurrentBytesUsed();
   s.waste_bytes = s.bytes_used - s.bytes_requested;

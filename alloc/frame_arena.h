@@ -94,7 +94,12 @@ struct FrameArenaOptions {
 // the last Reset(); `peak_bytes_used`, `resets` and `failed_allocations`
 // cover the arena's lifetime.
 struct FrameArenaStats {
-  size_t allocations = 0;      // Successful allocations, current.
+  size_t allocations = 0;  // Successful allocations, current.
+  // Of `allocations` (and of `bytes_requested`, a record's size each): the
+  // records of destructors to run at Reset() that Create, CreateArray and
+  // DestroyAtReset took for types with a destructor. allocations -
+  // destructor_records is what the arena's users allocated. Current.
+  size_t destructor_records = 0;
   size_t bytes_requested = 0;  // Sum of requested sizes, current.
   // Bytes the arena consumed for them: requests plus alignment padding plus
   // the unused tails of chunks it moved past. Current.
@@ -145,6 +150,7 @@ class ArenaMark {
   void* destructors_ = nullptr;
   size_t allocations_ = 0;
   size_t bytes_requested_ = 0;
+  size_t destructor_records_ = 0;
   size_t closed_bytes_used_ = 0;
   size_t oversize_bytes_ = 0;
 };
@@ -263,8 +269,12 @@ class FrameArena {
   // cannot allocate it, else nullptr.
   template <bool kFatal = true>
   Destructor* ReserveDestructor() {
-    return static_cast<Destructor*>(
+    auto* record = static_cast<Destructor*>(
         Bump<kFatal>(sizeof(Destructor), alignof(Destructor)));
+    if constexpr (!kMinimalBuild) {
+      if (record != nullptr) ++destructor_records_;
+    }
+    return record;
   }
   // Value-initializes `n` Ts at `objects`. If a constructor throws, the
   // ones already built are destroyed (last first) and the exception goes
@@ -309,6 +319,7 @@ class FrameArena {
       cursor_ = chunk_begin_;
       allocations_ = 0;
       bytes_requested_ = 0;
+      destructor_records_ = 0;  // A reserved record whose object failed.
       ++resets_;
       return;
     }
@@ -475,7 +486,8 @@ class FrameArena {
   uint64_t next_mark_serial_ = 1;
   // Unique in the process (a global counter): see ArenaMark::arena_id_.
   const uint64_t id_;
-  size_t closed_bytes_used_ = 0;  // Used bytes of chunks before the current.
+  size_t closed_bytes_used_ = 0;   // Used bytes of chunks before the current.
+  size_t destructor_records_ = 0;  // FrameArenaStats::destructor_records.
   size_t oversize_bytes_ = 0;
   size_t peak_bytes_used_ = 0;
   size_t frame_peak_bytes_used_ = 0;  // Since the last Reset().

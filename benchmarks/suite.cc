@@ -245,7 +245,10 @@ absl::StatusOr<VariantRun> RunVariant(const ScenarioInfo& info, RunKind kind,
       if (!s.ok()) return s;
       if (arena != nullptr) {
         const FrameArenaStats stats = arena->stats();
-        record.arena_allocations = static_cast<int64_t>(stats.allocations);
+        // The scenario's allocations, not the arena's destructor records
+        // (as FrameTiming::arena_allocations for runtime-arena).
+        record.arena_allocations =
+            static_cast<int64_t>(stats.allocations - stats.destructor_records);
         record.arena_bytes = stats.bytes_requested;
         arena->Reset();  // The frame's end is part of its cost.
         cache->EndEpoch();

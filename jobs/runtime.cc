@@ -263,13 +263,13 @@ void FreeRecord(SmartAlloc* pool, void* record, size_t size, size_t alignment) {
 }  // namespace jobs_internal
 
 using jobs_internal::Bump;
+using jobs_internal::kMaxNestedArenas;
 using jobs_internal::SlotAcquire;
 using jobs_internal::SlotRelease;
 using jobs_internal::Ticks;
-using jobs_internal::tls_slot;
-using jobs_internal::kMaxNestedArenas;
 using jobs_internal::tls_outer_depth;
 using jobs_internal::tls_outer_slots;
+using jobs_internal::tls_slot;
 using jobs_internal::TsanAcquire;
 using jobs_internal::TsanRelease;
 using jobs_internal::WorkerSlot;
@@ -3400,7 +3400,7 @@ absl::Status Runtime::EndFrame() {
       SlotAcquire(slot.get());
       const FrameArenaStats stats = slot->frame_arena->stats();
       arena_bytes += stats.frame_peak_bytes_used;
-      arena_allocations += stats.allocations;
+      arena_allocations += stats.allocations - stats.destructor_records;
       slot->frame_arena->Reset();
       SlotRelease(slot.get());
     }

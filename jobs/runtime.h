@@ -804,11 +804,13 @@ struct FrameTiming {
   uint64_t jobs = 0;         // Jobs submitted in the frame.
   uint64_t failed_jobs = 0;  // ...that failed or were cancelled.
   // The sum over the worker arenas of the most bytes each held at once in
-  // the frame (FrameArenaStats::frame_peak_bytes_used: padding included;
-  // memory rewound and taken again counts once).
+  // the frame (FrameArenaStats::frame_peak_bytes_used: padding and the
+  // arenas' destructor records included; memory rewound and taken again
+  // counts once).
   uint64_t arena_bytes = 0;
-  // Allocations the worker arenas held at the frame's end, before the
-  // reset (FrameArenaStats::allocations: a rewind lowers it).
+  // Allocations the jobs held in the worker arenas at the frame's end,
+  // before the reset (FrameArenaStats::allocations less the arenas' own
+  // destructor records; a rewind lowers it).
   uint64_t arena_allocations = 0;
 };
 

@@ -412,7 +412,10 @@ class FrameRenderer {
   // asked for (0 with HeapMemory).
   size_t slot_arena_allocations(int slot) const {
     size_t n = 0;
-    for (const auto& a : slots_[slot].lanes) n += a->stats().allocations;
+    for (const auto& a : slots_[slot].lanes) {
+      const FrameArenaStats stats = a->stats();
+      n += stats.allocations - stats.destructor_records;
+    }
     return n;
   }
   size_t slot_arena_requested_bytes(int slot) const {
