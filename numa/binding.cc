@@ -2,7 +2,9 @@
 #include "numa/binding.h"
 
 #include <hwloc.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -59,6 +61,75 @@ absl::Status CheckPus(const Topology& topology, absl::Span<const int> pus,
   return absl::OkStatus();
 }
 
+// Binds the calling thread to `cpus` (kernel CPU numbers, which are hwloc's
+// OS indexes) with sched_setaffinity, needing no topology: what a restore
+// gives back is the kernel's own earlier answer.
+absl::Status SetAffinity(const std::vector<int>& cpus,
+                         absl::string_view where) {
+  if (cpus.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, ": no binding to give back (an empty set)"));
+  }
+  const int highest = *std::max_element(cpus.begin(), cpus.end());
+  if (cpus.front() < 0 || highest > Topology::kMaxPuIndex) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": cpu ", highest, " is out of range"));
+  }
+  const size_t count = static_cast<size_t>(highest) + 1;
+  cpu_set_t* set = CPU_ALLOC(count);
+  if (set == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(where, ": no memory for a cpu set of ", count));
+  }
+  const size_t bytes = CPU_ALLOC_SIZE(count);
+  CPU_ZERO_S(bytes, set);
+  for (int cpu : cpus) CPU_SET_S(static_cast<size_t>(cpu), bytes, set);
+  const int rc = sched_setaffinity(0, bytes, set);
+  const int err = errno;
+  CPU_FREE(set);
+  if (rc != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, ": the system refused to bind the thread to [",
+                     absl::StrJoin(cpus, ","), "]: ", strerror(err)));
+  }
+  return absl::OkStatus();
+}
+
+// The calling thread's CPUs as the kernel holds them (sched_getaffinity),
+// whatever a topology lists: hwloc sizes its answer by the topology's CPU
+// numbers, so with a topology that lacks the machine's highest CPUs (one
+// given through HWLOC_SYNTHETIC) it drops them.
+absl::StatusOr<std::vector<int>> KernelAffinity(absl::string_view where) {
+  // The kernel refuses (EINVAL) a mask smaller than its CPU numbers.
+  for (size_t count = 1024; count <= size_t{Topology::kMaxPuIndex} + 1;
+       count *= 2) {
+    cpu_set_t* set = CPU_ALLOC(count);
+    if (set == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(where, ": no memory for a cpu set of ", count));
+    }
+    const size_t bytes = CPU_ALLOC_SIZE(count);
+    CPU_ZERO_S(bytes, set);
+    const int rc = sched_getaffinity(0, bytes, set);
+    const int err = errno;
+    if (rc == 0) {
+      std::vector<int> cpus;
+      for (size_t cpu = 0; cpu < count; ++cpu) {
+        if (CPU_ISSET_S(cpu, bytes, set)) cpus.push_back(static_cast<int>(cpu));
+      }
+      CPU_FREE(set);
+      return cpus;
+    }
+    CPU_FREE(set);
+    if (err != EINVAL) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, ": sched_getaffinity failed: ", strerror(err)));
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      where, ": the kernel numbers CPUs above ", Topology::kMaxPuIndex));
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<int>> GetThreadBinding(const Topology& topology) {
@@ -72,7 +143,7 @@ absl::StatusOr<std::vector<int>> GetThreadBinding(const Topology& topology) {
         "GetThreadBinding: hwloc_get_cpubind failed: ", strerror(errno)));
   }
   std::vector<int> pus;
-  for (int i = hwloc_bitmap_first(set.get()); i != -1;
+  for (int i = hwloc_bitmap_first(set.get()); i >= 0;
        i = hwloc_bitmap_next(set.get(), i)) {
     pus.push_back(i);
   }
@@ -118,23 +189,26 @@ absl::Status BindThreadToPu(const Topology& topology, int pu) {
   return SetThreadBinding(topology, pus);
 }
 
-ScopedThreadBinding::ScopedThreadBinding(const Topology* topology,
-                                         std::vector<int> previous)
-    : topology_(topology),
+ScopedThreadBinding::ScopedThreadBinding(std::vector<int> previous)
+    : bound_(true),
       previous_(std::move(previous)),
       thread_(std::this_thread::get_id()) {}
 
 ScopedThreadBinding::ScopedThreadBinding(ScopedThreadBinding&& other) noexcept
-    : topology_(std::exchange(other.topology_, nullptr)),
+    : bound_(std::exchange(other.bound_, false)),
       previous_(std::move(other.previous_)),
       thread_(other.thread_) {}
 
 absl::StatusOr<ScopedThreadBinding> ScopedThreadBinding::Bind(
     const Topology& topology, std::vector<int> pus) {
-  absl::StatusOr<std::vector<int>> previous = GetThreadBinding(topology);
+  if (absl::Status s = CheckCanBind(topology, "ScopedThreadBinding"); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::vector<int>> previous =
+      KernelAffinity("ScopedThreadBinding");
   if (!previous.ok()) return previous.status();
   if (absl::Status s = SetThreadBinding(topology, pus); !s.ok()) return s;
-  return ScopedThreadBinding(&topology, *std::move(previous));
+  return ScopedThreadBinding(*std::move(previous));
 }
 
 absl::StatusOr<ScopedThreadBinding> ScopedThreadBinding::ToNode(
@@ -161,22 +235,21 @@ absl::StatusOr<ScopedThreadBinding> ScopedThreadBinding::ToPu(
 }
 
 absl::Status ScopedThreadBinding::Restore() {
-  if (topology_ == nullptr) return absl::OkStatus();
+  if (!bound_) return absl::OkStatus();
   if (std::this_thread::get_id() != thread_) {
     return absl::FailedPreconditionError(
         "ScopedThreadBinding::Restore: called on another thread than the "
         "one it bound");
   }
-  absl::Status s = SetThreadBinding(*topology_, previous_);
-  topology_ = nullptr;
-  return s;
+  bound_ = false;
+  return SetAffinity(previous_, "ScopedThreadBinding::Restore");
 }
 
 // A destructor cannot unwind: the report goes through ReportErrorAndContinue,
 // which drops an exception the handler throws (alloc/error.h), where
 // ReportError let it reach this noexcept destructor and std::terminate.
 ScopedThreadBinding::~ScopedThreadBinding() {
-  if (topology_ == nullptr) return;
+  if (!bound_) return;
   absl::Status s = Restore();
   if (!s.ok()) {
     ReportErrorAndContinue({ErrorKind::kMisuse,

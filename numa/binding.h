@@ -43,6 +43,9 @@ absl::Status BindThreadToPu(const Topology& topology, int pu);
 // Binds the calling thread for the lifetime of the object and restores the
 // binding it had before. Create it with ToNode or ToPu on the thread to
 // bind; it must be restored (destroyed, or Restore()d) on that same thread.
+// It keeps no reference to the topology (which may go first), and it
+// restores the previous binding as the kernel reported it (sched_setaffinity
+// on the calling thread), CPUs that the topology does not list included.
 // Movable; a moved-from object restores nothing. Not thread-safe (it
 // belongs to one thread, like the binding it changes). A restore that fails
 // in the destructor (the kernel refuses, or the object is destroyed on
@@ -65,7 +68,8 @@ class ScopedThreadBinding {
   ScopedThreadBinding& operator=(const ScopedThreadBinding&) = delete;
   ~ScopedThreadBinding();
 
-  // The binding in force before this object bound the thread.
+  // The binding in force before this object bound the thread: the CPUs
+  // the kernel let it run on (sched_getaffinity), ascending.
   const std::vector<int>& previous() const { return previous_; }
 
   // Restores the previous binding now; later calls (and the destructor) do
@@ -74,11 +78,11 @@ class ScopedThreadBinding {
   absl::Status Restore();
 
  private:
-  ScopedThreadBinding(const Topology* topology, std::vector<int> previous);
+  explicit ScopedThreadBinding(std::vector<int> previous);
   static absl::StatusOr<ScopedThreadBinding> Bind(const Topology& topology,
                                                   std::vector<int> pus);
 
-  const Topology* topology_;  // nullptr once restored or moved from.
+  bool bound_;  // False once restored or moved from.
   std::vector<int> previous_;
   std::thread::id thread_;
 };

@@ -26,6 +26,18 @@ using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
+// The calling thread's CPUs as the kernel says, without any topology.
+std::vector<int> KernelAffinity() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  EXPECT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  std::vector<int> cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
 std::unique_ptr<Topology> Machine() {
   absl::StatusOr<std::unique_ptr<Topology>> t = Topology::Discover();
   EXPECT_TRUE(t.ok()) << t.status();
@@ -186,6 +198,75 @@ TEST(BindingTest, AFailedRestoreInTheDestructorDropsAThrowingHandlersThrow) {
   EXPECT_EQ(seen.kind, ErrorKind::kMisuse);
   EXPECT_THAT(seen.message, HasSubstr("was not restored"));
   EXPECT_THAT(seen.message, HasSubstr("another thread"));
+}
+
+// A binding may outlive its topology: its restore needs none (before, it
+// read the freed topology: an ASan heap-use-after-free).
+TEST(BindingTest, AScopedBindingMayOutliveItsTopology) {
+  auto probe = Machine();
+  ASSERT_NE(probe, nullptr);
+  if (!probe->support().thread_binding) GTEST_SKIP() << "no thread binding";
+  probe.reset();
+  std::thread([] {
+    const std::vector<int> before = KernelAffinity();
+    std::optional<ScopedThreadBinding> binding;
+    {
+      auto topo = Machine();
+      ASSERT_NE(topo, nullptr);
+      absl::StatusOr<ScopedThreadBinding> b =
+          ScopedThreadBinding::ToPu(*topo, topo->pus().front());
+      ASSERT_TRUE(b.ok()) << b.status();
+      binding.emplace(*std::move(b));
+    }
+    EXPECT_EQ(KernelAffinity().size(), 1u);
+    EXPECT_TRUE(binding->Restore().ok());
+    EXPECT_EQ(KernelAffinity(), before);
+  }).join();
+}
+
+// The earlier binding is given back as the kernel reported it, CPUs the
+// topology does not list included (before, the restore checked them against
+// the topology and refused: InvalidArgument from Restore, and a misuse
+// report, so an abort, from the destructor). Such a topology is this
+// system's when hwloc is told so (HWLOC_SYNTHETIC with HWLOC_THISSYSTEM=1,
+// which binding.h allows).
+TEST(BindingTest, TheRestoreGivesBackCpusTheTopologyDoesNotList) {
+  const std::vector<int> allowed = KernelAffinity();
+  if (allowed.size() < 2 || allowed[0] != 0 || allowed[1] != 1) {
+    GTEST_SKIP() << "needs CPUs 0 and 1";
+  }
+  setenv("HWLOC_SYNTHETIC", "pack:1 [numa] pu:2(indexes=0,2)", 1);
+  setenv("HWLOC_THISSYSTEM", "1", 1);
+  absl::StatusOr<std::unique_ptr<Topology>> topo = Topology::Discover();
+  unsetenv("HWLOC_SYNTHETIC");
+  unsetenv("HWLOC_THISSYSTEM");
+  ASSERT_TRUE(topo.ok()) << topo.status();
+  if (!(*topo)->is_this_system() || !(*topo)->support().thread_binding) {
+    GTEST_SKIP() << "hwloc did not take the synthetic topology as this system";
+  }
+  ASSERT_FALSE((*topo)->NodeOfPu(1).ok());  // CPU 1 is not in it.
+  std::vector<ErrorReport> reports;
+  ScopedErrorHandler handler(
+      [](const ErrorReport& report, void* context) {
+        static_cast<std::vector<ErrorReport>*>(context)->push_back(report);
+      },
+      &reports);
+  std::thread([&] {
+    const std::vector<int> before = KernelAffinity();
+    {
+      absl::StatusOr<ScopedThreadBinding> b =
+          ScopedThreadBinding::ToPu(**topo, 0);
+      ASSERT_TRUE(b.ok()) << b.status();
+      EXPECT_EQ(KernelAffinity(), std::vector<int>{0});
+    }
+    EXPECT_EQ(KernelAffinity(), before);
+    absl::StatusOr<ScopedThreadBinding> again =
+        ScopedThreadBinding::ToPu(**topo, 0);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_TRUE(again->Restore().ok());
+    EXPECT_EQ(KernelAffinity(), before);
+  }).join();
+  EXPECT_TRUE(reports.empty());
 }
 
 }  // namespace

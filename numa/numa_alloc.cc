@@ -90,6 +90,14 @@ void NumaAlloc::BadNode(int k, absl::string_view where) const {
                     absl::InvalidArgumentError(absl::StrCat("node ", k))});
 }
 
+void NumaAlloc::BadFree(int k) const {
+  ReportErrorAndContinue(
+      {ErrorKind::kMisuse, "NumaAlloc::free_on_node",
+       absl::StrCat("node ", k, " is outside [0, ", num_nodes(), ") of this ",
+                    num_nodes(), "-node NumaAlloc; the object is left alone"),
+       0, 0, absl::InvalidArgumentError(absl::StrCat("node ", k))});
+}
+
 SmartAlloc& NumaAlloc::node(int k) {
   if (k < 0 || k >= num_nodes()) [[unlikely]] {
     BadNode(k, "NumaAlloc::node");

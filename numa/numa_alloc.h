@@ -145,9 +145,15 @@ class NumaAlloc {
     return CountedNode(k).template pool_alloc<T>(std::forward<Args>(args)...);
   }
   // Destroys and frees a T from allocate_on_node(k, ...); from any thread.
+  // A bad k is a misuse reported through ReportErrorAndContinue (as every
+  // bad free: a release never unwinds), and `p` is left alone (leaked).
   template <typename T>
   void free_on_node(int k, T* p) {
-    node(k).pool_free(p);
+    if (k < 0 || k >= num_nodes()) [[unlikely]] {
+      BadFree(k);
+      return;
+    }
+    nodes_[k].alloc->pool_free(p);
   }
 
   NumaAllocStats stats() const;
@@ -173,6 +179,8 @@ class NumaAlloc {
   // node(k), counting an allocation and whether the caller is remote.
   SmartAlloc& CountedNode(int k);
   [[noreturn]] void BadNode(int k, absl::string_view where) const;
+  // free_on_node's report of a bad k (a misuse; returns).
+  void BadFree(int k) const;
 
   const Topology* const topology_;
   const CurrentNodeFn current_node_;

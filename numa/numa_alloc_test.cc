@@ -6,12 +6,14 @@
 #include <memory>
 #include <set>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "alloc/error.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "numa/binding.h"
@@ -198,6 +200,35 @@ TEST(NumaAllocTest, AllocateOnBadNodeIsAFatalInvalidArgument) {
                "outside \\[0, 2\\)");
   EXPECT_DEATH(numa->node(-1), "invalid argument in NumaAlloc::node: node -1");
   EXPECT_EQ(numa->stats().nodes[0].allocations, 0u);
+}
+
+// A bad node in a free is a reported misuse that leaves the object alone
+// (before: a fatal error, so the default handler's abort, and a throwing
+// handler's exception out of the free).
+TEST(NumaAllocTest, FreeOnBadNodeIsAReportedMisuseThatLeavesTheObject) {
+  auto topo = Synthetic("pack:2 [numa] core:1 pu:1");
+  auto numa = MustCreate(topo.get(), NumaAllocOptions());
+  ASSERT_NE(numa, nullptr);
+  Item* item = numa->allocate_on_node<Item>(1, 5);
+  std::vector<ErrorReport> reports;
+  {
+    ScopedErrorHandler handler(
+        [](const ErrorReport& report, void* context) {
+          static_cast<std::vector<ErrorReport>*>(context)->push_back(report);
+          throw std::runtime_error("a handler that throws");
+        },
+        &reports);
+    numa->free_on_node(2, item);  // Returns: the throw is dropped.
+    numa->free_on_node(-1, item);
+  }
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ(reports[0].kind, ErrorKind::kMisuse);
+  EXPECT_THAT(reports[0].message, HasSubstr("node 2 is outside [0, 2)"));
+  EXPECT_EQ(item->value, 5);  // Left alone.
+  EXPECT_EQ(numa->stats().nodes[1].alloc.pool.frees, 0u);
+  numa->free_on_node(1, item);
+  EXPECT_EQ(numa->stats().nodes[1].alloc.pool.frees, 1u);
+  EXPECT_EQ(numa->stats().nodes[1].alloc.pool.live_bytes(), 0);
 }
 
 TEST(NumaAllocTest, StrictOnSyntheticTopologyIsRefused) {

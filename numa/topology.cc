@@ -22,7 +22,10 @@ constexpr uint64_t kRemoteDistance = 20;
 std::vector<int> BitmapToVector(hwloc_const_bitmap_t set) {
   std::vector<int> out;
   if (set == nullptr) return out;
-  for (int i = hwloc_bitmap_first(set); i != -1;
+  // hwloc answers in ints: an index past 2^31 comes back negative (and
+  // hwloc_bitmap_next restarts from 0 after -2). Load refuses such
+  // topologies before this runs; stop at any negative answer regardless.
+  for (int i = hwloc_bitmap_first(set); i >= 0 && i <= Topology::kMaxPuIndex;
        i = hwloc_bitmap_next(set, i)) {
     out.push_back(i);
   }
@@ -122,6 +125,19 @@ absl::StatusOr<std::unique_ptr<Topology>> Topology::Load(
   // real machine with another machine's numbers.
   result->is_this_system_ = source == TopologySource::kDiscovered &&
                             hwloc_topology_is_thissystem(topology) != 0;
+  // PU numbers beyond kMaxPuIndex, or past what hwloc's ints hold, and an
+  // infinite set, are refused before anything sizes a table by them
+  // (hwloc_bitmap_last is -1 for an infinite set, negative past 2^31).
+  hwloc_const_bitmap_t all = hwloc_topology_get_topology_cpuset(topology);
+  const int last = all != nullptr ? hwloc_bitmap_last(all) : -1;
+  if (all != nullptr &&
+      ((last < 0 && !hwloc_bitmap_iszero(all)) || last > kMaxPuIndex)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Topology: the ", TopologySourceName(source), " topology \"",
+        result->origin_, "\" has a PU numbered above ", kMaxPuIndex,
+        last > kMaxPuIndex ? absl::StrCat(" (", last, ")") : std::string(),
+        ": no machine numbers its CPUs so"));
+  }
   result->ReadNodes();
   if (result->nodes_.empty()) {
     return absl::InvalidArgumentError(

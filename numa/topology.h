@@ -63,6 +63,13 @@ enum class TopologySource { kDiscovered, kSynthetic, kXml };
 // Creation fails with a Status; nothing here aborts.
 class Topology {
  public:
+  // The highest PU OS index a topology may have (Linux's CPU numbers stay
+  // far below: NR_CPUS is at most 8192). A topology with a PU beyond it
+  // (hwloc loads "pu:2(indexes=0,2000000000)") is refused with
+  // InvalidArgument: the PU lookup table would take gigabytes, and indexes
+  // past 2^31 do not fit hwloc's int answers.
+  static constexpr int kMaxPuIndex = (1 << 20) - 1;
+
   // The running machine. hwloc honours HWLOC_SYNTHETIC / HWLOC_XMLFILE in
   // the environment; is_this_system() then says whether it may bind.
   // Errors: Internal if hwloc cannot load a topology.
@@ -73,7 +80,8 @@ class Topology {
   // "pack:2 numa:1 core:4 pu:2". A description without a NUMA level has one
   // node. Synthetic topologies have no distance matrix (see
   // distances_are_default()). Errors: InvalidArgument naming the
-  // description if hwloc rejects it.
+  // description if hwloc rejects it, or if a PU's index exceeds
+  // kMaxPuIndex (so for every way of creating a topology).
   static absl::StatusOr<std::unique_ptr<Topology>> FromSynthetic(
       absl::string_view description);
 

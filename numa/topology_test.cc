@@ -159,6 +159,29 @@ TEST(TopologyTest, InjectedTopologiesStayForeignWhateverHwlocIsTold) {
   }
 }
 
+// PU numbers hwloc loads but no machine has were not refused: 2e9 sized
+// an 8 GB table (bad_alloc out of FromSynthetic under a memory limit),
+// 2^31 came back negative from hwloc (length_error), and 2^32-2 looped for
+// ever (hwloc_bitmap_next restarts after -2).
+TEST(TopologyTest, PuNumbersBeyondTheLimitAreInvalidArgument) {
+  for (const char* description : {"pack:1 [numa] pu:2(indexes=0,2000000000)",
+                                  "pack:1 [numa] pu:2(indexes=0,2147483648)",
+                                  "pack:1 [numa] pu:2(indexes=0,4294967294)",
+                                  "pack:1 [numa] pu:2(indexes=0,1048576)"}) {
+    auto t = Topology::FromSynthetic(description);
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument)
+        << description << ": " << t.status();
+    EXPECT_THAT(t.status().message(), HasSubstr("PU numbered above 1048575"))
+        << description;
+  }
+  // At the limit, and sparse: accepted, with a table of 2^20 entries.
+  auto edge = Topology::FromSynthetic("pack:1 [numa] pu:2(indexes=0,1048575)");
+  ASSERT_TRUE(edge.ok()) << edge.status();
+  EXPECT_THAT((*edge)->pus(), ElementsAre(0, 1048575));
+  EXPECT_EQ(*(*edge)->NodeOfPu(1048575), 0);
+  EXPECT_FALSE((*edge)->NodeOfPu(1048574).ok());
+}
+
 TEST(TopologyTest, AnEmptyXmlPathSaysSo) {
   absl::StatusOr<std::unique_ptr<Topology>> t = Topology::FromXml("");
   ASSERT_FALSE(t.ok());
