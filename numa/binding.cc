@@ -61,6 +61,32 @@ absl::Status CheckPus(const Topology& topology, absl::Span<const int> pus,
   return absl::OkStatus();
 }
 
+// A kernel CPU set of `count` CPUs (glibc's dynamically sized cpu_set_t),
+// zeroed, freed at scope exit; null data() if it could not be allocated.
+class CpuSet {
+ public:
+  explicit CpuSet(size_t count)
+      : set_(CPU_ALLOC(count)), bytes_(CPU_ALLOC_SIZE(count)) {
+    if (set_ != nullptr) CPU_ZERO_S(bytes_, set_);
+  }
+  ~CpuSet() {
+    if (set_ != nullptr) CPU_FREE(set_);
+  }
+  CpuSet(const CpuSet&) = delete;
+  CpuSet& operator=(const CpuSet&) = delete;
+  cpu_set_t* data() const { return set_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  cpu_set_t* const set_;
+  const size_t bytes_;
+};
+
+absl::Status NoMemoryForCpuSet(absl::string_view where, size_t count) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat(where, ": no memory for a cpu set of ", count));
+}
+
 // Binds the calling thread to `cpus` (kernel CPU numbers, which are hwloc's
 // OS indexes) with sched_setaffinity, needing no topology: what a restore
 // gives back is the kernel's own earlier answer.
@@ -70,24 +96,18 @@ absl::Status SetAffinity(const std::vector<int>& cpus,
     return absl::FailedPreconditionError(
         absl::StrCat(where, ": no binding to give back (an empty set)"));
   }
-  const int highest = *std::max_element(cpus.begin(), cpus.end());
-  if (cpus.front() < 0 || highest > Topology::kMaxPuIndex) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": cpu ", highest, " is out of range"));
+  const auto [lowest, highest] = std::minmax_element(cpus.begin(), cpus.end());
+  if (*lowest < 0 || *highest > Topology::kMaxPuIndex) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": cpu ", *lowest < 0 ? *lowest : *highest, " is out of range"));
   }
-  const size_t count = static_cast<size_t>(highest) + 1;
-  cpu_set_t* set = CPU_ALLOC(count);
-  if (set == nullptr) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(where, ": no memory for a cpu set of ", count));
-  }
-  const size_t bytes = CPU_ALLOC_SIZE(count);
-  CPU_ZERO_S(bytes, set);
-  for (int cpu : cpus) CPU_SET_S(static_cast<size_t>(cpu), bytes, set);
-  const int rc = sched_setaffinity(0, bytes, set);
-  const int err = errno;
-  CPU_FREE(set);
-  if (rc != 0) {
+  const size_t count = static_cast<size_t>(*highest) + 1;
+  CpuSet set(count);
+  if (set.data() == nullptr) return NoMemoryForCpuSet(where, count);
+  for (int cpu : cpus)
+    CPU_SET_S(static_cast<size_t>(cpu), set.bytes(), set.data());
+  if (sched_setaffinity(0, set.bytes(), set.data()) != 0) {
+    const int err = errno;
     return absl::FailedPreconditionError(
         absl::StrCat(where, ": the system refused to bind the thread to [",
                      absl::StrJoin(cpus, ","), "]: ", strerror(err)));
@@ -103,27 +123,20 @@ absl::StatusOr<std::vector<int>> KernelAffinity(absl::string_view where) {
   // The kernel refuses (EINVAL) a mask smaller than its CPU numbers.
   for (size_t count = 1024; count <= size_t{Topology::kMaxPuIndex} + 1;
        count *= 2) {
-    cpu_set_t* set = CPU_ALLOC(count);
-    if (set == nullptr) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat(where, ": no memory for a cpu set of ", count));
-    }
-    const size_t bytes = CPU_ALLOC_SIZE(count);
-    CPU_ZERO_S(bytes, set);
-    const int rc = sched_getaffinity(0, bytes, set);
-    const int err = errno;
-    if (rc == 0) {
+    CpuSet set(count);
+    if (set.data() == nullptr) return NoMemoryForCpuSet(where, count);
+    if (sched_getaffinity(0, set.bytes(), set.data()) == 0) {
       std::vector<int> cpus;
       for (size_t cpu = 0; cpu < count; ++cpu) {
-        if (CPU_ISSET_S(cpu, bytes, set)) cpus.push_back(static_cast<int>(cpu));
+        if (CPU_ISSET_S(cpu, set.bytes(), set.data())) {
+          cpus.push_back(static_cast<int>(cpu));
+        }
       }
-      CPU_FREE(set);
       return cpus;
     }
-    CPU_FREE(set);
-    if (err != EINVAL) {
+    if (errno != EINVAL) {
       return absl::FailedPreconditionError(
-          absl::StrCat(where, ": sched_getaffinity failed: ", strerror(err)));
+          absl::StrCat(where, ": sched_getaffinity failed: ", strerror(errno)));
     }
   }
   return absl::FailedPreconditionError(absl::StrCat(
