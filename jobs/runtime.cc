@@ -187,7 +187,8 @@ thread_local WorkerSlot* tls_slot = nullptr;
 // rest of its stay as a thread outside its runtime: its jobs refused as
 // run by no slot, its waits asleep instead of helping.) Fixed size, so
 // the callbacks never allocate; entries nested deeper than this are not
-// kept, and their exits clear the slot as before.
+// kept, and their exits restore the slot of the nearest kept entry of the
+// same observer, or clear it.
 struct OuterSlot {
   const void* observer;
   WorkerSlot* slot;
@@ -810,7 +811,11 @@ class NodeObserver final : public tbb::task_scheduler_observer {
     tls_slot = is_worker ? SlotFor(tbb::this_task_arena::current_thread_index())
                          : nullptr;
     if (pin_ && is_worker) {
-      auto previous = numa::GetThreadBinding(*topology_);
+      // The kernel's mask, not hwloc's: a topology that lacks some of the
+      // machine's CPUs (HWLOC_SYNTHETIC with HWLOC_THISSYSTEM=1) would
+      // drop them from hwloc's answer, and refuse them when given back
+      // (the worker then stayed pinned for whatever TBB gave it next).
+      auto previous = numa::GetThreadAffinity();
       absl::Status bound = numa::BindThreadToNode(*topology_, node_);
       if (previous.ok() && bound.ok()) {
         jobs_internal::tls_saved_binding = *std::move(previous);
@@ -855,8 +860,7 @@ class NodeObserver final : public tbb::task_scheduler_observer {
     if (pin_ && is_worker && !jobs_internal::tls_saved_binding.empty()) {
       // Give the thread back as it came: TBB may hand it to another arena
       // (another runtime, the application's own TBB code) next.
-      (void)numa::SetThreadBinding(*topology_,
-                                   jobs_internal::tls_saved_binding);
+      (void)numa::SetThreadAffinity(jobs_internal::tls_saved_binding);
       jobs_internal::tls_saved_binding.clear();
     }
     inside_.fetch_sub(1, std::memory_order_release);
@@ -2639,16 +2643,19 @@ bool JobRef::done() const {
 
 uint64_t JobRef::id() const { return record_ ? record_->id : 0; }
 
+bool Runtime::WaitsOnItself(const JobRecord* record,
+                            const JobCounter* counter) {
+  const WorkerSlot* here = tls_slot;
+  if (here == nullptr || here->current == nullptr) return false;
+  const JobContext& job = *here->current;
+  return (record != nullptr && job.record_ == record) ||
+         (counter != nullptr && job.counter_ == counter);
+}
+
 absl::Status Runtime::RefuseWaitOnItself(const char* where,
                                          const JobRecord* record,
                                          const JobCounter* counter) {
-  const WorkerSlot* here = tls_slot;
-  if (here == nullptr || here->current == nullptr) return absl::OkStatus();
-  const JobContext& job = *here->current;
-  if ((record == nullptr || job.record_ != record) &&
-      (counter == nullptr || job.counter_ != counter)) {
-    return absl::OkStatus();
-  }
+  if (!WaitsOnItself(record, counter)) return absl::OkStatus();
   absl::Status s = absl::FailedPreconditionError(absl::StrCat(
       where, " called from inside ",
       record != nullptr ? "the job it waits for (or a fork child of it)"
@@ -2794,7 +2801,18 @@ bool JobRef::Cancel() {
          state == jobs_internal::kCancelled;
 }
 
-JobCounter::~JobCounter() { (void)Wait(); }
+JobCounter::~JobCounter() {
+  // Destroyed by a job it counts (or a fork child of one): a wait would
+  // never end, and returning would free the counter that the job's end
+  // still updates (a use after free). Nothing safe remains.
+  if (Runtime::WaitsOnItself(nullptr, this)) {
+    ReportFatalError(Report(
+        ErrorKind::kMisuse, "jobs::JobCounter::~JobCounter",
+        "destroyed by a job it counts (or a fork child of one): its "
+        "destructor would wait for that job, which cannot finish first"));
+  }
+  (void)Wait();
+}
 
 absl::Status JobCounter::Wait() {
   if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=

@@ -462,7 +462,9 @@ inline std::atomic<void (*)()> claimed_test_hook{nullptr};
 
 // Counts the unfinished jobs submitted with it (SubmitOptions::counter):
 // the light way to wait for a batch. Keeps the first failure. Not movable;
-// it must outlive its jobs: the destructor waits for them.
+// it must outlive its jobs: the destructor waits for them. Destroyed by a
+// job it counts (which it would wait for), it is a fatal misuse
+// (ReportFatalError): returning would free what that job's end updates.
 class JobCounter {
  public:
   JobCounter() = default;
@@ -1120,9 +1122,12 @@ class Runtime {
   // Runs `record` on the calling worker if it may (RunsInline) and nobody
   // has claimed it; true if it ran here.
   bool TryRunInline(jobs_internal::JobRecord* record);
-  // FailedPrecondition, reported as misuse, when the job running on the
-  // calling thread (a fork child: its parent) is `record`, or is counted
-  // by `counter`: its wait (`where`) would wait for itself. OK otherwise.
+  // Whether the job running on the calling thread (a fork child: its
+  // parent) is `record`, or is counted by `counter`: a wait on them would
+  // wait for itself. RefuseWaitOnItself: then FailedPrecondition, reported
+  // as misuse (`where` names the wait); OK otherwise.
+  static bool WaitsOnItself(const jobs_internal::JobRecord* record,
+                            const JobCounter* counter);
   static absl::Status RefuseWaitOnItself(const char* where,
                                          const jobs_internal::JobRecord* record,
                                          const JobCounter* counter);

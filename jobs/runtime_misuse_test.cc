@@ -4,6 +4,8 @@
 // test here reproduced a defect of the lifecycle review (docs/reliability.md
 // 74-77) before its fix; a hang ends the process through the watchdog
 // instead of running into the test's timeout.
+#include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -311,6 +314,87 @@ TEST(RuntimeMisuseTest, ANegativeNodeIsRefusedNotAny) {
     EXPECT_EQ(inner.value().code(), absl::StatusCode::kInvalidArgument)
         << "node " << node;
   }
+}
+
+// A job that destroys a counter that counts it is a fatal misuse (before
+// the fix of defect 75 it hung; with its first version the destructor's
+// refused wait returned and the job's end updated the freed counter).
+TEST(RuntimeMisuseDeathTest, AJobDestroyingItsOwnCounterIsFatal) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        auto rt = OneWorker();
+        auto* counter = new JobCounter;
+        auto job = rt->Submit([counter] { delete counter; },
+                              SubmitOptions().with_counter(counter));
+        (void)job.Wait();
+      },
+      "destroyed by a job it counts");
+}
+
+// The calling thread's CPUs as the kernel holds them.
+std::vector<int> AffinityOf(pid_t tid) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  EXPECT_EQ(sched_getaffinity(tid, sizeof(set), &set), 0);
+  std::vector<int> cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+// A pinned worker gets back the CPUs it had, also those the topology does
+// not list (a topology given through HWLOC_SYNTHETIC with
+// HWLOC_THISSYSTEM=1). Before, the observer saved hwloc's answer, which
+// drops them, and gave it back through the topology's PU check, which
+// refused: the worker stayed pinned for whatever TBB gave it next. Run in
+// a child process: the worker threads outlive the runtime.
+void CheckAPinnedWorkerGetsItsCpusBack() {
+  const std::vector<int> allowed = AffinityOf(0);
+  if (allowed.size() < 2 || allowed[0] != 0 || allowed[1] != 1) {
+    GTEST_SKIP() << "needs CPUs 0 and 1";
+  }
+  setenv("HWLOC_SYNTHETIC", "pack:1 [numa] pu:2(indexes=0,2)", 1);
+  setenv("HWLOC_THISSYSTEM", "1", 1);
+  auto topology = numa::Topology::Discover();
+  unsetenv("HWLOC_SYNTHETIC");
+  unsetenv("HWLOC_THISSYSTEM");
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  if (!(*topology)->is_this_system() ||
+      !(*topology)->support().thread_binding) {
+    GTEST_SKIP() << "hwloc did not take the synthetic topology as this system";
+  }
+  pid_t worker = 0;
+  std::vector<int> inside;
+  {
+    auto rt = MakeRuntime(Config()
+                              .set_topology(topology->get())
+                              .set_workers_per_node(1)
+                              .set_pinning(PinningPolicy::kNode));
+    ASSERT_NE(rt, nullptr);
+    auto job = rt->Submit([&] {
+      worker = static_cast<pid_t>(syscall(SYS_gettid));
+      inside = AffinityOf(0);
+    });
+    ASSERT_TRUE(job.Wait().ok());
+  }
+  ASSERT_FALSE(inside.empty());
+  EXPECT_EQ(inside.front(), 0);              // Pinned to node 0 ...
+  EXPECT_LT(inside.size(), allowed.size());  // ... which lacks CPU 1.
+  // The worker left the runtime's arena when the runtime went (its
+  // destructor waits for that): its old mask is back.
+  EXPECT_EQ(AffinityOf(worker), allowed);
+}
+
+TEST(RuntimeMisuseDeathTest, APinnedWorkerGetsItsCpusBack) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        CheckAPinnedWorkerGetsItsCpusBack();
+        std::exit(::testing::Test::HasFailure() ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

@@ -90,11 +90,10 @@ absl::Status NoMemoryForCpuSet(absl::string_view where, size_t count) {
 // Binds the calling thread to `cpus` (kernel CPU numbers, which are hwloc's
 // OS indexes) with sched_setaffinity, needing no topology: what a restore
 // gives back is the kernel's own earlier answer.
-absl::Status SetAffinity(const std::vector<int>& cpus,
-                         absl::string_view where) {
+absl::Status SetAffinity(absl::Span<const int> cpus, absl::string_view where) {
   if (cpus.empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(where, ": no binding to give back (an empty set)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": the set of cpus is empty"));
   }
   const auto [lowest, highest] = std::minmax_element(cpus.begin(), cpus.end());
   if (*lowest < 0 || *highest > Topology::kMaxPuIndex) {
@@ -144,6 +143,14 @@ absl::StatusOr<std::vector<int>> KernelAffinity(absl::string_view where) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<int>> GetThreadAffinity() {
+  return KernelAffinity("GetThreadAffinity");
+}
+
+absl::Status SetThreadAffinity(absl::Span<const int> cpus) {
+  return SetAffinity(cpus, "SetThreadAffinity");
+}
 
 absl::StatusOr<std::vector<int>> GetThreadBinding(const Topology& topology) {
   if (absl::Status s = CheckCanBind(topology, "GetThreadBinding"); !s.ok()) {

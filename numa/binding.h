@@ -34,6 +34,20 @@ absl::StatusOr<std::vector<int>> GetThreadBinding(const Topology& topology);
 absl::Status SetThreadBinding(const Topology& topology,
                               absl::Span<const int> pus);
 
+// The CPUs the kernel lets the calling thread run on (sched_getaffinity),
+// ascending, whatever a topology lists: GetThreadBinding answers through
+// hwloc, which sizes its answer by the topology's CPU numbers and so drops
+// CPUs above a (synthetic, HWLOC_THISSYSTEM=1) topology's highest. For
+// saving a binding to give back later (SetThreadAffinity). Linux only.
+absl::StatusOr<std::vector<int>> GetThreadAffinity();
+
+// Gives the calling thread the CPU set `cpus` (kernel numbers, as
+// GetThreadAffinity returned them) with sched_setaffinity: no topology, no
+// check against one. Errors: InvalidArgument for an empty set or a CPU
+// outside [0, Topology::kMaxPuIndex]; FailedPrecondition with the errno
+// text when the kernel refuses.
+absl::Status SetThreadAffinity(absl::Span<const int> cpus);
+
 // Binds the calling thread to every PU of node `node` (logical index).
 absl::Status BindThreadToNode(const Topology& topology, int node);
 
