@@ -308,11 +308,18 @@ class Parallelism {
       // work in the same process (measured: 43 -> 400 ns per spawn with
       // machine + workers); arenas of the application share the pool with
       // the runtime's, as TBB's arenas always do.
+      // And never below a larger limit the application set (its own
+      // global_control): TBB keeps the smallest active one, so a smaller
+      // one here would cap the application's arenas (before: an
+      // application's 8 became 2 on a one-PU topology).
       const size_t machine =
           std::max<size_t>(1, std::thread::hardware_concurrency());
+      const size_t application = tbb::global_control::active_value(
+          tbb::global_control::max_allowed_parallelism);
       control_ = std::make_unique<tbb::global_control>(
           tbb::global_control::max_allowed_parallelism,
-          std::max(machine, static_cast<size_t>(workers_) + 1));
+          std::max({machine, application,
+                    static_cast<size_t>(workers_) + 1}));
     }
   }
   std::mutex mu_;
@@ -1377,6 +1384,20 @@ void Runtime::Release(JobRecord* record) {
   }
 }
 
+// TBB gives worker w of a node the arena's slot w + 1; slot 0 is the
+// reserved one (the outside helper's, or Shutdown's drain). Inside another
+// task_arena's execute the thread holds a slot of that arena, most often
+// the first free reserved one, 0. (A slot of the same number there passes:
+// a best effort, one call into TBB, cheap enough for Spawn's path.)
+bool Runtime::InSlotsArena(const WorkerSlot* slot) {
+  return tbb::this_task_arena::current_thread_index() ==
+         (slot->outside ? 0 : slot->index + 1);
+}
+
+bool JobContext::InOwnArena() const {
+  return slot_ == nullptr || Runtime::InSlotsArena(slot_);
+}
+
 WorkerSlot* Runtime::CurrentSlot() const {
   WorkerSlot* slot = tls_slot;
   return slot != nullptr && slot->runtime == this ? slot : nullptr;
@@ -1726,6 +1747,11 @@ Runtime::DirectTarget Runtime::PrepareDirect(const SubmitOptions& options,
     }
     node = options.affinity.any() ? here->node : options.affinity.node();
     if (node != here->node) return target;
+    // Inside another task_arena (a job called its execute): a local spawn
+    // would land there. The record path enqueues it (PostToken).
+    if (!InSlotsArena(here)) [[unlikely]] {
+      return target;
+    }
     header->id = here->TakeId(next_id_);
     here->CountSubmitted(node);
   } else {
@@ -1955,7 +1981,7 @@ void Runtime::PostToken(int node_index, JobRecord* record, bool by_finish) {
   } token{this, node_index, record};
   WorkerSlot* here = CurrentSlot();
   if (record != nullptr && here != nullptr && here->node == node_index &&
-      !(by_finish && here->depth > 0)) {
+      !(by_finish && here->depth > 0) && InSlotsArena(here)) {
     node.group.run(token);  // Local deque: LIFO here, stolen FIFO.
   } else {
     // Enqueued tasks carry no isolated region: a token with no record,
@@ -2698,8 +2724,10 @@ absl::Status JobRef::Wait() const {
   Runtime::AwakeHold awake;  // Until the wait ends.
   if (!jobs_internal::IsFinal(s)) {
     WorkerSlot* here = tls_slot;
-    if (here != nullptr && tbb::this_task_arena::current_thread_index() !=
-                               tbb::task_arena::not_initialized) {
+    if (here != nullptr &&
+        tbb::this_task_arena::current_thread_index() !=
+            tbb::task_arena::not_initialized &&
+        Runtime::InSlotsArena(here)) {
       // Inside a job, on a job still waiting for its predecessors: one may
       // lie in this job's isolated region (submitted by it to its own
       // node), where only this worker may run it. So help in TBB until the
@@ -2815,13 +2843,19 @@ JobCounter::~JobCounter() {
 }
 
 absl::Status JobCounter::Wait() {
-  if (tls_slot != nullptr && tbb::this_task_arena::current_thread_index() !=
-                                 tbb::task_arena::not_initialized) {
+  if (tls_slot != nullptr) {
     if (absl::Status refused = Runtime::RefuseWaitOnItself(
             "jobs::JobCounter::Wait", nullptr, this);
         !refused.ok()) {
       return refused;
     }
+  }
+  // Inside another task_arena (a job called its execute), helping there
+  // could run nothing of ours: wait as a thread outside the runtime.
+  if (tls_slot != nullptr &&
+      tbb::this_task_arena::current_thread_index() !=
+          tbb::task_arena::not_initialized &&
+      Runtime::InSlotsArena(tls_slot)) {
     // Inside a job: help run its children instead of blocking the worker,
     // then wait for what other threads counted here. A worker asleep in
     // TBB's wait (oneTBB 2021.8) for jobs queued on another node's arena

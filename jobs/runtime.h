@@ -305,6 +305,12 @@ class JobContext {
   // the context of the worker that runs it. Returns when all are done;
   // exceptions and cancellation by an enclosing call as Fork (the chunks
   // not yet started are skipped; NestedWorkCancelled when cancelled).
+  //
+  // Fork and ParallelFor called while the job's thread is inside another
+  // task_arena (the job called that arena's execute, and this runs in it)
+  // run their functions or chunks one after another on the calling thread:
+  // that arena's threads are not the runtime's, and must not run them with
+  // this worker's frame arena.
   template <typename F>
   void ParallelFor(size_t begin, size_t end, size_t grain, F&& f);
 
@@ -313,6 +319,10 @@ class JobContext {
   template <typename Body>
   friend void jobs_internal::IsolateJob(JobContext& ctx, Body& body);
   JobContext() = default;
+  // Whether the calling thread is in its worker slot's node arena now (not
+  // inside another task_arena's execute, below the job). See
+  // Runtime::InSlotsArena.
+  bool InOwnArena() const;
 
   Runtime* runtime_ = nullptr;
   jobs_internal::WorkerSlot* slot_ = nullptr;
@@ -1174,6 +1184,10 @@ class Runtime {
       const NodePartition& partition, size_t grain,
       absl::FunctionRef<void(JobContext&, size_t, size_t)> body);
   jobs_internal::WorkerSlot* CurrentSlot() const;
+  // Whether the calling thread, which holds `slot`, is in the slot's node
+  // arena now, not inside another task_arena that a job entered with
+  // execute (where what it spawns would go to that arena's threads).
+  static bool InSlotsArena(const jobs_internal::WorkerSlot* slot);
   // OutsideWaitPolicy::kHelp: the calling thread, outside the runtime's
   // jobs, joins node `node`'s arena in the slot kept for an outside thread
   // and calls `wait` there (which runs the node's jobs until what it waits
@@ -1592,6 +1606,23 @@ void IsolateJob(JobContext& ctx, Body& body) {
 template <typename... Fs>
 void JobContext::Fork(Fs&&... fs) {
   static_assert(sizeof...(Fs) >= 1, "Fork needs at least one function");
+  if (ABSL_PREDICT_FALSE(!InOwnArena())) {
+    // Inside another task_arena: one after another, here (see ParallelFor).
+    size_t index = 0;
+    constexpr size_t kLast = sizeof...(Fs) - 1;
+    auto run = [&](auto& fn) {
+      using Fn = std::remove_reference_t<decltype(fn)>;
+      if (index++ == kLast) {
+        fn(*this);
+      } else {
+        runtime_->RunChild(*this,
+                           const_cast<void*>(static_cast<const void*>(&fn)),
+                           &jobs_internal::CallChild<Fn>);
+      }
+    };
+    (run(fs), ...);
+    return;
+  }
   auto body = [&](tbb::task_group& group) {
     // Every function but the last goes to the node's workers; the caller
     // runs the last, then helps with the rest in group.wait().
@@ -1682,6 +1713,16 @@ void JobContext::ParallelFor(size_t begin, size_t end, size_t grain, F&& f) {
   if (begin >= end) return;
   if (grain == 0) grain = 1;
   using Fn = std::remove_reference_t<F>;
+  if (ABSL_PREDICT_FALSE(!InOwnArena())) {
+    // Inside another task_arena: the chunks one after another, here.
+    const jobs_internal::ChunkBody<Fn> chunk{runtime_, this, &f};
+    for (size_t b = begin; b < end;) {
+      const size_t e = end - b > grain ? b + grain : end;
+      chunk(tbb::blocked_range<size_t>(b, e, grain));
+      b = e;
+    }
+    return;
+  }
   // In a child or chunk, bound to the running task's context, as
   // parallel_for's own would be: an enclosing Fork's or ParallelFor's
   // failure cancels it too, chunks may then be skipped, and the caller must

@@ -4,6 +4,8 @@
 // test here reproduced a defect of the lifecycle review (docs/reliability.md
 // 74-77) before its fix; a hang ends the process through the watchdog
 // instead of running into the test's timeout.
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/task_arena.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -314,6 +317,133 @@ TEST(RuntimeMisuseTest, ANegativeNodeIsRefusedNotAny) {
     EXPECT_EQ(inner.value().code(), absl::StatusCode::kInvalidArgument)
         << "node " << node;
   }
+}
+
+// Raw oneTBB arenas of the application's own: libtbb is not instrumented
+// for TSan, which cannot follow their hand-offs.
+#if defined(__SANITIZE_THREAD__)
+#define SKIP_RAW_TBB_UNDER_TSAN() \
+  GTEST_SKIP() << "raw oneTBB code: libtbb is not instrumented for TSan"
+#else
+#define SKIP_RAW_TBB_UNDER_TSAN() (void)0
+#endif
+
+// A job's ParallelFor and Fork inside the application's task_arena execute
+// run on the job's own thread (before, their chunks went to that arena's
+// threads, which ran them with the worker's slot: up to three at once on
+// one frame arena, and thousands of frame blocks overwritten).
+TEST(RuntimeMisuseTest, ChunksInsideAnotherArenasExecuteStayOnTheWorker) {
+  SKIP_RAW_TBB_UNDER_TSAN();
+  Watchdog watchdog("ChunksInsideAnotherArenasExecuteStayOnTheWorker", 60);
+  auto rt = OneWorker();
+  ASSERT_NE(rt, nullptr);
+  // An idle runtime of four workers raises TBB's thread limit, so that the
+  // application's arena gets threads of its own to steal with.
+  auto idle = MakeRuntime(Config().set_workers_per_node(4));
+  ASSERT_NE(idle, nullptr);
+  tbb::task_arena app(3);
+  for (int round = 0; round < 5; ++round) {
+    ASSERT_TRUE(rt->BeginFrame().ok());
+    std::atomic<int> chunks{0}, foreign{0}, corrupted{0}, forked{0};
+    auto job = rt->Submit([&](JobContext& ctx) {
+      const std::thread::id me = std::this_thread::get_id();
+      app.execute([&] {
+        ctx.ParallelFor(0, 64, 1, [&](JobContext& c, size_t b, size_t) {
+          if (std::this_thread::get_id() != me) foreign.fetch_add(1);
+          std::vector<unsigned char*> blocks;
+          for (int i = 0; i < 200; ++i) {
+            auto* p = static_cast<unsigned char*>(c.arena().Allocate(64, 8));
+            std::memset(p, static_cast<int>(b & 0xff), 64);
+            blocks.push_back(p);
+          }
+          for (unsigned char* p : blocks) {
+            for (int i = 0; i < 64; ++i) {
+              if (p[i] != static_cast<unsigned char>(b & 0xff)) {
+                corrupted.fetch_add(1);
+                break;
+              }
+            }
+          }
+          chunks.fetch_add(1);
+        });
+        ctx.Fork([&](JobContext&) { forked.fetch_add(1); },
+                 [&](JobContext&) { forked.fetch_add(1); },
+                 [&](JobContext&) { forked.fetch_add(1); });
+      });
+    });
+    ASSERT_TRUE(job.Wait().ok()) << job.Wait();
+    ASSERT_TRUE(rt->EndFrame().ok());
+    EXPECT_EQ(chunks.load(), 64);
+    EXPECT_EQ(foreign.load(), 0);
+    EXPECT_EQ(corrupted.load(), 0);
+    EXPECT_EQ(forked.load(), 3);
+  }
+}
+
+// What a job submits inside the application's task_arena execute runs on
+// the runtime's workers (before: in that arena, "run by a thread outside
+// the runtime's worker slots", or, in an arena of one slot, never). It is
+// enqueued to the node, like an outside thread's submission: on a node of
+// two workers the other one runs it while the job waits on a counter; on
+// a node of one worker a handle's wait runs it inline (a counter's would
+// wait for good: docs/jobs.md, "Embedding the runtime in a server").
+TEST(RuntimeMisuseTest, SubmissionsInsideAnotherArenasExecuteRunOnTheRuntime) {
+  SKIP_RAW_TBB_UNDER_TSAN();
+  Watchdog watchdog("SubmissionsInsideAnotherArenasExecuteRunOnTheRuntime", 60);
+  for (int workers : {2, 1}) {
+    for (int slots : {2, 1}) {
+      auto rt = MakeRuntime(Config().set_workers_per_node(workers));
+      ASSERT_NE(rt, nullptr);
+      tbb::task_arena app(slots);
+      std::atomic<int> ran{0};
+      auto outer = rt->Submit([&](JobContext& ctx) -> absl::Status {
+        JobHandle<int> inner;
+        JobCounter spawned;
+        absl::Status spawn;
+        app.execute([&] {
+          inner = ctx.runtime().Submit([&](JobContext& c) {
+            ran.fetch_add(1);
+            return c.worker();
+          });
+          if (workers > 1) {
+            spawn = ctx.runtime().Spawn([&] { ran.fetch_add(1); },
+                                        SubmitOptions().with_counter(&spawned));
+          }
+        });
+        if (!spawn.ok()) return spawn;
+        if (absl::Status s = spawned.Wait(); !s.ok()) return s;
+        return inner.Wait();
+      });
+      ASSERT_TRUE(outer.Wait().ok());
+      EXPECT_TRUE(outer.value().ok())
+          << workers << " workers, " << slots << " slots: " << outer.value();
+      EXPECT_EQ(ran.load(), workers > 1 ? 2 : 1)
+          << workers << " workers, " << slots << " slots";
+    }
+  }
+}
+
+// A larger thread limit the application set stays in force while a
+// runtime lives (before: the runtime's own control, sized to its workers,
+// capped it: an application's 8 became 2 on a one-PU topology).
+TEST(RuntimeMisuseTest, ARuntimeKeepsTheApplicationsLargerThreadLimit) {
+  using tbb::global_control;
+  const size_t before =
+      global_control::active_value(global_control::max_allowed_parallelism);
+  const size_t wanted = before + 6;
+  {
+    global_control application(global_control::max_allowed_parallelism, wanted);
+    auto topology = numa::Topology::FromSynthetic("pack:1 [numa] core:1 pu:1");
+    ASSERT_TRUE(topology.ok()) << topology.status();
+    auto rt = MakeRuntime(Config().set_topology(topology->get()));
+    ASSERT_NE(rt, nullptr);
+    EXPECT_EQ(
+        global_control::active_value(global_control::max_allowed_parallelism),
+        wanted);
+  }
+  EXPECT_EQ(
+      global_control::active_value(global_control::max_allowed_parallelism),
+      before);
 }
 
 // A job that destroys a counter that counts it is a fatal misuse (before
