@@ -318,8 +318,7 @@ class Parallelism {
           tbb::global_control::max_allowed_parallelism);
       control_ = std::make_unique<tbb::global_control>(
           tbb::global_control::max_allowed_parallelism,
-          std::max({machine, application,
-                    static_cast<size_t>(workers_) + 1}));
+          std::max({machine, application, static_cast<size_t>(workers_) + 1}));
     }
   }
   std::mutex mu_;
